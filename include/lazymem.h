@@ -1,0 +1,236 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * lazymem: demand-paged memory regions for Linux, filled in user space.
+ *
+ * Every function returns 0 (or a non-negative value) on success and a
+ * negative errno value on failure; none of them reads or writes errno.
+ * Accessors that cannot fail (lm_region_addr, lm_region_length) are the
+ * only exceptions and say so.
+ */
+#ifndef LAZYMEM_H
+#define LAZYMEM_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#if defined(__GNUC__)
+#define LM_API __attribute__((visibility("default")))
+#else
+#define LM_API
+#endif
+
+#define LM_VERSION_MAJOR 0
+#define LM_VERSION_MINOR 1
+#define LM_VERSION_PATCH 0
+
+struct lm_runtime;
+struct lm_region;
+
+/*
+ * How a fault is resolved.
+ *
+ * LM_MODE_THREAD: handler threads read fault messages from the
+ *   userfaultfd and fill pages.  Syscalls that write into a page that has
+ *   not been filled yet (read(fd, region, n)) simply wait for the fill,
+ *   fork() children are served, nothing owns a signal.  The default.
+ * LM_MODE_SIGNAL: the faulting thread gets SIGBUS and fills the page
+ *   itself, in the runtime's signal handler: no thread hand-off, several
+ *   times faster per fault.  Syscalls that write into an unfilled page
+ *   fail with EFAULT instead of waiting (touch or lm_region_advise
+ *   LM_ADV_POPULATE the range first), and the runtime owns SIGBUS,
+ *   chaining to the application's handler for other addresses.
+ */
+enum lm_mode {
+	LM_MODE_DEFAULT = 0,
+	LM_MODE_THREAD = 1,
+	LM_MODE_SIGNAL = 2,
+};
+
+/* Where file data is read from: io_uring with registered buffers, or pread. */
+enum lm_io {
+	LM_IO_DEFAULT = 0,
+	LM_IO_URING = 1,
+	LM_IO_PREAD = 2,
+};
+
+/*
+ * Runtime options.  Call lm_options_init() first: it sets the size field
+ * and every default; then change what you need.  Environment variables
+ * (LAZYMEM_MODE, LAZYMEM_THREADS, LAZYMEM_READAHEAD, LAZYMEM_IO,
+ * LAZYMEM_UFFD, LAZYMEM_DEBUG) override the defaults but not values the
+ * caller set explicitly; see lazymem(7).
+ */
+struct lm_options {
+	uint32_t size;		/* sizeof(struct lm_options), set by lm_options_init */
+	uint32_t flags;		/* LM_OPT_* */
+	int mode;		/* enum lm_mode */
+	int io;			/* enum lm_io */
+	int handler_threads;	/* 0: one per online CPU, at most 4 */
+	int readahead_max;	/* pages per fill at most; 0: default (32) */
+	int uffd_source;	/* enum lm_uffd_origin to force one; 0: try all in order */
+	int reserved_int;
+	void (*log)(int level, const char *msg, void *arg);	/* NULL: silent */
+	void *log_arg;
+	uint64_t reserved[8];
+};
+
+/* lm_options.flags: ignore LAZYMEM_* environment variables. */
+#define LM_OPT_NO_ENV (1u << 0)
+
+/* Sources a region's pages are filled from. */
+enum lm_source_kind {
+	LM_SOURCE_ZERO = 0,
+	LM_SOURCE_MEMORY = 1,
+	LM_SOURCE_FILE = 2,
+};
+
+/* Advice on a range of a region, like madvise(2). */
+enum lm_advice {
+	LM_ADV_NORMAL = 0,	/* readahead heuristic decides */
+	LM_ADV_SEQUENTIAL = 1,	/* full readahead window from the first fault */
+	LM_ADV_RANDOM = 2,	/* one page per fault */
+	LM_ADV_WILLNEED = 3,	/* prefetch the range in the background */
+	LM_ADV_DONTNEED = 4,	/* drop the pages; the next touch refills from the source */
+	LM_ADV_POPULATE = 5,	/* fill the range now; returns when it is resident */
+};
+
+/* How the runtime obtained its userfaultfd (lm_stats.uffd_origin). */
+enum lm_uffd_origin {
+	LM_UFFD_NONE = 0,
+	LM_UFFD_DEV = 1,		/* /dev/userfaultfd: kernel faults handled */
+	LM_UFFD_SYSCALL = 2,		/* userfaultfd(2): kernel faults handled */
+	LM_UFFD_SYSCALL_USER = 3,	/* userfaultfd(UFFD_USER_MODE_ONLY) */
+};
+
+/* Why kernel-mode faults are unavailable (lm_stats.uffd_limits bits). */
+#define LM_LIMIT_DEV_DENIED	(1u << 0)	/* /dev/userfaultfd not accessible */
+#define LM_LIMIT_NO_PTRACE	(1u << 1)	/* no CAP_SYS_PTRACE in the effective set */
+#define LM_LIMIT_SYSCTL		(1u << 2)	/* vm.unprivileged_userfaultfd = 0 */
+
+/*
+ * Statistics, defined once.  X(name, kind, unit, help): kind is COUNTER
+ * (only grows) or GAUGE (goes up and down).  struct lm_stats, the text and
+ * JSON renderings (lm_stats_format) and every other output are generated
+ * from this list, so they cannot disagree.  Append only: the order is ABI.
+ */
+#define LM_STATS_LIST(X) \
+	X(faults_missing,	COUNTER, "faults",  "Missing-page faults received") \
+	X(faults_wp,		COUNTER, "faults",  "Write-protect faults received") \
+	X(faults_signal,	COUNTER, "faults",  "Faults resolved in the faulting thread (signal mode)") \
+	X(faults_thread,	COUNTER, "faults",  "Faults resolved by a handler thread") \
+	X(faults_child,		COUNTER, "faults",  "Faults of fork() children served by this runtime") \
+	X(faults_dup,		COUNTER, "faults",  "Faults on a page another fill had already populated") \
+	X(faults_parked,	COUNTER, "faults",  "Faults on a page in a transitional state, replayed later") \
+	X(fills_zero,		COUNTER, "pages",   "Pages filled from zero") \
+	X(fills_memory,		COUNTER, "pages",   "Pages filled from a memory buffer") \
+	X(fills_file,		COUNTER, "pages",   "Pages filled from a file") \
+	X(readahead_pages,	COUNTER, "pages",   "Pages filled ahead of the faulting page") \
+	X(prefetch_pages,	COUNTER, "pages",   "Pages filled by will-need or populate advice") \
+	X(dontneed_pages,	COUNTER, "pages",   "Pages dropped by dont-need advice or the application") \
+	X(copy_eexist,		COUNTER, "events",  "UFFDIO_COPY/ZEROPAGE found the page already present") \
+	X(copy_eagain,		COUNTER, "events",  "UFFDIO_COPY/ZEROPAGE retried after EAGAIN") \
+	X(copy_partial,		COUNTER, "events",  "UFFDIO_COPY that copied less than asked") \
+	X(events_remove,	COUNTER, "events",  "madvise(MADV_DONTNEED/REMOVE) events on regions") \
+	X(events_unmap,		COUNTER, "events",  "munmap events on regions") \
+	X(events_remap,		COUNTER, "events",  "mremap events on regions") \
+	X(events_fork,		COUNTER, "events",  "fork events (children served)") \
+	X(children_live,	GAUGE,   "processes", "fork() children whose faults this runtime serves") \
+	X(sigbus_raised,	COUNTER, "pages",   "Pages that could not be filled: the toucher got SIGBUS") \
+	X(io_errors,		COUNTER, "errors",  "Read errors and short reads from file sources") \
+	X(efault_kernel,	COUNTER, "errors",  "Kernel-mode accesses refused with EFAULT (signal or user-only mode, when observed)") \
+	X(io_uring_reads,	COUNTER, "requests", "Reads submitted through io_uring") \
+	X(pread_reads,		COUNTER, "requests", "Reads done with pread") \
+	X(regions_live,		GAUGE,   "regions", "Live regions") \
+	X(regions_created,	COUNTER, "regions", "Regions created") \
+	X(region_bytes,		GAUGE,   "bytes",   "Bytes of virtual memory in live regions") \
+	X(resident_pages,	GAUGE,   "pages",   "Pages of live regions filled and mapped") \
+	X(metadata_bytes,	GAUGE,   "bytes",   "Page-table and region metadata held by the runtime") \
+	X(handler_threads,	GAUGE,   "threads", "Fault handler threads") \
+	X(uffd_origin,		GAUGE,   "enum",    "How the userfaultfd was obtained (enum lm_uffd_origin)") \
+	X(uffd_limits,		GAUGE,   "bits",    "Why kernel-mode faults are unavailable (LM_LIMIT_* bits)") \
+	X(uffd_features,	GAUGE,   "bits",    "userfaultfd features the runtime enabled") \
+	X(mode,			GAUGE,   "enum",    "Fault resolution mode in use (enum lm_mode)") \
+	X(fill_ns_total,	COUNTER, "ns",      "Time spent filling pages, from fault to install")
+
+/* Fill-latency histogram: bucket i counts fills that took < 2^(i+8) ns (last: all slower). */
+#define LM_LAT_BUCKETS 20
+
+#define LM__STAT_FIELD(name, kind, unit, help) uint64_t name;
+struct lm_stats {
+	uint32_t size;		/* set by the caller: sizeof(struct lm_stats) */
+	uint32_t version;	/* set by lm_stats_get: LM_STATS_VERSION */
+	/* Before the list, which only grows at its end: offsets never move. */
+	uint64_t fill_latency[LM_LAT_BUCKETS];
+	LM_STATS_LIST(LM__STAT_FIELD)
+};
+#undef LM__STAT_FIELD
+
+#define LM_STATS_VERSION 1
+
+/* Output formats of lm_stats_format. */
+enum lm_format {
+	LM_FORMAT_TEXT = 0,	/* "name value\n" lines */
+	LM_FORMAT_JSON = 1,	/* one JSON object */
+};
+
+/* Options. */
+LM_API int lm_options_init(struct lm_options *opts);
+
+/* Runtime: opts may be NULL for defaults.  *out is set on success only. */
+LM_API int lm_runtime_open(const struct lm_options *opts, struct lm_runtime **out);
+/* Destroys every region still alive, stops the threads, frees everything. */
+LM_API int lm_runtime_close(struct lm_runtime *rt);
+
+/*
+ * Regions.  length is rounded up to the page size.  The region is mapped
+ * private and read-write; writes never reach the source.  flags is 0
+ * (reserved for future use; unknown bits give -EINVAL).
+ *
+ * memory: buf must stay valid and unchanged while the region lives; it is
+ *   read when a page is first touched (and again after dont-need).
+ * file: fd is duplicated, so the caller may close its own; offset must be
+ *   page aligned.  As with mmap(2), the tail of the last page past the end
+ *   of the file reads as zeros and a page wholly beyond it raises SIGBUS.
+ */
+LM_API int lm_region_create_zero(struct lm_runtime *rt, size_t length,
+				 unsigned flags, struct lm_region **out);
+LM_API int lm_region_create_memory(struct lm_runtime *rt, const void *buf,
+				   size_t length, unsigned flags,
+				   struct lm_region **out);
+LM_API int lm_region_create_file(struct lm_runtime *rt, int fd, off_t offset,
+				 size_t length, unsigned flags,
+				 struct lm_region **out);
+/* Unmaps the region; its memory must no longer be used. */
+LM_API int lm_region_destroy(struct lm_region *region);
+
+/* Accessors: cannot fail; NULL and 0 for a NULL region. */
+LM_API void *lm_region_addr(const struct lm_region *region);
+LM_API size_t lm_region_length(const struct lm_region *region);
+
+/* Advice on [offset, offset + length) of a region (page aligned offset). */
+LM_API int lm_region_advise(struct lm_region *region, size_t offset,
+			    size_t length, int advice);
+
+/* Statistics: st->size must be set to the caller's sizeof(struct lm_stats). */
+LM_API int lm_stats_get(struct lm_runtime *rt, struct lm_stats *st);
+/*
+ * Renders stats into buf (always NUL-terminated when len > 0).  Returns
+ * the length the full output needs, excluding the NUL, like snprintf.
+ */
+LM_API int lm_stats_format(const struct lm_stats *st, int format, char *buf,
+			   size_t len);
+
+/* A static message for a negative errno value or a lazymem error. */
+LM_API const char *lm_strerror(int err);
+/* "0.1.0" */
+LM_API const char *lm_version(void);
+
+#ifdef __cplusplus
+}
+#endif
+#endif /* LAZYMEM_H */

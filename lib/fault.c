@@ -1,0 +1,582 @@
+/* SPDX-License-Identifier: MIT */
+/* The fault path: claiming pages, reading their source, installing them, and the handler threads' loop. */
+#include "internal.h"
+
+#include <errno.h>
+#include <linux/userfaultfd.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/epoll.h>
+#include <unistd.h>
+
+#define MSG_BATCH 32
+#define RA_START 4
+
+static inline uintptr_t page_addr(struct lm_region *r, uint64_t pgno)
+{
+	return r->start + (pgno << r->rt->page_shift);
+}
+
+/*
+ * Moves a page its owner holds (FILLING) to a settled state; if a fault
+ * was parked on it meanwhile, wakes the parked threads so they replay
+ * the access against the new state.
+ */
+static void settle(struct lm_region *r, lm__pte *e, uint64_t pgno, uint64_t val, int ufd)
+{
+	uint64_t old = atomic_exchange_explicit(e, val, memory_order_acq_rel);
+	if (old & LM_PTE_WAITERS)
+		lm__uffd_wake(ufd, page_addr(r, pgno), (size_t)r->rt->page_size);
+}
+
+/*
+ * Claims page pgno for filling.  On a missing fault a page the table
+ * calls resident is claimed too: the application may have dropped it
+ * (its REMOVE event still in flight), and if it is in fact present the
+ * install reports EEXIST and the old state is put back.
+ */
+static bool claim(struct lm_region *r, lm__pte *e, bool fault, uint64_t *prev)
+{
+	uint64_t v = atomic_load_explicit(e, memory_order_acquire);
+	for (;;) {
+		unsigned s = LM_PTE_STATE(v);
+		if (!(s == LM_PS_MISSING || (fault && (s == LM_PS_CLEAN || s == LM_PS_DIRTY))))
+			return false;
+		if (atomic_compare_exchange_weak_explicit(e, &v, (uint64_t)LM_PS_FILLING,
+							  memory_order_acq_rel,
+							  memory_order_acquire)) {
+			*prev = v & ~LM_PTE_WAITERS;
+			return true;
+		}
+	}
+	(void)r;
+}
+
+/* Parks a fault on a page someone else owns: its owner wakes it on settling. */
+static void park(struct lm_runtime *rt, lm__pte *e)
+{
+	uint64_t v = atomic_load_explicit(e, memory_order_acquire);
+	while ((LM_PTE_STATE(v) == LM_PS_FILLING || LM_PTE_STATE(v) == LM_PS_EVICTING) &&
+	       !(v & LM_PTE_WAITERS)) {
+		if (atomic_compare_exchange_weak(e, &v, v | LM_PTE_WAITERS))
+			break;
+	}
+	LM__STAT_ADD(rt, faults_parked, 1);
+}
+
+/* The readahead window for a fault at pgno, from advice and the access pattern. */
+static unsigned window(struct lm_region *r, uint64_t pgno)
+{
+	unsigned max = (unsigned)r->rt->opt.readahead_max;
+	switch (lm__region_advice_at(r, pgno)) {
+	case LM_ADV_RANDOM:
+		return 1;
+	case LM_ADV_SEQUENTIAL:
+		return max;
+	}
+	/*
+	 * Like the kernel's readahead: a fault where the previous fill ended
+	 * is sequential and doubles the window; anything else starts over at
+	 * one page.  Page 0 of a fresh region counts as the start of a scan.
+	 */
+	uint64_t next = atomic_load_explicit(&r->ra_next, memory_order_relaxed);
+	unsigned win = atomic_load_explicit(&r->ra_win, memory_order_relaxed);
+	if (pgno == next)
+		win = win < RA_START ? RA_START : win * 2;
+	else
+		win = 1;
+	if (win > max)
+		win = max;
+	atomic_store_explicit(&r->ra_win, win, memory_order_relaxed);
+	return win;
+}
+
+/*
+ * Makes the source's bytes for pages [pgno, pgno + n) available at *src.
+ * Returns the number of pages with data (fewer at end of file), 0 when
+ * pgno itself is past the end of the file, or -errno on a read error.
+ */
+static long read_source(struct lm__filler *f, struct lm_region *r, uint64_t pgno, unsigned n,
+			const unsigned char **src)
+{
+	struct lm_runtime *rt = r->rt;
+	size_t ps = (size_t)rt->page_size;
+	uint64_t off = (pgno + r->src_shift) << rt->page_shift;
+	size_t want = (size_t)n * ps;
+	switch (r->kind) {
+	case LM_SOURCE_ZERO:
+		*src = f->zeros;
+		return n;
+	case LM_SOURCE_MEMORY:
+		if (off + want <= r->buflen) {
+			*src = r->buf + off;
+			return n;
+		}
+		/* The buffer ends inside this batch: stage it with a zero tail. */
+		memset(f->stage, 0, want);
+		if (off < r->buflen)
+			memcpy(f->stage, r->buf + off, (size_t)(r->buflen - off));
+		*src = f->stage;
+		return n;
+	case LM_SOURCE_FILE: {
+		ssize_t got = lm__file_read(f, r->fd, r->foff + off, want);
+		if (got < 0) {
+			LM__STAT_ADD(rt, io_errors, 1);
+			return got;
+		}
+		if ((size_t)got < want) {
+			atomic_store_explicit(&r->fsize, r->foff + off + (uint64_t)got,
+					      memory_order_relaxed);
+			memset(f->stage + got, 0, want - (size_t)got);
+		}
+		*src = f->stage;
+		return (long)(((size_t)got + ps - 1) / ps);
+	}
+	}
+	return -EINVAL;
+}
+
+static void count_fill(struct lm_runtime *rt, int kind, unsigned long n)
+{
+	if (kind == LM_SOURCE_ZERO)
+		LM__STAT_ADD(rt, fills_zero, n);
+	else if (kind == LM_SOURCE_MEMORY)
+		LM__STAT_ADD(rt, fills_memory, n);
+	else
+		LM__STAT_ADD(rt, fills_file, n);
+}
+
+/* Poisons page pgno (its toucher gets SIGBUS) and records it. */
+static void poison(struct lm_region *r, lm__pte *e, uint64_t pgno, int ufd)
+{
+	struct lm_runtime *rt = r->rt;
+	int rc = lm__uffd_poison(ufd, page_addr(r, pgno), (size_t)rt->page_size);
+	if (rc < 0 && rc != -EEXIST) {
+		lm__log(rt, 1, "cannot poison page %llu: %s", (unsigned long long)pgno,
+			lm_strerror(rc));
+		/* Still wake the toucher: a refault beats a hang. */
+		lm__uffd_wake(ufd, page_addr(r, pgno), (size_t)rt->page_size);
+	}
+	LM__STAT_ADD(rt, sigbus_raised, 1);
+	if (e)
+		settle(r, e, pgno, LM_PS_POISON, ufd);
+}
+
+long lm__fill(struct lm__filler *f, struct lm_region *r, uint64_t pgno, unsigned want,
+	      unsigned flags, int ufd)
+{
+	struct lm_runtime *rt = r->rt;
+	size_t ps = (size_t)rt->page_size;
+	bool fault = !(flags & LM_FILL_PREFETCH);
+	uint64_t t0 = lm__now_ns();
+	lm__pte *e0 = lm__pt_get(&r->pt, pgno, true);
+	if (!e0) {
+		if (fault)
+			poison(r, NULL, pgno, ufd);
+		return -ENOMEM;
+	}
+	uint64_t prev0;
+	if (!claim(r, e0, fault, &prev0)) {
+		unsigned s = LM_PTE_STATE(atomic_load(e0));
+		if (!fault)
+			return 0;
+		if (s == LM_PS_FILLING || s == LM_PS_EVICTING)
+			park(rt, e0);
+		else if (s == LM_PS_POISON)
+			poison(r, NULL, pgno, ufd), LM__STAT_SUB(rt, sigbus_raised, 1);
+		return 0;
+	}
+
+	/* Claim the readahead pages: contiguous missing pages only. */
+	unsigned n = want ? want : window(r, pgno);
+	if (n > r->npages - pgno)
+		n = (unsigned)(r->npages - pgno);
+	if (n > f->stage_len / ps)
+		n = (unsigned)(f->stage_len / ps);
+	if (r->kind == LM_SOURCE_FILE && n > 1) {
+		/* Do not read ahead past the end of the file as last seen. */
+		uint64_t fsize = atomic_load_explicit(&r->fsize, memory_order_relaxed);
+		uint64_t off = r->foff + ((pgno + r->src_shift) << rt->page_shift);
+		uint64_t avail = fsize > off ? (fsize - off + ps - 1) / ps : 1;
+		if (n > avail)
+			n = avail ? (unsigned)avail : 1;
+	}
+	lm__pte *ents[n];
+	uint64_t prev[n];
+	ents[0] = e0;
+	prev[0] = prev0;
+	unsigned claimed = 1;
+	while (claimed < n) {
+		lm__pte *e = lm__pt_get(&r->pt, pgno + claimed, true);
+		if (!e || !claim(r, e, false, &prev[claimed]))
+			break;
+		ents[claimed++] = e;
+	}
+	n = claimed;
+
+	const unsigned char *src = NULL;
+	long avail = read_source(f, r, pgno, n, &src);
+	if (avail <= 0) {
+		/* Past the end of the file, or a read error: SIGBUS for this page only. */
+		for (unsigned i = 1; i < n; i++)
+			settle(r, ents[i], pgno + i, prev[i], ufd);
+		if (fault)
+			poison(r, e0, pgno, ufd);
+		else
+			settle(r, e0, pgno, prev0, ufd);
+		return avail < 0 ? avail : -ENXIO;
+	}
+	for (unsigned i = (unsigned)avail; i < n; i++)
+		settle(r, ents[i], pgno + i, prev[i], ufd);
+	n = (unsigned)avail;
+
+	/*
+	 * Install.  Read faults on zero-source pages map the shared zero page
+	 * (no memory until written); everything else is copied.  EEXIST at a
+	 * page means another path populated it: keep going after it.
+	 */
+	bool zeropage = r->kind == LM_SOURCE_ZERO && fault && !(flags & LM_FILL_WRITE);
+	unsigned at = 0, installed = 0;
+	long ret = 0;
+	while (at < n) {
+		size_t done = 0;
+		int rc = zeropage ? lm__uffd_zeropage(ufd, page_addr(r, pgno + at), (n - at) * ps, &done)
+				  : lm__uffd_copy(ufd, page_addr(r, pgno + at), src + (size_t)at * ps,
+						  (n - at) * ps, &done);
+		unsigned ok = (unsigned)(done / ps);
+		for (unsigned i = at; i < at + ok; i++)
+			settle(r, ents[i], pgno + i, LM_PS_CLEAN, ufd);
+		installed += ok;
+		at += ok;
+		if (rc == 0)
+			break;
+		if (ok && rc != -EEXIST)
+			LM__STAT_ADD(rt, copy_partial, 1);
+		if (rc == -EEXIST) {
+			LM__STAT_ADD(rt, copy_eexist, 1);
+			/* Present already: resident as before, or newly by another path. */
+			uint64_t keep = prev[at];
+			if (LM_PTE_STATE(keep) == LM_PS_MISSING) {
+				keep = LM_PS_CLEAN;
+				installed++;
+			}
+			settle(r, ents[at], pgno + at, keep, ufd);
+			lm__uffd_wake(ufd, page_addr(r, pgno + at), ps);
+			at++;
+			continue;
+		}
+		/*
+		 * EAGAIN: the address space is changing (mremap, fork) and an
+		 * event we must read may be pending, so never retry here: put
+		 * the pages back and wake the toucher, whose access replays.
+		 * ENOENT/ESRCH: unmapped, or the process is gone.  Anything
+		 * else cannot be filled: SIGBUS for the faulting page.
+		 */
+		if (rc == -EAGAIN)
+			LM__STAT_ADD(rt, copy_eagain, 1);
+		for (unsigned i = at; i < n; i++) {
+			if (i == 0 && fault && rc != -EAGAIN && rc != -ENOENT && rc != -ESRCH)
+				poison(r, ents[0], pgno, ufd);
+			else
+				settle(r, ents[i], pgno + i, prev[i], ufd);
+		}
+		if (at == 0 && rc == -EAGAIN && fault)
+			lm__uffd_wake(ufd, page_addr(r, pgno), ps);
+		ret = rc;
+		break;
+	}
+	if (installed) {
+		/* Pages that were resident before (refills) are not new. */
+		unsigned fresh = 0;
+		for (unsigned i = 0; i < installed && i < n; i++)
+			fresh += LM_PTE_STATE(prev[i]) == LM_PS_MISSING;
+		atomic_fetch_add_explicit(&r->resident, fresh, memory_order_relaxed);
+		count_fill(rt, r->kind, installed);
+		if (fault) {
+			LM__STAT_ADD(rt, readahead_pages, installed - 1);
+			atomic_store_explicit(&r->ra_next, pgno + installed, memory_order_relaxed);
+		} else {
+			LM__STAT_ADD(rt, prefetch_pages, installed);
+		}
+		lm__stats_latency(rt, lm__now_ns() - t0, installed);
+	}
+	return installed ? (long)installed : ret;
+}
+
+/*
+ * Fills [first, first + count) in batches of the readahead size: used by
+ * will-need (in the background) and populate (synchronously) advice.
+ * Returns the pages installed or the first hard error.
+ */
+long lm__fill_range(struct lm__filler *f, struct lm_region *r, uint64_t first, uint64_t count)
+{
+	unsigned max = (unsigned)(f->stage_len >> r->rt->page_shift);
+	long total = 0;
+	uint64_t pg = first, end = first + count;
+	while (pg < end) {
+		unsigned want = end - pg < max ? (unsigned)(end - pg) : max;
+		long n = lm__fill(f, r, pg, want, LM_FILL_PREFETCH, r->rt->ufd);
+		if (n == -ENOENT || n == -ESRCH || n == -ENOMEM)
+			return total ? total : n;
+		if (n == -EAGAIN)
+			continue;
+		total += n > 0 ? n : 0;
+		pg += n > 0 ? (uint64_t)n : 1;
+	}
+	return total;
+}
+
+/*
+ * A fork() child's fault: the child's view of a page it did not inherit
+ * is the source's, so it is filled from the source through the child's
+ * userfaultfd.  The parent's page table says nothing about the child.
+ */
+static void fill_child(struct lm__filler *f, struct lm_region *r, uint64_t pgno, int ufd)
+{
+	struct lm_runtime *rt = r->rt;
+	size_t ps = (size_t)rt->page_size;
+	const unsigned char *src;
+	uintptr_t addr = page_addr(r, pgno);
+	LM__STAT_ADD(rt, faults_child, 1);
+	long avail = read_source(f, r, pgno, 1, &src);
+	if (avail <= 0) {
+		if (lm__uffd_poison(ufd, addr, ps) < 0)
+			lm__uffd_wake(ufd, addr, ps);
+		LM__STAT_ADD(rt, sigbus_raised, 1);
+		return;
+	}
+	size_t done;
+	int rc = lm__uffd_copy(ufd, addr, src, ps, &done);
+	if (rc == 0)
+		count_fill(rt, r->kind, 1);
+	else if (rc == -EEXIST || rc == -EAGAIN)
+		lm__uffd_wake(ufd, addr, ps);
+}
+
+static void handle_fault(struct lm__filler *f, int ufd, bool child, const struct uffd_msg *m)
+{
+	struct lm_runtime *rt = f->rt;
+	uintptr_t addr = (uintptr_t)m->arg.pagefault.address & ~((uintptr_t)rt->page_size - 1);
+	bool wp = m->arg.pagefault.flags & UFFD_PAGEFAULT_FLAG_WP;
+	LM__STAT_ADD(rt, faults_thread, 1);
+	if (wp)
+		LM__STAT_ADD(rt, faults_wp, 1);
+	else
+		LM__STAT_ADD(rt, faults_missing, 1);
+	int idx = lm__read_lock(rt);
+	struct lm_region *r = lm__region_find(rt, addr);
+	if (!r) {
+		/*
+		 * Registered memory we do not know: a region destroyed under
+		 * the fault, or a part the application grew with mremap.  It is
+		 * anonymous memory now; zero-fill it rather than leave the
+		 * thread hanging.
+		 */
+		size_t done;
+		int rc = lm__uffd_zeropage(ufd, addr, (size_t)rt->page_size, &done);
+		if (rc < 0)
+			lm__uffd_wake(ufd, addr, (size_t)rt->page_size);
+	} else if (child) {
+		fill_child(f, r, (addr - r->start) >> rt->page_shift, ufd);
+	} else {
+		unsigned flags = (m->arg.pagefault.flags & UFFD_PAGEFAULT_FLAG_WRITE) ? LM_FILL_WRITE : 0;
+		lm__fill(f, r, (addr - r->start) >> rt->page_shift, 0, flags, ufd);
+	}
+	lm__read_unlock(rt, idx);
+}
+
+/* Application events on the parent's regions: madvise, munmap, mremap. */
+static void handle_range_event(struct lm_runtime *rt, uintptr_t start, uintptr_t end, bool unmap)
+{
+	int idx = lm__read_lock(rt);
+	struct lm__rtable *t = atomic_load_explicit(&rt->table, memory_order_acquire);
+	for (size_t i = 0; t && i < t->n; i++) {
+		struct lm_region *r = t->r[i];
+		if (start < r->start + r->len && r->start < end)
+			lm__region_forget(r, start, end, unmap);
+	}
+	lm__read_unlock(rt, idx);
+}
+
+static void add_child(struct lm_runtime *rt, int ufd)
+{
+	struct lm__child *c = calloc(1, sizeof(*c));
+	struct epoll_event ev = { .events = EPOLLIN };
+	if (!c) {
+		close(ufd);
+		return;
+	}
+	c->ufd = ufd;
+	ev.data.ptr = c;
+	pthread_mutex_lock(&rt->ch_lock);
+	if (epoll_ctl(rt->epfd, EPOLL_CTL_ADD, ufd, &ev) < 0) {
+		pthread_mutex_unlock(&rt->ch_lock);
+		close(ufd);
+		free(c);
+		return;
+	}
+	c->next = rt->children;
+	rt->children = c;
+	pthread_mutex_unlock(&rt->ch_lock);
+	LM__STAT_ADD(rt, events_fork, 1);
+	LM__STAT_ADD(rt, children_live, 1);
+}
+
+/*
+ * Closes the userfaultfds of children that exited or exec'ed.  Nothing
+ * announces that, so it is probed: after each fork and once a second
+ * while children exist.  Detached children are closed only once no
+ * handler can still be reading them.
+ */
+static void sweep_children(struct lm_runtime *rt)
+{
+	struct lm__child *dead = NULL;
+	pthread_mutex_lock(&rt->ch_lock);
+	for (struct lm__child **pp = &rt->children; *pp;) {
+		struct lm__child *c = *pp;
+		if (lm__uffd_mm_dead(c->ufd, rt->probe_page)) {
+			*pp = c->next;
+			epoll_ctl(rt->epfd, EPOLL_CTL_DEL, c->ufd, NULL);
+			c->next = dead;
+			dead = c;
+		} else {
+			pp = &c->next;
+		}
+	}
+	pthread_mutex_unlock(&rt->ch_lock);
+	if (!dead)
+		return;
+	lm__synchronize(rt);
+	while (dead) {
+		struct lm__child *n = dead->next;
+		close(dead->ufd);
+		free(dead);
+		LM__STAT_SUB(rt, children_live, 1);
+		dead = n;
+	}
+}
+
+/*
+ * Reads and handles every message pending on one userfaultfd.  Returns
+ * true when a fork happened (the caller sweeps children afterwards,
+ * outside any read section).
+ */
+static bool drain(struct lm__filler *f, int ufd, bool child)
+{
+	struct lm_runtime *rt = f->rt;
+	struct uffd_msg msgs[MSG_BATCH];
+	bool forked = false;
+	for (;;) {
+		ssize_t n = read(ufd, msgs, sizeof(msgs));
+		if (n < 0) {
+			if (errno == EINTR)
+				continue;
+			return forked;	/* EAGAIN: drained; anything else: nothing to read */
+		}
+		for (size_t i = 0; i < (size_t)n / sizeof(msgs[0]); i++) {
+			const struct uffd_msg *m = &msgs[i];
+			switch (m->event) {
+			case UFFD_EVENT_PAGEFAULT:
+				handle_fault(f, ufd, child, m);
+				break;
+			case UFFD_EVENT_FORK:
+				add_child(rt, (int)m->arg.fork.ufd);
+				forked = true;
+				break;
+			case UFFD_EVENT_REMAP:
+				LM__STAT_ADD(rt, events_remap, 1);
+				if (!child)
+					lm__region_remap(rt, (uintptr_t)m->arg.remap.from,
+							 (uintptr_t)m->arg.remap.to,
+							 (size_t)m->arg.remap.len);
+				break;
+			case UFFD_EVENT_REMOVE:
+				LM__STAT_ADD(rt, events_remove, 1);
+				if (!child)
+					handle_range_event(rt, (uintptr_t)m->arg.remove.start,
+							   (uintptr_t)m->arg.remove.end, false);
+				break;
+			case UFFD_EVENT_UNMAP:
+				LM__STAT_ADD(rt, events_unmap, 1);
+				if (!child)
+					handle_range_event(rt, (uintptr_t)m->arg.remove.start,
+							   (uintptr_t)m->arg.remove.end, true);
+				break;
+			}
+		}
+		if ((size_t)n < sizeof(msgs))
+			return forked;
+	}
+}
+
+void *lm__handler_main(void *arg)
+{
+	struct lm__filler *f = arg;
+	struct lm_runtime *rt = f->rt;
+	sigset_t all;
+	/* Application signals are not ours to take. */
+	sigfillset(&all);
+	pthread_sigmask(SIG_BLOCK, &all, NULL);
+	struct epoll_event evs[8];
+	while (!atomic_load_explicit(&rt->stopping, memory_order_relaxed)) {
+		bool have_children = atomic_load_explicit(&rt->stats.children_live,
+							  memory_order_relaxed) != 0;
+		int n = epoll_wait(rt->epfd, evs, 8, have_children ? 1000 : -1);
+		if (n < 0 && errno != EINTR)
+			break;
+		if (n == 0 && have_children)
+			sweep_children(rt);
+		bool forked = false;
+		for (int i = 0; i < n; i++) {
+			uint64_t tag = evs[i].data.u64;
+			if (tag == 0)
+				return NULL;	/* stop_fd: the runtime is closing */
+			if (tag == (uint64_t)(unsigned)rt->ufd + 1) {
+				forked |= drain(f, rt->ufd, false);
+				continue;
+			}
+			/* A child: read it inside a read section, see sweep_children. */
+			int idx = lm__read_lock(rt);
+			struct lm__child *c = evs[i].data.ptr;
+			forked |= drain(f, c->ufd, true);
+			lm__read_unlock(rt, idx);
+		}
+		if (forked)
+			sweep_children(rt);
+	}
+	return NULL;
+}
+
+void *lm__prefetch_main(void *arg)
+{
+	struct lm_runtime *rt = arg;
+	sigset_t all;
+	sigfillset(&all);
+	pthread_sigmask(SIG_BLOCK, &all, NULL);
+	pthread_mutex_lock(&rt->pf_lock);
+	for (;;) {
+		while (!rt->pf_head && !atomic_load(&rt->stopping))
+			pthread_cond_wait(&rt->pf_cond, &rt->pf_lock);
+		if (atomic_load(&rt->stopping))
+			break;
+		struct lm__prefetch *p = rt->pf_head;
+		rt->pf_head = p->next;
+		if (!rt->pf_head)
+			rt->pf_tail = &rt->pf_head;
+		pthread_mutex_unlock(&rt->pf_lock);
+		/* The region may have been destroyed since: find it by identity first. */
+		int idx = lm__read_lock(rt);
+		struct lm__rtable *t = atomic_load_explicit(&rt->table, memory_order_acquire);
+		bool live = false;
+		for (size_t i = 0; t && i < t->n && !live; i++)
+			live = t->r[i] == p->r;
+		if (live)
+			lm__fill_range(&rt->pf_filler, p->r, p->first, p->count);
+		lm__read_unlock(rt, idx);
+		free(p);
+		atomic_fetch_sub(&rt->pf_pending, 1);
+		pthread_mutex_lock(&rt->pf_lock);
+	}
+	pthread_mutex_unlock(&rt->pf_lock);
+	return NULL;
+}

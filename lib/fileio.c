@@ -1,0 +1,128 @@
+/* SPDX-License-Identifier: MIT */
+/* Reading file sources into staging buffers: io_uring with a registered buffer, or pread. */
+#include "internal.h"
+
+#include <errno.h>
+#include <liburing.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <unistd.h>
+
+/*
+ * The staging buffer is private anonymous memory, never a region: the
+ * handler must not fault on registered memory (DESIGN invariant 1), so
+ * the kernel reads into it and UFFDIO_COPY copies from it.
+ */
+int lm__filler_init(struct lm__filler *f, struct lm_runtime *rt, bool want_ring)
+{
+	memset(f, 0, sizeof(*f));
+	f->rt = rt;
+	f->stage_len = (size_t)rt->opt.readahead_max * (size_t)rt->page_size;
+	f->stage = mmap(NULL, f->stage_len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS,
+			-1, 0);
+	if (f->stage == MAP_FAILED) {
+		f->stage = NULL;
+		return -errno;
+	}
+	/* Never written: its pages stay the shared zero page, costing no memory. */
+	f->zeros = mmap(NULL, f->stage_len, PROT_READ, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	if (f->zeros == MAP_FAILED) {
+		f->zeros = NULL;
+		return -errno;
+	}
+	if (!want_ring)
+		return 0;
+	struct io_uring *ring = calloc(1, sizeof(*ring));
+	if (!ring)
+		return -ENOMEM;
+	int rc = io_uring_queue_init(8, ring, 0);
+	if (rc < 0) {
+		/* io_uring may be disabled (kernel.io_uring_disabled): pread still works. */
+		lm__log(rt, 2, "io_uring unavailable (%s), using pread", lm_strerror(rc));
+		free(ring);
+		return 0;
+	}
+	struct iovec iov = { .iov_base = f->stage, .iov_len = f->stage_len };
+	rc = io_uring_register_buffers(ring, &iov, 1);
+	if (rc < 0) {
+		lm__log(rt, 2, "io_uring buffer registration failed (%s), using pread",
+			lm_strerror(rc));
+		io_uring_queue_exit(ring);
+		free(ring);
+		return 0;
+	}
+	f->ring = ring;
+	return 0;
+}
+
+void lm__filler_fini(struct lm__filler *f)
+{
+	if (f->ring) {
+		io_uring_queue_exit(f->ring);
+		free(f->ring);
+		f->ring = NULL;
+	}
+	if (f->stage) {
+		munmap(f->stage, f->stage_len);
+		f->stage = NULL;
+	}
+	if (f->zeros) {
+		munmap((void *)f->zeros, f->stage_len);
+		f->zeros = NULL;
+	}
+}
+
+static ssize_t uring_read(struct lm__filler *f, int fd, uint64_t off, unsigned char *dst,
+			  size_t len)
+{
+	struct io_uring *ring = f->ring;
+	struct io_uring_sqe *sqe = io_uring_get_sqe(ring);
+	if (!sqe)
+		return -EBUSY;
+	/* Any address inside the registered buffer may be the target. */
+	io_uring_prep_read_fixed(sqe, fd, dst, (unsigned)len, off, 0);
+	int rc = io_uring_submit_and_wait(ring, 1);
+	if (rc < 0)
+		return rc;
+	struct io_uring_cqe *cqe;
+	rc = io_uring_wait_cqe(ring, &cqe);
+	if (rc < 0)
+		return rc;
+	ssize_t res = cqe->res;
+	io_uring_cqe_seen(ring, cqe);
+	return res;
+}
+
+/*
+ * Reads [off, off + len) into the staging buffer, looping over short
+ * reads; stops early only at end of file.  Returns the bytes read or
+ * -errno, so a caller can tell "past EOF" (short) from "failed".
+ */
+ssize_t lm__file_read(struct lm__filler *f, int fd, uint64_t off, size_t len)
+{
+	struct lm_runtime *rt = f->rt;
+	size_t got = 0;
+	if (len > f->stage_len)
+		len = f->stage_len;
+	while (got < len) {
+		ssize_t n;
+		if (f->ring) {
+			LM__STAT_ADD(rt, io_uring_reads, 1);
+			n = uring_read(f, fd, off + got, f->stage + got, len - got);
+		} else {
+			LM__STAT_ADD(rt, pread_reads, 1);
+			n = pread(fd, f->stage + got, len - got, (off_t)(off + got));
+			if (n < 0)
+				n = -errno;
+		}
+		if (n == -EINTR || n == -EAGAIN)
+			continue;
+		if (n < 0)
+			return n;
+		if (n == 0)
+			break;
+		got += (size_t)n;
+	}
+	return (ssize_t)got;
+}

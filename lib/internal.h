@@ -1,0 +1,268 @@
+/* SPDX-License-Identifier: MIT */
+/* Internal interfaces shared by the files of liblazymem; nothing here is ABI. */
+#ifndef LM_INTERNAL_H
+#define LM_INTERNAL_H
+
+#include "config.h"
+#include "lazymem.h"
+
+#include <pthread.h>
+#include <signal.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stdint.h>
+
+#define LM__LIKELY(x) __builtin_expect(!!(x), 1)
+#define LM__UNLIKELY(x) __builtin_expect(!!(x), 0)
+#define LM__ARRAY_SIZE(a) (sizeof(a) / sizeof((a)[0]))
+
+/* ---- uffd.c: the only file that issues userfaultfd ioctls ------------ */
+
+/*
+ * Result of an install: 0 when every page was installed, otherwise
+ * -errno with *done set to the bytes that were installed before it.
+ * -EEXIST: the page at *done already exists; -EAGAIN: the address space
+ * is changing (mremap, fork) and the caller must back off, not spin.
+ */
+int lm__uffd_open(int mode, int forced_origin, uint64_t want_features,
+		  int *origin, unsigned *limits, uint64_t *features);
+int lm__uffd_register(int ufd, uintptr_t start, size_t len);
+int lm__uffd_unregister(int ufd, uintptr_t start, size_t len);
+int lm__uffd_copy(int ufd, uintptr_t dst, const void *src, size_t len,
+		  size_t *done);
+int lm__uffd_zeropage(int ufd, uintptr_t dst, size_t len, size_t *done);
+int lm__uffd_poison(int ufd, uintptr_t dst, size_t len);
+int lm__uffd_wake(int ufd, uintptr_t start, size_t len);
+/* 1 when the mm behind a (child's) userfaultfd is gone, 0 when alive. */
+int lm__uffd_mm_dead(int ufd, uintptr_t probe_addr);
+
+/* ---- pagetable.c: the radix tree of page entries --------------------- */
+
+/* Page states; see pagetable.c for who may change which. */
+enum {
+	LM_PS_MISSING = 0,	/* never filled, or dropped: contents are the source's */
+	LM_PS_FILLING = 1,	/* one thread is filling it */
+	LM_PS_CLEAN = 2,	/* resident, equal to its source (or swap slot) */
+	LM_PS_DIRTY = 3,	/* resident and written since filled */
+	LM_PS_SWAPPED = 4,	/* only copy is in a swap slot (aux) */
+	LM_PS_EVICTING = 5,	/* being written out */
+	LM_PS_POISON = 6,	/* could not be filled: touching it raises SIGBUS */
+};
+
+#define LM_PTE_STATE_MASK 0xfull
+#define LM_PTE_WAITERS (1ull << 4)	/* a fault was parked on this page */
+#define LM_PTE_AUX_SHIFT 16
+#define LM_PTE_STATE(e) ((unsigned)((e) & LM_PTE_STATE_MASK))
+
+typedef _Atomic uint64_t lm__pte;
+
+struct lm__chunk;
+
+struct lm__ptable {
+	uint64_t npages;
+	unsigned levels;		/* 1 = the root is a leaf */
+	_Atomic(void *) root;
+	_Atomic(struct lm__chunk *) chunks;	/* node arena, freed on destroy */
+	_Atomic size_t bytes;		/* node bytes handed out */
+};
+
+int lm__pt_init(struct lm__ptable *pt, uint64_t npages);
+void lm__pt_destroy(struct lm__ptable *pt);
+/*
+ * The entry of page pgno; with create, allocates the path to it (lock
+ * free and async-signal-safe).  NULL when absent (no create) or when
+ * memory ran out.
+ */
+lm__pte *lm__pt_get(struct lm__ptable *pt, uint64_t pgno, bool create);
+/* Calls fn for every allocated entry in [first, last]; stops when fn returns non-zero. */
+int lm__pt_walk(struct lm__ptable *pt, uint64_t first, uint64_t last,
+		int (*fn)(lm__pte *e, uint64_t pgno, void *arg), void *arg);
+
+/* ---- stats.c ---------------------------------------------------------- */
+
+#define LM__ATOMIC_FIELD(name, kind, unit, help) _Atomic uint64_t name;
+struct lm__stats {
+	LM_STATS_LIST(LM__ATOMIC_FIELD)
+	_Atomic uint64_t fill_latency[LM_LAT_BUCKETS];
+};
+#undef LM__ATOMIC_FIELD
+
+#define LM__STAT_ADD(rt, field, n) \
+	atomic_fetch_add_explicit(&(rt)->stats.field, (uint64_t)(n), memory_order_relaxed)
+#define LM__STAT_SUB(rt, field, n) \
+	atomic_fetch_sub_explicit(&(rt)->stats.field, (uint64_t)(n), memory_order_relaxed)
+#define LM__STAT_SET(rt, field, v) \
+	atomic_store_explicit(&(rt)->stats.field, (uint64_t)(v), memory_order_relaxed)
+
+void lm__stats_latency(struct lm_runtime *rt, uint64_t ns, unsigned pages);
+uint64_t lm__now_ns(void);
+
+/* ---- fileio.c: reads from file sources -------------------------------- */
+
+/*
+ * A filler is what a thread needs to fill pages: a staging buffer of
+ * readahead_max pages and, for file sources, an io_uring whose fixed
+ * buffer is that staging buffer.  Each handler thread owns one; the
+ * signal path borrows one from a pool.
+ */
+struct lm__filler {
+	struct lm_runtime *rt;
+	unsigned char *stage;
+	size_t stage_len;
+	void *ring;		/* struct io_uring *, NULL: use pread */
+	const unsigned char *zeros;	/* readahead_max pages that read as zeros */
+	_Atomic int busy;	/* pool slots only */
+};
+
+int lm__filler_init(struct lm__filler *f, struct lm_runtime *rt, bool want_ring);
+void lm__filler_fini(struct lm__filler *f);
+/* Reads up to len bytes at off into f->stage; returns bytes read or -errno. */
+ssize_t lm__file_read(struct lm__filler *f, int fd, uint64_t off, size_t len);
+
+/* ---- region.c ---------------------------------------------------------- */
+
+#define LM__ADV_SLOTS 8
+
+struct lm__adv_range {
+	_Atomic uint64_t first, last;	/* page numbers, inclusive; last < first: unused */
+	_Atomic int advice;
+};
+
+struct lm__gap {
+	uintptr_t start, end;
+};
+
+struct lm_region {
+	struct lm_runtime *rt;
+	uintptr_t start;		/* changes only under rt->lock, published by the table */
+	size_t len;
+	uint64_t npages;
+	int kind;			/* enum lm_source_kind */
+	const unsigned char *buf;	/* memory source */
+	uint64_t buflen;		/* memory source: bytes of buf (the rest reads as zeros) */
+	int fd;				/* file source, our own dup */
+	uint64_t foff;
+	_Atomic uint64_t fsize;		/* file size as last seen */
+	uint64_t src_shift;		/* pages: region page p reads source page p + src_shift */
+	struct lm_region *parent;	/* internal region split off by mremap */
+	struct lm__ptable pt;
+	_Atomic int64_t resident;
+	_Atomic uint64_t ra_next;	/* readahead: page expected next */
+	_Atomic unsigned ra_win;	/* readahead: current window */
+	_Atomic int advice;		/* region-wide advice */
+	struct lm__adv_range adv[LM__ADV_SLOTS];
+	_Atomic unsigned adv_next;
+	pthread_mutex_t gap_lock;	/* guards gaps: ranges the application unmapped */
+	struct lm__gap *gaps;
+	size_t ngaps;
+	struct lm_region **aliases;	/* parts moved away by mremap (guarded by rt->lock) */
+	size_t naliases;
+};
+
+struct lm__rtable {
+	size_t n;
+	struct lm_region *r[];
+};
+
+/* Lookup under lm__read_lock; the region stays valid until lm__read_unlock. */
+struct lm_region *lm__region_find(struct lm_runtime *rt, uintptr_t addr);
+int lm__region_advice_at(struct lm_region *r, uint64_t pgno);
+void lm__region_forget(struct lm_region *r, uintptr_t start, uintptr_t end, bool unmapped);
+int lm__region_remap(struct lm_runtime *rt, uintptr_t from, uintptr_t to, size_t len);
+void lm__region_free_all(struct lm_runtime *rt);
+
+/* ---- runtime.c ------------------------------------------------------- */
+
+struct lm__child {
+	int ufd;
+	struct lm__child *next;
+};
+
+struct lm__prefetch {
+	struct lm_region *r;
+	uint64_t first, count;
+	struct lm__prefetch *next;
+};
+
+struct lm_runtime {
+	struct lm_options opt;
+	long page_size;
+	unsigned page_shift;
+	int mode;
+	int ufd;
+	int origin;
+	unsigned limits;
+	uint64_t features;
+	int epfd;
+	int stop_fd;			/* eventfd: handler threads exit when readable */
+	pthread_t *threads;
+	struct lm__filler *fillers;	/* one per handler thread */
+	int nthreads;
+	_Atomic bool stopping;
+
+	/* Regions: writers hold lock and publish a new table; readers use epochs. */
+	pthread_mutex_t lock;
+	pthread_mutex_t sync_lock;	/* serializes lm__synchronize */
+	_Atomic(struct lm__rtable *) table;
+	_Atomic unsigned epoch;
+	_Atomic long readers[2];
+
+	/*
+	 * fork() children whose faults we serve (thread mode), guarded by
+	 * ch_lock.  A child is read inside a read section, so a detached
+	 * child is closed only after lm__synchronize: its descriptor number
+	 * can then be reused without a handler reading someone else's file.
+	 */
+	pthread_mutex_t ch_lock;
+	struct lm__child *children;
+	uintptr_t probe_page;		/* an unregistered page used to test a child's mm */
+
+	/* Background prefetch (will-need advice). */
+	pthread_mutex_t pf_lock;
+	pthread_cond_t pf_cond;
+	struct lm__prefetch *pf_head, **pf_tail;
+	pthread_t pf_thread;
+	bool pf_started;
+	struct lm__filler pf_filler;
+	_Atomic long pf_pending;
+
+	/* Signal mode: staging buffers for faulting threads. */
+	struct lm__filler *pool;
+	int npool;
+	struct lm_runtime *_Atomic sig_next;
+
+	struct lm__stats stats;
+};
+
+int lm__read_lock(struct lm_runtime *rt);
+void lm__read_unlock(struct lm_runtime *rt, int idx);
+/* Waits until every reader that might see the previous table has left. */
+void lm__synchronize(struct lm_runtime *rt);
+void lm__log(struct lm_runtime *rt, int level, const char *fmt, ...)
+	__attribute__((format(printf, 3, 4)));
+
+/* ---- fault.c: filling pages and the handler loop --------------------- */
+
+#define LM_FILL_WRITE 1u	/* the fault was a write */
+#define LM_FILL_PREFETCH 2u	/* advice, not a fault: never poison, never wait */
+#define LM_FILL_NOAHEAD 4u	/* exactly the pages asked */
+
+/*
+ * Fills page pgno of r (and readahead pages after it) and installs them
+ * through ufd.  Returns the number of pages installed, 0 when there was
+ * nothing to do (another thread owns the page, or it is resident), or
+ * -errno; a page that cannot be filled is poisoned and counted.
+ */
+long lm__fill(struct lm__filler *f, struct lm_region *r, uint64_t pgno,
+	      unsigned want, unsigned flags, int ufd);
+void *lm__handler_main(void *arg);
+void *lm__prefetch_main(void *arg);
+long lm__fill_range(struct lm__filler *f, struct lm_region *r, uint64_t first,
+		    uint64_t count);
+
+/* ---- signal.c: resolution in the faulting thread ---------------------- */
+
+int lm__signal_attach(struct lm_runtime *rt);
+void lm__signal_detach(struct lm_runtime *rt);
+
+#endif /* LM_INTERNAL_H */

@@ -1,0 +1,544 @@
+/* SPDX-License-Identifier: MIT */
+/* Regions: creation and destruction, the address-ordered region table, advice, and the application's munmap/mremap/madvise. */
+#include "internal.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+/*
+ * The region table is an array sorted by start address.  It is never
+ * modified in place: a writer (holding rt->lock) builds a new array,
+ * publishes it, waits out the readers of the old one and frees it, so a
+ * fault handler's lookup is a binary search with no lock at all.
+ */
+static int table_replace(struct lm_runtime *rt, struct lm_region *add, struct lm_region *del)
+{
+	struct lm__rtable *old = atomic_load_explicit(&rt->table, memory_order_relaxed);
+	size_t n = old ? old->n : 0;
+	struct lm__rtable *t = malloc(sizeof(*t) + (n + 1) * sizeof(t->r[0]));
+	if (!t)
+		return -ENOMEM;
+	size_t k = 0;
+	bool placed = !add;
+	for (size_t i = 0; i < n; i++) {
+		struct lm_region *r = old->r[i];
+		if (r == del)
+			continue;
+		if (!placed && add->start < r->start) {
+			t->r[k++] = add;
+			placed = true;
+		}
+		t->r[k++] = r;
+	}
+	if (!placed)
+		t->r[k++] = add;
+	t->n = k;
+	atomic_store_explicit(&rt->table, t, memory_order_release);
+	lm__synchronize(rt);
+	free(old);
+	return 0;
+}
+
+static int by_start(const void *a, const void *b)
+{
+	const struct lm_region *x = *(struct lm_region *const *)a, *y = *(struct lm_region *const *)b;
+	return x->start < y->start ? -1 : x->start > y->start;
+}
+
+/* Re-sorts after a region moved (mremap): same members, new order. */
+static int table_resort(struct lm_runtime *rt)
+{
+	struct lm__rtable *old = atomic_load_explicit(&rt->table, memory_order_relaxed);
+	size_t n = old ? old->n : 0;
+	struct lm__rtable *t = malloc(sizeof(*t) + n * sizeof(t->r[0]));
+	if (!t)
+		return -ENOMEM;
+	t->n = n;
+	if (n)
+		memcpy(t->r, old->r, n * sizeof(t->r[0]));
+	qsort(t->r, n, sizeof(t->r[0]), by_start);
+	atomic_store_explicit(&rt->table, t, memory_order_release);
+	lm__synchronize(rt);
+	free(old);
+	return 0;
+}
+
+struct lm_region *lm__region_find(struct lm_runtime *rt, uintptr_t addr)
+{
+	struct lm__rtable *t = atomic_load_explicit(&rt->table, memory_order_acquire);
+	if (!t)
+		return NULL;
+	size_t lo = 0, hi = t->n;
+	while (lo < hi) {
+		size_t mid = lo + (hi - lo) / 2;
+		struct lm_region *r = t->r[mid];
+		if (addr < r->start)
+			hi = mid;
+		else if (addr >= r->start + r->len)
+			lo = mid + 1;
+		else
+			return r;
+	}
+	return NULL;
+}
+
+/* True when [start, start + len) overlaps a live region. */
+static bool overlaps_region(struct lm_runtime *rt, uintptr_t start, size_t len)
+{
+	struct lm__rtable *t = atomic_load_explicit(&rt->table, memory_order_acquire);
+	for (size_t i = 0; t && i < t->n; i++)
+		if (start < t->r[i]->start + t->r[i]->len && t->r[i]->start < start + len)
+			return true;
+	return false;
+}
+
+static struct lm_region *region_alloc(struct lm_runtime *rt, size_t len)
+{
+	struct lm_region *r = calloc(1, sizeof(*r));
+	if (!r)
+		return NULL;
+	r->rt = rt;
+	r->len = len;
+	r->npages = len >> rt->page_shift;
+	r->fd = -1;
+	pthread_mutex_init(&r->gap_lock, NULL);
+	lm__pt_init(&r->pt, r->npages);
+	for (int i = 0; i < LM__ADV_SLOTS; i++) {
+		atomic_init(&r->adv[i].first, 1);
+		atomic_init(&r->adv[i].last, 0);
+	}
+	atomic_init(&r->ra_win, 0);
+	return r;
+}
+
+static void region_free(struct lm_region *r)
+{
+	lm__pt_destroy(&r->pt);
+	if (r->fd >= 0 && !r->parent)
+		close(r->fd);
+	free(r->gaps);
+	free(r->aliases);
+	pthread_mutex_destroy(&r->gap_lock);
+	free(r);
+}
+
+static int create(struct lm_runtime *rt, size_t length, unsigned flags, int kind,
+		  const void *buf, int fd, off_t offset, struct lm_region **out)
+{
+	if (!rt || !out || !length || flags)
+		return -EINVAL;
+	size_t ps = (size_t)rt->page_size;
+	if (length > SIZE_MAX - ps)
+		return -EINVAL;
+	size_t len = (length + ps - 1) & ~(ps - 1);
+	struct stat st;
+	if (kind == LM_SOURCE_MEMORY && !buf)
+		return -EINVAL;
+	if (kind == LM_SOURCE_FILE) {
+		if (fd < 0)
+			return -EBADF;
+		if (offset < 0 || ((size_t)offset & (ps - 1)))
+			return -EINVAL;
+		int fl = fcntl(fd, F_GETFL);
+		if (fl < 0)
+			return -errno;
+		if ((fl & O_ACCMODE) == O_WRONLY || (fl & O_PATH))
+			return -EACCES;
+		if (fstat(fd, &st) < 0)
+			return -errno;
+		if (!S_ISREG(st.st_mode) && !S_ISBLK(st.st_mode))
+			return -ENODEV;
+	}
+
+	struct lm_region *r = region_alloc(rt, len);
+	if (!r)
+		return -ENOMEM;
+	r->kind = kind;
+	r->buf = buf;
+	r->buflen = length;
+	if (kind == LM_SOURCE_FILE) {
+		r->fd = fcntl(fd, F_DUPFD_CLOEXEC, 0);
+		if (r->fd < 0) {
+			int err = -errno;
+			region_free(r);
+			return err;
+		}
+		r->foff = (uint64_t)offset;
+		atomic_init(&r->fsize, (uint64_t)st.st_size);
+	}
+	void *addr = mmap(NULL, len, PROT_READ | PROT_WRITE,
+			  MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+	if (addr == MAP_FAILED) {
+		int err = -errno;
+		region_free(r);
+		return err;
+	}
+	r->start = (uintptr_t)addr;
+	int rc = lm__uffd_register(rt->ufd, r->start, len);
+	if (rc < 0) {
+		munmap(addr, len);
+		region_free(r);
+		return rc;
+	}
+	pthread_mutex_lock(&rt->lock);
+	/*
+	 * A memory source inside a region would make the handler fault on
+	 * registered memory while it copies (DESIGN invariant 1): refuse it.
+	 */
+	if (kind == LM_SOURCE_MEMORY && overlaps_region(rt, (uintptr_t)buf, len))
+		rc = -EINVAL;
+	else
+		rc = table_replace(rt, r, NULL);
+	pthread_mutex_unlock(&rt->lock);
+	if (rc < 0) {
+		lm__uffd_unregister(rt->ufd, r->start, len);
+		munmap(addr, len);
+		region_free(r);
+		return rc;
+	}
+	LM__STAT_ADD(rt, regions_live, 1);
+	LM__STAT_ADD(rt, regions_created, 1);
+	LM__STAT_ADD(rt, region_bytes, len);
+	*out = r;
+	return 0;
+}
+
+int lm_region_create_zero(struct lm_runtime *rt, size_t length, unsigned flags,
+			  struct lm_region **out)
+{
+	return create(rt, length, flags, LM_SOURCE_ZERO, NULL, -1, 0, out);
+}
+
+int lm_region_create_memory(struct lm_runtime *rt, const void *buf, size_t length,
+			    unsigned flags, struct lm_region **out)
+{
+	return create(rt, length, flags, LM_SOURCE_MEMORY, buf, -1, 0, out);
+}
+
+int lm_region_create_file(struct lm_runtime *rt, int fd, off_t offset, size_t length,
+			  unsigned flags, struct lm_region **out)
+{
+	return create(rt, length, flags, LM_SOURCE_FILE, NULL, fd, offset, out);
+}
+
+/* Unmaps what the application has not unmapped itself: never someone else's mapping. */
+static void unmap_own(struct lm_region *r)
+{
+	uintptr_t at = r->start, end = r->start + r->len;
+	pthread_mutex_lock(&r->gap_lock);
+	/* Gaps are kept sorted and disjoint by add_gap. */
+	for (size_t i = 0; i <= r->ngaps; i++) {
+		uintptr_t stop = i < r->ngaps ? r->gaps[i].start : end;
+		if (stop > at)
+			munmap((void *)at, stop - at);
+		if (i < r->ngaps && r->gaps[i].end > at)
+			at = r->gaps[i].end;
+	}
+	pthread_mutex_unlock(&r->gap_lock);
+}
+
+static void drop_prefetch(struct lm_runtime *rt, struct lm_region *r)
+{
+	pthread_mutex_lock(&rt->pf_lock);
+	struct lm__prefetch **pp = &rt->pf_head;
+	while (*pp) {
+		struct lm__prefetch *p = *pp;
+		if (p->r == r) {
+			*pp = p->next;
+			free(p);
+			atomic_fetch_sub(&rt->pf_pending, 1);
+		} else {
+			pp = &p->next;
+		}
+	}
+	rt->pf_tail = pp;
+	pthread_mutex_unlock(&rt->pf_lock);
+}
+
+/* Called with rt->lock held. */
+static void destroy_locked(struct lm_runtime *rt, struct lm_region *r)
+{
+	for (size_t i = 0; i < r->naliases; i++)
+		destroy_locked(rt, r->aliases[i]);
+	/* Unregistering wakes any thread still blocked on one of its pages. */
+	lm__uffd_unregister(rt->ufd, r->start, r->len);
+	drop_prefetch(rt, r);
+	table_replace(rt, NULL, r);
+	/* Aliases are the application's memory now (it moved them): leave them mapped. */
+	if (!r->parent)
+		unmap_own(r);
+	LM__STAT_SUB(rt, regions_live, 1);
+	LM__STAT_SUB(rt, region_bytes, r->len);
+	region_free(r);
+}
+
+int lm_region_destroy(struct lm_region *r)
+{
+	if (!r || r->parent)
+		return -EINVAL;
+	struct lm_runtime *rt = r->rt;
+	pthread_mutex_lock(&rt->lock);
+	destroy_locked(rt, r);
+	pthread_mutex_unlock(&rt->lock);
+	return 0;
+}
+
+void lm__region_free_all(struct lm_runtime *rt)
+{
+	pthread_mutex_lock(&rt->lock);
+	for (;;) {
+		struct lm__rtable *t = atomic_load(&rt->table);
+		struct lm_region *victim = NULL;
+		for (size_t i = 0; t && i < t->n && !victim; i++)
+			if (!t->r[i]->parent)
+				victim = t->r[i];
+		if (!victim)
+			break;
+		destroy_locked(rt, victim);
+	}
+	pthread_mutex_unlock(&rt->lock);
+}
+
+void *lm_region_addr(const struct lm_region *r)
+{
+	return r ? (void *)r->start : NULL;
+}
+
+size_t lm_region_length(const struct lm_region *r)
+{
+	return r ? r->len : 0;
+}
+
+int lm__region_advice_at(struct lm_region *r, uint64_t pgno)
+{
+	for (int i = 0; i < LM__ADV_SLOTS; i++) {
+		uint64_t first = atomic_load_explicit(&r->adv[i].first, memory_order_relaxed);
+		uint64_t last = atomic_load_explicit(&r->adv[i].last, memory_order_relaxed);
+		if (first <= pgno && pgno <= last)
+			return atomic_load_explicit(&r->adv[i].advice, memory_order_relaxed);
+	}
+	return atomic_load_explicit(&r->advice, memory_order_relaxed);
+}
+
+static void set_pattern(struct lm_region *r, uint64_t first, uint64_t last, int advice)
+{
+	if (first == 0 && last == r->npages - 1) {
+		for (int i = 0; i < LM__ADV_SLOTS; i++) {
+			atomic_store(&r->adv[i].first, 1);
+			atomic_store(&r->adv[i].last, 0);
+		}
+		atomic_store(&r->advice, advice);
+		return;
+	}
+	/* A few ranges are remembered; the oldest is forgotten first. */
+	unsigned i = atomic_fetch_add(&r->adv_next, 1) % LM__ADV_SLOTS;
+	atomic_store(&r->adv[i].last, 0);
+	atomic_store(&r->adv[i].first, 1);
+	atomic_store(&r->adv[i].advice, advice);
+	atomic_store(&r->adv[i].first, first);
+	atomic_store(&r->adv[i].last, last);
+}
+
+struct forget_ctx {
+	struct lm_runtime *rt;
+	struct lm_region *r;
+	uint64_t dropped;
+};
+
+static int forget_one(lm__pte *e, uint64_t pgno, void *arg)
+{
+	struct forget_ctx *c = arg;
+	(void)pgno;
+	uint64_t v = atomic_load(e);
+	for (;;) {
+		unsigned s = LM_PTE_STATE(v);
+		/* A page being filled settles by itself; a refault heals a stale state. */
+		if (s != LM_PS_CLEAN && s != LM_PS_DIRTY && s != LM_PS_POISON)
+			return 0;
+		if (atomic_compare_exchange_weak(e, &v, (uint64_t)LM_PS_MISSING)) {
+			if (s != LM_PS_POISON) {
+				atomic_fetch_sub(&c->r->resident, 1);
+				c->dropped++;
+			}
+			return 0;
+		}
+	}
+}
+
+static void add_gap(struct lm_region *r, uintptr_t start, uintptr_t end)
+{
+	pthread_mutex_lock(&r->gap_lock);
+	struct lm__gap *g = realloc(r->gaps, (r->ngaps + 1) * sizeof(*g));
+	if (g) {
+		r->gaps = g;
+		size_t i = r->ngaps;
+		while (i > 0 && g[i - 1].start > start) {
+			g[i] = g[i - 1];
+			i--;
+		}
+		g[i].start = start;
+		g[i].end = end;
+		r->ngaps++;
+	}
+	pthread_mutex_unlock(&r->gap_lock);
+}
+
+/*
+ * The application dropped (madvise) or unmapped [start, end) of r: the
+ * pages' contents are the source's again.  Called by the event handler
+ * and by dont-need advice; idempotent.
+ */
+void lm__region_forget(struct lm_region *r, uintptr_t start, uintptr_t end, bool unmapped)
+{
+	if (start < r->start)
+		start = r->start;
+	if (end > r->start + r->len)
+		end = r->start + r->len;
+	if (start >= end)
+		return;
+	uint64_t first = (start - r->start) >> r->rt->page_shift;
+	uint64_t last = (end - 1 - r->start) >> r->rt->page_shift;
+	struct forget_ctx c = { r->rt, r, 0 };
+	lm__pt_walk(&r->pt, first, last, forget_one, &c);
+	if (!unmapped)
+		LM__STAT_ADD(r->rt, dontneed_pages, c.dropped);
+	else
+		add_gap(r, start, end);
+}
+
+/*
+ * mremap moved [from, from + len) to `to`.  A whole region simply moves
+ * (its page table is indexed by page number, not address).  A part moved
+ * away becomes an internal alias region over the same source, so faults
+ * at its new address still get the right contents; it is destroyed (and
+ * unregistered) with the region it came from.
+ */
+int lm__region_remap(struct lm_runtime *rt, uintptr_t from, uintptr_t to, size_t len)
+{
+	pthread_mutex_lock(&rt->lock);
+	int idx = lm__read_lock(rt);
+	struct lm_region *r = lm__region_find(rt, from);
+	lm__read_unlock(rt, idx);
+	int rc = 0;
+	if (!r)
+		goto out;
+	if (from == r->start && len >= r->len) {
+		/*
+		 * Readers may hold r while its start changes; a lookup racing
+		 * the move can miss it, and that fault is simply replayed.
+		 */
+		r->start = to;
+		rc = table_resort(rt);
+		goto out;
+	}
+	size_t part = r->start + r->len - from < len ? r->start + r->len - from : len;
+	struct lm_region *a = region_alloc(rt, part);
+	struct lm_region **al = realloc(r->aliases, (r->naliases + 1) * sizeof(*al));
+	if (!a || !al) {
+		free(a);
+		if (al)
+			r->aliases = al;
+		rc = -ENOMEM;
+		goto out;
+	}
+	r->aliases = al;
+	a->parent = r;
+	a->start = to;
+	a->kind = r->kind;
+	a->buf = r->buf;
+	a->buflen = r->buflen;
+	a->fd = r->fd;
+	a->foff = r->foff;
+	atomic_init(&a->fsize, atomic_load(&r->fsize));
+	a->src_shift = r->src_shift + ((from - r->start) >> rt->page_shift);
+	r->aliases[r->naliases++] = a;
+	rc = table_replace(rt, a, NULL);
+	pthread_mutex_unlock(&rt->lock);
+	lm__region_forget(r, from, from + part, true);
+	return rc;
+out:
+	pthread_mutex_unlock(&rt->lock);
+	return rc;
+}
+
+static int queue_prefetch(struct lm_runtime *rt, struct lm_region *r, uint64_t first,
+			  uint64_t count)
+{
+	struct lm__prefetch *p = malloc(sizeof(*p));
+	if (!p)
+		return -ENOMEM;
+	p->r = r;
+	p->first = first;
+	p->count = count;
+	p->next = NULL;
+	pthread_mutex_lock(&rt->pf_lock);
+	if (!rt->pf_started) {
+		int rc = lm__filler_init(&rt->pf_filler, rt, rt->opt.io == LM_IO_URING);
+		if (rc == 0)
+			rc = -pthread_create(&rt->pf_thread, NULL, lm__prefetch_main, rt);
+		if (rc < 0) {
+			lm__filler_fini(&rt->pf_filler);
+			pthread_mutex_unlock(&rt->pf_lock);
+			free(p);
+			return rc;
+		}
+		rt->pf_started = true;
+	}
+	*rt->pf_tail = p;
+	rt->pf_tail = &p->next;
+	atomic_fetch_add(&rt->pf_pending, 1);
+	pthread_cond_signal(&rt->pf_cond);
+	pthread_mutex_unlock(&rt->pf_lock);
+	return 0;
+}
+
+static int populate(struct lm_region *r, uint64_t first, uint64_t count)
+{
+	struct lm_runtime *rt = r->rt;
+	struct lm__filler f;
+	int rc = lm__filler_init(&f, rt, false);
+	if (rc < 0)
+		return rc;
+	int idx = lm__read_lock(rt);
+	long n = lm__fill_range(&f, r, first, count);
+	lm__read_unlock(rt, idx);
+	lm__filler_fini(&f);
+	return n < 0 ? (int)n : 0;
+}
+
+int lm_region_advise(struct lm_region *r, size_t offset, size_t length, int advice)
+{
+	if (!r || r->parent || !length)
+		return -EINVAL;
+	struct lm_runtime *rt = r->rt;
+	size_t ps = (size_t)rt->page_size;
+	if ((offset & (ps - 1)) || offset >= r->len || length > r->len - offset)
+		return -EINVAL;
+	uint64_t first = offset >> rt->page_shift;
+	uint64_t count = (length + ps - 1) >> rt->page_shift;
+	switch (advice) {
+	case LM_ADV_NORMAL:
+	case LM_ADV_SEQUENTIAL:
+	case LM_ADV_RANDOM:
+		set_pattern(r, first, first + count - 1, advice);
+		return 0;
+	case LM_ADV_WILLNEED:
+		return queue_prefetch(rt, r, first, count);
+	case LM_ADV_POPULATE:
+		return populate(r, first, count);
+	case LM_ADV_DONTNEED: {
+		uintptr_t start = r->start + offset;
+		size_t bytes = count << rt->page_shift;
+		if (madvise((void *)start, bytes, MADV_DONTNEED) < 0)
+			return -errno;
+		lm__region_forget(r, start, start + bytes, false);
+		return 0;
+	}
+	}
+	return -EINVAL;
+}

@@ -1,0 +1,358 @@
+/* SPDX-License-Identifier: MIT */
+/* The runtime: options and environment, the userfaultfd and its threads, opening and closing. */
+#include "internal.h"
+
+#include <errno.h>
+#include <linux/userfaultfd.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <sys/epoll.h>
+#include <sys/eventfd.h>
+#include <sys/mman.h>
+#include <unistd.h>
+
+#define DEFAULT_READAHEAD 32
+#define MAX_READAHEAD 1024
+#define MAX_THREADS 64
+
+int lm_options_init(struct lm_options *opts)
+{
+	if (!opts)
+		return -EINVAL;
+	memset(opts, 0, sizeof(*opts));
+	opts->size = sizeof(*opts);
+	return 0;
+}
+
+static void stderr_log(int level, const char *msg, void *arg)
+{
+	(void)arg;
+	fprintf(stderr, "lazymem[%d]: %s\n", level, msg);
+}
+
+void lm__log(struct lm_runtime *rt, int level, const char *fmt, ...)
+{
+	if (!rt->opt.log)
+		return;
+	char msg[256];
+	va_list ap;
+	va_start(ap, fmt);
+	vsnprintf(msg, sizeof(msg), fmt, ap);
+	va_end(ap);
+	rt->opt.log(level, msg, rt->opt.log_arg);
+}
+
+static int env_int(const char *name, int lo, int hi, int *out)
+{
+	const char *s = getenv(name);
+	if (!s || !*s)
+		return 0;
+	char *end;
+	long v = strtol(s, &end, 10);
+	if (*end || v < lo || v > hi)
+		return -EINVAL;
+	*out = (int)v;
+	return 0;
+}
+
+static int env_word(const char *name, const char *const *words, int n, int *out)
+{
+	const char *s = getenv(name);
+	if (!s || !*s)
+		return 0;
+	for (int i = 0; i < n; i++)
+		if (words[i] && !strcasecmp(s, words[i])) {
+			*out = i;
+			return 0;
+		}
+	return -EINVAL;
+}
+
+/*
+ * Environment variables fill in what the caller left at its default; a
+ * malformed value is an error rather than silently ignored, so a typo in
+ * LAZYMEM_MODE does not run the program in a mode nobody asked for.
+ */
+static int apply_env(struct lm_options *o)
+{
+	static const char *const modes[] = { "default", "thread", "signal" };
+	static const char *const ios[] = { "default", "uring", "pread" };
+	static const char *const ufds[] = { "auto", "dev", "syscall", "user" };
+	int rc = 0, dbg = 0;
+	if (!o->mode)
+		rc = rc ? rc : env_word("LAZYMEM_MODE", modes, 3, &o->mode);
+	if (!o->io)
+		rc = rc ? rc : env_word("LAZYMEM_IO", ios, 3, &o->io);
+	if (!o->uffd_source)
+		rc = rc ? rc : env_word("LAZYMEM_UFFD", ufds, 4, &o->uffd_source);
+	if (!o->handler_threads)
+		rc = rc ? rc : env_int("LAZYMEM_THREADS", 1, MAX_THREADS, &o->handler_threads);
+	if (!o->readahead_max)
+		rc = rc ? rc : env_int("LAZYMEM_READAHEAD", 1, MAX_READAHEAD, &o->readahead_max);
+	rc = rc ? rc : env_int("LAZYMEM_DEBUG", 0, 9, &dbg);
+	if (dbg && !o->log)
+		o->log = stderr_log;
+	return rc;
+}
+
+static int check_options(struct lm_options *o)
+{
+	if (o->mode < 0 || o->mode > LM_MODE_SIGNAL || o->io < 0 || o->io > LM_IO_PREAD ||
+	    o->uffd_source < 0 || o->uffd_source > LM_UFFD_SYSCALL_USER ||
+	    o->handler_threads < 0 || o->handler_threads > MAX_THREADS ||
+	    o->readahead_max < 0 || o->readahead_max > MAX_READAHEAD || (o->flags & ~LM_OPT_NO_ENV))
+		return -EINVAL;
+	if (!o->mode)
+		o->mode = LM_MODE_THREAD;
+	if (!o->io)
+		o->io = LM_IO_URING;
+	if (!o->readahead_max)
+		o->readahead_max = DEFAULT_READAHEAD;
+	if (!o->handler_threads) {
+		long n = sysconf(_SC_NPROCESSORS_ONLN);
+		o->handler_threads = n < 1 ? 1 : n > 4 ? 4 : (int)n;
+	}
+	return 0;
+}
+
+/*
+ * Readers (fault handling, stats) run inside an epoch; a writer that
+ * replaces the region table waits for the readers of the old epoch to
+ * leave before it frees anything they could see.  The read side is two
+ * atomic operations and safe in a signal handler, unlike a rwlock.
+ */
+int lm__read_lock(struct lm_runtime *rt)
+{
+	for (;;) {
+		int idx = (int)(atomic_load_explicit(&rt->epoch, memory_order_acquire) & 1);
+		atomic_fetch_add_explicit(&rt->readers[idx], 1, memory_order_seq_cst);
+		if ((int)(atomic_load_explicit(&rt->epoch, memory_order_seq_cst) & 1) == idx)
+			return idx;
+		atomic_fetch_sub_explicit(&rt->readers[idx], 1, memory_order_release);
+	}
+}
+
+void lm__read_unlock(struct lm_runtime *rt, int idx)
+{
+	atomic_fetch_sub_explicit(&rt->readers[idx], 1, memory_order_release);
+}
+
+/*
+ * Called after publishing a new table (or detaching a child), never from
+ * inside a read section.  One flip suffices: a reader re-checks the epoch
+ * after counting itself, so it either is counted in the old parity (and
+ * waited for) or sees the flip and everything published before it.
+ * Writers are serialized so that two flips never interleave, which could
+ * make one of them wait for readers of the parity now being entered.
+ */
+void lm__synchronize(struct lm_runtime *rt)
+{
+	pthread_mutex_lock(&rt->sync_lock);
+	unsigned old = atomic_fetch_add_explicit(&rt->epoch, 1, memory_order_seq_cst);
+	int idx = (int)(old & 1);
+	while (atomic_load_explicit(&rt->readers[idx], memory_order_seq_cst) > 0)
+		sched_yield();
+	pthread_mutex_unlock(&rt->sync_lock);
+}
+
+static int start_threads(struct lm_runtime *rt)
+{
+	int n = rt->opt.handler_threads;
+	rt->threads = calloc((size_t)n, sizeof(*rt->threads));
+	rt->fillers = calloc((size_t)n, sizeof(*rt->fillers));
+	if (!rt->threads || !rt->fillers)
+		return -ENOMEM;
+	for (int i = 0; i < n; i++) {
+		int rc = lm__filler_init(&rt->fillers[i], rt, rt->opt.io == LM_IO_URING);
+		if (rc < 0)
+			return rc;
+	}
+	for (int i = 0; i < n; i++) {
+		int rc = pthread_create(&rt->threads[i], NULL, lm__handler_main, &rt->fillers[i]);
+		if (rc) {
+			/* Threads already started exit when close signals them. */
+			rt->nthreads = i;
+			return -rc;
+		}
+		rt->nthreads = i + 1;
+	}
+	LM__STAT_SET(rt, handler_threads, rt->nthreads);
+	return 0;
+}
+
+static int epoll_add(int epfd, int fd, uint64_t tag)
+{
+	struct epoll_event ev = { .events = EPOLLIN, .data.u64 = tag };
+	return epoll_ctl(epfd, EPOLL_CTL_ADD, fd, &ev) < 0 ? -errno : 0;
+}
+
+static void close_runtime(struct lm_runtime *rt);
+
+int lm_runtime_open(const struct lm_options *user, struct lm_runtime **out)
+{
+	if (!out)
+		return -EINVAL;
+	struct lm_options o;
+	lm_options_init(&o);
+	if (user) {
+		if (user->size < offsetof(struct lm_options, reserved) || user->size > 4096)
+			return -EINVAL;
+		memcpy(&o, user, user->size < sizeof(o) ? user->size : sizeof(o));
+		o.size = sizeof(o);
+	}
+	int rc = 0;
+	if (!(o.flags & LM_OPT_NO_ENV))
+		rc = apply_env(&o);
+	if (rc == 0)
+		rc = check_options(&o);
+	if (rc < 0)
+		return rc;
+
+	struct lm_runtime *rt = calloc(1, sizeof(*rt));
+	if (!rt)
+		return -ENOMEM;
+	rt->opt = o;
+	rt->mode = o.mode;
+	rt->page_size = sysconf(_SC_PAGESIZE);
+	rt->page_shift = (unsigned)__builtin_ctzl((unsigned long)rt->page_size);
+	rt->ufd = rt->epfd = rt->stop_fd = -1;
+	rt->pf_tail = &rt->pf_head;
+	rt->probe_page = (uintptr_t)MAP_FAILED;
+	pthread_mutex_init(&rt->lock, NULL);
+	pthread_mutex_init(&rt->sync_lock, NULL);
+	pthread_mutex_init(&rt->ch_lock, NULL);
+	pthread_mutex_init(&rt->pf_lock, NULL);
+	pthread_cond_init(&rt->pf_cond, NULL);
+	atomic_init(&rt->table, NULL);
+
+	/*
+	 * Thread mode serves fork() children through their own userfaultfd
+	 * (EVENT_FORK); signal mode cannot, since the child would need the
+	 * descriptor, so it re-registers in the child instead (signal.c).
+	 */
+	uint64_t want = UFFD_FEATURE_EVENT_REMAP | UFFD_FEATURE_EVENT_REMOVE |
+			UFFD_FEATURE_EVENT_UNMAP | UFFD_FEATURE_THREAD_ID | (1ull << 14) /* POISON */;
+	if (rt->mode == LM_MODE_SIGNAL)
+		want |= UFFD_FEATURE_SIGBUS;
+	else
+		want |= UFFD_FEATURE_EVENT_FORK;
+	rt->ufd = lm__uffd_open(rt->mode, o.uffd_source, want, &rt->origin, &rt->limits,
+				&rt->features);
+	if (rt->ufd < 0) {
+		rc = rt->ufd;
+		lm__log(rt, 1, "no userfaultfd: %s (limits 0x%x)", lm_strerror(rc), rt->limits);
+		goto fail;
+	}
+	if (rt->mode == LM_MODE_SIGNAL && !(rt->features & UFFD_FEATURE_SIGBUS)) {
+		rc = -EOPNOTSUPP;
+		goto fail;
+	}
+	LM__STAT_SET(rt, uffd_origin, rt->origin);
+	LM__STAT_SET(rt, uffd_limits, rt->limits);
+	LM__STAT_SET(rt, uffd_features, rt->features);
+	LM__STAT_SET(rt, mode, rt->mode);
+	lm__log(rt, 3, "userfaultfd origin %d features 0x%llx mode %d", rt->origin,
+		(unsigned long long)rt->features, rt->mode);
+
+	/* A mapped, never-registered page: the liveness probe for children. */
+	void *probe = mmap(NULL, (size_t)rt->page_size, PROT_READ, MAP_PRIVATE | MAP_ANONYMOUS,
+			   -1, 0);
+	if (probe == MAP_FAILED) {
+		rc = -errno;
+		goto fail;
+	}
+	rt->probe_page = (uintptr_t)probe;
+
+	rt->epfd = epoll_create1(EPOLL_CLOEXEC);
+	rt->stop_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+	if (rt->epfd < 0 || rt->stop_fd < 0) {
+		rc = -errno;
+		goto fail;
+	}
+	if ((rc = epoll_add(rt->epfd, rt->stop_fd, 0)) < 0 ||
+	    (rc = epoll_add(rt->epfd, rt->ufd, (uint64_t)(unsigned)rt->ufd + 1)) < 0)
+		goto fail;
+	if (rt->mode == LM_MODE_SIGNAL) {
+		/* Events (remove, unmap, remap) still come as messages: one thread reads them. */
+		rt->opt.handler_threads = 1;
+		if ((rc = lm__signal_attach(rt)) < 0)
+			goto fail;
+	}
+	if ((rc = start_threads(rt)) < 0)
+		goto fail;
+	*out = rt;
+	return 0;
+fail:
+	close_runtime(rt);
+	return rc;
+}
+
+static void stop_threads(struct lm_runtime *rt)
+{
+	atomic_store(&rt->stopping, true);
+	uint64_t one = 1;
+	if (rt->stop_fd >= 0 && write(rt->stop_fd, &one, sizeof(one)) < 0) {
+		/* An eventfd write only fails on overflow, which cannot happen here. */
+	}
+	for (int i = 0; i < rt->nthreads; i++)
+		pthread_join(rt->threads[i], NULL);
+	rt->nthreads = 0;
+	pthread_mutex_lock(&rt->pf_lock);
+	pthread_cond_broadcast(&rt->pf_cond);
+	pthread_mutex_unlock(&rt->pf_lock);
+	if (rt->pf_started) {
+		pthread_join(rt->pf_thread, NULL);
+		rt->pf_started = false;
+	}
+}
+
+static void close_runtime(struct lm_runtime *rt)
+{
+	/* Regions go first, while the handlers still serve faults on them. */
+	lm__region_free_all(rt);
+	stop_threads(rt);
+	if (rt->mode == LM_MODE_SIGNAL)
+		lm__signal_detach(rt);
+	while (rt->pf_head) {
+		struct lm__prefetch *p = rt->pf_head;
+		rt->pf_head = p->next;
+		free(p);
+	}
+	for (struct lm__child *c = rt->children, *n; c; c = n) {
+		n = c->next;
+		close(c->ufd);
+		free(c);
+	}
+	if (rt->fillers)
+		for (int i = 0; i < rt->opt.handler_threads; i++)
+			lm__filler_fini(&rt->fillers[i]);
+	lm__filler_fini(&rt->pf_filler);
+	free(rt->fillers);
+	free(rt->threads);
+	free(atomic_load(&rt->table));
+	if (rt->probe_page != (uintptr_t)MAP_FAILED)
+		munmap((void *)rt->probe_page, (size_t)rt->page_size);
+	if (rt->epfd >= 0)
+		close(rt->epfd);
+	if (rt->stop_fd >= 0)
+		close(rt->stop_fd);
+	if (rt->ufd >= 0)
+		close(rt->ufd);
+	pthread_mutex_destroy(&rt->lock);
+	pthread_mutex_destroy(&rt->sync_lock);
+	pthread_mutex_destroy(&rt->ch_lock);
+	pthread_mutex_destroy(&rt->pf_lock);
+	pthread_cond_destroy(&rt->pf_cond);
+	free(rt);
+}
+
+int lm_runtime_close(struct lm_runtime *rt)
+{
+	if (!rt)
+		return -EINVAL;
+	close_runtime(rt);
+	return 0;
+}

@@ -1,0 +1,245 @@
+/* SPDX-License-Identifier: MIT */
+/* Signal mode: the faulting thread fills its own page in a SIGBUS handler. */
+#include "internal.h"
+
+#include <errno.h>
+#include <linux/userfaultfd.h>
+#include <sched.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/syscall.h>
+#include <sys/ucontext.h>
+#include <unistd.h>
+
+/*
+ * With UFFD_FEATURE_SIGBUS the kernel does not queue a message for a
+ * missing page: the toucher gets SIGBUS (BUS_ADRERR) at the address.
+ * The handler here finds the region, fills the page with the same code
+ * the handler threads use, and returns, and the access replays.  No
+ * thread hand-off and no cross-CPU wake-up, which on this class of
+ * machine is most of a fault's cost.
+ *
+ * Everything reachable from the handler is async-signal-safe: lock-free
+ * lookups (epochs, the radix tree), atomics, pread, ioctl and mmap.  The
+ * signal-mode runtimes form a list that only attach/detach change, under
+ * a mutex; the handler counts itself in flight so detach can wait it out.
+ */
+
+static pthread_mutex_t sig_lock = PTHREAD_MUTEX_INITIALIZER;
+static struct lm_runtime *_Atomic sig_list;
+static _Atomic long sig_inflight;
+static struct sigaction sig_old;
+static int sig_users;
+static bool atfork_registered;
+
+static void chain(int sig, siginfo_t *si, void *uc)
+{
+	if (sig_old.sa_flags & SA_SIGINFO) {
+		if (sig_old.sa_sigaction) {
+			sig_old.sa_sigaction(sig, si, uc);
+			return;
+		}
+	} else if (sig_old.sa_handler == SIG_IGN) {
+		return;
+	} else if (sig_old.sa_handler != SIG_DFL && sig_old.sa_handler) {
+		sig_old.sa_handler(sig);
+		return;
+	}
+	/*
+	 * Default action: die with SIGBUS.  For a fault the replayed access
+	 * raises it again under the default disposition; a sent signal is
+	 * raised again explicitly.
+	 */
+	struct sigaction dfl;
+	memset(&dfl, 0, sizeof(dfl));
+	dfl.sa_handler = SIG_DFL;
+	sigaction(SIGBUS, &dfl, NULL);
+	if (si->si_code <= 0)
+		raise(SIGBUS);
+}
+
+static struct lm__filler *pool_get(struct lm_runtime *rt)
+{
+	for (int i = 0; i < rt->npool; i++) {
+		int z = 0;
+		if (atomic_compare_exchange_strong(&rt->pool[i].busy, &z, 1))
+			return &rt->pool[i];
+	}
+	return NULL;
+}
+
+static bool is_write(void *ucv)
+{
+#if defined(__x86_64__)
+	/* Bit 1 of the page-fault error code: the access was a write. */
+	ucontext_t *uc = ucv;
+	return (uc->uc_mcontext.gregs[REG_ERR] & 2) != 0;
+#else
+	(void)ucv;
+	return true;
+#endif
+}
+
+static void on_sigbus(int sig, siginfo_t *si, void *uc)
+{
+	int saved = errno;
+	atomic_fetch_add(&sig_inflight, 1);
+	bool handled = false;
+	uintptr_t addr = (uintptr_t)si->si_addr;
+	if (si->si_code == BUS_ADRERR) {
+		for (struct lm_runtime *rt = atomic_load(&sig_list); rt && !handled;
+		     rt = rt->sig_next) {
+			int idx = lm__read_lock(rt);
+			struct lm_region *r = lm__region_find(rt, addr);
+			if (r) {
+				uint64_t pgno = (addr - r->start) >> rt->page_shift;
+				lm__pte *e = lm__pt_get(&r->pt, pgno, false);
+				/* A poisoned page's SIGBUS belongs to the application. */
+				handled = !e || LM_PTE_STATE(atomic_load(e)) != LM_PS_POISON;
+				if (handled) {
+					LM__STAT_ADD(rt, faults_missing, 1);
+					LM__STAT_ADD(rt, faults_signal, 1);
+					struct lm__filler *f = pool_get(rt);
+					long n = 0;
+					if (f) {
+						n = lm__fill(f, r, pgno, 0,
+							     is_write(uc) ? LM_FILL_WRITE : 0,
+							     rt->ufd);
+						atomic_store(&f->busy, 0);
+					}
+					/* Another thread owns the page: let it finish. */
+					if (n == 0)
+						sched_yield();
+				}
+			}
+			lm__read_unlock(rt, idx);
+		}
+	}
+	atomic_fetch_sub(&sig_inflight, 1);
+	if (!handled)
+		chain(sig, si, uc);
+	errno = saved;
+}
+
+/*
+ * A fork() child inherits the regions but not the registration (EVENT_FORK
+ * would hand the child's userfaultfd to the parent, and the child's
+ * handler could not use it).  So the child takes a userfaultfd of its own
+ * and registers the regions again: pages it inherited stay, pages it did
+ * not are filled from the source on its own first touch.  No events are
+ * enabled in the child: nobody would read them, and munmap/madvise would
+ * wait for that forever.
+ */
+static int reset_filling(lm__pte *e, uint64_t pgno, void *arg)
+{
+	(void)pgno;
+	(void)arg;
+	uint64_t v = atomic_load(e);
+	if (LM_PTE_STATE(v) == LM_PS_FILLING)
+		atomic_store(e, (uint64_t)LM_PS_MISSING);
+	return 0;
+}
+
+static void atfork_prepare(void)
+{
+	pthread_mutex_lock(&sig_lock);
+	for (struct lm_runtime *rt = atomic_load(&sig_list); rt; rt = rt->sig_next)
+		pthread_mutex_lock(&rt->lock);
+}
+
+static void atfork_parent(void)
+{
+	for (struct lm_runtime *rt = atomic_load(&sig_list); rt; rt = rt->sig_next)
+		pthread_mutex_unlock(&rt->lock);
+	pthread_mutex_unlock(&sig_lock);
+}
+
+static void atfork_child(void)
+{
+	for (struct lm_runtime *rt = atomic_load(&sig_list); rt; rt = rt->sig_next) {
+		pthread_mutex_init(&rt->lock, NULL);
+		atomic_store(&rt->readers[0], 0);
+		atomic_store(&rt->readers[1], 0);
+		for (int i = 0; i < rt->npool; i++)
+			atomic_store(&rt->pool[i].busy, 0);
+		int origin;
+		unsigned limits;
+		uint64_t features;
+		int fd = lm__uffd_open(LM_MODE_SIGNAL, rt->origin,
+				       UFFD_FEATURE_SIGBUS | (1ull << 14) /* POISON */, &origin,
+				       &limits, &features);
+		/* The parent's descriptor number now serves nothing in the child. */
+		close(rt->ufd);
+		rt->ufd = fd;
+		if (fd < 0)
+			continue;
+		struct lm__rtable *t = atomic_load(&rt->table);
+		for (size_t i = 0; t && i < t->n; i++) {
+			struct lm_region *r = t->r[i];
+			lm__pt_walk(&r->pt, 0, r->npages - 1, reset_filling, NULL);
+			lm__uffd_register(fd, r->start, r->len);
+		}
+	}
+	pthread_mutex_init(&sig_lock, NULL);
+}
+
+int lm__signal_attach(struct lm_runtime *rt)
+{
+	long ncpu = sysconf(_SC_NPROCESSORS_ONLN);
+	rt->npool = (int)(ncpu < 1 ? 8 : ncpu * 4 + 4);
+	rt->pool = calloc((size_t)rt->npool, sizeof(*rt->pool));
+	if (!rt->pool)
+		return -ENOMEM;
+	for (int i = 0; i < rt->npool; i++) {
+		/* pread: the only file read that is async-signal-safe. */
+		int rc = lm__filler_init(&rt->pool[i], rt, false);
+		if (rc < 0)
+			return rc;
+	}
+	pthread_mutex_lock(&sig_lock);
+	if (sig_users++ == 0) {
+		struct sigaction sa;
+		memset(&sa, 0, sizeof(sa));
+		sa.sa_sigaction = on_sigbus;
+		sa.sa_flags = SA_SIGINFO | SA_RESTART | SA_NODEFER | SA_ONSTACK;
+		sigemptyset(&sa.sa_mask);
+		if (sigaction(SIGBUS, &sa, &sig_old) < 0) {
+			int err = -errno;
+			sig_users--;
+			pthread_mutex_unlock(&sig_lock);
+			return err;
+		}
+	}
+	if (!atfork_registered) {
+		pthread_atfork(atfork_prepare, atfork_parent, atfork_child);
+		atfork_registered = true;
+	}
+	rt->sig_next = atomic_load(&sig_list);
+	atomic_store(&sig_list, rt);
+	pthread_mutex_unlock(&sig_lock);
+	return 0;
+}
+
+void lm__signal_detach(struct lm_runtime *rt)
+{
+	pthread_mutex_lock(&sig_lock);
+	bool listed = false;
+	for (struct lm_runtime *_Atomic *pp = &sig_list; atomic_load(pp);
+	     pp = &atomic_load(pp)->sig_next) {
+		if (atomic_load(pp) == rt) {
+			atomic_store(pp, rt->sig_next);
+			listed = true;
+			break;
+		}
+	}
+	if (listed && --sig_users == 0)
+		sigaction(SIGBUS, &sig_old, NULL);
+	pthread_mutex_unlock(&sig_lock);
+	/* A handler may still be walking the old list. */
+	while (atomic_load(&sig_inflight) > 0)
+		sched_yield();
+	for (int i = 0; rt->pool && i < rt->npool; i++)
+		lm__filler_fini(&rt->pool[i]);
+	free(rt->pool);
+	rt->pool = NULL;
+}

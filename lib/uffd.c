@@ -1,0 +1,302 @@
+/* SPDX-License-Identifier: MIT */
+/* userfaultfd: obtaining one, the feature probe, and every ioctl the runtime issues. */
+#include "internal.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <linux/userfaultfd.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/capability.h>
+#include <sys/ioctl.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+/*
+ * The installed uapi header may predate the features the kernel has; the
+ * values below are the kernel's and are only used when the header lacks
+ * them.  The feature probe decides whether they are actually available.
+ */
+#ifndef USERFAULTFD_IOC
+#define USERFAULTFD_IOC 0xAA
+#endif
+#ifndef USERFAULTFD_IOC_NEW
+#define USERFAULTFD_IOC_NEW _IO(USERFAULTFD_IOC, 0x00)
+#endif
+#ifndef UFFD_USER_MODE_ONLY
+#define UFFD_USER_MODE_ONLY 1
+#endif
+#ifndef UFFD_FEATURE_WP_UNPOPULATED
+#define UFFD_FEATURE_WP_UNPOPULATED (1 << 13)
+#endif
+#ifndef UFFD_FEATURE_POISON
+#define UFFD_FEATURE_POISON (1 << 14)
+#endif
+#ifndef UFFD_FEATURE_WP_ASYNC
+#define UFFD_FEATURE_WP_ASYNC (1 << 15)
+#endif
+#ifndef UFFD_FEATURE_MOVE
+#define UFFD_FEATURE_MOVE (1 << 16)
+#endif
+#ifndef _UFFDIO_POISON
+#define _UFFDIO_POISON (0x08)
+struct uffdio_poison {
+	struct uffdio_range range;
+#define UFFDIO_POISON_MODE_DONTWAKE ((__u64)1 << 0)
+	__u64 mode;
+	__s64 updated;
+};
+#define UFFDIO_POISON _IOWR(UFFDIO, _UFFDIO_POISON, struct uffdio_poison)
+#endif
+#ifndef _UFFDIO_MOVE
+#define _UFFDIO_MOVE (0x05)
+struct uffdio_move {
+	__u64 dst;
+	__u64 src;
+	__u64 len;
+#define UFFDIO_MOVE_MODE_DONTWAKE ((__u64)1 << 0)
+#define UFFDIO_MOVE_MODE_ALLOW_SRC_HOLES ((__u64)1 << 1)
+	__u64 mode;
+	__s64 move;
+};
+#define UFFDIO_MOVE _IOWR(UFFDIO, _UFFDIO_MOVE, struct uffdio_move)
+#endif
+
+static int open_dev(void)
+{
+	int dev = open("/dev/userfaultfd", O_RDWR | O_CLOEXEC);
+	if (dev < 0)
+		return -errno;
+	int fd = ioctl(dev, USERFAULTFD_IOC_NEW, O_CLOEXEC | O_NONBLOCK);
+	int err = errno;
+	close(dev);
+	return fd < 0 ? -err : fd;
+}
+
+static int open_syscall(bool user_only)
+{
+	int flags = O_CLOEXEC | O_NONBLOCK | (user_only ? UFFD_USER_MODE_ONLY : 0);
+	long fd = syscall(SYS_userfaultfd, flags);
+	return fd < 0 ? -errno : (int)fd;
+}
+
+/* UFFDIO_API may be issued once per descriptor, so the probe uses its own. */
+static int api(int fd, uint64_t want, uint64_t *got)
+{
+	struct uffdio_api a = { .api = UFFD_API, .features = want };
+	if (ioctl(fd, UFFDIO_API, &a) < 0)
+		return -errno;
+	*got = a.features;
+	return 0;
+}
+
+/*
+ * Explains, in LM_LIMIT_* bits, why only user-mode faults may be
+ * available: the kernel lets unprivileged users handle kernel-mode faults
+ * only with CAP_SYS_PTRACE or vm.unprivileged_userfaultfd = 1.
+ */
+static unsigned explain_limits(int dev_err)
+{
+	unsigned why = 0;
+	if (dev_err == -EACCES || dev_err == -EPERM || dev_err == -ENOENT)
+		why |= LM_LIMIT_DEV_DENIED;
+	cap_t caps = cap_get_proc();
+	if (caps) {
+		cap_flag_value_t v = CAP_CLEAR;
+		if (cap_get_flag(caps, CAP_SYS_PTRACE, CAP_EFFECTIVE, &v) == 0 && v != CAP_SET)
+			why |= LM_LIMIT_NO_PTRACE;
+		cap_free(caps);
+	}
+	FILE *f = fopen("/proc/sys/vm/unprivileged_userfaultfd", "re");
+	if (f) {
+		int val = 1;
+		if (fscanf(f, "%d", &val) == 1 && val == 0)
+			why |= LM_LIMIT_SYSCTL;
+		fclose(f);
+	}
+	return why;
+}
+
+static int open_origin(int origin)
+{
+	switch (origin) {
+	case LM_UFFD_DEV:
+		return open_dev();
+	case LM_UFFD_SYSCALL:
+		return open_syscall(false);
+	case LM_UFFD_SYSCALL_USER:
+		return open_syscall(true);
+	}
+	return -EINVAL;
+}
+
+/*
+ * Opens a userfaultfd: /dev/userfaultfd first (works for any user the
+ * node allows, kernel faults included), then the syscall, then the
+ * syscall restricted to user-mode faults.  Features are probed on a
+ * throw-away descriptor and the wanted subset that the kernel has is
+ * enabled on the real one.  Thread mode cannot work with user-mode-only
+ * faults missing nothing, but a kernel-mode access there gets EFAULT,
+ * which the limits bits explain.
+ */
+int lm__uffd_open(int mode, int forced_origin, uint64_t want_features,
+		  int *origin, unsigned *limits, uint64_t *features)
+{
+	int order[3] = { LM_UFFD_DEV, LM_UFFD_SYSCALL, LM_UFFD_SYSCALL_USER };
+	int n = 3, dev_err = 0, last = -ENOSYS;
+	(void)mode;
+	if (forced_origin) {
+		order[0] = forced_origin;
+		n = 1;
+	}
+	for (int i = 0; i < n; i++) {
+		int probe = open_origin(order[i]);
+		if (probe < 0) {
+			if (order[i] == LM_UFFD_DEV)
+				dev_err = probe;
+			last = probe;
+			continue;
+		}
+		uint64_t avail = 0;
+		int err = api(probe, 0, &avail);
+		close(probe);
+		if (err < 0) {
+			last = err;
+			continue;
+		}
+		int fd = open_origin(order[i]);
+		if (fd < 0) {
+			last = fd;
+			continue;
+		}
+		uint64_t got = 0;
+		err = api(fd, want_features & avail, &got);
+		if (err < 0) {
+			close(fd);
+			last = err;
+			continue;
+		}
+		*origin = order[i];
+		*features = want_features & avail;
+		*limits = order[i] == LM_UFFD_SYSCALL_USER ? explain_limits(dev_err) : 0;
+		if (order[i] == LM_UFFD_SYSCALL_USER && !*limits)
+			*limits = LM_LIMIT_NO_PTRACE;
+		return fd;
+	}
+	*limits = explain_limits(dev_err);
+	return last;
+}
+
+int lm__uffd_register(int ufd, uintptr_t start, size_t len)
+{
+	struct uffdio_register reg = {
+		.range = { .start = start, .len = len },
+		.mode = UFFDIO_REGISTER_MODE_MISSING,
+	};
+	if (ioctl(ufd, UFFDIO_REGISTER, &reg) < 0)
+		return -errno;
+	if (!(reg.ioctls & ((uint64_t)1 << _UFFDIO_COPY))) {
+		lm__uffd_unregister(ufd, start, len);
+		return -EOPNOTSUPP;
+	}
+	return 0;
+}
+
+int lm__uffd_unregister(int ufd, uintptr_t start, size_t len)
+{
+	struct uffdio_range r = { .start = start, .len = len };
+	return ioctl(ufd, UFFDIO_UNREGISTER, &r) < 0 ? -errno : 0;
+}
+
+/*
+ * The kernel reports progress in the copy/zeropage field: the bytes done,
+ * or a negative errno.  EINTR is retried here, for the part not done.
+ */
+int lm__uffd_copy(int ufd, uintptr_t dst, const void *src, size_t len, size_t *done)
+{
+	size_t off = 0;
+	for (;;) {
+		struct uffdio_copy c = {
+			.dst = dst + off,
+			.src = (uintptr_t)src + off,
+			.len = len - off,
+			.mode = 0,
+		};
+		int rc = ioctl(ufd, UFFDIO_COPY, &c);
+		int err = rc < 0 ? errno : 0;
+		if (c.copy > 0)
+			off += (size_t)c.copy;
+		if (!err) {
+			*done = len;
+			return 0;
+		}
+		if (err == EINTR && off < len)
+			continue;
+		*done = off;
+		return -err;
+	}
+}
+
+int lm__uffd_zeropage(int ufd, uintptr_t dst, size_t len, size_t *done)
+{
+	size_t off = 0;
+	for (;;) {
+		struct uffdio_zeropage z = {
+			.range = { .start = dst + off, .len = len - off },
+			.mode = 0,
+		};
+		int rc = ioctl(ufd, UFFDIO_ZEROPAGE, &z);
+		int err = rc < 0 ? errno : 0;
+		if (z.zeropage > 0)
+			off += (size_t)z.zeropage;
+		if (!err) {
+			*done = len;
+			return 0;
+		}
+		if (err == EINTR && off < len)
+			continue;
+		*done = off;
+		return -err;
+	}
+}
+
+/* Installs a poison marker: the next access raises SIGBUS; wakes the waiters. */
+int lm__uffd_poison(int ufd, uintptr_t dst, size_t len)
+{
+	for (;;) {
+		struct uffdio_poison p = {
+			.range = { .start = dst, .len = len },
+			.mode = 0,
+		};
+		if (ioctl(ufd, UFFDIO_POISON, &p) == 0)
+			return 0;
+		if (errno != EINTR)
+			return -errno;
+	}
+}
+
+int lm__uffd_wake(int ufd, uintptr_t start, size_t len)
+{
+	struct uffdio_range r = { .start = start, .len = len };
+	return ioctl(ufd, UFFDIO_WAKE, &r) < 0 ? -errno : 0;
+}
+
+/*
+ * A fork() child's userfaultfd outlives the child: nothing tells us the
+ * child exited or exec'ed.  A copy into a page that is mapped but not
+ * registered tells: the kernel checks that the mm is alive (ESRCH) before
+ * it looks for the destination (ENOENT), and installs nothing either way.
+ */
+int lm__uffd_mm_dead(int ufd, uintptr_t probe_addr)
+{
+	static const unsigned char zero[1];
+	struct uffdio_copy c = {
+		.dst = probe_addr,
+		.src = (uintptr_t)zero,
+		.len = (uint64_t)sysconf(_SC_PAGESIZE),
+		.mode = UFFDIO_COPY_MODE_DONTWAKE,
+	};
+	if (ioctl(ufd, UFFDIO_COPY, &c) == 0)
+		return 0;
+	return errno == ESRCH;
+}

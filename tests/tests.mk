@@ -1,0 +1,2 @@
+# SPDX-License-Identifier: MIT
+# Included from Makefile.am: the Check test programs, one per area.
