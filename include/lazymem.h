@@ -111,6 +111,8 @@ enum lm_uffd_origin {
 #define LM_LIMIT_DEV_DENIED	(1u << 0)	/* /dev/userfaultfd not accessible */
 #define LM_LIMIT_NO_PTRACE	(1u << 1)	/* no CAP_SYS_PTRACE in the effective set */
 #define LM_LIMIT_SYSCTL		(1u << 2)	/* vm.unprivileged_userfaultfd = 0 */
+#define LM_LIMIT_FORCED		(1u << 3)	/* user-mode-only was asked for (LAZYMEM_UFFD=user) */
+#define LM_LIMIT_NO_FORK	(1u << 4)	/* no EVENT_FORK (needs CAP_SYS_PTRACE): see lazymem(7) */
 
 /*
  * Statistics, defined once.  X(name, kind, unit, help): kind is COUNTER

@@ -11,6 +11,7 @@
 
 #define MSG_BATCH 32
 #define RA_START 4
+#define PREFETCH_CHUNK 1024
 
 static inline uintptr_t page_addr(struct lm_region *r, uint64_t pgno)
 {
@@ -570,12 +571,27 @@ void *lm__prefetch_main(void *arg)
 		bool live = false;
 		for (size_t i = 0; t && i < t->n && !live; i++)
 			live = t->r[i] == p->r;
+		/*
+		 * A chunk at a time, so that a region's destroy (which waits
+		 * for readers) never waits for a whole gigabyte of prefetch.
+		 */
+		uint64_t chunk = p->count < PREFETCH_CHUNK ? p->count : PREFETCH_CHUNK;
 		if (live)
-			lm__fill_range(&rt->pf_filler, p->r, p->first, p->count);
+			lm__fill_range(&rt->pf_filler, p->r, p->first, chunk);
 		lm__read_unlock(rt, idx);
-		free(p);
-		atomic_fetch_sub(&rt->pf_pending, 1);
 		pthread_mutex_lock(&rt->pf_lock);
+		if (live && chunk < p->count) {
+			/* Back at the head: the rest goes on, unless destroy drops it. */
+			p->first += chunk;
+			p->count -= chunk;
+			p->next = rt->pf_head;
+			if (!rt->pf_head)
+				rt->pf_tail = &p->next;
+			rt->pf_head = p;
+		} else {
+			free(p);
+			atomic_fetch_sub(&rt->pf_pending, 1);
+		}
 	}
 	pthread_mutex_unlock(&rt->pf_lock);
 	return NULL;

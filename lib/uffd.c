@@ -169,18 +169,34 @@ int lm__uffd_open(int mode, int forced_origin, uint64_t want_features,
 			last = fd;
 			continue;
 		}
-		uint64_t got = 0;
-		err = api(fd, want_features & avail, &got);
+		/*
+		 * EVENT_FORK needs CAP_SYS_PTRACE whatever the origin; without it
+		 * the runtime still works, and says so in the limits.
+		 */
+		uint64_t want = want_features & avail, got = 0;
+		err = api(fd, want, &got);
+		unsigned nofork = 0;
+		if (err == -EPERM && (want & UFFD_FEATURE_EVENT_FORK)) {
+			close(fd);
+			fd = open_origin(order[i]);
+			if (fd < 0) {
+				last = fd;
+				continue;
+			}
+			want &= ~(uint64_t)UFFD_FEATURE_EVENT_FORK;
+			err = api(fd, want, &got);
+			nofork = LM_LIMIT_NO_FORK;
+		}
 		if (err < 0) {
 			close(fd);
 			last = err;
 			continue;
 		}
 		*origin = order[i];
-		*features = want_features & avail;
-		*limits = order[i] == LM_UFFD_SYSCALL_USER ? explain_limits(dev_err) : 0;
-		if (order[i] == LM_UFFD_SYSCALL_USER && !*limits)
-			*limits = LM_LIMIT_NO_PTRACE;
+		*features = want;
+		*limits = nofork;
+		if (order[i] == LM_UFFD_SYSCALL_USER)
+			*limits |= forced_origin ? LM_LIMIT_FORCED : explain_limits(dev_err);
 		return fd;
 	}
 	*limits = explain_limits(dev_err);

@@ -1,2 +1,43 @@
 # SPDX-License-Identifier: MIT
 # Included from Makefile.am: the Check test programs, one per area.
+LM_CHECKS = \
+	tests/check_runtime \
+	tests/check_region \
+	tests/check_pagetable \
+	tests/check_fault \
+	tests/check_file \
+	tests/check_events \
+	tests/check_signal
+
+check_PROGRAMS += $(LM_CHECKS)
+TESTS += $(LM_CHECKS)
+EXTRA_DIST += tests/testutil.h tests/tests.mk
+
+tests_check_runtime_SOURCES = tests/check_runtime.c tests/testutil.h
+tests_check_runtime_CFLAGS = $(TEST_CFLAGS)
+tests_check_runtime_LDADD = $(TEST_LIBS)
+
+tests_check_region_SOURCES = tests/check_region.c tests/testutil.h
+tests_check_region_CFLAGS = $(TEST_CFLAGS)
+tests_check_region_LDADD = $(TEST_LIBS)
+
+# The page table is internal: its unit test compiles it in directly.
+tests_check_pagetable_SOURCES = tests/check_pagetable.c lib/pagetable.c
+tests_check_pagetable_CFLAGS = $(TEST_CFLAGS)
+tests_check_pagetable_LDADD = $(CHECK_LIBS)
+
+tests_check_fault_SOURCES = tests/check_fault.c tests/testutil.h
+tests_check_fault_CFLAGS = $(TEST_CFLAGS)
+tests_check_fault_LDADD = $(TEST_LIBS)
+
+tests_check_file_SOURCES = tests/check_file.c tests/testutil.h
+tests_check_file_CFLAGS = $(TEST_CFLAGS)
+tests_check_file_LDADD = $(TEST_LIBS)
+
+tests_check_events_SOURCES = tests/check_events.c tests/testutil.h
+tests_check_events_CFLAGS = $(TEST_CFLAGS)
+tests_check_events_LDADD = $(TEST_LIBS)
+
+tests_check_signal_SOURCES = tests/check_signal.c tests/testutil.h
+tests_check_signal_CFLAGS = $(TEST_CFLAGS)
+tests_check_signal_LDADD = $(TEST_LIBS)

@@ -1,0 +1,367 @@
+/* SPDX-License-Identifier: MIT */
+/* Tests of the runtime: options, environment, userfaultfd origins and limits, stats, errors. */
+#include "testutil.h"
+
+#include <pwd.h>
+#include <sys/prctl.h>
+#include <sys/wait.h>
+
+static void clear_env(void)
+{
+	unsetenv("LAZYMEM_MODE");
+	unsetenv("LAZYMEM_THREADS");
+	unsetenv("LAZYMEM_READAHEAD");
+	unsetenv("LAZYMEM_IO");
+	unsetenv("LAZYMEM_UFFD");
+	unsetenv("LAZYMEM_DEBUG");
+}
+
+START_TEST(options_defaults)
+{
+	struct lm_options o;
+	memset(&o, 0xff, sizeof(o));
+	ck_assert_int_eq(lm_options_init(&o), 0);
+	ck_assert_uint_eq(o.size, sizeof(o));
+	ck_assert_int_eq(o.mode, LM_MODE_DEFAULT);
+	ck_assert_int_eq(o.handler_threads, 0);
+	ck_assert_ptr_null(o.log);
+	ck_assert_int_eq(lm_options_init(NULL), -EINVAL);
+}
+END_TEST
+
+START_TEST(open_defaults_and_close)
+{
+	clear_env();
+	struct lm_runtime *rt = NULL;
+	ck_assert_int_eq(lm_runtime_open(NULL, &rt), 0);
+	struct lm_stats st = lmt_stats(rt);
+	ck_assert_int_eq(st.mode, LM_MODE_THREAD);	/* the default, see README */
+	ck_assert_uint_ge(st.handler_threads, 1);
+	ck_assert_uint_le(st.handler_threads, 4);
+	ck_assert_uint_ne(st.uffd_origin, LM_UFFD_NONE);
+	ck_assert_uint_eq(st.version, LM_STATS_VERSION);
+	ck_assert_uint_gt(st.metadata_bytes, 0);
+	ck_assert_int_eq(lm_runtime_close(rt), 0);
+	ck_assert_int_eq(lm_runtime_close(NULL), -EINVAL);
+}
+END_TEST
+
+START_TEST(open_rejects_bad_options)
+{
+	clear_env();
+	struct lm_runtime *rt = (void *)0x1;
+	struct lm_options o;
+	errno = 4242;
+	ck_assert_int_eq(lm_runtime_open(NULL, NULL), -EINVAL);
+	lm_options_init(&o);
+	o.mode = 7;
+	ck_assert_int_eq(lm_runtime_open(&o, &rt), -EINVAL);
+	lm_options_init(&o);
+	o.handler_threads = -1;
+	ck_assert_int_eq(lm_runtime_open(&o, &rt), -EINVAL);
+	lm_options_init(&o);
+	o.readahead_max = 1 << 20;
+	ck_assert_int_eq(lm_runtime_open(&o, &rt), -EINVAL);
+	lm_options_init(&o);
+	o.io = 9;
+	ck_assert_int_eq(lm_runtime_open(&o, &rt), -EINVAL);
+	lm_options_init(&o);
+	o.flags = 0x80;
+	ck_assert_int_eq(lm_runtime_open(&o, &rt), -EINVAL);
+	lm_options_init(&o);
+	o.size = 4;
+	ck_assert_int_eq(lm_runtime_open(&o, &rt), -EINVAL);
+	ck_assert_ptr_eq(rt, (void *)0x1);	/* untouched on failure */
+	ck_assert_int_eq(errno, 4242);		/* errno is never touched */
+}
+END_TEST
+
+START_TEST(environment_overrides_defaults)
+{
+	clear_env();
+	setenv("LAZYMEM_MODE", "signal", 1);
+	setenv("LAZYMEM_THREADS", "3", 1);
+	struct lm_runtime *rt;
+	ck_assert_int_eq(lm_runtime_open(NULL, &rt), 0);
+	struct lm_stats st = lmt_stats(rt);
+	ck_assert_int_eq(st.mode, LM_MODE_SIGNAL);
+	lm_runtime_close(rt);
+
+	setenv("LAZYMEM_MODE", "thread", 1);
+	ck_assert_int_eq(lm_runtime_open(NULL, &rt), 0);
+	st = lmt_stats(rt);
+	ck_assert_int_eq(st.mode, LM_MODE_THREAD);
+	ck_assert_uint_eq(st.handler_threads, 3);
+	lm_runtime_close(rt);
+
+	/* An explicit option wins over the environment. */
+	struct lm_options o;
+	lm_options_init(&o);
+	o.handler_threads = 2;
+	ck_assert_int_eq(lm_runtime_open(&o, &rt), 0);
+	ck_assert_uint_eq(lmt_stats(rt).handler_threads, 2);
+	lm_runtime_close(rt);
+
+	/* LM_OPT_NO_ENV ignores it entirely. */
+	setenv("LAZYMEM_MODE", "signal", 1);
+	lm_options_init(&o);
+	o.flags = LM_OPT_NO_ENV;
+	ck_assert_int_eq(lm_runtime_open(&o, &rt), 0);
+	ck_assert_int_eq(lmt_stats(rt).mode, LM_MODE_THREAD);
+	lm_runtime_close(rt);
+	clear_env();
+}
+END_TEST
+
+START_TEST(environment_typos_are_errors)
+{
+	static const char *const bad[][2] = {
+		{ "LAZYMEM_MODE", "fast" },	 { "LAZYMEM_THREADS", "0" },
+		{ "LAZYMEM_THREADS", "2x" },	 { "LAZYMEM_READAHEAD", "-1" },
+		{ "LAZYMEM_IO", "aio" },	 { "LAZYMEM_UFFD", "magic" },
+	};
+	for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+		clear_env();
+		setenv(bad[i][0], bad[i][1], 1);
+		struct lm_runtime *rt;
+		int rc = lm_runtime_open(NULL, &rt);
+		ck_assert_msg(rc == -EINVAL, "%s=%s gave %d", bad[i][0], bad[i][1], rc);
+	}
+	clear_env();
+}
+END_TEST
+
+/* Each way of getting a userfaultfd works as root and is reported. */
+START_TEST(uffd_origins)
+{
+	clear_env();
+	static const int origins[] = { LM_UFFD_DEV, LM_UFFD_SYSCALL, LM_UFFD_SYSCALL_USER };
+	int o_i = origins[_i];
+	struct lm_options o;
+	lm_options_init(&o);
+	o.flags = LM_OPT_NO_ENV;
+	o.uffd_source = o_i;
+	struct lm_runtime *rt;
+	int rc = lm_runtime_open(&o, &rt);
+	ck_assert_msg(rc == 0, "origin %d: %s", o_i, lm_strerror(rc));
+	struct lm_stats st = lmt_stats(rt);
+	ck_assert_uint_eq(st.uffd_origin, (uint64_t)o_i);
+	if (o_i == LM_UFFD_SYSCALL_USER)
+		ck_assert(st.uffd_limits & LM_LIMIT_FORCED);
+	else
+		ck_assert_uint_eq(st.uffd_limits, 0);
+	/* Whatever the origin, user-mode faults are served. */
+	struct lm_region *r;
+	ck_assert_int_eq(lm_region_create_zero(rt, 1 << 16, 0, &r), 0);
+	volatile char *p = lm_region_addr(r);
+	p[100] = 5;
+	ck_assert_int_eq(p[100], 5);
+	ck_assert_int_eq(p[40000], 0);
+	lm_runtime_close(rt);
+}
+END_TEST
+
+/*
+ * An unprivileged user with vm.unprivileged_userfaultfd = 0 and no
+ * /dev/userfaultfd access gets a user-mode-only userfaultfd, and the
+ * stats say why kernel faults are unavailable.
+ */
+START_TEST(unprivileged_gets_user_only_with_reasons)
+{
+	clear_env();
+	FILE *f = fopen("/proc/sys/vm/unprivileged_userfaultfd", "r");
+	int sysctl = 1;
+	if (f) {
+		if (fscanf(f, "%d", &sysctl) != 1)
+			sysctl = 1;
+		fclose(f);
+	}
+	pid_t pid = fork();
+	ck_assert_int_ge(pid, 0);
+	if (pid == 0) {
+		struct passwd *pw = getpwnam("nobody");
+		uid_t uid = pw ? pw->pw_uid : 65534;
+		if (setgid(uid) != 0 || setuid(uid) != 0)
+			_exit(10);
+		struct lm_runtime *rt;
+		int rc = lm_runtime_open(NULL, &rt);
+		if (rc < 0)
+			_exit(11);
+		struct lm_stats st = lmt_stats(rt);
+		if (sysctl == 0) {
+			if (st.uffd_origin != LM_UFFD_SYSCALL_USER)
+				_exit(12);
+			if (!(st.uffd_limits & LM_LIMIT_NO_PTRACE) ||
+			    !(st.uffd_limits & LM_LIMIT_SYSCTL))
+				_exit(13);
+		}
+		/* No CAP_SYS_PTRACE: no fork events, and the limits say so. */
+		if (!(st.uffd_limits & LM_LIMIT_NO_FORK))
+			_exit(14);
+		struct lm_region *r;
+		if (lm_region_create_zero(rt, 1 << 16, 0, &r) < 0)
+			_exit(15);
+		volatile char *p = lm_region_addr(r);
+		p[0] = 3;
+		if (p[0] != 3 || p[5000] != 0)
+			_exit(16);
+		lm_runtime_close(rt);
+		_exit(0);
+	}
+	int status;
+	ck_assert_int_eq(waitpid(pid, &status, 0), pid);
+	ck_assert_msg(WIFEXITED(status) && WEXITSTATUS(status) == 0, "child status %d",
+		      WIFEXITED(status) ? WEXITSTATUS(status) : -WTERMSIG(status));
+}
+END_TEST
+
+START_TEST(stats_get_prefix_and_errors)
+{
+	struct lm_runtime *rt = lmt_open(LM_MODE_THREAD);
+	struct lm_stats st;
+	ck_assert_int_eq(lm_stats_get(NULL, &st), -EINVAL);
+	ck_assert_int_eq(lm_stats_get(rt, NULL), -EINVAL);
+	st.size = 8;
+	ck_assert_int_eq(lm_stats_get(rt, &st), -EINVAL);
+	/* An older, smaller struct gets exactly its prefix. */
+	unsigned char buf[sizeof(struct lm_stats) + 64];
+	memset(buf, 0xaa, sizeof(buf));
+	struct lm_stats *p = (struct lm_stats *)buf;
+	size_t small = offsetof(struct lm_stats, faults_thread);
+	p->size = (uint32_t)small;
+	ck_assert_int_eq(lm_stats_get(rt, p), 0);
+	ck_assert_uint_eq(p->size, small);
+	for (size_t i = small; i < sizeof(buf); i++)
+		ck_assert_msg(buf[i] == 0xaa, "byte %zu past the caller's struct written", i);
+	lm_runtime_close(rt);
+}
+END_TEST
+
+START_TEST(stats_format_text_and_json)
+{
+	struct lm_runtime *rt = lmt_open(LM_MODE_THREAD);
+	struct lm_region *r;
+	ck_assert_int_eq(lm_region_create_zero(rt, 1 << 20, 0, &r), 0);
+	volatile char *p = lm_region_addr(r);
+	for (int i = 0; i < (1 << 20); i += 4096)
+		p[i] = 1;
+	struct lm_stats st = lmt_stats(rt);
+	ck_assert_uint_gt(st.fills_zero, 0);
+	int need = lm_stats_format(&st, LM_FORMAT_TEXT, NULL, 0);
+	ck_assert_int_gt(need, 100);
+	char *txt = malloc((size_t)need + 1);
+	ck_assert_int_eq(lm_stats_format(&st, LM_FORMAT_TEXT, txt, (size_t)need + 1), need);
+	ck_assert_uint_eq(strlen(txt), (size_t)need);
+	char line[128];
+	snprintf(line, sizeof(line), "fills_zero         %llu\n",
+		 (unsigned long long)st.fills_zero);
+	ck_assert_msg(strstr(txt, line), "text lacks '%s'", line);
+	ck_assert_ptr_nonnull(strstr(txt, "fill_latency_lt_"));
+	free(txt);
+
+	char json[8192];
+	need = lm_stats_format(&st, LM_FORMAT_JSON, json, sizeof(json));
+	ck_assert_int_gt(need, 0);
+	ck_assert_int_lt(need, (int)sizeof(json));
+	ck_assert_int_eq(json[0], '{');
+	ck_assert_int_eq(json[need - 1], '}');
+	snprintf(line, sizeof(line), "\"fills_zero\":%llu,", (unsigned long long)st.fills_zero);
+	ck_assert_ptr_nonnull(strstr(json, line));
+	ck_assert_ptr_nonnull(strstr(json, "\"fill_latency\":["));
+	/* Truncation: always terminated, returns the full length. */
+	char tiny[10];
+	ck_assert_int_eq(lm_stats_format(&st, LM_FORMAT_JSON, tiny, sizeof(tiny)), need);
+	ck_assert_uint_eq(strlen(tiny), sizeof(tiny) - 1);
+	ck_assert_int_eq(lm_stats_format(&st, 99, json, sizeof(json)), -EINVAL);
+	ck_assert_int_eq(lm_stats_format(NULL, LM_FORMAT_TEXT, json, sizeof(json)), -EINVAL);
+	lm_runtime_close(rt);
+}
+END_TEST
+
+static int log_calls;
+static void count_log(int level, const char *msg, void *arg)
+{
+	(void)level;
+	ck_assert_ptr_nonnull(msg);
+	ck_assert_ptr_eq(arg, &log_calls);
+	log_calls++;
+}
+
+START_TEST(log_callback_is_used)
+{
+	struct lm_options o;
+	lm_options_init(&o);
+	o.flags = LM_OPT_NO_ENV;
+	o.log = count_log;
+	o.log_arg = &log_calls;
+	struct lm_runtime *rt;
+	ck_assert_int_eq(lm_runtime_open(&o, &rt), 0);
+	ck_assert_int_gt(log_calls, 0);
+	lm_runtime_close(rt);
+}
+END_TEST
+
+START_TEST(strerror_and_version)
+{
+	ck_assert_str_eq(lm_strerror(0), "Success");
+	ck_assert_ptr_nonnull(strstr(lm_strerror(-EINVAL), "Invalid"));
+	ck_assert_ptr_nonnull(lm_strerror(-EIO));
+	ck_assert_str_ne(lm_strerror(-EIO), "Unknown error");
+	ck_assert_str_eq(lm_strerror(123456), "Unknown error");
+	ck_assert_str_eq(lm_strerror(-99999), "Unknown error");
+	char v[32];
+	snprintf(v, sizeof(v), "%d.%d.%d", LM_VERSION_MAJOR, LM_VERSION_MINOR, LM_VERSION_PATCH);
+	ck_assert_str_eq(lm_version(), v);
+}
+END_TEST
+
+/* Several runtimes, of both modes, live side by side. */
+START_TEST(several_runtimes)
+{
+	struct lm_runtime *a = lmt_open(LM_MODE_THREAD), *b = lmt_open(LM_MODE_SIGNAL),
+			  *c = lmt_open(LM_MODE_SIGNAL);
+	struct lm_region *ra, *rb, *rc;
+	static unsigned char src[3 * 4096];
+	lmt_fill_pattern(src, 0, sizeof(src));
+	ck_assert_int_eq(lm_region_create_memory(a, src, sizeof(src), 0, &ra), 0);
+	ck_assert_int_eq(lm_region_create_memory(b, src, sizeof(src), 0, &rb), 0);
+	ck_assert_int_eq(lm_region_create_memory(c, src, sizeof(src), 0, &rc), 0);
+	ck_assert_int_eq(lmt_check_pattern(lm_region_addr(rc), 0, sizeof(src)), -1);
+	lm_runtime_close(c);
+	ck_assert_int_eq(lmt_check_pattern(lm_region_addr(ra), 0, sizeof(src)), -1);
+	ck_assert_int_eq(lmt_check_pattern(lm_region_addr(rb), 0, sizeof(src)), -1);
+	ck_assert_uint_eq(lmt_stats(b).faults_signal, lmt_stats(b).faults_missing);
+	ck_assert_uint_gt(lmt_stats(b).faults_signal, 0);
+	ck_assert_uint_eq(lmt_stats(a).faults_signal, 0);
+	lm_runtime_close(a);
+	lm_runtime_close(b);
+}
+END_TEST
+
+int main(void)
+{
+	lmt_require_uffd();
+	Suite *s = suite_create("runtime");
+	TCase *tc = tcase_create("options");
+	tcase_set_timeout(tc, 30);
+	tcase_add_test(tc, options_defaults);
+	tcase_add_test(tc, open_defaults_and_close);
+	tcase_add_test(tc, open_rejects_bad_options);
+	tcase_add_test(tc, environment_overrides_defaults);
+	tcase_add_test(tc, environment_typos_are_errors);
+	tcase_add_test(tc, log_callback_is_used);
+	suite_add_tcase(s, tc);
+	tc = tcase_create("uffd");
+	tcase_set_timeout(tc, 30);
+	tcase_add_loop_test(tc, uffd_origins, 0, 3);
+	tcase_add_test(tc, unprivileged_gets_user_only_with_reasons);
+	tcase_add_test(tc, several_runtimes);
+	suite_add_tcase(s, tc);
+	tc = tcase_create("stats");
+	tcase_set_timeout(tc, 30);
+	tcase_add_test(tc, stats_get_prefix_and_errors);
+	tcase_add_test(tc, stats_format_text_and_json);
+	tcase_add_test(tc, strerror_and_version);
+	suite_add_tcase(s, tc);
+	return lmt_run(s);
+}

@@ -1,0 +1,148 @@
+/* SPDX-License-Identifier: MIT */
+/* Helpers shared by the Check test programs: skipping, SIGBUS capture, files, runners. */
+#ifndef LM_TESTUTIL_H
+#define LM_TESTUTIL_H
+
+#include <check.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <setjmp.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "lazymem.h"
+
+#define LMT_SKIP 77
+
+/* Exit 77 (skip) with a reason when no userfaultfd can be had at all. */
+static inline void lmt_require_uffd(void)
+{
+	struct lm_runtime *rt;
+	int rc = lm_runtime_open(NULL, &rt);
+	if (rc < 0) {
+		printf("SKIP: no userfaultfd here: %s\n", lm_strerror(rc));
+		exit(LMT_SKIP);
+	}
+	lm_runtime_close(rt);
+}
+
+/* Opens a runtime in the given mode, ignoring LAZYMEM_* variables. */
+static inline struct lm_runtime *lmt_open(int mode)
+{
+	struct lm_options o;
+	lm_options_init(&o);
+	o.flags = LM_OPT_NO_ENV;
+	o.mode = mode;
+	struct lm_runtime *rt = NULL;
+	int rc = lm_runtime_open(&o, &rt);
+	ck_assert_msg(rc == 0, "lm_runtime_open(mode %d): %s", mode, lm_strerror(rc));
+	return rt;
+}
+
+static inline struct lm_stats lmt_stats(struct lm_runtime *rt)
+{
+	struct lm_stats st;
+	memset(&st, 0, sizeof(st));
+	st.size = sizeof(st);
+	ck_assert_int_eq(lm_stats_get(rt, &st), 0);
+	return st;
+}
+
+/*
+ * SIGBUS capture.  Install before lm_runtime_open so that signal mode
+ * chains to it.  lmt_touch returns 1 when the access raised SIGBUS.
+ */
+static __thread sigjmp_buf lmt_jmp;
+static __thread volatile int lmt_armed;
+static volatile sig_atomic_t lmt_sigbus_count;
+
+static inline void lmt_on_sigbus(int sig, siginfo_t *si, void *uc)
+{
+	(void)sig;
+	(void)si;
+	(void)uc;
+	lmt_sigbus_count++;
+	if (lmt_armed) {
+		lmt_armed = 0;
+		siglongjmp(lmt_jmp, 1);
+	}
+	abort();
+}
+
+static inline void lmt_install_sigbus(void)
+{
+	struct sigaction sa;
+	memset(&sa, 0, sizeof(sa));
+	sa.sa_sigaction = lmt_on_sigbus;
+	sa.sa_flags = SA_SIGINFO | SA_NODEFER;
+	sigemptyset(&sa.sa_mask);
+	sigaction(SIGBUS, &sa, NULL);
+}
+
+static inline int lmt_touch(volatile char *p, int write)
+{
+	if (sigsetjmp(lmt_jmp, 1)) {
+		return 1;
+	}
+	lmt_armed = 1;
+	if (write)
+		*p = 1;
+	else
+		(void)*p;
+	lmt_armed = 0;
+	return 0;
+}
+
+/* The byte pattern test files and buffers use: depends on the offset. */
+static inline unsigned char lmt_pattern(size_t off)
+{
+	return (unsigned char)((off * 2654435761u) >> 13) ^ (unsigned char)(off >> 12);
+}
+
+static inline void lmt_fill_pattern(unsigned char *buf, size_t off, size_t len)
+{
+	for (size_t i = 0; i < len; i++)
+		buf[i] = lmt_pattern(off + i);
+}
+
+/* Creates an unlinked temporary file of len pattern bytes; returns an O_RDWR fd. */
+static inline int lmt_pattern_file(size_t len)
+{
+	const char *dir = getenv("TMPDIR");
+	char buf[4096];
+	char tmpl[4096];
+	snprintf(tmpl, sizeof(tmpl), "%s/lazymem-test-XXXXXX", dir && *dir ? dir : "/tmp");
+	int fd = mkstemp(tmpl);
+	ck_assert_msg(fd >= 0, "mkstemp: %s", strerror(errno));
+	unlink(tmpl);
+	for (size_t off = 0; off < len;) {
+		size_t n = len - off < sizeof(buf) ? len - off : sizeof(buf);
+		lmt_fill_pattern((unsigned char *)buf, off, n);
+		ck_assert_int_eq(pwrite(fd, buf, n, (off_t)off), (ssize_t)n);
+		off += n;
+	}
+	return fd;
+}
+
+/* First offset in [0, len) where p differs from the pattern at base, or -1. */
+static inline long lmt_check_pattern(const unsigned char *p, size_t base, size_t len)
+{
+	for (size_t i = 0; i < len; i++)
+		if (p[i] != lmt_pattern(base + i))
+			return (long)i;
+	return -1;
+}
+
+static inline int lmt_run(Suite *s)
+{
+	SRunner *sr = srunner_create(s);
+	srunner_run_all(sr, CK_NORMAL);
+	int failed = srunner_ntests_failed(sr);
+	srunner_free(sr);
+	return failed ? EXIT_FAILURE : EXIT_SUCCESS;
+}
+
+#endif /* LM_TESTUTIL_H */
