@@ -137,7 +137,7 @@ static long read_source(struct lm__filler *f, struct lm_region *r, uint64_t pgno
 	return -EINVAL;
 }
 
-static void count_fill(struct lm_runtime *rt, int kind, unsigned long n)
+static void count_fill(struct lm_runtime *rt, int kind, long n)
 {
 	if (kind == LM_SOURCE_ZERO)
 		LM__STAT_ADD(rt, fills_zero, n);
@@ -145,6 +145,33 @@ static void count_fill(struct lm_runtime *rt, int kind, unsigned long n)
 		LM__STAT_ADD(rt, fills_memory, n);
 	else
 		LM__STAT_ADD(rt, fills_file, n);
+}
+
+/* Counts n pages filled (fresh of them newly resident) for a fault at pgno or a prefetch. */
+static void account(struct lm_region *r, unsigned n, unsigned fresh, bool fault, uint64_t pgno)
+{
+	struct lm_runtime *rt = r->rt;
+	atomic_fetch_add_explicit(&r->resident, fresh, memory_order_relaxed);
+	count_fill(rt, r->kind, n);
+	if (fault) {
+		LM__STAT_ADD(rt, readahead_pages, n - 1);
+		atomic_store_explicit(&r->ra_next, pgno + n, memory_order_relaxed);
+	} else {
+		LM__STAT_ADD(rt, prefetch_pages, n);
+	}
+}
+
+/* Takes back what account() counted for n pages of which only installed were installed. */
+static void unaccount(struct lm_region *r, unsigned n, unsigned installed, unsigned fresh,
+		      bool fault)
+{
+	struct lm_runtime *rt = r->rt;
+	atomic_fetch_sub_explicit(&r->resident, fresh, memory_order_relaxed);
+	count_fill(rt, r->kind, -(long)(n - installed));
+	if (fault)
+		LM__STAT_SUB(rt, readahead_pages, (n - 1) - (installed ? installed - 1 : 0));
+	else
+		LM__STAT_SUB(rt, prefetch_pages, n - installed);
 }
 
 /* Poisons page pgno (its toucher gets SIGBUS) and records it. */
@@ -232,12 +259,22 @@ long lm__fill(struct lm__filler *f, struct lm_region *r, uint64_t pgno, unsigned
 	n = (unsigned)avail;
 
 	/*
+	 * Accounted before the install, which wakes the faulting thread: when
+	 * its access completes the counters already include it.  What does not
+	 * get installed is taken back below.
+	 */
+	unsigned fresh = 0;
+	for (unsigned i = 0; i < n; i++)
+		fresh += LM_PTE_STATE(prev[i]) == LM_PS_MISSING;
+	account(r, n, fresh, fault, pgno);
+
+	/*
 	 * Install.  Read faults on zero-source pages map the shared zero page
 	 * (no memory until written); everything else is copied.  EEXIST at a
 	 * page means another path populated it: keep going after it.
 	 */
 	bool zeropage = r->kind == LM_SOURCE_ZERO && fault && !(flags & LM_FILL_WRITE);
-	unsigned at = 0, installed = 0;
+	unsigned at = 0, installed = 0, fresh_done = 0;
 	long ret = 0;
 	while (at < n) {
 		size_t done = 0;
@@ -245,8 +282,10 @@ long lm__fill(struct lm__filler *f, struct lm_region *r, uint64_t pgno, unsigned
 				  : lm__uffd_copy(ufd, page_addr(r, pgno + at), src + (size_t)at * ps,
 						  (n - at) * ps, &done);
 		unsigned ok = (unsigned)(done / ps);
-		for (unsigned i = at; i < at + ok; i++)
+		for (unsigned i = at; i < at + ok; i++) {
+			fresh_done += LM_PTE_STATE(prev[i]) == LM_PS_MISSING;
 			settle(r, ents[i], pgno + i, LM_PS_CLEAN, ufd);
+		}
 		installed += ok;
 		at += ok;
 		if (rc == 0)
@@ -254,12 +293,18 @@ long lm__fill(struct lm__filler *f, struct lm_region *r, uint64_t pgno, unsigned
 		if (ok && rc != -EEXIST)
 			LM__STAT_ADD(rt, copy_partial, 1);
 		if (rc == -EEXIST) {
+			/*
+			 * Present already: usually a second thread's fault on a page
+			 * just filled (each faulting thread queues its own message).
+			 * Resident as before, or newly by another path; not a fill.
+			 */
 			LM__STAT_ADD(rt, copy_eexist, 1);
-			/* Present already: resident as before, or newly by another path. */
+			if (at == 0 && fault)
+				LM__STAT_ADD(rt, faults_dup, 1);
 			uint64_t keep = prev[at];
 			if (LM_PTE_STATE(keep) == LM_PS_MISSING) {
 				keep = LM_PS_CLEAN;
-				installed++;
+				fresh_done++;
 			}
 			settle(r, ents[at], pgno + at, keep, ufd);
 			lm__uffd_wake(ufd, page_addr(r, pgno + at), ps);
@@ -286,21 +331,10 @@ long lm__fill(struct lm__filler *f, struct lm_region *r, uint64_t pgno, unsigned
 		ret = rc;
 		break;
 	}
-	if (installed) {
-		/* Pages that were resident before (refills) are not new. */
-		unsigned fresh = 0;
-		for (unsigned i = 0; i < installed && i < n; i++)
-			fresh += LM_PTE_STATE(prev[i]) == LM_PS_MISSING;
-		atomic_fetch_add_explicit(&r->resident, fresh, memory_order_relaxed);
-		count_fill(rt, r->kind, installed);
-		if (fault) {
-			LM__STAT_ADD(rt, readahead_pages, installed - 1);
-			atomic_store_explicit(&r->ra_next, pgno + installed, memory_order_relaxed);
-		} else {
-			LM__STAT_ADD(rt, prefetch_pages, installed);
-		}
+	if (installed < n || fresh_done < fresh)
+		unaccount(r, n, installed, fresh - fresh_done, fault);
+	if (installed)
 		lm__stats_latency(rt, lm__now_ns() - t0, installed);
-	}
 	return installed ? (long)installed : ret;
 }
 
