@@ -178,6 +178,8 @@ static void unaccount(struct lm_region *r, unsigned n, unsigned installed, unsig
 static void poison(struct lm_region *r, lm__pte *e, uint64_t pgno, int ufd)
 {
 	struct lm_runtime *rt = r->rt;
+	/* Counted first: the poison wakes the toucher, whose SIGBUS may read the stats. */
+	LM__STAT_ADD(rt, sigbus_raised, 1);
 	int rc = lm__uffd_poison(ufd, page_addr(r, pgno), (size_t)rt->page_size);
 	if (rc < 0 && rc != -EEXIST) {
 		lm__log(rt, 1, "cannot poison page %llu: %s", (unsigned long long)pgno,
@@ -185,7 +187,6 @@ static void poison(struct lm_region *r, lm__pte *e, uint64_t pgno, int ufd)
 		/* Still wake the toucher: a refault beats a hang. */
 		lm__uffd_wake(ufd, page_addr(r, pgno), (size_t)rt->page_size);
 	}
-	LM__STAT_ADD(rt, sigbus_raised, 1);
 	if (e)
 		settle(r, e, pgno, LM_PS_POISON, ufd);
 }
@@ -244,6 +245,17 @@ long lm__fill(struct lm__filler *f, struct lm_region *r, uint64_t pgno, unsigned
 
 	const unsigned char *src = NULL;
 	long avail = read_source(f, r, pgno, n, &src);
+	if (avail < 0 && n > 1) {
+		/*
+		 * The batch failed, maybe only in its readahead part: a bad
+		 * block further on must not cost the faulting page, so read
+		 * that page alone before giving up on it.
+		 */
+		for (unsigned i = 1; i < n; i++)
+			settle(r, ents[i], pgno + i, prev[i], ufd);
+		n = 1;
+		avail = read_source(f, r, pgno, 1, &src);
+	}
 	if (avail <= 0) {
 		/* Past the end of the file, or a read error: SIGBUS for this page only. */
 		for (unsigned i = 1; i < n; i++)

@@ -38,9 +38,14 @@ int lm__filler_init(struct lm__filler *f, struct lm_runtime *rt, bool want_ring)
 		return -ENOMEM;
 	int rc = io_uring_queue_init(8, ring, 0);
 	if (rc < 0) {
-		/* io_uring may be disabled (kernel.io_uring_disabled): pread still works. */
-		lm__log(rt, 2, "io_uring unavailable (%s), using pread", lm_strerror(rc));
+		/*
+		 * io_uring may be disabled (kernel.io_uring_disabled, seccomp):
+		 * pread still works, unless io_uring was asked for by name.
+		 */
 		free(ring);
+		if (rt->io_required)
+			return -EOPNOTSUPP;
+		lm__log(rt, 2, "io_uring unavailable (%s), using pread", lm_strerror(rc));
 		return 0;
 	}
 	struct iovec iov = { .iov_base = f->stage, .iov_len = f->stage_len };

@@ -6,6 +6,7 @@
 #include "config.h"
 #include "lazymem.h"
 
+#include <errno.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdatomic.h>
@@ -15,6 +16,18 @@
 #define LM__LIKELY(x) __builtin_expect(!!(x), 1)
 #define LM__UNLIKELY(x) __builtin_expect(!!(x), 0)
 #define LM__ARRAY_SIZE(a) (sizeof(a) / sizeof((a)[0]))
+
+/*
+ * Public functions never change errno (lazymem.h promises it), though the
+ * syscalls under them do: each entry point declares LM__KEEP_ERRNO, which
+ * puts errno back however the function returns.
+ */
+static inline void lm__errno_restore(const int *saved)
+{
+	errno = *saved;
+}
+#define LM__KEEP_ERRNO \
+	const int lm__saved_errno __attribute__((cleanup(lm__errno_restore), unused)) = errno
 
 /* ---- uffd.c: the only file that issues userfaultfd ioctls ------------ */
 
@@ -186,6 +199,7 @@ struct lm__prefetch {
 
 struct lm_runtime {
 	struct lm_options opt;
+	bool io_required;		/* io_uring asked for by name: no pread fallback */
 	long page_size;
 	unsigned page_shift;
 	int mode;

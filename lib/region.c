@@ -211,18 +211,21 @@ static int create(struct lm_runtime *rt, size_t length, unsigned flags, int kind
 int lm_region_create_zero(struct lm_runtime *rt, size_t length, unsigned flags,
 			  struct lm_region **out)
 {
+	LM__KEEP_ERRNO;
 	return create(rt, length, flags, LM_SOURCE_ZERO, NULL, -1, 0, out);
 }
 
 int lm_region_create_memory(struct lm_runtime *rt, const void *buf, size_t length,
 			    unsigned flags, struct lm_region **out)
 {
+	LM__KEEP_ERRNO;
 	return create(rt, length, flags, LM_SOURCE_MEMORY, buf, -1, 0, out);
 }
 
 int lm_region_create_file(struct lm_runtime *rt, int fd, off_t offset, size_t length,
 			  unsigned flags, struct lm_region **out)
 {
+	LM__KEEP_ERRNO;
 	return create(rt, length, flags, LM_SOURCE_FILE, NULL, fd, offset, out);
 }
 
@@ -279,6 +282,7 @@ static void destroy_locked(struct lm_runtime *rt, struct lm_region *r)
 
 int lm_region_destroy(struct lm_region *r)
 {
+	LM__KEEP_ERRNO;
 	if (!r || r->parent)
 		return -EINVAL;
 	struct lm_runtime *rt = r->rt;
@@ -513,6 +517,7 @@ static int populate(struct lm_region *r, uint64_t first, uint64_t count)
 
 int lm_region_advise(struct lm_region *r, size_t offset, size_t length, int advice)
 {
+	LM__KEEP_ERRNO;
 	if (!r || r->parent || !length)
 		return -EINVAL;
 	struct lm_runtime *rt = r->rt;

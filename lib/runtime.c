@@ -20,6 +20,7 @@
 
 int lm_options_init(struct lm_options *opts)
 {
+	LM__KEEP_ERRNO;
 	if (!opts)
 		return -EINVAL;
 	memset(opts, 0, sizeof(*opts));
@@ -193,6 +194,7 @@ static void close_runtime(struct lm_runtime *rt);
 
 int lm_runtime_open(const struct lm_options *user, struct lm_runtime **out)
 {
+	LM__KEEP_ERRNO;
 	if (!out)
 		return -EINVAL;
 	struct lm_options o;
@@ -206,6 +208,8 @@ int lm_runtime_open(const struct lm_options *user, struct lm_runtime **out)
 	int rc = 0;
 	if (!(o.flags & LM_OPT_NO_ENV))
 		rc = apply_env(&o);
+	/* Asked for by name, io_uring is required; by default it is preferred. */
+	bool io_required = o.io == LM_IO_URING;
 	if (rc == 0)
 		rc = check_options(&o);
 	if (rc < 0)
@@ -215,6 +219,7 @@ int lm_runtime_open(const struct lm_options *user, struct lm_runtime **out)
 	if (!rt)
 		return -ENOMEM;
 	rt->opt = o;
+	rt->io_required = io_required;
 	rt->mode = o.mode;
 	rt->page_size = sysconf(_SC_PAGESIZE);
 	rt->page_shift = (unsigned)__builtin_ctzl((unsigned long)rt->page_size);
@@ -351,6 +356,7 @@ static void close_runtime(struct lm_runtime *rt)
 
 int lm_runtime_close(struct lm_runtime *rt)
 {
+	LM__KEEP_ERRNO;
 	if (!rt)
 		return -EINVAL;
 	close_runtime(rt);

@@ -48,6 +48,7 @@ static void sum_metadata(struct lm_runtime *rt, uint64_t *meta, uint64_t *reside
 
 int lm_stats_get(struct lm_runtime *rt, struct lm_stats *st)
 {
+	LM__KEEP_ERRNO;
 	if (!rt || !st || st->size < offsetof(struct lm_stats, faults_missing) + sizeof(uint64_t))
 		return -EINVAL;
 	struct lm_stats full;
@@ -87,6 +88,7 @@ static void put(struct out *o, const char *fmt, ...)
 
 int lm_stats_format(const struct lm_stats *st, int format, char *buf, size_t len)
 {
+	LM__KEEP_ERRNO;
 	if (!st || (len && !buf) || (format != LM_FORMAT_TEXT && format != LM_FORMAT_JSON))
 		return -EINVAL;
 	if (st->size < sizeof(*st))

@@ -17,8 +17,16 @@ if [ $status -ne 0 ]; then
 	done
 	exit $status
 fi
+# One closing line a CI reader can count: Check's per-program totals, summed.
+summary=$(cat "$build"/tests/check_*.log | awk '
+	/Checks: [0-9]+, Failures: [0-9]+, Errors: [0-9]+/ {
+		gsub(/[^0-9 ]/, " "); n = split($0, f, " ");
+		checks += f[n - 2]; failed += f[n - 1] + f[n]
+	}
+	END { printf "%d passed, %d failed", checks - failed, failed }')
 if [ "${LAZYMEM_TEST_FAST:-0}" != 1 ]; then
 	CK_TIMEOUT_MULTIPLIER=${CK_TIMEOUT_MULTIPLIER:-4} \
 	make -C "$build" -j"$(nproc)" distcheck \
 		DISTCHECK_CONFIGURE_FLAGS="--enable-asan --enable-ubsan"
 fi
+echo "checks: $summary"
