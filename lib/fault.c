@@ -323,22 +323,37 @@ long lm__fill(struct lm__filler *f, struct lm_region *r, uint64_t pgno, unsigned
 			at++;
 			continue;
 		}
+		if (rc == -EAGAIN)
+			LM__STAT_ADD(rt, copy_eagain, 1);
+		/*
+		 * The install must lie within one mapping: a readahead window
+		 * that crosses a hole the application unmapped fails whole
+		 * (ENOENT).  The faulting page alone may still be fine.
+		 */
+		if (at == 0 && n > 1 && rc != -EAGAIN && rc != -ESRCH) {
+			for (unsigned i = 1; i < n; i++)
+				settle(r, ents[i], pgno + i, prev[i], ufd);
+			unaccount(r, n, 1, fresh - (LM_PTE_STATE(prev[0]) == LM_PS_MISSING), fault);
+			fresh = LM_PTE_STATE(prev[0]) == LM_PS_MISSING;
+			n = 1;
+			continue;
+		}
 		/*
 		 * EAGAIN: the address space is changing (mremap, fork) and an
 		 * event we must read may be pending, so never retry here: put
 		 * the pages back and wake the toucher, whose access replays.
-		 * ENOENT/ESRCH: unmapped, or the process is gone.  Anything
-		 * else cannot be filled: SIGBUS for the faulting page.
+		 * ENOENT/ESRCH: unmapped, or the process is gone: wake it too.
+		 * Anything else cannot be filled: SIGBUS for the faulting page.
+		 * Either way the faulting thread is answered, never left asleep.
 		 */
-		if (rc == -EAGAIN)
-			LM__STAT_ADD(rt, copy_eagain, 1);
+		bool sigbus = at == 0 && fault && rc != -EAGAIN && rc != -ENOENT && rc != -ESRCH;
 		for (unsigned i = at; i < n; i++) {
-			if (i == 0 && fault && rc != -EAGAIN && rc != -ENOENT && rc != -ESRCH)
+			if (i == 0 && sigbus)
 				poison(r, ents[0], pgno, ufd);
 			else
 				settle(r, ents[i], pgno + i, prev[i], ufd);
 		}
-		if (at == 0 && rc == -EAGAIN && fault)
+		if (at == 0 && fault && !sigbus)
 			lm__uffd_wake(ufd, page_addr(r, pgno), ps);
 		ret = rc;
 		break;
@@ -579,7 +594,10 @@ void *lm__handler_main(void *arg)
 			if (tag == 0)
 				return NULL;	/* stop_fd: the runtime is closing */
 			if (tag == (uint64_t)(unsigned)rt->ufd + 1) {
+				/* See lm_region_destroy: it waits out event batches in flight. */
+				int ev = lm__epoch_enter(&rt->evq);
 				forked |= drain(f, rt->ufd, false);
+				lm__epoch_exit(&rt->evq, ev);
 				continue;
 			}
 			/* A child: read it inside a read section, see sweep_children. */

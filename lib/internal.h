@@ -197,6 +197,22 @@ struct lm__prefetch {
 	struct lm__prefetch *next;
 };
 
+/*
+ * Epochs: a read side of two atomic operations, safe in a signal handler,
+ * and a writer's wait for the readers that might have seen the old state.
+ */
+struct lm__epoch {
+	_Atomic unsigned epoch;
+	_Atomic long readers[2];
+	pthread_mutex_t sync_lock;	/* serializes waiters */
+};
+
+void lm__epoch_init(struct lm__epoch *e);
+void lm__epoch_fini(struct lm__epoch *e);
+int lm__epoch_enter(struct lm__epoch *e);
+void lm__epoch_exit(struct lm__epoch *e, int idx);
+void lm__epoch_wait(struct lm__epoch *e);
+
 struct lm_runtime {
 	struct lm_options opt;
 	bool io_required;		/* io_uring asked for by name: no pread fallback */
@@ -216,10 +232,9 @@ struct lm_runtime {
 
 	/* Regions: writers hold lock and publish a new table; readers use epochs. */
 	pthread_mutex_t lock;
-	pthread_mutex_t sync_lock;	/* serializes lm__synchronize */
 	_Atomic(struct lm__rtable *) table;
-	_Atomic unsigned epoch;
-	_Atomic long readers[2];
+	struct lm__epoch rcu;		/* readers of the table and its regions */
+	struct lm__epoch evq;		/* handlers between reading events and applying them */
 
 	/*
 	 * fork() children whose faults we serve (thread mode), guarded by
@@ -244,14 +259,28 @@ struct lm_runtime {
 	struct lm__filler *pool;
 	int npool;
 	struct lm_runtime *_Atomic sig_next;
+	struct lm_runtime *_Atomic fork_next;
+	pid_t pid;			/* the process that opened the runtime */
+	pid_t ufd_pid;			/* the process whose address space ufd serves */
 
 	struct lm__stats stats;
 };
 
-int lm__read_lock(struct lm_runtime *rt);
-void lm__read_unlock(struct lm_runtime *rt, int idx);
+static inline int lm__read_lock(struct lm_runtime *rt)
+{
+	return lm__epoch_enter(&rt->rcu);
+}
+
+static inline void lm__read_unlock(struct lm_runtime *rt, int idx)
+{
+	lm__epoch_exit(&rt->rcu, idx);
+}
+
 /* Waits until every reader that might see the previous table has left. */
-void lm__synchronize(struct lm_runtime *rt);
+static inline void lm__synchronize(struct lm_runtime *rt)
+{
+	lm__epoch_wait(&rt->rcu);
+}
 void lm__log(struct lm_runtime *rt, int level, const char *fmt, ...)
 	__attribute__((format(printf, 3, 4)));
 
@@ -278,5 +307,6 @@ long lm__fill_range(struct lm__filler *f, struct lm_region *r, uint64_t first,
 
 int lm__signal_attach(struct lm_runtime *rt);
 void lm__signal_detach(struct lm_runtime *rt);
+void lm__fork_follow(struct lm_runtime *rt);
 
 #endif /* LM_INTERNAL_H */

@@ -268,15 +268,23 @@ static void destroy_locked(struct lm_runtime *rt, struct lm_region *r)
 {
 	for (size_t i = 0; i < r->naliases; i++)
 		destroy_locked(rt, r->aliases[i]);
-	/* Unregistering wakes any thread still blocked on one of its pages. */
-	lm__uffd_unregister(rt->ufd, r->start, r->len);
+	/*
+	 * Unregistering wakes any thread still blocked on one of its pages.
+	 * In a fork() child whose descriptor still serves the parent, an
+	 * ioctl would act on the parent's address space: skip it.
+	 */
+	if (getpid() == rt->ufd_pid)
+		lm__uffd_unregister(rt->ufd, r->start, r->len);
 	drop_prefetch(rt, r);
 	table_replace(rt, NULL, r);
 	/* Aliases are the application's memory now (it moved them): leave them mapped. */
 	if (!r->parent)
 		unmap_own(r);
-	LM__STAT_SUB(rt, regions_live, 1);
-	LM__STAT_SUB(rt, region_bytes, r->len);
+	if (!r->parent) {
+		/* Aliases were never counted: they are parts of their parent. */
+		LM__STAT_SUB(rt, regions_live, 1);
+		LM__STAT_SUB(rt, region_bytes, r->len);
+	}
 	region_free(r);
 }
 
@@ -286,6 +294,15 @@ int lm_region_destroy(struct lm_region *r)
 	if (!r || r->parent)
 		return -EINVAL;
 	struct lm_runtime *rt = r->rt;
+	/*
+	 * An application's munmap returns once a handler has read its UNMAP
+	 * event, a moment before the handler records the hole; a mapping the
+	 * application then puts there must not be unmapped below.  So wait
+	 * for the event batches in flight (without rt->lock, which applying
+	 * a remap event takes).
+	 */
+	if (getpid() == rt->ufd_pid)
+		lm__epoch_wait(&rt->evq);
 	pthread_mutex_lock(&rt->lock);
 	destroy_locked(rt, r);
 	pthread_mutex_unlock(&rt->lock);

@@ -125,38 +125,51 @@ static int check_options(struct lm_options *o)
  * leave before it frees anything they could see.  The read side is two
  * atomic operations and safe in a signal handler, unlike a rwlock.
  */
-int lm__read_lock(struct lm_runtime *rt)
+void lm__epoch_init(struct lm__epoch *e)
+{
+	atomic_init(&e->epoch, 0);
+	atomic_init(&e->readers[0], 0);
+	atomic_init(&e->readers[1], 0);
+	pthread_mutex_init(&e->sync_lock, NULL);
+}
+
+void lm__epoch_fini(struct lm__epoch *e)
+{
+	pthread_mutex_destroy(&e->sync_lock);
+}
+
+int lm__epoch_enter(struct lm__epoch *e)
 {
 	for (;;) {
-		int idx = (int)(atomic_load_explicit(&rt->epoch, memory_order_acquire) & 1);
-		atomic_fetch_add_explicit(&rt->readers[idx], 1, memory_order_seq_cst);
-		if ((int)(atomic_load_explicit(&rt->epoch, memory_order_seq_cst) & 1) == idx)
+		int idx = (int)(atomic_load_explicit(&e->epoch, memory_order_acquire) & 1);
+		atomic_fetch_add_explicit(&e->readers[idx], 1, memory_order_seq_cst);
+		if ((int)(atomic_load_explicit(&e->epoch, memory_order_seq_cst) & 1) == idx)
 			return idx;
-		atomic_fetch_sub_explicit(&rt->readers[idx], 1, memory_order_release);
+		atomic_fetch_sub_explicit(&e->readers[idx], 1, memory_order_release);
 	}
 }
 
-void lm__read_unlock(struct lm_runtime *rt, int idx)
+void lm__epoch_exit(struct lm__epoch *e, int idx)
 {
-	atomic_fetch_sub_explicit(&rt->readers[idx], 1, memory_order_release);
+	atomic_fetch_sub_explicit(&e->readers[idx], 1, memory_order_release);
 }
 
 /*
- * Called after publishing a new table (or detaching a child), never from
- * inside a read section.  One flip suffices: a reader re-checks the epoch
- * after counting itself, so it either is counted in the old parity (and
- * waited for) or sees the flip and everything published before it.
- * Writers are serialized so that two flips never interleave, which could
- * make one of them wait for readers of the parity now being entered.
+ * Never called from inside a section of the same epoch.  One flip
+ * suffices: a reader re-checks the epoch after counting itself, so it
+ * either is counted in the old parity (and waited for) or sees the flip
+ * and everything published before it.  Waiters are serialized so that two
+ * flips never interleave, which could make one of them wait for readers of
+ * the parity now being entered.
  */
-void lm__synchronize(struct lm_runtime *rt)
+void lm__epoch_wait(struct lm__epoch *e)
 {
-	pthread_mutex_lock(&rt->sync_lock);
-	unsigned old = atomic_fetch_add_explicit(&rt->epoch, 1, memory_order_seq_cst);
+	pthread_mutex_lock(&e->sync_lock);
+	unsigned old = atomic_fetch_add_explicit(&e->epoch, 1, memory_order_seq_cst);
 	int idx = (int)(old & 1);
-	while (atomic_load_explicit(&rt->readers[idx], memory_order_seq_cst) > 0)
+	while (atomic_load_explicit(&e->readers[idx], memory_order_seq_cst) > 0)
 		sched_yield();
-	pthread_mutex_unlock(&rt->sync_lock);
+	pthread_mutex_unlock(&e->sync_lock);
 }
 
 static int start_threads(struct lm_runtime *rt)
@@ -224,10 +237,12 @@ int lm_runtime_open(const struct lm_options *user, struct lm_runtime **out)
 	rt->page_size = sysconf(_SC_PAGESIZE);
 	rt->page_shift = (unsigned)__builtin_ctzl((unsigned long)rt->page_size);
 	rt->ufd = rt->epfd = rt->stop_fd = -1;
+	rt->pid = rt->ufd_pid = getpid();
 	rt->pf_tail = &rt->pf_head;
 	rt->probe_page = (uintptr_t)MAP_FAILED;
 	pthread_mutex_init(&rt->lock, NULL);
-	pthread_mutex_init(&rt->sync_lock, NULL);
+	lm__epoch_init(&rt->rcu);
+	lm__epoch_init(&rt->evq);
 	pthread_mutex_init(&rt->ch_lock, NULL);
 	pthread_mutex_init(&rt->pf_lock, NULL);
 	pthread_cond_init(&rt->pf_cond, NULL);
@@ -285,6 +300,8 @@ int lm_runtime_open(const struct lm_options *user, struct lm_runtime **out)
 		rt->opt.handler_threads = 1;
 		if ((rc = lm__signal_attach(rt)) < 0)
 			goto fail;
+	} else if (!(rt->features & UFFD_FEATURE_EVENT_FORK)) {
+		lm__fork_follow(rt);
 	}
 	if ((rc = start_threads(rt)) < 0)
 		goto fail;
@@ -299,7 +316,9 @@ static void stop_threads(struct lm_runtime *rt)
 {
 	atomic_store(&rt->stopping, true);
 	uint64_t one = 1;
-	if (rt->stop_fd >= 0 && write(rt->stop_fd, &one, sizeof(one)) < 0) {
+	/* In a child the eventfd is shared with the parent's threads: leave it be. */
+	if (getpid() == rt->pid && rt->stop_fd >= 0 &&
+	    write(rt->stop_fd, &one, sizeof(one)) < 0) {
 		/* An eventfd write only fails on overflow, which cannot happen here. */
 	}
 	for (int i = 0; i < rt->nthreads; i++)
@@ -316,11 +335,18 @@ static void stop_threads(struct lm_runtime *rt)
 
 static void close_runtime(struct lm_runtime *rt)
 {
+	/*
+	 * In a fork() child the handler threads are the parent's: nothing to
+	 * join here, and nothing to tell them.
+	 */
+	if (getpid() != rt->pid) {
+		rt->nthreads = 0;
+		rt->pf_started = false;
+	}
 	/* Regions go first, while the handlers still serve faults on them. */
 	lm__region_free_all(rt);
 	stop_threads(rt);
-	if (rt->mode == LM_MODE_SIGNAL)
-		lm__signal_detach(rt);
+	lm__signal_detach(rt);
 	while (rt->pf_head) {
 		struct lm__prefetch *p = rt->pf_head;
 		rt->pf_head = p->next;
@@ -347,7 +373,8 @@ static void close_runtime(struct lm_runtime *rt)
 	if (rt->ufd >= 0)
 		close(rt->ufd);
 	pthread_mutex_destroy(&rt->lock);
-	pthread_mutex_destroy(&rt->sync_lock);
+	lm__epoch_fini(&rt->rcu);
+	lm__epoch_fini(&rt->evq);
 	pthread_mutex_destroy(&rt->ch_lock);
 	pthread_mutex_destroy(&rt->pf_lock);
 	pthread_cond_destroy(&rt->pf_cond);

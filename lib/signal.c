@@ -140,50 +140,23 @@ static int reset_filling(lm__pte *e, uint64_t pgno, void *arg)
 	return 0;
 }
 
+static struct lm_runtime *_Atomic fork_list;	/* runtimes that follow fork() by re-registering */
+
 static void atfork_prepare(void)
 {
 	pthread_mutex_lock(&sig_lock);
-	for (struct lm_runtime *rt = atomic_load(&sig_list); rt; rt = rt->sig_next)
+	for (struct lm_runtime *rt = atomic_load(&fork_list); rt; rt = rt->fork_next)
 		pthread_mutex_lock(&rt->lock);
 }
 
 static void atfork_parent(void)
 {
-	for (struct lm_runtime *rt = atomic_load(&sig_list); rt; rt = rt->sig_next)
+	for (struct lm_runtime *rt = atomic_load(&fork_list); rt; rt = rt->fork_next)
 		pthread_mutex_unlock(&rt->lock);
 	pthread_mutex_unlock(&sig_lock);
 }
 
-static void atfork_child(void)
-{
-	for (struct lm_runtime *rt = atomic_load(&sig_list); rt; rt = rt->sig_next) {
-		pthread_mutex_init(&rt->lock, NULL);
-		atomic_store(&rt->readers[0], 0);
-		atomic_store(&rt->readers[1], 0);
-		for (int i = 0; i < rt->npool; i++)
-			atomic_store(&rt->pool[i].busy, 0);
-		int origin;
-		unsigned limits;
-		uint64_t features;
-		int fd = lm__uffd_open(LM_MODE_SIGNAL, rt->origin,
-				       UFFD_FEATURE_SIGBUS | (1ull << 14) /* POISON */, &origin,
-				       &limits, &features);
-		/* The parent's descriptor number now serves nothing in the child. */
-		close(rt->ufd);
-		rt->ufd = fd;
-		if (fd < 0)
-			continue;
-		struct lm__rtable *t = atomic_load(&rt->table);
-		for (size_t i = 0; t && i < t->n; i++) {
-			struct lm_region *r = t->r[i];
-			lm__pt_walk(&r->pt, 0, r->npages - 1, reset_filling, NULL);
-			lm__uffd_register(fd, r->start, r->len);
-		}
-	}
-	pthread_mutex_init(&sig_lock, NULL);
-}
-
-int lm__signal_attach(struct lm_runtime *rt)
+static int pool_init(struct lm_runtime *rt)
 {
 	long ncpu = sysconf(_SC_NPROCESSORS_ONLN);
 	rt->npool = (int)(ncpu < 1 ? 8 : ncpu * 4 + 4);
@@ -196,28 +169,104 @@ int lm__signal_attach(struct lm_runtime *rt)
 		if (rc < 0)
 			return rc;
 	}
-	pthread_mutex_lock(&sig_lock);
-	if (sig_users++ == 0) {
-		struct sigaction sa;
-		memset(&sa, 0, sizeof(sa));
-		sa.sa_sigaction = on_sigbus;
-		sa.sa_flags = SA_SIGINFO | SA_RESTART | SA_NODEFER | SA_ONSTACK;
-		sigemptyset(&sa.sa_mask);
-		if (sigaction(SIGBUS, &sa, &sig_old) < 0) {
-			int err = -errno;
-			sig_users--;
-			pthread_mutex_unlock(&sig_lock);
-			return err;
+	return 0;
+}
+
+/* Takes SIGBUS for the first signal-mode runtime; called with sig_lock held. */
+static int take_sigbus_locked(void)
+{
+	if (sig_users++ > 0)
+		return 0;
+	struct sigaction sa;
+	memset(&sa, 0, sizeof(sa));
+	sa.sa_sigaction = on_sigbus;
+	sa.sa_flags = SA_SIGINFO | SA_RESTART | SA_NODEFER | SA_ONSTACK;
+	sigemptyset(&sa.sa_mask);
+	if (sigaction(SIGBUS, &sa, &sig_old) < 0) {
+		sig_users--;
+		return -errno;
+	}
+	return 0;
+}
+
+static void atfork_child(void)
+{
+	for (struct lm_runtime *rt = atomic_load(&fork_list); rt; rt = rt->fork_next) {
+		pthread_mutex_init(&rt->lock, NULL);
+		lm__epoch_init(&rt->rcu);
+		lm__epoch_init(&rt->evq);
+		for (int i = 0; i < rt->npool; i++)
+			atomic_store(&rt->pool[i].busy, 0);
+		int origin;
+		unsigned limits;
+		uint64_t features;
+		int fd = lm__uffd_open(LM_MODE_SIGNAL, rt->origin,
+				       UFFD_FEATURE_SIGBUS | (1ull << 14) /* POISON */, &origin,
+				       &limits, &features);
+		/* The parent's descriptor number now serves nothing in the child. */
+		close(rt->ufd);
+		rt->ufd = fd;
+		rt->ufd_pid = getpid();
+		if (fd < 0)
+			continue;
+		/*
+		 * A thread-mode runtime has no handler threads in the child:
+		 * the child resolves its faults by signal instead.
+		 */
+		if (rt->mode != LM_MODE_SIGNAL) {
+			rt->mode = LM_MODE_SIGNAL;
+			if (pool_init(rt) < 0 || take_sigbus_locked() < 0)
+				continue;
+			rt->sig_next = atomic_load(&sig_list);
+			atomic_store(&sig_list, rt);
+		}
+		struct lm__rtable *t = atomic_load(&rt->table);
+		for (size_t i = 0; t && i < t->n; i++) {
+			struct lm_region *r = t->r[i];
+			lm__pt_walk(&r->pt, 0, r->npages - 1, reset_filling, NULL);
+			lm__uffd_register(fd, r->start, r->len);
 		}
 	}
+	pthread_mutex_init(&sig_lock, NULL);
+}
+
+/* Called with sig_lock held. */
+static void follow_fork_locked(struct lm_runtime *rt)
+{
 	if (!atfork_registered) {
 		pthread_atfork(atfork_prepare, atfork_parent, atfork_child);
 		atfork_registered = true;
 	}
-	rt->sig_next = atomic_load(&sig_list);
-	atomic_store(&sig_list, rt);
+	rt->fork_next = atomic_load(&fork_list);
+	atomic_store(&fork_list, rt);
+}
+
+int lm__signal_attach(struct lm_runtime *rt)
+{
+	int rc = pool_init(rt);
+	if (rc < 0)
+		return rc;
+	pthread_mutex_lock(&sig_lock);
+	rc = take_sigbus_locked();
+	if (rc == 0) {
+		follow_fork_locked(rt);
+		rt->sig_next = atomic_load(&sig_list);
+		atomic_store(&sig_list, rt);
+	}
 	pthread_mutex_unlock(&sig_lock);
-	return 0;
+	return rc;
+}
+
+/*
+ * Thread mode without fork events (they need CAP_SYS_PTRACE): a child
+ * would lose the registration and read zeros where the source has data,
+ * so the runtime follows fork() the way signal mode does.
+ */
+void lm__fork_follow(struct lm_runtime *rt)
+{
+	pthread_mutex_lock(&sig_lock);
+	follow_fork_locked(rt);
+	pthread_mutex_unlock(&sig_lock);
 }
 
 void lm__signal_detach(struct lm_runtime *rt)
@@ -229,6 +278,13 @@ void lm__signal_detach(struct lm_runtime *rt)
 		if (atomic_load(pp) == rt) {
 			atomic_store(pp, rt->sig_next);
 			listed = true;
+			break;
+		}
+	}
+	for (struct lm_runtime *_Atomic *pp = &fork_list; atomic_load(pp);
+	     pp = &atomic_load(pp)->fork_next) {
+		if (atomic_load(pp) == rt) {
+			atomic_store(pp, rt->fork_next);
 			break;
 		}
 	}
