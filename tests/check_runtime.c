@@ -205,6 +205,30 @@ START_TEST(unprivileged_gets_user_only_with_reasons)
 		p[0] = 3;
 		if (p[0] != 3 || p[5000] != 0)
 			_exit(16);
+		/*
+		 * Without fork events the runtime follows fork() itself: a child
+		 * sees the source's contents in pages it did not inherit.
+		 */
+		static unsigned char src[64 * 4096];
+		lmt_fill_pattern(src, 0, sizeof(src));
+		struct lm_region *m;
+		if (lm_region_create_memory(rt, src, sizeof(src), 0, &m) < 0)
+			_exit(17);
+		unsigned char *q = lm_region_addr(m);
+		lm_region_advise(m, 0, sizeof(src), LM_ADV_RANDOM);
+		q[0] = 0xfe;
+		pid_t kid = fork();
+		if (kid == 0) {
+			if (q[0] != 0xfe || lmt_check_pattern(q + 1, 1, sizeof(src) - 1) != -1)
+				_exit(1);
+			q[4096] = 1;	/* private to the child */
+			_exit(0);
+		}
+		int ks;
+		if (kid < 0 || waitpid(kid, &ks, 0) != kid || !WIFEXITED(ks) || WEXITSTATUS(ks))
+			_exit(18);
+		if (lmt_check_pattern(q + 1, 1, sizeof(src) - 1) != -1)
+			_exit(19);
 		lm_runtime_close(rt);
 		_exit(0);
 	}
