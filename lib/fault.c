@@ -3,6 +3,7 @@
 #include "internal.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <linux/userfaultfd.h>
 #include <stdlib.h>
 #include <string.h>
@@ -12,6 +13,7 @@
 #define MSG_BATCH 32
 #define RA_START 4
 #define PREFETCH_CHUNK 1024
+#define FILE_AHEAD_WINDOWS 8
 
 static inline uintptr_t page_addr(struct lm_region *r, uint64_t pgno)
 {
@@ -71,8 +73,10 @@ static unsigned window(struct lm_region *r, uint64_t pgno)
 	unsigned max = (unsigned)r->rt->opt.readahead_max;
 	switch (lm__region_advice_at(r, pgno)) {
 	case LM_ADV_RANDOM:
+		atomic_store_explicit(&r->ra_win, 1, memory_order_relaxed);
 		return 1;
 	case LM_ADV_SEQUENTIAL:
+		atomic_store_explicit(&r->ra_win, max, memory_order_relaxed);
 		return max;
 	}
 	/*
@@ -147,31 +151,39 @@ static void count_fill(struct lm_runtime *rt, int kind, long n)
 		LM__STAT_ADD(rt, fills_file, n);
 }
 
-/* Counts n pages filled (fresh of them newly resident) for a fault at pgno or a prefetch. */
-static void account(struct lm_region *r, unsigned n, unsigned fresh, bool fault, uint64_t pgno)
+/*
+ * Counts n pages filled (fresh of them newly resident).  A fault's pages
+ * after the first, and all of an asynchronous readahead's, are readahead;
+ * advice's are prefetch.  Either kind of readahead moves the sequential
+ * marker to where the fill ended.
+ */
+static void account(struct lm_region *r, unsigned n, unsigned fresh, unsigned flags,
+		    uint64_t pgno)
 {
 	struct lm_runtime *rt = r->rt;
 	atomic_fetch_add_explicit(&r->resident, fresh, memory_order_relaxed);
 	count_fill(rt, r->kind, n);
-	if (fault) {
-		LM__STAT_ADD(rt, readahead_pages, n - 1);
-		atomic_store_explicit(&r->ra_next, pgno + n, memory_order_relaxed);
-	} else {
+	if (flags & LM_FILL_PREFETCH) {
 		LM__STAT_ADD(rt, prefetch_pages, n);
+		return;
 	}
+	LM__STAT_ADD(rt, readahead_pages, (flags & LM_FILL_AHEAD) ? n : n - 1);
+	atomic_store_explicit(&r->ra_next, pgno + n, memory_order_relaxed);
 }
 
 /* Takes back what account() counted for n pages of which only installed were installed. */
 static void unaccount(struct lm_region *r, unsigned n, unsigned installed, unsigned fresh,
-		      bool fault)
+		      unsigned flags)
 {
 	struct lm_runtime *rt = r->rt;
 	atomic_fetch_sub_explicit(&r->resident, fresh, memory_order_relaxed);
 	count_fill(rt, r->kind, -(long)(n - installed));
-	if (fault)
-		LM__STAT_SUB(rt, readahead_pages, (n - 1) - (installed ? installed - 1 : 0));
-	else
+	if (flags & LM_FILL_PREFETCH)
 		LM__STAT_SUB(rt, prefetch_pages, n - installed);
+	else if (flags & LM_FILL_AHEAD)
+		LM__STAT_SUB(rt, readahead_pages, n - installed);
+	else
+		LM__STAT_SUB(rt, readahead_pages, (n - 1) - (installed ? installed - 1 : 0));
 }
 
 /* Poisons page pgno (its toucher gets SIGBUS) and records it. */
@@ -196,7 +208,7 @@ long lm__fill(struct lm__filler *f, struct lm_region *r, uint64_t pgno, unsigned
 {
 	struct lm_runtime *rt = r->rt;
 	size_t ps = (size_t)rt->page_size;
-	bool fault = !(flags & LM_FILL_PREFETCH);
+	bool fault = !(flags & (LM_FILL_PREFETCH | LM_FILL_AHEAD));
 	uint64_t t0 = lm__now_ns();
 	lm__pte *e0 = lm__pt_get(&r->pt, pgno, true);
 	if (!e0) {
@@ -278,14 +290,14 @@ long lm__fill(struct lm__filler *f, struct lm_region *r, uint64_t pgno, unsigned
 	unsigned fresh = 0;
 	for (unsigned i = 0; i < n; i++)
 		fresh += LM_PTE_STATE(prev[i]) == LM_PS_MISSING;
-	account(r, n, fresh, fault, pgno);
+	account(r, n, fresh, flags, pgno);
 
 	/*
 	 * Install.  Read faults on zero-source pages map the shared zero page
 	 * (no memory until written); everything else is copied.  EEXIST at a
 	 * page means another path populated it: keep going after it.
 	 */
-	bool zeropage = r->kind == LM_SOURCE_ZERO && fault && !(flags & LM_FILL_WRITE);
+	bool zeropage = r->kind == LM_SOURCE_ZERO && !(flags & (LM_FILL_WRITE | LM_FILL_PREFETCH));
 	unsigned at = 0, installed = 0, fresh_done = 0;
 	long ret = 0;
 	while (at < n) {
@@ -333,7 +345,7 @@ long lm__fill(struct lm__filler *f, struct lm_region *r, uint64_t pgno, unsigned
 		if (at == 0 && n > 1 && rc != -EAGAIN && rc != -ESRCH) {
 			for (unsigned i = 1; i < n; i++)
 				settle(r, ents[i], pgno + i, prev[i], ufd);
-			unaccount(r, n, 1, fresh - (LM_PTE_STATE(prev[0]) == LM_PS_MISSING), fault);
+			unaccount(r, n, 1, fresh - (LM_PTE_STATE(prev[0]) == LM_PS_MISSING), flags);
 			fresh = LM_PTE_STATE(prev[0]) == LM_PS_MISSING;
 			n = 1;
 			continue;
@@ -359,7 +371,7 @@ long lm__fill(struct lm__filler *f, struct lm_region *r, uint64_t pgno, unsigned
 		break;
 	}
 	if (installed < n || fresh_done < fresh)
-		unaccount(r, n, installed, fresh - fresh_done, fault);
+		unaccount(r, n, installed, fresh - fresh_done, flags);
 	if (installed)
 		lm__stats_latency(rt, lm__now_ns() - t0, installed);
 	return installed ? (long)installed : ret;
@@ -415,7 +427,18 @@ static void fill_child(struct lm__filler *f, struct lm_region *r, uint64_t pgno,
 		lm__uffd_wake(ufd, addr, ps);
 }
 
-static void handle_fault(struct lm__filler *f, int ufd, bool child, const struct uffd_msg *m)
+/*
+ * True while some other handler may hold an event (remap, unmap) it has
+ * read but not applied: the application's call has returned and its
+ * threads may already fault on addresses the runtime does not know yet.
+ */
+static bool events_unapplied(struct lm_runtime *rt, bool self)
+{
+	return atomic_load_explicit(&rt->ev_unapplied, memory_order_seq_cst) > (self ? 1 : 0);
+}
+
+static void handle_fault(struct lm__filler *f, int ufd, bool child, bool self_holds,
+			 const struct uffd_msg *m)
 {
 	struct lm_runtime *rt = f->rt;
 	uintptr_t addr = (uintptr_t)m->arg.pagefault.address & ~((uintptr_t)rt->page_size - 1);
@@ -427,7 +450,11 @@ static void handle_fault(struct lm__filler *f, int ufd, bool child, const struct
 		LM__STAT_ADD(rt, faults_missing, 1);
 	int idx = lm__read_lock(rt);
 	struct lm_region *r = lm__region_find(rt, addr);
-	if (!r) {
+	if (!r && !child && events_unapplied(rt, self_holds)) {
+		/* Maybe a part just moved by mremap: replay once the event is applied. */
+		LM__STAT_ADD(rt, faults_parked, 1);
+		lm__uffd_wake(ufd, addr, (size_t)rt->page_size);
+	} else if (!r) {
 		/*
 		 * Registered memory we do not know: a region destroyed under
 		 * the fault, or a part the application grew with mremap.  It is
@@ -442,7 +469,30 @@ static void handle_fault(struct lm__filler *f, int ufd, bool child, const struct
 		fill_child(f, r, (addr - r->start) >> rt->page_shift, ufd);
 	} else {
 		unsigned flags = (m->arg.pagefault.flags & UFFD_PAGEFAULT_FLAG_WRITE) ? LM_FILL_WRITE : 0;
-		lm__fill(f, r, (addr - r->start) >> rt->page_shift, 0, flags, ufd);
+		uint64_t pgno = (addr - r->start) >> rt->page_shift;
+		long n = lm__fill(f, r, pgno, 0, flags, ufd);
+		/*
+		 * Asynchronous readahead, as the kernel does it: the install
+		 * above woke the faulting thread, which now works through its
+		 * window on its own CPU while this one fills the next window.
+		 * A sequential scan then faults once per two windows, and the
+		 * fills overlap the application's work.
+		 */
+		unsigned win = atomic_load_explicit(&r->ra_win, memory_order_relaxed);
+		if (n > 1 && win >= RA_START && pgno + (uint64_t)n < r->npages) {
+			uint64_t next = pgno + (uint64_t)n;
+			/*
+			 * A file's next windows are asked of the kernel too: it
+			 * reads them into the page cache in the background, so
+			 * the disk works while pages are installed here.
+			 */
+			if (r->kind == LM_SOURCE_FILE)
+				posix_fadvise(r->fd,
+					      (off_t)(r->foff + ((next + win + r->src_shift) << rt->page_shift)),
+					      (off_t)((uint64_t)FILE_AHEAD_WINDOWS * win << rt->page_shift),
+					      POSIX_FADV_WILLNEED);
+			lm__fill(f, r, next, win, flags | LM_FILL_AHEAD, ufd);
+		}
 	}
 	lm__read_unlock(rt, idx);
 }
@@ -529,17 +579,30 @@ static bool drain(struct lm__filler *f, int ufd, bool child)
 	struct uffd_msg msgs[MSG_BATCH];
 	bool forked = false;
 	for (;;) {
+		/*
+		 * Counted from before the read until the batch's events are
+		 * applied (or, for a batch of faults only, until the read
+		 * returns): see events_unapplied.
+		 */
+		if (!child)
+			atomic_fetch_add_explicit(&rt->ev_unapplied, 1, memory_order_seq_cst);
 		ssize_t n = read(ufd, msgs, sizeof(msgs));
+		size_t count = n > 0 ? (size_t)n / sizeof(msgs[0]) : 0;
+		bool holds = false;
+		for (size_t i = 0; i < count && !holds; i++)
+			holds = msgs[i].event != UFFD_EVENT_PAGEFAULT;
+		if (!child && !holds)
+			atomic_fetch_sub_explicit(&rt->ev_unapplied, 1, memory_order_seq_cst);
 		if (n < 0) {
 			if (errno == EINTR)
 				continue;
 			return forked;	/* EAGAIN: drained; anything else: nothing to read */
 		}
-		for (size_t i = 0; i < (size_t)n / sizeof(msgs[0]); i++) {
+		for (size_t i = 0; i < count; i++) {
 			const struct uffd_msg *m = &msgs[i];
 			switch (m->event) {
 			case UFFD_EVENT_PAGEFAULT:
-				handle_fault(f, ufd, child, m);
+				handle_fault(f, ufd, child, holds && !child, m);
 				break;
 			case UFFD_EVENT_FORK:
 				add_child(rt, (int)m->arg.fork.ufd);
@@ -566,6 +629,8 @@ static bool drain(struct lm__filler *f, int ufd, bool child)
 				break;
 			}
 		}
+		if (!child && holds)
+			atomic_fetch_sub_explicit(&rt->ev_unapplied, 1, memory_order_seq_cst);
 		if ((size_t)n < sizeof(msgs))
 			return forked;
 	}

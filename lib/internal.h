@@ -235,6 +235,7 @@ struct lm_runtime {
 	_Atomic(struct lm__rtable *) table;
 	struct lm__epoch rcu;		/* readers of the table and its regions */
 	struct lm__epoch evq;		/* handlers between reading events and applying them */
+	_Atomic int ev_unapplied;	/* reads in progress, or batches whose events are not applied yet */
 
 	/*
 	 * fork() children whose faults we serve (thread mode), guarded by
@@ -288,7 +289,7 @@ void lm__log(struct lm_runtime *rt, int level, const char *fmt, ...)
 
 #define LM_FILL_WRITE 1u	/* the fault was a write */
 #define LM_FILL_PREFETCH 2u	/* advice, not a fault: never poison, never wait */
-#define LM_FILL_NOAHEAD 4u	/* exactly the pages asked */
+#define LM_FILL_AHEAD 4u	/* asynchronous readahead after a sequential fault */
 
 /*
  * Fills page pgno of r (and readahead pages after it) and installs them

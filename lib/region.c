@@ -4,6 +4,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
@@ -127,6 +128,28 @@ static void region_free(struct lm_region *r)
 	free(r);
 }
 
+/*
+ * The region reads its file through an open file description of its own
+ * when it can (reopening /proc/self/fd/N): the kernel's readahead state
+ * and the file offset then belong to lazymem, and the application's
+ * sequential reads and ours do not disturb each other.  Failing that (no
+ * /proc, a file since renamed over), a dup shares the caller's.
+ */
+static int reopen(int fd, const struct stat *st)
+{
+	char path[64];
+	snprintf(path, sizeof(path), "/proc/self/fd/%d", fd);
+	int nfd = open(path, O_RDONLY | O_CLOEXEC);
+	if (nfd >= 0) {
+		struct stat nst;
+		if (fstat(nfd, &nst) == 0 && nst.st_dev == st->st_dev && nst.st_ino == st->st_ino)
+			return nfd;
+		close(nfd);
+	}
+	nfd = fcntl(fd, F_DUPFD_CLOEXEC, 0);
+	return nfd < 0 ? -errno : nfd;
+}
+
 static int create(struct lm_runtime *rt, size_t length, unsigned flags, int kind,
 		  const void *buf, int fd, off_t offset, struct lm_region **out)
 {
@@ -162,9 +185,10 @@ static int create(struct lm_runtime *rt, size_t length, unsigned flags, int kind
 	r->buf = buf;
 	r->buflen = length;
 	if (kind == LM_SOURCE_FILE) {
-		r->fd = fcntl(fd, F_DUPFD_CLOEXEC, 0);
+		r->fd = reopen(fd, &st);
 		if (r->fd < 0) {
-			int err = -errno;
+			int err = r->fd;
+			r->fd = -1;
 			region_free(r);
 			return err;
 		}

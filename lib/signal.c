@@ -114,6 +114,21 @@ static void on_sigbus(int sig, siginfo_t *si, void *uc)
 			}
 			lm__read_unlock(rt, idx);
 		}
+		/*
+		 * An address no region covers may be a part the application
+		 * just moved with mremap, its event not applied yet: replay the
+		 * access.  Or registered memory the runtime no longer tracks (an
+		 * mremap extension): anonymous memory, zero-filled.  Anything
+		 * else is not lazymem's SIGBUS.
+		 */
+		for (struct lm_runtime *rt = atomic_load(&sig_list); rt && !handled;
+		     rt = rt->sig_next) {
+			size_t done, ps = (size_t)rt->page_size;
+			if (atomic_load(&rt->ev_unapplied) > 0)
+				handled = true;
+			else
+				handled = lm__uffd_zeropage(rt->ufd, addr & ~(ps - 1), ps, &done) == 0;
+		}
 	}
 	atomic_fetch_sub(&sig_inflight, 1);
 	if (!handled)

@@ -223,12 +223,25 @@ START_TEST(advice_random_and_sequential)
 	struct lm_stats b = lmt_stats(rt);
 	ck_assert_uint_eq(b.faults_missing - a.faults_missing, 128);
 	ck_assert_uint_eq(b.readahead_pages - a.readahead_pages, 0);
-	/* Sequential on the second half: full windows of 16 from the first fault. */
+	/*
+	 * Sequential on the second half: full windows of 16 from the first
+	 * fault; in thread mode the handler also fills the next window
+	 * ahead of the application, so a fault comes once per two windows.
+	 */
 	for (size_t pg = 128; pg < 256; pg++)
 		ck_assert_uint_eq(p[pg * PS + 1], lmt_pattern(pg * PS + 1));
 	struct lm_stats c = lmt_stats(rt);
-	ck_assert_uint_eq(c.faults_missing - b.faults_missing, 128 / 16);
-	ck_assert_uint_eq(c.readahead_pages - b.readahead_pages, 128 - 128 / 16);
+	uint64_t faults = c.faults_missing - b.faults_missing;
+	ck_assert_uint_eq(c.fills_memory - b.fills_memory, 128);
+	if (o.mode == LM_MODE_THREAD) {
+		/* A fault may also park on a page the ahead fill holds. */
+		ck_assert_uint_ge(faults, 128 / 32);
+		ck_assert_uint_le(faults, 128 / 16);
+		ck_assert_uint_ge(c.readahead_pages - b.readahead_pages, 128 - 128 / 16);
+	} else {
+		ck_assert_uint_eq(faults, 128 / 16);
+		ck_assert_uint_eq(c.readahead_pages - b.readahead_pages, 128 - 128 / 16);
+	}
 	ck_assert_int_eq(lmt_check_pattern(p, 0, 256 * PS), -1);
 	lm_runtime_close(rt);
 	free(buf);
