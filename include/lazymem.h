@@ -144,7 +144,6 @@ enum lm_uffd_origin {
 	X(children_live,	GAUGE,   "processes", "fork() children whose faults this runtime serves") \
 	X(sigbus_raised,	COUNTER, "pages",   "Pages that could not be filled: the toucher got SIGBUS") \
 	X(io_errors,		COUNTER, "errors",  "Read errors and short reads from file sources") \
-	X(efault_kernel,	COUNTER, "errors",  "Kernel-mode accesses refused with EFAULT (signal or user-only mode, when observed)") \
 	X(io_uring_reads,	COUNTER, "requests", "Reads submitted through io_uring") \
 	X(pread_reads,		COUNTER, "requests", "Reads done with pread") \
 	X(regions_live,		GAUGE,   "regions", "Live regions") \
