@@ -143,7 +143,7 @@ enum lm_uffd_origin {
 	X(events_fork,		COUNTER, "events",  "fork events (children served)") \
 	X(children_live,	GAUGE,   "processes", "fork() children whose faults this runtime serves") \
 	X(sigbus_raised,	COUNTER, "pages",   "Pages that could not be filled: the toucher got SIGBUS") \
-	X(io_errors,		COUNTER, "errors",  "Read errors and short reads from file sources") \
+	X(io_errors,		COUNTER, "errors",  "Read errors from file sources") \
 	X(io_uring_reads,	COUNTER, "requests", "Reads submitted through io_uring") \
 	X(pread_reads,		COUNTER, "requests", "Reads done with pread") \
 	X(regions_live,		GAUGE,   "regions", "Live regions") \

@@ -18,15 +18,17 @@ const char *lm_strerror(int err)
 	case -EINVAL:
 		return "Invalid argument (NULL, zero length, unaligned offset or unknown flag)";
 	case -EBADF:
-		return "Bad file descriptor (closed, or not open for reading)";
+		return "Bad file descriptor (closed, or -1)";
 	case -ENOMEM:
 		return "Out of memory";
 	case -ENOSYS:
 		return "userfaultfd is not available in this kernel";
 	case -EPERM:
 		return "userfaultfd not permitted (see vm.unprivileged_userfaultfd and CAP_SYS_PTRACE)";
+	case -EACCES:
+		return "Permission denied (file descriptor not open for reading)";
 	case -EOPNOTSUPP:
-		return "The kernel lacks a userfaultfd feature lazymem needs";
+		return "Not supported here: a userfaultfd feature, or io_uring when asked for by name";
 	case -EBUSY:
 		return "Busy: the object is still in use";
 	}

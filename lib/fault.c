@@ -6,6 +6,7 @@
 #include <fcntl.h>
 #include <linux/userfaultfd.h>
 #include <stdlib.h>
+#include <sched.h>
 #include <string.h>
 #include <sys/epoll.h>
 #include <unistd.h>
@@ -129,11 +130,12 @@ static long read_source(struct lm__filler *f, struct lm_region *r, uint64_t pgno
 			LM__STAT_ADD(rt, io_errors, 1);
 			return got;
 		}
-		if ((size_t)got < want) {
-			atomic_store_explicit(&r->fsize, r->foff + off + (uint64_t)got,
-					      memory_order_relaxed);
+		/* The size as last seen: smaller on a short read, larger if the file grew. */
+		uint64_t end = r->foff + off + (uint64_t)got;
+		if ((size_t)got < want || end > atomic_load_explicit(&r->fsize, memory_order_relaxed))
+			atomic_store_explicit(&r->fsize, end, memory_order_relaxed);
+		if ((size_t)got < want)
 			memset(f->stage + got, 0, want - (size_t)got);
-		}
 		*src = f->stage;
 		return (long)(((size_t)got + ps - 1) / ps);
 	}
@@ -385,19 +387,34 @@ long lm__fill(struct lm__filler *f, struct lm_region *r, uint64_t pgno, unsigned
 long lm__fill_range(struct lm__filler *f, struct lm_region *r, uint64_t first, uint64_t count)
 {
 	unsigned max = (unsigned)(f->stage_len >> r->rt->page_shift);
-	long total = 0;
+	long total = 0, err = 0;
 	uint64_t pg = first, end = first + count;
 	while (pg < end) {
 		unsigned want = end - pg < max ? (unsigned)(end - pg) : max;
 		long n = lm__fill(f, r, pg, want, LM_FILL_PREFETCH, r->rt->ufd);
-		if (n == -ENOENT || n == -ESRCH || n == -ENOMEM)
-			return total ? total : n;
-		if (n == -EAGAIN)
+		if (n == -EAGAIN) {
+			sched_yield();
 			continue;
+		}
+		if (n == -ESRCH)
+			return n;
+		/* Past the end of the file is not an error: mmap would not fill it either. */
+		if (n < 0 && n != -ENXIO && !err)
+			err = n == -ENOENT ? -ENOMEM : n;	/* ENOENT: a hole, as madvise says */
 		total += n > 0 ? n : 0;
 		pg += n > 0 ? (uint64_t)n : 1;
 	}
-	return total;
+	return err ? err : total;
+}
+
+/* Waits until no page of [first, first + count) is being filled by someone else. */
+void lm__wait_settled(struct lm_region *r, uint64_t first, uint64_t count)
+{
+	for (uint64_t pg = first; pg < first + count; pg++) {
+		lm__pte *e = lm__pt_get(&r->pt, pg, false);
+		while (e && LM_PTE_STATE(atomic_load(e)) == LM_PS_FILLING)
+			sched_yield();
+	}
 }
 
 /*
@@ -645,14 +662,18 @@ void *lm__handler_main(void *arg)
 	sigfillset(&all);
 	pthread_sigmask(SIG_BLOCK, &all, NULL);
 	struct epoll_event evs[8];
+	uint64_t last_sweep = lm__now_ns();
 	while (!atomic_load_explicit(&rt->stopping, memory_order_relaxed)) {
 		bool have_children = atomic_load_explicit(&rt->stats.children_live,
 							  memory_order_relaxed) != 0;
 		int n = epoll_wait(rt->epfd, evs, 8, have_children ? 1000 : -1);
 		if (n < 0 && errno != EINTR)
 			break;
-		if (n == 0 && have_children)
+		/* Once a second while children exist, however busy the runtime is. */
+		if (have_children && lm__now_ns() - last_sweep >= 1000000000ull) {
 			sweep_children(rt);
+			last_sweep = lm__now_ns();
+		}
 		bool forked = false;
 		for (int i = 0; i < n; i++) {
 			uint64_t tag = evs[i].data.u64;

@@ -50,6 +50,11 @@ int lm__filler_init(struct lm__filler *f, struct lm_runtime *rt, bool want_ring)
 	}
 	struct iovec iov = { .iov_base = f->stage, .iov_len = f->stage_len };
 	rc = io_uring_register_buffers(ring, &iov, 1);
+	if (rc < 0 && rt->io_required) {
+		io_uring_queue_exit(ring);
+		free(ring);
+		return -EOPNOTSUPP;
+	}
 	if (rc < 0) {
 		lm__log(rt, 2, "io_uring buffer registration failed (%s), using pread",
 			lm_strerror(rc));

@@ -282,6 +282,8 @@ static inline void lm__synchronize(struct lm_runtime *rt)
 {
 	lm__epoch_wait(&rt->rcu);
 }
+/* Set while a thread runs the SIGBUS handler: nothing there may log (vsnprintf is not async-signal-safe). */
+extern __thread int lm__in_signal __attribute__((tls_model("initial-exec")));
 void lm__log(struct lm_runtime *rt, int level, const char *fmt, ...)
 	__attribute__((format(printf, 3, 4)));
 
@@ -303,6 +305,7 @@ void *lm__handler_main(void *arg);
 void *lm__prefetch_main(void *arg);
 long lm__fill_range(struct lm__filler *f, struct lm_region *r, uint64_t first,
 		    uint64_t count);
+void lm__wait_settled(struct lm_region *r, uint64_t first, uint64_t count);
 
 /* ---- signal.c: resolution in the faulting thread ---------------------- */
 

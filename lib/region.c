@@ -7,6 +7,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <linux/fs.h>
+#include <sys/ioctl.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -193,7 +195,11 @@ static int create(struct lm_runtime *rt, size_t length, unsigned flags, int kind
 			return err;
 		}
 		r->foff = (uint64_t)offset;
-		atomic_init(&r->fsize, (uint64_t)st.st_size);
+		uint64_t size = (uint64_t)st.st_size;
+		/* A block device's st_size is 0: ask the device. */
+		if (S_ISBLK(st.st_mode) && ioctl(r->fd, BLKGETSIZE64, &size) < 0)
+			size = 0;
+		atomic_init(&r->fsize, size);
 	}
 	void *addr = mmap(NULL, len, PROT_READ | PROT_WRITE,
 			  MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
@@ -214,7 +220,7 @@ static int create(struct lm_runtime *rt, size_t length, unsigned flags, int kind
 	 * A memory source inside a region would make the handler fault on
 	 * registered memory while it copies (DESIGN invariant 1): refuse it.
 	 */
-	if (kind == LM_SOURCE_MEMORY && overlaps_region(rt, (uintptr_t)buf, len))
+	if (kind == LM_SOURCE_MEMORY && overlaps_region(rt, (uintptr_t)buf, length))
 		rc = -EINVAL;
 	else
 		rc = table_replace(rt, r, NULL);
@@ -335,6 +341,9 @@ int lm_region_destroy(struct lm_region *r)
 
 void lm__region_free_all(struct lm_runtime *rt)
 {
+	/* As in lm_region_destroy: holes recorded before anything is unmapped. */
+	if (getpid() == rt->ufd_pid && rt->nthreads)
+		lm__epoch_wait(&rt->evq);
 	pthread_mutex_lock(&rt->lock);
 	for (;;) {
 		struct lm__rtable *t = atomic_load(&rt->table);
@@ -361,7 +370,10 @@ size_t lm_region_length(const struct lm_region *r)
 
 int lm__region_advice_at(struct lm_region *r, uint64_t pgno)
 {
-	for (int i = 0; i < LM__ADV_SLOTS; i++) {
+	/* Newest first: later advice on the same range overrides earlier. */
+	unsigned next = atomic_load_explicit(&r->adv_next, memory_order_relaxed);
+	for (unsigned k = 1; k <= LM__ADV_SLOTS; k++) {
+		unsigned i = (next - k) % LM__ADV_SLOTS;
 		uint64_t first = atomic_load_explicit(&r->adv[i].first, memory_order_relaxed);
 		uint64_t last = atomic_load_explicit(&r->adv[i].last, memory_order_relaxed);
 		if (first <= pgno && pgno <= last)
@@ -456,6 +468,27 @@ void lm__region_forget(struct lm_region *r, uintptr_t start, uintptr_t end, bool
 		add_gap(r, start, end);
 }
 
+struct move_ctx {
+	struct lm_region *to;
+	uint64_t first;
+};
+
+static int move_state(lm__pte *e, uint64_t pgno, void *arg)
+{
+	struct move_ctx *c = arg;
+	uint64_t v = atomic_load(e) & ~LM_PTE_WAITERS;
+	unsigned s = LM_PTE_STATE(v);
+	if (s != LM_PS_CLEAN && s != LM_PS_DIRTY && s != LM_PS_POISON)
+		return 0;
+	lm__pte *d = lm__pt_get(&c->to->pt, pgno - c->first, true);
+	if (d) {
+		atomic_store(d, v);
+		if (s != LM_PS_POISON)
+			atomic_fetch_add(&c->to->resident, 1);
+	}
+	return 0;
+}
+
 /*
  * mremap moved [from, from + len) to `to`.  A whole region simply moves
  * (its page table is indexed by page number, not address).  A part moved
@@ -502,6 +535,9 @@ int lm__region_remap(struct lm_runtime *rt, uintptr_t from, uintptr_t to, size_t
 	atomic_init(&a->fsize, atomic_load(&r->fsize));
 	a->src_shift = r->src_shift + ((from - r->start) >> rt->page_shift);
 	r->aliases[r->naliases++] = a;
+	/* The moved pages keep their contents, so they keep their states. */
+	struct move_ctx mc = { a, (from - r->start) >> rt->page_shift };
+	lm__pt_walk(&r->pt, mc.first, mc.first + (part >> rt->page_shift) - 1, move_state, &mc);
 	rc = table_replace(rt, a, NULL);
 	pthread_mutex_unlock(&rt->lock);
 	lm__region_forget(r, from, from + part, true);
@@ -542,6 +578,27 @@ static int queue_prefetch(struct lm_runtime *rt, struct lm_region *r, uint64_t f
 	return 0;
 }
 
+/*
+ * Drops [start, end) except the holes the application unmapped: whatever
+ * it mapped there since is not ours to discard.
+ */
+static int dontneed(struct lm_region *r, uintptr_t start, uintptr_t end)
+{
+	int rc = 0;
+	pthread_mutex_lock(&r->gap_lock);
+	uintptr_t at = start;
+	for (size_t i = 0; i <= r->ngaps && at < end; i++) {
+		uintptr_t stop = i < r->ngaps && r->gaps[i].start < end ? r->gaps[i].start : end;
+		if (stop > at && madvise((void *)at, stop - at, MADV_DONTNEED) < 0 && !rc)
+			rc = -errno;
+		if (i < r->ngaps && r->gaps[i].end > at)
+			at = r->gaps[i].end;
+	}
+	pthread_mutex_unlock(&r->gap_lock);
+	lm__region_forget(r, start, end, false);
+	return rc;
+}
+
 static int populate(struct lm_region *r, uint64_t first, uint64_t count)
 {
 	struct lm_runtime *rt = r->rt;
@@ -551,6 +608,8 @@ static int populate(struct lm_region *r, uint64_t first, uint64_t count)
 		return rc;
 	int idx = lm__read_lock(rt);
 	long n = lm__fill_range(&f, r, first, count);
+	/* "Resident when it returns" includes pages other threads were filling. */
+	lm__wait_settled(r, first, count);
 	lm__read_unlock(rt, idx);
 	lm__filler_fini(&f);
 	return n < 0 ? (int)n : 0;
@@ -577,14 +636,8 @@ int lm_region_advise(struct lm_region *r, size_t offset, size_t length, int advi
 		return queue_prefetch(rt, r, first, count);
 	case LM_ADV_POPULATE:
 		return populate(r, first, count);
-	case LM_ADV_DONTNEED: {
-		uintptr_t start = r->start + offset;
-		size_t bytes = count << rt->page_shift;
-		if (madvise((void *)start, bytes, MADV_DONTNEED) < 0)
-			return -errno;
-		lm__region_forget(r, start, start + bytes, false);
-		return 0;
-	}
+	case LM_ADV_DONTNEED:
+		return dontneed(r, r->start + offset, r->start + offset + (count << rt->page_shift));
 	}
 	return -EINVAL;
 }

@@ -34,9 +34,11 @@ static void stderr_log(int level, const char *msg, void *arg)
 	fprintf(stderr, "lazymem[%d]: %s\n", level, msg);
 }
 
+__thread int lm__in_signal __attribute__((tls_model("initial-exec")));
+
 void lm__log(struct lm_runtime *rt, int level, const char *fmt, ...)
 {
-	if (!rt->opt.log)
+	if (!rt->opt.log || lm__in_signal)
 		return;
 	char msg[256];
 	va_list ap;
@@ -180,7 +182,9 @@ static int start_threads(struct lm_runtime *rt)
 	if (!rt->threads || !rt->fillers)
 		return -ENOMEM;
 	for (int i = 0; i < n; i++) {
-		int rc = lm__filler_init(&rt->fillers[i], rt, rt->opt.io == LM_IO_URING);
+		/* Signal mode's one thread reads events only: it never reads a file. */
+		int rc = lm__filler_init(&rt->fillers[i], rt,
+					 rt->opt.io == LM_IO_URING && rt->mode == LM_MODE_THREAD);
 		if (rc < 0)
 			return rc;
 	}
@@ -217,6 +221,12 @@ int lm_runtime_open(const struct lm_options *user, struct lm_runtime **out)
 			return -EINVAL;
 		memcpy(&o, user, user->size < sizeof(o) ? user->size : sizeof(o));
 		o.size = sizeof(o);
+		/* Reserved fields must be zero, so that later versions can give them a meaning. */
+		if (o.reserved_int)
+			return -EINVAL;
+		for (size_t i = 0; i < LM__ARRAY_SIZE(o.reserved); i++)
+			if (o.reserved[i])
+				return -EINVAL;
 	}
 	int rc = 0;
 	if (!(o.flags & LM_OPT_NO_ENV))
@@ -266,7 +276,15 @@ int lm_runtime_open(const struct lm_options *user, struct lm_runtime **out)
 		lm__log(rt, 1, "no userfaultfd: %s (limits 0x%x)", lm_strerror(rc), rt->limits);
 		goto fail;
 	}
-	if (rt->mode == LM_MODE_SIGNAL && !(rt->features & UFFD_FEATURE_SIGBUS)) {
+	/*
+	 * Without UFFDIO_POISON (kernels before 6.6) a page that cannot be
+	 * filled could not raise SIGBUS in thread mode: its toucher would
+	 * fault forever.  Better to say so here.
+	 */
+	if ((rt->mode == LM_MODE_SIGNAL && !(rt->features & UFFD_FEATURE_SIGBUS)) ||
+	    !(rt->features & (1ull << 14) /* POISON */)) {
+		lm__log(rt, 1, "the kernel lacks %s", rt->mode == LM_MODE_SIGNAL &&
+			!(rt->features & UFFD_FEATURE_SIGBUS) ? "UFFD_FEATURE_SIGBUS" : "UFFDIO_POISON");
 		rc = -EOPNOTSUPP;
 		goto fail;
 	}

@@ -39,16 +39,17 @@ static void chain(int sig, siginfo_t *si, void *uc)
 			sig_old.sa_sigaction(sig, si, uc);
 			return;
 		}
-	} else if (sig_old.sa_handler == SIG_IGN) {
-		return;
-	} else if (sig_old.sa_handler != SIG_DFL && sig_old.sa_handler) {
+	} else if (sig_old.sa_handler == SIG_IGN && si->si_code <= 0) {
+		return;	/* a sent SIGBUS the application ignores */
+	} else if (sig_old.sa_handler != SIG_DFL && sig_old.sa_handler != SIG_IGN) {
 		sig_old.sa_handler(sig);
 		return;
 	}
 	/*
 	 * Default action: die with SIGBUS.  For a fault the replayed access
-	 * raises it again under the default disposition; a sent signal is
-	 * raised again explicitly.
+	 * raises it again under the default disposition (an ignored fault
+	 * SIGBUS too: the kernel would kill for it, not loop); a sent signal
+	 * is raised again explicitly.
 	 */
 	struct sigaction dfl;
 	memset(&dfl, 0, sizeof(dfl));
@@ -83,6 +84,7 @@ static bool is_write(void *ucv)
 static void on_sigbus(int sig, siginfo_t *si, void *uc)
 {
 	int saved = errno;
+	lm__in_signal++;
 	atomic_fetch_add(&sig_inflight, 1);
 	bool handled = false;
 	uintptr_t addr = (uintptr_t)si->si_addr;
@@ -131,6 +133,7 @@ static void on_sigbus(int sig, siginfo_t *si, void *uc)
 		}
 	}
 	atomic_fetch_sub(&sig_inflight, 1);
+	lm__in_signal--;
 	if (!handled)
 		chain(sig, si, uc);
 	errno = saved;
@@ -230,6 +233,7 @@ static void atfork_child(void)
 		 */
 		if (rt->mode != LM_MODE_SIGNAL) {
 			rt->mode = LM_MODE_SIGNAL;
+			LM__STAT_SET(rt, mode, LM_MODE_SIGNAL);
 			if (pool_init(rt) < 0 || take_sigbus_locked() < 0)
 				continue;
 			rt->sig_next = atomic_load(&sig_list);

@@ -91,8 +91,10 @@ int lm_stats_format(const struct lm_stats *st, int format, char *buf, size_t len
 	LM__KEEP_ERRNO;
 	if (!st || (len && !buf) || (format != LM_FORMAT_TEXT && format != LM_FORMAT_JSON))
 		return -EINVAL;
-	if (st->size < sizeof(*st))
+	/* A caller's older, smaller struct is formatted as far as it goes. */
+	if (st->size < offsetof(struct lm_stats, faults_missing) + sizeof(uint64_t))
 		return -EINVAL;
+	size_t have = st->size < sizeof(*st) ? st->size : sizeof(*st);
 	struct out o = { buf, len, 0 };
 	if (len)
 		buf[0] = '\0';
@@ -100,7 +102,9 @@ int lm_stats_format(const struct lm_stats *st, int format, char *buf, size_t len
 	if (format == LM_FORMAT_JSON)
 		put(&o, "{\"version\":%u", st->version), sep = ",";
 #define FMT(name, kind, unit, help)                                                  \
-	if (format == LM_FORMAT_JSON)                                                \
+	if (offsetof(struct lm_stats, name) + sizeof(st->name) > have)               \
+		;                                                                    \
+	else if (format == LM_FORMAT_JSON)                                           \
 		put(&o, "%s\"%s\":%llu", sep, #name, (unsigned long long)st->name);  \
 	else                                                                         \
 		put(&o, "%-18s %llu\n", #name, (unsigned long long)st->name);
@@ -114,7 +118,9 @@ int lm_stats_format(const struct lm_stats *st, int format, char *buf, size_t len
 	} else {
 		for (int i = 0; i < LM_LAT_BUCKETS; i++)
 			if (st->fill_latency[i])
-				put(&o, "fill_latency_lt_%lluns %llu\n", 1ull << (i + 8),
+				put(&o, "fill_latency_%s_%lluns %llu\n",
+				    i < LM_LAT_BUCKETS - 1 ? "lt" : "ge",
+				    1ull << (i < LM_LAT_BUCKETS - 1 ? i + 8 : i + 7),
 				    (unsigned long long)st->fill_latency[i]);
 	}
 	if (o.need > (size_t)0x7fffffff)

@@ -227,6 +227,11 @@ START_TEST(test_munmap_middle)
 	ck_assert_int_eq(lmt_check_pattern(p + 11 * ps, 11 * ps, ps), -1);
 	ck_assert_int_eq(check_byte(hole, 0xA5, 4 * ps), -1);
 
+	/* Dont-need advice over the whole region spares the hole's new owner. */
+	ck_assert_int_eq(lm_region_advise(r, 0, len, LM_ADV_DONTNEED), 0);
+	ck_assert_int_eq(check_byte(hole, 0xA5, 4 * ps), -1);
+	ck_assert_int_eq(lmt_check_pattern(p + 3 * ps, 3 * ps, ps), -1);
+
 	ck_assert_int_eq(lm_region_destroy(r), 0);
 	ck_assert_msg(mapped(hole, 4 * ps), "destroy unmapped a mapping in the hole");
 	ck_assert_int_eq(check_byte(hole, 0xA5, 4 * ps), -1);
@@ -360,6 +365,8 @@ START_TEST(test_mremap_part)
 	struct lm_stats mid = lmt_stats(rt);
 	ck_assert_int_eq(mid.regions_live, 1);
 	ck_assert_int_eq(mid.region_bytes, len);
+	/* Pages keep their states when they move: every page is resident now. */
+	ck_assert_uint_eq(mid.resident_pages, NPAGES);
 
 	ck_assert_int_eq(lm_region_destroy(r), 0);
 	ck_assert(unmapped(p, half));

@@ -116,6 +116,9 @@ START_TEST(memory_source_inside_region_refused)
 	ck_assert_int_eq(lm_region_create_memory(rt, p + PS, 4 * PS, 0, &b), -EINVAL);
 	ck_assert_int_eq(lm_region_create_memory(rt, p - 2 * PS, 4 * PS, 0, &b), -EINVAL);
 	ck_assert_uint_eq(lmt_stats(rt).regions_live, 1);
+	/* A buffer that ends right where the region starts does not overlap it. */
+	ck_assert_int_eq(lm_region_create_memory(rt, p - 100, 100, 0, &b), 0);
+	ck_assert_int_eq(lm_region_destroy(b), 0);
 	lm_runtime_close(rt);
 }
 END_TEST
@@ -248,6 +251,53 @@ START_TEST(advice_random_and_sequential)
 }
 END_TEST
 
+/* Later advice on the same range overrides earlier advice. */
+START_TEST(newest_advice_wins)
+{
+	struct lm_runtime *rt = lmt_open(LM_MODE_SIGNAL);
+	struct lm_region *r;
+	ck_assert_int_eq(lm_region_create_zero(rt, 64 * PS, 0, &r), 0);
+	ck_assert_int_eq(lm_region_advise(r, 0, 32 * PS, LM_ADV_RANDOM), 0);
+	ck_assert_int_eq(lm_region_advise(r, 0, 32 * PS, LM_ADV_SEQUENTIAL), 0);
+	volatile char *p = lm_region_addr(r);
+	struct lm_stats a = lmt_stats(rt);
+	p[0] = 1;
+	struct lm_stats b = lmt_stats(rt);
+	ck_assert_uint_eq(b.readahead_pages - a.readahead_pages, 31);
+	ck_assert_int_eq(lm_region_advise(r, 0, 32 * PS, LM_ADV_RANDOM), 0);
+	p[40 * PS] = 1;	/* outside the advised range: the heuristic */
+	p[33 * PS] = 1;
+	ck_assert_int_eq(lm_region_advise(r, 48 * PS, 16 * PS, LM_ADV_RANDOM), 0);
+	a = lmt_stats(rt);
+	p[48 * PS] = 1;
+	p[49 * PS] = 1;
+	b = lmt_stats(rt);
+	ck_assert_uint_eq(b.readahead_pages - a.readahead_pages, 0);
+	lm_runtime_close(rt);
+}
+END_TEST
+
+/* Populate says when it could not fill: a read error, a hole. */
+START_TEST(populate_reports_failures)
+{
+	struct lm_runtime *rt = lmt_open(mode_of(_i));
+	int fd = open("/proc/self/mem", O_RDONLY);
+	ck_assert_int_ge(fd, 0);
+	struct lm_region *r;
+	ck_assert_int_eq(lm_region_create_file(rt, fd, 0, 4 * PS, 0, &r), 0);
+	ck_assert_int_eq(lm_region_advise(r, 0, 4 * PS, LM_ADV_POPULATE), -EIO);
+	close(fd);
+	/* A hole the application unmapped: -ENOMEM, as madvise(MADV_POPULATE_READ) says. */
+	struct lm_region *z;
+	ck_assert_int_eq(lm_region_create_zero(rt, 8 * PS, 0, &z), 0);
+	char *p = lm_region_addr(z);
+	ck_assert_int_eq(munmap(p + 4 * PS, PS), 0);
+	ck_assert_int_eq(lm_region_advise(z, 0, 8 * PS, LM_ADV_POPULATE), -ENOMEM);
+	ck_assert_int_eq(p[7 * PS], 0);
+	lm_runtime_close(rt);
+}
+END_TEST
+
 /* Without advice a sequential scan grows the window; a random one does not. */
 START_TEST(readahead_heuristic)
 {
@@ -373,6 +423,8 @@ int main(void)
 	tc = tcase_create("advice");
 	tcase_set_timeout(tc, 30);
 	tcase_add_loop_test(tc, advice_random_and_sequential, 0, 2);
+	tcase_add_test(tc, newest_advice_wins);
+	tcase_add_loop_test(tc, populate_reports_failures, 0, 2);
 	tcase_add_loop_test(tc, readahead_heuristic, 0, 2);
 	tcase_add_loop_test(tc, advice_willneed_prefetches, 0, 2);
 	tcase_add_loop_test(tc, advice_populate_and_dontneed, 0, 2);

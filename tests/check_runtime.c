@@ -71,6 +71,9 @@ START_TEST(open_rejects_bad_options)
 	lm_options_init(&o);
 	o.size = 4;
 	ck_assert_int_eq(lm_runtime_open(&o, &rt), -EINVAL);
+	lm_options_init(&o);
+	o.reserved[3] = 1;	/* reserved must be zero: later versions give it meaning */
+	ck_assert_int_eq(lm_runtime_open(&o, &rt), -EINVAL);
 	ck_assert_ptr_eq(rt, (void *)0x1);	/* untouched on failure */
 	ck_assert_int_eq(errno, 4242);		/* errno is never touched */
 }
@@ -297,6 +300,12 @@ START_TEST(stats_format_text_and_json)
 	ck_assert_int_eq(lm_stats_format(&st, LM_FORMAT_JSON, tiny, sizeof(tiny)), need);
 	ck_assert_uint_eq(strlen(tiny), sizeof(tiny) - 1);
 	ck_assert_int_eq(lm_stats_format(&st, 99, json, sizeof(json)), -EINVAL);
+	/* An older caller's smaller struct formats as far as it goes. */
+	struct lm_stats old = st;
+	old.size = (uint32_t)offsetof(struct lm_stats, readahead_pages);
+	ck_assert_int_gt(lm_stats_format(&old, LM_FORMAT_TEXT, json, sizeof(json)), 0);
+	ck_assert_ptr_nonnull(strstr(json, "fills_zero"));
+	ck_assert_ptr_null(strstr(json, "readahead_pages"));
 	ck_assert_int_eq(lm_stats_format(NULL, LM_FORMAT_TEXT, json, sizeof(json)), -EINVAL);
 	lm_runtime_close(rt);
 }

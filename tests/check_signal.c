@@ -83,6 +83,34 @@ START_TEST(default_disposition_kills)
 }
 END_TEST
 
+/* An ignored SIGBUS does not make a fault replay forever: the process dies as the kernel would. */
+START_TEST(ignored_sigbus_still_kills)
+{
+	pid_t pid = fork();
+	ck_assert_int_ge(pid, 0);
+	if (pid == 0) {
+		signal(SIGBUS, SIG_IGN);
+		struct lm_options o;
+		lm_options_init(&o);
+		o.flags = LM_OPT_NO_ENV;
+		o.mode = LM_MODE_SIGNAL;
+		struct lm_runtime *rt;
+		if (lm_runtime_open(&o, &rt) < 0)
+			_exit(2);
+		int fd = lmt_pattern_file(100);
+		struct lm_region *r;
+		if (lm_region_create_file(rt, fd, 0, 2 * PS, 0, &r) < 0)
+			_exit(3);
+		volatile char *p = lm_region_addr(r);
+		(void)p[PS];	/* beyond EOF */
+		_exit(5);
+	}
+	int status;
+	ck_assert_int_eq(waitpid(pid, &status, 0), pid);
+	ck_assert_msg(WIFSIGNALED(status) && WTERMSIG(status) == SIGBUS, "status 0x%x", status);
+}
+END_TEST
+
 static void app_handler(int sig)
 {
 	(void)sig;
@@ -154,6 +182,7 @@ int main(void)
 	tcase_add_test(tc, foreign_sigbus_is_chained);
 	tcase_add_test(tc, poisoned_page_reaches_application);
 	tcase_add_test(tc, default_disposition_kills);
+	tcase_add_test(tc, ignored_sigbus_still_kills);
 	tcase_add_test(tc, handler_restored_on_close);
 	tcase_add_test(tc, fork_child_fills_from_source);
 	suite_add_tcase(s, tc);
