@@ -56,16 +56,36 @@ static bool claim(struct lm_region *r, lm__pte *e, bool fault, uint64_t *prev)
 	(void)r;
 }
 
-/* Parks a fault on a page someone else owns: its owner wakes it on settling. */
-static void park(struct lm_runtime *rt, lm__pte *e)
+/*
+ * Claims the faulting page, or parks the fault on it when someone else
+ * owns it (its owner wakes the fault on settling).  Parking is a CAS on
+ * the very state seen, so an owner that settled meanwhile (perhaps back to
+ * MISSING, when its install failed) makes the CAS fail and the claim is
+ * tried again: a fault is never dropped between the two.  Returns true
+ * when the page was claimed; false when parked or poisoned.
+ */
+static bool claim_or_park(struct lm_region *r, lm__pte *e, uint64_t pgno, uint64_t *prev,
+			  int ufd, bool *poisoned)
 {
-	uint64_t v = atomic_load_explicit(e, memory_order_acquire);
-	while ((LM_PTE_STATE(v) == LM_PS_FILLING || LM_PTE_STATE(v) == LM_PS_EVICTING) &&
-	       !(v & LM_PTE_WAITERS)) {
-		if (atomic_compare_exchange_weak(e, &v, v | LM_PTE_WAITERS))
-			break;
+	for (;;) {
+		if (claim(r, e, true, prev))
+			return true;
+		uint64_t v = atomic_load_explicit(e, memory_order_acquire);
+		unsigned s = LM_PTE_STATE(v);
+		if (s == LM_PS_POISON) {
+			*poisoned = true;
+			return false;
+		}
+		if (s != LM_PS_FILLING && s != LM_PS_EVICTING)
+			continue;	/* settled meanwhile: claim again */
+		if ((v & LM_PTE_WAITERS) ||
+		    atomic_compare_exchange_strong(e, &v, v | LM_PTE_WAITERS)) {
+			LM__STAT_ADD(r->rt, faults_parked, 1);
+			return false;
+		}
 	}
-	LM__STAT_ADD(rt, faults_parked, 1);
+	(void)pgno;
+	(void)ufd;
 }
 
 /* The readahead window for a fault at pgno, from advice and the access pattern. */
@@ -219,13 +239,11 @@ long lm__fill(struct lm__filler *f, struct lm_region *r, uint64_t pgno, unsigned
 		return -ENOMEM;
 	}
 	uint64_t prev0;
-	if (!claim(r, e0, fault, &prev0)) {
-		unsigned s = LM_PTE_STATE(atomic_load(e0));
-		if (!fault)
-			return 0;
-		if (s == LM_PS_FILLING || s == LM_PS_EVICTING)
-			park(rt, e0);
-		else if (s == LM_PS_POISON)
+	bool poisoned = false;
+	if (fault ? !claim_or_park(r, e0, pgno, &prev0, ufd, &poisoned)
+		  : !claim(r, e0, false, &prev0)) {
+		/* Already poisoned: answer the fault with the poison again, not counted twice. */
+		if (poisoned)
 			poison(r, NULL, pgno, ufd), LM__STAT_SUB(rt, sigbus_raised, 1);
 		return 0;
 	}
@@ -244,8 +262,9 @@ long lm__fill(struct lm__filler *f, struct lm_region *r, uint64_t pgno, unsigned
 		if (n > avail)
 			n = avail ? (unsigned)avail : 1;
 	}
-	lm__pte *ents[n];
-	uint64_t prev[n];
+	/* The filler's arrays, not the stack: this may run on a small signal stack. */
+	lm__pte **ents = f->ents;
+	uint64_t *prev = f->prev;
 	ents[0] = e0;
 	prev[0] = prev0;
 	unsigned claimed = 1;
@@ -438,10 +457,16 @@ static void fill_child(struct lm__filler *f, struct lm_region *r, uint64_t pgno,
 	}
 	size_t done;
 	int rc = lm__uffd_copy(ufd, addr, src, ps, &done);
-	if (rc == 0)
+	if (rc == 0) {
 		count_fill(rt, r->kind, 1);
-	else if (rc == -EEXIST || rc == -EAGAIN)
+	} else if (rc == -EEXIST || rc == -EAGAIN || rc == -ENOENT || rc == -ESRCH) {
+		/* Present already, address space changing, unmapped, or gone: replay. */
 		lm__uffd_wake(ufd, addr, ps);
+	} else {
+		LM__STAT_ADD(rt, sigbus_raised, 1);
+		if (lm__uffd_poison(ufd, addr, ps) < 0)
+			lm__uffd_wake(ufd, addr, ps);
+	}
 }
 
 /*
@@ -449,13 +474,12 @@ static void fill_child(struct lm__filler *f, struct lm_region *r, uint64_t pgno,
  * read but not applied: the application's call has returned and its
  * threads may already fault on addresses the runtime does not know yet.
  */
-static bool events_unapplied(struct lm_runtime *rt, bool self)
+static bool events_unapplied(struct lm_runtime *rt)
 {
-	return atomic_load_explicit(&rt->ev_unapplied, memory_order_seq_cst) > (self ? 1 : 0);
+	return atomic_load_explicit(&rt->ev_unapplied, memory_order_seq_cst) > 0;
 }
 
-static void handle_fault(struct lm__filler *f, int ufd, bool child, bool self_holds,
-			 const struct uffd_msg *m)
+static void handle_fault(struct lm__filler *f, int ufd, bool child, const struct uffd_msg *m)
 {
 	struct lm_runtime *rt = f->rt;
 	uintptr_t addr = (uintptr_t)m->arg.pagefault.address & ~((uintptr_t)rt->page_size - 1);
@@ -467,7 +491,7 @@ static void handle_fault(struct lm__filler *f, int ufd, bool child, bool self_ho
 		LM__STAT_ADD(rt, faults_missing, 1);
 	int idx = lm__read_lock(rt);
 	struct lm_region *r = lm__region_find(rt, addr);
-	if (!r && !child && events_unapplied(rt, self_holds)) {
+	if (!r && !child && events_unapplied(rt)) {
 		/* Maybe a part just moved by mremap: replay once the event is applied. */
 		LM__STAT_ADD(rt, faults_parked, 1);
 		lm__uffd_wake(ufd, addr, (size_t)rt->page_size);
@@ -590,6 +614,47 @@ static void sweep_children(struct lm_runtime *rt)
  * true when a fork happened (the caller sweeps children afterwards,
  * outside any read section).
  */
+/* Applies one event message; returns true for a fork. */
+static bool apply_event(struct lm_runtime *rt, bool child, const struct uffd_msg *m)
+{
+	switch (m->event) {
+	case UFFD_EVENT_FORK:
+		add_child(rt, (int)m->arg.fork.ufd);
+		return true;
+	case UFFD_EVENT_REMAP:
+		LM__STAT_ADD(rt, events_remap, 1);
+		if (!child)
+			lm__region_remap(rt, (uintptr_t)m->arg.remap.from, (uintptr_t)m->arg.remap.to,
+					 (size_t)m->arg.remap.len);
+		break;
+	case UFFD_EVENT_REMOVE:
+		LM__STAT_ADD(rt, events_remove, 1);
+		if (!child)
+			handle_range_event(rt, (uintptr_t)m->arg.remove.start,
+					   (uintptr_t)m->arg.remove.end, false);
+		break;
+	case UFFD_EVENT_UNMAP:
+		LM__STAT_ADD(rt, events_unmap, 1);
+		if (!child)
+			handle_range_event(rt, (uintptr_t)m->arg.remove.start,
+					   (uintptr_t)m->arg.remove.end, true);
+		break;
+	}
+	return false;
+}
+
+/*
+ * Reads and handles every message pending on one userfaultfd.  Returns
+ * true when a fork happened (the caller sweeps children afterwards,
+ * outside any read section).
+ *
+ * Events are applied in the order the kernel queued them: one system
+ * call queues several (mremap: REMAP, then UNMAP of the old range), and
+ * two handlers applying them concurrently could forget the moved pages
+ * before moving them.  So on the parent's userfaultfd one handler at a
+ * time reads and applies its batch's events under ev_lock; the batch's
+ * faults are handled after it is released, in parallel.
+ */
 static bool drain(struct lm__filler *f, int ufd, bool child)
 {
 	struct lm_runtime *rt = f->rt;
@@ -598,56 +663,30 @@ static bool drain(struct lm__filler *f, int ufd, bool child)
 	for (;;) {
 		/*
 		 * Counted from before the read until the batch's events are
-		 * applied (or, for a batch of faults only, until the read
-		 * returns): see events_unapplied.
+		 * applied: see events_unapplied.
 		 */
-		if (!child)
+		if (!child) {
+			pthread_mutex_lock(&rt->ev_lock);
 			atomic_fetch_add_explicit(&rt->ev_unapplied, 1, memory_order_seq_cst);
+		}
 		ssize_t n = read(ufd, msgs, sizeof(msgs));
+		int err = n < 0 ? errno : 0;
 		size_t count = n > 0 ? (size_t)n / sizeof(msgs[0]) : 0;
-		bool holds = false;
-		for (size_t i = 0; i < count && !holds; i++)
-			holds = msgs[i].event != UFFD_EVENT_PAGEFAULT;
-		if (!child && !holds)
+		for (size_t i = 0; i < count; i++)
+			if (msgs[i].event != UFFD_EVENT_PAGEFAULT)
+				forked |= apply_event(rt, child, &msgs[i]);
+		if (!child) {
 			atomic_fetch_sub_explicit(&rt->ev_unapplied, 1, memory_order_seq_cst);
+			pthread_mutex_unlock(&rt->ev_lock);
+		}
 		if (n < 0) {
-			if (errno == EINTR)
+			if (err == EINTR)
 				continue;
 			return forked;	/* EAGAIN: drained; anything else: nothing to read */
 		}
-		for (size_t i = 0; i < count; i++) {
-			const struct uffd_msg *m = &msgs[i];
-			switch (m->event) {
-			case UFFD_EVENT_PAGEFAULT:
-				handle_fault(f, ufd, child, holds && !child, m);
-				break;
-			case UFFD_EVENT_FORK:
-				add_child(rt, (int)m->arg.fork.ufd);
-				forked = true;
-				break;
-			case UFFD_EVENT_REMAP:
-				LM__STAT_ADD(rt, events_remap, 1);
-				if (!child)
-					lm__region_remap(rt, (uintptr_t)m->arg.remap.from,
-							 (uintptr_t)m->arg.remap.to,
-							 (size_t)m->arg.remap.len);
-				break;
-			case UFFD_EVENT_REMOVE:
-				LM__STAT_ADD(rt, events_remove, 1);
-				if (!child)
-					handle_range_event(rt, (uintptr_t)m->arg.remove.start,
-							   (uintptr_t)m->arg.remove.end, false);
-				break;
-			case UFFD_EVENT_UNMAP:
-				LM__STAT_ADD(rt, events_unmap, 1);
-				if (!child)
-					handle_range_event(rt, (uintptr_t)m->arg.remove.start,
-							   (uintptr_t)m->arg.remove.end, true);
-				break;
-			}
-		}
-		if (!child && holds)
-			atomic_fetch_sub_explicit(&rt->ev_unapplied, 1, memory_order_seq_cst);
+		for (size_t i = 0; i < count; i++)
+			if (msgs[i].event == UFFD_EVENT_PAGEFAULT)
+				handle_fault(f, ufd, child, &msgs[i]);
 		if ((size_t)n < sizeof(msgs))
 			return forked;
 	}

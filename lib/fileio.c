@@ -19,6 +19,10 @@ int lm__filler_init(struct lm__filler *f, struct lm_runtime *rt, bool want_ring)
 	memset(f, 0, sizeof(*f));
 	f->rt = rt;
 	f->stage_len = (size_t)rt->opt.readahead_max * (size_t)rt->page_size;
+	f->ents = calloc((size_t)rt->opt.readahead_max, sizeof(*f->ents));
+	f->prev = calloc((size_t)rt->opt.readahead_max, sizeof(*f->prev));
+	if (!f->ents || !f->prev)
+		return -ENOMEM;
 	f->stage = mmap(NULL, f->stage_len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS,
 			-1, 0);
 	if (f->stage == MAP_FAILED) {
@@ -68,6 +72,10 @@ int lm__filler_init(struct lm__filler *f, struct lm_runtime *rt, bool want_ring)
 
 void lm__filler_fini(struct lm__filler *f)
 {
+	free(f->ents);
+	free(f->prev);
+	f->ents = NULL;
+	f->prev = NULL;
 	if (f->ring) {
 		io_uring_queue_exit(f->ring);
 		free(f->ring);

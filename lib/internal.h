@@ -124,6 +124,8 @@ struct lm__filler {
 	size_t stage_len;
 	void *ring;		/* struct io_uring *, NULL: use pread */
 	const unsigned char *zeros;	/* readahead_max pages that read as zeros */
+	_Atomic uint64_t **ents;	/* readahead_max entries being filled */
+	uint64_t *prev;			/* and their states before */
 	_Atomic int busy;	/* pool slots only */
 };
 
@@ -235,7 +237,8 @@ struct lm_runtime {
 	_Atomic(struct lm__rtable *) table;
 	struct lm__epoch rcu;		/* readers of the table and its regions */
 	struct lm__epoch evq;		/* handlers between reading events and applying them */
-	_Atomic int ev_unapplied;	/* reads in progress, or batches whose events are not applied yet */
+	pthread_mutex_t ev_lock;	/* one reader of the parent's userfaultfd applies its events at a time */
+	_Atomic int ev_unapplied;	/* a read in progress, or its events not applied yet */
 
 	/*
 	 * fork() children whose faults we serve (thread mode), guarded by

@@ -535,8 +535,13 @@ int lm__region_remap(struct lm_runtime *rt, uintptr_t from, uintptr_t to, size_t
 	atomic_init(&a->fsize, atomic_load(&r->fsize));
 	a->src_shift = r->src_shift + ((from - r->start) >> rt->page_shift);
 	r->aliases[r->naliases++] = a;
-	/* The moved pages keep their contents, so they keep their states. */
+	/*
+	 * The moved pages keep their contents, so they keep their states.  A
+	 * page whose fill woke the application (which then called mremap) may
+	 * not be settled yet: its owner settles it right after the install.
+	 */
 	struct move_ctx mc = { a, (from - r->start) >> rt->page_shift };
+	lm__wait_settled(r, mc.first, part >> rt->page_shift);
 	lm__pt_walk(&r->pt, mc.first, mc.first + (part >> rt->page_shift) - 1, move_state, &mc);
 	rc = table_replace(rt, a, NULL);
 	pthread_mutex_unlock(&rt->lock);

@@ -254,6 +254,7 @@ int lm_runtime_open(const struct lm_options *user, struct lm_runtime **out)
 	lm__epoch_init(&rt->rcu);
 	lm__epoch_init(&rt->evq);
 	pthread_mutex_init(&rt->ch_lock, NULL);
+	pthread_mutex_init(&rt->ev_lock, NULL);
 	pthread_mutex_init(&rt->pf_lock, NULL);
 	pthread_cond_init(&rt->pf_cond, NULL);
 	atomic_init(&rt->table, NULL);
@@ -394,6 +395,7 @@ static void close_runtime(struct lm_runtime *rt)
 	lm__epoch_fini(&rt->rcu);
 	lm__epoch_fini(&rt->evq);
 	pthread_mutex_destroy(&rt->ch_lock);
+	pthread_mutex_destroy(&rt->ev_lock);
 	pthread_mutex_destroy(&rt->pf_lock);
 	pthread_cond_destroy(&rt->pf_cond);
 	free(rt);

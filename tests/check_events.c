@@ -381,6 +381,82 @@ START_TEST(test_mremap_part)
 END_TEST
 
 /*
+ * Regression: a fork child's fault that the handler could not fill
+ * because another child thread unmapped the range first (ENOENT) left the
+ * faulting thread asleep for ever.  Every error must answer the fault.
+ */
+static volatile char *cu_p;
+
+static void *cu_toucher(void *arg)
+{
+	(void)arg;
+	(void)cu_p[0];
+	return NULL;
+}
+
+/* Keeps the one handler thread busy so the child's unmap comes first. */
+static struct lm_region *cu_big;
+static size_t cu_biglen;
+static atomic_bool cu_stop;
+
+static void *cu_busy(void *arg)
+{
+	(void)arg;
+	volatile char *b = lm_region_addr(cu_big);
+	while (!atomic_load(&cu_stop)) {
+		for (size_t off = 0; off < cu_biglen; off += ps)
+			(void)b[off];
+		lm_region_advise(cu_big, 0, cu_biglen, LM_ADV_DONTNEED);
+	}
+	return NULL;
+}
+
+START_TEST(test_child_fault_on_unmapped_range)
+{
+	struct lm_options o;
+	lm_options_init(&o);
+	o.flags = LM_OPT_NO_ENV;
+	o.handler_threads = 1;
+	o.readahead_max = 1024;
+	struct lm_runtime *rt;
+	ck_assert_int_eq(lm_runtime_open(&o, &rt), 0);
+	cu_biglen = 32u << 20;
+	unsigned char *src = pattern_buf(0, cu_biglen);
+	ck_assert_int_eq(lm_region_create_memory(rt, src, cu_biglen, 0, &cu_big), 0);
+	ck_assert_int_eq(lm_region_advise(cu_big, 0, cu_biglen, LM_ADV_SEQUENTIAL), 0);
+	struct lm_region *r;
+	ck_assert_int_eq(lm_region_create_zero(rt, 16 * ps, 0, &r), 0);
+	cu_p = lm_region_addr(r);
+	atomic_store(&cu_stop, false);
+	pthread_t bt;
+	pthread_create(&bt, NULL, cu_busy, NULL);
+	for (int round = 0; round < 20; round++) {
+		pid_t pid = fork();
+		ck_assert_int_ge(pid, 0);
+		if (pid == 0) {
+			pthread_t t;
+			pthread_create(&t, NULL, cu_toucher, NULL);
+			usleep(200);
+			munmap((void *)cu_p, 16 * ps);
+			struct timespec ts;
+			clock_gettime(CLOCK_REALTIME, &ts);
+			ts.tv_sec += 5;
+			/* The toucher either got its page or died with the unmapping: never hangs. */
+			_exit(pthread_timedjoin_np(t, NULL, &ts) == ETIMEDOUT ? 1 : 0);
+		}
+		int status;
+		ck_assert_int_eq(waitpid(pid, &status, 0), pid);
+		ck_assert_msg(!(WIFEXITED(status) && WEXITSTATUS(status) == 1),
+			      "round %d: a child thread hung on its fault", round);
+	}
+	atomic_store(&cu_stop, true);
+	pthread_join(bt, NULL);
+	lm_runtime_close(rt);
+	free(src);
+}
+END_TEST
+
+/*
  * 6: fork() without exec.  The child must see every page as the parent
  * would: what the parent filled or wrote before the fork, and the source
  * for everything else.  Its own writes stay its own.
@@ -784,6 +860,7 @@ static Suite *events_suite(void)
 	tcase_set_timeout(tc, 30);
 	tcase_add_loop_test(tc, test_fork_child_view, 0, 2);
 	tcase_add_loop_test(tc, test_fork_exec, 0, 2);
+	tcase_add_test(tc, test_child_fault_on_unmapped_range);
 	suite_add_tcase(s, tc);
 
 	tc = tcase_create("syscalls");

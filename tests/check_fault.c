@@ -3,7 +3,10 @@
 #include "testutil.h"
 
 #include <pthread.h>
+#include <sched.h>
+#include <stdbool.h>
 #include <stdatomic.h>
+#include <sys/mman.h>
 
 #define PS 4096u
 #define NTHREADS 12
@@ -159,6 +162,69 @@ START_TEST(threads_hammer_one_page)
 }
 END_TEST
 
+/*
+ * Regression: a fault parked on a readahead page whose owner then put it
+ * back to MISSING (its window crossed a hole, so the install failed) was
+ * dropped, and its thread slept forever.  Two threads race on pages 6
+ * and 7 of windows that always cross the hole at page 9.
+ */
+static volatile char *park_p;
+static long park_ps;
+static pthread_barrier_t park_bar;
+static atomic_long park_done;
+static atomic_bool park_stop;
+
+static void *park_toucher(void *arg)
+{
+	(void)arg;
+	for (;;) {
+		pthread_barrier_wait(&park_bar);
+		if (atomic_load(&park_stop))
+			return NULL;
+		(void)park_p[7 * park_ps];
+		atomic_fetch_add(&park_done, 1);
+		pthread_barrier_wait(&park_bar);
+	}
+}
+
+START_TEST(parked_fault_survives_failed_owner)
+{
+	park_ps = PS;
+	struct lm_options o;
+	lm_options_init(&o);
+	o.flags = LM_OPT_NO_ENV;
+	o.handler_threads = 2;
+	struct lm_runtime *rt;
+	ck_assert_int_eq(lm_runtime_open(&o, &rt), 0);
+	static unsigned char src[64 * PS];
+	memset(src, 'S', sizeof(src));
+	struct lm_region *r;
+	ck_assert_int_eq(lm_region_create_memory(rt, src, sizeof(src), 0, &r), 0);
+	char *p = lm_region_addr(r);
+	park_p = p;
+	ck_assert_int_eq(munmap(p + 9 * PS, PS), 0);
+	ck_assert_int_eq(lm_region_advise(r, 0, 64 * PS, LM_ADV_SEQUENTIAL), 0);
+	pthread_barrier_init(&park_bar, NULL, 2);
+	atomic_store(&park_done, 0);
+	atomic_store(&park_stop, false);
+	pthread_t t;
+	pthread_create(&t, NULL, park_toucher, NULL);
+	for (long i = 0; i < 20000; i++) {
+		pthread_barrier_wait(&park_bar);
+		ck_assert_int_eq(p[6 * PS], 'S');
+		/* A lost wake-up shows as this wait never ending: the test times out. */
+		while (atomic_load(&park_done) != i + 1)
+			sched_yield();
+		pthread_barrier_wait(&park_bar);
+		ck_assert_int_eq(lm_region_advise(r, 0, 9 * PS, LM_ADV_DONTNEED), 0);
+	}
+	atomic_store(&park_stop, true);
+	pthread_barrier_wait(&park_bar);
+	pthread_join(t, NULL);
+	lm_runtime_close(rt);
+}
+END_TEST
+
 /* Fill latencies land in the histogram, one entry per fill. */
 START_TEST(latency_histogram_counts_fills)
 {
@@ -215,6 +281,7 @@ int main(void)
 	tcase_add_loop_test(tc, threads_hammer_memory, 0, 2);
 	tcase_add_loop_test(tc, threads_hammer_one_page, 0, 2);
 	tcase_add_test(tc, single_handler_thread);
+	tcase_add_test(tc, parked_fault_survives_failed_owner);
 	suite_add_tcase(s, tc);
 	tc = tcase_create("stats");
 	tcase_set_timeout(tc, 30);
