@@ -538,15 +538,16 @@ static void handle_fault(struct lm__filler *f, int ufd, bool child, const struct
 	lm__read_unlock(rt, idx);
 }
 
-/* Application events on the parent's regions: madvise, munmap, mremap. */
-static void handle_range_event(struct lm_runtime *rt, uintptr_t start, uintptr_t end, bool unmap)
+/* The application dropped [start, end) with madvise: the pages come from the source again. */
+static void handle_remove(struct lm_runtime *rt, uintptr_t start, uintptr_t end)
 {
 	int idx = lm__read_lock(rt);
 	struct lm__rtable *t = atomic_load_explicit(&rt->table, memory_order_acquire);
 	for (size_t i = 0; t && i < t->n; i++) {
-		struct lm_region *r = t->r[i];
-		if (start < r->start + r->len && r->start < end)
-			lm__region_forget(r, start, end, unmap);
+		const struct lm__extent *e = &t->e[i];
+		if (start < e->end && e->start < end)
+			lm__region_forget(e->r, e->start > start ? e->start : start,
+					  e->end < end ? e->end : end, true);
 	}
 	lm__read_unlock(rt, idx);
 }
@@ -630,14 +631,13 @@ static bool apply_event(struct lm_runtime *rt, bool child, const struct uffd_msg
 	case UFFD_EVENT_REMOVE:
 		LM__STAT_ADD(rt, events_remove, 1);
 		if (!child)
-			handle_range_event(rt, (uintptr_t)m->arg.remove.start,
-					   (uintptr_t)m->arg.remove.end, false);
+			handle_remove(rt, (uintptr_t)m->arg.remove.start, (uintptr_t)m->arg.remove.end);
 		break;
 	case UFFD_EVENT_UNMAP:
 		LM__STAT_ADD(rt, events_unmap, 1);
 		if (!child)
-			handle_range_event(rt, (uintptr_t)m->arg.remove.start,
-					   (uintptr_t)m->arg.remove.end, true);
+			lm__region_unmapped(rt, (uintptr_t)m->arg.remove.start,
+					    (uintptr_t)m->arg.remove.end);
 		break;
 	}
 	return false;
@@ -759,7 +759,7 @@ void *lm__prefetch_main(void *arg)
 		struct lm__rtable *t = atomic_load_explicit(&rt->table, memory_order_acquire);
 		bool live = false;
 		for (size_t i = 0; t && i < t->n && !live; i++)
-			live = t->r[i] == p->r;
+			live = t->e[i].r == p->r && t->e[i].r->id == p->id;
 		/*
 		 * A chunk at a time, so that a region's destroy (which waits
 		 * for readers) never waits for a whole gigabyte of prefetch.

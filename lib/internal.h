@@ -143,8 +143,10 @@ struct lm__adv_range {
 	_Atomic int advice;
 };
 
-struct lm__gap {
+/* A range of the address space that belongs to a region (see region.c). */
+struct lm__extent {
 	uintptr_t start, end;
+	struct lm_region *r;
 };
 
 struct lm_region {
@@ -167,22 +169,25 @@ struct lm_region {
 	_Atomic int advice;		/* region-wide advice */
 	struct lm__adv_range adv[LM__ADV_SLOTS];
 	_Atomic unsigned adv_next;
-	pthread_mutex_t gap_lock;	/* guards gaps: ranges the application unmapped */
-	struct lm__gap *gaps;
-	size_t ngaps;
+	uint64_t id;			/* unique in the runtime: tells a new region from a freed one */
+	struct lm_region *next, *prev;	/* rt->regions, guarded by rt->lock */
 	struct lm_region **aliases;	/* parts moved away by mremap (guarded by rt->lock) */
 	size_t naliases;
 };
 
 struct lm__rtable {
 	size_t n;
-	struct lm_region *r[];
+	struct lm__extent e[];
 };
 
 /* Lookup under lm__read_lock; the region stays valid until lm__read_unlock. */
 struct lm_region *lm__region_find(struct lm_runtime *rt, uintptr_t addr);
 int lm__region_advice_at(struct lm_region *r, uint64_t pgno);
-void lm__region_forget(struct lm_region *r, uintptr_t start, uintptr_t end, bool unmapped);
+void lm__region_forget(struct lm_region *r, uintptr_t start, uintptr_t end, bool dropped);
+void lm__region_unmapped(struct lm_runtime *rt, uintptr_t start, uintptr_t end);
+/* True when [start, start + len) overlaps a region of any runtime of the process. */
+bool lm__overlaps_any_runtime(struct lm_runtime *rt, uintptr_t start, size_t len);
+bool lm__overlaps_region(struct lm_runtime *rt, uintptr_t start, size_t len);
 int lm__region_remap(struct lm_runtime *rt, uintptr_t from, uintptr_t to, size_t len);
 void lm__region_free_all(struct lm_runtime *rt);
 
@@ -195,6 +200,7 @@ struct lm__child {
 
 struct lm__prefetch {
 	struct lm_region *r;
+	uint64_t id;			/* r->id when queued: r may be gone and its memory reused */
 	uint64_t first, count;
 	struct lm__prefetch *next;
 };
@@ -234,6 +240,9 @@ struct lm_runtime {
 
 	/* Regions: writers hold lock and publish a new table; readers use epochs. */
 	pthread_mutex_t lock;
+	struct lm_region *regions;	/* every region, aliases too (guarded by lock) */
+	_Atomic uint64_t next_region_id;
+	struct lm_runtime *all_next;	/* every runtime of the process (runtime.c) */
 	_Atomic(struct lm__rtable *) table;
 	struct lm__epoch rcu;		/* readers of the table and its regions */
 	struct lm__epoch evq;		/* handlers between reading events and applying them */

@@ -14,32 +14,58 @@
 #include <unistd.h>
 
 /*
- * The region table is an array sorted by start address.  It is never
- * modified in place: a writer (holding rt->lock) builds a new array,
- * publishes it, waits out the readers of the old one and frees it, so a
- * fault handler's lookup is a binary search with no lock at all.
+ * The region table is an array of extents (address ranges and the region
+ * they belong to), sorted by address and never overlapping.  A region
+ * starts as one extent; the application's munmap punches holes into it,
+ * and a region the application unmapped entirely has none: lookups then
+ * never find it, and a new mapping at the same address (perhaps a new
+ * region) is never taken for it.  The table is never modified in place:
+ * a writer (holding rt->lock) builds a new array, publishes it, waits out
+ * the readers of the old one and frees it, so a fault handler's lookup is
+ * a binary search with no lock at all.
  */
-static int table_replace(struct lm_runtime *rt, struct lm_region *add, struct lm_region *del)
+
+/*
+ * Publishes a new table: the current one without the extents of drop,
+ * with [cut_start, cut_end) cut out of every extent, plus add.  Called
+ * with rt->lock held.  The old table is freed only once no reader can
+ * see it.
+ */
+static int table_rebuild(struct lm_runtime *rt, struct lm_region *drop, uintptr_t cut_start,
+			 uintptr_t cut_end, const struct lm__extent *add)
 {
 	struct lm__rtable *old = atomic_load_explicit(&rt->table, memory_order_relaxed);
 	size_t n = old ? old->n : 0;
-	struct lm__rtable *t = malloc(sizeof(*t) + (n + 1) * sizeof(t->r[0]));
+	/* A cut can split one extent in two; add brings one more. */
+	struct lm__rtable *t = malloc(sizeof(*t) + (n + 2) * sizeof(t->e[0]));
 	if (!t)
 		return -ENOMEM;
 	size_t k = 0;
 	bool placed = !add;
 	for (size_t i = 0; i < n; i++) {
-		struct lm_region *r = old->r[i];
-		if (r == del)
+		struct lm__extent e = old->e[i];
+		if (e.r == drop)
 			continue;
-		if (!placed && add->start < r->start) {
-			t->r[k++] = add;
-			placed = true;
+		struct lm__extent piece[2];
+		int np = 0;
+		if (cut_end > e.start && cut_start < e.end) {
+			if (e.start < cut_start)
+				piece[np++] = (struct lm__extent){ e.start, cut_start, e.r };
+			if (cut_end < e.end)
+				piece[np++] = (struct lm__extent){ cut_end, e.end, e.r };
+		} else {
+			piece[np++] = e;
 		}
-		t->r[k++] = r;
+		for (int j = 0; j < np; j++) {
+			if (!placed && add->start < piece[j].start) {
+				t->e[k++] = *add;
+				placed = true;
+			}
+			t->e[k++] = piece[j];
+		}
 	}
 	if (!placed)
-		t->r[k++] = add;
+		t->e[k++] = *add;
 	t->n = k;
 	atomic_store_explicit(&rt->table, t, memory_order_release);
 	lm__synchronize(rt);
@@ -47,28 +73,16 @@ static int table_replace(struct lm_runtime *rt, struct lm_region *add, struct lm
 	return 0;
 }
 
-static int by_start(const void *a, const void *b)
+/*
+ * Under rt->lock a table change must not fail halfway through a destroy
+ * or an event: retry the allocation rather than leave a freed region
+ * published.
+ */
+static void table_rebuild_must(struct lm_runtime *rt, struct lm_region *drop,
+			       uintptr_t cut_start, uintptr_t cut_end, const struct lm__extent *add)
 {
-	const struct lm_region *x = *(struct lm_region *const *)a, *y = *(struct lm_region *const *)b;
-	return x->start < y->start ? -1 : x->start > y->start;
-}
-
-/* Re-sorts after a region moved (mremap): same members, new order. */
-static int table_resort(struct lm_runtime *rt)
-{
-	struct lm__rtable *old = atomic_load_explicit(&rt->table, memory_order_relaxed);
-	size_t n = old ? old->n : 0;
-	struct lm__rtable *t = malloc(sizeof(*t) + n * sizeof(t->r[0]));
-	if (!t)
-		return -ENOMEM;
-	t->n = n;
-	if (n)
-		memcpy(t->r, old->r, n * sizeof(t->r[0]));
-	qsort(t->r, n, sizeof(t->r[0]), by_start);
-	atomic_store_explicit(&rt->table, t, memory_order_release);
-	lm__synchronize(rt);
-	free(old);
-	return 0;
+	while (table_rebuild(rt, drop, cut_start, cut_end, add) < 0)
+		usleep(1000);
 }
 
 struct lm_region *lm__region_find(struct lm_runtime *rt, uintptr_t addr)
@@ -79,25 +93,70 @@ struct lm_region *lm__region_find(struct lm_runtime *rt, uintptr_t addr)
 	size_t lo = 0, hi = t->n;
 	while (lo < hi) {
 		size_t mid = lo + (hi - lo) / 2;
-		struct lm_region *r = t->r[mid];
-		if (addr < r->start)
+		const struct lm__extent *e = &t->e[mid];
+		if (addr < e->start)
 			hi = mid;
-		else if (addr >= r->start + r->len)
+		else if (addr >= e->end)
 			lo = mid + 1;
 		else
-			return r;
+			return e->r;
 	}
 	return NULL;
 }
 
-/* True when [start, start + len) overlaps a live region. */
-static bool overlaps_region(struct lm_runtime *rt, uintptr_t start, size_t len)
+/* The extents of r within [start, end), copied out (caller frees); NULL if none or no memory. */
+static struct lm__extent *extents_of(struct lm_runtime *rt, struct lm_region *r, uintptr_t start,
+				     uintptr_t end, size_t *count)
+{
+	struct lm__rtable *t = atomic_load_explicit(&rt->table, memory_order_acquire);
+	size_t n = 0;
+	for (size_t i = 0; t && i < t->n; i++)
+		n += t->e[i].r == r && t->e[i].start < end && start < t->e[i].end;
+	*count = 0;
+	if (!n)
+		return NULL;
+	struct lm__extent *out = malloc(n * sizeof(*out));
+	if (!out)
+		return NULL;
+	for (size_t i = 0; i < t->n; i++) {
+		struct lm__extent e = t->e[i];
+		if (e.r != r || e.start >= end || start >= e.end)
+			continue;
+		out[(*count)++] = (struct lm__extent){ e.start > start ? e.start : start,
+						       e.end < end ? e.end : end, r };
+	}
+	return out;
+}
+
+/* True when [start, start + len) overlaps a live extent of rt; called in a read section. */
+bool lm__overlaps_region(struct lm_runtime *rt, uintptr_t start, size_t len)
 {
 	struct lm__rtable *t = atomic_load_explicit(&rt->table, memory_order_acquire);
 	for (size_t i = 0; t && i < t->n; i++)
-		if (start < t->r[i]->start + t->r[i]->len && t->r[i]->start < start + len)
+		if (start < t->e[i].end && t->e[i].start < start + len)
 			return true;
 	return false;
+}
+
+/* The list of every region of a runtime, for stats and close; guarded by rt->lock. */
+static void list_add(struct lm_runtime *rt, struct lm_region *r)
+{
+	r->prev = NULL;
+	r->next = rt->regions;
+	if (rt->regions)
+		rt->regions->prev = r;
+	rt->regions = r;
+}
+
+static void list_del(struct lm_runtime *rt, struct lm_region *r)
+{
+	if (r->prev)
+		r->prev->next = r->next;
+	else if (rt->regions == r)
+		rt->regions = r->next;
+	if (r->next)
+		r->next->prev = r->prev;
+	r->next = r->prev = NULL;
 }
 
 static struct lm_region *region_alloc(struct lm_runtime *rt, size_t len)
@@ -109,7 +168,7 @@ static struct lm_region *region_alloc(struct lm_runtime *rt, size_t len)
 	r->len = len;
 	r->npages = len >> rt->page_shift;
 	r->fd = -1;
-	pthread_mutex_init(&r->gap_lock, NULL);
+	r->id = atomic_fetch_add(&rt->next_region_id, 1) + 1;
 	lm__pt_init(&r->pt, r->npages);
 	for (int i = 0; i < LM__ADV_SLOTS; i++) {
 		atomic_init(&r->adv[i].first, 1);
@@ -124,9 +183,7 @@ static void region_free(struct lm_region *r)
 	lm__pt_destroy(&r->pt);
 	if (r->fd >= 0 && !r->parent)
 		close(r->fd);
-	free(r->gaps);
 	free(r->aliases);
-	pthread_mutex_destroy(&r->gap_lock);
 	free(r);
 }
 
@@ -220,10 +277,13 @@ static int create(struct lm_runtime *rt, size_t length, unsigned flags, int kind
 	 * A memory source inside a region would make the handler fault on
 	 * registered memory while it copies (DESIGN invariant 1): refuse it.
 	 */
-	if (kind == LM_SOURCE_MEMORY && overlaps_region(rt, (uintptr_t)buf, length))
+	struct lm__extent ext = { r->start, r->start + len, r };
+	if (kind == LM_SOURCE_MEMORY && lm__overlaps_any_runtime(rt, (uintptr_t)buf, length))
 		rc = -EINVAL;
 	else
-		rc = table_replace(rt, r, NULL);
+		rc = table_rebuild(rt, NULL, 0, 0, &ext);
+	if (rc == 0)
+		list_add(rt, r);
 	pthread_mutex_unlock(&rt->lock);
 	if (rc < 0) {
 		lm__uffd_unregister(rt->ufd, r->start, len);
@@ -259,22 +319,6 @@ int lm_region_create_file(struct lm_runtime *rt, int fd, off_t offset, size_t le
 	return create(rt, length, flags, LM_SOURCE_FILE, NULL, fd, offset, out);
 }
 
-/* Unmaps what the application has not unmapped itself: never someone else's mapping. */
-static void unmap_own(struct lm_region *r)
-{
-	uintptr_t at = r->start, end = r->start + r->len;
-	pthread_mutex_lock(&r->gap_lock);
-	/* Gaps are kept sorted and disjoint by add_gap. */
-	for (size_t i = 0; i <= r->ngaps; i++) {
-		uintptr_t stop = i < r->ngaps ? r->gaps[i].start : end;
-		if (stop > at)
-			munmap((void *)at, stop - at);
-		if (i < r->ngaps && r->gaps[i].end > at)
-			at = r->gaps[i].end;
-	}
-	pthread_mutex_unlock(&r->gap_lock);
-}
-
 static void drop_prefetch(struct lm_runtime *rt, struct lm_region *r)
 {
 	pthread_mutex_lock(&rt->pf_lock);
@@ -299,17 +343,23 @@ static void destroy_locked(struct lm_runtime *rt, struct lm_region *r)
 	for (size_t i = 0; i < r->naliases; i++)
 		destroy_locked(rt, r->aliases[i]);
 	/*
+	 * Only the region's own extents: what the application unmapped, and
+	 * whatever it mapped there since (maybe another region), is not ours.
 	 * Unregistering wakes any thread still blocked on one of its pages.
 	 * In a fork() child whose descriptor still serves the parent, an
 	 * ioctl would act on the parent's address space: skip it.
 	 */
-	if (getpid() == rt->ufd_pid)
-		lm__uffd_unregister(rt->ufd, r->start, r->len);
+	size_t n;
+	struct lm__extent *ext = extents_of(rt, r, 0, UINTPTR_MAX, &n);
+	for (size_t i = 0; i < n && getpid() == rt->ufd_pid; i++)
+		lm__uffd_unregister(rt->ufd, ext[i].start, ext[i].end - ext[i].start);
 	drop_prefetch(rt, r);
-	table_replace(rt, NULL, r);
+	table_rebuild_must(rt, r, 0, 0, NULL);
+	list_del(rt, r);
 	/* Aliases are the application's memory now (it moved them): leave them mapped. */
-	if (!r->parent)
-		unmap_own(r);
+	for (size_t i = 0; i < n && !r->parent; i++)
+		munmap((void *)ext[i].start, ext[i].end - ext[i].start);
+	free(ext);
 	if (!r->parent) {
 		/* Aliases were never counted: they are parts of their parent. */
 		LM__STAT_SUB(rt, regions_live, 1);
@@ -346,11 +396,9 @@ void lm__region_free_all(struct lm_runtime *rt)
 		lm__epoch_wait(&rt->evq);
 	pthread_mutex_lock(&rt->lock);
 	for (;;) {
-		struct lm__rtable *t = atomic_load(&rt->table);
-		struct lm_region *victim = NULL;
-		for (size_t i = 0; t && i < t->n && !victim; i++)
-			if (!t->r[i]->parent)
-				victim = t->r[i];
+		struct lm_region *victim = rt->regions;
+		while (victim && victim->parent)
+			victim = victim->next;
 		if (!victim)
 			break;
 		destroy_locked(rt, victim);
@@ -427,30 +475,11 @@ static int forget_one(lm__pte *e, uint64_t pgno, void *arg)
 	}
 }
 
-static void add_gap(struct lm_region *r, uintptr_t start, uintptr_t end)
-{
-	pthread_mutex_lock(&r->gap_lock);
-	struct lm__gap *g = realloc(r->gaps, (r->ngaps + 1) * sizeof(*g));
-	if (g) {
-		r->gaps = g;
-		size_t i = r->ngaps;
-		while (i > 0 && g[i - 1].start > start) {
-			g[i] = g[i - 1];
-			i--;
-		}
-		g[i].start = start;
-		g[i].end = end;
-		r->ngaps++;
-	}
-	pthread_mutex_unlock(&r->gap_lock);
-}
-
 /*
  * The application dropped (madvise) or unmapped [start, end) of r: the
- * pages' contents are the source's again.  Called by the event handler
- * and by dont-need advice; idempotent.
+ * pages' contents are the source's again.  Idempotent.
  */
-void lm__region_forget(struct lm_region *r, uintptr_t start, uintptr_t end, bool unmapped)
+void lm__region_forget(struct lm_region *r, uintptr_t start, uintptr_t end, bool dropped)
 {
 	if (start < r->start)
 		start = r->start;
@@ -462,10 +491,31 @@ void lm__region_forget(struct lm_region *r, uintptr_t start, uintptr_t end, bool
 	uint64_t last = (end - 1 - r->start) >> r->rt->page_shift;
 	struct forget_ctx c = { r->rt, r, 0 };
 	lm__pt_walk(&r->pt, first, last, forget_one, &c);
-	if (!unmapped)
+	if (dropped)
 		LM__STAT_ADD(r->rt, dontneed_pages, c.dropped);
-	else
-		add_gap(r, start, end);
+}
+
+/*
+ * The application unmapped [start, end): every region's pages there are
+ * gone, and the range leaves the table, so nothing there is taken for a
+ * region any more.  Called by the event handler, outside read sections.
+ */
+void lm__region_unmapped(struct lm_runtime *rt, uintptr_t start, uintptr_t end)
+{
+	pthread_mutex_lock(&rt->lock);
+	struct lm__rtable *t = atomic_load_explicit(&rt->table, memory_order_relaxed);
+	bool any = false;
+	for (size_t i = 0; t && i < t->n; i++) {
+		const struct lm__extent *e = &t->e[i];
+		if (e->start < end && start < e->end) {
+			lm__region_forget(e->r, e->start > start ? e->start : start,
+					  e->end < end ? e->end : end, false);
+			any = true;
+		}
+	}
+	if (any)
+		table_rebuild_must(rt, NULL, start, end, NULL);
+	pthread_mutex_unlock(&rt->lock);
 }
 
 struct move_ctx {
@@ -510,8 +560,9 @@ int lm__region_remap(struct lm_runtime *rt, uintptr_t from, uintptr_t to, size_t
 		 * Readers may hold r while its start changes; a lookup racing
 		 * the move can miss it, and that fault is simply replayed.
 		 */
+		struct lm__extent ext = { to, to + r->len, r };
 		r->start = to;
-		rc = table_resort(rt);
+		table_rebuild_must(rt, r, 0, 0, &ext);
 		goto out;
 	}
 	size_t part = r->start + r->len - from < len ? r->start + r->len - from : len;
@@ -543,10 +594,12 @@ int lm__region_remap(struct lm_runtime *rt, uintptr_t from, uintptr_t to, size_t
 	struct move_ctx mc = { a, (from - r->start) >> rt->page_shift };
 	lm__wait_settled(r, mc.first, part >> rt->page_shift);
 	lm__pt_walk(&r->pt, mc.first, mc.first + (part >> rt->page_shift) - 1, move_state, &mc);
-	rc = table_replace(rt, a, NULL);
+	lm__region_forget(r, from, from + part, false);
+	struct lm__extent ext = { to, to + part, a };
+	table_rebuild_must(rt, NULL, from, from + part, &ext);
+	list_add(rt, a);
 	pthread_mutex_unlock(&rt->lock);
-	lm__region_forget(r, from, from + part, true);
-	return rc;
+	return 0;
 out:
 	pthread_mutex_unlock(&rt->lock);
 	return rc;
@@ -559,6 +612,7 @@ static int queue_prefetch(struct lm_runtime *rt, struct lm_region *r, uint64_t f
 	if (!p)
 		return -ENOMEM;
 	p->r = r;
+	p->id = r->id;
 	p->first = first;
 	p->count = count;
 	p->next = NULL;
@@ -584,23 +638,26 @@ static int queue_prefetch(struct lm_runtime *rt, struct lm_region *r, uint64_t f
 }
 
 /*
- * Drops [start, end) except the holes the application unmapped: whatever
- * it mapped there since is not ours to discard.
+ * Drops [start, end) of r, its live extents only: whatever the application
+ * mapped where it unmapped part of the region is not ours to discard.  The
+ * extents are copied out first: madvise waits for a handler to read its
+ * event, and a handler may be waiting for this thread's read section.
  */
 static int dontneed(struct lm_region *r, uintptr_t start, uintptr_t end)
 {
+	struct lm_runtime *rt = r->rt;
+	size_t n;
+	int idx = lm__read_lock(rt);
+	struct lm__extent *ext = extents_of(rt, r, start, end, &n);
+	lm__read_unlock(rt, idx);
 	int rc = 0;
-	pthread_mutex_lock(&r->gap_lock);
-	uintptr_t at = start;
-	for (size_t i = 0; i <= r->ngaps && at < end; i++) {
-		uintptr_t stop = i < r->ngaps && r->gaps[i].start < end ? r->gaps[i].start : end;
-		if (stop > at && madvise((void *)at, stop - at, MADV_DONTNEED) < 0 && !rc)
+	for (size_t i = 0; i < n; i++)
+		if (madvise((void *)ext[i].start, ext[i].end - ext[i].start, MADV_DONTNEED) < 0 && !rc)
 			rc = -errno;
-		if (i < r->ngaps && r->gaps[i].end > at)
-			at = r->gaps[i].end;
-	}
-	pthread_mutex_unlock(&r->gap_lock);
-	lm__region_forget(r, start, end, false);
+	free(ext);
+	idx = lm__read_lock(rt);
+	lm__region_forget(r, start, end, true);
+	lm__read_unlock(rt, idx);
 	return rc;
 }
 

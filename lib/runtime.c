@@ -174,6 +174,48 @@ void lm__epoch_wait(struct lm__epoch *e)
 	pthread_mutex_unlock(&e->sync_lock);
 }
 
+/*
+ * Every runtime of the process, so that a memory source inside any of
+ * their regions is refused: the handler would fault on registered memory
+ * while copying (DESIGN invariant 1), and a signal-mode or user-mode-only
+ * runtime's unfilled page would even make the copy fail with EFAULT.
+ */
+static pthread_mutex_t all_lock = PTHREAD_MUTEX_INITIALIZER;
+static struct lm_runtime *all_list;
+
+bool lm__overlaps_any_runtime(struct lm_runtime *self, uintptr_t start, size_t len)
+{
+	bool hit = false;
+	pthread_mutex_lock(&all_lock);
+	for (struct lm_runtime *rt = all_list; rt && !hit; rt = rt->all_next) {
+		int idx = lm__read_lock(rt);
+		hit = lm__overlaps_region(rt, start, len);
+		lm__read_unlock(rt, idx);
+	}
+	pthread_mutex_unlock(&all_lock);
+	(void)self;
+	return hit;
+}
+
+static void all_add(struct lm_runtime *rt)
+{
+	pthread_mutex_lock(&all_lock);
+	rt->all_next = all_list;
+	all_list = rt;
+	pthread_mutex_unlock(&all_lock);
+}
+
+static void all_del(struct lm_runtime *rt)
+{
+	pthread_mutex_lock(&all_lock);
+	for (struct lm_runtime **pp = &all_list; *pp; pp = &(*pp)->all_next)
+		if (*pp == rt) {
+			*pp = rt->all_next;
+			break;
+		}
+	pthread_mutex_unlock(&all_lock);
+}
+
 static int start_threads(struct lm_runtime *rt)
 {
 	int n = rt->opt.handler_threads;
@@ -324,6 +366,7 @@ int lm_runtime_open(const struct lm_options *user, struct lm_runtime **out)
 	}
 	if ((rc = start_threads(rt)) < 0)
 		goto fail;
+	all_add(rt);
 	*out = rt;
 	return 0;
 fail:
@@ -362,6 +405,7 @@ static void close_runtime(struct lm_runtime *rt)
 		rt->nthreads = 0;
 		rt->pf_started = false;
 	}
+	all_del(rt);
 	/* Regions go first, while the handlers still serve faults on them. */
 	lm__region_free_all(rt);
 	stop_threads(rt);

@@ -239,12 +239,11 @@ static void atfork_child(void)
 			rt->sig_next = atomic_load(&sig_list);
 			atomic_store(&sig_list, rt);
 		}
-		struct lm__rtable *t = atomic_load(&rt->table);
-		for (size_t i = 0; t && i < t->n; i++) {
-			struct lm_region *r = t->r[i];
+		for (struct lm_region *r = rt->regions; r; r = r->next)
 			lm__pt_walk(&r->pt, 0, r->npages - 1, reset_filling, NULL);
-			lm__uffd_register(fd, r->start, r->len);
-		}
+		struct lm__rtable *t = atomic_load(&rt->table);
+		for (size_t i = 0; t && i < t->n; i++)
+			lm__uffd_register(fd, t->e[i].start, t->e[i].end - t->e[i].start);
 	}
 	pthread_mutex_init(&sig_lock, NULL);
 }

@@ -29,19 +29,17 @@ void lm__stats_latency(struct lm_runtime *rt, uint64_t ns, unsigned pages)
 
 static void sum_metadata(struct lm_runtime *rt, uint64_t *meta, uint64_t *resident)
 {
-	int idx = lm__read_lock(rt);
+	pthread_mutex_lock(&rt->lock);
 	struct lm__rtable *t = atomic_load_explicit(&rt->table, memory_order_acquire);
 	uint64_t m = sizeof(*rt), res = 0;
-	if (t) {
-		m += sizeof(*t) + t->n * sizeof(t->r[0]);
-		for (size_t i = 0; i < t->n; i++) {
-			struct lm_region *r = t->r[i];
-			m += sizeof(*r) + atomic_load_explicit(&r->pt.bytes, memory_order_relaxed);
-			int64_t n = atomic_load_explicit(&r->resident, memory_order_relaxed);
-			res += n > 0 ? (uint64_t)n : 0;
-		}
+	if (t)
+		m += sizeof(*t) + t->n * sizeof(t->e[0]);
+	for (struct lm_region *r = rt->regions; r; r = r->next) {
+		m += sizeof(*r) + atomic_load_explicit(&r->pt.bytes, memory_order_relaxed);
+		int64_t n = atomic_load_explicit(&r->resident, memory_order_relaxed);
+		res += n > 0 ? (uint64_t)n : 0;
 	}
-	lm__read_unlock(rt, idx);
+	pthread_mutex_unlock(&rt->lock);
 	*meta = m;
 	*resident = res;
 }

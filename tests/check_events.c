@@ -457,6 +457,44 @@ START_TEST(test_child_fault_on_unmapped_range)
 END_TEST
 
 /*
+ * Regression: a region the application unmapped stayed in the lookup
+ * table, so a new region that mmap placed at the same address was filled
+ * with the old region's data, and destroying the old region unregistered
+ * the new one (which then read zeros).
+ */
+START_TEST(test_new_region_where_one_was_unmapped)
+{
+	struct lm_runtime *rt = lmt_open(mode_of(_i));
+	size_t len = NPAGES * ps;
+	unsigned char *a = malloc(len), *b = malloc(len);
+	memset(a, 'A', len);
+	memset(b, 'B', len);
+	struct lm_region *r, *r3;
+	int placed = 0;
+	for (int round = 0; round < 50 && !placed; round++) {
+		ck_assert_int_eq(lm_region_create_memory(rt, a, len, 0, &r), 0);
+		unsigned char *p = lm_region_addr(r);
+		ck_assert_int_eq(munmap(p, len), 0);
+		ck_assert_int_eq(lm_region_create_memory(rt, b, len, 0, &r3), 0);
+		if (lm_region_addr(r3) == p) {
+			placed = 1;
+			ck_assert_int_eq(check_byte(lm_region_addr(r3), 'B', ps), -1);
+			ck_assert_int_eq(lm_region_destroy(r), 0);
+			/* Still registered and still the new region's: pages fill with 'B'. */
+			ck_assert_int_eq(check_byte(lm_region_addr(r3), 'B', len), -1);
+		} else {
+			ck_assert_int_eq(lm_region_destroy(r), 0);
+		}
+		ck_assert_int_eq(lm_region_destroy(r3), 0);
+	}
+	ck_assert_msg(placed, "mmap never reused the address");
+	ck_assert_int_eq(lm_runtime_close(rt), 0);
+	free(a);
+	free(b);
+}
+END_TEST
+
+/*
  * 6: fork() without exec.  The child must see every page as the parent
  * would: what the parent filled or wrote before the fork, and the source
  * for everything else.  Its own writes stay its own.
@@ -848,6 +886,7 @@ static Suite *events_suite(void)
 	tcase_set_timeout(tc, 30);
 	tcase_add_loop_test(tc, test_munmap_middle, 0, 2);
 	tcase_add_loop_test(tc, test_munmap_whole, 0, 2);
+	tcase_add_loop_test(tc, test_new_region_where_one_was_unmapped, 0, 2);
 	suite_add_tcase(s, tc);
 
 	tc = tcase_create("mremap");

@@ -116,6 +116,16 @@ START_TEST(memory_source_inside_region_refused)
 	ck_assert_int_eq(lm_region_create_memory(rt, p + PS, 4 * PS, 0, &b), -EINVAL);
 	ck_assert_int_eq(lm_region_create_memory(rt, p - 2 * PS, 4 * PS, 0, &b), -EINVAL);
 	ck_assert_uint_eq(lmt_stats(rt).regions_live, 1);
+	/*
+	 * Another runtime's region is refused too: a signal-mode runtime's
+	 * unfilled page would make the copy fail (EFAULT), two thread-mode
+	 * runtimes sourcing from each other could deadlock.
+	 */
+	struct lm_runtime *other = lmt_open(LM_MODE_SIGNAL);
+	struct lm_region *c;
+	ck_assert_int_eq(lm_region_create_zero(other, 16 * PS, 0, &c), 0);
+	ck_assert_int_eq(lm_region_create_memory(rt, lm_region_addr(c), 4 * PS, 0, &b), -EINVAL);
+	lm_runtime_close(other);
 	/* A buffer that ends right where the region starts does not overlap it. */
 	ck_assert_int_eq(lm_region_create_memory(rt, p - 100, 100, 0, &b), 0);
 	ck_assert_int_eq(lm_region_destroy(b), 0);
