@@ -15,6 +15,8 @@
 #define RA_START 4
 #define PREFETCH_CHUNK 1024
 #define FILE_AHEAD_WINDOWS 8
+/* epoll tags: 0 stop, ufd + 1 the runtime's userfaultfd, CHILD_TAG | id a child's. */
+#define CHILD_TAG (1ull << 63)
 
 static inline uintptr_t page_addr(struct lm_region *r, uint64_t pgno)
 {
@@ -561,8 +563,9 @@ static void add_child(struct lm_runtime *rt, int ufd)
 		return;
 	}
 	c->ufd = ufd;
-	ev.data.ptr = c;
 	pthread_mutex_lock(&rt->ch_lock);
+	c->id = ++rt->next_child_id;
+	ev.data.u64 = CHILD_TAG | c->id;
 	if (epoll_ctl(rt->epfd, EPOLL_CTL_ADD, ufd, &ev) < 0) {
 		pthread_mutex_unlock(&rt->ch_lock);
 		close(ufd);
@@ -725,10 +728,20 @@ void *lm__handler_main(void *arg)
 				lm__epoch_exit(&rt->evq, ev);
 				continue;
 			}
-			/* A child: read it inside a read section, see sweep_children. */
+			/*
+			 * A child, by id: a sweep may have freed it since epoll_wait
+			 * returned.  Found inside a read section, it stays open until
+			 * the section ends (see sweep_children).
+			 */
 			int idx = lm__read_lock(rt);
-			struct lm__child *c = evs[i].data.ptr;
-			forked |= drain(f, c->ufd, true);
+			int cufd = -1;
+			pthread_mutex_lock(&rt->ch_lock);
+			for (struct lm__child *c = rt->children; c; c = c->next)
+				if ((CHILD_TAG | c->id) == tag)
+					cufd = c->ufd;
+			pthread_mutex_unlock(&rt->ch_lock);
+			if (cufd >= 0)
+				forked |= drain(f, cufd, true);
 			lm__read_unlock(rt, idx);
 		}
 		if (forked)

@@ -195,6 +195,7 @@ void lm__region_free_all(struct lm_runtime *rt);
 
 struct lm__child {
 	int ufd;
+	uint64_t id;			/* its epoll tag: CHILD_TAG | id */
 	struct lm__child *next;
 };
 
@@ -257,6 +258,7 @@ struct lm_runtime {
 	 */
 	pthread_mutex_t ch_lock;
 	struct lm__child *children;
+	uint64_t next_child_id;
 	uintptr_t probe_page;		/* an unregistered page used to test a child's mm */
 
 	/* Background prefetch (will-need advice). */
@@ -324,5 +326,8 @@ void lm__wait_settled(struct lm_region *r, uint64_t first, uint64_t count);
 int lm__signal_attach(struct lm_runtime *rt);
 void lm__signal_detach(struct lm_runtime *rt);
 void lm__fork_follow(struct lm_runtime *rt);
+void lm__signal_atfork_prepare(void);
+void lm__signal_atfork_parent(void);
+void lm__signal_atfork_child(void);
 
 #endif /* LM_INTERNAL_H */

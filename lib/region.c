@@ -214,6 +214,9 @@ static int create(struct lm_runtime *rt, size_t length, unsigned flags, int kind
 {
 	if (!rt || !out || !length || flags)
 		return -EINVAL;
+	/* In a fork() child still served through the parent's descriptor, see lazymem(7). */
+	if (getpid() != rt->ufd_pid)
+		return -ECHILD;
 	size_t ps = (size_t)rt->page_size;
 	if (length > SIZE_MAX - ps)
 		return -EINVAL;
@@ -272,16 +275,21 @@ static int create(struct lm_runtime *rt, size_t length, unsigned flags, int kind
 		region_free(r);
 		return rc;
 	}
-	pthread_mutex_lock(&rt->lock);
 	/*
 	 * A memory source inside a region would make the handler fault on
 	 * registered memory while it copies (DESIGN invariant 1): refuse it.
+	 * Checked before rt->lock: the check takes the process-wide lock of
+	 * all runtimes, which fork() takes before each runtime's lock.
 	 */
+	if (kind == LM_SOURCE_MEMORY && lm__overlaps_any_runtime(rt, (uintptr_t)buf, length)) {
+		lm__uffd_unregister(rt->ufd, r->start, len);
+		munmap(addr, len);
+		region_free(r);
+		return -EINVAL;
+	}
+	pthread_mutex_lock(&rt->lock);
 	struct lm__extent ext = { r->start, r->start + len, r };
-	if (kind == LM_SOURCE_MEMORY && lm__overlaps_any_runtime(rt, (uintptr_t)buf, length))
-		rc = -EINVAL;
-	else
-		rc = table_rebuild(rt, NULL, 0, 0, &ext);
+	rc = table_rebuild(rt, NULL, 0, 0, &ext);
 	if (rc == 0)
 		list_add(rt, r);
 	pthread_mutex_unlock(&rt->lock);
@@ -688,6 +696,9 @@ int lm_region_advise(struct lm_region *r, size_t offset, size_t length, int advi
 		return -EINVAL;
 	uint64_t first = offset >> rt->page_shift;
 	uint64_t count = (length + ps - 1) >> rt->page_shift;
+	/* Prefetching in a fork() child would fill the parent's pages. */
+	if ((advice == LM_ADV_WILLNEED || advice == LM_ADV_POPULATE) && getpid() != rt->ufd_pid)
+		return -ECHILD;
 	switch (advice) {
 	case LM_ADV_NORMAL:
 	case LM_ADV_SEQUENTIAL:

@@ -197,8 +197,55 @@ bool lm__overlaps_any_runtime(struct lm_runtime *self, uintptr_t start, size_t l
 	return hit;
 }
 
+/*
+ * fork(): the child gets a copy of every runtime with only the forking
+ * thread alive.  Taking each runtime's lock around the fork keeps tables
+ * and lists whole; in the child, locks and counters that other threads
+ * held are reset, and runtimes that follow fork re-register (signal.c).
+ */
+static void atfork_prepare(void)
+{
+	pthread_mutex_lock(&all_lock);
+	for (struct lm_runtime *rt = all_list; rt; rt = rt->all_next)
+		pthread_mutex_lock(&rt->lock);
+	lm__signal_atfork_prepare();
+}
+
+static void atfork_parent(void)
+{
+	lm__signal_atfork_parent();
+	for (struct lm_runtime *rt = all_list; rt; rt = rt->all_next)
+		pthread_mutex_unlock(&rt->lock);
+	pthread_mutex_unlock(&all_lock);
+}
+
+static void atfork_child(void)
+{
+	for (struct lm_runtime *rt = all_list; rt; rt = rt->all_next) {
+		pthread_mutex_init(&rt->lock, NULL);
+		pthread_mutex_init(&rt->ch_lock, NULL);
+		pthread_mutex_init(&rt->ev_lock, NULL);
+		pthread_mutex_init(&rt->pf_lock, NULL);
+		lm__epoch_init(&rt->rcu);
+		lm__epoch_init(&rt->evq);
+		atomic_store(&rt->ev_unapplied, 0);
+		/* The parent's threads, prefetcher included, do not exist here. */
+		rt->pf_started = false;
+	}
+	lm__signal_atfork_child();
+	pthread_mutex_init(&all_lock, NULL);
+}
+
+static pthread_once_t atfork_once = PTHREAD_ONCE_INIT;
+
+static void atfork_register(void)
+{
+	pthread_atfork(atfork_prepare, atfork_parent, atfork_child);
+}
+
 static void all_add(struct lm_runtime *rt)
 {
+	pthread_once(&atfork_once, atfork_register);
 	pthread_mutex_lock(&all_lock);
 	rt->all_next = all_list;
 	all_list = rt;

@@ -30,7 +30,6 @@ static struct lm_runtime *_Atomic sig_list;
 static _Atomic long sig_inflight;
 static struct sigaction sig_old;
 static int sig_users;
-static bool atfork_registered;
 
 static void chain(int sig, siginfo_t *si, void *uc)
 {
@@ -160,17 +159,14 @@ static int reset_filling(lm__pte *e, uint64_t pgno, void *arg)
 
 static struct lm_runtime *_Atomic fork_list;	/* runtimes that follow fork() by re-registering */
 
-static void atfork_prepare(void)
+/* fork(): runtime.c's handlers call these, holding every runtime's lock meanwhile. */
+void lm__signal_atfork_prepare(void)
 {
 	pthread_mutex_lock(&sig_lock);
-	for (struct lm_runtime *rt = atomic_load(&fork_list); rt; rt = rt->fork_next)
-		pthread_mutex_lock(&rt->lock);
 }
 
-static void atfork_parent(void)
+void lm__signal_atfork_parent(void)
 {
-	for (struct lm_runtime *rt = atomic_load(&fork_list); rt; rt = rt->fork_next)
-		pthread_mutex_unlock(&rt->lock);
 	pthread_mutex_unlock(&sig_lock);
 }
 
@@ -207,12 +203,11 @@ static int take_sigbus_locked(void)
 	return 0;
 }
 
-static void atfork_child(void)
+void lm__signal_atfork_child(void)
 {
+	/* Only the forking thread exists here: nobody is in the handler. */
+	atomic_store(&sig_inflight, 0);
 	for (struct lm_runtime *rt = atomic_load(&fork_list); rt; rt = rt->fork_next) {
-		pthread_mutex_init(&rt->lock, NULL);
-		lm__epoch_init(&rt->rcu);
-		lm__epoch_init(&rt->evq);
 		for (int i = 0; i < rt->npool; i++)
 			atomic_store(&rt->pool[i].busy, 0);
 		int origin;
@@ -251,10 +246,6 @@ static void atfork_child(void)
 /* Called with sig_lock held. */
 static void follow_fork_locked(struct lm_runtime *rt)
 {
-	if (!atfork_registered) {
-		pthread_atfork(atfork_prepare, atfork_parent, atfork_child);
-		atfork_registered = true;
-	}
 	rt->fork_next = atomic_load(&fork_list);
 	atomic_store(&fork_list, rt);
 }

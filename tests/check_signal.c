@@ -2,6 +2,7 @@
 /* Tests of signal mode: SIGBUS ownership, chaining to the application, fork children. */
 #include "testutil.h"
 
+#include <pthread.h>
 #include <sys/mman.h>
 #include <sys/wait.h>
 
@@ -173,6 +174,55 @@ START_TEST(fork_child_fills_from_source)
 }
 END_TEST
 
+/*
+ * Regression: a fork() while another thread was inside the SIGBUS handler
+ * (or held a runtime lock) left the child's copies of those counters and
+ * locks held, and the child's lm_runtime_close spun or deadlocked.
+ */
+static struct lm_region *churn_r;
+static volatile int churn_stop;
+
+static void *churn(void *arg)
+{
+	(void)arg;
+	char *z = lm_region_addr(churn_r);
+	while (!churn_stop) {
+		for (int i = 0; i < 64; i++)
+			z[i * PS] = 1;
+		lm_region_advise(churn_r, 0, 64 * PS, LM_ADV_DONTNEED);
+	}
+	return NULL;
+}
+
+START_TEST(fork_during_faults_child_can_close)
+{
+	struct lm_runtime *rt = lmt_open(_i ? LM_MODE_SIGNAL : LM_MODE_THREAD);
+	ck_assert_int_eq(lm_region_create_zero(rt, 64 * PS, 0, &churn_r), 0);
+	churn_stop = 0;
+	pthread_t t;
+	pthread_create(&t, NULL, churn, NULL);
+	int stuck = 0;
+	for (int i = 0; i < 100; i++) {
+		pid_t pid = fork();
+		ck_assert_int_ge(pid, 0);
+		if (pid == 0) {
+			alarm(5);
+			volatile char *z = lm_region_addr(churn_r);
+			(void)z[PS * 5];
+			lm_runtime_close(rt);
+			_exit(0);
+		}
+		int st;
+		ck_assert_int_eq(waitpid(pid, &st, 0), pid);
+		stuck += !(WIFEXITED(st) && WEXITSTATUS(st) == 0);
+	}
+	churn_stop = 1;
+	pthread_join(t, NULL);
+	ck_assert_msg(stuck == 0, "%d of 100 children did not close cleanly", stuck);
+	lm_runtime_close(rt);
+}
+END_TEST
+
 int main(void)
 {
 	lmt_require_uffd();
@@ -185,6 +235,7 @@ int main(void)
 	tcase_add_test(tc, ignored_sigbus_still_kills);
 	tcase_add_test(tc, handler_restored_on_close);
 	tcase_add_test(tc, fork_child_fills_from_source);
+	tcase_add_loop_test(tc, fork_during_faults_child_can_close, 0, 2);
 	suite_add_tcase(s, tc);
 	return lmt_run(s);
 }
