@@ -3,7 +3,6 @@
 #include "internal.h"
 
 #include <errno.h>
-#include <fcntl.h>
 #include <linux/userfaultfd.h>
 #include <stdlib.h>
 #include <sched.h>
@@ -14,7 +13,6 @@
 #define MSG_BATCH 32
 #define RA_START 4
 #define PREFETCH_CHUNK 1024
-#define FILE_AHEAD_WINDOWS 8
 /* epoll tags: 0 stop, ufd + 1 the runtime's userfaultfd, CHILD_TAG | id a child's. */
 #define CHILD_TAG (1ull << 63)
 
@@ -522,20 +520,13 @@ static void handle_fault(struct lm__filler *f, int ufd, bool child, const struct
 		 * fills overlap the application's work.
 		 */
 		unsigned win = atomic_load_explicit(&r->ra_win, memory_order_relaxed);
-		if (n > 1 && win >= RA_START && pgno + (uint64_t)n < r->npages) {
-			uint64_t next = pgno + (uint64_t)n;
-			/*
-			 * A file's next windows are asked of the kernel too: it
-			 * reads them into the page cache in the background, so
-			 * the disk works while pages are installed here.
-			 */
-			if (r->kind == LM_SOURCE_FILE)
-				posix_fadvise(r->fd,
-					      (off_t)(r->foff + ((next + win + r->src_shift) << rt->page_shift)),
-					      (off_t)((uint64_t)FILE_AHEAD_WINDOWS * win << rt->page_shift),
-					      POSIX_FADV_WILLNEED);
-			lm__fill(f, r, next, win, flags | LM_FILL_AHEAD, ufd);
-		}
+		/*
+		 * (Also asking the kernel to read a file's next windows with
+		 * POSIX_FADV_WILLNEED was measured: slower here, for lazymem and
+		 * for the kernel's own mmap of the same file afterwards.)
+		 */
+		if (n > 1 && win >= RA_START && pgno + (uint64_t)n < r->npages)
+			lm__fill(f, r, pgno + (uint64_t)n, win, flags | LM_FILL_AHEAD, ufd);
 	}
 	lm__read_unlock(rt, idx);
 }
