@@ -119,7 +119,7 @@ int main(int argc, char **argv)
 		snprintf(what, sizeof(what), "wrote %d/4 of it, in order", quarter);
 		row(what, rt, z, len, &base, now() - t0);
 	}
-	printf("   Sequential faults grow the readahead window: one fault fills up to 32 pages\n"
+	printf("   Sequential faults grow the readahead window: one fault fills up to 64 pages\n"
 	       "   (LAZYMEM_READAHEAD), so the region fills at a fraction of a fault per page.\n\n");
 
 	printf("2. A file region reads the file on first touch (like mmap MAP_PRIVATE):\n");

@@ -71,7 +71,7 @@ struct lm_options {
 	int mode;		/* enum lm_mode */
 	int io;			/* enum lm_io */
 	int handler_threads;	/* 0: one per online CPU, at most 4 */
-	int readahead_max;	/* pages per fill at most; 0: default (32) */
+	int readahead_max;	/* pages per fill at most; 0: default (64) */
 	int uffd_source;	/* enum lm_uffd_origin to force one; 0: try all in order */
 	int reserved_int;
 	void (*log)(int level, const char *msg, void *arg);	/* NULL: silent */

@@ -14,7 +14,7 @@
 #include <sys/mman.h>
 #include <unistd.h>
 
-#define DEFAULT_READAHEAD 32
+#define DEFAULT_READAHEAD 64
 #define MAX_READAHEAD 1024
 #define MAX_THREADS 64
 
