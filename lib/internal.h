@@ -177,6 +177,7 @@ struct lm_region {
 
 struct lm__rtable {
 	size_t n;
+	size_t cap;
 	struct lm__extent e[];
 };
 
@@ -245,6 +246,7 @@ struct lm_runtime {
 	_Atomic uint64_t next_region_id;
 	struct lm_runtime *all_next;	/* every runtime of the process (runtime.c) */
 	_Atomic(struct lm__rtable *) table;
+	struct lm__rtable *spare;	/* the table before, no longer read: reused (guarded by lock) */
 	struct lm__epoch rcu;		/* readers of the table and its regions */
 	struct lm__epoch evq;		/* handlers between reading events and applying them */
 	pthread_mutex_t ev_lock;	/* one reader of the parent's userfaultfd applies its events at a time */

@@ -474,6 +474,7 @@ static void close_runtime(struct lm_runtime *rt)
 	free(rt->fillers);
 	free(rt->threads);
 	free(atomic_load(&rt->table));
+	free(rt->spare);
 	if (rt->probe_page != (uintptr_t)MAP_FAILED)
 		munmap((void *)rt->probe_page, (size_t)rt->page_size);
 	if (rt->epfd >= 0)
