@@ -17,6 +17,22 @@ if [ $status -ne 0 ]; then
 	done
 	exit $status
 fi
+# An application finds the library with pkg-config: install into a
+# temporary prefix, build the demo against it with nothing but
+# pkg-config's flags, and run it (shared and static).
+prefix=$(mktemp -d)
+trap 'rm -rf "$prefix"' EXIT
+make -C "$build" install prefix="$prefix" >/dev/null
+export PKG_CONFIG_PATH="$prefix/lib/pkgconfig"
+pc="pkg-config --define-variable=prefix=$prefix"
+cc -o "$prefix/demo" demos/lazymem-demo.c $($pc --cflags --libs lazymem) \
+	-Wl,-rpath,"$prefix/lib"
+"$prefix/demo" --quick >/dev/null
+cc -o "$prefix/demo-static" demos/lazymem-demo.c $($pc --cflags lazymem) \
+	"$prefix/lib/liblazymem.a" $($pc --libs --static liburing libcap) -pthread
+"$prefix/demo-static" --quick >/dev/null
+echo "pkg-config lazymem: shared and static builds of the demo run"
+
 # One closing line a CI reader can count: Check's per-program totals, summed.
 summary=$(cat "$build"/tests/check_*.log | awk '
 	/Checks: [0-9]+, Failures: [0-9]+, Errors: [0-9]+/ {
