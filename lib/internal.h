@@ -134,6 +134,30 @@ void lm__filler_fini(struct lm__filler *f);
 /* Reads up to len bytes at off into f->stage; returns bytes read or -errno. */
 ssize_t lm__file_read(struct lm__filler *f, int fd, uint64_t off, size_t len);
 
+/* ---- swap.c: the swap file --------------------------------------------- */
+
+struct lm__swap {
+	int fd;
+	size_t page_size;
+	uint64_t nslots;		/* capacity: the maximum size in pages */
+	uint64_t used;
+	uint64_t hint;			/* bitmap word to look at first */
+	uint64_t *bitmap;		/* 1: slot in use */
+	uint32_t *sums;			/* per-slot checksum of what was written; 0: none */
+	pthread_mutex_t lock;		/* guards the allocator */
+	bool lock_ok;
+};
+
+int lm__swap_open(struct lm__swap *s, const char *dir, uint64_t max_bytes, size_t page_size);
+void lm__swap_close(struct lm__swap *s);
+unsigned lm__swap_alloc(struct lm__swap *s, uint64_t *slots, unsigned n);
+void lm__swap_free(struct lm__swap *s, uint64_t slot);
+uint64_t lm__swap_used(struct lm__swap *s);
+int lm__swap_write(struct lm__swap *s, struct lm__filler *f, const uint64_t *slots, unsigned n,
+		   int *done);
+int lm__swap_read(struct lm__swap *s, struct lm__filler *f, const uint64_t *slots, unsigned n,
+		  int *done);
+
 /* ---- region.c ---------------------------------------------------------- */
 
 #define LM__ADV_SLOTS 8

@@ -7,7 +7,8 @@ LM_CHECKS = \
 	tests/check_fault \
 	tests/check_file \
 	tests/check_events \
-	tests/check_signal
+	tests/check_signal \
+	tests/check_swap
 
 check_PROGRAMS += $(LM_CHECKS)
 TESTS += $(LM_CHECKS)
@@ -41,3 +42,8 @@ tests_check_events_LDADD = $(TEST_LIBS)
 tests_check_signal_SOURCES = tests/check_signal.c tests/testutil.h
 tests_check_signal_CFLAGS = $(TEST_CFLAGS)
 tests_check_signal_LDADD = $(TEST_LIBS)
+
+# The swap file is internal: its unit test compiles the library in.
+tests_check_swap_SOURCES = tests/check_swap.c $(lib_liblazymem_la_SOURCES)
+tests_check_swap_CFLAGS = $(TEST_CFLAGS) $(URING_CFLAGS) $(CAP_CFLAGS)
+tests_check_swap_LDADD = $(CHECK_LIBS) $(URING_LIBS) $(CAP_LIBS)
