@@ -2,9 +2,10 @@
 # SPDX-License-Identifier: MIT
 # Quick start, second command: the full test suite.
 #  1. make check in the normal build;
-#  2. make distcheck, configured with AddressSanitizer and UBSan, so the
-#     same tests run again under the sanitizers from the release tarball,
-#     in a separate tree (tests never write into the source tree).
+#  2. make distcheck, configured with AddressSanitizer and UBSan (and
+#     warnings as errors), so the same tests run again under the
+#     sanitizers from the release tarball, in a separate tree (tests
+#     never write into the source tree).
 # LAZYMEM_TEST_FAST=1 skips step 2.
 set -eu
 cd "$(dirname "$0")/.."
@@ -43,6 +44,6 @@ summary=$(cat "$build"/tests/check_*.log | awk '
 if [ "${LAZYMEM_TEST_FAST:-0}" != 1 ]; then
 	CK_TIMEOUT_MULTIPLIER=${CK_TIMEOUT_MULTIPLIER:-4} \
 	make -C "$build" -j"$(nproc)" distcheck \
-		DISTCHECK_CONFIGURE_FLAGS="--enable-asan --enable-ubsan"
+		DISTCHECK_CONFIGURE_FLAGS="--enable-asan --enable-ubsan --enable-werror"
 fi
 echo "checks: $summary"
