@@ -37,7 +37,8 @@ struct lm_region;
  * LM_MODE_THREAD: handler threads read fault messages from the
  *   userfaultfd and fill pages.  Syscalls that write into a page that has
  *   not been filled yet (read(fd, region, n)) simply wait for the fill,
- *   fork() children are served, nothing owns a signal.  The default.
+ *   and nothing owns a signal.  The default.  A fork() child resolves
+ *   its own faults by signal: see lazymem(7).
  * LM_MODE_SIGNAL: the faulting thread gets SIGBUS and fills the page
  *   itself, in the runtime's signal handler: no thread hand-off, several
  *   times faster per fault.  Syscalls that write into an unfilled page
@@ -112,7 +113,6 @@ enum lm_uffd_origin {
 #define LM_LIMIT_NO_PTRACE	(1u << 1)	/* no CAP_SYS_PTRACE in the effective set */
 #define LM_LIMIT_SYSCTL		(1u << 2)	/* vm.unprivileged_userfaultfd = 0 */
 #define LM_LIMIT_FORCED		(1u << 3)	/* user-mode-only was asked for (LAZYMEM_UFFD=user) */
-#define LM_LIMIT_NO_FORK	(1u << 4)	/* no EVENT_FORK (needs CAP_SYS_PTRACE): see lazymem(7) */
 
 /*
  * Statistics, defined once.  X(name, kind, unit, help): kind is COUNTER
@@ -125,7 +125,6 @@ enum lm_uffd_origin {
 	X(faults_wp,		COUNTER, "faults",  "Write-protect faults received") \
 	X(faults_signal,	COUNTER, "faults",  "Faults resolved in the faulting thread (signal mode)") \
 	X(faults_thread,	COUNTER, "faults",  "Faults resolved by a handler thread") \
-	X(faults_child,		COUNTER, "faults",  "Faults of fork() children served by this runtime") \
 	X(faults_dup,		COUNTER, "faults",  "Faults on a page another fill had already populated") \
 	X(faults_parked,	COUNTER, "faults",  "Faults on a page in a transitional state, replayed later") \
 	X(fills_zero,		COUNTER, "pages",   "Pages filled from zero") \
@@ -140,8 +139,7 @@ enum lm_uffd_origin {
 	X(events_remove,	COUNTER, "events",  "madvise(MADV_DONTNEED/REMOVE) events on regions") \
 	X(events_unmap,		COUNTER, "events",  "munmap events on regions") \
 	X(events_remap,		COUNTER, "events",  "mremap events on regions") \
-	X(events_fork,		COUNTER, "events",  "fork events (children served)") \
-	X(children_live,	GAUGE,   "processes", "fork() children whose faults this runtime serves") \
+	X(forks_followed,	COUNTER, "events",  "fork() calls the runtime followed into the child") \
 	X(sigbus_raised,	COUNTER, "pages",   "Pages that could not be filled: the toucher got SIGBUS") \
 	X(io_errors,		COUNTER, "errors",  "Read errors from file sources") \
 	X(io_uring_reads,	COUNTER, "requests", "Reads submitted through io_uring") \

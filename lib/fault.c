@@ -13,8 +13,7 @@
 #define MSG_BATCH 32
 #define RA_START 4
 #define PREFETCH_CHUNK 1024
-/* epoll tags: 0 stop, ufd + 1 the runtime's userfaultfd, CHILD_TAG | id a child's. */
-#define CHILD_TAG (1ull << 63)
+/* epoll tags: 0 stop, 1 the runtime's userfaultfd. */
 
 static inline uintptr_t page_addr(struct lm_region *r, uint64_t pgno)
 {
@@ -437,49 +436,16 @@ void lm__wait_settled(struct lm_region *r, uint64_t first, uint64_t count)
 }
 
 /*
- * A fork() child's fault: the child's view of a page it did not inherit
- * is the source's, so it is filled from the source through the child's
- * userfaultfd.  The parent's page table says nothing about the child.
- */
-static void fill_child(struct lm__filler *f, struct lm_region *r, uint64_t pgno, int ufd)
-{
-	struct lm_runtime *rt = r->rt;
-	size_t ps = (size_t)rt->page_size;
-	const unsigned char *src;
-	uintptr_t addr = page_addr(r, pgno);
-	LM__STAT_ADD(rt, faults_child, 1);
-	long avail = read_source(f, r, pgno, 1, &src);
-	if (avail <= 0) {
-		if (lm__uffd_poison(ufd, addr, ps) < 0)
-			lm__uffd_wake(ufd, addr, ps);
-		LM__STAT_ADD(rt, sigbus_raised, 1);
-		return;
-	}
-	size_t done;
-	int rc = lm__uffd_copy(ufd, addr, src, ps, &done);
-	if (rc == 0) {
-		count_fill(rt, r->kind, 1);
-	} else if (rc == -EEXIST || rc == -EAGAIN || rc == -ENOENT || rc == -ESRCH) {
-		/* Present already, address space changing, unmapped, or gone: replay. */
-		lm__uffd_wake(ufd, addr, ps);
-	} else {
-		LM__STAT_ADD(rt, sigbus_raised, 1);
-		if (lm__uffd_poison(ufd, addr, ps) < 0)
-			lm__uffd_wake(ufd, addr, ps);
-	}
-}
-
-/*
- * True while some other handler may hold an event (remap, unmap) it has
- * read but not applied: the application's call has returned and its
- * threads may already fault on addresses the runtime does not know yet.
+ * True while some handler may hold an event (remap, unmap) it has read
+ * but not applied: the application's call has returned and its threads
+ * may already fault on addresses the runtime does not know yet.
  */
 static bool events_unapplied(struct lm_runtime *rt)
 {
 	return atomic_load_explicit(&rt->ev_unapplied, memory_order_seq_cst) > 0;
 }
 
-static void handle_fault(struct lm__filler *f, int ufd, bool child, const struct uffd_msg *m)
+static void handle_fault(struct lm__filler *f, int ufd, const struct uffd_msg *m)
 {
 	struct lm_runtime *rt = f->rt;
 	uintptr_t addr = (uintptr_t)m->arg.pagefault.address & ~((uintptr_t)rt->page_size - 1);
@@ -491,7 +457,7 @@ static void handle_fault(struct lm__filler *f, int ufd, bool child, const struct
 		LM__STAT_ADD(rt, faults_missing, 1);
 	int idx = lm__read_lock(rt);
 	struct lm_region *r = lm__region_find(rt, addr);
-	if (!r && !child && events_unapplied(rt)) {
+	if (!r && events_unapplied(rt)) {
 		/* Maybe a part just moved by mremap: replay once the event is applied. */
 		LM__STAT_ADD(rt, faults_parked, 1);
 		lm__uffd_wake(ufd, addr, (size_t)rt->page_size);
@@ -506,12 +472,17 @@ static void handle_fault(struct lm__filler *f, int ufd, bool child, const struct
 		int rc = lm__uffd_zeropage(ufd, addr, (size_t)rt->page_size, &done);
 		if (rc < 0)
 			lm__uffd_wake(ufd, addr, (size_t)rt->page_size);
-	} else if (child) {
-		fill_child(f, r, (addr - r->start) >> rt->page_shift, ufd);
 	} else {
 		unsigned flags = (m->arg.pagefault.flags & UFFD_PAGEFAULT_FLAG_WRITE) ? LM_FILL_WRITE : 0;
 		uint64_t pgno = (addr - r->start) >> rt->page_shift;
 		long n = lm__fill(f, r, pgno, 0, flags, ufd);
+		/*
+		 * Failed (unmapped, moved, changing): the fill woke the page at
+		 * the region's address; the thread waits at the message's, which
+		 * differs if the whole region moved meanwhile.  A spare wake is free.
+		 */
+		if (n < 0)
+			lm__uffd_wake(ufd, addr, (size_t)rt->page_size);
 		/*
 		 * Asynchronous readahead, as the kernel does it: the install
 		 * above woke the faulting thread, which now works through its
@@ -545,144 +516,68 @@ static void handle_remove(struct lm_runtime *rt, uintptr_t start, uintptr_t end)
 	lm__read_unlock(rt, idx);
 }
 
-static void add_child(struct lm_runtime *rt, int ufd)
-{
-	struct lm__child *c = calloc(1, sizeof(*c));
-	struct epoll_event ev = { .events = EPOLLIN };
-	if (!c) {
-		close(ufd);
-		return;
-	}
-	c->ufd = ufd;
-	pthread_mutex_lock(&rt->ch_lock);
-	c->id = ++rt->next_child_id;
-	ev.data.u64 = CHILD_TAG | c->id;
-	if (epoll_ctl(rt->epfd, EPOLL_CTL_ADD, ufd, &ev) < 0) {
-		pthread_mutex_unlock(&rt->ch_lock);
-		close(ufd);
-		free(c);
-		return;
-	}
-	c->next = rt->children;
-	rt->children = c;
-	pthread_mutex_unlock(&rt->ch_lock);
-	LM__STAT_ADD(rt, events_fork, 1);
-	LM__STAT_ADD(rt, children_live, 1);
-}
-
-/*
- * Closes the userfaultfds of children that exited or exec'ed.  Nothing
- * announces that, so it is probed: after each fork and once a second
- * while children exist.  Detached children are closed only once no
- * handler can still be reading them.
- */
-static void sweep_children(struct lm_runtime *rt)
-{
-	struct lm__child *dead = NULL;
-	pthread_mutex_lock(&rt->ch_lock);
-	for (struct lm__child **pp = &rt->children; *pp;) {
-		struct lm__child *c = *pp;
-		if (lm__uffd_mm_dead(c->ufd, rt->probe_page)) {
-			*pp = c->next;
-			epoll_ctl(rt->epfd, EPOLL_CTL_DEL, c->ufd, NULL);
-			c->next = dead;
-			dead = c;
-		} else {
-			pp = &c->next;
-		}
-	}
-	pthread_mutex_unlock(&rt->ch_lock);
-	if (!dead)
-		return;
-	lm__synchronize(rt);
-	while (dead) {
-		struct lm__child *n = dead->next;
-		close(dead->ufd);
-		free(dead);
-		LM__STAT_SUB(rt, children_live, 1);
-		dead = n;
-	}
-}
-
-/*
- * Reads and handles every message pending on one userfaultfd.  Returns
- * true when a fork happened (the caller sweeps children afterwards,
- * outside any read section).
- */
-/* Applies one event message; returns true for a fork. */
-static bool apply_event(struct lm_runtime *rt, bool child, const struct uffd_msg *m)
+/* Applies one event message, in the order the kernel queued it. */
+static void apply_event(struct lm_runtime *rt, const struct uffd_msg *m)
 {
 	switch (m->event) {
-	case UFFD_EVENT_FORK:
-		add_child(rt, (int)m->arg.fork.ufd);
-		return true;
 	case UFFD_EVENT_REMAP:
 		LM__STAT_ADD(rt, events_remap, 1);
-		if (!child)
-			lm__region_remap(rt, (uintptr_t)m->arg.remap.from, (uintptr_t)m->arg.remap.to,
-					 (size_t)m->arg.remap.len);
+		lm__region_remap(rt, (uintptr_t)m->arg.remap.from, (uintptr_t)m->arg.remap.to,
+				 (size_t)m->arg.remap.len);
 		break;
 	case UFFD_EVENT_REMOVE:
 		LM__STAT_ADD(rt, events_remove, 1);
-		if (!child)
-			handle_remove(rt, (uintptr_t)m->arg.remove.start, (uintptr_t)m->arg.remove.end);
+		handle_remove(rt, (uintptr_t)m->arg.remove.start, (uintptr_t)m->arg.remove.end);
 		break;
 	case UFFD_EVENT_UNMAP:
 		LM__STAT_ADD(rt, events_unmap, 1);
-		if (!child)
-			lm__region_unmapped(rt, (uintptr_t)m->arg.remove.start,
-					    (uintptr_t)m->arg.remove.end);
+		lm__region_unmapped(rt, (uintptr_t)m->arg.remove.start,
+				    (uintptr_t)m->arg.remove.end);
 		break;
 	}
-	return false;
 }
 
 /*
- * Reads and handles every message pending on one userfaultfd.  Returns
- * true when a fork happened (the caller sweeps children afterwards,
- * outside any read section).
+ * Reads and handles every message pending on the userfaultfd.
  *
  * Events are applied in the order the kernel queued them: one system
  * call queues several (mremap: REMAP, then UNMAP of the old range), and
  * two handlers applying them concurrently could forget the moved pages
- * before moving them.  So on the parent's userfaultfd one handler at a
- * time reads and applies its batch's events under ev_lock; the batch's
- * faults are handled after it is released, in parallel.
+ * before moving them.  So one handler at a time reads and applies its
+ * batch's events under ev_lock; the batch's faults are handled after it
+ * is released, in parallel.  Each batch is also one section of the evq
+ * epoch, which lm_region_destroy waits out (a section per batch, not per
+ * drain, so that steady faults never starve it).
+ *
+ * No fork waits for this path: the runtime does not ask for fork events
+ * (see signal.c), so taking locks or allocating here can never hold up a
+ * fork() that itself holds the allocator's locks.
  */
-static bool drain(struct lm__filler *f, int ufd, bool child)
+static void drain(struct lm__filler *f, int ufd)
 {
 	struct lm_runtime *rt = f->rt;
 	struct uffd_msg msgs[MSG_BATCH];
-	bool forked = false;
 	for (;;) {
-		/*
-		 * Counted from before the read until the batch's events are
-		 * applied: see events_unapplied.
-		 */
-		if (!child) {
-			pthread_mutex_lock(&rt->ev_lock);
-			atomic_fetch_add_explicit(&rt->ev_unapplied, 1, memory_order_seq_cst);
-		}
+		int ev = lm__epoch_enter(&rt->evq);
+		/* Counted from before the read until the batch's events are applied. */
+		pthread_mutex_lock(&rt->ev_lock);
+		atomic_fetch_add_explicit(&rt->ev_unapplied, 1, memory_order_seq_cst);
 		ssize_t n = read(ufd, msgs, sizeof(msgs));
 		int err = n < 0 ? errno : 0;
 		size_t count = n > 0 ? (size_t)n / sizeof(msgs[0]) : 0;
 		for (size_t i = 0; i < count; i++)
 			if (msgs[i].event != UFFD_EVENT_PAGEFAULT)
-				forked |= apply_event(rt, child, &msgs[i]);
-		if (!child) {
-			atomic_fetch_sub_explicit(&rt->ev_unapplied, 1, memory_order_seq_cst);
-			pthread_mutex_unlock(&rt->ev_lock);
-		}
-		if (n < 0) {
-			if (err == EINTR)
-				continue;
-			return forked;	/* EAGAIN: drained; anything else: nothing to read */
-		}
+				apply_event(rt, &msgs[i]);
+		atomic_fetch_sub_explicit(&rt->ev_unapplied, 1, memory_order_seq_cst);
+		pthread_mutex_unlock(&rt->ev_lock);
 		for (size_t i = 0; i < count; i++)
 			if (msgs[i].event == UFFD_EVENT_PAGEFAULT)
-				handle_fault(f, ufd, child, &msgs[i]);
-		if ((size_t)n < sizeof(msgs))
-			return forked;
+				handle_fault(f, ufd, &msgs[i]);
+		lm__epoch_exit(&rt->evq, ev);
+		if (n < 0 && err == EINTR)
+			continue;
+		if (n < 0 || (size_t)n < sizeof(msgs))
+			return;	/* EAGAIN: drained; anything else: nothing to read */
 	}
 }
 
@@ -695,48 +590,15 @@ void *lm__handler_main(void *arg)
 	sigfillset(&all);
 	pthread_sigmask(SIG_BLOCK, &all, NULL);
 	struct epoll_event evs[8];
-	uint64_t last_sweep = lm__now_ns();
 	while (!atomic_load_explicit(&rt->stopping, memory_order_relaxed)) {
-		bool have_children = atomic_load_explicit(&rt->stats.children_live,
-							  memory_order_relaxed) != 0;
-		int n = epoll_wait(rt->epfd, evs, 8, have_children ? 1000 : -1);
+		int n = epoll_wait(rt->epfd, evs, 8, -1);
 		if (n < 0 && errno != EINTR)
 			break;
-		/* Once a second while children exist, however busy the runtime is. */
-		if (have_children && lm__now_ns() - last_sweep >= 1000000000ull) {
-			sweep_children(rt);
-			last_sweep = lm__now_ns();
-		}
-		bool forked = false;
 		for (int i = 0; i < n; i++) {
-			uint64_t tag = evs[i].data.u64;
-			if (tag == 0)
+			if (evs[i].data.u64 == 0)
 				return NULL;	/* stop_fd: the runtime is closing */
-			if (tag == (uint64_t)(unsigned)rt->ufd + 1) {
-				/* See lm_region_destroy: it waits out event batches in flight. */
-				int ev = lm__epoch_enter(&rt->evq);
-				forked |= drain(f, rt->ufd, false);
-				lm__epoch_exit(&rt->evq, ev);
-				continue;
-			}
-			/*
-			 * A child, by id: a sweep may have freed it since epoll_wait
-			 * returned.  Found inside a read section, it stays open until
-			 * the section ends (see sweep_children).
-			 */
-			int idx = lm__read_lock(rt);
-			int cufd = -1;
-			pthread_mutex_lock(&rt->ch_lock);
-			for (struct lm__child *c = rt->children; c; c = c->next)
-				if ((CHILD_TAG | c->id) == tag)
-					cufd = c->ufd;
-			pthread_mutex_unlock(&rt->ch_lock);
-			if (cufd >= 0)
-				forked |= drain(f, cufd, true);
-			lm__read_unlock(rt, idx);
+			drain(f, rt->ufd);
 		}
-		if (forked)
-			sweep_children(rt);
 	}
 	return NULL;
 }

@@ -46,8 +46,6 @@ int lm__uffd_copy(int ufd, uintptr_t dst, const void *src, size_t len,
 int lm__uffd_zeropage(int ufd, uintptr_t dst, size_t len, size_t *done);
 int lm__uffd_poison(int ufd, uintptr_t dst, size_t len);
 int lm__uffd_wake(int ufd, uintptr_t start, size_t len);
-/* 1 when the mm behind a (child's) userfaultfd is gone, 0 when alive. */
-int lm__uffd_mm_dead(int ufd, uintptr_t probe_addr);
 
 /* ---- pagetable.c: the radix tree of page entries --------------------- */
 
@@ -218,11 +216,6 @@ void lm__region_free_all(struct lm_runtime *rt);
 
 /* ---- runtime.c ------------------------------------------------------- */
 
-struct lm__child {
-	int ufd;
-	uint64_t id;			/* its epoll tag: CHILD_TAG | id */
-	struct lm__child *next;
-};
 
 struct lm__prefetch {
 	struct lm_region *r;
@@ -275,17 +268,6 @@ struct lm_runtime {
 	struct lm__epoch evq;		/* handlers between reading events and applying them */
 	pthread_mutex_t ev_lock;	/* one reader of the parent's userfaultfd applies its events at a time */
 	_Atomic int ev_unapplied;	/* a read in progress, or its events not applied yet */
-
-	/*
-	 * fork() children whose faults we serve (thread mode), guarded by
-	 * ch_lock.  A child is read inside a read section, so a detached
-	 * child is closed only after lm__synchronize: its descriptor number
-	 * can then be reused without a handler reading someone else's file.
-	 */
-	pthread_mutex_t ch_lock;
-	struct lm__child *children;
-	uint64_t next_child_id;
-	uintptr_t probe_page;		/* an unregistered page used to test a child's mm */
 
 	/* Background prefetch (will-need advice). */
 	pthread_mutex_t pf_lock;

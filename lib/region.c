@@ -226,9 +226,6 @@ static int create(struct lm_runtime *rt, size_t length, unsigned flags, int kind
 {
 	if (!rt || !out || !length || flags)
 		return -EINVAL;
-	/* In a fork() child still served through the parent's descriptor, see lazymem(7). */
-	if (getpid() != rt->ufd_pid)
-		return -ECHILD;
 	size_t ps = (size_t)rt->page_size;
 	if (length > SIZE_MAX - ps)
 		return -EINVAL;
@@ -708,9 +705,6 @@ int lm_region_advise(struct lm_region *r, size_t offset, size_t length, int advi
 		return -EINVAL;
 	uint64_t first = offset >> rt->page_shift;
 	uint64_t count = (length + ps - 1) >> rt->page_shift;
-	/* Prefetching in a fork() child would fill the parent's pages. */
-	if ((advice == LM_ADV_WILLNEED || advice == LM_ADV_POPULATE) && getpid() != rt->ufd_pid)
-		return -ECHILD;
 	switch (advice) {
 	case LM_ADV_NORMAL:
 	case LM_ADV_SEQUENTIAL:

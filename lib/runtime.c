@@ -214,8 +214,10 @@ static void atfork_prepare(void)
 static void atfork_parent(void)
 {
 	lm__signal_atfork_parent();
-	for (struct lm_runtime *rt = all_list; rt; rt = rt->all_next)
+	for (struct lm_runtime *rt = all_list; rt; rt = rt->all_next) {
+		LM__STAT_ADD(rt, forks_followed, 1);
 		pthread_mutex_unlock(&rt->lock);
+	}
 	pthread_mutex_unlock(&all_lock);
 }
 
@@ -223,9 +225,9 @@ static void atfork_child(void)
 {
 	for (struct lm_runtime *rt = all_list; rt; rt = rt->all_next) {
 		pthread_mutex_init(&rt->lock, NULL);
-		pthread_mutex_init(&rt->ch_lock, NULL);
 		pthread_mutex_init(&rt->ev_lock, NULL);
 		pthread_mutex_init(&rt->pf_lock, NULL);
+		pthread_cond_init(&rt->pf_cond, NULL);
 		lm__epoch_init(&rt->rcu);
 		lm__epoch_init(&rt->evq);
 		atomic_store(&rt->ev_unapplied, 0);
@@ -338,27 +340,26 @@ int lm_runtime_open(const struct lm_options *user, struct lm_runtime **out)
 	rt->ufd = rt->epfd = rt->stop_fd = -1;
 	rt->pid = rt->ufd_pid = getpid();
 	rt->pf_tail = &rt->pf_head;
-	rt->probe_page = (uintptr_t)MAP_FAILED;
 	pthread_mutex_init(&rt->lock, NULL);
 	lm__epoch_init(&rt->rcu);
 	lm__epoch_init(&rt->evq);
-	pthread_mutex_init(&rt->ch_lock, NULL);
 	pthread_mutex_init(&rt->ev_lock, NULL);
 	pthread_mutex_init(&rt->pf_lock, NULL);
 	pthread_cond_init(&rt->pf_cond, NULL);
 	atomic_init(&rt->table, NULL);
 
 	/*
-	 * Thread mode serves fork() children through their own userfaultfd
-	 * (EVENT_FORK); signal mode cannot, since the child would need the
-	 * descriptor, so it re-registers in the child instead (signal.c).
+	 * No fork events: with them the kernel holds a forking thread inside
+	 * clone() until a handler reads the event, while glibc holds the
+	 * allocator's locks and the fork handlers hold the runtime's, so a
+	 * handler that needed either could never read it.  The runtime
+	 * follows fork() itself instead (signal.c): the child takes a
+	 * userfaultfd of its own and fills from its copy of the regions.
 	 */
 	uint64_t want = UFFD_FEATURE_EVENT_REMAP | UFFD_FEATURE_EVENT_REMOVE |
 			UFFD_FEATURE_EVENT_UNMAP | UFFD_FEATURE_THREAD_ID | (1ull << 14) /* POISON */;
 	if (rt->mode == LM_MODE_SIGNAL)
 		want |= UFFD_FEATURE_SIGBUS;
-	else
-		want |= UFFD_FEATURE_EVENT_FORK;
 	rt->ufd = lm__uffd_open(rt->mode, o.uffd_source, want, &rt->origin, &rt->limits,
 				&rt->features);
 	if (rt->ufd < 0) {
@@ -385,15 +386,6 @@ int lm_runtime_open(const struct lm_options *user, struct lm_runtime **out)
 	lm__log(rt, 3, "userfaultfd origin %d features 0x%llx mode %d", rt->origin,
 		(unsigned long long)rt->features, rt->mode);
 
-	/* A mapped, never-registered page: the liveness probe for children. */
-	void *probe = mmap(NULL, (size_t)rt->page_size, PROT_READ, MAP_PRIVATE | MAP_ANONYMOUS,
-			   -1, 0);
-	if (probe == MAP_FAILED) {
-		rc = -errno;
-		goto fail;
-	}
-	rt->probe_page = (uintptr_t)probe;
-
 	rt->epfd = epoll_create1(EPOLL_CLOEXEC);
 	rt->stop_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
 	if (rt->epfd < 0 || rt->stop_fd < 0) {
@@ -401,14 +393,14 @@ int lm_runtime_open(const struct lm_options *user, struct lm_runtime **out)
 		goto fail;
 	}
 	if ((rc = epoll_add(rt->epfd, rt->stop_fd, 0)) < 0 ||
-	    (rc = epoll_add(rt->epfd, rt->ufd, (uint64_t)(unsigned)rt->ufd + 1)) < 0)
+	    (rc = epoll_add(rt->epfd, rt->ufd, 1)) < 0)
 		goto fail;
 	if (rt->mode == LM_MODE_SIGNAL) {
 		/* Events (remove, unmap, remap) still come as messages: one thread reads them. */
 		rt->opt.handler_threads = 1;
 		if ((rc = lm__signal_attach(rt)) < 0)
 			goto fail;
-	} else if (!(rt->features & UFFD_FEATURE_EVENT_FORK)) {
+	} else {
 		lm__fork_follow(rt);
 	}
 	if ((rc = start_threads(rt)) < 0)
@@ -462,11 +454,6 @@ static void close_runtime(struct lm_runtime *rt)
 		rt->pf_head = p->next;
 		free(p);
 	}
-	for (struct lm__child *c = rt->children, *n; c; c = n) {
-		n = c->next;
-		close(c->ufd);
-		free(c);
-	}
 	if (rt->fillers)
 		for (int i = 0; i < rt->opt.handler_threads; i++)
 			lm__filler_fini(&rt->fillers[i]);
@@ -475,8 +462,6 @@ static void close_runtime(struct lm_runtime *rt)
 	free(rt->threads);
 	free(atomic_load(&rt->table));
 	free(rt->spare);
-	if (rt->probe_page != (uintptr_t)MAP_FAILED)
-		munmap((void *)rt->probe_page, (size_t)rt->page_size);
 	if (rt->epfd >= 0)
 		close(rt->epfd);
 	if (rt->stop_fd >= 0)
@@ -486,7 +471,6 @@ static void close_runtime(struct lm_runtime *rt)
 	pthread_mutex_destroy(&rt->lock);
 	lm__epoch_fini(&rt->rcu);
 	lm__epoch_fini(&rt->evq);
-	pthread_mutex_destroy(&rt->ch_lock);
 	pthread_mutex_destroy(&rt->ev_lock);
 	pthread_mutex_destroy(&rt->pf_lock);
 	pthread_cond_destroy(&rt->pf_cond);

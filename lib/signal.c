@@ -139,13 +139,14 @@ static void on_sigbus(int sig, siginfo_t *si, void *uc)
 }
 
 /*
- * A fork() child inherits the regions but not the registration (EVENT_FORK
- * would hand the child's userfaultfd to the parent, and the child's
- * handler could not use it).  So the child takes a userfaultfd of its own
- * and registers the regions again: pages it inherited stay, pages it did
- * not are filled from the source on its own first touch.  No events are
- * enabled in the child: nobody would read them, and munmap/madvise would
- * wait for that forever.
+ * A fork() child inherits the regions but not the registration (the
+ * runtime asks for no fork events: see lm_runtime_open).  So the child
+ * takes a userfaultfd of its own and registers its copy of the regions
+ * again: pages it inherited stay, pages it did not are filled from the
+ * source on its own first touch, from the regions as they were at the
+ * fork.  It has no handler threads, so it resolves faults by signal.  No
+ * events are enabled in the child: nobody would read them, and
+ * munmap/madvise would wait for that forever.
  */
 static int reset_filling(lm__pte *e, uint64_t pgno, void *arg)
 {
@@ -267,9 +268,9 @@ int lm__signal_attach(struct lm_runtime *rt)
 }
 
 /*
- * Thread mode without fork events (they need CAP_SYS_PTRACE): a child
- * would lose the registration and read zeros where the source has data,
- * so the runtime follows fork() the way signal mode does.
+ * Thread mode: without following, a child would lose the registration and
+ * read zeros where the source has data; it follows fork() the way signal
+ * mode does.
  */
 void lm__fork_follow(struct lm_runtime *rt)
 {

@@ -169,24 +169,8 @@ int lm__uffd_open(int mode, int forced_origin, uint64_t want_features,
 			last = fd;
 			continue;
 		}
-		/*
-		 * EVENT_FORK needs CAP_SYS_PTRACE whatever the origin; without it
-		 * the runtime still works, and says so in the limits.
-		 */
 		uint64_t want = want_features & avail, got = 0;
 		err = api(fd, want, &got);
-		unsigned nofork = 0;
-		if (err == -EPERM && (want & UFFD_FEATURE_EVENT_FORK)) {
-			close(fd);
-			fd = open_origin(order[i]);
-			if (fd < 0) {
-				last = fd;
-				continue;
-			}
-			want &= ~(uint64_t)UFFD_FEATURE_EVENT_FORK;
-			err = api(fd, want, &got);
-			nofork = LM_LIMIT_NO_FORK;
-		}
 		if (err < 0) {
 			close(fd);
 			last = err;
@@ -194,7 +178,7 @@ int lm__uffd_open(int mode, int forced_origin, uint64_t want_features,
 		}
 		*origin = order[i];
 		*features = want;
-		*limits = nofork;
+		*limits = 0;
 		if (order[i] == LM_UFFD_SYSCALL_USER)
 			*limits |= forced_origin ? LM_LIMIT_FORCED : explain_limits(dev_err);
 		return fd;
@@ -295,24 +279,4 @@ int lm__uffd_wake(int ufd, uintptr_t start, size_t len)
 {
 	struct uffdio_range r = { .start = start, .len = len };
 	return ioctl(ufd, UFFDIO_WAKE, &r) < 0 ? -errno : 0;
-}
-
-/*
- * A fork() child's userfaultfd outlives the child: nothing tells us the
- * child exited or exec'ed.  A copy into a page that is mapped but not
- * registered tells: the kernel checks that the mm is alive (ESRCH) before
- * it looks for the destination (ENOENT), and installs nothing either way.
- */
-int lm__uffd_mm_dead(int ufd, uintptr_t probe_addr)
-{
-	static const unsigned char zero[1];
-	struct uffdio_copy c = {
-		.dst = probe_addr,
-		.src = (uintptr_t)zero,
-		.len = (uint64_t)sysconf(_SC_PAGESIZE),
-		.mode = UFFDIO_COPY_MODE_DONTWAKE,
-	};
-	if (ioctl(ufd, UFFDIO_COPY, &c) == 0)
-		return 0;
-	return errno == ESRCH;
 }
