@@ -410,10 +410,14 @@ long lm__fill_range(struct lm__filler *f, struct lm_region *r, uint64_t first, u
 	while (pg < end) {
 		unsigned want = end - pg < max ? (unsigned)(end - pg) : max;
 		long n = lm__fill(f, r, pg, want, LM_FILL_PREFETCH, r->rt->ufd);
-		if (n == -EAGAIN) {
-			sched_yield();
-			continue;
-		}
+		/*
+		 * The address space is changing: an event is pending that a
+		 * handler must read and apply, and applying it may wait for
+		 * this very read section.  Never back off in here: return, and
+		 * let the caller leave the section before it tries again.
+		 */
+		if (n == -EAGAIN)
+			return total ? total : n;
 		if (n == -ESRCH)
 			return n;
 		/* Past the end of the file is not an error: mmap would not fill it either. */
@@ -631,9 +635,13 @@ void *lm__prefetch_main(void *arg)
 		 * for readers) never waits for a whole gigabyte of prefetch.
 		 */
 		uint64_t chunk = p->count < PREFETCH_CHUNK ? p->count : PREFETCH_CHUNK;
-		if (live)
-			lm__fill_range(&rt->pf_filler, p->r, p->first, chunk);
+		long done = live ? lm__fill_range(&rt->pf_filler, p->r, p->first, chunk) : 0;
 		lm__read_unlock(rt, idx);
+		if (done == -EAGAIN) {
+			/* Outside the section now: let the pending event be applied, then retry. */
+			sched_yield();
+			chunk = 0;
+		}
 		pthread_mutex_lock(&rt->pf_lock);
 		if (live && chunk < p->count) {
 			/* Back at the head: the rest goes on, unless destroy drops it. */

@@ -685,11 +685,19 @@ static int populate(struct lm_region *r, uint64_t first, uint64_t count)
 	int rc = lm__filler_init(&f, rt, false);
 	if (rc < 0)
 		return rc;
-	int idx = lm__read_lock(rt);
-	long n = lm__fill_range(&f, r, first, count);
-	/* "Resident when it returns" includes pages other threads were filling. */
-	lm__wait_settled(r, first, count);
-	lm__read_unlock(rt, idx);
+	long n;
+	for (;;) {
+		int idx = lm__read_lock(rt);
+		n = lm__fill_range(&f, r, first, count);
+		/* "Resident when it returns" includes pages other threads were filling. */
+		if (n != -EAGAIN)
+			lm__wait_settled(r, first, count);
+		lm__read_unlock(rt, idx);
+		if (n != -EAGAIN)
+			break;
+		/* The address space is changing: retry once the event is applied, outside. */
+		sched_yield();
+	}
 	lm__filler_fini(&f);
 	return n < 0 ? (int)n : 0;
 }

@@ -231,7 +231,11 @@ static void atfork_child(void)
 		lm__epoch_init(&rt->rcu);
 		lm__epoch_init(&rt->evq);
 		atomic_store(&rt->ev_unapplied, 0);
-		/* The parent's threads, prefetcher included, do not exist here. */
+		/*
+		 * The parent's threads, prefetcher included, do not exist here:
+		 * nothing to join on close (a prefetcher the child starts is).
+		 */
+		rt->nthreads = 0;
 		rt->pf_started = false;
 	}
 	lm__signal_atfork_child();
@@ -436,14 +440,6 @@ static void stop_threads(struct lm_runtime *rt)
 
 static void close_runtime(struct lm_runtime *rt)
 {
-	/*
-	 * In a fork() child the handler threads are the parent's: nothing to
-	 * join here, and nothing to tell them.
-	 */
-	if (getpid() != rt->pid) {
-		rt->nthreads = 0;
-		rt->pf_started = false;
-	}
 	all_del(rt);
 	/* Regions go first, while the handlers still serve faults on them. */
 	lm__region_free_all(rt);

@@ -556,6 +556,62 @@ START_TEST(test_fork_loop_never_blocks)
 END_TEST
 
 /*
+ * Regression: the prefetcher retried -EAGAIN (an munmap or mremap under
+ * way) inside its read section, while the handler applying the previous
+ * event waited for that section to end, and the pending event could then
+ * never be read: everything hung.  Prefetch and populate run while other
+ * threads munmap and mremap for two seconds.
+ */
+static atomic_bool pc_stop;
+static struct lm_runtime *pc_rt;
+
+static void *pc_churn(void *arg)
+{
+	(void)arg;
+	unsigned char *dst = mmap(NULL, 4 * ps, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	while (!atomic_load(&pc_stop)) {
+		struct lm_region *r;
+		if (lm_region_create_zero(pc_rt, 8 * ps, 0, &r) < 0)
+			continue;
+		char *p = lm_region_addr(r);
+		munmap(p + 7 * ps, ps);
+		void *got = mremap(p + 4 * ps, 2 * ps, 2 * ps, MREMAP_MAYMOVE | MREMAP_FIXED, dst);
+		if (got == dst)
+			(void)((volatile char *)dst)[0];
+		lm_region_destroy(r);
+		munmap(dst, 4 * ps);
+		dst = mmap(dst, 4 * ps, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	}
+	munmap(dst, 4 * ps);
+	return NULL;
+}
+
+START_TEST(test_prefetch_during_address_space_changes)
+{
+	pc_rt = lmt_open(mode_of(_i));
+	struct lm_region *big;
+	size_t len = 16u << 20;
+	ck_assert_int_eq(lm_region_create_zero(pc_rt, len, 0, &big), 0);
+	atomic_store(&pc_stop, false);
+	pthread_t t[2];
+	for (int i = 0; i < 2; i++)
+		pthread_create(&t[i], NULL, pc_churn, NULL);
+	struct timespec t0, now;
+	clock_gettime(CLOCK_MONOTONIC, &t0);
+	do {
+		ck_assert_int_eq(lm_region_advise(big, 0, len, LM_ADV_WILLNEED), 0);
+		ck_assert_int_eq(lm_region_advise(big, 0, len / 4, LM_ADV_POPULATE), 0);
+		ck_assert_int_eq(lm_region_advise(big, 0, len, LM_ADV_DONTNEED), 0);
+		clock_gettime(CLOCK_MONOTONIC, &now);
+	} while (now.tv_sec - t0.tv_sec < 2);
+	atomic_store(&pc_stop, true);
+	for (int i = 0; i < 2; i++)
+		pthread_join(t[i], NULL);
+	ck_assert_int_eq(lm_runtime_close(pc_rt), 0);
+}
+END_TEST
+
+/*
  * 6: fork() without exec.  The child must see every page as the parent
  * would: what the parent filled or wrote before the fork, and the source
  * for everything else.  Its own writes stay its own.
@@ -947,6 +1003,7 @@ static Suite *events_suite(void)
 	tcase_add_loop_test(tc, test_fork_exec, 0, 2);
 	tcase_add_test(tc, test_child_fault_on_unmapped_range);
 	tcase_add_loop_test(tc, test_fork_loop_never_blocks, 0, 2);
+	tcase_add_loop_test(tc, test_prefetch_during_address_space_changes, 0, 2);
 	suite_add_tcase(s, tc);
 
 	tc = tcase_create("syscalls");
