@@ -2,7 +2,7 @@
 /* Unit tests of the page table (radix tree) compiled in from lib/pagetable.c. */
 #include "internal.h"
 
-#include <check.h>
+#include "testutil.h"
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -153,9 +153,5 @@ int main(void)
 	tcase_add_test(tc, walk_visits_range_in_order);
 	tcase_add_test(tc, concurrent_create_agrees);
 	suite_add_tcase(s, tc);
-	SRunner *sr = srunner_create(s);
-	srunner_run_all(sr, CK_NORMAL);
-	int failed = srunner_ntests_failed(sr);
-	srunner_free(sr);
-	return failed ? EXIT_FAILURE : EXIT_SUCCESS;
+	return lmt_run(s);
 }

@@ -2,7 +2,7 @@
 /* Unit tests of the swap file (lib/swap.c, compiled in): slots, checksums, batched I/O, failures. */
 #include "internal.h"
 
-#include <check.h>
+#include "testutil.h"
 #include <errno.h>
 #include <fcntl.h>
 #include <stdio.h>
@@ -238,9 +238,5 @@ int main(void)
 	tcase_add_loop_test(tc, corruption_is_detected, 0, 2);
 	tcase_add_test(tc, disk_full_is_reported);
 	suite_add_tcase(s, tc);
-	SRunner *sr = srunner_create(s);
-	srunner_run_all(sr, CK_NORMAL);
-	int failed = srunner_ntests_failed(sr);
-	srunner_free(sr);
-	return failed ? EXIT_FAILURE : EXIT_SUCCESS;
+	return lmt_run(s);
 }
