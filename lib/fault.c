@@ -38,7 +38,7 @@ static void settle(struct lm_region *r, lm__pte *e, uint64_t pgno, uint64_t val,
  * (its REMOVE event still in flight), and if it is in fact present the
  * install reports EEXIST and the old state is put back.
  */
-static bool claim(struct lm_region *r, lm__pte *e, bool fault, uint64_t *prev)
+static bool claim(lm__pte *e, bool fault, uint64_t *prev)
 {
 	uint64_t v = atomic_load_explicit(e, memory_order_acquire);
 	for (;;) {
@@ -52,7 +52,6 @@ static bool claim(struct lm_region *r, lm__pte *e, bool fault, uint64_t *prev)
 			return true;
 		}
 	}
-	(void)r;
 }
 
 /*
@@ -63,11 +62,10 @@ static bool claim(struct lm_region *r, lm__pte *e, bool fault, uint64_t *prev)
  * tried again: a fault is never dropped between the two.  Returns true
  * when the page was claimed; false when parked or poisoned.
  */
-static bool claim_or_park(struct lm_region *r, lm__pte *e, uint64_t pgno, uint64_t *prev,
-			  int ufd, bool *poisoned)
+static bool claim_or_park(struct lm_region *r, lm__pte *e, uint64_t *prev, bool *poisoned)
 {
 	for (;;) {
-		if (claim(r, e, true, prev))
+		if (claim(e, true, prev))
 			return true;
 		uint64_t v = atomic_load_explicit(e, memory_order_acquire);
 		unsigned s = LM_PTE_STATE(v);
@@ -83,8 +81,6 @@ static bool claim_or_park(struct lm_region *r, lm__pte *e, uint64_t pgno, uint64
 			return false;
 		}
 	}
-	(void)pgno;
-	(void)ufd;
 }
 
 /* The readahead window for a fault at pgno, from advice and the access pattern. */
@@ -239,8 +235,8 @@ long lm__fill(struct lm__filler *f, struct lm_region *r, uint64_t pgno, unsigned
 	}
 	uint64_t prev0;
 	bool poisoned = false;
-	if (fault ? !claim_or_park(r, e0, pgno, &prev0, ufd, &poisoned)
-		  : !claim(r, e0, false, &prev0)) {
+	if (fault ? !claim_or_park(r, e0, &prev0, &poisoned)
+		  : !claim(e0, false, &prev0)) {
 		/* Already poisoned: answer the fault with the poison again, not counted twice. */
 		if (poisoned)
 			poison(r, NULL, pgno, ufd), LM__STAT_SUB(rt, sigbus_raised, 1);
@@ -269,7 +265,7 @@ long lm__fill(struct lm__filler *f, struct lm_region *r, uint64_t pgno, unsigned
 	unsigned claimed = 1;
 	while (claimed < n) {
 		lm__pte *e = lm__pt_get(&r->pt, pgno + claimed, true);
-		if (!e || !claim(r, e, false, &prev[claimed]))
+		if (!e || !claim(e, false, &prev[claimed]))
 			break;
 		ents[claimed++] = e;
 	}
@@ -393,7 +389,7 @@ long lm__fill(struct lm__filler *f, struct lm_region *r, uint64_t pgno, unsigned
 	if (installed < n || fresh_done < fresh)
 		unaccount(r, n, installed, fresh - fresh_done, flags);
 	if (installed)
-		lm__stats_latency(rt, lm__now_ns() - t0, installed);
+		lm__stats_latency(rt, lm__now_ns() - t0);
 	return installed ? (long)installed : ret;
 }
 
@@ -653,7 +649,6 @@ void *lm__prefetch_main(void *arg)
 			rt->pf_head = p;
 		} else {
 			free(p);
-			atomic_fetch_sub(&rt->pf_pending, 1);
 		}
 	}
 	pthread_mutex_unlock(&rt->pf_lock);

@@ -37,7 +37,7 @@ static inline void lm__errno_restore(const int *saved)
  * -EEXIST: the page at *done already exists; -EAGAIN: the address space
  * is changing (mremap, fork) and the caller must back off, not spin.
  */
-int lm__uffd_open(int mode, int forced_origin, uint64_t want_features,
+int lm__uffd_open(int forced_origin, uint64_t want_features,
 		  int *origin, unsigned *limits, uint64_t *features);
 int lm__uffd_register(int ufd, uintptr_t start, size_t len);
 int lm__uffd_unregister(int ufd, uintptr_t start, size_t len);
@@ -105,7 +105,7 @@ struct lm__stats {
 #define LM__STAT_SET(rt, field, v) \
 	atomic_store_explicit(&(rt)->stats.field, (uint64_t)(v), memory_order_relaxed)
 
-void lm__stats_latency(struct lm_runtime *rt, uint64_t ns, unsigned pages);
+void lm__stats_latency(struct lm_runtime *rt, uint64_t ns);
 uint64_t lm__now_ns(void);
 
 /* ---- fileio.c: reads from file sources -------------------------------- */
@@ -209,7 +209,7 @@ int lm__region_advice_at(struct lm_region *r, uint64_t pgno);
 void lm__region_forget(struct lm_region *r, uintptr_t start, uintptr_t end, bool dropped);
 void lm__region_unmapped(struct lm_runtime *rt, uintptr_t start, uintptr_t end);
 /* True when [start, start + len) overlaps a region of any runtime of the process. */
-bool lm__overlaps_any_runtime(struct lm_runtime *rt, uintptr_t start, size_t len);
+bool lm__overlaps_any_runtime(uintptr_t start, size_t len);
 bool lm__overlaps_region(struct lm_runtime *rt, uintptr_t start, size_t len);
 int lm__region_remap(struct lm_runtime *rt, uintptr_t from, uintptr_t to, size_t len);
 void lm__region_free_all(struct lm_runtime *rt);
@@ -276,7 +276,6 @@ struct lm_runtime {
 	pthread_t pf_thread;
 	bool pf_started;
 	struct lm__filler pf_filler;
-	_Atomic long pf_pending;
 
 	/* Signal mode: staging buffers for faulting threads. */
 	struct lm__filler *pool;

@@ -290,7 +290,7 @@ static int create(struct lm_runtime *rt, size_t length, unsigned flags, int kind
 	 * Checked before rt->lock: the check takes the process-wide lock of
 	 * all runtimes, which fork() takes before each runtime's lock.
 	 */
-	if (kind == LM_SOURCE_MEMORY && lm__overlaps_any_runtime(rt, (uintptr_t)buf, length)) {
+	if (kind == LM_SOURCE_MEMORY && lm__overlaps_any_runtime((uintptr_t)buf, length)) {
 		lm__uffd_unregister(rt->ufd, r->start, len);
 		munmap(addr, len);
 		region_free(r);
@@ -345,7 +345,6 @@ static void drop_prefetch(struct lm_runtime *rt, struct lm_region *r)
 		if (p->r == r) {
 			*pp = p->next;
 			free(p);
-			atomic_fetch_sub(&rt->pf_pending, 1);
 		} else {
 			pp = &p->next;
 		}
@@ -648,7 +647,6 @@ static int queue_prefetch(struct lm_runtime *rt, struct lm_region *r, uint64_t f
 	}
 	*rt->pf_tail = p;
 	rt->pf_tail = &p->next;
-	atomic_fetch_add(&rt->pf_pending, 1);
 	pthread_cond_signal(&rt->pf_cond);
 	pthread_mutex_unlock(&rt->pf_lock);
 	return 0;

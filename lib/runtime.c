@@ -183,7 +183,7 @@ void lm__epoch_wait(struct lm__epoch *e)
 static pthread_mutex_t all_lock = PTHREAD_MUTEX_INITIALIZER;
 static struct lm_runtime *all_list;
 
-bool lm__overlaps_any_runtime(struct lm_runtime *self, uintptr_t start, size_t len)
+bool lm__overlaps_any_runtime(uintptr_t start, size_t len)
 {
 	bool hit = false;
 	pthread_mutex_lock(&all_lock);
@@ -193,7 +193,6 @@ bool lm__overlaps_any_runtime(struct lm_runtime *self, uintptr_t start, size_t l
 		lm__read_unlock(rt, idx);
 	}
 	pthread_mutex_unlock(&all_lock);
-	(void)self;
 	return hit;
 }
 
@@ -364,7 +363,7 @@ int lm_runtime_open(const struct lm_options *user, struct lm_runtime **out)
 			UFFD_FEATURE_EVENT_UNMAP | UFFD_FEATURE_THREAD_ID | (1ull << 14) /* POISON */;
 	if (rt->mode == LM_MODE_SIGNAL)
 		want |= UFFD_FEATURE_SIGBUS;
-	rt->ufd = lm__uffd_open(rt->mode, o.uffd_source, want, &rt->origin, &rt->limits,
+	rt->ufd = lm__uffd_open(o.uffd_source, want, &rt->origin, &rt->limits,
 				&rt->features);
 	if (rt->ufd < 0) {
 		rc = rt->ufd;

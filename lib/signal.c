@@ -214,7 +214,7 @@ void lm__signal_atfork_child(void)
 		int origin;
 		unsigned limits;
 		uint64_t features;
-		int fd = lm__uffd_open(LM_MODE_SIGNAL, rt->origin,
+		int fd = lm__uffd_open(rt->origin,
 				       UFFD_FEATURE_SIGBUS | (1ull << 14) /* POISON */, &origin,
 				       &limits, &features);
 		/* The parent's descriptor number now serves nothing in the child. */

@@ -17,14 +17,13 @@ uint64_t lm__now_ns(void)
 }
 
 /* Bucket i holds fills that took < 2^(i+8) ns per fill (256 ns .. 134 ms). */
-void lm__stats_latency(struct lm_runtime *rt, uint64_t ns, unsigned pages)
+void lm__stats_latency(struct lm_runtime *rt, uint64_t ns)
 {
 	unsigned b = 0;
 	while (b < LM_LAT_BUCKETS - 1 && ns >= (1ull << (b + 8)))
 		b++;
 	LM__STAT_ADD(rt, fill_latency[b], 1);
 	LM__STAT_ADD(rt, fill_ns_total, ns);
-	(void)pages;
 }
 
 static void sum_metadata(struct lm_runtime *rt, uint64_t *meta, uint64_t *resident)

@@ -139,12 +139,11 @@ static int open_origin(int origin)
  * faults missing nothing, but a kernel-mode access there gets EFAULT,
  * which the limits bits explain.
  */
-int lm__uffd_open(int mode, int forced_origin, uint64_t want_features,
+int lm__uffd_open(int forced_origin, uint64_t want_features,
 		  int *origin, unsigned *limits, uint64_t *features)
 {
 	int order[3] = { LM_UFFD_DEV, LM_UFFD_SYSCALL, LM_UFFD_SYSCALL_USER };
 	int n = 3, dev_err = 0, last = -ENOSYS;
-	(void)mode;
 	if (forced_origin) {
 		order[0] = forced_origin;
 		n = 1;
