@@ -95,7 +95,13 @@ static void on_sigbus(int sig, siginfo_t *si, void *uc)
 			if (r) {
 				uint64_t pgno = (addr - r->start) >> rt->page_shift;
 				lm__pte *e = lm__pt_get(&r->pt, pgno, false);
-				/* A poisoned page's SIGBUS belongs to the application. */
+				/*
+				 * A poisoned page's SIGBUS belongs to the application.
+				 * It arrives as BUS_ADRERR too (UFFDIO_POISON markers
+				 * raise a plain SIGBUS on recent kernels), so only the
+				 * page's state tells it from a missing page: without
+				 * this check the access would replay for ever.
+				 */
 				handled = !e || LM_PTE_STATE(atomic_load(e)) != LM_PS_POISON;
 				if (handled) {
 					LM__STAT_ADD(rt, faults_missing, 1);
