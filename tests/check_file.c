@@ -3,6 +3,9 @@
 #define _GNU_SOURCE
 #include "testutil.h"
 
+#include <linux/loop.h>
+#include <sys/ioctl.h>
+
 #include <linux/audit.h>
 #include <linux/filter.h>
 #include <linux/fuse.h>
@@ -166,6 +169,46 @@ START_TEST(contents_sequential)
 		ck_assert_uint_gt(st.io_uring_reads + st.pread_reads, 0);
 	}
 	ck_assert_int_eq(lm_region_destroy(r), 0);
+	close(fd);
+	lm_runtime_close(rt);
+}
+END_TEST
+
+/*
+ * A block device as the source: its st_size is 0, so the region must ask
+ * the device for its size (BLKGETSIZE64), or it would read one page per
+ * fault with no readahead.  A page past the device's end raises SIGBUS,
+ * as past a file's.
+ */
+START_TEST(block_device_source)
+{
+	const size_t PS = ps(), dlen = 4 * MIB;
+	lmt_install_sigbus();
+	struct lm_runtime *rt = lmt_open(mode_of(_i));
+	int fd = lmt_pattern_file(dlen);
+	int ctl = open("/dev/loop-control", O_RDWR | O_CLOEXEC);
+	ck_assert_msg(ctl >= 0, "/dev/loop-control: %s", strerror(errno));
+	int n = ioctl(ctl, LOOP_CTL_GET_FREE);
+	ck_assert_int_ge(n, 0);
+	char dev[64];
+	snprintf(dev, sizeof(dev), "/dev/loop%d", n);
+	int lfd = open(dev, O_RDWR | O_CLOEXEC);
+	ck_assert_int_ge(lfd, 0);
+	ck_assert_int_eq(ioctl(lfd, LOOP_SET_FD, fd), 0);
+	int bfd = open(dev, O_RDONLY | O_CLOEXEC);
+	ck_assert_int_ge(bfd, 0);
+	struct lm_region *r;
+	ck_assert_int_eq(lm_region_create_file(rt, bfd, 0, dlen + 2 * PS, 0, &r), 0);
+	const unsigned char *p = lm_region_addr(r);
+	assert_pattern(p, 0, dlen, "block device, sequential");
+	struct lm_stats st = lmt_stats(rt);
+	ck_assert_uint_ge(st.readahead_pages, dlen / PS / 2);
+	ck_assert_int_eq(lmt_touch((volatile char *)p + dlen + PS, 0), 1);
+	ck_assert_int_eq(lm_region_destroy(r), 0);
+	close(bfd);
+	ck_assert_int_eq(ioctl(lfd, LOOP_CLR_FD, 0), 0);
+	close(lfd);
+	close(ctl);
 	close(fd);
 	lm_runtime_close(rt);
 }
@@ -1306,6 +1349,7 @@ static Suite *file_suite(void)
 	tc = tcase_create("contents");
 	tcase_set_timeout(tc, 60);
 	tcase_add_loop_test(tc, contents_sequential, 0, 2);
+	tcase_add_loop_test(tc, block_device_source, 0, 2);
 	tcase_add_loop_test(tc, contents_random_order, 0, 2);
 	tcase_add_loop_test(tc, contents_with_offset, 0, 2);
 	tcase_add_loop_test(tc, file_grows_after_create, 0, 2);
