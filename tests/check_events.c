@@ -419,13 +419,10 @@ static void *cu_busy(void *arg)
 
 START_TEST(test_child_fault_on_unmapped_range)
 {
-	struct lm_options o;
-	lm_options_init(&o);
-	o.flags = LM_OPT_NO_ENV;
+	struct lm_options o = lmt_options(LM_MODE_THREAD);
 	o.handler_threads = 1;
 	o.readahead_max = 1024;
-	struct lm_runtime *rt;
-	ck_assert_int_eq(lm_runtime_open(&o, &rt), 0);
+	struct lm_runtime *rt = lmt_open_opts(&o);
 	cu_biglen = 32u << 20;
 	unsigned char *src = pattern_buf(0, cu_biglen);
 	ck_assert_int_eq(lm_region_create_memory(rt, src, cu_biglen, 0, &cu_big), 0);

@@ -190,12 +190,9 @@ static void *park_toucher(void *arg)
 START_TEST(parked_fault_survives_failed_owner)
 {
 	park_ps = PS;
-	struct lm_options o;
-	lm_options_init(&o);
-	o.flags = LM_OPT_NO_ENV;
+	struct lm_options o = lmt_options(LM_MODE_THREAD);
 	o.handler_threads = 2;
-	struct lm_runtime *rt;
-	ck_assert_int_eq(lm_runtime_open(&o, &rt), 0);
+	struct lm_runtime *rt = lmt_open_opts(&o);
 	static unsigned char src[64 * PS];
 	memset(src, 'S', sizeof(src));
 	struct lm_region *r;
@@ -258,12 +255,9 @@ END_TEST
 /* Handler thread count is honoured; one thread still serves many faulting threads. */
 START_TEST(single_handler_thread)
 {
-	struct lm_options o;
-	lm_options_init(&o);
-	o.flags = LM_OPT_NO_ENV;
+	struct lm_options o = lmt_options(LM_MODE_THREAD);
 	o.handler_threads = 1;
-	struct lm_runtime *rt;
-	ck_assert_int_eq(lm_runtime_open(&o, &rt), 0);
+	struct lm_runtime *rt = lmt_open_opts(&o);
 	ck_assert_uint_eq(lmt_stats(rt).handler_threads, 1);
 	lm_runtime_close(rt);
 	for (int round = 0; round < 2; round++)

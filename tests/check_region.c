@@ -44,10 +44,8 @@ START_TEST(memory_region_copies_bytes)
 {
 	struct lm_runtime *rt = lmt_open(mode_of(_i));
 	size_t len = 300 * PS + 777;
-	unsigned char *buf = malloc(len);
-	lmt_fill_pattern(buf, 0, len);
-	struct lm_region *r;
-	ck_assert_int_eq(lm_region_create_memory(rt, buf, len, 0, &r), 0);
+	unsigned char *buf;
+	struct lm_region *r = lmt_memory_region(rt, len, &buf);
 	unsigned char *p = lm_region_addr(r);
 	/* Touch in a scattered order first, then check everything. */
 	for (size_t pg = 0; pg < 301; pg += 7)
@@ -215,17 +213,11 @@ static void wait_stat(struct lm_runtime *rt, size_t off, uint64_t want)
 
 START_TEST(advice_random_and_sequential)
 {
-	struct lm_options o;
-	lm_options_init(&o);
-	o.flags = LM_OPT_NO_ENV;
-	o.mode = mode_of(_i);
+	struct lm_options o = lmt_options(mode_of(_i));
 	o.readahead_max = 16;
-	struct lm_runtime *rt;
-	ck_assert_int_eq(lm_runtime_open(&o, &rt), 0);
-	unsigned char *buf = malloc(256 * PS);
-	lmt_fill_pattern(buf, 0, 256 * PS);
-	struct lm_region *r;
-	ck_assert_int_eq(lm_region_create_memory(rt, buf, 256 * PS, 0, &r), 0);
+	struct lm_runtime *rt = lmt_open_opts(&o);
+	unsigned char *buf;
+	struct lm_region *r = lmt_memory_region(rt, 256 * PS, &buf);
 	unsigned char *p = lm_region_addr(r);
 	/* Random on the first half: one page per fault, even when scanned in order. */
 	ck_assert_int_eq(lm_region_advise(r, 0, 128 * PS, LM_ADV_RANDOM), 0);
@@ -264,13 +256,9 @@ END_TEST
 /* Later advice on the same range overrides earlier advice. */
 START_TEST(newest_advice_wins)
 {
-	struct lm_options o;
-	lm_options_init(&o);
-	o.flags = LM_OPT_NO_ENV;
-	o.mode = LM_MODE_SIGNAL;
+	struct lm_options o = lmt_options(LM_MODE_SIGNAL);
 	o.readahead_max = 16;
-	struct lm_runtime *rt;
-	ck_assert_int_eq(lm_runtime_open(&o, &rt), 0);
+	struct lm_runtime *rt = lmt_open_opts(&o);
 	struct lm_region *r;
 	ck_assert_int_eq(lm_region_create_zero(rt, 64 * PS, 0, &r), 0);
 	ck_assert_int_eq(lm_region_advise(r, 0, 32 * PS, LM_ADV_RANDOM), 0);
@@ -354,10 +342,8 @@ END_TEST
 START_TEST(advice_willneed_prefetches)
 {
 	struct lm_runtime *rt = lmt_open(mode_of(_i));
-	unsigned char *buf = malloc(512 * PS);
-	lmt_fill_pattern(buf, 0, 512 * PS);
-	struct lm_region *r;
-	ck_assert_int_eq(lm_region_create_memory(rt, buf, 512 * PS, 0, &r), 0);
+	unsigned char *buf;
+	struct lm_region *r = lmt_memory_region(rt, 512 * PS, &buf);
 	ck_assert_int_eq(lm_region_advise(r, 64 * PS, 256 * PS, LM_ADV_WILLNEED), 0);
 	wait_stat(rt, offsetof(struct lm_stats, prefetch_pages), 256);
 	struct lm_stats a = lmt_stats(rt);
@@ -374,10 +360,8 @@ END_TEST
 START_TEST(advice_populate_and_dontneed)
 {
 	struct lm_runtime *rt = lmt_open(mode_of(_i));
-	unsigned char *buf = malloc(128 * PS);
-	lmt_fill_pattern(buf, 0, 128 * PS);
-	struct lm_region *r;
-	ck_assert_int_eq(lm_region_create_memory(rt, buf, 128 * PS, 0, &r), 0);
+	unsigned char *buf;
+	struct lm_region *r = lmt_memory_region(rt, 128 * PS, &buf);
 	ck_assert_int_eq(lm_region_advise(r, 0, 128 * PS, LM_ADV_POPULATE), 0);
 	struct lm_stats a = lmt_stats(rt);
 	ck_assert_uint_eq(a.resident_pages, 128);

@@ -320,13 +320,10 @@ static void count_log(int level, const char *msg, void *arg)
 
 START_TEST(log_callback_is_used)
 {
-	struct lm_options o;
-	lm_options_init(&o);
-	o.flags = LM_OPT_NO_ENV;
+	struct lm_options o = lmt_options(LM_MODE_THREAD);
 	o.log = count_log;
 	o.log_arg = &log_calls;
-	struct lm_runtime *rt;
-	ck_assert_int_eq(lm_runtime_open(&o, &rt), 0);
+	struct lm_runtime *rt = lmt_open_opts(&o);
 	ck_assert_int_gt(log_calls, 0);
 	lm_runtime_close(rt);
 }

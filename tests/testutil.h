@@ -29,18 +29,31 @@ static inline void lmt_require_uffd(void)
 	lm_runtime_close(rt);
 }
 
-/* Opens a runtime in the given mode, ignoring LAZYMEM_* variables. */
-static inline struct lm_runtime *lmt_open(int mode)
+/* Options for the given mode that ignore LAZYMEM_* variables: tests tweak them, then open. */
+static inline struct lm_options lmt_options(int mode)
 {
 	struct lm_options o;
 	lm_options_init(&o);
 	o.flags = LM_OPT_NO_ENV;
 	o.mode = mode;
+	return o;
+}
+
+static inline struct lm_runtime *lmt_open_opts(const struct lm_options *o)
+{
 	struct lm_runtime *rt = NULL;
-	int rc = lm_runtime_open(&o, &rt);
-	ck_assert_msg(rc == 0, "lm_runtime_open(mode %d): %s", mode, lm_strerror(rc));
+	int rc = lm_runtime_open(o, &rt);
+	ck_assert_msg(rc == 0, "lm_runtime_open(mode %d): %s", o->mode, lm_strerror(rc));
 	return rt;
 }
+
+/* Opens a runtime in the given mode, ignoring LAZYMEM_* variables. */
+static inline struct lm_runtime *lmt_open(int mode)
+{
+	struct lm_options o = lmt_options(mode);
+	return lmt_open_opts(&o);
+}
+
 
 static inline struct lm_stats lmt_stats(struct lm_runtime *rt)
 {
@@ -106,6 +119,19 @@ static inline void lmt_fill_pattern(unsigned char *buf, size_t off, size_t len)
 {
 	for (size_t i = 0; i < len; i++)
 		buf[i] = lmt_pattern(off + i);
+}
+
+/* A memory region over a new buffer of len pattern bytes (*buf: free it after). */
+static inline struct lm_region *lmt_memory_region(struct lm_runtime *rt, size_t len,
+						  unsigned char **buf)
+{
+	*buf = malloc(len);
+	ck_assert_ptr_nonnull(*buf);
+	lmt_fill_pattern(*buf, 0, len);
+	struct lm_region *r;
+	int rc = lm_region_create_memory(rt, *buf, len, 0, &r);
+	ck_assert_msg(rc == 0, "lm_region_create_memory: %s", lm_strerror(rc));
+	return r;
 }
 
 /* Creates an unlinked temporary file of len pattern bytes; returns an O_RDWR fd. */
