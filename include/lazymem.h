@@ -25,7 +25,7 @@ extern "C" {
 #endif
 
 #define LM_VERSION_MAJOR 0
-#define LM_VERSION_MINOR 1
+#define LM_VERSION_MINOR 2
 #define LM_VERSION_PATCH 0
 
 struct lm_runtime;
@@ -60,10 +60,27 @@ enum lm_io {
 };
 
 /*
+ * Which resident pages the evictor takes first (see lazymem(7)).
+ *
+ * LM_EVICT_CLOCK: a clock hand sweeps the pages; a page written or
+ *   touched again after an eviction (a refault) since the hand last passed
+ *   gets a second chance, and clean pages go before dirty ones, which
+ *   cost a write.  The default.
+ * LM_EVICT_FIFO: the hand takes every page it meets, in address order:
+ *   no access information at all (what UMap does), for comparison.
+ */
+enum lm_evict {
+	LM_EVICT_DEFAULT = 0,
+	LM_EVICT_CLOCK = 1,
+	LM_EVICT_FIFO = 2,
+};
+
+/*
  * Runtime options.  Call lm_options_init() first: it sets the size field
  * and every default; then change what you need.  Environment variables
  * (LAZYMEM_MODE, LAZYMEM_THREADS, LAZYMEM_READAHEAD, LAZYMEM_IO,
- * LAZYMEM_UFFD, LAZYMEM_DEBUG) override the defaults but not values the
+ * LAZYMEM_UFFD, LAZYMEM_BUDGET, LAZYMEM_SWAP_DIR, LAZYMEM_SWAP_MAX,
+ * LAZYMEM_EVICT, LAZYMEM_DEBUG) override the defaults but not values the
  * caller set explicitly; see lazymem(7).
  */
 struct lm_options {
@@ -74,10 +91,19 @@ struct lm_options {
 	int handler_threads;	/* 0: one per online CPU, at most 4 */
 	int readahead_max;	/* pages per fill at most; 0: default (64) */
 	int uffd_source;	/* enum lm_uffd_origin to force one; 0: try all in order */
-	int reserved_int;
+	int evict_policy;	/* enum lm_evict */
 	void (*log)(int level, const char *msg, void *arg);	/* NULL: silent */
 	void *log_arg;
-	uint64_t reserved[8];
+	/*
+	 * Memory budget in bytes: resident pages of the runtime's regions
+	 * past it are evicted (clean ones dropped, dirty ones written to the
+	 * swap file or, for shared file regions, to their file).  0: none.
+	 * lm_runtime_set_budget changes it at any time.
+	 */
+	uint64_t budget;
+	uint64_t swap_max;	/* bytes of swap file at most; 0: default (64 GiB) */
+	const char *swap_dir;	/* directory of the swap file; NULL: $TMPDIR, else /tmp */
+	uint64_t reserved[5];
 };
 
 /* lm_options.flags: ignore LAZYMEM_* environment variables. */
@@ -89,6 +115,14 @@ enum lm_source_kind {
 	LM_SOURCE_MEMORY = 1,
 	LM_SOURCE_FILE = 2,
 };
+
+/*
+ * lm_region_create_file flags.  LM_REGION_SHARED: like MAP_SHARED, writes
+ * reach the file: dirty pages are written back when evicted, by
+ * lm_region_flush and by lm_region_destroy.  fd must be open for reading
+ * and writing.
+ */
+#define LM_REGION_SHARED (1u << 0)
 
 /* Advice on a range of a region, like madvise(2). */
 enum lm_advice {
@@ -154,7 +188,26 @@ enum lm_uffd_origin {
 	X(uffd_limits,		GAUGE,   "bits",    "Why kernel-mode faults are unavailable (LM_LIMIT_* bits)") \
 	X(uffd_features,	GAUGE,   "bits",    "userfaultfd features the runtime enabled") \
 	X(mode,			GAUGE,   "enum",    "Fault resolution mode in use (enum lm_mode)") \
-	X(fill_ns_total,	COUNTER, "ns",      "Time spent filling pages, from fault to install")
+	X(fill_ns_total,	COUNTER, "ns",      "Time spent filling pages, from fault to install") \
+	X(budget_bytes,		GAUGE,   "bytes",   "Memory budget for resident pages (0: none)") \
+	X(resident_clean,	GAUGE,   "pages",   "Resident pages equal to their source or swap slot: dropped without I/O") \
+	X(resident_dirty,	GAUGE,   "pages",   "Resident pages written since they were filled") \
+	X(swapped_pages,	GAUGE,   "pages",   "Pages whose only copy is in the swap file") \
+	X(swap_slots_used,	GAUGE,   "slots",   "Swap file slots in use (swapped pages and the swap cache)") \
+	X(swap_slots_total,	GAUGE,   "slots",   "Swap file slots at most") \
+	X(evicted_pages,	COUNTER, "pages",   "Pages evicted to stay within the budget") \
+	X(evicted_dirty,	COUNTER, "pages",   "Evicted pages that had to be written first") \
+	X(swap_writes,		COUNTER, "pages",   "Pages written to the swap file") \
+	X(swap_reads,		COUNTER, "pages",   "Pages read back from the swap file") \
+	X(swap_cache_hits,	COUNTER, "pages",   "Clean pages evicted again without a write: their slot still held them") \
+	X(written_back,		COUNTER, "pages",   "Dirty pages of shared file regions written to their file") \
+	X(refaults,		COUNTER, "pages",   "Evicted pages touched again") \
+	X(over_budget,		COUNTER, "events",  "Times eviction could not bring the resident pages under the budget") \
+	X(swap_write_errors,	COUNTER, "pages",   "Swap or writeback writes that failed: the pages stayed resident") \
+	X(swap_read_errors,	COUNTER, "pages",   "Swap reads that failed or did not match their checksum: SIGBUS") \
+	X(evict_busy,		COUNTER, "pages",   "Pages eviction passed over: shared with a fork() child, or the address space was changing") \
+	X(throttle_ns,		COUNTER, "ns",      "Time faults waited for the evictor") \
+	X(page_size,		GAUGE,   "bytes",   "Bytes per page in these statistics")
 
 /* Fill-latency histogram: bucket i counts fills that took < 2^(i+8) ns (last: all slower). */
 #define LM_LAT_BUCKETS 20
@@ -169,12 +222,25 @@ struct lm_stats {
 };
 #undef LM__STAT_FIELD
 
-#define LM_STATS_VERSION 1
+#define LM_STATS_VERSION 2
 
 /* Output formats of lm_stats_format. */
 enum lm_format {
 	LM_FORMAT_TEXT = 0,	/* "name value\n" lines */
 	LM_FORMAT_JSON = 1,	/* one JSON object */
+	LM_FORMAT_FREE = 2,	/* a table like free(1): see lm_stats_free */
+};
+
+/*
+ * The picture free(1) gives, for lazy memory, in bytes.  total is the
+ * budget (the resident bytes when there is none); used is dirty resident
+ * memory (it must be written before it can go); buff_cache is clean
+ * resident memory (dropped without I/O); free is what the budget has
+ * left; available is free plus buff_cache.
+ */
+struct lm_free {
+	uint64_t total, used, free, buff_cache, available;
+	uint64_t swap_total, swap_used, swap_free;
 };
 
 /* Options. */
@@ -204,8 +270,27 @@ LM_API int lm_region_create_memory(struct lm_runtime *rt, const void *buf,
 LM_API int lm_region_create_file(struct lm_runtime *rt, int fd, off_t offset,
 				 size_t length, unsigned flags,
 				 struct lm_region **out);
-/* Unmaps the region; its memory must no longer be used. */
+/*
+ * Unmaps the region; its memory must no longer be used.  A shared file
+ * region is flushed first: if that fails the region stays alive and the
+ * error is returned, so that no write is lost.
+ */
 LM_API int lm_region_destroy(struct lm_region *region);
+
+/*
+ * The msync(MS_SYNC) of lazymem: writes the dirty pages of [offset,
+ * offset + length) of a shared file region to the file and returns once
+ * they are durable (fsync).  length 0: to the end.  0 for other regions.
+ */
+LM_API int lm_region_flush(struct lm_region *region, size_t offset, size_t length);
+
+/*
+ * Sets the memory budget in bytes (0: none).  Lowering it evicts at once:
+ * the call returns when the resident pages are within the new budget, or
+ * -ENOSPC when eviction cannot get there (the swap file is full or cannot
+ * be written: the pages stay resident, counted in over_budget).
+ */
+LM_API int lm_runtime_set_budget(struct lm_runtime *rt, uint64_t bytes);
 
 /* Accessors: cannot fail; NULL and 0 for a NULL region. */
 LM_API void *lm_region_addr(const struct lm_region *region);
@@ -223,6 +308,9 @@ LM_API int lm_stats_get(struct lm_runtime *rt, struct lm_stats *st);
  */
 LM_API int lm_stats_format(const struct lm_stats *st, int format, char *buf,
 			   size_t len);
+
+/* Computes the free(1)-like summary of st. */
+LM_API int lm_stats_free(const struct lm_stats *st, struct lm_free *out);
 
 /* A static message for a negative errno value or a lazymem error. */
 LM_API const char *lm_strerror(int err);

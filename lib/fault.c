@@ -32,18 +32,20 @@ static void settle(struct lm_region *r, lm__pte *e, uint64_t pgno, uint64_t val,
 		lm__uffd_wake(ufd, page_addr(r, pgno), (size_t)r->rt->page_size);
 }
 
+#define ST(s) (1u << (s))
+
 /*
- * Claims page pgno for filling.  On a missing fault a page the table
- * calls resident is claimed too: the application may have dropped it
- * (its REMOVE event still in flight), and if it is in fact present the
- * install reports EEXIST and the old state is put back.
+ * Claims a page for filling if its state is one of accept (ST() bits).
+ * On a missing fault a page the table calls resident is accepted too:
+ * the application may have dropped it (its REMOVE event still in
+ * flight), and if it is in fact present the install reports EEXIST and
+ * the old state is put back.
  */
-static bool claim(lm__pte *e, bool fault, uint64_t *prev)
+static bool claim(lm__pte *e, unsigned accept, uint64_t *prev)
 {
 	uint64_t v = atomic_load_explicit(e, memory_order_acquire);
 	for (;;) {
-		unsigned s = LM_PTE_STATE(v);
-		if (!(s == LM_PS_MISSING || (fault && (s == LM_PS_CLEAN || s == LM_PS_DIRTY))))
+		if (!(accept & ST(LM_PTE_STATE(v))))
 			return false;
 		if (atomic_compare_exchange_weak_explicit(e, &v, (uint64_t)LM_PS_FILLING,
 							  memory_order_acq_rel,
@@ -53,6 +55,8 @@ static bool claim(lm__pte *e, bool fault, uint64_t *prev)
 		}
 	}
 }
+
+#define FAULT_ACCEPT (ST(LM_PS_MISSING) | ST(LM_PS_SWAPPED) | ST(LM_PS_CLEAN) | ST(LM_PS_DIRTY))
 
 /*
  * Claims the faulting page, or parks the fault on it when someone else
@@ -65,7 +69,7 @@ static bool claim(lm__pte *e, bool fault, uint64_t *prev)
 static bool claim_or_park(struct lm_region *r, lm__pte *e, uint64_t *prev, bool *poisoned)
 {
 	for (;;) {
-		if (claim(e, true, prev))
+		if (claim(e, FAULT_ACCEPT, prev))
 			return true;
 		uint64_t v = atomic_load_explicit(e, memory_order_acquire);
 		unsigned s = LM_PTE_STATE(v);
@@ -158,9 +162,34 @@ static long read_source(struct lm__filler *f, struct lm_region *r, uint64_t pgno
 	return -EINVAL;
 }
 
+/*
+ * Reads the swap slots of pages [0, n) (their previous entries) into the
+ * stage.  Returns the pages read before the first that failed (a read
+ * error, or a checksum that does not match: never returned as data), or
+ * -EBADMSG when the first page itself failed.
+ */
+static long read_swap(struct lm__filler *f, struct lm_runtime *rt, const uint64_t *prev,
+		      unsigned n, const unsigned char **src)
+{
+	uint64_t slots[n];
+	int done[n];
+	for (unsigned i = 0; i < n; i++)
+		slots[i] = LM_PTE_SLOT(prev[i]);
+	lm__swap_read(&rt->swap, f, slots, n, done);
+	*src = f->stage;
+	for (unsigned i = 0; i < n; i++)
+		if (done[i]) {
+			LM__STAT_ADD(rt, swap_read_errors, 1);
+			return i ? (long)i : -EBADMSG;
+		}
+	return n;
+}
+
 static void count_fill(struct lm_runtime *rt, int kind, long n)
 {
-	if (kind == LM_SOURCE_ZERO)
+	if (kind < 0)
+		LM__STAT_ADD(rt, swap_reads, n);
+	else if (kind == LM_SOURCE_ZERO)
 		LM__STAT_ADD(rt, fills_zero, n);
 	else if (kind == LM_SOURCE_MEMORY)
 		LM__STAT_ADD(rt, fills_memory, n);
@@ -174,12 +203,15 @@ static void count_fill(struct lm_runtime *rt, int kind, long n)
  * advice's are prefetch.  Either kind of readahead moves the sequential
  * marker to where the fill ended.
  */
-static void account(struct lm_region *r, unsigned n, unsigned fresh, unsigned flags,
+static void account(struct lm_region *r, int kind, unsigned n, unsigned fresh, unsigned flags,
 		    uint64_t pgno)
 {
 	struct lm_runtime *rt = r->rt;
-	atomic_fetch_add_explicit(&r->resident, fresh, memory_order_relaxed);
-	count_fill(rt, r->kind, n);
+	lm__resident_add(r, fresh);
+	/* Swapped pages are all fresh: no longer swapped once counted resident. */
+	if (kind < 0)
+		atomic_fetch_sub_explicit(&r->swapped, fresh, memory_order_relaxed);
+	count_fill(rt, kind, n);
 	if (flags & LM_FILL_PREFETCH) {
 		LM__STAT_ADD(rt, prefetch_pages, n);
 		return;
@@ -189,12 +221,14 @@ static void account(struct lm_region *r, unsigned n, unsigned fresh, unsigned fl
 }
 
 /* Takes back what account() counted for n pages of which only installed were installed. */
-static void unaccount(struct lm_region *r, unsigned n, unsigned installed, unsigned fresh,
-		      unsigned flags)
+static void unaccount(struct lm_region *r, int kind, unsigned n, unsigned installed,
+		      unsigned fresh, unsigned flags)
 {
 	struct lm_runtime *rt = r->rt;
-	atomic_fetch_sub_explicit(&r->resident, fresh, memory_order_relaxed);
-	count_fill(rt, r->kind, -(long)(n - installed));
+	lm__resident_add(r, -(int64_t)fresh);
+	if (kind < 0)
+		atomic_fetch_add_explicit(&r->swapped, fresh, memory_order_relaxed);
+	count_fill(rt, kind, -(long)(n - installed));
 	if (flags & LM_FILL_PREFETCH)
 		LM__STAT_SUB(rt, prefetch_pages, n - installed);
 	else if (flags & LM_FILL_AHEAD)
@@ -220,12 +254,50 @@ static void poison(struct lm_region *r, lm__pte *e, uint64_t pgno, int ufd)
 		settle(r, e, pgno, LM_PS_POISON, ufd);
 }
 
+/*
+ * The settled value of a page just installed.  Written pages (and every
+ * page while nothing tracks writes) are DIRTY; a page installed
+ * write-protected is CLEAN and keeps the swap slot it came from, if any,
+ * as the swap cache.  A refault earns the clock's second chance.
+ */
+static uint64_t installed_value(uint64_t prev, bool clean)
+{
+	uint64_t v = clean ? LM_PS_CLEAN : LM_PS_DIRTY;
+	if (clean && LM_PTE_STATE(prev) == LM_PS_SWAPPED)
+		v |= prev & ~((1ull << LM_PTE_AUX_SHIFT) - 1);
+	if (prev & LM_PTE_EVICTED)
+		v |= LM_PTE_REF;
+	return v;
+}
+
+/* Counts the move of an installed page from prev to val (dirty pages, swapped pages, slots). */
+static void transition(struct lm_region *r, uint64_t prev, uint64_t val)
+{
+	unsigned ps = LM_PTE_STATE(prev), vs = LM_PTE_STATE(val);
+	/* (Swapped pages are counted by account(), before the install.) */
+	if ((ps == LM_PS_DIRTY) != (vs == LM_PS_DIRTY))
+		lm__dirty_add(r, vs == LM_PS_DIRTY ? 1 : -1);
+	if (LM_PTE_HAS_SLOT(prev) && !LM_PTE_HAS_SLOT(val))
+		lm__slot_release(r->rt, prev);
+	if (prev & LM_PTE_EVICTED)
+		LM__STAT_ADD(r->rt, refaults, 1);
+}
+
 long lm__fill(struct lm__filler *f, struct lm_region *r, uint64_t pgno, unsigned want,
 	      unsigned flags, int ufd)
 {
 	struct lm_runtime *rt = r->rt;
 	size_t ps = (size_t)rt->page_size;
 	bool fault = !(flags & (LM_FILL_PREFETCH | LM_FILL_AHEAD));
+	if (flags & LM_FILL_AHEAD) {
+		/* Readahead is a bet: not one worth evicting for. */
+		uint64_t b = atomic_load_explicit(&rt->budget, memory_order_relaxed);
+		if (b && atomic_load_explicit(&rt->nres, memory_order_relaxed) +
+			 (int64_t)want >= (int64_t)b)
+			return 0;
+	} else {
+		lm__throttle(rt);
+	}
 	uint64_t t0 = lm__now_ns();
 	lm__pte *e0 = lm__pt_get(&r->pt, pgno, true);
 	if (!e0) {
@@ -236,20 +308,23 @@ long lm__fill(struct lm__filler *f, struct lm_region *r, uint64_t pgno, unsigned
 	uint64_t prev0;
 	bool poisoned = false;
 	if (fault ? !claim_or_park(r, e0, &prev0, &poisoned)
-		  : !claim(e0, false, &prev0)) {
+		  : !claim(e0, ST(LM_PS_MISSING) | ST(LM_PS_SWAPPED), &prev0)) {
 		/* Already poisoned: answer the fault with the poison again, not counted twice. */
 		if (poisoned)
 			poison(r, NULL, pgno, ufd), LM__STAT_SUB(rt, sigbus_raised, 1);
 		return 0;
 	}
+	/* A swapped page reads its slot, and its readahead takes swapped neighbours only. */
+	bool from_swap = LM_PTE_STATE(prev0) == LM_PS_SWAPPED;
+	int kind = from_swap ? -1 : r->kind;
 
-	/* Claim the readahead pages: contiguous missing pages only. */
+	/* Claim the readahead pages: contiguous pages like the first only. */
 	unsigned n = want ? want : window(r, pgno);
 	if (n > r->npages - pgno)
 		n = (unsigned)(r->npages - pgno);
 	if (n > f->stage_len / ps)
 		n = (unsigned)(f->stage_len / ps);
-	if (r->kind == LM_SOURCE_FILE && n > 1) {
+	if (r->kind == LM_SOURCE_FILE && n > 1 && !from_swap) {
 		/* Do not read ahead past the end of the file as last seen. */
 		uint64_t fsize = atomic_load_explicit(&r->fsize, memory_order_relaxed);
 		uint64_t off = r->foff + ((pgno + r->src_shift) << rt->page_shift);
@@ -263,17 +338,18 @@ long lm__fill(struct lm__filler *f, struct lm_region *r, uint64_t pgno, unsigned
 	ents[0] = e0;
 	prev[0] = prev0;
 	unsigned claimed = 1;
+	unsigned accept = from_swap ? ST(LM_PS_SWAPPED) : ST(LM_PS_MISSING);
 	while (claimed < n) {
 		lm__pte *e = lm__pt_get(&r->pt, pgno + claimed, true);
-		if (!e || !claim(e, false, &prev[claimed]))
+		if (!e || !claim(e, accept, &prev[claimed]))
 			break;
 		ents[claimed++] = e;
 	}
 	n = claimed;
 
 	const unsigned char *src = NULL;
-	long avail = read_source(f, r, pgno, n, &src);
-	if (avail < 0 && n > 1) {
+	long avail = from_swap ? read_swap(f, rt, prev, n, &src) : read_source(f, r, pgno, n, &src);
+	if (avail < 0 && n > 1 && !from_swap) {
 		/*
 		 * The batch failed, maybe only in its readahead part: a bad
 		 * block further on must not cost the faulting page, so read
@@ -288,10 +364,21 @@ long lm__fill(struct lm__filler *f, struct lm_region *r, uint64_t pgno, unsigned
 		/* Past the end of the file, or a read error: SIGBUS for this page only. */
 		for (unsigned i = 1; i < n; i++)
 			settle(r, ents[i], pgno + i, prev[i], ufd);
-		if (fault)
+		if (from_swap && avail < 0) {
+			/* Its only copy is unreadable: the page is lost, and says so on every touch. */
+			atomic_fetch_sub_explicit(&r->swapped, 1, memory_order_relaxed);
+			lm__slot_release(rt, prev0);
+			if (fault) {
+				poison(r, e0, pgno, ufd);
+			} else {
+				LM__STAT_ADD(rt, sigbus_raised, 1);
+				settle(r, e0, pgno, LM_PS_POISON, ufd);
+			}
+		} else if (fault) {
 			poison(r, e0, pgno, ufd);
-		else
+		} else {
 			settle(r, e0, pgno, prev0, ufd);
+		}
 		return avail < 0 ? avail : -ENXIO;
 	}
 	for (unsigned i = (unsigned)avail; i < n; i++)
@@ -304,27 +391,41 @@ long lm__fill(struct lm__filler *f, struct lm_region *r, uint64_t pgno, unsigned
 	 * get installed is taken back below.
 	 */
 	unsigned fresh = 0;
-	for (unsigned i = 0; i < n; i++)
-		fresh += LM_PTE_STATE(prev[i]) == LM_PS_MISSING;
-	account(r, n, fresh, flags, pgno);
+	for (unsigned i = 0; i < n; i++) {
+		unsigned s = LM_PTE_STATE(prev[i]);
+		fresh += s == LM_PS_MISSING || s == LM_PS_SWAPPED;
+	}
+	account(r, kind, n, fresh, flags, pgno);
 
 	/*
-	 * Install.  Read faults on zero-source pages map the shared zero page
-	 * (no memory until written); everything else is copied.  EEXIST at a
-	 * page means another path populated it: keep going after it.
+	 * Install.  While writes are tracked (a budget or a shared region
+	 * needs to know which pages are dirty), pages not being written are
+	 * installed write-protected: their first write faults and marks them
+	 * dirty.  Read faults on zero-source pages map the shared zero page
+	 * (no memory until written; protected by a second ioctl when
+	 * tracking).  EEXIST at a page means another path populated it: keep
+	 * going after it.
 	 */
-	bool zeropage = r->kind == LM_SOURCE_ZERO && !(flags & (LM_FILL_WRITE | LM_FILL_PREFETCH));
+	bool track = atomic_load_explicit(&rt->track, memory_order_relaxed);
+	bool wp = track && !(flags & LM_FILL_WRITE);
+	bool zeropage = kind == LM_SOURCE_ZERO && !(flags & (LM_FILL_WRITE | LM_FILL_PREFETCH));
 	unsigned at = 0, installed = 0, fresh_done = 0;
 	long ret = 0;
 	while (at < n) {
 		size_t done = 0;
 		int rc = zeropage ? lm__uffd_zeropage(ufd, page_addr(r, pgno + at), (n - at) * ps, &done)
 				  : lm__uffd_copy(ufd, page_addr(r, pgno + at), src + (size_t)at * ps,
-						  (n - at) * ps, &done);
+						  (n - at) * ps, wp, &done);
 		unsigned ok = (unsigned)(done / ps);
+		/* A zero page that could not be protected is treated as written: nothing would see its writes. */
+		bool clean = wp && (!zeropage || !ok ||
+				    lm__uffd_writeprotect(ufd, page_addr(r, pgno + at), ok * ps, true) == 0);
 		for (unsigned i = at; i < at + ok; i++) {
-			fresh_done += LM_PTE_STATE(prev[i]) == LM_PS_MISSING;
-			settle(r, ents[i], pgno + i, LM_PS_CLEAN, ufd);
+			unsigned s = LM_PTE_STATE(prev[i]);
+			fresh_done += s == LM_PS_MISSING || s == LM_PS_SWAPPED;
+			uint64_t val = installed_value(prev[i], clean);
+			transition(r, prev[i], val);
+			settle(r, ents[i], pgno + i, val, ufd);
 		}
 		installed += ok;
 		at += ok;
@@ -337,13 +438,16 @@ long lm__fill(struct lm__filler *f, struct lm_region *r, uint64_t pgno, unsigned
 			 * Present already: usually a second thread's fault on a page
 			 * just filled (each faulting thread queues its own message).
 			 * Resident as before, or newly by another path; not a fill.
+			 * Its write protection is unknown: count it dirty.
 			 */
 			LM__STAT_ADD(rt, copy_eexist, 1);
 			if (at == 0 && fault)
 				LM__STAT_ADD(rt, faults_dup, 1);
 			uint64_t keep = prev[at];
-			if (LM_PTE_STATE(keep) == LM_PS_MISSING) {
-				keep = LM_PS_CLEAN;
+			unsigned s = LM_PTE_STATE(keep);
+			if (s == LM_PS_MISSING || s == LM_PS_SWAPPED) {
+				keep = installed_value(keep, false);
+				transition(r, prev[at], keep);
 				fresh_done++;
 			}
 			settle(r, ents[at], pgno + at, keep, ufd);
@@ -361,8 +465,10 @@ long lm__fill(struct lm__filler *f, struct lm_region *r, uint64_t pgno, unsigned
 		if (at == 0 && n > 1 && rc != -EAGAIN && rc != -ESRCH) {
 			for (unsigned i = 1; i < n; i++)
 				settle(r, ents[i], pgno + i, prev[i], ufd);
-			unaccount(r, n, 1, fresh - (LM_PTE_STATE(prev[0]) == LM_PS_MISSING), flags);
-			fresh = LM_PTE_STATE(prev[0]) == LM_PS_MISSING;
+			unsigned s0 = LM_PTE_STATE(prev[0]);
+			unsigned fresh0 = s0 == LM_PS_MISSING || s0 == LM_PS_SWAPPED;
+			unaccount(r, kind, n, 1, fresh - fresh0, flags);
+			fresh = fresh0;
 			n = 1;
 			continue;
 		}
@@ -376,9 +482,13 @@ long lm__fill(struct lm__filler *f, struct lm_region *r, uint64_t pgno, unsigned
 		 */
 		bool sigbus = at == 0 && fault && rc != -EAGAIN && rc != -ENOENT && rc != -ESRCH;
 		for (unsigned i = at; i < n; i++) {
-			if (i == 0 && sigbus)
+			if (i == 0 && sigbus) {
+				if (from_swap) {
+					atomic_fetch_sub_explicit(&r->swapped, 1, memory_order_relaxed);
+					lm__slot_release(rt, prev0);
+				}
 				poison(r, ents[0], pgno, ufd);
-			else
+			} else
 				settle(r, ents[i], pgno + i, prev[i], ufd);
 		}
 		if (at == 0 && fault && !sigbus)
@@ -387,10 +497,58 @@ long lm__fill(struct lm__filler *f, struct lm_region *r, uint64_t pgno, unsigned
 		break;
 	}
 	if (installed < n || fresh_done < fresh)
-		unaccount(r, n, installed, fresh - fresh_done, flags);
-	if (installed)
+		unaccount(r, kind, n, installed, fresh - fresh_done, flags);
+	if (installed) {
 		lm__stats_latency(rt, lm__now_ns() - t0);
+		lm__evict_check(rt);
+	}
 	return installed ? (long)installed : ret;
+}
+
+void lm__wp_fault(struct lm_region *r, uint64_t pgno, uintptr_t addr, int ufd, bool park)
+{
+	struct lm_runtime *rt = r->rt;
+	size_t ps = (size_t)rt->page_size;
+	lm__pte *e = lm__pt_get(&r->pt, pgno, false);
+	uint64_t v = e ? atomic_load_explicit(e, memory_order_acquire) : 0;
+	for (;;) {
+		unsigned s = LM_PTE_STATE(v);
+		if (!e || s == LM_PS_MISSING || s == LM_PS_SWAPPED || s == LM_PS_POISON) {
+			/* Moved out or dropped since: the write replays as a missing fault. */
+			lm__uffd_wake(ufd, addr, ps);
+			return;
+		}
+		if (s == LM_PS_FILLING || s == LM_PS_EVICTING) {
+			/* Being evicted or written back: wait, the owner wakes the page. */
+			if (!park) {
+				sched_yield();
+				return;
+			}
+			if ((v & LM_PTE_WAITERS) ||
+			    atomic_compare_exchange_weak(e, &v, v | LM_PTE_WAITERS)) {
+				LM__STAT_ADD(rt, faults_parked, 1);
+				return;
+			}
+			continue;
+		}
+		if (s == LM_PS_CLEAN) {
+			/* Dirty now, and written: referenced for the clock.  Its slot is stale. */
+			uint64_t nv = (uint64_t)LM_PS_DIRTY | LM_PTE_REF;
+			if (!atomic_compare_exchange_weak(e, &v, nv))
+				continue;
+			lm__dirty_add(r, 1);
+			lm__slot_release(rt, v);
+		}
+		/*
+		 * DIRTY: already marked, by this fault or a racing one whose
+		 * unprotect has not landed or failed.  Lifting the protection
+		 * wakes the writer; if that fails (an event is pending) the
+		 * writer is woken anyway and faults again.
+		 */
+		if (lm__uffd_writeprotect(ufd, addr & ~(ps - 1), ps, false) < 0)
+			lm__uffd_wake(ufd, addr, ps);
+		return;
+	}
 }
 
 /*
@@ -425,12 +583,14 @@ long lm__fill_range(struct lm__filler *f, struct lm_region *r, uint64_t first, u
 	return err ? err : total;
 }
 
-/* Waits until no page of [first, first + count) is being filled by someone else. */
+/* Waits until no page of [first, first + count) is being filled or evicted by someone else. */
 void lm__wait_settled(struct lm_region *r, uint64_t first, uint64_t count)
 {
 	for (uint64_t pg = first; pg < first + count; pg++) {
 		lm__pte *e = lm__pt_get(&r->pt, pg, false);
-		while (e && LM_PTE_STATE(atomic_load(e)) == LM_PS_FILLING)
+		unsigned s;
+		while (e && ((s = LM_PTE_STATE(atomic_load(e))) == LM_PS_FILLING ||
+			     s == LM_PS_EVICTING))
 			sched_yield();
 	}
 }
@@ -472,6 +632,8 @@ static void handle_fault(struct lm__filler *f, int ufd, const struct uffd_msg *m
 		int rc = lm__uffd_zeropage(ufd, addr, (size_t)rt->page_size, &done);
 		if (rc < 0)
 			lm__uffd_wake(ufd, addr, (size_t)rt->page_size);
+	} else if (wp) {
+		lm__wp_fault(r, (addr - r->start) >> rt->page_shift, addr, ufd, true);
 	} else {
 		unsigned flags = (m->arg.pagefault.flags & UFFD_PAGEFAULT_FLAG_WRITE) ? LM_FILL_WRITE : 0;
 		uint64_t pgno = (addr - r->start) >> rt->page_shift;

@@ -39,13 +39,15 @@ static inline void lm__errno_restore(const int *saved)
  */
 int lm__uffd_open(int forced_origin, uint64_t want_features,
 		  int *origin, unsigned *limits, uint64_t *features);
-int lm__uffd_register(int ufd, uintptr_t start, size_t len);
+int lm__uffd_register(int ufd, uintptr_t start, size_t len, bool wp);
 int lm__uffd_unregister(int ufd, uintptr_t start, size_t len);
-int lm__uffd_copy(int ufd, uintptr_t dst, const void *src, size_t len,
+int lm__uffd_copy(int ufd, uintptr_t dst, const void *src, size_t len, bool wp,
 		  size_t *done);
 int lm__uffd_zeropage(int ufd, uintptr_t dst, size_t len, size_t *done);
 int lm__uffd_poison(int ufd, uintptr_t dst, size_t len);
 int lm__uffd_wake(int ufd, uintptr_t start, size_t len);
+int lm__uffd_move(int ufd, uintptr_t dst, uintptr_t src, size_t len, size_t *done);
+int lm__uffd_writeprotect(int ufd, uintptr_t start, size_t len, bool protect);
 
 /* ---- pagetable.c: the radix tree of page entries --------------------- */
 
@@ -62,8 +64,15 @@ enum {
 
 #define LM_PTE_STATE_MASK 0xfull
 #define LM_PTE_WAITERS (1ull << 4)	/* a fault was parked on this page */
+#define LM_PTE_REF (1ull << 5)		/* referenced since the clock hand passed: a second chance */
+#define LM_PTE_EVICTED (1ull << 6)	/* evicted since its last fill: the next fill is a refault */
+#define LM_PTE_DROP (1ull << 7)	/* dropped by the application while being evicted */
 #define LM_PTE_AUX_SHIFT 16
 #define LM_PTE_STATE(e) ((unsigned)((e) & LM_PTE_STATE_MASK))
+/* The swap slot of a SWAPPED page, or of a CLEAN one that kept it (the swap cache). */
+#define LM_PTE_HAS_SLOT(e) (((e) >> LM_PTE_AUX_SHIFT) != 0)
+#define LM_PTE_SLOT(e) (((e) >> LM_PTE_AUX_SHIFT) - 1)
+#define LM_PTE_WITH_SLOT(slot) (((uint64_t)(slot) + 1) << LM_PTE_AUX_SHIFT)
 
 typedef _Atomic uint64_t lm__pte;
 
@@ -138,23 +147,51 @@ struct lm__swap {
 	int fd;
 	size_t page_size;
 	uint64_t nslots;		/* capacity: the maximum size in pages */
-	uint64_t used;
-	uint64_t hint;			/* bitmap word to look at first */
-	uint64_t *bitmap;		/* 1: slot in use */
+	_Atomic uint64_t used;
+	uint64_t hint;			/* bitmap word to look at first (allocator only) */
+	_Atomic uint64_t *bitmap;	/* 1: slot in use */
 	uint32_t *sums;			/* per-slot checksum of what was written; 0: none */
-	pthread_mutex_t lock;		/* guards the allocator */
+	/*
+	 * A page whose write failed stays in memory, here, until its slot is
+	 * freed: nothing is lost, and it counts against the budget (*held_pages).
+	 */
+	unsigned char *_Atomic *held;
+	_Atomic int64_t *held_pages;
+	uint64_t backed;		/* bytes of the file allocated on disk (allocator only) */
+	pthread_mutex_t lock;		/* serializes allocators; freeing is lock free */
 	bool lock_ok;
 };
+
+/* Test hook: when set, every swap write fails with this error. */
+extern _Atomic int lm__swap_fail_writes;
 
 int lm__swap_open(struct lm__swap *s, const char *dir, uint64_t max_bytes, size_t page_size);
 void lm__swap_close(struct lm__swap *s);
 unsigned lm__swap_alloc(struct lm__swap *s, uint64_t *slots, unsigned n);
+/* Lock free and async-signal-safe: a write fault in signal mode frees a page's slot. */
 void lm__swap_free(struct lm__swap *s, uint64_t slot);
 uint64_t lm__swap_used(struct lm__swap *s);
-int lm__swap_write(struct lm__swap *s, struct lm__filler *f, const uint64_t *slots, unsigned n,
-		   int *done);
+/* Writes n pages (page i at pages[i]; fixed-buffer I/O where they lie in f->stage). */
+int lm__swap_write(struct lm__swap *s, struct lm__filler *f, unsigned char *const *pages,
+		   const uint64_t *slots, unsigned n, int *done);
 int lm__swap_read(struct lm__swap *s, struct lm__filler *f, const uint64_t *slots, unsigned n,
 		  int *done);
+
+/* ---- evict.c: the budget, the evictor and writeback ------------------- */
+
+int lm__evict_setup(struct lm_runtime *rt);
+void lm__evict_shutdown(struct lm_runtime *rt);
+/* After a fill: wakes the evictor when the resident pages pass the high watermark. */
+void lm__evict_check(struct lm_runtime *rt);
+/* Before a fill: waits while the resident pages are at the budget.  Async-signal-safe. */
+void lm__throttle(struct lm_runtime *rt);
+/* Writes the dirty pages of [first, first + count) of a shared region to its file. */
+int lm__writeback(struct lm_region *r, uint64_t first, uint64_t count);
+/* Counts pages entering (n > 0) or leaving residency, for the region and the budget. */
+static inline void lm__resident_add(struct lm_region *r, int64_t n);
+static inline void lm__dirty_add(struct lm_region *r, int64_t n);
+/* Frees the swap slot an entry value carries, if any. */
+void lm__slot_release(struct lm_runtime *rt, uint64_t v);
 
 /* ---- region.c ---------------------------------------------------------- */
 
@@ -186,6 +223,9 @@ struct lm_region {
 	struct lm_region *parent;	/* internal region split off by mremap */
 	struct lm__ptable pt;
 	_Atomic int64_t resident;
+	_Atomic int64_t dirty;		/* resident pages in state DIRTY */
+	_Atomic int64_t swapped;	/* pages in state SWAPPED */
+	bool shared;			/* file source written back to (LM_REGION_SHARED) */
 	_Atomic uint64_t ra_next;	/* readahead: page expected next */
 	_Atomic unsigned ra_win;	/* readahead: current window */
 	_Atomic int advice;		/* region-wide advice */
@@ -285,8 +325,43 @@ struct lm_runtime {
 	pid_t pid;			/* the process that opened the runtime */
 	pid_t ufd_pid;			/* the process whose address space ufd serves */
 
+	/* Memory budget and eviction (evict.c). */
+	_Atomic uint64_t budget;	/* pages; 0: none */
+	_Atomic int64_t nres;		/* resident pages of every region: what the budget bounds */
+	_Atomic int64_t ndirty;		/* of which dirty */
+	_Atomic bool ev_wanted;		/* a kick is pending */
+	_Atomic bool ev_stop;
+	unsigned char *wbuf;		/* EVICT_BATCH pages: writeback copies (evictor only) */
+	_Atomic bool track;		/* install pages write-protected, so writes are seen */
+	struct lm__swap swap;
+	bool swap_ok;
+	int stage_ufd;			/* a second userfaultfd, no events: the evictor's staging area */
+	unsigned char *estage;		/* EVICT_BATCH pages registered with stage_ufd */
+	struct lm__filler ev_filler;
+	pthread_t ev_thread;
+	bool ev_started;
+	int ev_kick;			/* eventfd: wakes the evictor (async-signal-safe) */
+	pthread_mutex_t ev_setup_lock;	/* serializes lm__evict_setup */
+	pthread_mutex_t evict_lock;	/* held for each eviction or writeback batch; fork() takes it */
+	_Atomic unsigned ev_gen;	/* eviction rounds finished */
+	_Atomic bool ev_stuck;		/* the last round ended over the budget */
+	size_t hand_ext;		/* the clock hand: extent index and page (evictor only) */
+	uint64_t hand_pg;
+
 	struct lm__stats stats;
 };
+
+static inline void lm__resident_add(struct lm_region *r, int64_t n)
+{
+	atomic_fetch_add_explicit(&r->resident, n, memory_order_relaxed);
+	atomic_fetch_add_explicit(&r->rt->nres, n, memory_order_relaxed);
+}
+
+static inline void lm__dirty_add(struct lm_region *r, int64_t n)
+{
+	atomic_fetch_add_explicit(&r->dirty, n, memory_order_relaxed);
+	atomic_fetch_add_explicit(&r->rt->ndirty, n, memory_order_relaxed);
+}
 
 static inline int lm__read_lock(struct lm_runtime *rt)
 {
@@ -327,6 +402,12 @@ void *lm__prefetch_main(void *arg);
 long lm__fill_range(struct lm__filler *f, struct lm_region *r, uint64_t first,
 		    uint64_t count);
 void lm__wait_settled(struct lm_region *r, uint64_t first, uint64_t count);
+/*
+ * A write hit a write-protected page: marks it dirty and lifts the
+ * protection.  park: a thread-mode fault may wait on a page in
+ * transition (its owner wakes it); a signal-mode one replays instead.
+ */
+void lm__wp_fault(struct lm_region *r, uint64_t pgno, uintptr_t addr, int ufd, bool park);
 
 /* ---- signal.c: resolution in the faulting thread ---------------------- */
 

@@ -8,6 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <linux/fs.h>
+#include <linux/userfaultfd.h>
 #include <sys/ioctl.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
@@ -190,8 +191,20 @@ static struct lm_region *region_alloc(struct lm_runtime *rt, size_t len)
 	return r;
 }
 
+static int release_one(lm__pte *e, uint64_t pgno, void *arg)
+{
+	(void)pgno;
+	lm__slot_release(arg, atomic_load(e));
+	return 0;
+}
+
 static void region_free(struct lm_region *r)
 {
+	/* Its slots go back to the swap file, its pages out of the budget. */
+	if (r->rt->swap_ok)
+		lm__pt_walk(&r->pt, 0, r->npages - 1, release_one, r->rt);
+	atomic_fetch_sub(&r->rt->nres, atomic_load(&r->resident));
+	atomic_fetch_sub(&r->rt->ndirty, atomic_load(&r->dirty));
 	lm__pt_destroy(&r->pt);
 	if (r->fd >= 0 && !r->parent)
 		close(r->fd);
@@ -206,11 +219,11 @@ static void region_free(struct lm_region *r)
  * sequential reads and ours do not disturb each other.  Failing that (no
  * /proc, a file since renamed over), a dup shares the caller's.
  */
-static int reopen(int fd, const struct stat *st)
+static int reopen(int fd, const struct stat *st, bool rw)
 {
 	char path[64];
 	snprintf(path, sizeof(path), "/proc/self/fd/%d", fd);
-	int nfd = open(path, O_RDONLY | O_CLOEXEC);
+	int nfd = open(path, (rw ? O_RDWR : O_RDONLY) | O_CLOEXEC);
 	if (nfd >= 0) {
 		struct stat nst;
 		if (fstat(nfd, &nst) == 0 && nst.st_dev == st->st_dev && nst.st_ino == st->st_ino)
@@ -224,8 +237,10 @@ static int reopen(int fd, const struct stat *st)
 static int create(struct lm_runtime *rt, size_t length, unsigned flags, int kind,
 		  const void *buf, int fd, off_t offset, struct lm_region **out)
 {
-	if (!rt || !out || !length || flags)
+	if (!rt || !out || !length || (flags & ~LM_REGION_SHARED) ||
+	    ((flags & LM_REGION_SHARED) && kind != LM_SOURCE_FILE))
 		return -EINVAL;
+	bool shared = flags & LM_REGION_SHARED;
 	size_t ps = (size_t)rt->page_size;
 	if (length > SIZE_MAX - ps)
 		return -EINVAL;
@@ -241,12 +256,19 @@ static int create(struct lm_runtime *rt, size_t length, unsigned flags, int kind
 		int fl = fcntl(fd, F_GETFL);
 		if (fl < 0)
 			return -errno;
-		if ((fl & O_ACCMODE) == O_WRONLY || (fl & O_PATH))
+		if ((fl & O_ACCMODE) == O_WRONLY || (fl & O_PATH) ||
+		    (shared && (fl & O_ACCMODE) != O_RDWR))
 			return -EACCES;
 		if (fstat(fd, &st) < 0)
 			return -errno;
 		if (!S_ISREG(st.st_mode) && !S_ISBLK(st.st_mode))
 			return -ENODEV;
+	}
+	/* Writeback must see writes: shared regions need write-protect tracking. */
+	if (shared) {
+		if (!(rt->features & UFFD_FEATURE_PAGEFAULT_FLAG_WP) || getpid() != rt->ufd_pid)
+			return -EOPNOTSUPP;
+		atomic_store(&rt->track, true);
 	}
 
 	struct lm_region *r = region_alloc(rt, len);
@@ -256,7 +278,8 @@ static int create(struct lm_runtime *rt, size_t length, unsigned flags, int kind
 	r->buf = buf;
 	r->buflen = length;
 	if (kind == LM_SOURCE_FILE) {
-		r->fd = reopen(fd, &st);
+		r->fd = reopen(fd, &st, shared);
+		r->shared = shared;
 		if (r->fd < 0) {
 			int err = r->fd;
 			r->fd = -1;
@@ -278,7 +301,8 @@ static int create(struct lm_runtime *rt, size_t length, unsigned flags, int kind
 		return err;
 	}
 	r->start = (uintptr_t)addr;
-	int rc = lm__uffd_register(rt->ufd, r->start, len);
+	int rc = lm__uffd_register(rt->ufd, r->start, len,
+				   (rt->features & UFFD_FEATURE_PAGEFAULT_FLAG_WP) != 0);
 	if (rc < 0) {
 		munmap(addr, len);
 		region_free(r);
@@ -390,6 +414,12 @@ int lm_region_destroy(struct lm_region *r)
 	if (!r || r->parent)
 		return -EINVAL;
 	struct lm_runtime *rt = r->rt;
+	/* Nothing written to a shared region is lost: if it cannot reach the file, the region stays. */
+	if (r->shared && getpid() == rt->ufd_pid) {
+		int rc = lm__writeback(r, 0, r->npages);
+		if (rc < 0)
+			return rc;
+	}
 	/*
 	 * An application's munmap returns once a handler has read its UNMAP
 	 * event, a moment before the handler records the hole; a mapping the
@@ -478,14 +508,28 @@ static int forget_one(lm__pte *e, uint64_t pgno, void *arg)
 	uint64_t v = atomic_load(e);
 	for (;;) {
 		unsigned s = LM_PTE_STATE(v);
-		/* A page being filled settles by itself; a refault heals a stale state. */
-		if (s != LM_PS_CLEAN && s != LM_PS_DIRTY && s != LM_PS_POISON)
+		/*
+		 * A page being filled settles by itself; a refault heals a stale
+		 * state.  A page being evicted belongs to the evictor, which
+		 * drops it instead of keeping it when it sees the mark.
+		 */
+		if (s == LM_PS_EVICTING) {
+			if (atomic_compare_exchange_weak(e, &v, v | LM_PTE_DROP))
+				return 0;
+			continue;
+		}
+		if (s != LM_PS_CLEAN && s != LM_PS_DIRTY && s != LM_PS_POISON && s != LM_PS_SWAPPED)
 			return 0;
 		if (atomic_compare_exchange_weak(e, &v, (uint64_t)LM_PS_MISSING)) {
-			if (s != LM_PS_POISON) {
-				atomic_fetch_sub(&c->r->resident, 1);
+			if (s == LM_PS_CLEAN || s == LM_PS_DIRTY) {
+				lm__resident_add(c->r, -1);
 				c->dropped++;
 			}
+			if (s == LM_PS_DIRTY)
+				lm__dirty_add(c->r, -1);
+			if (s == LM_PS_SWAPPED)
+				atomic_fetch_sub(&c->r->swapped, 1);
+			lm__slot_release(c->rt, v);
 			return 0;
 		}
 	}
@@ -535,22 +579,35 @@ void lm__region_unmapped(struct lm_runtime *rt, uintptr_t start, uintptr_t end)
 }
 
 struct move_ctx {
-	struct lm_region *to;
+	struct lm_region *to, *from;
 	uint64_t first;
 };
 
+/* Hands one page's state, and its swap slot, to the alias region. */
 static int move_state(lm__pte *e, uint64_t pgno, void *arg)
 {
 	struct move_ctx *c = arg;
 	uint64_t v = atomic_load(e) & ~LM_PTE_WAITERS;
 	unsigned s = LM_PTE_STATE(v);
-	if (s != LM_PS_CLEAN && s != LM_PS_DIRTY && s != LM_PS_POISON)
+	if (s != LM_PS_CLEAN && s != LM_PS_DIRTY && s != LM_PS_POISON && s != LM_PS_SWAPPED)
 		return 0;
 	lm__pte *d = lm__pt_get(&c->to->pt, pgno - c->first, true);
-	if (d) {
-		atomic_store(d, v);
-		if (s != LM_PS_POISON)
-			atomic_fetch_add(&c->to->resident, 1);
+	if (!d)
+		return 0;	/* out of memory: forget below drops it, as if unmapped */
+	atomic_store(d, v);
+	/* The old entry no longer owns anything: forget must not free the slot. */
+	atomic_store(e, (uint64_t)LM_PS_MISSING);
+	if (s == LM_PS_CLEAN || s == LM_PS_DIRTY) {
+		lm__resident_add(c->to, 1);
+		lm__resident_add(c->from, -1);
+	}
+	if (s == LM_PS_DIRTY) {
+		lm__dirty_add(c->to, 1);
+		lm__dirty_add(c->from, -1);
+	}
+	if (s == LM_PS_SWAPPED) {
+		atomic_fetch_add(&c->to->swapped, 1);
+		atomic_fetch_sub(&c->from->swapped, 1);
 	}
 	return 0;
 }
@@ -598,6 +655,7 @@ int lm__region_remap(struct lm_runtime *rt, uintptr_t from, uintptr_t to, size_t
 	a->buf = r->buf;
 	a->buflen = r->buflen;
 	a->fd = r->fd;
+	a->shared = r->shared;
 	a->foff = r->foff;
 	atomic_init(&a->fsize, atomic_load(&r->fsize));
 	a->src_shift = r->src_shift + ((from - r->start) >> rt->page_shift);
@@ -607,7 +665,7 @@ int lm__region_remap(struct lm_runtime *rt, uintptr_t from, uintptr_t to, size_t
 	 * page whose fill woke the application (which then called mremap) may
 	 * not be settled yet: its owner settles it right after the install.
 	 */
-	struct move_ctx mc = { a, (from - r->start) >> rt->page_shift };
+	struct move_ctx mc = { a, r, (from - r->start) >> rt->page_shift };
 	lm__wait_settled(r, mc.first, part >> rt->page_shift);
 	lm__pt_walk(&r->pt, mc.first, mc.first + (part >> rt->page_shift) - 1, move_state, &mc);
 	lm__region_forget(r, from, from + part, false);

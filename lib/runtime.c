@@ -74,6 +74,34 @@ static int env_word(const char *name, const char *const *words, int n, int *out)
 	return -EINVAL;
 }
 
+/* A size in bytes with an optional K, M, G or T suffix (powers of 1024). */
+static int env_size(const char *name, uint64_t *out)
+{
+	const char *s = getenv(name);
+	if (!s || !*s)
+		return 0;
+	char *end;
+	errno = 0;
+	unsigned long long v = strtoull(s, &end, 10);
+	if (errno || end == s || *s == '-')
+		return -EINVAL;
+	unsigned shift = 0;
+	switch (*end) {
+	case 'k': case 'K': shift = 10; end++; break;
+	case 'm': case 'M': shift = 20; end++; break;
+	case 'g': case 'G': shift = 30; end++; break;
+	case 't': case 'T': shift = 40; end++; break;
+	}
+	if (*end == 'i' && shift)
+		end++;
+	if ((*end == 'b' || *end == 'B') && shift)
+		end++;
+	if (*end || (shift && v > (UINT64_MAX >> shift)))
+		return -EINVAL;
+	*out = (uint64_t)v << shift;
+	return 0;
+}
+
 /*
  * Environment variables fill in what the caller left at its default; a
  * malformed value is an error rather than silently ignored, so a typo in
@@ -95,6 +123,18 @@ static int apply_env(struct lm_options *o)
 		rc = rc ? rc : env_int("LAZYMEM_THREADS", 1, MAX_THREADS, &o->handler_threads);
 	if (!o->readahead_max)
 		rc = rc ? rc : env_int("LAZYMEM_READAHEAD", 1, MAX_READAHEAD, &o->readahead_max);
+	static const char *const evicts[] = { "default", "clock", "fifo" };
+	if (!o->evict_policy)
+		rc = rc ? rc : env_word("LAZYMEM_EVICT", evicts, 3, &o->evict_policy);
+	if (!o->budget)
+		rc = rc ? rc : env_size("LAZYMEM_BUDGET", &o->budget);
+	if (!o->swap_max)
+		rc = rc ? rc : env_size("LAZYMEM_SWAP_MAX", &o->swap_max);
+	if (!o->swap_dir) {
+		const char *d = getenv("LAZYMEM_SWAP_DIR");
+		if (d && *d)
+			o->swap_dir = d;
+	}
 	rc = rc ? rc : env_int("LAZYMEM_DEBUG", 0, 9, &dbg);
 	if (dbg && !o->log)
 		o->log = stderr_log;
@@ -106,8 +146,12 @@ static int check_options(struct lm_options *o)
 	if (o->mode < 0 || o->mode > LM_MODE_SIGNAL || o->io < 0 || o->io > LM_IO_PREAD ||
 	    o->uffd_source < 0 || o->uffd_source > LM_UFFD_SYSCALL_USER ||
 	    o->handler_threads < 0 || o->handler_threads > MAX_THREADS ||
-	    o->readahead_max < 0 || o->readahead_max > MAX_READAHEAD || (o->flags & ~LM_OPT_NO_ENV))
+	    o->readahead_max < 0 || o->readahead_max > MAX_READAHEAD || (o->flags & ~LM_OPT_NO_ENV) ||
+	    o->evict_policy < 0 || o->evict_policy > LM_EVICT_FIFO ||
+	    (o->swap_max && o->swap_max < 4096))
 		return -EINVAL;
+	if (!o->evict_policy)
+		o->evict_policy = LM_EVICT_CLOCK;
 	if (!o->mode)
 		o->mode = LM_MODE_THREAD;
 	if (!o->io)
@@ -205,8 +249,11 @@ bool lm__overlaps_any_runtime(uintptr_t start, size_t len)
 static void atfork_prepare(void)
 {
 	pthread_mutex_lock(&all_lock);
-	for (struct lm_runtime *rt = all_list; rt; rt = rt->all_next)
+	for (struct lm_runtime *rt = all_list; rt; rt = rt->all_next) {
 		pthread_mutex_lock(&rt->lock);
+		/* Between eviction batches: no page is half moved out in the child. */
+		pthread_mutex_lock(&rt->evict_lock);
+	}
 	lm__signal_atfork_prepare();
 }
 
@@ -215,6 +262,7 @@ static void atfork_parent(void)
 	lm__signal_atfork_parent();
 	for (struct lm_runtime *rt = all_list; rt; rt = rt->all_next) {
 		LM__STAT_ADD(rt, forks_followed, 1);
+		pthread_mutex_unlock(&rt->evict_lock);
 		pthread_mutex_unlock(&rt->lock);
 	}
 	pthread_mutex_unlock(&all_lock);
@@ -236,6 +284,19 @@ static void atfork_child(void)
 		 */
 		rt->nthreads = 0;
 		rt->pf_started = false;
+		/*
+		 * No evictor either, and the child's pages are its own: no
+		 * budget and no write tracking.  Pages swapped out before the
+		 * fork are read from the shared swap file while the parent has
+		 * not reused their slots (a checksum tells, and the toucher gets
+		 * SIGBUS rather than another page's data).
+		 */
+		pthread_mutex_init(&rt->evict_lock, NULL);
+		pthread_mutex_init(&rt->ev_setup_lock, NULL);
+		rt->ev_started = false;
+		atomic_store(&rt->budget, 0);
+		atomic_store(&rt->track, false);
+		LM__STAT_SET(rt, budget_bytes, 0);
 	}
 	lm__signal_atfork_child();
 	pthread_mutex_init(&all_lock, NULL);
@@ -316,8 +377,6 @@ int lm_runtime_open(const struct lm_options *user, struct lm_runtime **out)
 		memcpy(&o, user, user->size < sizeof(o) ? user->size : sizeof(o));
 		o.size = sizeof(o);
 		/* Reserved fields must be zero, so that later versions can give them a meaning. */
-		if (o.reserved_int)
-			return -EINVAL;
 		for (size_t i = 0; i < LM__ARRAY_SIZE(o.reserved); i++)
 			if (o.reserved[i])
 				return -EINVAL;
@@ -340,7 +399,9 @@ int lm_runtime_open(const struct lm_options *user, struct lm_runtime **out)
 	rt->mode = o.mode;
 	rt->page_size = sysconf(_SC_PAGESIZE);
 	rt->page_shift = (unsigned)__builtin_ctzl((unsigned long)rt->page_size);
-	rt->ufd = rt->epfd = rt->stop_fd = -1;
+	rt->ufd = rt->epfd = rt->stop_fd = rt->stage_ufd = rt->ev_kick = -1;
+	pthread_mutex_init(&rt->ev_setup_lock, NULL);
+	pthread_mutex_init(&rt->evict_lock, NULL);
 	rt->pid = rt->ufd_pid = getpid();
 	rt->pf_tail = &rt->pf_head;
 	pthread_mutex_init(&rt->lock, NULL);
@@ -360,7 +421,8 @@ int lm_runtime_open(const struct lm_options *user, struct lm_runtime **out)
 	 * userfaultfd of its own and fills from its copy of the regions.
 	 */
 	uint64_t want = UFFD_FEATURE_EVENT_REMAP | UFFD_FEATURE_EVENT_REMOVE |
-			UFFD_FEATURE_EVENT_UNMAP | UFFD_FEATURE_THREAD_ID | (1ull << 14) /* POISON */;
+			UFFD_FEATURE_EVENT_UNMAP | UFFD_FEATURE_THREAD_ID | (1ull << 14) /* POISON */ |
+			UFFD_FEATURE_PAGEFAULT_FLAG_WP;
 	if (rt->mode == LM_MODE_SIGNAL)
 		want |= UFFD_FEATURE_SIGBUS;
 	rt->ufd = lm__uffd_open(o.uffd_source, want, &rt->origin, &rt->limits,
@@ -409,6 +471,10 @@ int lm_runtime_open(const struct lm_options *user, struct lm_runtime **out)
 	if ((rc = start_threads(rt)) < 0)
 		goto fail;
 	all_add(rt);
+	if (o.budget && (rc = lm_runtime_set_budget(rt, o.budget)) < 0) {
+		all_del(rt);
+		goto fail;
+	}
 	*out = rt;
 	return 0;
 fail:
@@ -440,7 +506,9 @@ static void stop_threads(struct lm_runtime *rt)
 static void close_runtime(struct lm_runtime *rt)
 {
 	all_del(rt);
-	/* Regions go first, while the handlers still serve faults on them. */
+	/* The evictor stops first: nothing is evicted from regions about to go. */
+	lm__evict_shutdown(rt);
+	/* Regions go next, while the handlers still serve faults on them. */
 	lm__region_free_all(rt);
 	stop_threads(rt);
 	lm__signal_detach(rt);
@@ -463,6 +531,10 @@ static void close_runtime(struct lm_runtime *rt)
 		close(rt->stop_fd);
 	if (rt->ufd >= 0)
 		close(rt->ufd);
+	if (rt->swap_ok)
+		lm__swap_close(&rt->swap);
+	pthread_mutex_destroy(&rt->ev_setup_lock);
+	pthread_mutex_destroy(&rt->evict_lock);
 	pthread_mutex_destroy(&rt->lock);
 	lm__epoch_fini(&rt->rcu);
 	lm__epoch_fini(&rt->evq);

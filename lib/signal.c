@@ -7,6 +7,7 @@
 #include <sched.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/syscall.h>
 #include <sys/ucontext.h>
 #include <unistd.h>
@@ -80,6 +81,17 @@ static bool is_write(void *ucv)
 #endif
 }
 
+/*
+ * With UFFD_FEATURE_SIGBUS a write to a write-protected page raises
+ * SIGBUS too, with nothing to tell it from a missing page but the page
+ * itself: mapped means write-protected.
+ */
+static bool mapped(uintptr_t addr, size_t ps)
+{
+	unsigned char vec = 0;
+	return mincore((void *)(addr & ~(ps - 1)), ps, &vec) == 0 && (vec & 1);
+}
+
 static void on_sigbus(int sig, siginfo_t *si, void *uc)
 {
 	int saved = errno;
@@ -103,7 +115,14 @@ static void on_sigbus(int sig, siginfo_t *si, void *uc)
 				 * this check the access would replay for ever.
 				 */
 				handled = !e || LM_PTE_STATE(atomic_load(e)) != LM_PS_POISON;
-				if (handled) {
+				unsigned s = e ? LM_PTE_STATE(atomic_load(e)) : LM_PS_MISSING;
+				if (handled && atomic_load(&rt->track) &&
+				    (s == LM_PS_CLEAN || s == LM_PS_DIRTY || s == LM_PS_EVICTING) &&
+				    mapped(addr, (size_t)rt->page_size)) {
+					LM__STAT_ADD(rt, faults_wp, 1);
+					LM__STAT_ADD(rt, faults_signal, 1);
+					lm__wp_fault(r, pgno, addr, rt->ufd, false);
+				} else if (handled) {
 					LM__STAT_ADD(rt, faults_missing, 1);
 					LM__STAT_ADD(rt, faults_signal, 1);
 					struct lm__filler *f = pool_get(rt);
@@ -161,6 +180,9 @@ static int reset_filling(lm__pte *e, uint64_t pgno, void *arg)
 	uint64_t v = atomic_load(e);
 	if (LM_PTE_STATE(v) == LM_PS_FILLING)
 		atomic_store(e, (uint64_t)LM_PS_MISSING);
+	/* A writeback the parent had under way: the page is still mapped, and written. */
+	else if (LM_PTE_STATE(v) == LM_PS_EVICTING)
+		atomic_store(e, (uint64_t)LM_PS_DIRTY);
 	return 0;
 }
 
@@ -245,7 +267,7 @@ void lm__signal_atfork_child(void)
 			lm__pt_walk(&r->pt, 0, r->npages - 1, reset_filling, NULL);
 		struct lm__rtable *t = atomic_load(&rt->table);
 		for (size_t i = 0; t && i < t->n; i++)
-			lm__uffd_register(fd, t->e[i].start, t->e[i].end - t->e[i].start);
+			lm__uffd_register(fd, t->e[i].start, t->e[i].end - t->e[i].start, false);
 	}
 	pthread_mutex_init(&sig_lock, NULL);
 }

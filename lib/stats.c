@@ -26,21 +26,34 @@ void lm__stats_latency(struct lm_runtime *rt, uint64_t ns)
 	LM__STAT_ADD(rt, fill_ns_total, ns);
 }
 
-static void sum_metadata(struct lm_runtime *rt, uint64_t *meta, uint64_t *resident)
+static uint64_t nonneg(int64_t v)
+{
+	return v > 0 ? (uint64_t)v : 0;
+}
+
+/* The gauges summed over the regions. */
+static void sum_regions(struct lm_runtime *rt, struct lm_stats *st)
 {
 	pthread_mutex_lock(&rt->lock);
 	struct lm__rtable *t = atomic_load_explicit(&rt->table, memory_order_acquire);
-	uint64_t m = sizeof(*rt), res = 0;
+	uint64_t m = sizeof(*rt), res = 0, dirty = 0, swapped = 0;
 	if (t)
 		m += sizeof(*t) + t->n * sizeof(t->e[0]);
 	for (struct lm_region *r = rt->regions; r; r = r->next) {
 		m += sizeof(*r) + atomic_load_explicit(&r->pt.bytes, memory_order_relaxed);
-		int64_t n = atomic_load_explicit(&r->resident, memory_order_relaxed);
-		res += n > 0 ? (uint64_t)n : 0;
+		res += nonneg(atomic_load_explicit(&r->resident, memory_order_relaxed));
+		dirty += nonneg(atomic_load_explicit(&r->dirty, memory_order_relaxed));
+		swapped += nonneg(atomic_load_explicit(&r->swapped, memory_order_relaxed));
 	}
 	pthread_mutex_unlock(&rt->lock);
-	*meta = m;
-	*resident = res;
+	st->metadata_bytes = m;
+	st->resident_pages = res;
+	/* Counted at different instants: clamp rather than underflow. */
+	st->resident_dirty = dirty < res ? dirty : res;
+	st->resident_clean = res - st->resident_dirty;
+	st->swapped_pages = swapped;
+	st->swap_slots_used = rt->swap_ok ? lm__swap_used(&rt->swap) : 0;
+	st->page_size = (uint64_t)rt->page_size;
 }
 
 int lm_stats_get(struct lm_runtime *rt, struct lm_stats *st)
@@ -57,7 +70,7 @@ int lm_stats_get(struct lm_runtime *rt, struct lm_stats *st)
 	for (int i = 0; i < LM_LAT_BUCKETS; i++)
 		full.fill_latency[i] = atomic_load_explicit(&rt->stats.fill_latency[i],
 							    memory_order_relaxed);
-	sum_metadata(rt, &full.metadata_bytes, &full.resident_pages);
+	sum_regions(rt, &full);
 	/* A caller built against an older, smaller struct gets its prefix. */
 	uint32_t size = st->size < sizeof(full) ? st->size : (uint32_t)sizeof(full);
 	full.size = size;
@@ -83,10 +96,31 @@ static void put(struct out *o, const char *fmt, ...)
 		o->need += (size_t)n;
 }
 
+int lm_stats_free(const struct lm_stats *st, struct lm_free *f)
+{
+	LM__KEEP_ERRNO;
+	if (!st || !f || st->size < offsetof(struct lm_stats, page_size) + sizeof(uint64_t))
+		return -EINVAL;
+	uint64_t ps = st->page_size;
+	memset(f, 0, sizeof(*f));
+	f->used = st->resident_dirty * ps;
+	f->buff_cache = st->resident_clean * ps;
+	f->total = st->budget_bytes ? st->budget_bytes : f->used + f->buff_cache;
+	f->free = f->total > f->used + f->buff_cache ? f->total - f->used - f->buff_cache : 0;
+	f->available = f->free + f->buff_cache;
+	if (f->available > f->total)
+		f->available = f->total;
+	f->swap_total = st->swap_slots_total * ps;
+	f->swap_used = st->swap_slots_used * ps;
+	f->swap_free = f->swap_total - (f->swap_used < f->swap_total ? f->swap_used : f->swap_total);
+	return 0;
+}
+
 int lm_stats_format(const struct lm_stats *st, int format, char *buf, size_t len)
 {
 	LM__KEEP_ERRNO;
-	if (!st || (len && !buf) || (format != LM_FORMAT_TEXT && format != LM_FORMAT_JSON))
+	if (!st || (len && !buf) ||
+	    (format != LM_FORMAT_TEXT && format != LM_FORMAT_JSON && format != LM_FORMAT_FREE))
 		return -EINVAL;
 	/* A caller's older, smaller struct is formatted as far as it goes. */
 	if (st->size < offsetof(struct lm_stats, faults_missing) + sizeof(uint64_t))
@@ -95,6 +129,21 @@ int lm_stats_format(const struct lm_stats *st, int format, char *buf, size_t len
 	struct out o = { buf, len, 0 };
 	if (len)
 		buf[0] = '\0';
+	if (format == LM_FORMAT_FREE) {
+		struct lm_free f;
+		int rc = lm_stats_free(st, &f);
+		if (rc < 0)
+			return rc;
+		put(&o, "%-6s %14s %14s %14s %14s %14s\n", "", "total", "used", "free",
+		    "buff/cache", "available");
+		put(&o, "%-6s %14llu %14llu %14llu %14llu %14llu\n", "Mem:",
+		    (unsigned long long)f.total, (unsigned long long)f.used,
+		    (unsigned long long)f.free, (unsigned long long)f.buff_cache,
+		    (unsigned long long)f.available);
+		put(&o, "%-6s %14llu %14llu %14llu\n", "Swap:", (unsigned long long)f.swap_total,
+		    (unsigned long long)f.swap_used, (unsigned long long)f.swap_free);
+		return (int)o.need;
+	}
 	const char *sep = "";
 	if (format == LM_FORMAT_JSON)
 		put(&o, "{\"version\":%u", st->version), sep = ",";

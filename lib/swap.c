@@ -10,6 +10,7 @@
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 /*
@@ -40,6 +41,8 @@ static uint32_t page_sum(const unsigned char *p, size_t len)
 	uint32_t s = (uint32_t)(h ^ (h >> 32));
 	return s ? s : 1;
 }
+
+_Atomic int lm__swap_fail_writes;
 
 static void *map_zeroed(size_t bytes)
 {
@@ -74,9 +77,10 @@ int lm__swap_open(struct lm__swap *s, const char *dir, uint64_t max_bytes, size_
 	s->page_size = page_size;
 	s->nslots = max_bytes / page_size;
 	size_t words = (size_t)((s->nslots + 63) / 64);
-	s->bitmap = map_zeroed(words * sizeof(uint64_t));
+	s->bitmap = (_Atomic uint64_t *)map_zeroed(words * sizeof(uint64_t));
 	s->sums = map_zeroed((size_t)s->nslots * sizeof(uint32_t));
-	if (!s->bitmap || !s->sums) {
+	s->held = map_zeroed((size_t)s->nslots * sizeof(*s->held));
+	if (!s->bitmap || !s->sums || !s->held) {
 		lm__swap_close(s);
 		return -ENOMEM;
 	}
@@ -96,9 +100,14 @@ void lm__swap_close(struct lm__swap *s)
 	if (s->fd >= 0)
 		close(s->fd);
 	if (s->bitmap)
-		munmap(s->bitmap, (size_t)((s->nslots + 63) / 64) * sizeof(uint64_t));
+		munmap((void *)s->bitmap, (size_t)((s->nslots + 63) / 64) * sizeof(uint64_t));
 	if (s->sums)
 		munmap(s->sums, (size_t)s->nslots * sizeof(uint32_t) ?: 1);
+	if (s->held) {
+		for (uint64_t i = 0; i < s->nslots; i++)
+			free(atomic_load(&s->held[i]));
+		munmap((void *)s->held, (size_t)s->nslots * sizeof(*s->held) ?: 1);
+	}
 	if (s->lock_ok)
 		pthread_mutex_destroy(&s->lock);
 	memset(s, 0, sizeof(*s));
@@ -106,65 +115,113 @@ void lm__swap_close(struct lm__swap *s)
 }
 
 /*
+ * Disk space is allocated before slots are handed out, so that a full
+ * disk shows while the pages are still in place, rather than as a failed
+ * write.  The file grows a megabyte at a time, or as far as the disk
+ * allows; slots beyond what is backed are not handed out.
+ */
+static void back(struct lm__swap *s, uint64_t need)
+{
+	uint64_t cap = s->nslots * s->page_size;
+	while (need > s->backed) {
+		uint64_t grow = (uint64_t)1 << 20;
+		if (grow < need - s->backed)
+			grow = need - s->backed;
+		if (grow > cap - s->backed)
+			grow = cap - s->backed;
+		int rc;
+		while ((rc = fallocate(s->fd, 0, (off_t)s->backed, (off_t)grow)) < 0 &&
+		       errno == ENOSPC && grow > s->page_size)
+			grow = (grow / 2 + s->page_size - 1) / s->page_size * s->page_size;
+		if (rc == 0) {
+			s->backed += grow;
+			continue;
+		}
+		/* A filesystem without fallocate: the writes will tell. */
+		if (errno == EOPNOTSUPP)
+			s->backed = cap;
+		return;
+	}
+}
+
+/*
  * Takes up to n free slots into slots[]; returns how many (0 when the
  * file is full).  Allocation rotates through the file so that slots freed
- * and taken again do not all land on the same blocks.
+ * and taken again do not all land on the same blocks.  Allocators take
+ * the mutex (only the evictor allocates); a bit is set with an atomic OR
+ * because frees clear bits without it.
  */
 unsigned lm__swap_alloc(struct lm__swap *s, uint64_t *slots, unsigned n)
 {
 	unsigned got = 0;
 	pthread_mutex_lock(&s->lock);
 	uint64_t words = (s->nslots + 63) / 64;
-	for (uint64_t k = 0; k < words && got < n && s->used < s->nslots; k++) {
+	for (uint64_t k = 0; k < words && got < n; k++) {
 		uint64_t w = (s->hint + k) % words;
-		while (got < n && ~s->bitmap[w]) {
-			unsigned bit = (unsigned)__builtin_ctzll(~s->bitmap[w]);
+		uint64_t bits = atomic_load_explicit(&s->bitmap[w], memory_order_relaxed);
+		while (got < n && ~bits) {
+			unsigned bit = (unsigned)__builtin_ctzll(~bits);
 			uint64_t slot = w * 64 + bit;
 			if (slot >= s->nslots)
 				break;
-			s->bitmap[w] |= 1ull << bit;
-			s->used++;
+			bits = atomic_fetch_or_explicit(&s->bitmap[w], 1ull << bit,
+							memory_order_acq_rel) | (1ull << bit);
+			atomic_fetch_add_explicit(&s->used, 1, memory_order_relaxed);
 			slots[got++] = slot;
 		}
 		if (got == n)
 			s->hint = w;
 	}
+	uint64_t need = 0;
+	for (unsigned i = 0; i < got; i++)
+		if ((slots[i] + 1) * s->page_size > need)
+			need = (slots[i] + 1) * s->page_size;
+	back(s, need);
+	unsigned keep = 0;
+	for (unsigned i = 0; i < got; i++) {
+		if ((slots[i] + 1) * s->page_size <= s->backed) {
+			slots[keep++] = slots[i];
+			continue;
+		}
+		atomic_fetch_and(&s->bitmap[slots[i] / 64], ~(1ull << (slots[i] % 64)));
+		atomic_fetch_sub(&s->used, 1);
+	}
+	/* A slot freed while its page was held: its memory goes now, outside signal context. */
+	for (unsigned i = 0; i < keep; i++)
+		free(atomic_exchange(&s->held[slots[i]], NULL));
 	pthread_mutex_unlock(&s->lock);
-	return got;
+	return keep;
 }
 
 void lm__swap_free(struct lm__swap *s, uint64_t slot)
 {
 	if (slot >= s->nslots)
 		return;
-	pthread_mutex_lock(&s->lock);
 	uint64_t bit = 1ull << (slot % 64);
-	if (s->bitmap[slot / 64] & bit) {
-		s->bitmap[slot / 64] &= ~bit;
-		s->used--;
-		s->sums[slot] = 0;
-	}
-	pthread_mutex_unlock(&s->lock);
+	s->sums[slot] = 0;
+	/* A held page's memory is freed when the slot is next allocated (free() is not signal-safe). */
+	if (atomic_load_explicit(&s->held[slot], memory_order_acquire) && s->held_pages)
+		atomic_fetch_sub_explicit(s->held_pages, 1, memory_order_relaxed);
+	if (atomic_fetch_and_explicit(&s->bitmap[slot / 64], ~bit, memory_order_acq_rel) & bit)
+		atomic_fetch_sub_explicit(&s->used, 1, memory_order_relaxed);
 }
 
 uint64_t lm__swap_used(struct lm__swap *s)
 {
-	pthread_mutex_lock(&s->lock);
-	uint64_t u = s->used;
-	pthread_mutex_unlock(&s->lock);
-	return u;
+	return atomic_load_explicit(&s->used, memory_order_relaxed);
 }
 
 /*
- * One batch of page-sized transfers between a filler's staging buffer
- * (page i at stage + i pages) and slots[i], through the filler's io_uring
- * (one submission for the batch) or pread/pwrite.  done[i] gets each
+ * One batch of page-sized transfers between buf (page i at buf + i pages)
+ * and slots[i], through the filler's io_uring (one submission for the
+ * batch; fixed-buffer operations when buf is the filler's registered
+ * staging buffer) or pread/pwrite.  done[i] gets each
  * page's result: 0, or -errno.  Returns 0 when all succeeded, else the
  * first error; a short transfer is -EIO for a write (disk full shows as
  * -ENOSPC) and -EBADMSG for a read (the file was truncated).
  */
-static int batch_io(struct lm__swap *s, struct lm__filler *f, const uint64_t *slots, unsigned n,
-		    bool write, int *done)
+static int batch_io(struct lm__swap *s, struct lm__filler *f, unsigned char *const *pages,
+		    const uint64_t *slots, unsigned n, bool write, int *done)
 {
 	size_t ps = s->page_size;
 	int first = 0;
@@ -180,12 +237,17 @@ static int batch_io(struct lm__swap *s, struct lm__filler *f, const uint64_t *sl
 				struct io_uring_sqe *sqe = io_uring_get_sqe(ring);
 				if (!sqe)
 					break;
-				unsigned char *buf = f->stage + (size_t)(at + k) * ps;
+				unsigned char *buf = pages[at + k];
+				bool fixed = buf >= f->stage && buf < f->stage + f->stage_len;
 				off_t off = (off_t)(slots[at + k] * ps);
-				if (write)
+				if (write && fixed)
 					io_uring_prep_write_fixed(sqe, s->fd, buf, (unsigned)ps, off, 0);
-				else
+				else if (write)
+					io_uring_prep_write(sqe, s->fd, buf, (unsigned)ps, (__u64)off);
+				else if (fixed)
 					io_uring_prep_read_fixed(sqe, s->fd, buf, (unsigned)ps, off, 0);
+				else
+					io_uring_prep_read(sqe, s->fd, buf, (unsigned)ps, (__u64)off);
 				sqe->user_data = at + k;
 			}
 			int rc = io_uring_submit_and_wait(ring, k);
@@ -203,7 +265,7 @@ static int batch_io(struct lm__swap *s, struct lm__filler *f, const uint64_t *sl
 					done[at + c] = rc;
 		} else {
 			k = 1;
-			unsigned char *buf = f->stage + (size_t)at * ps;
+			unsigned char *buf = pages[at];
 			off_t off = (off_t)(slots[at] * ps);
 			ssize_t r;
 			do
@@ -220,22 +282,46 @@ static int batch_io(struct lm__swap *s, struct lm__filler *f, const uint64_t *sl
 }
 
 /*
- * Writes pages [0, n) of f->stage to slots[]; their checksums are taken
- * first, so the slot's sum always describes what was written.  A page
- * whose write failed (done[i] < 0) must stay resident: its slot holds
- * nothing usable.
+ * Writes pages [0, n) of src to slots[]; their checksums are taken first,
+ * so the slot's sum always describes what was written.  done[i] is 0 when
+ * page i was written, 1 when its write failed and the slot holds the page
+ * in memory instead (reads return it; it counts in *held_pages until the
+ * slot is freed).  Returns the first write error, for the caller to count.
  */
-int lm__swap_write(struct lm__swap *s, struct lm__filler *f, const uint64_t *slots, unsigned n,
-		   int *done)
+int lm__swap_write(struct lm__swap *s, struct lm__filler *f, unsigned char *const *pages,
+		   const uint64_t *slots, unsigned n, int *done)
 {
-	if (n > f->stage_len / s->page_size)
-		return -EINVAL;
-	uint32_t sums[n];
+	uint32_t sums[n ? n : 1];
 	for (unsigned i = 0; i < n; i++)
-		sums[i] = page_sum(f->stage + (size_t)i * s->page_size, s->page_size);
-	int rc = batch_io(s, f, slots, n, true, done);
-	for (unsigned i = 0; i < n; i++)
-		s->sums[slots[i]] = done[i] ? 0 : sums[i];
+		sums[i] = page_sum(pages[i], s->page_size);
+	int fail = atomic_load(&lm__swap_fail_writes);
+	int rc = 0;
+	if (fail) {
+		for (unsigned i = 0; i < n; i++)
+			done[i] = -fail;
+		rc = -fail;
+	} else {
+		rc = batch_io(s, f, pages, slots, n, true, done);
+	}
+	for (unsigned i = 0; i < n; i++) {
+		s->sums[slots[i]] = sums[i];
+		if (!done[i])
+			continue;
+		/*
+		 * Not written: the slot holds the page in memory instead, so
+		 * nothing is lost.  The caller has nowhere else to keep it, so
+		 * an allocation failure is waited out, not returned.
+		 */
+		unsigned char *copy;
+		while (!(copy = malloc(s->page_size)))
+			nanosleep(&(struct timespec){ 0, 1000000 }, NULL);
+		memcpy(copy, pages[i], s->page_size);
+		unsigned char *old = atomic_exchange(&s->held[slots[i]], copy);
+		free(old);
+		if (!old && s->held_pages)
+			atomic_fetch_add(s->held_pages, 1);
+		done[i] = 1;	/* held */
+	}
 	return rc;
 }
 
@@ -249,7 +335,26 @@ int lm__swap_read(struct lm__swap *s, struct lm__filler *f, const uint64_t *slot
 {
 	if (n > f->stage_len / s->page_size)
 		return -EINVAL;
-	int rc = batch_io(s, f, slots, n, false, done);
+	/* Held pages are copied from memory; the others are read in one batch. */
+	uint64_t io_slots[n ? n : 1];
+	unsigned char *io_pages[n ? n : 1];
+	unsigned io_at[n ? n : 1], nio = 0;
+	int io_done[n ? n : 1];
+	for (unsigned i = 0; i < n; i++) {
+		const unsigned char *h = slots[i] < s->nslots ?
+			atomic_load_explicit(&s->held[slots[i]], memory_order_acquire) : NULL;
+		done[i] = 0;
+		if (h) {
+			memcpy(f->stage + (size_t)i * s->page_size, h, s->page_size);
+		} else {
+			io_slots[nio] = slots[i];
+			io_pages[nio] = f->stage + (size_t)i * s->page_size;
+			io_at[nio++] = i;
+		}
+	}
+	int rc = nio ? batch_io(s, f, io_pages, io_slots, nio, false, io_done) : 0;
+	for (unsigned k = 0; k < nio; k++)
+		done[io_at[k]] = io_done[k];
 	for (unsigned i = 0; i < n; i++) {
 		if (done[i])
 			continue;

@@ -186,11 +186,11 @@ int lm__uffd_open(int forced_origin, uint64_t want_features,
 	return last;
 }
 
-int lm__uffd_register(int ufd, uintptr_t start, size_t len)
+int lm__uffd_register(int ufd, uintptr_t start, size_t len, bool wp)
 {
 	struct uffdio_register reg = {
 		.range = { .start = start, .len = len },
-		.mode = UFFDIO_REGISTER_MODE_MISSING,
+		.mode = UFFDIO_REGISTER_MODE_MISSING | (wp ? UFFDIO_REGISTER_MODE_WP : 0),
 	};
 	if (ioctl(ufd, UFFDIO_REGISTER, &reg) < 0)
 		return -errno;
@@ -211,7 +211,7 @@ int lm__uffd_unregister(int ufd, uintptr_t start, size_t len)
  * The kernel reports progress in the copy/zeropage field: the bytes done,
  * or a negative errno.  EINTR is retried here, for the part not done.
  */
-int lm__uffd_copy(int ufd, uintptr_t dst, const void *src, size_t len, size_t *done)
+int lm__uffd_copy(int ufd, uintptr_t dst, const void *src, size_t len, bool wp, size_t *done)
 {
 	size_t off = 0;
 	for (;;) {
@@ -219,7 +219,7 @@ int lm__uffd_copy(int ufd, uintptr_t dst, const void *src, size_t len, size_t *d
 			.dst = dst + off,
 			.src = (uintptr_t)src + off,
 			.len = len - off,
-			.mode = 0,
+			.mode = wp ? UFFDIO_COPY_MODE_WP : 0,
 		};
 		int rc = ioctl(ufd, UFFDIO_COPY, &c);
 		int err = rc < 0 ? errno : 0;
@@ -256,6 +256,58 @@ int lm__uffd_zeropage(int ufd, uintptr_t dst, size_t len, size_t *done)
 			continue;
 		*done = off;
 		return -err;
+	}
+}
+
+/*
+ * Moves len bytes of present pages from src to dst (dst registered with
+ * ufd, its page table entries empty).  Stops at the first page that is
+ * absent (-ENOENT) or shared with another process (-EBUSY: after fork),
+ * or when an event is pending (-EAGAIN), with *done the bytes moved
+ * before it.
+ */
+int lm__uffd_move(int ufd, uintptr_t dst, uintptr_t src, size_t len, size_t *done)
+{
+	size_t off = 0;
+	for (;;) {
+		struct uffdio_move m = {
+			.dst = dst + off,
+			.src = src + off,
+			.len = len - off,
+			.mode = UFFDIO_MOVE_MODE_DONTWAKE,
+		};
+		int rc = ioctl(ufd, UFFDIO_MOVE, &m);
+		int err = rc < 0 ? errno : 0;
+		if (m.move > 0)
+			off += (size_t)m.move;
+		if (!err) {
+			*done = len;
+			return 0;
+		}
+		if (err == EINTR && off < len)
+			continue;
+		*done = off;
+		return -err;
+	}
+}
+
+/*
+ * Write-protects [start, start + len), or lifts the protection and wakes
+ * the range's writers.  EAGAIN (an event is pending) is the caller's to
+ * handle, like everywhere else: retrying here could wait for a handler
+ * that is waiting for the caller.
+ */
+int lm__uffd_writeprotect(int ufd, uintptr_t start, size_t len, bool protect)
+{
+	for (;;) {
+		struct uffdio_writeprotect w = {
+			.range = { .start = start, .len = len },
+			.mode = protect ? UFFDIO_WRITEPROTECT_MODE_WP : 0,
+		};
+		if (ioctl(ufd, UFFDIO_WRITEPROTECT, &w) == 0)
+			return 0;
+		if (errno != EINTR)
+			return -errno;
 	}
 }
 

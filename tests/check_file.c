@@ -1163,7 +1163,15 @@ START_TEST(bad_file_arguments)
 	EXPECT_ERR(lm_region_create_file(rt, fd, -(off_t)PS, PS, 0, &out), -EINVAL);
 	EXPECT_ERR(lm_region_create_file(rt, fd, 1, PS, 0, &out), -EINVAL);
 	EXPECT_ERR(lm_region_create_file(rt, fd, (off_t)PS / 2, PS, 0, &out), -EINVAL);
-	EXPECT_ERR(lm_region_create_file(rt, fd, 0, PS, 1, &out), -EINVAL);
+	EXPECT_ERR(lm_region_create_file(rt, fd, 0, PS, 1u << 7, &out), -EINVAL);
+	/* Shared needs a descriptor open for writing too; zero and memory regions cannot be shared. */
+	char ropath[64];
+	snprintf(ropath, sizeof(ropath), "/proc/self/fd/%d", fd);
+	int ro = open(ropath, O_RDONLY);
+	ck_assert_int_ge(ro, 0);
+	EXPECT_ERR(lm_region_create_file(rt, ro, 0, PS, LM_REGION_SHARED, &out), -EACCES);
+	close(ro);
+	EXPECT_ERR(lm_region_create_zero(rt, PS, LM_REGION_SHARED, &out), -EINVAL);
 	EXPECT_ERR(lm_region_create_file(rt, fd, 0, SIZE_MAX, 0, &out), -EINVAL);
 	EXPECT_ERR(lm_region_create_file(rt, -1, 0, PS, 0, &out), -EBADF);
 

@@ -95,6 +95,15 @@ START_TEST(allocator_fills_and_frees)
 }
 END_TEST
 
+/* Page pointers into the filler's stage, as lm__swap_write takes them. */
+static unsigned char **stage_pages(struct lm__filler *f, unsigned n)
+{
+	static unsigned char *p[64];
+	for (unsigned i = 0; i < n; i++)
+		p[i] = f->stage + i * PS;
+	return p;
+}
+
 /* Pages written in batches read back byte for byte, through io_uring or pread/pwrite. */
 START_TEST(write_read_round_trip)
 {
@@ -111,7 +120,7 @@ START_TEST(write_read_round_trip)
 	for (unsigned b = 0; b < 4096; b += 32) {
 		for (unsigned i = 0; i < 32; i++)
 			fill_page(f.stage + i * PS, slots[b + i]);
-		ck_assert_int_eq(lm__swap_write(&s, &f, slots + b, 32, done), 0);
+		ck_assert_int_eq(lm__swap_write(&s, &f, stage_pages(&f, 32), slots + b, 32, done), 0);
 	}
 	/* Read back in another order and batch size. */
 	for (int b = 4096 - 20; b >= 0; b -= 20) {
@@ -140,7 +149,7 @@ START_TEST(corruption_is_detected)
 	ck_assert_uint_eq(lm__swap_alloc(&s, slots, 8), 8);
 	for (unsigned i = 0; i < 8; i++)
 		fill_page(f.stage + i * PS, i + 1);
-	ck_assert_int_eq(lm__swap_write(&s, &f, slots, 8, done), 0);
+	ck_assert_int_eq(lm__swap_write(&s, &f, stage_pages(&f, 8), slots, 8, done), 0);
 	/* Flip one byte of slot 3 on disk. */
 	unsigned char b;
 	off_t off = (off_t)(slots[3] * PS + 1000);
@@ -173,8 +182,9 @@ START_TEST(corruption_is_detected)
 END_TEST
 
 /*
- * Disk full: a swap file on a tiny tmpfs.  Writes past its end fail with
- * ENOSPC, per page, and the slots written before stay readable.
+ * Disk full: a swap file on a tiny tmpfs.  The allocator backs slots with
+ * disk space before handing them out, so a full disk shows as fewer slots
+ * while the pages are still in place; every slot handed out is writable.
  */
 START_TEST(disk_full_is_reported)
 {
@@ -194,28 +204,26 @@ START_TEST(disk_full_is_reported)
 			_exit(2);
 		uint64_t slots[32];
 		int done[32];
-		if (lm__swap_alloc(&s, slots, 32) != 32)
+		unsigned got = lm__swap_alloc(&s, slots, 32);
+		if (got == 0 || got >= 32)
 			_exit(3);
-		for (unsigned i = 0; i < 32; i++)
-			fill_page(f.stage + i * PS, i + 7);
-		int rc = lm__swap_write(&s, &f, slots, 32, done);
-		if (rc != -ENOSPC)
+		/* Full: no more. */
+		uint64_t more;
+		if (lm__swap_alloc(&s, &more, 1) != 0)
 			_exit(4);
-		unsigned ok = 0, full = 0;
-		for (unsigned i = 0; i < 32; i++) {
-			ok += done[i] == 0;
-			full += done[i] == -ENOSPC;
-		}
-		if (!ok || !full || ok + full != 32)
+		for (unsigned i = 0; i < got; i++)
+			fill_page(f.stage + i * PS, i + 7);
+		if (lm__swap_write(&s, &f, stage_pages(&f, got), slots, got, done) != 0)
 			_exit(5);
-		/* What was written reads back; what was not, is not data. */
-		uint64_t good[32];
-		unsigned ng = 0;
-		for (unsigned i = 0; i < 32; i++)
-			if (done[i] == 0)
-				good[ng++] = slots[i];
-		if (lm__swap_read(&s, &f, good, ng, done) != 0)
-			_exit(6);
+		for (unsigned i = 0; i < got; i++)
+			if (done[i] != 0)
+				_exit(6);
+		memset(f.stage, 0, got * PS);
+		if (lm__swap_read(&s, &f, slots, got, done) != 0)
+			_exit(7);
+		for (unsigned i = 0; i < got; i++)
+			if (!check_page(f.stage + i * PS, i + 7))
+				_exit(8);
 		lm__swap_close(&s);
 		umount2(dir, MNT_DETACH);
 		rmdir(dir);
@@ -224,6 +232,49 @@ START_TEST(disk_full_is_reported)
 	int st;
 	ck_assert_int_eq(waitpid(pid, &st, 0), pid);
 	ck_assert_msg(WIFEXITED(st) && WEXITSTATUS(st) == 0, "child status 0x%x", st);
+}
+END_TEST
+
+/* A write that fails keeps the page in memory: it reads back, and is counted held until freed. */
+START_TEST(failed_write_is_held)
+{
+	struct lm_runtime *rt = fake_runtime(8);
+	struct lm__filler f;
+	ck_assert_int_eq(lm__filler_init(&f, rt, _i == 0), 0);
+	struct lm__swap s;
+	ck_assert_int_eq(lm__swap_open(&s, tmpdir(), 64 * PS, PS), 0);
+	_Atomic int64_t held = 0;
+	s.held_pages = &held;
+	uint64_t slots[8];
+	int done[8];
+	ck_assert_uint_eq(lm__swap_alloc(&s, slots, 8), 8);
+	for (unsigned i = 0; i < 8; i++)
+		fill_page(f.stage + i * PS, i + 100);
+	atomic_store(&lm__swap_fail_writes, EIO);
+	ck_assert_int_eq(lm__swap_write(&s, &f, stage_pages(&f, 8), slots, 8, done), -EIO);
+	atomic_store(&lm__swap_fail_writes, 0);
+	for (unsigned i = 0; i < 8; i++)
+		ck_assert_int_eq(done[i], 1);
+	ck_assert_int_eq(atomic_load(&held), 8);
+	memset(f.stage, 0, 8 * PS);
+	ck_assert_int_eq(lm__swap_read(&s, &f, slots, 8, done), 0);
+	for (unsigned i = 0; i < 8; i++)
+		ck_assert(check_page(f.stage + i * PS, i + 100));
+	/* Freed: no longer held; a slot handed out again is written normally. */
+	lm__swap_free(&s, slots[2]);
+	ck_assert_int_eq(atomic_load(&held), 7);
+	uint64_t again;
+	ck_assert_uint_eq(lm__swap_alloc(&s, &again, 1), 1);
+	ck_assert_uint_eq(again, slots[2]);
+	fill_page(f.stage, 555);
+	ck_assert_int_eq(lm__swap_write(&s, &f, stage_pages(&f, 1), &again, 1, done), 0);
+	ck_assert_int_eq(done[0], 0);
+	memset(f.stage, 0, PS);
+	ck_assert_int_eq(lm__swap_read(&s, &f, &again, 1, done), 0);
+	ck_assert(check_page(f.stage, 555));
+	lm__swap_close(&s);
+	lm__filler_fini(&f);
+	free(rt);
 }
 END_TEST
 
@@ -237,6 +288,7 @@ int main(void)
 	tcase_add_loop_test(tc, write_read_round_trip, 0, 2);
 	tcase_add_loop_test(tc, corruption_is_detected, 0, 2);
 	tcase_add_test(tc, disk_full_is_reported);
+	tcase_add_loop_test(tc, failed_write_is_held, 0, 2);
 	suite_add_tcase(s, tc);
 	return lmt_run(s);
 }

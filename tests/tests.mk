@@ -8,7 +8,8 @@ LM_CHECKS = \
 	tests/check_file \
 	tests/check_events \
 	tests/check_signal \
-	tests/check_swap
+	tests/check_swap \
+	tests/check_budget
 
 check_PROGRAMS += $(LM_CHECKS)
 TESTS += $(LM_CHECKS)
@@ -47,3 +48,8 @@ tests_check_signal_LDADD = $(TEST_LIBS)
 tests_check_swap_SOURCES = tests/check_swap.c $(lib_liblazymem_la_SOURCES)
 tests_check_swap_CFLAGS = $(TEST_CFLAGS) $(URING_CFLAGS) $(CAP_CFLAGS)
 tests_check_swap_LDADD = $(CHECK_LIBS) $(URING_LIBS) $(CAP_LIBS)
+
+# Eviction tests inject swap write errors and corrupt the swap file: the library is compiled in.
+tests_check_budget_SOURCES = tests/check_budget.c tests/testutil.h $(lib_liblazymem_la_SOURCES)
+tests_check_budget_CFLAGS = $(TEST_CFLAGS) $(URING_CFLAGS) $(CAP_CFLAGS)
+tests_check_budget_LDADD = $(CHECK_LIBS) $(URING_LIBS) $(CAP_LIBS)

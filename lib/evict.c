@@ -1,0 +1,858 @@
+/* SPDX-License-Identifier: MIT */
+/* The memory budget: the evictor thread and its clock, throttling of fills, and writeback of shared file regions. */
+#include "internal.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <linux/userfaultfd.h>
+#include <poll.h>
+#include <sched.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/eventfd.h>
+#include <sys/mman.h>
+#include <time.h>
+#include <unistd.h>
+
+/*
+ * How a page leaves, without ever losing a write (DESIGN invariant 2):
+ *
+ *  1. The evictor claims it: CLEAN or DIRTY -> EVICTING, a CAS.  From
+ *     here a fault on the page parks (thread mode) or replays (signal
+ *     mode) until the page settles; no fill can install it.
+ *  2. Dirty pages get swap slots, with their disk space allocated
+ *     (fallocate), before anything moves: a full swap file or disk leaves
+ *     them where they are, resident, and the runtime over its budget.
+ *  3. UFFDIO_MOVE takes the pages out of the region into the evictor's
+ *     staging area in one atomic step per run: a writer racing it either
+ *     wrote before (its write moves with the page) or faults on the empty
+ *     entry after and waits for step 5.  No write-protect and no
+ *     MADV_DONTNEED on the region, so no REMOVE event round trip either.
+ *     The staging area belongs to a second userfaultfd without events.
+ *  4. Dirty pages are written to their slots.  A write that fails leaves
+ *     the page held in memory by the swap layer (swap.c), still counted
+ *     against the budget: it is never dropped.
+ *  5. The entry settles: SWAPPED(slot), or MISSING when the source (or
+ *     the file, for shared regions) has the contents; waiters are woken
+ *     and refault into the swap-in path.
+ *
+ * Dirty pages of shared file regions are not moved: they are written
+ * back in place (write-protected first, read through /proc/self/mem,
+ * which never waits on a missing page) and become CLEAN, to be dropped
+ * by a later pass, as the kernel writes back dirty page cache before
+ * reclaiming it.
+ *
+ * Lock order: a handler applying an event holds ev_lock and may wait for
+ * rt->lock or for a page to settle; region destroy holds rt->lock and
+ * waits for readers.  The evictor holds a read section for a whole batch,
+ * so it only ever try-locks ev_lock, and gives back its claims when that
+ * fails: it never waits for a handler.
+ */
+
+#define EVICT_BATCH 64
+#define SCAN_MAX (EVICT_BATCH * 16)	/* entries looked at per batch, at most */
+#define DEFAULT_SWAP_MAX (64ull << 30)
+#define THROTTLE_MAX_NS 1000000000ull	/* a fault waits for the evictor one second at most */
+
+struct batch {
+	struct lm_region *r;
+	unsigned n;
+	uint64_t pg[EVICT_BATCH];
+	lm__pte *e[EVICT_BATCH];
+	uint64_t prev[EVICT_BATCH];
+	uint64_t slot[EVICT_BATCH];	/* reserved for a dirty page; UINT64_MAX: none */
+	int res[EVICT_BATCH];		/* see the R_* values */
+	unsigned scanned;
+	bool wrapped;
+};
+
+enum {
+	R_STAGED = 0,	/* moved into estage[i] */
+	R_GONE = 1,	/* the application dropped it: nothing to keep */
+	R_BACK = 2,	/* not moved: settles back to its previous state */
+	R_WB = 3,	/* shared and dirty: written back in place */
+	R_WB_DONE = 4,
+};
+
+static uint64_t gap_of(uint64_t budget)
+{
+	uint64_t g = budget / 32;
+	if (g < 8)
+		g = budget / 4 < 8 ? budget / 4 : 8;
+	return g;
+}
+
+static void kick(struct lm_runtime *rt)
+{
+	if (!atomic_exchange_explicit(&rt->ev_wanted, true, memory_order_acq_rel)) {
+		uint64_t one = 1;
+		if (write(rt->ev_kick, &one, sizeof(one)) < 0) {
+			/* Only an overflowing counter fails, and then a wake-up is pending anyway. */
+		}
+	}
+}
+
+void lm__evict_check(struct lm_runtime *rt)
+{
+	uint64_t b = atomic_load_explicit(&rt->budget, memory_order_relaxed);
+	if (b && rt->ev_started &&
+	    atomic_load_explicit(&rt->nres, memory_order_relaxed) > (int64_t)(b - gap_of(b)))
+		kick(rt);
+}
+
+/*
+ * Fills stop at the budget and wait for the evictor, as the kernel's
+ * allocations enter direct reclaim: without this a fast writer outruns
+ * the evictor's disk writes without bound.  The wait ends when the
+ * evictor made room, when it reports that it cannot (over budget:
+ * counted, never fatal), or after a second.  Sleeping is async-signal-safe.
+ */
+void lm__throttle(struct lm_runtime *rt)
+{
+	uint64_t b = atomic_load_explicit(&rt->budget, memory_order_relaxed);
+	if (!b || !rt->ev_started ||
+	    atomic_load_explicit(&rt->nres, memory_order_relaxed) < (int64_t)b)
+		return;
+	uint64_t t0 = lm__now_ns(), t = t0;
+	kick(rt);
+	while (atomic_load_explicit(&rt->nres, memory_order_relaxed) >= (int64_t)b &&
+	       !atomic_load_explicit(&rt->ev_stuck, memory_order_relaxed) &&
+	       t - t0 < THROTTLE_MAX_NS) {
+		nanosleep(&(struct timespec){ 0, 20000 }, NULL);
+		t = lm__now_ns();
+		kick(rt);
+	}
+	LM__STAT_ADD(rt, throttle_ns, t - t0);
+}
+
+void lm__slot_release(struct lm_runtime *rt, uint64_t v)
+{
+	if (LM_PTE_HAS_SLOT(v) && rt->swap_ok)
+		lm__swap_free(&rt->swap, LM_PTE_SLOT(v));
+}
+
+/* ---- choosing victims ---------------------------------------------------- */
+
+struct sel {
+	struct batch *b;
+	unsigned want;
+	bool fifo;
+	bool prefer_clean;
+	uint64_t next;
+};
+
+/*
+ * The clock.  User space sees no accessed bits, so "referenced" means
+ * what the runtime does see: a refault (the page was evicted and wanted
+ * back: evicting it was a mistake) or a first write (a write-protect
+ * fault).  The hand clears the bit and passes; an unreferenced page is
+ * taken.  While clean pages are plentiful, a dirty page also gets one
+ * pass, since dropping a clean page costs no write.
+ */
+static int select_one(lm__pte *e, uint64_t pgno, void *arg)
+{
+	struct sel *c = arg;
+	struct batch *b = c->b;
+	b->scanned++;
+	c->next = pgno + 1;
+	uint64_t v = atomic_load_explicit(e, memory_order_acquire);
+	unsigned s = LM_PTE_STATE(v);
+	if (s == LM_PS_CLEAN || s == LM_PS_DIRTY) {
+		if (!c->fifo && (v & LM_PTE_REF)) {
+			atomic_compare_exchange_strong(e, &v, v & ~LM_PTE_REF);
+		} else if (!c->fifo && s == LM_PS_DIRTY && c->prefer_clean) {
+			atomic_compare_exchange_strong(e, &v, v | LM_PTE_REF);
+		} else if (atomic_compare_exchange_strong(e, &v, (uint64_t)LM_PS_EVICTING)) {
+			b->pg[b->n] = pgno;
+			b->e[b->n] = e;
+			b->prev[b->n] = v & ~(LM_PTE_WAITERS | LM_PTE_REF);
+			b->slot[b->n] = UINT64_MAX;
+			b->res[b->n] = R_STAGED;
+			b->n++;
+		}
+	}
+	return b->n == c->want || b->scanned >= SCAN_MAX;
+}
+
+/* Claims up to want (at most EVICT_BATCH) victims of one region, moving the hand. */
+static void select_victims(struct lm_runtime *rt, struct lm__rtable *t, struct batch *b,
+			   unsigned want)
+{
+	b->n = 0;
+	b->scanned = 0;
+	b->wrapped = false;
+	b->r = NULL;
+	if (rt->hand_ext >= t->n) {
+		rt->hand_ext = 0;
+		rt->hand_pg = 0;
+		b->wrapped = true;
+	}
+	const struct lm__extent *x = &t->e[rt->hand_ext];
+	struct lm_region *r = x->r;
+	uint64_t first = (x->start - r->start) >> rt->page_shift;
+	uint64_t last = (x->end - 1 - r->start) >> rt->page_shift;
+	if (x->start < r->start || last >= r->npages) {
+		/* The region moved since this table was built: try the next one. */
+		rt->hand_ext++;
+		return;
+	}
+	if (rt->hand_pg < first || rt->hand_pg > last)
+		rt->hand_pg = first;
+	int64_t res = atomic_load(&rt->nres), dirty = atomic_load(&rt->ndirty);
+	struct sel c = {
+		.b = b,
+		.want = want < EVICT_BATCH ? want : EVICT_BATCH,
+		.fifo = rt->opt.evict_policy == LM_EVICT_FIFO,
+		.prefer_clean = res - dirty >= 2 * EVICT_BATCH,
+		.next = last + 1,
+	};
+	b->r = r;
+	lm__pt_walk(&r->pt, rt->hand_pg, last, select_one, &c);
+	if (c.next > last || b->scanned < SCAN_MAX) {
+		rt->hand_ext++;
+		rt->hand_pg = 0;
+	} else {
+		rt->hand_pg = c.next;
+	}
+}
+
+/* ---- one batch ------------------------------------------------------------- */
+
+static uintptr_t addr_of(struct lm_region *r, uint64_t pgno)
+{
+	return r->start + (pgno << r->rt->page_shift);
+}
+
+/*
+ * Settles a claimed page.  A page the application dropped meanwhile (its
+ * REMOVE or UNMAP event marked it) reads from the source again instead.
+ * Returns true when the page ended up dropped.
+ */
+static bool finish(struct lm_region *r, lm__pte *e, uint64_t pgno, uint64_t val)
+{
+	uint64_t old = atomic_load_explicit(e, memory_order_acquire);
+	for (;;) {
+		uint64_t nv = (old & LM_PTE_DROP) ? (uint64_t)LM_PS_MISSING : val;
+		if (atomic_compare_exchange_weak_explicit(e, &old, nv, memory_order_acq_rel,
+							  memory_order_acquire)) {
+			if (old & LM_PTE_WAITERS)
+				lm__uffd_wake(r->rt->ufd, addr_of(r, pgno), (size_t)r->rt->page_size);
+			return (old & LM_PTE_DROP) != 0;
+		}
+	}
+}
+
+/*
+ * Accounts a claimed page that the application dropped while the evictor
+ * held it: forget (region.c) only marked it, since it did not own it.
+ */
+static void dropped(struct lm_region *r, uint64_t prev)
+{
+	lm__resident_add(r, -1);
+	if (LM_PTE_STATE(prev) == LM_PS_DIRTY)
+		lm__dirty_add(r, -1);
+	lm__slot_release(r->rt, prev);
+}
+
+/* Gives every claimed page back, unchanged. */
+static void give_back(struct lm_runtime *rt, struct batch *b)
+{
+	for (unsigned i = 0; i < b->n; i++) {
+		if (b->slot[i] != UINT64_MAX)
+			lm__swap_free(&rt->swap, b->slot[i]);
+		if (finish(b->r, b->e[i], b->pg[i], b->prev[i]))
+			dropped(b->r, b->prev[i]);
+	}
+	b->n = 0;
+}
+
+/* Reserves swap slots for the dirty private pages; those left without one stay. */
+static void reserve_slots(struct lm_runtime *rt, struct batch *b)
+{
+	uint64_t slots[EVICT_BATCH];
+	unsigned need = 0;
+	for (unsigned i = 0; i < b->n; i++)
+		if (LM_PTE_STATE(b->prev[i]) == LM_PS_DIRTY && !b->r->shared)
+			need++;
+	unsigned got = need && rt->swap_ok ? lm__swap_alloc(&rt->swap, slots, need) : 0;
+	unsigned k = 0;
+	for (unsigned i = 0; i < b->n; i++) {
+		if (LM_PTE_STATE(b->prev[i]) != LM_PS_DIRTY)
+			continue;
+		if (b->r->shared)
+			b->res[i] = R_WB;
+		else if (k < got)
+			b->slot[i] = slots[k++];
+		else
+			b->res[i] = R_BACK;
+	}
+}
+
+/* Moves the staged pages out of the region, in runs; called with ev_lock held. */
+static void move_out(struct lm_runtime *rt, struct batch *b)
+{
+	size_t ps = (size_t)rt->page_size;
+	struct lm_region *r = b->r;
+	for (unsigned i = 0; i < b->n;) {
+		if (b->res[i] != R_STAGED) {
+			i++;
+			continue;
+		}
+		unsigned j = i + 1;
+		while (j < b->n && b->res[j] == R_STAGED && b->pg[j] == b->pg[j - 1] + 1)
+			j++;
+		size_t done = 0;
+		int rc = lm__uffd_move(rt->stage_ufd, (uintptr_t)rt->estage + i * ps,
+				       addr_of(r, b->pg[i]), (j - i) * ps, &done);
+		unsigned ok = (unsigned)(done / ps);
+		if (rc == 0) {
+			i = j;
+			continue;
+		}
+		unsigned at = i + ok;
+		/* Absent: the application dropped it (its event may still be on the way). */
+		b->res[at] = rc == -ENOENT ? R_GONE : R_BACK;
+		if (rc == -EBUSY || rc == -EAGAIN)
+			LM__STAT_ADD(rt, evict_busy, 1);
+		if (rc == -EAGAIN)
+			for (unsigned k = at + 1; k < b->n; k++)
+				if (b->res[k] == R_STAGED)
+					b->res[k] = R_BACK;
+		i = at + 1;
+	}
+}
+
+/*
+ * Write-protects the shared dirty pages and copies them out; called with
+ * ev_lock held (the addresses must not move under the copy).  The copy
+ * goes through /proc/self/mem, which fails on a missing page instead of
+ * waiting for a fill that this thread's own claim would block.
+ */
+static void copy_for_writeback(struct lm_runtime *rt, struct batch *b, int memfd,
+			       unsigned char *buf)
+{
+	size_t ps = (size_t)rt->page_size;
+	for (unsigned i = 0; i < b->n; i++) {
+		if (b->res[i] != R_WB)
+			continue;
+		uintptr_t a = addr_of(b->r, b->pg[i]);
+		if (lm__uffd_writeprotect(rt->ufd, a, ps, true) < 0) {
+			b->res[i] = R_BACK;
+			continue;
+		}
+		ssize_t n = pread(memfd, buf + (size_t)i * ps, ps, (off_t)a);
+		if (n != (ssize_t)ps)
+			b->res[i] = n < 0 && errno == EIO ? R_GONE : R_BACK;
+	}
+}
+
+/* Writes the copied pages to the file; successes become R_WB_DONE. */
+static int write_back(struct lm_runtime *rt, struct batch *b, const unsigned char *buf)
+{
+	size_t ps = (size_t)rt->page_size;
+	struct lm_region *r = b->r;
+	uint64_t fsize = atomic_load(&r->fsize);
+	int err = 0;
+	for (unsigned i = 0; i < b->n; i++) {
+		if (b->res[i] != R_WB)
+			continue;
+		uint64_t off = r->foff + ((b->pg[i] + r->src_shift) << rt->page_shift);
+		/* The tail past the end of the file is not the file's: it stays out. */
+		size_t len = off >= fsize ? 0 : fsize - off < ps ? (size_t)(fsize - off) : ps;
+		ssize_t n = 0;
+		if (len) {
+			do
+				n = pwrite(r->fd, buf + (size_t)i * ps, len, (off_t)off);
+			while (n < 0 && errno == EINTR);
+		}
+		if (n == (ssize_t)len) {
+			b->res[i] = R_WB_DONE;
+			LM__STAT_ADD(rt, written_back, 1);
+		} else {
+			LM__STAT_ADD(rt, swap_write_errors, 1);
+			if (!err)
+				err = n < 0 ? -errno : -EIO;
+		}
+	}
+	return err;
+}
+
+/* Settles every page of the batch and counts what happened. */
+static long settle_batch(struct lm_runtime *rt, struct batch *b)
+{
+	struct lm_region *r = b->r;
+	long evicted = 0;
+	for (unsigned i = 0; i < b->n; i++) {
+		uint64_t prev = b->prev[i];
+		bool dirty = LM_PTE_STATE(prev) == LM_PS_DIRTY;
+		uint64_t val;
+		switch (b->res[i]) {
+		case R_BACK:
+		case R_WB:
+			/* A write-protected DIRTY page is fine: its next write unprotects it. */
+			if (b->slot[i] != UINT64_MAX)
+				lm__swap_free(&rt->swap, b->slot[i]);
+			if (finish(r, b->e[i], b->pg[i], prev))
+				dropped(r, prev);
+			continue;
+		case R_WB_DONE:
+			if (finish(r, b->e[i], b->pg[i], (uint64_t)LM_PS_CLEAN))
+				dropped(r, prev);
+			else
+				lm__dirty_add(r, -1);
+			continue;
+		case R_GONE:
+			if (b->slot[i] != UINT64_MAX)
+				lm__swap_free(&rt->swap, b->slot[i]);
+			finish(r, b->e[i], b->pg[i], (uint64_t)LM_PS_MISSING);
+			dropped(r, prev);
+			continue;
+		}
+		/* Staged: out of the region now. */
+		if (b->slot[i] != UINT64_MAX)
+			val = LM_PS_SWAPPED | LM_PTE_WITH_SLOT(b->slot[i]);
+		else if (LM_PTE_HAS_SLOT(prev))
+			val = LM_PS_SWAPPED | (prev & ~(((uint64_t)1 << LM_PTE_AUX_SHIFT) - 1));
+		else
+			val = LM_PS_MISSING;
+		val |= LM_PTE_EVICTED;
+		if (finish(r, b->e[i], b->pg[i], val)) {
+			/* Dropped while it was being written: the slot holds nothing wanted. */
+			if (b->slot[i] != UINT64_MAX)
+				lm__swap_free(&rt->swap, b->slot[i]);
+			dropped(r, prev);
+			continue;
+		}
+		lm__resident_add(r, -1);
+		if (dirty)
+			lm__dirty_add(r, -1);
+		if (LM_PTE_STATE(val) == LM_PS_SWAPPED)
+			atomic_fetch_add_explicit(&r->swapped, 1, memory_order_relaxed);
+		if (b->slot[i] == UINT64_MAX && LM_PTE_HAS_SLOT(prev))
+			LM__STAT_ADD(rt, swap_cache_hits, 1);
+		if (dirty)
+			LM__STAT_ADD(rt, evicted_dirty, 1);
+		evicted++;
+	}
+	LM__STAT_ADD(rt, evicted_pages, evicted);
+	return evicted;
+}
+
+/*
+ * One batch: choose, claim, move out, write, settle.  Returns the pages
+ * that left memory (or were written back), or -EAGAIN when the event
+ * lock was busy and everything was given back.
+ */
+static long evict_batch(struct lm_runtime *rt, struct batch *b, unsigned want, int memfd)
+{
+	size_t ps = (size_t)rt->page_size;
+	int idx = lm__read_lock(rt);
+	struct lm__rtable *t = atomic_load_explicit(&rt->table, memory_order_acquire);
+	if (!t || !t->n) {
+		lm__read_unlock(rt, idx);
+		b->wrapped = true;
+		b->scanned = 1;
+		return 0;
+	}
+	select_victims(rt, t, b, want);
+	if (!b->n) {
+		lm__read_unlock(rt, idx);
+		return 0;
+	}
+	reserve_slots(rt, b);
+	if (pthread_mutex_trylock(&rt->ev_lock) != 0) {
+		give_back(rt, b);
+		lm__read_unlock(rt, idx);
+		return -EAGAIN;
+	}
+	/* A page marked dropped before the move is simply gone. */
+	for (unsigned i = 0; i < b->n; i++)
+		if (atomic_load(b->e[i]) & LM_PTE_DROP)
+			b->res[i] = R_GONE;
+	move_out(rt, b);
+	bool wb = false;
+	for (unsigned i = 0; i < b->n; i++)
+		wb |= b->res[i] == R_WB;
+	if (wb)
+		copy_for_writeback(rt, b, memfd, rt->wbuf);
+	pthread_mutex_unlock(&rt->ev_lock);
+
+	/* Outside the lock: the pages are out of reach of the application now. */
+	unsigned char *pages[EVICT_BATCH];
+	uint64_t slots[EVICT_BATCH];
+	int done[EVICT_BATCH];
+	unsigned nw = 0;
+	for (unsigned i = 0; i < b->n; i++)
+		if (b->res[i] == R_STAGED && b->slot[i] != UINT64_MAX) {
+			pages[nw] = rt->estage + (size_t)i * ps;
+			slots[nw++] = b->slot[i];
+		}
+	if (nw) {
+		if (lm__swap_write(&rt->swap, &rt->ev_filler, pages, slots, nw, done) < 0)
+			for (unsigned k = 0; k < nw; k++)
+				if (done[k])
+					LM__STAT_ADD(rt, swap_write_errors, 1);
+		for (unsigned k = 0; k < nw; k++)
+			if (!done[k])
+				LM__STAT_ADD(rt, swap_writes, 1);
+	}
+	/* Durability is lm_region_flush's business: a later read finds the data in the page cache. */
+	if (wb)
+		write_back(rt, b, rt->wbuf);
+	long n = settle_batch(rt, b);
+	for (unsigned i = 0; i < b->n; i++)
+		if (b->res[i] == R_WB_DONE)
+			n++;
+	madvise(rt->estage, (size_t)EVICT_BATCH * ps, MADV_DONTNEED);
+	lm__read_unlock(rt, idx);
+	return n;
+}
+
+/*
+ * One round: evict down to the low watermark.  Gives up after two full
+ * sweeps without progress (everything referenced twice over would have
+ * been taken by then): the runtime stays over its budget and says so.
+ */
+static void evict_round(struct lm_runtime *rt, struct batch *b, int memfd)
+{
+	unsigned wraps = 0, busy = 0;
+	for (;;) {
+		uint64_t bud = atomic_load(&rt->budget);
+		if (!bud || atomic_load(&rt->ev_stop))
+			break;
+		int64_t low = (int64_t)(bud - 2 * gap_of(bud)), res = atomic_load(&rt->nres);
+		if (res <= low)
+			break;
+		pthread_mutex_lock(&rt->evict_lock);
+		long n = evict_batch(rt, b, (unsigned)(res - low < EVICT_BATCH ? res - low : EVICT_BATCH),
+				     memfd);
+		pthread_mutex_unlock(&rt->evict_lock);
+		if (n > 0) {
+			wraps = busy = 0;
+			continue;
+		}
+		if (n == -EAGAIN) {
+			if (++busy > 10000)
+				break;
+			nanosleep(&(struct timespec){ 0, 50000 }, NULL);
+			continue;
+		}
+		if (b->wrapped && ++wraps > 2)
+			break;
+	}
+	uint64_t bud = atomic_load(&rt->budget);
+	bool stuck = bud && atomic_load(&rt->nres) > (int64_t)bud;
+	if (stuck)
+		LM__STAT_ADD(rt, over_budget, 1);
+	atomic_store(&rt->ev_stuck, stuck);
+	atomic_fetch_add(&rt->ev_gen, 1);
+}
+
+static void *evictor_main(void *arg)
+{
+	struct lm_runtime *rt = arg;
+	sigset_t all;
+	sigfillset(&all);
+	pthread_sigmask(SIG_BLOCK, &all, NULL);
+	struct batch *b = calloc(1, sizeof(*b));
+	int memfd = open("/proc/self/mem", O_RDONLY | O_CLOEXEC);
+	while (b && !atomic_load(&rt->ev_stop)) {
+		/* Stuck: look again now and then, since slots and disk space come back. */
+		struct pollfd p = { .fd = rt->ev_kick, .events = POLLIN };
+		int rc = poll(&p, 1, atomic_load(&rt->ev_stuck) ? 200 : -1);
+		if (atomic_load(&rt->ev_stop))
+			break;
+		uint64_t v;
+		if (rc > 0 && read(rt->ev_kick, &v, sizeof(v)) < 0) {
+			/* EAGAIN: another read took it; nothing to do. */
+		}
+		atomic_store(&rt->ev_wanted, false);
+		evict_round(rt, b, memfd);
+	}
+	if (memfd >= 0)
+		close(memfd);
+	free(b);
+	return NULL;
+}
+
+/* ---- setup, budget ---------------------------------------------------------- */
+
+/*
+ * The evictor's resources, made the first time a budget is set: a swap
+ * file, a staging area on a userfaultfd of its own (UFFDIO_MOVE needs a
+ * registered destination; without events, freeing it never waits for a
+ * handler), and the thread.
+ */
+int lm__evict_setup(struct lm_runtime *rt)
+{
+	int rc = 0;
+	pthread_mutex_lock(&rt->ev_setup_lock);
+	if (rt->ev_started)
+		goto out;
+	size_t ps = (size_t)rt->page_size;
+	if (!(rt->features & UFFD_FEATURE_PAGEFAULT_FLAG_WP)) {
+		rc = -EOPNOTSUPP;
+		goto out;
+	}
+	int origin;
+	unsigned limits;
+	uint64_t features;
+	rt->stage_ufd = lm__uffd_open(rt->origin, UFFD_FEATURE_SIGBUS | (1ull << 16) /* MOVE */,
+				      &origin, &limits, &features);
+	if (rt->stage_ufd < 0) {
+		rc = rt->stage_ufd;
+		goto out;
+	}
+	if (!(features & (1ull << 16))) {
+		lm__log(rt, 1, "the kernel lacks UFFDIO_MOVE: no eviction");
+		rc = -EOPNOTSUPP;
+		goto out;
+	}
+	rt->estage = mmap(NULL, EVICT_BATCH * ps, PROT_READ | PROT_WRITE,
+			  MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	rt->wbuf = mmap(NULL, EVICT_BATCH * ps, PROT_READ | PROT_WRITE,
+			MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	if (rt->estage == MAP_FAILED || rt->wbuf == MAP_FAILED) {
+		rc = -ENOMEM;
+		goto out;
+	}
+	if ((rc = lm__uffd_register(rt->stage_ufd, (uintptr_t)rt->estage, EVICT_BATCH * ps,
+				    false)) < 0)
+		goto out;
+	const char *dir = rt->opt.swap_dir;
+	if (!dir || !*dir)
+		dir = getenv("TMPDIR");
+	if (!dir || !*dir)
+		dir = "/tmp";
+	uint64_t max = rt->opt.swap_max ? rt->opt.swap_max : DEFAULT_SWAP_MAX;
+	if ((rc = lm__swap_open(&rt->swap, dir, max, ps)) < 0) {
+		lm__log(rt, 1, "cannot create a swap file in %s: %s", dir, lm_strerror(rc));
+		goto out;
+	}
+	rt->swap.held_pages = &rt->nres;
+	rt->swap_ok = true;
+	LM__STAT_SET(rt, swap_slots_total, rt->swap.nslots);
+	if ((rc = lm__filler_init(&rt->ev_filler, rt, rt->opt.io == LM_IO_URING)) < 0)
+		goto out;
+	rt->ev_kick = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+	if (rt->ev_kick < 0) {
+		rc = -errno;
+		goto out;
+	}
+	if ((rc = -pthread_create(&rt->ev_thread, NULL, evictor_main, rt)) < 0)
+		goto out;
+	rt->ev_started = true;
+	atomic_store(&rt->track, true);
+out:
+	if (rc < 0)
+		lm__evict_shutdown(rt);
+	pthread_mutex_unlock(&rt->ev_setup_lock);
+	return rc;
+}
+
+/* Stops the evictor and frees what setup made; the swap file goes last, with the regions. */
+void lm__evict_shutdown(struct lm_runtime *rt)
+{
+	size_t ps = (size_t)rt->page_size;
+	if (rt->ev_started && getpid() == rt->pid) {
+		atomic_store(&rt->ev_stop, true);
+		kick(rt);
+		uint64_t one = 1;
+		if (write(rt->ev_kick, &one, sizeof(one)) < 0) {
+			/* A pending wake-up is as good. */
+		}
+		pthread_join(rt->ev_thread, NULL);
+	}
+	rt->ev_started = false;
+	if (rt->ev_kick >= 0)
+		close(rt->ev_kick);
+	rt->ev_kick = -1;
+	lm__filler_fini(&rt->ev_filler);
+	if (rt->estage && rt->estage != MAP_FAILED)
+		munmap(rt->estage, EVICT_BATCH * ps);
+	if (rt->wbuf && rt->wbuf != MAP_FAILED)
+		munmap(rt->wbuf, EVICT_BATCH * ps);
+	rt->estage = rt->wbuf = NULL;
+	if (rt->stage_ufd >= 0)
+		close(rt->stage_ufd);
+	rt->stage_ufd = -1;
+}
+
+int lm_runtime_set_budget(struct lm_runtime *rt, uint64_t bytes)
+{
+	LM__KEEP_ERRNO;
+	if (!rt)
+		return -EINVAL;
+	uint64_t pages = bytes >> rt->page_shift;
+	if (bytes && !pages)
+		return -EINVAL;
+	if (getpid() != rt->pid)
+		return -EOPNOTSUPP;	/* a fork() child has no evictor */
+	if (pages) {
+		int rc = lm__evict_setup(rt);
+		if (rc < 0)
+			return rc;
+	}
+	atomic_store(&rt->budget, pages);
+	LM__STAT_SET(rt, budget_bytes, pages << rt->page_shift);
+	if (!pages)
+		return 0;
+	/*
+	 * Lowered: wait for the evictor to bring the resident pages under
+	 * it, or to give up (over budget), or for ten seconds of an
+	 * application filling as fast as the evictor drains: eviction goes
+	 * on in the background either way.
+	 */
+	unsigned gen = atomic_load(&rt->ev_gen);
+	atomic_store(&rt->ev_stuck, false);
+	kick(rt);
+	uint64_t t0 = lm__now_ns();
+	while (atomic_load(&rt->nres) > (int64_t)pages) {
+		if (atomic_load(&rt->ev_gen) - gen >= 2 && atomic_load(&rt->ev_stuck))
+			return -ENOSPC;
+		if (lm__now_ns() - t0 > 10000000000ull)
+			break;
+		nanosleep(&(struct timespec){ 0, 200000 }, NULL);
+		kick(rt);
+	}
+	return 0;
+}
+
+/* ---- writeback of shared file regions ---------------------------------------- */
+
+struct wb_sel {
+	struct batch *b;
+	uint64_t next;
+};
+
+static int select_dirty(lm__pte *e, uint64_t pgno, void *arg)
+{
+	struct wb_sel *c = arg;
+	struct batch *b = c->b;
+	c->next = pgno + 1;
+	uint64_t v = atomic_load_explicit(e, memory_order_acquire);
+	if (LM_PTE_STATE(v) == LM_PS_DIRTY &&
+	    atomic_compare_exchange_strong(e, &v, (uint64_t)LM_PS_EVICTING)) {
+		b->pg[b->n] = pgno;
+		b->e[b->n] = e;
+		b->prev[b->n] = v & ~LM_PTE_WAITERS;
+		b->slot[b->n] = UINT64_MAX;
+		b->res[b->n] = R_WB;
+		b->n++;
+	}
+	return b->n == EVICT_BATCH;
+}
+
+/*
+ * Writes the dirty pages of [first, first + count) of a shared region to
+ * its file, in batches: each page is claimed, write-protected and copied
+ * under ev_lock (try-locked, as the evictor does: a handler holding it
+ * may be waiting for these very pages), written, and settles CLEAN.  A
+ * write that fails leaves the page DIRTY and is reported.
+ */
+static int writeback_region(struct lm_region *r, uint64_t first, uint64_t count, int memfd,
+			    struct batch *b, unsigned char *buf)
+{
+	struct lm_runtime *rt = r->rt;
+	int err = 0;
+	uint64_t pg = first, end = first + count;
+	while (pg < end) {
+		b->n = 0;
+		b->r = r;
+		struct wb_sel c = { b, end };
+		pthread_mutex_lock(&rt->evict_lock);
+		lm__pt_walk(&r->pt, pg, end - 1, select_dirty, &c);
+		if (!b->n) {
+			pthread_mutex_unlock(&rt->evict_lock);
+			break;
+		}
+		while (pthread_mutex_trylock(&rt->ev_lock) != 0) {
+			/* Give the pages back while a handler needs them, then claim again. */
+			give_back(rt, b);
+			nanosleep(&(struct timespec){ 0, 50000 }, NULL);
+			lm__pt_walk(&r->pt, pg, end - 1, select_dirty, &c);
+			if (!b->n)
+				break;
+		}
+		if (!b->n) {
+			pthread_mutex_unlock(&rt->evict_lock);
+			pg = c.next;
+			continue;
+		}
+		copy_for_writeback(rt, b, memfd, buf);
+		pthread_mutex_unlock(&rt->ev_lock);
+		int rc = write_back(rt, b, buf);
+		if (rc < 0 && !err)
+			err = rc;
+		for (unsigned i = 0; i < b->n && !err; i++)
+			if (b->res[i] == R_BACK)
+				err = -EIO;
+		settle_batch(rt, b);
+		pthread_mutex_unlock(&rt->evict_lock);
+		pg = c.next;
+	}
+	return err;
+}
+
+int lm__writeback(struct lm_region *r, uint64_t first, uint64_t count)
+{
+	struct lm_runtime *rt = r->rt;
+	if (!r->shared)
+		return 0;
+	size_t ps = (size_t)rt->page_size;
+	struct batch *b = calloc(1, sizeof(*b));
+	unsigned char *buf = mmap(NULL, EVICT_BATCH * ps, PROT_READ | PROT_WRITE,
+				  MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	int memfd = open("/proc/self/mem", O_RDONLY | O_CLOEXEC);
+	int err = !b || buf == MAP_FAILED ? -ENOMEM : memfd < 0 ? -errno : 0;
+	if (!err)
+		err = writeback_region(r, first, count, memfd, b, buf);
+	/*
+	 * Parts the application moved away with mremap are the file's too.
+	 * They live as long as r; the list is copied so that no lock is held
+	 * while writing (a handler applying a remap holds ev_lock and waits
+	 * for rt->lock).
+	 */
+	pthread_mutex_lock(&rt->lock);
+	size_t na = r->naliases;
+	struct lm_region **al = na ? malloc(na * sizeof(*al)) : NULL;
+	if (al)
+		memcpy(al, r->aliases, na * sizeof(*al));
+	else
+		na = 0;
+	pthread_mutex_unlock(&rt->lock);
+	for (size_t i = 0; !err && i < na; i++) {
+		struct lm_region *a = al[i];
+		uint64_t lo = a->src_shift - r->src_shift;
+		uint64_t a_first = first > lo ? first - lo : 0;
+		if (first + count <= lo || a_first >= a->npages)
+			continue;
+		uint64_t a_end = first + count - lo < a->npages ? first + count - lo : a->npages;
+		err = writeback_region(a, a_first, a_end - a_first, memfd, b, buf);
+	}
+	free(al);
+	if (!err && fdatasync(r->fd) < 0)
+		err = -errno;
+	if (memfd >= 0)
+		close(memfd);
+	if (buf != MAP_FAILED)
+		munmap(buf, EVICT_BATCH * ps);
+	free(b);
+	return err;
+}
+
+int lm_region_flush(struct lm_region *r, size_t offset, size_t length)
+{
+	LM__KEEP_ERRNO;
+	if (!r || r->parent)
+		return -EINVAL;
+	size_t ps = (size_t)r->rt->page_size;
+	if ((offset & (ps - 1)) || offset > r->len || length > r->len - offset)
+		return -EINVAL;
+	if (!length)
+		length = r->len - offset;
+	if (!length)
+		return 0;
+	return lm__writeback(r, offset >> r->rt->page_shift,
+			     (length + ps - 1) >> r->rt->page_shift);
+}

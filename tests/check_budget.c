@@ -1,0 +1,550 @@
+/* SPDX-License-Identifier: MIT */
+/* Memory budget: eviction to the swap file, swap-in, failures without loss, shared file regions. */
+#include "internal.h"
+#include "testutil.h"
+
+#include <check.h>
+#include <dirent.h>
+#include <fcntl.h>
+#include <pthread.h>
+#include <sched.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/mount.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+/*
+ * This program links the library's sources, like check_swap, so that it
+ * can inject swap write errors and corrupt the swap file; everything else
+ * goes through the public API.
+ */
+
+#define PS ((size_t)sysconf(_SC_PAGESIZE))
+#define MODE(i) ((i) == 0 ? LM_MODE_THREAD : LM_MODE_SIGNAL)
+
+/* Every 8-byte word of page p at version v. */
+static uint64_t word(size_t p, uint64_t v, size_t w)
+{
+	return (p * 0x9e3779b97f4a7c15ull) ^ (v << 20) ^ (w * 0x2545f4914f6cdd1dull);
+}
+
+static void stamp(unsigned char *base, size_t p, uint64_t v)
+{
+	uint64_t *q = (uint64_t *)(base + p * PS);
+	for (size_t w = 0; w < PS / 8; w++)
+		q[w] = word(p, v, w);
+}
+
+/* The first word of page p that is not version v, or -1. */
+static long check_stamp(const unsigned char *base, size_t p, uint64_t v)
+{
+	const uint64_t *q = (const uint64_t *)(base + p * PS);
+	for (size_t w = 0; w < PS / 8; w++)
+		if (q[w] != word(p, v, w))
+			return (long)w;
+	return -1;
+}
+
+static uint64_t rng(uint64_t *s)
+{
+	*s ^= *s << 13;
+	*s ^= *s >> 7;
+	*s ^= *s << 17;
+	return *s;
+}
+
+static struct lm_runtime *open_budget(int mode, uint64_t budget, uint64_t swap_max)
+{
+	struct lm_options o = lmt_options(mode);
+	o.budget = budget;
+	o.swap_max = swap_max;
+	o.readahead_max = 16;
+	return lmt_open_opts(&o);
+}
+
+/* Documented: the resident pages exceed the budget by at most this (lazymem(7)). */
+static uint64_t slack_pages(struct lm_runtime *rt)
+{
+	return (uint64_t)(rt->opt.handler_threads + 2) * (uint64_t)rt->opt.readahead_max;
+}
+
+static void assert_within_budget(struct lm_runtime *rt, uint64_t budget)
+{
+	struct lm_stats st = lmt_stats(rt);
+	ck_assert_msg(st.resident_pages <= budget / PS + slack_pages(rt),
+		      "resident %llu pages, budget %llu + slack %llu",
+		      (unsigned long long)st.resident_pages, (unsigned long long)(budget / PS),
+		      (unsigned long long)slack_pages(rt));
+}
+
+/* A working set 4x the budget, written sequentially then at random: every byte survives. */
+START_TEST(working_set_4x_written)
+{
+	const size_t budget = 512 * PS, pages = 2048;
+	struct lm_runtime *rt = open_budget(MODE(_i), budget, 0);
+	struct lm_region *r;
+	ck_assert_int_eq(lm_region_create_zero(rt, pages * PS, 0, &r), 0);
+	unsigned char *base = lm_region_addr(r);
+	uint64_t *ver = calloc(pages, sizeof(*ver));
+	for (size_t p = 0; p < pages; p++) {
+		stamp(base, p, ver[p] = 1);
+		if (p % 64 == 0)
+			assert_within_budget(rt, budget);
+	}
+	uint64_t seed = 88172645463325252ull;
+	for (int i = 0; i < 6000; i++) {
+		size_t p = rng(&seed) % pages;
+		/* Half the time check before writing: a read-then-write page. */
+		if (i & 1)
+			ck_assert_msg(check_stamp(base, p, ver[p]) < 0, "page %zu", p);
+		stamp(base, p, ++ver[p]);
+		if (i % 64 == 0)
+			assert_within_budget(rt, budget);
+	}
+	for (size_t p = 0; p < pages; p++)
+		ck_assert_msg(check_stamp(base, p, ver[p]) < 0, "page %zu v%llu", p,
+			      (unsigned long long)ver[p]);
+	struct lm_stats st = lmt_stats(rt);
+	ck_assert_uint_gt(st.evicted_pages, pages);
+	ck_assert_uint_gt(st.evicted_dirty, 0);
+	ck_assert_uint_gt(st.swap_writes, 0);
+	ck_assert_uint_gt(st.swap_reads, 0);
+	ck_assert_uint_gt(st.refaults, 0);
+	ck_assert_uint_eq(st.swap_write_errors, 0);
+	ck_assert_uint_eq(st.swap_read_errors, 0);
+	ck_assert_uint_eq(st.budget_bytes, budget);
+	ck_assert_uint_le(st.resident_pages + st.swapped_pages, pages);
+	ck_assert_uint_le(st.swap_slots_used, st.swap_slots_total);
+	ck_assert_int_eq(lm_region_destroy(r), 0);
+	st = lmt_stats(rt);
+	ck_assert_uint_eq(st.swap_slots_used, 0);
+	ck_assert_uint_eq(st.swapped_pages, 0);
+	free(ver);
+	lm_runtime_close(rt);
+}
+END_TEST
+
+/* Read-only memory source 4x the budget: clean pages are dropped, never written, and refill right. */
+START_TEST(working_set_4x_read)
+{
+	const size_t budget = 256 * PS, len = 1024 * PS;
+	struct lm_runtime *rt = open_budget(MODE(_i), budget, 0);
+	unsigned char *buf;
+	struct lm_region *r = lmt_memory_region(rt, len, &buf);
+	const unsigned char *base = lm_region_addr(r);
+	for (int pass = 0; pass < 2; pass++)
+		ck_assert_int_eq(lmt_check_pattern(base, 0, len), -1);
+	uint64_t seed = 1234567;
+	for (int i = 0; i < 4000; i++) {
+		size_t p = rng(&seed) % (len / PS);
+		ck_assert_int_eq(lmt_check_pattern(base + p * PS, p * PS, PS), -1);
+	}
+	assert_within_budget(rt, budget);
+	struct lm_stats st = lmt_stats(rt);
+	ck_assert_uint_gt(st.evicted_pages, len / PS);
+	ck_assert_uint_eq(st.evicted_dirty, 0);
+	ck_assert_uint_eq(st.swap_writes, 0);
+	ck_assert_uint_eq(st.resident_dirty, 0);
+	lm_region_destroy(r);
+	free(buf);
+	lm_runtime_close(rt);
+}
+END_TEST
+
+struct writer {
+	unsigned char *base;
+	size_t pages;
+	unsigned id, n;
+	double seconds;
+	uint64_t *ver;
+	unsigned long writes;
+	long bad;
+};
+
+/* Writes (and checks) only its own pages, p % n == id, flat out. */
+static void *writer_main(void *arg)
+{
+	struct writer *w = arg;
+	uint64_t seed = 0x1234567ull * (w->id + 1);
+	struct timespec t0, t;
+	clock_gettime(CLOCK_MONOTONIC, &t0);
+	w->bad = -1;
+	for (;;) {
+		for (int k = 0; k < 256; k++) {
+			size_t p = (rng(&seed) % (w->pages / w->n)) * w->n + w->id;
+			if (p >= w->pages)
+				continue;
+			if (check_stamp(w->base, p, w->ver[p]) >= 0 && w->bad < 0)
+				w->bad = (long)p;
+			stamp(w->base, p, ++w->ver[p]);
+			w->writes++;
+		}
+		clock_gettime(CLOCK_MONOTONIC, &t);
+		if ((t.tv_sec - t0.tv_sec) + (t.tv_nsec - t0.tv_nsec) / 1e9 > w->seconds)
+			return NULL;
+	}
+}
+
+/*
+ * DESIGN invariant 2 under fire: 8 writer threads on a region 3x the
+ * budget while the evictor runs flat out; every page holds its last
+ * write.  LAZYMEM_TORTURE_SECONDS makes it longer (scripts/stress.sh).
+ */
+START_TEST(eight_writers_3x_budget)
+{
+	const size_t budget = 384 * PS, pages = 1152;
+	struct lm_runtime *rt = open_budget(MODE(_i), budget, 0);
+	struct lm_region *r;
+	ck_assert_int_eq(lm_region_create_zero(rt, pages * PS, 0, &r), 0);
+	unsigned char *base = lm_region_addr(r);
+	uint64_t *ver = calloc(pages, sizeof(*ver));
+	for (size_t p = 0; p < pages; p++)
+		stamp(base, p, 0);
+	const char *env = getenv("LAZYMEM_TORTURE_SECONDS");
+	double secs = env ? atof(env) : 3.0;
+	struct writer w[8];
+	pthread_t th[8];
+	for (unsigned i = 0; i < 8; i++) {
+		w[i] = (struct writer){ base, pages, i, 8, secs, ver, 0, -1 };
+		ck_assert_int_eq(pthread_create(&th[i], NULL, writer_main, &w[i]), 0);
+	}
+	unsigned long writes = 0;
+	for (unsigned i = 0; i < 8; i++) {
+		pthread_join(th[i], NULL);
+		ck_assert_msg(w[i].bad < 0, "writer %u saw page %ld lose a write", i, w[i].bad);
+		writes += w[i].writes;
+	}
+	for (size_t p = 0; p < pages; p++)
+		ck_assert_msg(check_stamp(base, p, ver[p]) < 0, "page %zu lost version %llu", p,
+			      (unsigned long long)ver[p]);
+	struct lm_stats st = lmt_stats(rt);
+	printf("torture mode %d: %lu writes, %llu evicted, %llu swapped in, %llu wp faults\n",
+	       MODE(_i), writes, (unsigned long long)st.evicted_pages,
+	       (unsigned long long)st.swap_reads, (unsigned long long)st.faults_wp);
+	ck_assert_uint_gt(st.evicted_pages, pages);
+	ck_assert_uint_gt(st.swap_reads, pages);
+	ck_assert_uint_eq(st.swap_read_errors, 0);
+	assert_within_budget(rt, budget);
+	free(ver);
+	lm_region_destroy(r);
+	lm_runtime_close(rt);
+}
+END_TEST
+
+/* A budget lowered at run time evicts at once; raised or removed, pages come back. */
+START_TEST(budget_lowered_at_run_time)
+{
+	const size_t pages = 1536;
+	struct lm_options o = lmt_options(MODE(_i));
+	struct lm_runtime *rt = lmt_open_opts(&o);
+	struct lm_region *r;
+	ck_assert_int_eq(lm_region_create_zero(rt, pages * PS, 0, &r), 0);
+	unsigned char *base = lm_region_addr(r);
+	for (size_t p = 0; p < pages; p++)
+		stamp(base, p, 7);
+	ck_assert_uint_eq(lmt_stats(rt).resident_pages, pages);
+	ck_assert_int_eq(lm_runtime_set_budget(rt, 100), -EINVAL);
+	ck_assert_int_eq(lm_runtime_set_budget(NULL, 1 << 20), -EINVAL);
+	ck_assert_int_eq(lm_runtime_set_budget(rt, 512 * PS), 0);
+	struct lm_stats st = lmt_stats(rt);
+	ck_assert_uint_le(st.resident_pages, 512);
+	ck_assert_uint_ge(st.swapped_pages, pages - 512);
+	ck_assert_uint_eq(st.budget_bytes, 512 * PS);
+	for (size_t p = 0; p < pages; p++)
+		ck_assert_msg(check_stamp(base, p, 7) < 0, "page %zu", p);
+	ck_assert_int_eq(lm_runtime_set_budget(rt, 0), 0);
+	for (size_t p = 0; p < pages; p++)
+		ck_assert_msg(check_stamp(base, p, 7) < 0, "page %zu", p);
+	st = lmt_stats(rt);
+	ck_assert_uint_eq(st.resident_pages, pages);
+	ck_assert_uint_eq(st.budget_bytes, 0);
+	lm_region_destroy(r);
+	lm_runtime_close(rt);
+}
+END_TEST
+
+/*
+ * The swap file fills up: the pages that cannot go stay resident, the
+ * runtime goes over its budget and says so, and nothing is lost.
+ */
+START_TEST(swap_full_goes_over_budget)
+{
+	const size_t budget = 128 * PS, pages = 1024;
+	struct lm_runtime *rt = open_budget(MODE(_i), budget, 256 * PS);
+	struct lm_region *r;
+	ck_assert_int_eq(lm_region_create_zero(rt, pages * PS, 0, &r), 0);
+	unsigned char *base = lm_region_addr(r);
+	for (size_t p = 0; p < pages; p++)
+		stamp(base, p, 3);
+	for (size_t p = 0; p < pages; p++)
+		ck_assert_msg(check_stamp(base, p, 3) < 0, "page %zu", p);
+	struct lm_stats st = lmt_stats(rt);
+	ck_assert_uint_eq(st.swap_slots_total, 256);
+	ck_assert_uint_le(st.swap_slots_used, 256);
+	ck_assert_uint_gt(st.over_budget, 0);
+	ck_assert_uint_gt(st.resident_pages, budget / PS);
+	ck_assert_uint_eq(st.resident_pages + st.swapped_pages, pages);
+	/* Lowering the budget further cannot be met: said so, not fatal. */
+	ck_assert_int_eq(lm_runtime_set_budget(rt, 64 * PS), -ENOSPC);
+	struct lm_free f;
+	ck_assert_int_eq(lm_stats_free(&st, &f), 0);
+	ck_assert_uint_eq(f.total, budget);
+	ck_assert_uint_eq(f.free, 0);
+	ck_assert_uint_eq(f.swap_total, 256 * PS);
+	lm_region_destroy(r);
+	lm_runtime_close(rt);
+}
+END_TEST
+
+/* Swap writes that fail keep the pages in memory: over budget, counted, nothing lost. */
+START_TEST(swap_write_errors_lose_nothing)
+{
+	const size_t budget = 128 * PS, pages = 512;
+	struct lm_runtime *rt = open_budget(MODE(_i), budget, 0);
+	struct lm_region *r;
+	ck_assert_int_eq(lm_region_create_zero(rt, pages * PS, 0, &r), 0);
+	unsigned char *base = lm_region_addr(r);
+	atomic_store(&lm__swap_fail_writes, EIO);
+	for (size_t p = 0; p < pages; p++)
+		stamp(base, p, 5);
+	atomic_store(&lm__swap_fail_writes, 0);
+	for (size_t p = 0; p < pages; p++)
+		ck_assert_msg(check_stamp(base, p, 5) < 0, "page %zu", p);
+	struct lm_stats st = lmt_stats(rt);
+	ck_assert_uint_gt(st.swap_write_errors, 0);
+	ck_assert_uint_eq(st.swap_read_errors, 0);
+	lm_region_destroy(r);
+	lm_runtime_close(rt);
+}
+END_TEST
+
+/* A corrupted swap file is detected: SIGBUS for the pages it held, counted; the rest are fine. */
+START_TEST(corrupt_swap_raises_sigbus)
+{
+	const size_t budget = 64 * PS, pages = 256;
+	lmt_install_sigbus();
+	struct lm_runtime *rt = open_budget(MODE(_i), budget, 0);
+	struct lm_region *r;
+	ck_assert_int_eq(lm_region_create_zero(rt, pages * PS, 0, &r), 0);
+	unsigned char *base = lm_region_addr(r);
+	for (size_t p = 0; p < pages; p++)
+		stamp(base, p, 9);
+	ck_assert_int_eq(lm_runtime_set_budget(rt, 32 * PS), 0);
+	struct lm_stats st = lmt_stats(rt);
+	ck_assert_uint_gt(st.swapped_pages, 100);
+	/* Garble every slot on disk. */
+	unsigned char junk[4096];
+	memset(junk, 0xa5, sizeof(junk));
+	for (uint64_t s = 0; s < rt->swap.nslots && (s + 1) * PS <= rt->swap.backed; s++)
+		ck_assert_int_eq(pwrite(rt->swap.fd, junk, PS, (off_t)(s * PS)), (ssize_t)PS);
+	ck_assert_int_eq(lm_runtime_set_budget(rt, 0), 0);
+	size_t bus = 0, good = 0;
+	for (size_t p = 0; p < pages; p++) {
+		if (lmt_touch((volatile char *)base + p * PS, 0) != 0) {
+			bus++;
+			continue;
+		}
+		ck_assert_msg(check_stamp(base, p, 9) < 0, "page %zu returned wrong data", p);
+		good++;
+	}
+	st = lmt_stats(rt);
+	ck_assert_uint_gt(bus, 100);
+	ck_assert_uint_gt(good, 0);
+	ck_assert_uint_eq(st.swap_read_errors, bus);
+	/* Dropped and touched again, a lost page is a fresh zero page. */
+	ck_assert_int_eq(lm_region_advise(r, 0, pages * PS, LM_ADV_DONTNEED), 0);
+	ck_assert_int_eq(lmt_touch((volatile char *)base, 1), 0);
+	ck_assert_int_eq(base[1], 0);
+	lm_region_destroy(r);
+	lm_runtime_close(rt);
+}
+END_TEST
+
+/*
+ * A shared file region 4x the budget, edited through memory: after flush
+ * a plain read(2) of the file sees every write, and after destroy too.
+ */
+START_TEST(shared_file_4x_budget)
+{
+	const size_t budget = 128 * PS, pages = 512, len = pages * PS;
+	struct lm_runtime *rt = open_budget(MODE(_i), budget, 0);
+	int fd = lmt_pattern_file(len);
+	struct lm_region *r;
+	ck_assert_int_eq(lm_region_create_file(rt, fd, 0, len, LM_REGION_SHARED, &r), 0);
+	unsigned char *base = lm_region_addr(r);
+	/* Every other page written, the rest only read: the reads must come back from the file. */
+	for (size_t p = 0; p < pages; p++) {
+		if (p % 2)
+			ck_assert_int_eq(lmt_check_pattern(base + p * PS, p * PS, PS), -1);
+		else
+			stamp(base, p, 11);
+	}
+	for (size_t p = 0; p < pages; p++) {
+		if (p % 2)
+			ck_assert_int_eq(lmt_check_pattern(base + p * PS, p * PS, PS), -1);
+		else
+			ck_assert_msg(check_stamp(base, p, 11) < 0, "page %zu", p);
+	}
+	ck_assert_int_eq(lm_region_flush(r, 0, 0), 0);
+	unsigned char *page = malloc(PS);
+	for (size_t p = 0; p < pages; p++) {
+		ck_assert_int_eq(pread(fd, page, PS, (off_t)(p * PS)), (ssize_t)PS);
+		if (p % 2)
+			ck_assert_int_eq(lmt_check_pattern(page, p * PS, PS), -1);
+	}
+	for (size_t p = 0; p < pages; p += 2) {
+		ck_assert_int_eq(pread(fd, page, PS, (off_t)(p * PS)), (ssize_t)PS);
+		const uint64_t *q = (const uint64_t *)page;
+		for (size_t w = 0; w < PS / 8; w++)
+			ck_assert_msg(q[w] == word(p, 11, w), "file page %zu word %zu", p, w);
+	}
+	/* More writes, then destroy: they reach the file too. */
+	for (size_t p = 1; p < pages; p += 4)
+		stamp(base, p, 12);
+	ck_assert_int_eq(lm_region_destroy(r), 0);
+	for (size_t p = 1; p < pages; p += 4) {
+		ck_assert_int_eq(pread(fd, page, PS, (off_t)(p * PS)), (ssize_t)PS);
+		const uint64_t *q = (const uint64_t *)page;
+		for (size_t w = 0; w < PS / 8; w++)
+			ck_assert_msg(q[w] == word(p, 12, w), "file page %zu word %zu", p, w);
+	}
+	struct lm_stats st = lmt_stats(rt);
+	ck_assert_uint_ge(st.written_back, pages / 2 + pages / 4);
+	ck_assert_uint_eq(st.swap_writes, 0);
+	free(page);
+	close(fd);
+	lm_runtime_close(rt);
+}
+END_TEST
+
+/* A shared region keeps the file's size: the tail of the last page never reaches the file. */
+START_TEST(shared_file_keeps_size)
+{
+	struct lm_runtime *rt = lmt_open(MODE(_i));
+	size_t flen = PS + 100;
+	int fd = lmt_pattern_file(flen);
+	struct lm_region *r;
+	ck_assert_int_eq(lm_region_create_file(rt, fd, 0, 2 * PS, LM_REGION_SHARED, &r), 0);
+	unsigned char *base = lm_region_addr(r);
+	memset(base + PS, 'x', 200);
+	ck_assert_int_eq(lm_region_flush(r, PS, PS), 0);
+	ck_assert_int_eq(lseek(fd, 0, SEEK_END), (off_t)flen);
+	char got[100];
+	ck_assert_int_eq(pread(fd, got, 100, (off_t)PS), 100);
+	for (int i = 0; i < 100; i++)
+		ck_assert_int_eq(got[i], 'x');
+	ck_assert_int_eq(lm_region_flush(r, 1, PS), -EINVAL);
+	ck_assert_int_eq(lm_region_flush(NULL, 0, 0), -EINVAL);
+	ck_assert_int_eq(lm_region_destroy(r), 0);
+	close(fd);
+	lm_runtime_close(rt);
+}
+END_TEST
+
+/* Budget options from the environment, and malformed ones refused. */
+START_TEST(budget_from_environment)
+{
+	struct lm_options o;
+	lm_options_init(&o);
+	o.mode = LM_MODE_THREAD;
+	struct lm_runtime *rt;
+	setenv("LAZYMEM_BUDGET", "2M", 1);
+	setenv("LAZYMEM_SWAP_MAX", "64MiB", 1);
+	setenv("LAZYMEM_EVICT", "fifo", 1);
+	ck_assert_int_eq(lm_runtime_open(&o, &rt), 0);
+	struct lm_stats st = lmt_stats(rt);
+	ck_assert_uint_eq(st.budget_bytes, 2u << 20);
+	ck_assert_uint_eq(st.swap_slots_total, (64u << 20) / PS);
+	ck_assert_int_eq(rt->opt.evict_policy, LM_EVICT_FIFO);
+	lm_runtime_close(rt);
+	static const char *bad[][2] = {
+		{ "LAZYMEM_BUDGET", "lots" }, { "LAZYMEM_BUDGET", "-1" },
+		{ "LAZYMEM_BUDGET", "5Q" }, { "LAZYMEM_SWAP_MAX", "99999999999T" },
+		{ "LAZYMEM_EVICT", "lru" }, { "LAZYMEM_SWAP_DIR", "/nonexistent/dir" },
+	};
+	for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+		unsetenv("LAZYMEM_BUDGET");
+		unsetenv("LAZYMEM_SWAP_MAX");
+		unsetenv("LAZYMEM_EVICT");
+		setenv("LAZYMEM_BUDGET", "1M", 1);
+		setenv(bad[i][0], bad[i][1], 1);
+		rt = NULL;
+		int rc = lm_runtime_open(&o, &rt);
+		ck_assert_msg(rc < 0, "%s=%s accepted", bad[i][0], bad[i][1]);
+		ck_assert_ptr_null(rt);
+		unsetenv(bad[i][0]);
+	}
+	unsetenv("LAZYMEM_BUDGET");
+	unsetenv("LAZYMEM_SWAP_DIR");
+}
+END_TEST
+
+/* The free(1)-like summary adds up, and renders. */
+START_TEST(free_summary)
+{
+	struct lm_runtime *rt = open_budget(LM_MODE_THREAD, 256 * PS, 0);
+	unsigned char *buf;
+	struct lm_region *m = lmt_memory_region(rt, 64 * PS, &buf);
+	struct lm_region *z;
+	ck_assert_int_eq(lm_region_create_zero(rt, 64 * PS, 0, &z), 0);
+	ck_assert_int_eq(lm_region_advise(z, 0, 64 * PS, LM_ADV_RANDOM), 0);
+	ck_assert_int_eq(lmt_check_pattern(lm_region_addr(m), 0, 64 * PS), -1);
+	memset(lm_region_addr(z), 1, 32 * PS);
+	/* A page's state is counted just after its install wakes the toucher: let it settle. */
+	struct lm_stats st = lmt_stats(rt);
+	for (int i = 0; i < 1000 && (st.resident_dirty != 32 || st.resident_clean != 64); i++) {
+		usleep(1000);
+		st = lmt_stats(rt);
+	}
+	ck_assert_uint_eq(st.resident_clean, 64);
+	ck_assert_uint_eq(st.resident_dirty, 32);
+	struct lm_free f;
+	ck_assert_int_eq(lm_stats_free(&st, &f), 0);
+	ck_assert_uint_eq(f.total, 256 * PS);
+	ck_assert_uint_eq(f.used, 32 * PS);
+	ck_assert_uint_eq(f.buff_cache, 64 * PS);
+	ck_assert_uint_eq(f.free, 160 * PS);
+	ck_assert_uint_eq(f.available, 224 * PS);
+	char text[512];
+	int n = lm_stats_format(&st, LM_FORMAT_FREE, text, sizeof(text));
+	ck_assert_int_gt(n, 0);
+	ck_assert_ptr_nonnull(strstr(text, "buff/cache"));
+	ck_assert_ptr_nonnull(strstr(text, "Mem:"));
+	ck_assert_ptr_nonnull(strstr(text, "Swap:"));
+	ck_assert_int_eq(lm_stats_free(NULL, &f), -EINVAL);
+	lm_region_destroy(m);
+	lm_region_destroy(z);
+	free(buf);
+	lm_runtime_close(rt);
+}
+END_TEST
+
+int main(void)
+{
+	lmt_require_uffd();
+	Suite *s = suite_create("budget");
+	TCase *tc = tcase_create("evict");
+	tcase_set_timeout(tc, 120);
+	tcase_add_loop_test(tc, working_set_4x_written, 0, 2);
+	tcase_add_loop_test(tc, working_set_4x_read, 0, 2);
+	tcase_add_loop_test(tc, eight_writers_3x_budget, 0, 2);
+	tcase_add_loop_test(tc, budget_lowered_at_run_time, 0, 2);
+	tcase_add_loop_test(tc, swap_full_goes_over_budget, 0, 2);
+	tcase_add_loop_test(tc, swap_write_errors_lose_nothing, 0, 2);
+	tcase_add_loop_test(tc, corrupt_swap_raises_sigbus, 0, 2);
+	suite_add_tcase(s, tc);
+	TCase *sh = tcase_create("shared");
+	tcase_set_timeout(sh, 120);
+	tcase_add_loop_test(sh, shared_file_4x_budget, 0, 2);
+	tcase_add_loop_test(sh, shared_file_keeps_size, 0, 2);
+	suite_add_tcase(s, sh);
+	TCase *cf = tcase_create("config");
+	tcase_add_test(cf, budget_from_environment);
+	tcase_add_test(cf, free_summary);
+	suite_add_tcase(s, cf);
+	return lmt_run(s);
+}
