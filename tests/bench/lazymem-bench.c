@@ -1,6 +1,7 @@
 /* SPDX-License-Identifier: MIT */
 /* lazymem-bench: first-touch cost of lazymem regions beside the kernel's own demand paging. */
 #include "lazymem.h"
+#include "swap-bench.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -78,6 +79,8 @@ struct config {
 	int readahead;
 	const char *only;
 	const char *dir;
+	size_t budget;		/* swap measurements; 0: default */
+	bool verbose;
 };
 
 struct bench {
@@ -176,13 +179,15 @@ static void usage(FILE *f)
 		"  --readahead N      pages per fill at most\n"
 		"  --only SUBSTRING   run only measurements whose name contains it\n"
 		"  --quick            64M and 3 runs, for smoke testing\n"
-		"  --dir PATH         directory of the temporary file (default $TMPDIR or /var/tmp)\n");
+		"  --dir PATH         directory of the temporary file (default $TMPDIR or /var/tmp)\n"
+		"  --budget BYTES     memory budget of the swap.* measurements (default 32M, quick 8M)\n"
+		"  --verbose          eviction statistics of each swap.* run on stderr\n");
 }
 
 static void parse_args(int argc, char **argv, struct config *c)
 {
 	enum { O_JSON = 256, O_RUNS, O_SIZE, O_RSIZE, O_MODE, O_THREADS, O_RA, O_ONLY,
-	       O_QUICK, O_DIR, O_HELP };
+	       O_QUICK, O_DIR, O_HELP, O_BUDGET, O_VERBOSE };
 	static const struct option opts[] = {
 		{ "json", no_argument, NULL, O_JSON },
 		{ "runs", required_argument, NULL, O_RUNS },
@@ -195,6 +200,8 @@ static void parse_args(int argc, char **argv, struct config *c)
 		{ "quick", no_argument, NULL, O_QUICK },
 		{ "dir", required_argument, NULL, O_DIR },
 		{ "help", no_argument, NULL, O_HELP },
+		{ "budget", required_argument, NULL, O_BUDGET },
+		{ "verbose", no_argument, NULL, O_VERBOSE },
 		{ NULL, 0, NULL, 0 },
 	};
 	memset(c, 0, sizeof(*c));
@@ -239,6 +246,12 @@ static void parse_args(int argc, char **argv, struct config *c)
 			break;
 		case O_DIR:
 			c->dir = optarg;
+			break;
+		case O_BUDGET:
+			bad = parse_size(optarg, &c->budget) < 0 || c->budget < (1u << 20);
+			break;
+		case O_VERBOSE:
+			c->verbose = true;
 			break;
 		case O_HELP:
 			usage(stdout);
@@ -792,7 +805,8 @@ int main(int argc, char **argv)
 			want_file |= m->source == SRC_FILE;
 		}
 	}
-	if (!any)
+	bool want_swap = swap_bench_selected(b.cfg.only);
+	if (!any && !want_swap)
 		die_msg("no measurement matches --only");
 
 	/* Source data: every byte non-zero, so a page filled with zeros cannot pass. */
@@ -844,7 +858,7 @@ int main(int argc, char **argv)
 	if (b.cfg.modes & MODE_SIGNAL_BIT)
 		b.rt[1] = open_runtime(&b.cfg, LM_MODE_SIGNAL);
 
-	if (!b.cfg.json)
+	if (!b.cfg.json && any)
 		print_header(&b);
 	else if (b.fd >= 0 && (!b.can_drop || b.dir_tmpfs))
 		fprintf(stderr, "lazymem-bench: warning: file.cold numbers may not be cold (%s)\n",
@@ -857,7 +871,20 @@ int main(int argc, char **argv)
 			run_measure(&b, &measures[i], LM_MODE_SIGNAL);
 	}
 
-	if (!b.cfg.json) {
+	if (want_swap) {
+		struct swap_bench_config sc = {
+			.json = b.cfg.json,
+			.verbose = b.cfg.verbose,
+			.runs = b.cfg.runs,
+			.budget = b.cfg.budget ? b.cfg.budget : b.cfg.quick ? 8u << 20 : 32u << 20,
+			.only = b.cfg.only,
+			.dir = pick_dir(&b.cfg),
+		};
+		int rc = swap_bench_run(&sc);
+		if (rc < 0)
+			die("swap measurements", rc);
+	}
+	if (!b.cfg.json && any) {
 		printf("\nlazymem stats over the whole run:\n");
 		if (b.rt[0])
 			print_stats("thread", b.rt[0]);

@@ -1,0 +1,383 @@
+/* SPDX-License-Identifier: MIT */
+/* lazymem-bench's swap measurements: lazymem under a budget beside the kernel's swap in a memory cgroup. */
+#define _GNU_SOURCE
+#include "lazymem.h"
+#include "swap-bench.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <math.h>
+#include <signal.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <sys/swap.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+/*
+ * Both sides run the same precomputed sequence of page accesses over a
+ * working set 2x or 4x the budget, after writing every page once (so
+ * that what does not fit must go to swap, not be dropped):
+ *
+ *  lazymem: a zero region of the working set's size in a runtime whose
+ *    budget is the budget, swap file in the benchmark's directory;
+ *  kernel:  anonymous memory (4 KiB pages) in a child process whose
+ *    cgroup-v1 memory controller limit is the budget (plus 2 MiB for the
+ *    child's own stack and libraries), with a swap file on the same disk,
+ *    set up here and removed afterwards.
+ *
+ * Throughput in accesses per second; the ratio is lazymem / kernel, and
+ * higher is better.
+ */
+
+enum pattern { UNIFORM, ZIPF, SEQUENTIAL };
+
+struct workload {
+	const char *name;
+	enum pattern pattern;
+	unsigned mult;
+	bool write;
+	double target;
+};
+
+static const struct workload workloads[] = {
+	{ "swap.uniform.2x.read", UNIFORM, 2, false, 1.0 },
+	{ "swap.uniform.2x.write", UNIFORM, 2, true, 1.0 },
+	{ "swap.zipf.2x.read", ZIPF, 2, false, 1.0 },
+	{ "swap.zipf.2x.write", ZIPF, 2, true, 1.0 },
+	{ "swap.seq.2x.read", SEQUENTIAL, 2, false, 1.5 },
+	{ "swap.seq.2x.write", SEQUENTIAL, 2, true, 1.5 },
+	{ "swap.uniform.4x.read", UNIFORM, 4, false, 0 },
+	{ "swap.uniform.4x.write", UNIFORM, 4, true, 0 },
+	{ "swap.zipf.4x.read", ZIPF, 4, false, 0 },
+	{ "swap.zipf.4x.write", ZIPF, 4, true, 0 },
+	{ "swap.seq.4x.read", SEQUENTIAL, 4, false, 1.5 },
+	{ "swap.seq.4x.write", SEQUENTIAL, 4, true, 1.5 },
+};
+#define NWORKLOADS (sizeof(workloads) / sizeof(workloads[0]))
+
+struct env {
+	const struct swap_bench_config *c;
+	size_t ps;
+	char swapfile[4096];
+	char cgroup[4096];
+	bool swap_on, cg_made;
+};
+
+static uint64_t now(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+}
+
+static uint64_t rnd(uint64_t *s)
+{
+	*s ^= *s << 13;
+	*s ^= *s >> 7;
+	*s ^= *s << 17;
+	return *s;
+}
+
+bool swap_bench_selected(const char *only)
+{
+	for (size_t i = 0; i < NWORKLOADS; i++)
+		if (!only || strstr(workloads[i].name, only))
+			return true;
+	return false;
+}
+
+/* The access sequence: n page numbers in [0, pages). */
+static uint32_t *sequence(const struct workload *w, size_t pages, size_t n)
+{
+	uint32_t *seq = malloc(n * sizeof(*seq));
+	if (!seq)
+		return NULL;
+	uint64_t s = 0x853c49e6748fea9bull;
+	if (w->pattern == SEQUENTIAL) {
+		for (size_t i = 0; i < n; i++)
+			seq[i] = (uint32_t)(i % pages);
+	} else if (w->pattern == UNIFORM) {
+		for (size_t i = 0; i < n; i++)
+			seq[i] = (uint32_t)(rnd(&s) % pages);
+	} else {
+		/* Zipf, skew 0.99: rank k drawn with weight 1/k^0.99, ranks scattered over the pages. */
+		double *cdf = malloc(pages * sizeof(*cdf));
+		uint32_t *perm = malloc(pages * sizeof(*perm));
+		if (!cdf || !perm) {
+			free(cdf);
+			free(perm);
+			free(seq);
+			return NULL;
+		}
+		double sum = 0;
+		for (size_t k = 0; k < pages; k++) {
+			sum += 1.0 / pow((double)(k + 1), 0.99);
+			cdf[k] = sum;
+			perm[k] = (uint32_t)k;
+		}
+		for (size_t k = pages - 1; k > 0; k--) {
+			size_t j = rnd(&s) % (k + 1);
+			uint32_t t = perm[k];
+			perm[k] = perm[j];
+			perm[j] = t;
+		}
+		for (size_t i = 0; i < n; i++) {
+			double u = (double)(rnd(&s) >> 11) / 9007199254740992.0 * sum;
+			size_t lo = 0, hi = pages - 1;
+			while (lo < hi) {
+				size_t mid = (lo + hi) / 2;
+				if (cdf[mid] < u)
+					lo = mid + 1;
+				else
+					hi = mid;
+			}
+			seq[i] = perm[lo];
+		}
+		free(cdf);
+		free(perm);
+	}
+	return seq;
+}
+
+static __attribute__((noinline)) uint64_t run_accesses(unsigned char *base, const uint32_t *seq,
+						       size_t n, size_t ps, bool write)
+{
+	uint64_t sum = 0;
+	for (size_t i = 0; i < n; i++) {
+		unsigned char *p = base + (size_t)seq[i] * ps + 64;
+		if (write)
+			*p = (unsigned char)i;
+		else
+			sum += *(volatile unsigned char *)p;
+	}
+	return sum;
+}
+
+static void populate(unsigned char *base, size_t pages, size_t ps)
+{
+	for (size_t p = 0; p < pages; p++)
+		memset(base + p * ps, (int)(p | 1), 128);
+}
+
+/* accesses per second, or a negative errno */
+static double run_lazymem(const struct env *e, const struct workload *w, const uint32_t *seq,
+			  size_t n)
+{
+	size_t pages = (e->c->budget / e->ps) * w->mult;
+	struct lm_options o;
+	lm_options_init(&o);
+	o.mode = LM_MODE_THREAD;
+	o.budget = e->c->budget;
+	o.swap_dir = e->c->dir;
+	o.swap_max = (uint64_t)pages * e->ps * 2;
+	struct lm_runtime *rt;
+	int rc = lm_runtime_open(&o, &rt);
+	if (rc < 0)
+		return rc;
+	struct lm_region *r;
+	rc = lm_region_create_zero(rt, pages * e->ps, 0, &r);
+	if (rc < 0) {
+		lm_runtime_close(rt);
+		return rc;
+	}
+	unsigned char *base = lm_region_addr(r);
+	populate(base, pages, e->ps);
+	uint64_t t0 = now();
+	run_accesses(base, seq, n, e->ps, w->write);
+	uint64_t t1 = now();
+	struct lm_stats st = { .size = sizeof(st) };
+	lm_stats_get(rt, &st);
+	/* Every page must still be what was written: a fast wrong answer is no answer. */
+	for (size_t p = 0; p < pages; p += 1 + pages / 512)
+		if (base[p * e->ps + 1] != (unsigned char)(p | 1)) {
+			fprintf(stderr, "lazymem-bench: %s: page %zu lost its contents\n", w->name, p);
+			exit(1);
+		}
+	if (e->c->verbose)
+		fprintf(stderr, "  %s lazymem: evicted %llu (dirty %llu), swap reads %llu, "
+			"refaults %llu, over budget %llu, throttled %.0f ms\n", w->name,
+			(unsigned long long)st.evicted_pages, (unsigned long long)st.evicted_dirty,
+			(unsigned long long)st.swap_reads, (unsigned long long)st.refaults,
+			(unsigned long long)st.over_budget, (double)st.throttle_ns / 1e6);
+	lm_region_destroy(r);
+	lm_runtime_close(rt);
+	return (double)n / ((double)(t1 - t0) / 1e9);
+}
+
+static int write_file(const char *path, const char *text)
+{
+	int fd = open(path, O_WRONLY | O_CLOEXEC);
+	if (fd < 0)
+		return -errno;
+	ssize_t n = write(fd, text, strlen(text));
+	int err = n < 0 ? -errno : 0;
+	close(fd);
+	return err;
+}
+
+static double run_kernel(const struct env *e, const struct workload *w, const uint32_t *seq,
+			 size_t n)
+{
+	size_t pages = (e->c->budget / e->ps) * w->mult;
+	int pfd[2];
+	if (pipe(pfd) < 0)
+		return -errno;
+	pid_t pid = fork();
+	if (pid < 0)
+		return -errno;
+	if (pid == 0) {
+		close(pfd[0]);
+		char procs[4200], me[32];
+		snprintf(procs, sizeof(procs), "%s/cgroup.procs", e->cgroup);
+		snprintf(me, sizeof(me), "%d", getpid());
+		double res = -EPERM;
+		if (write_file(procs, me) == 0) {
+			unsigned char *base = mmap(NULL, pages * e->ps, PROT_READ | PROT_WRITE,
+						   MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+			if (base != MAP_FAILED) {
+				madvise(base, pages * e->ps, MADV_NOHUGEPAGE);
+				populate(base, pages, e->ps);
+				uint64_t t0 = now();
+				run_accesses(base, seq, n, e->ps, w->write);
+				uint64_t t1 = now();
+				res = (double)n / ((double)(t1 - t0) / 1e9);
+			}
+		}
+		if (write(pfd[1], &res, sizeof(res)) < 0)
+			_exit(1);
+		_exit(0);
+	}
+	close(pfd[1]);
+	double res = -EIO;
+	if (read(pfd[0], &res, sizeof(res)) != sizeof(res))
+		res = -EIO;
+	close(pfd[0]);
+	int st;
+	waitpid(pid, &st, 0);
+	return res;
+}
+
+/* The kernel side's swap file and memory cgroup; false (with a reason) when this machine cannot. */
+static bool setup_kernel(struct env *e)
+{
+	const struct swap_bench_config *c = e->c;
+	snprintf(e->swapfile, sizeof(e->swapfile), "%s/lazymem-bench-%d.swap", c->dir, getpid());
+	snprintf(e->cgroup, sizeof(e->cgroup), "/sys/fs/cgroup/memory/lazymem-bench-%d", getpid());
+	int fd = open(e->swapfile, O_CREAT | O_EXCL | O_WRONLY | O_CLOEXEC, 0600);
+	uint64_t size = c->budget * 6;
+	if (fd < 0 || fallocate(fd, 0, 0, (off_t)size) < 0) {
+		fprintf(stderr, "lazymem-bench: kernel swap file %s: %s\n", e->swapfile, strerror(errno));
+		if (fd >= 0)
+			close(fd);
+		unlink(e->swapfile);
+		return false;
+	}
+	close(fd);
+	char cmd[4300];
+	snprintf(cmd, sizeof(cmd), "mkswap -q '%s' >/dev/null 2>&1", e->swapfile);
+	if (system(cmd) != 0 || swapon(e->swapfile, 0) < 0) {
+		fprintf(stderr, "lazymem-bench: cannot enable the kernel swap file (mkswap/swapon, "
+			"root needed): %s\n", strerror(errno));
+		unlink(e->swapfile);
+		return false;
+	}
+	e->swap_on = true;
+	if (mkdir(e->cgroup, 0755) < 0) {
+		fprintf(stderr, "lazymem-bench: no cgroup-v1 memory controller (%s): %s\n", e->cgroup,
+			strerror(errno));
+		return false;
+	}
+	e->cg_made = true;
+	char path[4200], val[64];
+	snprintf(path, sizeof(path), "%s/memory.limit_in_bytes", e->cgroup);
+	snprintf(val, sizeof(val), "%llu", (unsigned long long)(c->budget + (2u << 20)));
+	if (write_file(path, val) < 0) {
+		fprintf(stderr, "lazymem-bench: cannot set %s\n", path);
+		return false;
+	}
+	return true;
+}
+
+static void teardown_kernel(struct env *e)
+{
+	if (e->cg_made)
+		rmdir(e->cgroup);
+	if (e->swap_on)
+		swapoff(e->swapfile);
+	if (e->swap_on || e->swapfile[0])
+		unlink(e->swapfile);
+}
+
+static int cmpd(const void *a, const void *b)
+{
+	double x = *(const double *)a, y = *(const double *)b;
+	return x < y ? -1 : x > y;
+}
+
+static double med(double *v, int n)
+{
+	qsort(v, (size_t)n, sizeof(*v), cmpd);
+	return n % 2 ? v[n / 2] : (v[n / 2 - 1] + v[n / 2]) / 2;
+}
+
+int swap_bench_run(const struct swap_bench_config *c)
+{
+	struct env e = { .c = c, .ps = (size_t)sysconf(_SC_PAGESIZE) };
+	if (!swap_bench_selected(c->only))
+		return 0;
+	bool kernel = setup_kernel(&e);
+	if (!c->json) {
+		printf("\nswap: budget %zu MiB, working sets 2x and 4x written once first; %s\n",
+		       c->budget >> 20, kernel ? "kernel: anonymous memory in a cgroup-v1 memory "
+		       "cgroup limited to the budget + 2 MiB, swap file on the same disk" :
+		       "kernel side unavailable (see above)");
+		printf("%-34s %12s %12s %8s  %-9s %s\n", "measurement", "lazymem", "kernel", "ratio",
+		       "unit", "target");
+	}
+	for (size_t i = 0; i < NWORKLOADS; i++) {
+		const struct workload *w = &workloads[i];
+		if (c->only && !strstr(w->name, c->only))
+			continue;
+		size_t bpages = c->budget / e.ps, pages = bpages * w->mult;
+		size_t n = w->pattern == SEQUENTIAL ? 2 * pages : 4 * bpages;
+		uint32_t *seq = sequence(w, pages, n);
+		if (!seq) {
+			teardown_kernel(&e);
+			return -ENOMEM;
+		}
+		double lv[c->runs], kv[c->runs];
+		for (int r = 0; r < c->runs; r++) {
+			kv[r] = kernel ? run_kernel(&e, w, seq, n) : 0;
+			lv[r] = run_lazymem(&e, w, seq, n);
+			if (lv[r] < 0) {
+				fprintf(stderr, "lazymem-bench: %s: %s\n", w->name, lm_strerror((int)lv[r]));
+				teardown_kernel(&e);
+				free(seq);
+				return (int)lv[r];
+			}
+		}
+		free(seq);
+		double l = med(lv, c->runs), k = med(kv, c->runs), ratio = k > 0 ? l / k : 0;
+		if (c->json) {
+			printf("{\"name\":\"%s\",\"unit\":\"accesses_per_s\",\"lazymem\":%.2f,"
+			       "\"kernel\":%.2f,\"ratio\":%.3f}\n", w->name, l, k, ratio);
+		} else {
+			char tgt[32] = "";
+			if (w->target > 0)
+				snprintf(tgt, sizeof(tgt), ">=%.1f %s", w->target,
+					 ratio >= w->target ? "ok" : "MISS");
+			printf("%-34s %12.0f %12.0f %8.2f  %-9s %s\n", w->name, l, k, ratio,
+			       "access/s", tgt);
+		}
+		fflush(stdout);
+	}
+	teardown_kernel(&e);
+	return 0;
+}

@@ -1,0 +1,23 @@
+/* SPDX-License-Identifier: MIT */
+/* lazymem-bench's swap measurements (swap-bench.c). */
+#ifndef LM_SWAP_BENCH_H
+#define LM_SWAP_BENCH_H
+
+#include <stdbool.h>
+#include <stddef.h>
+
+struct swap_bench_config {
+	bool json;
+	bool verbose;
+	int runs;
+	size_t budget;		/* bytes */
+	const char *only;	/* substring filter, NULL: all */
+	const char *dir;	/* where both swap files go */
+};
+
+/* True when some swap measurement's name contains only (or only is NULL). */
+bool swap_bench_selected(const char *only);
+/* Runs the selected swap measurements; 0 or a negative errno. */
+int swap_bench_run(const struct swap_bench_config *c);
+
+#endif
