@@ -3,16 +3,19 @@
 # Stress mode, outside make check: runs the concurrency-heavy test programs
 # over and over (default 50 rounds each, or $1), in both fault modes, and
 # stops at the first failure with its log.  Races that show once in a few
-# runs (lost wake-ups, event ordering) are what it is for.
+# runs (lost wake-ups, event ordering) are what it is for.  check_budget's
+# torture test (8 writers on a region 3x its budget) runs for
+# $LAZYMEM_TORTURE_SECONDS (default here 30) each round instead of 3.
 set -eu
 cd "$(dirname "$0")/.."
 rounds=${1:-50}
 build=$(./scripts/build.sh)
 make -C "$build" -j"$(nproc)" tests/check_fault tests/check_events tests/check_signal \
-	tests/check_region >&2
+	tests/check_region tests/check_budget >&2
+export LAZYMEM_TORTURE_SECONDS=${LAZYMEM_TORTURE_SECONDS:-30}
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
-for t in check_fault check_events check_signal check_region; do
+for t in check_fault check_events check_signal check_region check_budget; do
 	i=0
 	while [ "$i" -lt "$rounds" ]; do
 		i=$((i + 1))
