@@ -76,11 +76,30 @@ enum lm_evict {
 };
 
 /*
+ * How writes to resident pages are noticed, once something needs to know
+ * (a budget, a shared file region).
+ *
+ * LM_DIRTY_SYNC: pages are installed write-protected and the first write
+ *   to each is a write-protect fault the runtime handles.  The default.
+ * LM_DIRTY_ASYNC: the kernel lifts the protection itself on the first
+ *   write (UFFD_FEATURE_WP_ASYNC) and the runtime finds written pages
+ *   with PAGEMAP_SCAN before it evicts or flushes: no fault reaches user
+ *   space, but a page the scan calls clean is checked against its source
+ *   after it leaves (zero and memory sources) or written out anyway (file
+ *   sources, swap cache).  See lazymem(7) for the trade-off.
+ */
+enum lm_dirty {
+	LM_DIRTY_DEFAULT = 0,
+	LM_DIRTY_SYNC = 1,
+	LM_DIRTY_ASYNC = 2,
+};
+
+/*
  * Runtime options.  Call lm_options_init() first: it sets the size field
  * and every default; then change what you need.  Environment variables
  * (LAZYMEM_MODE, LAZYMEM_THREADS, LAZYMEM_READAHEAD, LAZYMEM_IO,
  * LAZYMEM_UFFD, LAZYMEM_BUDGET, LAZYMEM_SWAP_DIR, LAZYMEM_SWAP_MAX,
- * LAZYMEM_EVICT, LAZYMEM_DEBUG) override the defaults but not values the
+ * LAZYMEM_EVICT, LAZYMEM_DIRTY, LAZYMEM_DEBUG) override the defaults but not values the
  * caller set explicitly; see lazymem(7).
  */
 struct lm_options {
@@ -103,7 +122,9 @@ struct lm_options {
 	uint64_t budget;
 	uint64_t swap_max;	/* bytes of swap file at most; 0: default (64 GiB) */
 	const char *swap_dir;	/* directory of the swap file; NULL: $TMPDIR, else /tmp */
-	uint64_t reserved[5];
+	int dirty_tracking;	/* enum lm_dirty */
+	uint32_t reserved32;
+	uint64_t reserved[4];
 };
 
 /* lm_options.flags: ignore LAZYMEM_* environment variables. */

@@ -223,6 +223,92 @@ static uintptr_t addr_of(struct lm_region *r, uint64_t pgno)
 	return r->start + (pgno << r->rt->page_shift);
 }
 
+/* ---- asynchronous write protection ------------------------------------------ */
+
+static void mark_written(struct lm_region *r, uint64_t pgno)
+{
+	lm__pte *e = lm__pt_get(&r->pt, pgno, false);
+	if (!e)
+		return;
+	uint64_t v = atomic_load_explicit(e, memory_order_acquire);
+	for (;;) {
+		unsigned s = LM_PTE_STATE(v);
+		if (s == LM_PS_CLEAN) {
+			if (!atomic_compare_exchange_weak(e, &v, (uint64_t)LM_PS_DIRTY | LM_PTE_REF))
+				continue;
+			lm__dirty_add(r, 1);
+			lm__slot_release(r->rt, v);
+			return;
+		}
+		/* Being filled: its filler settles it dirty (settle_installed in fault.c). */
+		if (s == LM_PS_FILLING && !(v & LM_PTE_WRITTEN)) {
+			if (!atomic_compare_exchange_weak(e, &v, v | LM_PTE_WRITTEN))
+				continue;
+		}
+		return;
+	}
+}
+
+/*
+ * Called with ev_lock held: the scan protects what it reports, so it must
+ * be of this region's pages and no other's (an mremap could otherwise move
+ * another mapping under the addresses).  A scan that fails (part of the
+ * range is not ours any more) counts every clean page in it as written:
+ * a needless write is better than a lost one.
+ */
+void lm__harvest(struct lm_region *r, uint64_t first, uint64_t last)
+{
+	struct lm_runtime *rt = r->rt;
+	if (!rt->wp_async || first > last)
+		return;
+	uintptr_t start = addr_of(r, first), end = addr_of(r, last + 1);
+	struct lm__range v[32];
+	while (start < end) {
+		uintptr_t next = end;
+		int n = lm__uffd_scan_written(rt->pagemap_fd, start, end, v, 32, &next);
+		if (n < 0) {
+			for (uint64_t pg = (start - r->start) >> rt->page_shift; pg <= last; pg++)
+				mark_written(r, pg);
+			return;
+		}
+		for (int i = 0; i < n; i++)
+			for (uintptr_t a = v[i].start; a < v[i].end; a += (uintptr_t)rt->page_size)
+				mark_written(r, (a - r->start) >> rt->page_shift);
+		if (next <= start)
+			break;
+		start = next;
+	}
+}
+
+/*
+ * Async tracking cannot stop a write between its scan and the move, so a
+ * page the scan called clean is compared with its source once it is out:
+ * exact for zero and memory sources.  Anything else is written.
+ */
+static bool same_as_source(struct lm_region *r, uint64_t pgno, const unsigned char *p)
+{
+	size_t ps = (size_t)r->rt->page_size;
+	if (r->kind == LM_SOURCE_ZERO) {
+		for (size_t i = 0; i < ps; i += 8) {
+			uint64_t w;
+			memcpy(&w, p + i, sizeof(w));
+			if (w)
+				return false;
+		}
+		return true;
+	}
+	if (r->kind != LM_SOURCE_MEMORY)
+		return false;
+	uint64_t off = (pgno + r->src_shift) << r->rt->page_shift;
+	size_t have = off >= r->buflen ? 0 : r->buflen - off < ps ? (size_t)(r->buflen - off) : ps;
+	if (have && memcmp(p, r->buf + off, have))
+		return false;
+	for (size_t i = have; i < ps; i++)
+		if (p[i])
+			return false;
+	return true;
+}
+
 /*
  * Settles a claimed page.  A page the application dropped meanwhile (its
  * REMOVE or UNMAP event marked it) reads from the source again instead.
@@ -269,15 +355,17 @@ static void give_back(struct lm_runtime *rt, struct batch *b)
 /* Reserves swap slots for the dirty private pages; those left without one stay. */
 static void reserve_slots(struct lm_runtime *rt, struct batch *b)
 {
+	/* (Async tracking never has shared regions: see lm_region_create_file.) */
 	uint64_t slots[EVICT_BATCH];
 	unsigned need = 0;
+	/* Under async tracking a clean page may turn out written: it gets a slot too, just in case. */
 	for (unsigned i = 0; i < b->n; i++)
-		if (LM_PTE_STATE(b->prev[i]) == LM_PS_DIRTY && !b->r->shared)
+		if ((LM_PTE_STATE(b->prev[i]) == LM_PS_DIRTY || rt->wp_async) && !b->r->shared)
 			need++;
 	unsigned got = need && rt->swap_ok ? lm__swap_alloc(&rt->swap, slots, need) : 0;
 	unsigned k = 0;
 	for (unsigned i = 0; i < b->n; i++) {
-		if (LM_PTE_STATE(b->prev[i]) != LM_PS_DIRTY)
+		if (LM_PTE_STATE(b->prev[i]) != LM_PS_DIRTY && !rt->wp_async)
 			continue;
 		if (b->r->shared)
 			b->res[i] = R_WB;
@@ -384,7 +472,8 @@ static long settle_batch(struct lm_runtime *rt, struct batch *b)
 	long evicted = 0;
 	for (unsigned i = 0; i < b->n; i++) {
 		uint64_t prev = b->prev[i];
-		bool dirty = LM_PTE_STATE(prev) == LM_PS_DIRTY;
+		bool was_dirty = LM_PTE_STATE(prev) == LM_PS_DIRTY;
+		bool dirty = was_dirty || b->slot[i] != UINT64_MAX;
 		uint64_t val;
 		switch (b->res[i]) {
 		case R_BACK:
@@ -424,8 +513,11 @@ static long settle_batch(struct lm_runtime *rt, struct batch *b)
 			continue;
 		}
 		lm__resident_add(r, -1);
-		if (dirty)
+		if (was_dirty)
 			lm__dirty_add(r, -1);
+		/* A clean page written after all (async tracking) leaves its old slot for the new one. */
+		if (b->slot[i] != UINT64_MAX && LM_PTE_HAS_SLOT(prev))
+			lm__slot_release(rt, prev);
 		if (LM_PTE_STATE(val) == LM_PS_SWAPPED)
 			atomic_fetch_add_explicit(&r->swapped, 1, memory_order_relaxed);
 		if (b->slot[i] == UINT64_MAX && LM_PTE_HAS_SLOT(prev))
@@ -454,6 +546,21 @@ static long evict_batch(struct lm_runtime *rt, struct batch *b, unsigned want, i
 		b->scanned = 1;
 		return 0;
 	}
+	if (rt->wp_async) {
+		/* Written pages found first, under ev_lock (see lm__harvest), then the victims. */
+		if (pthread_mutex_trylock(&rt->ev_lock) != 0) {
+			lm__read_unlock(rt, idx);
+			return -EAGAIN;
+		}
+		if (rt->hand_ext < t->n) {
+			const struct lm__extent *x = &t->e[rt->hand_ext];
+			struct lm_region *r = x->r;
+			if (x->start >= r->start && x->end <= r->start + r->len)
+				lm__harvest(r, (x->start - r->start) >> rt->page_shift,
+					    (x->end - 1 - r->start) >> rt->page_shift);
+		}
+		pthread_mutex_unlock(&rt->ev_lock);
+	}
 	select_victims(rt, t, b, want);
 	if (!b->n) {
 		lm__read_unlock(rt, idx);
@@ -478,6 +585,13 @@ static long evict_batch(struct lm_runtime *rt, struct batch *b, unsigned want, i
 	pthread_mutex_unlock(&rt->ev_lock);
 
 	/* Outside the lock: the pages are out of reach of the application now. */
+	for (unsigned i = 0; rt->wp_async && i < b->n; i++)
+		if (b->res[i] == R_STAGED && LM_PTE_STATE(b->prev[i]) == LM_PS_CLEAN &&
+		    b->slot[i] != UINT64_MAX && !LM_PTE_HAS_SLOT(b->prev[i]) &&
+		    same_as_source(b->r, b->pg[i], rt->estage + (size_t)i * ps)) {
+			lm__swap_free(&rt->swap, b->slot[i]);
+			b->slot[i] = UINT64_MAX;
+		}
 	unsigned char *pages[EVICT_BATCH];
 	uint64_t slots[EVICT_BATCH];
 	int done[EVICT_BATCH];
@@ -750,17 +864,38 @@ static int select_dirty(lm__pte *e, uint64_t pgno, void *arg)
  * may be waiting for these very pages), written, and settles CLEAN.  A
  * write that fails leaves the page DIRTY and is reported.
  */
+static int wait_filled(lm__pte *e, uint64_t pgno, void *arg)
+{
+	(void)pgno;
+	(void)arg;
+	while (LM_PTE_STATE(atomic_load_explicit(e, memory_order_acquire)) == LM_PS_FILLING)
+		sched_yield();
+	return 0;
+}
+
 static int writeback_region(struct lm_region *r, uint64_t first, uint64_t count, int memfd,
 			    struct batch *b, unsigned char *buf)
 {
 	struct lm_runtime *rt = r->rt;
 	int err = 0;
+	/*
+	 * A write that faulted a page in has returned to the application a
+	 * moment before the handler records the page dirty: let such fills
+	 * settle, or this flush would miss what the caller just wrote.
+	 */
+	lm__pt_walk(&r->pt, first, first + count - 1, wait_filled, NULL);
 	uint64_t pg = first, end = first + count;
 	while (pg < end) {
 		b->n = 0;
 		b->r = r;
 		struct wb_sel c = { b, end };
 		pthread_mutex_lock(&rt->evict_lock);
+		if (rt->wp_async) {
+			while (pthread_mutex_trylock(&rt->ev_lock) != 0)
+				nanosleep(&(struct timespec){ 0, 50000 }, NULL);
+			lm__harvest(r, pg, end - 1);
+			pthread_mutex_unlock(&rt->ev_lock);
+		}
 		lm__pt_walk(&r->pt, pg, end - 1, select_dirty, &c);
 		if (!b->n) {
 			pthread_mutex_unlock(&rt->evict_lock);

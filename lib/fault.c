@@ -25,11 +25,28 @@ static inline uintptr_t page_addr(struct lm_region *r, uint64_t pgno)
  * was parked on it meanwhile, wakes the parked threads so they replay
  * the access against the new state.
  */
-static void settle(struct lm_region *r, lm__pte *e, uint64_t pgno, uint64_t val, int ufd)
+static uint64_t settle(struct lm_region *r, lm__pte *e, uint64_t pgno, uint64_t val, int ufd)
 {
 	uint64_t old = atomic_exchange_explicit(e, val, memory_order_acq_rel);
 	if (old & LM_PTE_WAITERS)
 		lm__uffd_wake(ufd, page_addr(r, pgno), (size_t)r->rt->page_size);
+	return old;
+}
+
+/*
+ * Async tracking: a scan found the page written while it was being filled
+ * (and protected it again), so the write is recorded here or nowhere.
+ */
+static void settle_installed(struct lm_region *r, lm__pte *e, uint64_t pgno, uint64_t val,
+			     int ufd)
+{
+	uint64_t old = settle(r, e, pgno, val, ufd);
+	if (!(old & LM_PTE_WRITTEN) || LM_PTE_STATE(val) != LM_PS_CLEAN)
+		return;
+	if (atomic_compare_exchange_strong(e, &val, (uint64_t)LM_PS_DIRTY | LM_PTE_REF)) {
+		lm__dirty_add(r, 1);
+		lm__slot_release(r->rt, val);
+	}
 }
 
 #define ST(s) (1u << (s))
@@ -425,7 +442,7 @@ long lm__fill(struct lm__filler *f, struct lm_region *r, uint64_t pgno, unsigned
 			fresh_done += s == LM_PS_MISSING || s == LM_PS_SWAPPED;
 			uint64_t val = installed_value(prev[i], clean);
 			transition(r, prev[i], val);
-			settle(r, ents[i], pgno + i, val, ufd);
+			settle_installed(r, ents[i], pgno + i, val, ufd);
 		}
 		installed += ok;
 		at += ok;

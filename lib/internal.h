@@ -48,6 +48,11 @@ int lm__uffd_poison(int ufd, uintptr_t dst, size_t len);
 int lm__uffd_wake(int ufd, uintptr_t start, size_t len);
 int lm__uffd_move(int ufd, uintptr_t dst, uintptr_t src, size_t len, size_t *done);
 int lm__uffd_writeprotect(int ufd, uintptr_t start, size_t len, bool protect);
+struct lm__range {
+	uintptr_t start, end;
+};
+int lm__uffd_scan_written(int pagemap_fd, uintptr_t start, uintptr_t end,
+			  struct lm__range *out, unsigned n, uintptr_t *next);
 
 /* ---- pagetable.c: the radix tree of page entries --------------------- */
 
@@ -67,6 +72,7 @@ enum {
 #define LM_PTE_REF (1ull << 5)		/* referenced since the clock hand passed: a second chance */
 #define LM_PTE_EVICTED (1ull << 6)	/* evicted since its last fill: the next fill is a refault */
 #define LM_PTE_DROP (1ull << 7)	/* dropped by the application while being evicted */
+#define LM_PTE_WRITTEN (1ull << 8)	/* async tracking: written while being filled */
 #define LM_PTE_AUX_SHIFT 16
 #define LM_PTE_STATE(e) ((unsigned)((e) & LM_PTE_STATE_MASK))
 /* The swap slot of a SWAPPED page, or of a CLEAN one that kept it (the swap cache). */
@@ -185,6 +191,8 @@ void lm__evict_shutdown(struct lm_runtime *rt);
 void lm__evict_check(struct lm_runtime *rt);
 /* Before a fill: waits while the resident pages are at the budget.  Async-signal-safe. */
 void lm__throttle(struct lm_runtime *rt);
+/* Async tracking: pages of [first, last] written since protected become DIRTY. */
+void lm__harvest(struct lm_region *r, uint64_t first, uint64_t last);
 /* Writes the dirty pages of [first, first + count) of a shared region to its file. */
 int lm__writeback(struct lm_region *r, uint64_t first, uint64_t count);
 /* Counts pages entering (n > 0) or leaving residency, for the region and the budget. */
@@ -333,6 +341,8 @@ struct lm_runtime {
 	_Atomic bool ev_stop;
 	unsigned char *wbuf;		/* EVICT_BATCH pages: writeback copies (evictor only) */
 	_Atomic bool track;		/* install pages write-protected, so writes are seen */
+	bool wp_async;			/* ...and the kernel lifts it (LM_DIRTY_ASYNC): harvest with scans */
+	int pagemap_fd;			/* /proc/self/pagemap, for PAGEMAP_SCAN (async tracking) */
 	struct lm__swap swap;
 	bool swap_ok;
 	int stage_ufd;			/* a second userfaultfd, no events: the evictor's staging area */

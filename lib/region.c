@@ -266,7 +266,12 @@ static int create(struct lm_runtime *rt, size_t length, unsigned flags, int kind
 	}
 	/* Writeback must see writes: shared regions need write-protect tracking. */
 	if (shared) {
-		if (!(rt->features & UFFD_FEATURE_PAGEFAULT_FLAG_WP) || getpid() != rt->ufd_pid)
+		/*
+		 * Async tracking could only write clean pages back blindly (see
+		 * evict.c), and a flush could not be torn-free: not offered.
+		 */
+		if (!(rt->features & UFFD_FEATURE_PAGEFAULT_FLAG_WP) || getpid() != rt->ufd_pid ||
+		    rt->wp_async)
 			return -EOPNOTSUPP;
 		atomic_store(&rt->track, true);
 	}

@@ -3,6 +3,7 @@
 #include "internal.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <linux/userfaultfd.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -124,6 +125,9 @@ static int apply_env(struct lm_options *o)
 	if (!o->readahead_max)
 		rc = rc ? rc : env_int("LAZYMEM_READAHEAD", 1, MAX_READAHEAD, &o->readahead_max);
 	static const char *const evicts[] = { "default", "clock", "fifo" };
+	static const char *const dirties[] = { "default", "sync", "async" };
+	if (!o->dirty_tracking)
+		rc = rc ? rc : env_word("LAZYMEM_DIRTY", dirties, 3, &o->dirty_tracking);
 	if (!o->evict_policy)
 		rc = rc ? rc : env_word("LAZYMEM_EVICT", evicts, 3, &o->evict_policy);
 	if (!o->budget)
@@ -148,10 +152,13 @@ static int check_options(struct lm_options *o)
 	    o->handler_threads < 0 || o->handler_threads > MAX_THREADS ||
 	    o->readahead_max < 0 || o->readahead_max > MAX_READAHEAD || (o->flags & ~LM_OPT_NO_ENV) ||
 	    o->evict_policy < 0 || o->evict_policy > LM_EVICT_FIFO ||
+	    o->dirty_tracking < 0 || o->dirty_tracking > LM_DIRTY_ASYNC ||
 	    (o->swap_max && o->swap_max < 4096))
 		return -EINVAL;
 	if (!o->evict_policy)
 		o->evict_policy = LM_EVICT_CLOCK;
+	if (!o->dirty_tracking)
+		o->dirty_tracking = LM_DIRTY_SYNC;
 	if (!o->mode)
 		o->mode = LM_MODE_THREAD;
 	if (!o->io)
@@ -377,6 +384,8 @@ int lm_runtime_open(const struct lm_options *user, struct lm_runtime **out)
 		memcpy(&o, user, user->size < sizeof(o) ? user->size : sizeof(o));
 		o.size = sizeof(o);
 		/* Reserved fields must be zero, so that later versions can give them a meaning. */
+		if (o.reserved32)
+			return -EINVAL;
 		for (size_t i = 0; i < LM__ARRAY_SIZE(o.reserved); i++)
 			if (o.reserved[i])
 				return -EINVAL;
@@ -399,7 +408,7 @@ int lm_runtime_open(const struct lm_options *user, struct lm_runtime **out)
 	rt->mode = o.mode;
 	rt->page_size = sysconf(_SC_PAGESIZE);
 	rt->page_shift = (unsigned)__builtin_ctzl((unsigned long)rt->page_size);
-	rt->ufd = rt->epfd = rt->stop_fd = rt->stage_ufd = rt->ev_kick = -1;
+	rt->ufd = rt->epfd = rt->stop_fd = rt->stage_ufd = rt->ev_kick = rt->pagemap_fd = -1;
 	pthread_mutex_init(&rt->ev_setup_lock, NULL);
 	pthread_mutex_init(&rt->evict_lock, NULL);
 	rt->pid = rt->ufd_pid = getpid();
@@ -425,6 +434,8 @@ int lm_runtime_open(const struct lm_options *user, struct lm_runtime **out)
 			UFFD_FEATURE_PAGEFAULT_FLAG_WP;
 	if (rt->mode == LM_MODE_SIGNAL)
 		want |= UFFD_FEATURE_SIGBUS;
+	if (o.dirty_tracking == LM_DIRTY_ASYNC)
+		want |= 1ull << 15 /* WP_ASYNC */;
 	rt->ufd = lm__uffd_open(o.uffd_source, want, &rt->origin, &rt->limits,
 				&rt->features);
 	if (rt->ufd < 0) {
@@ -443,6 +454,16 @@ int lm_runtime_open(const struct lm_options *user, struct lm_runtime **out)
 			!(rt->features & UFFD_FEATURE_SIGBUS) ? "UFFD_FEATURE_SIGBUS" : "UFFDIO_POISON");
 		rc = -EOPNOTSUPP;
 		goto fail;
+	}
+	if (o.dirty_tracking == LM_DIRTY_ASYNC) {
+		rt->pagemap_fd = open("/proc/self/pagemap", O_RDONLY | O_CLOEXEC);
+		if (!(rt->features & (1ull << 15)) || rt->pagemap_fd < 0) {
+			lm__log(rt, 1, "asynchronous write protection unavailable (WP_ASYNC, "
+				"/proc/self/pagemap)");
+			rc = -EOPNOTSUPP;
+			goto fail;
+		}
+		rt->wp_async = true;
 	}
 	LM__STAT_SET(rt, uffd_origin, rt->origin);
 	LM__STAT_SET(rt, uffd_limits, rt->limits);
@@ -531,6 +552,8 @@ static void close_runtime(struct lm_runtime *rt)
 		close(rt->stop_fd);
 	if (rt->ufd >= 0)
 		close(rt->ufd);
+	if (rt->pagemap_fd >= 0)
+		close(rt->pagemap_fd);
 	if (rt->swap_ok)
 		lm__swap_close(&rt->swap);
 	pthread_mutex_destroy(&rt->ev_setup_lock);

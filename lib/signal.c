@@ -116,9 +116,18 @@ static void on_sigbus(int sig, siginfo_t *si, void *uc)
 				 */
 				handled = !e || LM_PTE_STATE(atomic_load(e)) != LM_PS_POISON;
 				unsigned s = e ? LM_PTE_STATE(atomic_load(e)) : LM_PS_MISSING;
-				if (handled && atomic_load(&rt->track) &&
-				    (s == LM_PS_CLEAN || s == LM_PS_DIRTY || s == LM_PS_EVICTING) &&
-				    mapped(addr, (size_t)rt->page_size)) {
+				/*
+				 * A write (the error code says so) to a mapped page is a
+				 * write-protect fault.  A read of a mapped page was a
+				 * missing fault that another thread has since filled:
+				 * it just replays.
+				 */
+				bool present = (s == LM_PS_CLEAN || s == LM_PS_DIRTY ||
+						s == LM_PS_EVICTING) &&
+					       mapped(addr, (size_t)rt->page_size);
+				if (handled && present && !is_write(uc)) {
+					LM__STAT_ADD(rt, faults_dup, 1);
+				} else if (handled && present && atomic_load(&rt->track)) {
 					LM__STAT_ADD(rt, faults_wp, 1);
 					LM__STAT_ADD(rt, faults_signal, 1);
 					lm__wp_fault(r, pgno, addr, rt->ufd, false);

@@ -62,6 +62,32 @@ struct uffdio_move {
 #define UFFDIO_MOVE _IOWR(UFFDIO, _UFFDIO_MOVE, struct uffdio_move)
 #endif
 
+#ifndef PAGEMAP_SCAN
+#define PAGE_IS_WRITTEN (1 << 1)
+struct page_region {
+	__u64 start;
+	__u64 end;
+	__u64 categories;
+};
+#define PM_SCAN_WP_MATCHING (1 << 0)
+#define PM_SCAN_CHECK_WPASYNC (1 << 1)
+struct pm_scan_arg {
+	__u64 size;
+	__u64 flags;
+	__u64 start;
+	__u64 end;
+	__u64 walk_end;
+	__u64 vec;
+	__u64 vec_len;
+	__u64 max_pages;
+	__u64 category_inverted;
+	__u64 category_mask;
+	__u64 category_anyof_mask;
+	__u64 return_mask;
+};
+#define PAGEMAP_SCAN _IOWR('f', 16, struct pm_scan_arg)
+#endif
+
 static int open_dev(void)
 {
 	int dev = open("/dev/userfaultfd", O_RDWR | O_CLOEXEC);
@@ -330,4 +356,40 @@ int lm__uffd_wake(int ufd, uintptr_t start, size_t len)
 {
 	struct uffdio_range r = { .start = start, .len = len };
 	return ioctl(ufd, UFFDIO_WAKE, &r) < 0 ? -errno : 0;
+}
+
+/*
+ * Asynchronous write protection: reports the pages of [start, end) written
+ * since they were last protected, as ranges, and protects them again in
+ * the same step (PAGEMAP_SCAN with PM_SCAN_WP_MATCHING), so a write that
+ * lands after the scan is seen by the next one.  Returns the number of
+ * ranges stored (at most n), or -errno; *next is where the scan stopped
+ * (end, or earlier when the ranges did not fit).
+ */
+int lm__uffd_scan_written(int pagemap_fd, uintptr_t start, uintptr_t end,
+			  struct lm__range *out, unsigned n, uintptr_t *next)
+{
+	struct page_region vec[n ? n : 1];
+	struct pm_scan_arg a = {
+		.size = sizeof(a),
+		.flags = PM_SCAN_WP_MATCHING | PM_SCAN_CHECK_WPASYNC,
+		.start = start,
+		.end = end,
+		.vec = (uintptr_t)vec,
+		.vec_len = n,
+		.category_mask = PAGE_IS_WRITTEN,
+		.return_mask = PAGE_IS_WRITTEN,
+	};
+	long rc;
+	do
+		rc = ioctl(pagemap_fd, PAGEMAP_SCAN, &a);
+	while (rc < 0 && errno == EINTR);
+	if (rc < 0)
+		return -errno;
+	for (long i = 0; i < rc; i++) {
+		out[i].start = (uintptr_t)vec[i].start;
+		out[i].end = (uintptr_t)vec[i].end;
+	}
+	*next = a.walk_end ? (uintptr_t)a.walk_end : end;
+	return (int)rc;
 }
