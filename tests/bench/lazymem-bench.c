@@ -805,7 +805,7 @@ int main(int argc, char **argv)
 			want_file |= m->source == SRC_FILE;
 		}
 	}
-	bool want_swap = swap_bench_selected(b.cfg.only);
+	bool want_swap = swap_bench_selected(b.cfg.only) || dirty_bench_selected(b.cfg.only);
 	if (!any && !want_swap)
 		die_msg("no measurement matches --only");
 
@@ -880,7 +880,10 @@ int main(int argc, char **argv)
 			.only = b.cfg.only,
 			.dir = pick_dir(&b.cfg),
 		};
-		int rc = swap_bench_run(&sc);
+		int rc = dirty_bench_run(&sc, b.cfg.quick ? 16384 : 65536);
+		if (rc < 0)
+			die("dirty-tracking measurements", rc);
+		rc = swap_bench_run(&sc);
 		if (rc < 0)
 			die("swap measurements", rc);
 	}

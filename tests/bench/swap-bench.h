@@ -20,4 +20,8 @@ bool swap_bench_selected(const char *only);
 /* Runs the selected swap measurements; 0 or a negative errno. */
 int swap_bench_run(const struct swap_bench_config *c);
 
+/* The dirty.* measurements: the cost of tracking first writes, sync versus async. */
+bool dirty_bench_selected(const char *only);
+int dirty_bench_run(const struct swap_bench_config *c, size_t pages);
+
 #endif
