@@ -125,6 +125,35 @@ void lm__throttle(struct lm_runtime *rt)
 	LM__STAT_ADD(rt, throttle_ns, t - t0);
 }
 
+/*
+ * Refault distance, as the kernel's workingset code measures it: the
+ * evictions between a page's eviction and its refault.  A page back
+ * within about a budget's worth of evictions would have stayed with a
+ * little more memory: it is part of the working set, and gets the clock's
+ * second chance.  A page back only after a full cycle (a scan larger than
+ * memory) does not.  The stamp is 15 bits in units of 1/32 of the
+ * budget, so it spans a thousand budgets before it wraps (a shorter one
+ * made a cyclic scan of two budgets look like a hot refault).
+ */
+static uint64_t age_unit(struct lm_runtime *rt)
+{
+	uint64_t u = atomic_load_explicit(&rt->budget, memory_order_relaxed) / 32;
+	return u ? u : 1;
+}
+
+uint64_t lm__evict_stamp(struct lm_runtime *rt)
+{
+	uint64_t now = atomic_load_explicit(&rt->ev_count, memory_order_relaxed) / age_unit(rt);
+	return (now & ((1ull << LM_PTE_AGE_BITS) - 1)) << LM_PTE_AGE_SHIFT;
+}
+
+bool lm__refault_hot(struct lm_runtime *rt, uint64_t prev)
+{
+	uint64_t now = atomic_load_explicit(&rt->ev_count, memory_order_relaxed) / age_unit(rt);
+	uint64_t then = (prev & LM_PTE_AGE_MASK) >> LM_PTE_AGE_SHIFT;
+	return ((now - then) & ((1ull << LM_PTE_AGE_BITS) - 1)) < 32;
+}
+
 void lm__slot_release(struct lm_runtime *rt, uint64_t v)
 {
 	if (LM_PTE_HAS_SLOT(v) && rt->swap_ok)
@@ -132,6 +161,12 @@ void lm__slot_release(struct lm_runtime *rt, uint64_t v)
 }
 
 /* ---- choosing victims ---------------------------------------------------- */
+
+static uintptr_t addr_of(struct lm_region *r, uint64_t pgno)
+{
+	return r->start + (pgno << r->rt->page_shift);
+}
+
 
 struct sel {
 	struct batch *b;
@@ -147,7 +182,9 @@ struct sel {
  * back: evicting it was a mistake) or a first write (a write-protect
  * fault).  The hand clears the bit and passes; an unreferenced page is
  * taken.  While clean pages are plentiful, a dirty page also gets one
- * pass, since dropping a clean page costs no write.
+ * pass, since dropping a clean page costs no write.  The application's
+ * advice counts: sequential pages get no second chance, dont-need pages
+ * are gone already, random ones are treated like any other.
  */
 static int select_one(lm__pte *e, uint64_t pgno, void *arg)
 {
@@ -158,9 +195,20 @@ static int select_one(lm__pte *e, uint64_t pgno, void *arg)
 	uint64_t v = atomic_load_explicit(e, memory_order_acquire);
 	unsigned s = LM_PTE_STATE(v);
 	if (s == LM_PS_CLEAN || s == LM_PS_DIRTY) {
-		if (!c->fifo && (v & LM_PTE_REF)) {
-			atomic_compare_exchange_strong(e, &v, v & ~LM_PTE_REF);
-		} else if (!c->fifo && s == LM_PS_DIRTY && c->prefer_clean) {
+		/* Pages of a range advised sequential are used once, as the kernel treats them: no second chance. */
+		bool once = c->fifo || lm__region_advice_at(b->r, pgno) == LM_ADV_SEQUENTIAL;
+		if (!once && (v & LM_PTE_REF)) {
+			/*
+			 * Resident pages give no sign of use but writes: a dirty
+			 * page is write-protected again as the hand passes, so its
+			 * next write (a fault; async: the next scan) marks it
+			 * referenced again.  Reads stay invisible.
+			 */
+			if (atomic_compare_exchange_strong(e, &v, v & ~LM_PTE_REF) &&
+			    s == LM_PS_DIRTY && !b->r->rt->wp_async)
+				lm__uffd_writeprotect(b->r->rt->ufd, addr_of(b->r, pgno),
+						      (size_t)b->r->rt->page_size, true);
+		} else if (!once && s == LM_PS_DIRTY && c->prefer_clean) {
 			atomic_compare_exchange_strong(e, &v, v | LM_PTE_REF);
 		} else if (atomic_compare_exchange_strong(e, &v, (uint64_t)LM_PS_EVICTING)) {
 			b->pg[b->n] = pgno;
@@ -218,11 +266,6 @@ static void select_victims(struct lm_runtime *rt, struct lm__rtable *t, struct b
 
 /* ---- one batch ------------------------------------------------------------- */
 
-static uintptr_t addr_of(struct lm_region *r, uint64_t pgno)
-{
-	return r->start + (pgno << r->rt->page_shift);
-}
-
 /* ---- asynchronous write protection ------------------------------------------ */
 
 static void mark_written(struct lm_region *r, uint64_t pgno)
@@ -240,8 +283,14 @@ static void mark_written(struct lm_region *r, uint64_t pgno)
 			lm__slot_release(r->rt, v);
 			return;
 		}
-		/* Being filled: its filler settles it dirty (settle_installed in fault.c). */
-		if (s == LM_PS_FILLING && !(v & LM_PTE_WRITTEN)) {
+		/* Written again: referenced, for the clock. */
+		if (s == LM_PS_DIRTY && !(v & LM_PTE_REF)) {
+			if (!atomic_compare_exchange_weak(e, &v, v | LM_PTE_REF))
+				continue;
+			return;
+		}
+		/* Held by a filler or the evictor: the holder settles it dirty (settle, finish). */
+		if ((s == LM_PS_FILLING || s == LM_PS_EVICTING) && !(v & LM_PTE_WRITTEN)) {
 			if (!atomic_compare_exchange_weak(e, &v, v | LM_PTE_WRITTEN))
 				continue;
 		}
@@ -319,8 +368,16 @@ static bool finish(struct lm_region *r, lm__pte *e, uint64_t pgno, uint64_t val)
 	uint64_t old = atomic_load_explicit(e, memory_order_acquire);
 	for (;;) {
 		uint64_t nv = (old & LM_PTE_DROP) ? (uint64_t)LM_PS_MISSING : val;
+		/* Given back clean, but a scan saw it written meanwhile (async tracking). */
+		bool written = (old & LM_PTE_WRITTEN) && LM_PTE_STATE(nv) == LM_PS_CLEAN;
+		if (written)
+			nv = (uint64_t)LM_PS_DIRTY | LM_PTE_REF;
 		if (atomic_compare_exchange_weak_explicit(e, &old, nv, memory_order_acq_rel,
 							  memory_order_acquire)) {
+			if (written) {
+				lm__dirty_add(r, 1);
+				lm__slot_release(r->rt, val);
+			}
 			if (old & LM_PTE_WAITERS)
 				lm__uffd_wake(r->rt->ufd, addr_of(r, pgno), (size_t)r->rt->page_size);
 			return (old & LM_PTE_DROP) != 0;
@@ -376,6 +433,14 @@ static void reserve_slots(struct lm_runtime *rt, struct batch *b)
 	}
 }
 
+/* True when staging slot i holds a page (it was empty when the batch began). */
+static bool staged(struct lm_runtime *rt, unsigned i)
+{
+	size_t ps = (size_t)rt->page_size;
+	unsigned char vec = 0;
+	return mincore(rt->estage + (size_t)i * ps, ps, &vec) == 0 && (vec & 1);
+}
+
 /* Moves the staged pages out of the region, in runs; called with ev_lock held. */
 static void move_out(struct lm_runtime *rt, struct batch *b)
 {
@@ -398,6 +463,20 @@ static void move_out(struct lm_runtime *rt, struct batch *b)
 			continue;
 		}
 		unsigned at = i + ok;
+		/*
+		 * The kernel (6.18) can move a page and still fail it: when its
+		 * move is retried internally (the page table changed under it,
+		 * say a concurrent PAGEMAP_SCAN), the retry finds the page
+		 * already at the destination and reports -EEXIST, not counted.
+		 * The staging area holds nothing but what this batch moved into
+		 * it, so a page present there is this one: staged, not failed.
+		 * Taking the error at its word would give back a page that is
+		 * no longer in the region, and lose it.
+		 */
+		if (staged(rt, at)) {
+			i = at + 1;
+			continue;
+		}
 		/* Absent: the application dropped it (its event may still be on the way). */
 		b->res[at] = rc == -ENOENT ? R_GONE : R_BACK;
 		if (rc == -EBUSY || rc == -EAGAIN)
@@ -504,7 +583,7 @@ static long settle_batch(struct lm_runtime *rt, struct batch *b)
 			val = LM_PS_SWAPPED | (prev & ~(((uint64_t)1 << LM_PTE_AUX_SHIFT) - 1));
 		else
 			val = LM_PS_MISSING;
-		val |= LM_PTE_EVICTED;
+		val |= LM_PTE_EVICTED | lm__evict_stamp(rt);
 		if (finish(r, b->e[i], b->pg[i], val)) {
 			/* Dropped while it was being written: the slot holds nothing wanted. */
 			if (b->slot[i] != UINT64_MAX)
@@ -527,6 +606,7 @@ static long settle_batch(struct lm_runtime *rt, struct batch *b)
 		evicted++;
 	}
 	LM__STAT_ADD(rt, evicted_pages, evicted);
+	atomic_fetch_add_explicit(&rt->ev_count, (uint64_t)evicted, memory_order_relaxed);
 	return evicted;
 }
 
@@ -891,8 +971,11 @@ static int writeback_region(struct lm_region *r, uint64_t first, uint64_t count,
 		struct wb_sel c = { b, end };
 		pthread_mutex_lock(&rt->evict_lock);
 		if (rt->wp_async) {
-			while (pthread_mutex_trylock(&rt->ev_lock) != 0)
+			while (pthread_mutex_trylock(&rt->ev_lock) != 0) {
+				pthread_mutex_unlock(&rt->evict_lock);
 				nanosleep(&(struct timespec){ 0, 50000 }, NULL);
+				pthread_mutex_lock(&rt->evict_lock);
+			}
 			lm__harvest(r, pg, end - 1);
 			pthread_mutex_unlock(&rt->ev_lock);
 		}
@@ -902,9 +985,16 @@ static int writeback_region(struct lm_region *r, uint64_t first, uint64_t count,
 			break;
 		}
 		while (pthread_mutex_trylock(&rt->ev_lock) != 0) {
-			/* Give the pages back while a handler needs them, then claim again. */
+			/*
+			 * Give the pages back while a handler needs them, and
+			 * evict_lock too (fork() waits for it while holding
+			 * rt->lock, which that handler may be waiting for); then
+			 * claim again.
+			 */
 			give_back(rt, b);
+			pthread_mutex_unlock(&rt->evict_lock);
 			nanosleep(&(struct timespec){ 0, 50000 }, NULL);
+			pthread_mutex_lock(&rt->evict_lock);
 			lm__pt_walk(&r->pt, pg, end - 1, select_dirty, &c);
 			if (!b->n)
 				break;
@@ -934,6 +1024,9 @@ int lm__writeback(struct lm_region *r, uint64_t first, uint64_t count)
 	struct lm_runtime *rt = r->rt;
 	if (!r->shared)
 		return 0;
+	/* A fork() child's pages are its own copy: its writes never reach the file. */
+	if (getpid() != rt->pid)
+		return -EOPNOTSUPP;
 	size_t ps = (size_t)rt->page_size;
 	struct batch *b = calloc(1, sizeof(*b));
 	unsigned char *buf = mmap(NULL, EVICT_BATCH * ps, PROT_READ | PROT_WRITE,

@@ -28,25 +28,20 @@ static inline uintptr_t page_addr(struct lm_region *r, uint64_t pgno)
 static uint64_t settle(struct lm_region *r, lm__pte *e, uint64_t pgno, uint64_t val, int ufd)
 {
 	uint64_t old = atomic_exchange_explicit(e, val, memory_order_acq_rel);
-	if (old & LM_PTE_WAITERS)
-		lm__uffd_wake(ufd, page_addr(r, pgno), (size_t)r->rt->page_size);
-	return old;
-}
-
-/*
- * Async tracking: a scan found the page written while it was being filled
- * (and protected it again), so the write is recorded here or nowhere.
- */
-static void settle_installed(struct lm_region *r, lm__pte *e, uint64_t pgno, uint64_t val,
-			     int ufd)
-{
-	uint64_t old = settle(r, e, pgno, val, ufd);
-	if (!(old & LM_PTE_WRITTEN) || LM_PTE_STATE(val) != LM_PS_CLEAN)
-		return;
-	if (atomic_compare_exchange_strong(e, &val, (uint64_t)LM_PS_DIRTY | LM_PTE_REF)) {
+	/*
+	 * Async tracking: a scan found the page written while this thread
+	 * held it, and protected it again, so the write is recorded here or
+	 * nowhere.  (A page that was not installed cannot have been written:
+	 * then the flag is simply dropped with the state put back.)
+	 */
+	if ((old & LM_PTE_WRITTEN) && LM_PTE_STATE(val) == LM_PS_CLEAN &&
+	    atomic_compare_exchange_strong(e, &val, (uint64_t)LM_PS_DIRTY | LM_PTE_REF)) {
 		lm__dirty_add(r, 1);
 		lm__slot_release(r->rt, val);
 	}
+	if (old & LM_PTE_WAITERS)
+		lm__uffd_wake(ufd, page_addr(r, pgno), (size_t)r->rt->page_size);
+	return old;
 }
 
 #define ST(s) (1u << (s))
@@ -275,14 +270,15 @@ static void poison(struct lm_region *r, lm__pte *e, uint64_t pgno, int ufd)
  * The settled value of a page just installed.  Written pages (and every
  * page while nothing tracks writes) are DIRTY; a page installed
  * write-protected is CLEAN and keeps the swap slot it came from, if any,
- * as the swap cache.  A refault earns the clock's second chance.
+ * as the swap cache.  A refault soon after the eviction earns the
+ * clock's second chance (see lm__refault_hot).
  */
-static uint64_t installed_value(uint64_t prev, bool clean)
+static uint64_t installed_value(struct lm_runtime *rt, uint64_t prev, bool clean)
 {
 	uint64_t v = clean ? LM_PS_CLEAN : LM_PS_DIRTY;
 	if (clean && LM_PTE_STATE(prev) == LM_PS_SWAPPED)
 		v |= prev & ~((1ull << LM_PTE_AUX_SHIFT) - 1);
-	if (prev & LM_PTE_EVICTED)
+	if ((prev & LM_PTE_EVICTED) && lm__refault_hot(rt, prev))
 		v |= LM_PTE_REF;
 	return v;
 }
@@ -418,14 +414,20 @@ long lm__fill(struct lm__filler *f, struct lm_region *r, uint64_t pgno, unsigned
 	 * Install.  While writes are tracked (a budget or a shared region
 	 * needs to know which pages are dirty), pages not being written are
 	 * installed write-protected: their first write faults and marks them
-	 * dirty.  Read faults on zero-source pages map the shared zero page
-	 * (no memory until written; protected by a second ioctl when
-	 * tracking).  EEXIST at a page means another path populated it: keep
-	 * going after it.
+	 * dirty.  Untracked read faults on zero-source pages map the shared
+	 * zero page (no memory until written).  EEXIST at a page means another
+	 * path populated it: keep going after it.
 	 */
 	bool track = atomic_load_explicit(&rt->track, memory_order_relaxed);
 	bool wp = track && !(flags & LM_FILL_WRITE);
-	bool zeropage = kind == LM_SOURCE_ZERO && !(flags & (LM_FILL_WRITE | LM_FILL_PREFETCH));
+	/*
+	 * The shared zero page only while nothing tracks writes: mapping it
+	 * and protecting it are two steps, and a write between them (the
+	 * first wakes the toucher) would go unseen.  Tracked, zeros are
+	 * copied in write-protected, in one step.
+	 */
+	bool zeropage = kind == LM_SOURCE_ZERO && !track &&
+			!(flags & (LM_FILL_WRITE | LM_FILL_PREFETCH));
 	unsigned at = 0, installed = 0, fresh_done = 0;
 	long ret = 0;
 	while (at < n) {
@@ -434,15 +436,13 @@ long lm__fill(struct lm__filler *f, struct lm_region *r, uint64_t pgno, unsigned
 				  : lm__uffd_copy(ufd, page_addr(r, pgno + at), src + (size_t)at * ps,
 						  (n - at) * ps, wp, &done);
 		unsigned ok = (unsigned)(done / ps);
-		/* A zero page that could not be protected is treated as written: nothing would see its writes. */
-		bool clean = wp && (!zeropage || !ok ||
-				    lm__uffd_writeprotect(ufd, page_addr(r, pgno + at), ok * ps, true) == 0);
+		bool clean = wp;
 		for (unsigned i = at; i < at + ok; i++) {
 			unsigned s = LM_PTE_STATE(prev[i]);
 			fresh_done += s == LM_PS_MISSING || s == LM_PS_SWAPPED;
-			uint64_t val = installed_value(prev[i], clean);
+			uint64_t val = installed_value(rt, prev[i], clean);
 			transition(r, prev[i], val);
-			settle_installed(r, ents[i], pgno + i, val, ufd);
+			settle(r, ents[i], pgno + i, val, ufd);
 		}
 		installed += ok;
 		at += ok;
@@ -463,7 +463,7 @@ long lm__fill(struct lm__filler *f, struct lm_region *r, uint64_t pgno, unsigned
 			uint64_t keep = prev[at];
 			unsigned s = LM_PTE_STATE(keep);
 			if (s == LM_PS_MISSING || s == LM_PS_SWAPPED) {
-				keep = installed_value(keep, false);
+				keep = installed_value(rt, keep, false);
 				transition(r, prev[at], keep);
 				fresh_done++;
 			}
@@ -531,8 +531,14 @@ void lm__wp_fault(struct lm_region *r, uint64_t pgno, uintptr_t addr, int ufd, b
 	for (;;) {
 		unsigned s = LM_PTE_STATE(v);
 		if (!e || s == LM_PS_MISSING || s == LM_PS_SWAPPED || s == LM_PS_POISON) {
-			/* Moved out or dropped since: the write replays as a missing fault. */
-			lm__uffd_wake(ufd, addr, ps);
+			/*
+			 * Moved out or dropped since: the write replays as a
+			 * missing fault.  Should the page still be mapped all the
+			 * same, lifting the protection lets the write through
+			 * rather than fault for ever.
+			 */
+			if (lm__uffd_writeprotect(ufd, addr & ~(ps - 1), ps, false) < 0)
+				lm__uffd_wake(ufd, addr, ps);
 			return;
 		}
 		if (s == LM_PS_FILLING || s == LM_PS_EVICTING) {
@@ -555,6 +561,9 @@ void lm__wp_fault(struct lm_region *r, uint64_t pgno, uintptr_t addr, int ufd, b
 				continue;
 			lm__dirty_add(r, 1);
 			lm__slot_release(rt, v);
+		} else if (!(v & LM_PTE_REF) && !atomic_compare_exchange_weak(e, &v, v | LM_PTE_REF)) {
+			/* DIRTY, protected again by the clock hand: written, so referenced. */
+			continue;
 		}
 		/*
 		 * DIRTY: already marked, by this fault or a racing one whose

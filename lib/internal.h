@@ -73,7 +73,10 @@ enum {
 #define LM_PTE_EVICTED (1ull << 6)	/* evicted since its last fill: the next fill is a refault */
 #define LM_PTE_DROP (1ull << 7)	/* dropped by the application while being evicted */
 #define LM_PTE_WRITTEN (1ull << 8)	/* async tracking: written while being filled */
-#define LM_PTE_AUX_SHIFT 16
+#define LM_PTE_AGE_SHIFT 9		/* evicted pages: a 15-bit eviction stamp (refault distance) */
+#define LM_PTE_AGE_BITS 15
+#define LM_PTE_AGE_MASK (((1ull << LM_PTE_AGE_BITS) - 1) << LM_PTE_AGE_SHIFT)
+#define LM_PTE_AUX_SHIFT 24
 #define LM_PTE_STATE(e) ((unsigned)((e) & LM_PTE_STATE_MASK))
 /* The swap slot of a SWAPPED page, or of a CLEAN one that kept it (the swap cache). */
 #define LM_PTE_HAS_SLOT(e) (((e) >> LM_PTE_AUX_SHIFT) != 0)
@@ -198,6 +201,9 @@ int lm__writeback(struct lm_region *r, uint64_t first, uint64_t count);
 /* Counts pages entering (n > 0) or leaving residency, for the region and the budget. */
 static inline void lm__resident_add(struct lm_region *r, int64_t n);
 static inline void lm__dirty_add(struct lm_region *r, int64_t n);
+/* The eviction stamp to store in an evicted entry, and whether its refault is a hot one. */
+uint64_t lm__evict_stamp(struct lm_runtime *rt);
+bool lm__refault_hot(struct lm_runtime *rt, uint64_t prev);
 /* Frees the swap slot an entry value carries, if any. */
 void lm__slot_release(struct lm_runtime *rt, uint64_t v);
 
@@ -354,6 +360,7 @@ struct lm_runtime {
 	pthread_mutex_t ev_setup_lock;	/* serializes lm__evict_setup */
 	pthread_mutex_t evict_lock;	/* held for each eviction or writeback batch; fork() takes it */
 	_Atomic unsigned ev_gen;	/* eviction rounds finished */
+	_Atomic uint64_t ev_count;	/* pages evicted, ever: the clock of refault distances */
 	_Atomic bool ev_stuck;		/* the last round ended over the budget */
 	size_t hand_ext;		/* the clock hand: extent index and page (evictor only) */
 	uint64_t hand_pg;

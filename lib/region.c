@@ -4,6 +4,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <sched.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -420,7 +421,7 @@ int lm_region_destroy(struct lm_region *r)
 		return -EINVAL;
 	struct lm_runtime *rt = r->rt;
 	/* Nothing written to a shared region is lost: if it cannot reach the file, the region stays. */
-	if (r->shared && getpid() == rt->ufd_pid) {
+	if (r->shared && getpid() == rt->pid) {
 		int rc = lm__writeback(r, 0, r->npages);
 		if (rc < 0)
 			return rc;
@@ -592,16 +593,41 @@ struct move_ctx {
 static int move_state(lm__pte *e, uint64_t pgno, void *arg)
 {
 	struct move_ctx *c = arg;
-	uint64_t v = atomic_load(e) & ~LM_PTE_WAITERS;
-	unsigned s = LM_PTE_STATE(v);
-	if (s != LM_PS_CLEAN && s != LM_PS_DIRTY && s != LM_PS_POISON && s != LM_PS_SWAPPED)
-		return 0;
+	uint64_t v;
+	unsigned s;
+	for (;;) {
+		v = atomic_load(e);
+		s = LM_PTE_STATE(v);
+		/*
+		 * A page the evictor claimed after lm__wait_settled has not
+		 * moved out yet (that needs ev_lock, which the caller holds),
+		 * and the kernel has just moved it to the alias: the evictor
+		 * gives it back when it cannot take the lock, so wait for that.
+		 */
+		if (s == LM_PS_EVICTING) {
+			sched_yield();
+			continue;
+		}
+		if (s != LM_PS_CLEAN && s != LM_PS_DIRTY && s != LM_PS_POISON && s != LM_PS_SWAPPED)
+			return 0;
+		/* The old entry no longer owns anything: forget must not free the slot. */
+		if (atomic_compare_exchange_weak(e, &v, (uint64_t)LM_PS_MISSING))
+			break;
+	}
+	v &= ~LM_PTE_WAITERS;
 	lm__pte *d = lm__pt_get(&c->to->pt, pgno - c->first, true);
-	if (!d)
-		return 0;	/* out of memory: forget below drops it, as if unmapped */
+	if (!d) {
+		/* Out of memory: the page is lost to the runtime, as if unmapped. */
+		if (s == LM_PS_CLEAN || s == LM_PS_DIRTY)
+			lm__resident_add(c->from, -1);
+		if (s == LM_PS_DIRTY)
+			lm__dirty_add(c->from, -1);
+		if (s == LM_PS_SWAPPED)
+			atomic_fetch_sub(&c->from->swapped, 1);
+		lm__slot_release(c->from->rt, v);
+		return 0;
+	}
 	atomic_store(d, v);
-	/* The old entry no longer owns anything: forget must not free the slot. */
-	atomic_store(e, (uint64_t)LM_PS_MISSING);
 	if (s == LM_PS_CLEAN || s == LM_PS_DIRTY) {
 		lm__resident_add(c->to, 1);
 		lm__resident_add(c->from, -1);
