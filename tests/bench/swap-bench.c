@@ -70,21 +70,6 @@ struct env {
 	bool swap_on, cg_made;
 };
 
-static uint64_t now(void)
-{
-	struct timespec ts;
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
-}
-
-static uint64_t rnd(uint64_t *s)
-{
-	*s ^= *s << 13;
-	*s ^= *s >> 7;
-	*s ^= *s << 17;
-	return *s;
-}
-
 bool swap_bench_selected(const char *only)
 {
 	for (size_t i = 0; i < NWORKLOADS; i++)
@@ -105,7 +90,7 @@ static uint32_t *sequence(const struct workload *w, size_t pages, size_t n)
 			seq[i] = (uint32_t)(i % pages);
 	} else if (w->pattern == UNIFORM) {
 		for (size_t i = 0; i < n; i++)
-			seq[i] = (uint32_t)(rnd(&s) % pages);
+			seq[i] = (uint32_t)(xorshift(&s) % pages);
 	} else {
 		/* Zipf, skew 0.99: rank k drawn with weight 1/k^0.99, ranks scattered over the pages. */
 		double *cdf = malloc(pages * sizeof(*cdf));
@@ -123,13 +108,13 @@ static uint32_t *sequence(const struct workload *w, size_t pages, size_t n)
 			perm[k] = (uint32_t)k;
 		}
 		for (size_t k = pages - 1; k > 0; k--) {
-			size_t j = rnd(&s) % (k + 1);
+			size_t j = xorshift(&s) % (k + 1);
 			uint32_t t = perm[k];
 			perm[k] = perm[j];
 			perm[j] = t;
 		}
 		for (size_t i = 0; i < n; i++) {
-			double u = (double)(rnd(&s) >> 11) / 9007199254740992.0 * sum;
+			double u = (double)(xorshift(&s) >> 11) / 9007199254740992.0 * sum;
 			size_t lo = 0, hi = pages - 1;
 			while (lo < hi) {
 				size_t mid = (lo + hi) / 2;
@@ -189,9 +174,9 @@ static double run_lazymem(const struct env *e, const struct workload *w, const u
 	}
 	unsigned char *base = lm_region_addr(r);
 	populate(base, pages, e->ps);
-	uint64_t t0 = now();
+	uint64_t t0 = now_ns();
 	run_accesses(base, seq, n, e->ps, w->write);
-	uint64_t t1 = now();
+	uint64_t t1 = now_ns();
 	struct lm_stats st = { .size = sizeof(st) };
 	lm_stats_get(rt, &st);
 	/* Every page must still be what was written: a fast wrong answer is no answer. */
@@ -244,9 +229,9 @@ static double run_kernel(const struct env *e, const struct workload *w, const ui
 			if (base != MAP_FAILED) {
 				madvise(base, pages * e->ps, MADV_NOHUGEPAGE);
 				populate(base, pages, e->ps);
-				uint64_t t0 = now();
+				uint64_t t0 = now_ns();
 				run_accesses(base, seq, n, e->ps, w->write);
-				uint64_t t1 = now();
+				uint64_t t1 = now_ns();
 				res = (double)n / ((double)(t1 - t0) / 1e9);
 			}
 		}
@@ -315,18 +300,6 @@ static void teardown_kernel(struct env *e)
 		unlink(e->swapfile);
 }
 
-static int cmpd(const void *a, const void *b)
-{
-	double x = *(const double *)a, y = *(const double *)b;
-	return x < y ? -1 : x > y;
-}
-
-static double med(double *v, int n)
-{
-	qsort(v, (size_t)n, sizeof(*v), cmpd);
-	return n % 2 ? v[n / 2] : (v[n / 2 - 1] + v[n / 2]) / 2;
-}
-
 int swap_bench_run(const struct swap_bench_config *c)
 {
 	struct env e = { .c = c, .ps = (size_t)sysconf(_SC_PAGESIZE) };
@@ -364,7 +337,7 @@ int swap_bench_run(const struct swap_bench_config *c)
 			}
 		}
 		free(seq);
-		double l = med(lv, c->runs), k = med(kv, c->runs), ratio = k > 0 ? l / k : 0;
+		double l = median(lv, c->runs), k = median(kv, c->runs), ratio = k > 0 ? l / k : 0;
 		if (c->json) {
 			printf("{\"name\":\"%s\",\"unit\":\"accesses_per_s\",\"lazymem\":%.2f,"
 			       "\"kernel\":%.2f,\"ratio\":%.3f}\n", w->name, l, k, ratio);
@@ -409,7 +382,7 @@ static double scan_written(unsigned char *base, size_t len)
 	if (fd < 0)
 		return -errno;
 	static struct page_region vec[4096];
-	uint64_t t0 = now();
+	uint64_t t0 = now_ns();
 	uintptr_t start = (uintptr_t)base, end = start + len;
 	while (start < end) {
 		struct pm_scan_arg a = {
@@ -426,7 +399,7 @@ static double scan_written(unsigned char *base, size_t len)
 			break;
 		start = (uintptr_t)a.walk_end;
 	}
-	uint64_t t1 = now();
+	uint64_t t1 = now_ns();
 	close(fd);
 	return (double)(t1 - t0);
 }
@@ -469,10 +442,10 @@ static double first_write_lazymem(size_t pages, int dirty, double *scan_ns)
 		return rc;
 	}
 	unsigned char *base = lm_region_addr(r);
-	uint64_t t0 = now();
+	uint64_t t0 = now_ns();
 	for (size_t p = 0; p < pages; p++)
 		base[p * ps + 7] = 1;
-	uint64_t t1 = now();
+	uint64_t t1 = now_ns();
 	if (scan_ns)
 		*scan_ns = scan_written(base, len) / (double)pages;
 	lm_region_destroy(r);
@@ -498,18 +471,18 @@ static double first_write_kernel(size_t pages, double *scan_ns)
 		return -EOPNOTSUPP;
 	}
 	close(fd);
-	uint64_t t0 = now();
+	uint64_t t0 = now_ns();
 	for (size_t p = 0; p < pages; p++)
 		base[p * ps + 7] = 1;
-	uint64_t t1 = now();
+	uint64_t t1 = now_ns();
 	if (scan_ns) {
 		/* Finding them: the soft-dirty bits of /proc/self/pagemap, 8 bytes a page. */
 		int pm = open("/proc/self/pagemap", O_RDONLY | O_CLOEXEC);
 		uint64_t *ents = malloc(pages * 8);
-		uint64_t s0 = now();
+		uint64_t s0 = now_ns();
 		ssize_t n = pm >= 0 && ents ? pread(pm, ents, pages * 8,
 						   (off_t)((uintptr_t)base / ps * 8)) : -1;
-		uint64_t s1 = now();
+		uint64_t s1 = now_ns();
 		*scan_ns = n == (ssize_t)(pages * 8) ? (double)(s1 - s0) / (double)pages : 0;
 		free(ents);
 		if (pm >= 0)
@@ -551,7 +524,7 @@ int dirty_bench_run(const struct swap_bench_config *c, size_t pages)
 	for (int i = 0; i < 3; i++) {
 		if (c->only && !strstr(names[i], c->only))
 			continue;
-		double l = med(v[i], c->runs), kk = med(k[i == 2 ? 1 : 0], c->runs);
+		double l = median(v[i], c->runs), kk = median(k[i == 2 ? 1 : 0], c->runs);
 		double ratio = kk > 0 ? l / kk : 0;
 		if (c->json)
 			printf("{\"name\":\"%s\",\"unit\":\"ns_per_page\",\"lazymem\":%.2f,"

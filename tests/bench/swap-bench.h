@@ -15,6 +15,13 @@ struct swap_bench_config {
 	const char *dir;	/* where both swap files go */
 };
 
+/* Shared with lazymem-bench.c. */
+#include <stdint.h>
+uint64_t now_ns(void);
+uint64_t xorshift(uint64_t *s);
+/* Sorts v. */
+double median(double *v, int n);
+
 /* True when some swap measurement's name contains only (or only is NULL). */
 bool swap_bench_selected(const char *only);
 /* Runs the selected swap measurements; 0 or a negative errno. */
