@@ -379,7 +379,7 @@ int lm_runtime_open(const struct lm_options *user, struct lm_runtime **out)
 	struct lm_options o;
 	lm_options_init(&o);
 	if (user) {
-		if (user->size < offsetof(struct lm_options, reserved) || user->size > 4096)
+		if (user->size < offsetof(struct lm_options, budget) || user->size > 4096)
 			return -EINVAL;
 		memcpy(&o, user, user->size < sizeof(o) ? user->size : sizeof(o));
 		o.size = sizeof(o);

@@ -14,6 +14,11 @@ static void clear_env(void)
 	unsetenv("LAZYMEM_IO");
 	unsetenv("LAZYMEM_UFFD");
 	unsetenv("LAZYMEM_DEBUG");
+	unsetenv("LAZYMEM_BUDGET");
+	unsetenv("LAZYMEM_SWAP_DIR");
+	unsetenv("LAZYMEM_SWAP_MAX");
+	unsetenv("LAZYMEM_EVICT");
+	unsetenv("LAZYMEM_DIRTY");
 }
 
 START_TEST(options_defaults)
@@ -74,8 +79,37 @@ START_TEST(open_rejects_bad_options)
 	lm_options_init(&o);
 	o.reserved[3] = 1;	/* reserved must be zero: later versions give it meaning */
 	ck_assert_int_eq(lm_runtime_open(&o, &rt), -EINVAL);
+	lm_options_init(&o);
+	o.reserved32 = 1;
+	ck_assert_int_eq(lm_runtime_open(&o, &rt), -EINVAL);
+	lm_options_init(&o);
+	o.evict_policy = 9;
+	ck_assert_int_eq(lm_runtime_open(&o, &rt), -EINVAL);
+	lm_options_init(&o);
+	o.dirty_tracking = 9;
+	ck_assert_int_eq(lm_runtime_open(&o, &rt), -EINVAL);
+	lm_options_init(&o);
+	o.swap_max = 100;	/* less than a page */
+	ck_assert_int_eq(lm_runtime_open(&o, &rt), -EINVAL);
 	ck_assert_ptr_eq(rt, (void *)0x1);	/* untouched on failure */
 	ck_assert_int_eq(errno, 4242);		/* errno is never touched */
+}
+END_TEST
+
+/* A caller built against 0.1's header passes a prefix: everything after log_arg defaults. */
+START_TEST(options_prefix_of_older_version)
+{
+	clear_env();
+	struct lm_options o;
+	lm_options_init(&o);
+	o.size = (uint32_t)offsetof(struct lm_options, budget);
+	o.budget = 12345;	/* beyond the prefix: never read */
+	struct lm_runtime *rt;
+	ck_assert_int_eq(lm_runtime_open(&o, &rt), 0);
+	ck_assert_uint_eq(lmt_stats(rt).budget_bytes, 0);
+	lm_runtime_close(rt);
+	o.size = (uint32_t)offsetof(struct lm_options, budget) - 1;
+	ck_assert_int_eq(lm_runtime_open(&o, &rt), -EINVAL);
 }
 END_TEST
 
@@ -375,6 +409,7 @@ int main(void)
 	tcase_add_test(tc, options_defaults);
 	tcase_add_test(tc, open_defaults_and_close);
 	tcase_add_test(tc, open_rejects_bad_options);
+	tcase_add_test(tc, options_prefix_of_older_version);
 	tcase_add_test(tc, environment_overrides_defaults);
 	tcase_add_test(tc, environment_typos_are_errors);
 	tcase_add_test(tc, log_callback_is_used);
