@@ -883,9 +883,16 @@ int main(int argc, char **argv)
 		int rc = dirty_bench_run(&sc, b.cfg.quick ? 16384 : 65536);
 		if (rc < 0)
 			die("dirty-tracking measurements", rc);
-		rc = swap_bench_run(&sc);
-		if (rc < 0)
-			die("swap measurements", rc);
+		/* Thread mode first, then signal mode, as --mode asks. */
+		for (int mode = LM_MODE_THREAD; mode <= LM_MODE_SIGNAL; mode++) {
+			if (!(b.cfg.modes & (mode == LM_MODE_THREAD ? MODE_THREAD_BIT :
+					     MODE_SIGNAL_BIT)))
+				continue;
+			sc.mode = mode;
+			rc = swap_bench_run(&sc);
+			if (rc < 0)
+				die("swap measurements", rc);
+		}
 	}
 	if (!b.cfg.json && any) {
 		printf("\nlazymem stats over the whole run:\n");

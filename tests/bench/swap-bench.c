@@ -158,7 +158,7 @@ static double run_lazymem(const struct env *e, const struct workload *w, const u
 	size_t pages = (e->c->budget / e->ps) * w->mult;
 	struct lm_options o;
 	lm_options_init(&o);
-	o.mode = LM_MODE_THREAD;
+	o.mode = e->c->mode;
 	o.budget = e->c->budget;
 	o.swap_dir = e->c->dir;
 	o.swap_max = (uint64_t)pages * e->ps * 2;
@@ -307,8 +307,8 @@ int swap_bench_run(const struct swap_bench_config *c)
 		return 0;
 	bool kernel = setup_kernel(&e);
 	if (!c->json) {
-		printf("\nswap: budget %zu MiB, working sets 2x and 4x written once first; %s\n",
-		       c->budget >> 20, kernel ? "kernel: anonymous memory in a cgroup-v1 memory "
+		printf("\nswap: budget %zu MiB, %s mode, working sets 2x and 4x written once first; %s\n",
+		       c->budget >> 20, c->mode == LM_MODE_SIGNAL ? "signal" : "thread", kernel ? "kernel: anonymous memory in a cgroup-v1 memory "
 		       "cgroup limited to the budget + 2 MiB, swap file on the same disk" :
 		       "kernel side unavailable (see above)");
 		printf("%-34s %12s %12s %8s  %-9s %s\n", "measurement", "lazymem", "kernel", "ratio",
@@ -339,15 +339,19 @@ int swap_bench_run(const struct swap_bench_config *c)
 		free(seq);
 		double l = median(lv, c->runs), k = median(kv, c->runs), ratio = k > 0 ? l / k : 0;
 		if (c->json) {
-			printf("{\"name\":\"%s\",\"unit\":\"accesses_per_s\",\"lazymem\":%.2f,"
-			       "\"kernel\":%.2f,\"ratio\":%.3f}\n", w->name, l, k, ratio);
+			printf("{\"name\":\"%s%s\",\"unit\":\"accesses_per_s\",\"lazymem\":%.2f,"
+			       "\"kernel\":%.2f,\"ratio\":%.3f}\n", w->name,
+			       c->mode == LM_MODE_SIGNAL ? ".signal" : "", l, k, ratio);
 		} else {
 			char tgt[32] = "";
 			if (w->target > 0)
 				snprintf(tgt, sizeof(tgt), ">=%.1f %s", w->target,
 					 ratio >= w->target ? "ok" : "MISS");
-			printf("%-34s %12.0f %12.0f %8.2f  %-9s %s\n", w->name, l, k, ratio,
-			       "access/s", tgt);
+			char name[64];
+			snprintf(name, sizeof(name), "%s%s", w->name,
+				 c->mode == LM_MODE_SIGNAL ? ".signal" : "");
+			printf("%-34s %12.0f %12.0f %8.2f  %-9s %s\n", name, l, k, ratio, "access/s",
+			       tgt);
 		}
 		fflush(stdout);
 	}

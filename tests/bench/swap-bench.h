@@ -9,6 +9,7 @@
 struct swap_bench_config {
 	bool json;
 	bool verbose;
+	int mode;		/* enum lm_mode of the lazymem side */
 	int runs;
 	size_t budget;		/* bytes */
 	const char *only;	/* substring filter, NULL: all */
