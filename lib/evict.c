@@ -516,33 +516,42 @@ static void copy_for_writeback(struct lm_runtime *rt, struct batch *b, int memfd
 	}
 }
 
-/* Writes the copied pages to the file; successes become R_WB_DONE. */
-static int write_back(struct lm_runtime *rt, struct batch *b, const unsigned char *buf)
+/*
+ * Writes the copied pages to the file in one batch (io_uring when the
+ * filler has a ring, else pwrite); successes become R_WB_DONE.
+ */
+static int write_back(struct lm_runtime *rt, struct batch *b, struct lm__filler *f,
+		      unsigned char *buf)
 {
 	size_t ps = (size_t)rt->page_size;
 	struct lm_region *r = b->r;
 	uint64_t fsize = atomic_load(&r->fsize);
-	int err = 0;
+	struct lm__io io[EVICT_BATCH];
+	unsigned at[EVICT_BATCH], n = 0;
 	for (unsigned i = 0; i < b->n; i++) {
 		if (b->res[i] != R_WB)
 			continue;
 		uint64_t off = r->foff + ((b->pg[i] + r->src_shift) << rt->page_shift);
 		/* The tail past the end of the file is not the file's: it stays out. */
 		size_t len = off >= fsize ? 0 : fsize - off < ps ? (size_t)(fsize - off) : ps;
-		ssize_t n = 0;
-		if (len) {
-			do
-				n = pwrite(r->fd, buf + (size_t)i * ps, len, (off_t)off);
-			while (n < 0 && errno == EINTR);
-		}
-		if (n == (ssize_t)len) {
+		if (!len) {
 			b->res[i] = R_WB_DONE;
-			LM__STAT_ADD(rt, written_back, 1);
-		} else {
-			LM__STAT_ADD(rt, swap_write_errors, 1);
-			if (!err)
-				err = n < 0 ? -errno : -EIO;
+			continue;
 		}
+		io[n] = (struct lm__io){ .buf = buf + (size_t)i * ps, .off = off, .len = (uint32_t)len };
+		at[n++] = i;
+	}
+	lm__io_batch(f, r->fd, io, n, true);
+	int err = 0;
+	for (unsigned k = 0; k < n; k++) {
+		if (io[k].res == (int)io[k].len) {
+			b->res[at[k]] = R_WB_DONE;
+			LM__STAT_ADD(rt, written_back, 1);
+			continue;
+		}
+		LM__STAT_ADD(rt, swap_write_errors, 1);
+		if (!err)
+			err = io[k].res < 0 ? io[k].res : -EIO;
 	}
 	return err;
 }
@@ -695,7 +704,7 @@ static long evict_batch(struct lm_runtime *rt, struct batch *b, unsigned want, i
 	}
 	/* Durability is lm_region_flush's business: a later read finds the data in the page cache. */
 	if (wb)
-		write_back(rt, b, rt->wbuf);
+		write_back(rt, b, &rt->ev_filler, rt->wbuf);
 	long n = settle_batch(rt, b);
 	for (unsigned i = 0; i < b->n; i++)
 		if (b->res[i] == R_WB_DONE)
@@ -957,7 +966,7 @@ static int wait_filled(lm__pte *e, uint64_t pgno, void *arg)
 }
 
 static int writeback_region(struct lm_region *r, uint64_t first, uint64_t count, int memfd,
-			    struct batch *b, unsigned char *buf)
+			    struct batch *b, struct lm__filler *f, unsigned char *buf)
 {
 	struct lm_runtime *rt = r->rt;
 	int err = 0;
@@ -1009,7 +1018,7 @@ static int writeback_region(struct lm_region *r, uint64_t first, uint64_t count,
 		}
 		copy_for_writeback(rt, b, memfd, buf);
 		pthread_mutex_unlock(&rt->ev_lock);
-		int rc = write_back(rt, b, buf);
+		int rc = write_back(rt, b, f, buf);
 		if (rc < 0 && !err)
 			err = rc;
 		for (unsigned i = 0; i < b->n && !err; i++)
@@ -1036,8 +1045,16 @@ int lm__writeback(struct lm_region *r, uint64_t first, uint64_t count)
 				  MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
 	int memfd = open("/proc/self/mem", O_RDONLY | O_CLOEXEC);
 	int err = !b || buf == MAP_FAILED ? -ENOMEM : memfd < 0 ? -errno : 0;
+	/* A ring of the caller's own for the batches' writes: pwrite when there is none. */
+	struct lm__filler f;
+	bool have_f = false;
+	if (!err) {
+		have_f = lm__filler_init(&f, rt, rt->opt.io == LM_IO_URING) == 0;
+		if (!have_f)
+			lm__filler_fini(&f);
+	}
 	if (!err)
-		err = writeback_region(r, first, count, memfd, b, buf);
+		err = writeback_region(r, first, count, memfd, b, have_f ? &f : NULL, buf);
 	/*
 	 * Parts the application moved away with mremap are the file's too.
 	 * They live as long as r; the list is copied so that no lock is held
@@ -1059,9 +1076,12 @@ int lm__writeback(struct lm_region *r, uint64_t first, uint64_t count)
 		if (first + count <= lo || a_first >= a->npages)
 			continue;
 		uint64_t a_end = first + count - lo < a->npages ? first + count - lo : a->npages;
-		err = writeback_region(a, a_first, a_end - a_first, memfd, b, buf);
+		err = writeback_region(a, a_first, a_end - a_first, memfd, b, have_f ? &f : NULL,
+				       buf);
 	}
 	free(al);
+	if (have_f)
+		lm__filler_fini(&f);
 	if (!err && fdatasync(r->fd) < 0)
 		err = -errno;
 	if (memfd >= 0)

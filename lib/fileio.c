@@ -144,3 +144,58 @@ ssize_t lm__file_read(struct lm__filler *f, int fd, uint64_t off, size_t len)
 	}
 	return (ssize_t)got;
 }
+
+/*
+ * Submits n transfers between io[i].buf and fd at io[i].off in one batch
+ * through the filler's io_uring (fixed-buffer operations where the buffer
+ * lies in the registered stage), or does them with pread/pwrite when the
+ * filler has no ring.  io[i].res gets the bytes moved or -errno; short
+ * transfers are not retried (the callers tell what a short one means).
+ */
+void lm__io_batch(struct lm__filler *f, int fd, struct lm__io *io, unsigned n, bool write)
+{
+	struct io_uring *ring = f ? f->ring : NULL;
+	unsigned at = 0;
+	while (at < n) {
+		unsigned k = 0;
+		if (!ring) {
+			ssize_t r;
+			do
+				r = write ? pwrite(fd, io[at].buf, io[at].len, (off_t)io[at].off)
+					  : pread(fd, io[at].buf, io[at].len, (off_t)io[at].off);
+			while (r < 0 && errno == EINTR);
+			io[at++].res = r < 0 ? -errno : (int)r;
+			continue;
+		}
+		for (; at + k < n; k++) {
+			struct io_uring_sqe *sqe = io_uring_get_sqe(ring);
+			if (!sqe)
+				break;
+			struct lm__io *t = &io[at + k];
+			bool fixed = t->buf >= f->stage && t->buf < f->stage + f->stage_len;
+			if (write && fixed)
+				io_uring_prep_write_fixed(sqe, fd, t->buf, t->len, t->off, 0);
+			else if (write)
+				io_uring_prep_write(sqe, fd, t->buf, t->len, t->off);
+			else if (fixed)
+				io_uring_prep_read_fixed(sqe, fd, t->buf, t->len, t->off, 0);
+			else
+				io_uring_prep_read(sqe, fd, t->buf, t->len, t->off);
+			sqe->user_data = at + k;
+			/* Anything not completed below counts as failed. */
+			t->res = -EIO;
+		}
+		int rc = io_uring_submit_and_wait(ring, k);
+		for (unsigned c = 0; c < k && rc >= 0; c++) {
+			struct io_uring_cqe *cqe;
+			if (io_uring_wait_cqe(ring, &cqe) < 0)
+				break;
+			io[cqe->user_data].res = cqe->res;
+			io_uring_cqe_seen(ring, cqe);
+		}
+		if (rc < 0)
+			for (unsigned c = 0; c < k; c++)
+				io[at + c].res = rc;
+		at += k;
+	}
+}

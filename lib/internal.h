@@ -150,6 +150,15 @@ void lm__filler_fini(struct lm__filler *f);
 /* Reads up to len bytes at off into f->stage; returns bytes read or -errno. */
 ssize_t lm__file_read(struct lm__filler *f, int fd, uint64_t off, size_t len);
 
+/* One transfer of a batch (lm__io_batch): res is the bytes moved or -errno. */
+struct lm__io {
+	unsigned char *buf;
+	uint64_t off;
+	uint32_t len;
+	int res;
+};
+void lm__io_batch(struct lm__filler *f, int fd, struct lm__io *io, unsigned n, bool write);
+
 /* ---- swap.c: the swap file --------------------------------------------- */
 
 struct lm__swap {

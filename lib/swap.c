@@ -212,72 +212,27 @@ uint64_t lm__swap_used(struct lm__swap *s)
 }
 
 /*
- * One batch of page-sized transfers between buf (page i at buf + i pages)
- * and slots[i], through the filler's io_uring (one submission for the
- * batch; fixed-buffer operations when buf is the filler's registered
- * staging buffer) or pread/pwrite.  done[i] gets each
- * page's result: 0, or -errno.  Returns 0 when all succeeded, else the
- * first error; a short transfer is -EIO for a write (disk full shows as
- * -ENOSPC) and -EBADMSG for a read (the file was truncated).
+ * One batch of page-sized transfers between pages[i] and slots[i], as
+ * lm__io_batch does them.  done[i] gets each page's result: 0, or -errno.
+ * Returns 0 when all succeeded, else the first error; a short transfer is
+ * -EIO for a write (disk full shows as -ENOSPC) and -EBADMSG for a read
+ * (the file was truncated).
  */
 static int batch_io(struct lm__swap *s, struct lm__filler *f, unsigned char *const *pages,
 		    const uint64_t *slots, unsigned n, bool write, int *done)
 {
 	size_t ps = s->page_size;
-	int first = 0;
-	unsigned at = 0;
-	struct io_uring *ring = f->ring;
-	while (at < n) {
-		unsigned k = 0;
-		if (ring) {
-			/* Anything not completed below counts as failed. */
-			for (unsigned c = at; c < n; c++)
-				done[c] = -EIO;
-			for (; at + k < n; k++) {
-				struct io_uring_sqe *sqe = io_uring_get_sqe(ring);
-				if (!sqe)
-					break;
-				unsigned char *buf = pages[at + k];
-				bool fixed = buf >= f->stage && buf < f->stage + f->stage_len;
-				off_t off = (off_t)(slots[at + k] * ps);
-				if (write && fixed)
-					io_uring_prep_write_fixed(sqe, s->fd, buf, (unsigned)ps, off, 0);
-				else if (write)
-					io_uring_prep_write(sqe, s->fd, buf, (unsigned)ps, (__u64)off);
-				else if (fixed)
-					io_uring_prep_read_fixed(sqe, s->fd, buf, (unsigned)ps, off, 0);
-				else
-					io_uring_prep_read(sqe, s->fd, buf, (unsigned)ps, (__u64)off);
-				sqe->user_data = at + k;
-			}
-			int rc = io_uring_submit_and_wait(ring, k);
-			for (unsigned c = 0; c < k && rc >= 0; c++) {
-				struct io_uring_cqe *cqe;
-				if (io_uring_wait_cqe(ring, &cqe) < 0)
-					break;
-				unsigned i = (unsigned)cqe->user_data;
-				int res = cqe->res;
-				io_uring_cqe_seen(ring, cqe);
-				done[i] = res == (int)ps ? 0 : res < 0 ? res : write ? -EIO : -EBADMSG;
-			}
-			if (rc < 0)
-				for (unsigned c = 0; c < k; c++)
-					done[at + c] = rc;
-		} else {
-			k = 1;
-			unsigned char *buf = pages[at];
-			off_t off = (off_t)(slots[at] * ps);
-			ssize_t r;
-			do
-				r = write ? pwrite(s->fd, buf, ps, off) : pread(s->fd, buf, ps, off);
-			while (r < 0 && errno == EINTR);
-			done[at] = r == (ssize_t)ps ? 0 : r < 0 ? -errno : write ? -EIO : -EBADMSG;
-		}
-		at += k;
-	}
+	struct lm__io io[n ? n : 1];
 	for (unsigned i = 0; i < n; i++)
+		io[i] = (struct lm__io){ .buf = pages[i], .off = slots[i] * ps, .len = (uint32_t)ps };
+	lm__io_batch(f, s->fd, io, n, write);
+	int first = 0;
+	for (unsigned i = 0; i < n; i++) {
+		int res = io[i].res;
+		done[i] = res == (int)ps ? 0 : res < 0 ? res : write ? -EIO : -EBADMSG;
 		if (done[i] && !first)
 			first = done[i];
+	}
 	return first;
 }
 
