@@ -326,6 +326,15 @@ static int create(struct lm_runtime *rt, size_t length, unsigned flags, int kind
 		region_free(r);
 		return -EINVAL;
 	}
+	/*
+	 * mmap may have handed out an address the application just unmapped
+	 * from another region.  Its munmap returned once a handler had read
+	 * the UNMAP event, a moment before the handler cuts that range out of
+	 * the table: wait for the event batches in flight, or a fault here
+	 * could find the old region, and the late cut would remove the new one.
+	 */
+	if (getpid() == rt->ufd_pid && rt->nthreads)
+		lm__epoch_wait(&rt->evq);
 	pthread_mutex_lock(&rt->lock);
 	struct lm__extent ext = { r->start, r->start + len, r };
 	rc = table_rebuild(rt, NULL, 0, 0, &ext);
