@@ -68,6 +68,7 @@ struct env {
 	char swapfile[4096];
 	char cgroup[4096];
 	bool swap_on, cg_made;
+	volatile pid_t child;	/* the kernel side's process while it runs */
 };
 
 bool swap_bench_selected(const char *only)
@@ -218,6 +219,9 @@ static double run_kernel(const struct env *e, const struct workload *w, const ui
 	if (pid < 0)
 		return -errno;
 	if (pid == 0) {
+		/* The parent cleans up; the child just dies. */
+		signal(SIGINT, SIG_DFL);
+		signal(SIGTERM, SIG_DFL);
 		close(pfd[0]);
 		char procs[4200], me[32];
 		snprintf(procs, sizeof(procs), "%s/cgroup.procs", e->cgroup);
@@ -239,6 +243,7 @@ static double run_kernel(const struct env *e, const struct workload *w, const ui
 			_exit(1);
 		_exit(0);
 	}
+	((struct env *)e)->child = pid;
 	close(pfd[1]);
 	double res = -EIO;
 	if (read(pfd[0], &res, sizeof(res)) != sizeof(res))
@@ -246,6 +251,7 @@ static double run_kernel(const struct env *e, const struct workload *w, const ui
 	close(pfd[0]);
 	int st;
 	waitpid(pid, &st, 0);
+	((struct env *)e)->child = 0;
 	return res;
 }
 
@@ -290,8 +296,37 @@ static bool setup_kernel(struct env *e)
 	return true;
 }
 
+/*
+ * The kernel side's swap file and cgroup must not outlive the benchmark,
+ * even when it is interrupted: an exit handler and SIGINT/SIGTERM handlers
+ * remove them (swapoff, unlink and rmdir are all the teardown needs).
+ */
+static struct env *live_env;
+
+static void teardown_kernel(struct env *e);
+
+static void teardown_at_exit(void)
+{
+	if (live_env)
+		teardown_kernel(live_env);
+}
+
+static void teardown_on_signal(int sig)
+{
+	teardown_at_exit();
+	signal(sig, SIG_DFL);
+	raise(sig);
+}
+
 static void teardown_kernel(struct env *e)
 {
+	live_env = NULL;
+	/* Its cgroup cannot go while the child lives, nor the swap file while it is in use. */
+	if (e->child > 0) {
+		kill(e->child, SIGKILL);
+		waitpid(e->child, NULL, 0);
+		e->child = 0;
+	}
 	if (e->cg_made)
 		rmdir(e->cgroup);
 	if (e->swap_on)
@@ -305,6 +340,14 @@ int swap_bench_run(const struct swap_bench_config *c)
 	struct env e = { .c = c, .ps = (size_t)sysconf(_SC_PAGESIZE) };
 	if (!swap_bench_selected(c->only))
 		return 0;
+	live_env = &e;
+	static bool registered;
+	if (!registered) {
+		atexit(teardown_at_exit);
+		signal(SIGINT, teardown_on_signal);
+		signal(SIGTERM, teardown_on_signal);
+		registered = true;
+	}
 	bool kernel = setup_kernel(&e);
 	if (!c->json) {
 		printf("\nswap: budget %zu MiB, %s mode, working sets 2x and 4x written once first; %s\n",
