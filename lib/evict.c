@@ -11,6 +11,7 @@
 #include <string.h>
 #include <sys/eventfd.h>
 #include <sys/mman.h>
+#include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -72,6 +73,7 @@ enum {
 	R_BACK = 2,	/* not moved: settles back to its previous state */
 	R_WB = 3,	/* shared and dirty: written back in place */
 	R_WB_DONE = 4,
+	R_AGAIN = 5,	/* like R_BACK, because an event was pending: try again, not an error */
 };
 
 static uint64_t gap_of(uint64_t budget)
@@ -436,12 +438,22 @@ static void reserve_slots(struct lm_runtime *rt, struct batch *b)
 	}
 }
 
-/* True when staging slot i holds a page (it was empty when the batch began). */
+/*
+ * True when staging slot i holds a page (it was empty when the batch
+ * began).  Asked of /proc/self/pagemap, present or swapped (bits 63 and
+ * 62): mincore would miss a page the kernel had already swapped out.
+ */
 static bool staged(struct lm_runtime *rt, unsigned i)
 {
 	size_t ps = (size_t)rt->page_size;
-	unsigned char vec = 0;
-	return mincore(rt->estage + (size_t)i * ps, ps, &vec) == 0 && (vec & 1);
+	uint64_t ent = 0;
+	uintptr_t a = (uintptr_t)rt->estage + (uintptr_t)i * ps;
+	if (rt->ev_pagemap < 0 ||
+	    pread(rt->ev_pagemap, &ent, sizeof(ent), (off_t)(a / ps * sizeof(ent))) != sizeof(ent)) {
+		unsigned char vec = 0;
+		return mincore((void *)a, ps, &vec) == 0 && (vec & 1);
+	}
+	return (ent >> 62) & 3;
 }
 
 /* Moves the staged pages out of the region, in runs; called with ev_lock held. */
@@ -506,8 +518,9 @@ static void copy_for_writeback(struct lm_runtime *rt, struct batch *b, int memfd
 		if (b->res[i] != R_WB)
 			continue;
 		uintptr_t a = addr_of(b->r, b->pg[i]);
-		if (lm__uffd_writeprotect(rt->ufd, a, ps, true) < 0) {
-			b->res[i] = R_BACK;
+		int rc = lm__uffd_writeprotect(rt->ufd, a, ps, true);
+		if (rc < 0) {
+			b->res[i] = rc == -EAGAIN ? R_AGAIN : R_BACK;
 			continue;
 		}
 		ssize_t n = pread(memfd, buf + (size_t)i * ps, ps, (off_t)a);
@@ -525,7 +538,13 @@ static int write_back(struct lm_runtime *rt, struct batch *b, struct lm__filler 
 {
 	size_t ps = (size_t)rt->page_size;
 	struct lm_region *r = b->r;
+	/* The file may have grown since the region last read it: the tail is its now. */
+	struct stat st;
 	uint64_t fsize = atomic_load(&r->fsize);
+	if (fstat(r->fd, &st) == 0 && S_ISREG(st.st_mode) && (uint64_t)st.st_size > fsize) {
+		fsize = (uint64_t)st.st_size;
+		atomic_store(&r->fsize, fsize);
+	}
 	struct lm__io io[EVICT_BATCH];
 	unsigned at[EVICT_BATCH], n = 0;
 	for (unsigned i = 0; i < b->n; i++) {
@@ -568,6 +587,7 @@ static long settle_batch(struct lm_runtime *rt, struct batch *b)
 		uint64_t val;
 		switch (b->res[i]) {
 		case R_BACK:
+		case R_AGAIN:
 		case R_WB:
 			/* A write-protected DIRTY page is fine: its next write unprotects it. */
 			if (b->slot[i] != UINT64_MAX)
@@ -840,6 +860,7 @@ int lm__evict_setup(struct lm_runtime *rt)
 	LM__STAT_SET(rt, swap_slots_total, rt->swap.nslots);
 	if ((rc = lm__filler_init(&rt->ev_filler, rt, rt->opt.io == LM_IO_URING)) < 0)
 		goto out;
+	rt->ev_pagemap = open("/proc/self/pagemap", O_RDONLY | O_CLOEXEC);
 	rt->ev_kick = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
 	if (rt->ev_kick < 0) {
 		rc = -errno;
@@ -873,6 +894,9 @@ void lm__evict_shutdown(struct lm_runtime *rt)
 	if (rt->ev_kick >= 0)
 		close(rt->ev_kick);
 	rt->ev_kick = -1;
+	if (rt->ev_pagemap >= 0)
+		close(rt->ev_pagemap);
+	rt->ev_pagemap = -1;
 	lm__filler_fini(&rt->ev_filler);
 	if (rt->estage && rt->estage != MAP_FAILED)
 		munmap(rt->estage, EVICT_BATCH * ps);
@@ -970,6 +994,7 @@ static int writeback_region(struct lm_region *r, uint64_t first, uint64_t count,
 {
 	struct lm_runtime *rt = r->rt;
 	int err = 0;
+	unsigned retries = 0;
 	/*
 	 * A write that faulted a page in has returned to the application a
 	 * moment before the handler records the page dirty: let such fills
@@ -1021,11 +1046,21 @@ static int writeback_region(struct lm_region *r, uint64_t first, uint64_t count,
 		int rc = write_back(rt, b, f, buf);
 		if (rc < 0 && !err)
 			err = rc;
-		for (unsigned i = 0; i < b->n && !err; i++)
-			if (b->res[i] == R_BACK)
+		bool again = false;
+		for (unsigned i = 0; i < b->n; i++) {
+			again |= b->res[i] == R_AGAIN;
+			if (b->res[i] == R_BACK && !err)
 				err = -EIO;
+		}
 		settle_batch(rt, b);
 		pthread_mutex_unlock(&rt->evict_lock);
+		if (again && !err && ++retries < 20000) {
+			/* An event was pending (another region's madvise): let it be read, then redo. */
+			nanosleep(&(struct timespec){ 0, 50000 }, NULL);
+			continue;
+		}
+		if (again && !err)
+			err = -EAGAIN;	/* a second of events pending without a break: say so */
 		pg = c.next;
 	}
 	return err;

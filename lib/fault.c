@@ -554,25 +554,29 @@ void lm__wp_fault(struct lm_region *r, uint64_t pgno, uintptr_t addr, int ufd, b
 			}
 			continue;
 		}
-		if (s == LM_PS_CLEAN) {
-			/* Dirty now, and written: referenced for the clock.  Its slot is stale. */
-			uint64_t nv = (uint64_t)LM_PS_DIRTY | LM_PTE_REF;
-			if (!atomic_compare_exchange_weak(e, &v, nv))
-				continue;
-			lm__dirty_add(r, 1);
-			lm__slot_release(rt, v);
-		} else if (!(v & LM_PTE_REF) && !atomic_compare_exchange_weak(e, &v, v | LM_PTE_REF)) {
-			/* DIRTY, protected again by the clock hand: written, so referenced. */
-			continue;
-		}
 		/*
-		 * DIRTY: already marked, by this fault or a racing one whose
-		 * unprotect has not landed or failed.  Lifting the protection
-		 * wakes the writer; if that fails (an event is pending) the
-		 * writer is woken anyway and faults again.
+		 * CLEAN or DIRTY.  The page is held (FILLING) while its
+		 * protection is lifted: otherwise a writeback could claim it in
+		 * between, protect and write it, settle it CLEAN, and then this
+		 * unprotect would leave a clean page writable, its next write
+		 * unseen and lost on eviction (found by review).  DIRTY pages
+		 * come here when a racing fault marked them first, or when the
+		 * clock hand protected them again.
 		 */
-		if (lm__uffd_writeprotect(ufd, addr & ~(ps - 1), ps, false) < 0)
-			lm__uffd_wake(ufd, addr, ps);
+		if (!atomic_compare_exchange_weak(e, &v, (uint64_t)LM_PS_FILLING))
+			continue;
+		uint64_t prev = v & ~LM_PTE_WAITERS;
+		if (s == LM_PS_CLEAN)
+			lm__dirty_add(r, 1);
+		/* Lifting the protection wakes the writer; an event pending (EAGAIN): it faults again. */
+		int rc = lm__uffd_writeprotect(ufd, addr & ~(ps - 1), ps, false);
+		/* Written: referenced for the clock.  A clean page's slot is stale now. */
+		uint64_t old = atomic_exchange_explicit(e, (uint64_t)LM_PS_DIRTY | LM_PTE_REF,
+							memory_order_acq_rel);
+		if (s == LM_PS_CLEAN)
+			lm__slot_release(rt, prev);
+		if (rc < 0 || (old & LM_PTE_WAITERS))
+			lm__uffd_wake(ufd, addr & ~(ps - 1), ps);
 		return;
 	}
 }

@@ -366,6 +366,7 @@ struct lm_runtime {
 	pthread_t ev_thread;
 	bool ev_started;
 	int ev_kick;			/* eventfd: wakes the evictor (async-signal-safe) */
+	int ev_pagemap;			/* /proc/self/pagemap: is a staging slot filled? */
 	pthread_mutex_t ev_setup_lock;	/* serializes lm__evict_setup */
 	pthread_mutex_t evict_lock;	/* held for each eviction or writeback batch; fork() takes it */
 	_Atomic unsigned ev_gen;	/* eviction rounds finished */

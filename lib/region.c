@@ -613,7 +613,13 @@ static int move_state(lm__pte *e, uint64_t pgno, void *arg)
 		 * and the kernel has just moved it to the alias: the evictor
 		 * gives it back when it cannot take the lock, so wait for that.
 		 */
-		if (s == LM_PS_EVICTING) {
+		if (s == LM_PS_EVICTING || s == LM_PS_FILLING) {
+			/*
+			 * Likewise a fill that claimed the page after the wait:
+			 * its install at the old address fails now and it puts
+			 * the page back (a swapped page keeps its slot), or it
+			 * installed before the move and settles it resident.
+			 */
 			sched_yield();
 			continue;
 		}
@@ -679,17 +685,26 @@ int lm__region_remap(struct lm_runtime *rt, uintptr_t from, uintptr_t to, size_t
 		goto out;
 	}
 	size_t part = r->start + r->len - from < len ? r->start + r->len - from : len;
+	/*
+	 * Every alias hangs off the region the application created, even
+	 * one split from an alias: the root's list is what destroy frees and
+	 * what writeback walks (src_shift is absolute, relative to the root's
+	 * source).  Nested lists went unflushed (found by review).
+	 */
+	struct lm_region *root = r;
+	while (root->parent)
+		root = root->parent;
 	struct lm_region *a = region_alloc(rt, part);
-	struct lm_region **al = realloc(r->aliases, (r->naliases + 1) * sizeof(*al));
+	struct lm_region **al = realloc(root->aliases, (root->naliases + 1) * sizeof(*al));
 	if (!a || !al) {
 		free(a);
 		if (al)
-			r->aliases = al;
+			root->aliases = al;
 		rc = -ENOMEM;
 		goto out;
 	}
-	r->aliases = al;
-	a->parent = r;
+	root->aliases = al;
+	a->parent = root;
 	a->start = to;
 	a->kind = r->kind;
 	a->buf = r->buf;
@@ -699,7 +714,7 @@ int lm__region_remap(struct lm_runtime *rt, uintptr_t from, uintptr_t to, size_t
 	a->foff = r->foff;
 	atomic_init(&a->fsize, atomic_load(&r->fsize));
 	a->src_shift = r->src_shift + ((from - r->start) >> rt->page_shift);
-	r->aliases[r->naliases++] = a;
+	root->aliases[root->naliases++] = a;
 	/*
 	 * The moved pages keep their contents, so they keep their states.  A
 	 * page whose fill woke the application (which then called mremap) may
@@ -820,6 +835,12 @@ int lm_region_advise(struct lm_region *r, size_t offset, size_t length, int advi
 	case LM_ADV_POPULATE:
 		return populate(r, first, count);
 	case LM_ADV_DONTNEED:
+		/* A shared region's writes are the file's: written back before they are dropped. */
+		if (r->shared && getpid() == rt->pid) {
+			int rc = lm__writeback(r, first, count);
+			if (rc < 0)
+				return rc;
+		}
 		return dontneed(r, r->start + offset, r->start + offset + (count << rt->page_shift));
 	}
 	return -EINVAL;

@@ -408,7 +408,8 @@ int lm_runtime_open(const struct lm_options *user, struct lm_runtime **out)
 	rt->mode = o.mode;
 	rt->page_size = sysconf(_SC_PAGESIZE);
 	rt->page_shift = (unsigned)__builtin_ctzl((unsigned long)rt->page_size);
-	rt->ufd = rt->epfd = rt->stop_fd = rt->stage_ufd = rt->ev_kick = rt->pagemap_fd = -1;
+	rt->ufd = rt->epfd = rt->stop_fd = rt->stage_ufd = rt->ev_kick = rt->pagemap_fd =
+		rt->ev_pagemap = -1;
 	pthread_mutex_init(&rt->ev_setup_lock, NULL);
 	pthread_mutex_init(&rt->evict_lock, NULL);
 	rt->pid = rt->ufd_pid = getpid();

@@ -104,7 +104,16 @@ static void on_sigbus(int sig, siginfo_t *si, void *uc)
 		     rt = rt->sig_next) {
 			int idx = lm__read_lock(rt);
 			struct lm_region *r = lm__region_find(rt, addr);
-			if (r) {
+			if (r && atomic_load(&rt->ev_unapplied) > 0) {
+				/*
+				 * An event read but not applied yet (madvise returns
+				 * once it is read): filling now could bring back what
+				 * the application just dropped, a swapped page's old
+				 * contents.  Replay once the event thread is done.
+				 */
+				handled = true;
+				sched_yield();
+			} else if (r) {
 				uint64_t pgno = (addr - r->start) >> rt->page_shift;
 				lm__pte *e = lm__pt_get(&r->pt, pgno, false);
 				/*
