@@ -135,6 +135,7 @@ enum lm_source_kind {
 	LM_SOURCE_ZERO = 0,
 	LM_SOURCE_MEMORY = 1,
 	LM_SOURCE_FILE = 2,
+	LM_SOURCE_IMAGE = 3,
 };
 
 /*
@@ -228,7 +229,9 @@ enum lm_uffd_origin {
 	X(swap_read_errors,	COUNTER, "pages",   "Swap reads that failed or did not match their checksum: SIGBUS") \
 	X(evict_busy,		COUNTER, "pages",   "Pages eviction passed over: shared with a fork() child, or the address space was changing") \
 	X(throttle_ns,		COUNTER, "ns",      "Time faults waited for the evictor") \
-	X(page_size,		GAUGE,   "bytes",   "Bytes per page in these statistics")
+	X(page_size,		GAUGE,   "bytes",   "Bytes per page in these statistics") \
+	X(fills_image,		COUNTER, "pages",   "Pages filled from snapshot images (zero pages included)") \
+	X(image_errors,		COUNTER, "pages",   "Image pages that failed their checksum or could not be read: SIGBUS")
 
 /* Fill-latency histogram: bucket i counts fills that took < 2^(i+8) ns (last: all slower). */
 #define LM_LAT_BUCKETS 20
@@ -291,6 +294,17 @@ LM_API int lm_region_create_memory(struct lm_runtime *rt, const void *buf,
 LM_API int lm_region_create_file(struct lm_runtime *rt, int fd, off_t offset,
 				 size_t length, unsigned flags,
 				 struct lm_region **out);
+/*
+ * image: a region restored lazily from a snapshot image (lazymem-image(5)):
+ *   its length is the image's, each page is read (and its checksum
+ *   checked) on first touch, and zero pages cost no I/O.  fd is
+ *   duplicated.  -ENOEXEC: not an image of this version and page size;
+ *   -EBADMSG: a damaged image (checksum, truncated).  A page whose data
+ *   fails its checksum later raises SIGBUS when touched.  flags: 0.
+ */
+LM_API int lm_region_create_image(struct lm_runtime *rt, int fd, unsigned flags,
+				  struct lm_region **out);
+
 /*
  * Unmaps the region; its memory must no longer be used.  A shared file
  * region is flushed first: if that fails the region stays alive and the

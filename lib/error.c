@@ -31,6 +31,12 @@ const char *lm_strerror(int err)
 		return "Not supported here: a userfaultfd feature, or io_uring when asked for by name";
 	case -EBUSY:
 		return "Busy: the object is still in use";
+	case -ENOEXEC:
+		return "Not a lazymem image (another format, version or page size)";
+	case -EBADMSG:
+		return "Damaged data: a checksum does not match, or the file is truncated";
+	case -ENOSPC:
+		return "No space: the swap file or its disk is full";
 	}
 	if (err < 0) {
 		const char *s = strerrordesc_np(-err);

@@ -128,6 +128,8 @@ static unsigned window(struct lm_region *r, uint64_t pgno)
 	return win;
 }
 
+static long read_image(struct lm__filler *f, struct lm_region *r, uint64_t pgno, unsigned n);
+
 /*
  * Makes the source's bytes for pages [pgno, pgno + n) available at *src.
  * Returns the number of pages with data (fewer at end of file), 0 when
@@ -155,6 +157,9 @@ static long read_source(struct lm__filler *f, struct lm_region *r, uint64_t pgno
 			memcpy(f->stage, r->buf + off, (size_t)(r->buflen - off));
 		*src = f->stage;
 		return n;
+	case LM_SOURCE_IMAGE:
+		*src = f->stage;
+		return read_image(f, r, pgno, n);
 	case LM_SOURCE_FILE: {
 		ssize_t got = lm__file_read(f, r->fd, r->foff + off, want);
 		if (got < 0) {
@@ -197,10 +202,64 @@ static long read_swap(struct lm__filler *f, struct lm_runtime *rt, const uint64_
 	return n;
 }
 
+/*
+ * Image source: pages [pgno, pgno + n) into the stage.  Pages the index
+ * lacks are zero (no I/O); stored ones are read in runs of consecutive
+ * data pages and checked against their checksums.  Returns the pages good
+ * before the first bad one, or -EBADMSG when the first itself is bad.
+ * No arrays on the stack: this may run on a small signal stack.
+ */
+static long read_image(struct lm__filler *f, struct lm_region *r, uint64_t pgno, unsigned n)
+{
+	struct lm_runtime *rt = r->rt;
+	const struct lm__image *im = r->image;
+	size_t ps = (size_t)rt->page_size;
+	uint64_t first = pgno + r->src_shift;
+	uint64_t k = lm__image_find(im, first);
+	for (unsigned i = 0; i < n;) {
+		unsigned char *dst = f->stage + (size_t)i * ps;
+		if (k >= im->stored || im->ents[k].pgno != first + i) {
+			memset(dst, 0, ps);
+			i++;
+			continue;
+		}
+		/* A run of stored pages whose data is contiguous too: one read. */
+		unsigned run = 1;
+		while (i + run < n && k + run < im->stored &&
+		       im->ents[k + run].pgno == first + i + run &&
+		       im->ents[k + run].data == im->ents[k].data + run)
+			run++;
+		struct lm__io io = {
+			.buf = dst,
+			.off = im->data_off + (uint64_t)im->ents[k].data * ps,
+			.len = (uint32_t)(run * ps),
+		};
+		lm__io_batch(f, r->fd, &io, 1, false);
+		LM__STAT_ADD(rt, pread_reads, 1);
+		unsigned ok = io.res > 0 ? (unsigned)((size_t)io.res / ps) : 0;
+		if (ok > run)
+			ok = run;
+		for (unsigned j = 0; j < ok; j++)
+			if (lm__page_sum(dst + (size_t)j * ps, ps) != im->ents[k + j].sum) {
+				ok = j;
+				break;
+			}
+		if (ok < run) {
+			/* A damaged page: the good ones before it only (counted when poisoned). */
+			return i + ok ? (long)(i + ok) : -EBADMSG;
+		}
+		i += run;
+		k += run;
+	}
+	return n;
+}
+
 static void count_fill(struct lm_runtime *rt, int kind, long n)
 {
 	if (kind < 0)
 		LM__STAT_ADD(rt, swap_reads, n);
+	else if (kind == LM_SOURCE_IMAGE)
+		LM__STAT_ADD(rt, fills_image, n);
 	else if (kind == LM_SOURCE_ZERO)
 		LM__STAT_ADD(rt, fills_zero, n);
 	else if (kind == LM_SOURCE_MEMORY)
@@ -362,7 +421,7 @@ long lm__fill(struct lm__filler *f, struct lm_region *r, uint64_t pgno, unsigned
 
 	const unsigned char *src = NULL;
 	long avail = from_swap ? read_swap(f, rt, prev, n, &src) : read_source(f, r, pgno, n, &src);
-	if (avail < 0 && n > 1 && !from_swap) {
+	if (avail < 0 && n > 1 && !from_swap && r->kind != LM_SOURCE_IMAGE) {
 		/*
 		 * The batch failed, maybe only in its readahead part: a bad
 		 * block further on must not cost the faulting page, so read
@@ -388,6 +447,8 @@ long lm__fill(struct lm__filler *f, struct lm_region *r, uint64_t pgno, unsigned
 				settle(r, e0, pgno, LM_PS_POISON, ufd);
 			}
 		} else if (fault) {
+			if (kind == LM_SOURCE_IMAGE)
+				LM__STAT_ADD(rt, image_errors, 1);
 			poison(r, e0, pgno, ufd);
 		} else {
 			settle(r, e0, pgno, prev0, ufd);

@@ -195,6 +195,39 @@ int lm__swap_write(struct lm__swap *s, struct lm__filler *f, unsigned char *cons
 int lm__swap_read(struct lm__swap *s, struct lm__filler *f, const uint64_t *slots, unsigned n,
 		  int *done);
 
+/* ---- image.c: snapshot images ------------------------------------------- */
+
+/* An index entry: page pgno of the region is data page `data` of the image. */
+struct lm__image_ent {
+	uint64_t pgno;
+	uint32_t data;
+	uint32_t sum;		/* lm__page_sum of the page */
+};
+
+/* An open image's index, read whole when the region is created. */
+struct lm__image {
+	struct lm__image_ent *ents;	/* sorted by pgno */
+	uint64_t stored;
+	uint64_t length;
+	uint64_t data_off;
+};
+
+struct lm__image_writer;
+
+uint64_t lm__hash64(const void *p, size_t len, uint64_t seed);
+/* A page's 32-bit checksum, never 0 (0 means "none" where sums are kept). */
+uint32_t lm__page_sum(const void *p, size_t len);
+int lm__image_create(const char *path, uint64_t length, size_t page_size,
+		     struct lm__image_writer **out);
+/* Adds page pgno's contents (any order, each page once); zero pages are not stored. */
+int lm__image_add(struct lm__image_writer *w, uint64_t pgno, const void *page);
+/* Writes the index and header, fsyncs, renames over the path; frees w either way. */
+int lm__image_commit(struct lm__image_writer *w);
+void lm__image_abort(struct lm__image_writer *w);
+int lm__image_open(int fd, size_t page_size, struct lm__image **out);
+void lm__image_free(struct lm__image *im);
+uint64_t lm__image_find(const struct lm__image *im, uint64_t pgno);
+
 /* ---- evict.c: the budget, the evictor and writeback ------------------- */
 
 int lm__evict_setup(struct lm_runtime *rt);
@@ -249,6 +282,7 @@ struct lm_region {
 	_Atomic int64_t dirty;		/* resident pages in state DIRTY */
 	_Atomic int64_t swapped;	/* pages in state SWAPPED */
 	bool shared;			/* file source written back to (LM_REGION_SHARED) */
+	struct lm__image *image;	/* image source: the index (owned by the root region) */
 	_Atomic uint64_t ra_next;	/* readahead: page expected next */
 	_Atomic unsigned ra_win;	/* readahead: current window */
 	_Atomic int advice;		/* region-wide advice */

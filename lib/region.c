@@ -209,6 +209,8 @@ static void region_free(struct lm_region *r)
 	lm__pt_destroy(&r->pt);
 	if (r->fd >= 0 && !r->parent)
 		close(r->fd);
+	if (!r->parent)
+		lm__image_free(r->image);
 	free(r->aliases);
 	free(r);
 }
@@ -238,18 +240,16 @@ static int reopen(int fd, const struct stat *st, bool rw)
 static int create(struct lm_runtime *rt, size_t length, unsigned flags, int kind,
 		  const void *buf, int fd, off_t offset, struct lm_region **out)
 {
-	if (!rt || !out || !length || (flags & ~LM_REGION_SHARED) ||
+	bool image = kind == LM_SOURCE_IMAGE;
+	if (!rt || !out || (!length && !image) || (flags & ~LM_REGION_SHARED) ||
 	    ((flags & LM_REGION_SHARED) && kind != LM_SOURCE_FILE))
 		return -EINVAL;
 	bool shared = flags & LM_REGION_SHARED;
 	size_t ps = (size_t)rt->page_size;
-	if (length > SIZE_MAX - ps)
-		return -EINVAL;
-	size_t len = (length + ps - 1) & ~(ps - 1);
 	struct stat st;
 	if (kind == LM_SOURCE_MEMORY && !buf)
 		return -EINVAL;
-	if (kind == LM_SOURCE_FILE) {
+	if (kind == LM_SOURCE_FILE || image) {
 		if (fd < 0)
 			return -EBADF;
 		if (offset < 0 || ((size_t)offset & (ps - 1)))
@@ -265,6 +265,19 @@ static int create(struct lm_runtime *rt, size_t length, unsigned flags, int kind
 		if (!S_ISREG(st.st_mode) && !S_ISBLK(st.st_mode))
 			return -ENODEV;
 	}
+	/* An image says how long its region is, once its header and index check out. */
+	struct lm__image *im = NULL;
+	if (image) {
+		int rc = lm__image_open(fd, ps, &im);
+		if (rc < 0)
+			return rc;
+		length = im->length;
+	}
+	if (length > SIZE_MAX - ps) {
+		lm__image_free(im);
+		return -EINVAL;
+	}
+	size_t len = (length + ps - 1) & ~(ps - 1);
 	/* Writeback must see writes: shared regions need write-protect tracking. */
 	if (shared) {
 		/*
@@ -278,12 +291,15 @@ static int create(struct lm_runtime *rt, size_t length, unsigned flags, int kind
 	}
 
 	struct lm_region *r = region_alloc(rt, len);
-	if (!r)
+	if (!r) {
+		lm__image_free(im);
 		return -ENOMEM;
+	}
 	r->kind = kind;
 	r->buf = buf;
 	r->buflen = length;
-	if (kind == LM_SOURCE_FILE) {
+	r->image = im;
+	if (kind == LM_SOURCE_FILE || image) {
 		r->fd = reopen(fd, &st, shared);
 		r->shared = shared;
 		if (r->fd < 0) {
@@ -359,6 +375,14 @@ int lm_region_create_zero(struct lm_runtime *rt, size_t length, unsigned flags,
 {
 	LM__KEEP_ERRNO;
 	return create(rt, length, flags, LM_SOURCE_ZERO, NULL, -1, 0, out);
+}
+
+int lm_region_create_image(struct lm_runtime *rt, int fd, unsigned flags, struct lm_region **out)
+{
+	LM__KEEP_ERRNO;
+	if (flags)
+		return -EINVAL;
+	return create(rt, 0, flags, LM_SOURCE_IMAGE, NULL, fd, 0, out);
 }
 
 int lm_region_create_memory(struct lm_runtime *rt, const void *buf, size_t length,
@@ -710,6 +734,7 @@ int lm__region_remap(struct lm_runtime *rt, uintptr_t from, uintptr_t to, size_t
 	a->buf = r->buf;
 	a->buflen = r->buflen;
 	a->fd = r->fd;
+	a->image = r->image;
 	a->shared = r->shared;
 	a->foff = r->foff;
 	atomic_init(&a->fsize, atomic_load(&r->fsize));

@@ -26,22 +26,6 @@
  * a large maximum costs memory only for the slots in use.
  */
 
-/* A 64-bit mix of a page, folded to 32 bits: cheap, and any changed word changes it. */
-static uint32_t page_sum(const unsigned char *p, size_t len)
-{
-	uint64_t h = 0x9e3779b97f4a7c15ull ^ len;
-	for (size_t i = 0; i + 8 <= len; i += 8) {
-		uint64_t w;
-		memcpy(&w, p + i, sizeof(w));
-		h ^= w + 0x9e3779b97f4a7c15ull + (h << 6) + (h >> 2);
-		h *= 0xff51afd7ed558ccdull;
-	}
-	h ^= h >> 33;
-	/* 0 means "never written": a written slot's sum is never 0. */
-	uint32_t s = (uint32_t)(h ^ (h >> 32));
-	return s ? s : 1;
-}
-
 _Atomic int lm__swap_fail_writes;
 
 static void *map_zeroed(size_t bytes)
@@ -248,7 +232,7 @@ int lm__swap_write(struct lm__swap *s, struct lm__filler *f, unsigned char *cons
 {
 	uint32_t sums[n ? n : 1];
 	for (unsigned i = 0; i < n; i++)
-		sums[i] = page_sum(pages[i], s->page_size);
+		sums[i] = lm__page_sum(pages[i], s->page_size);
 	int fail = atomic_load(&lm__swap_fail_writes);
 	int rc = 0;
 	if (fail) {
@@ -314,7 +298,7 @@ int lm__swap_read(struct lm__swap *s, struct lm__filler *f, const uint64_t *slot
 		if (done[i])
 			continue;
 		uint32_t want = slots[i] < s->nslots ? s->sums[slots[i]] : 0;
-		if (!want || page_sum(f->stage + (size_t)i * s->page_size, s->page_size) != want) {
+		if (!want || lm__page_sum(f->stage + (size_t)i * s->page_size, s->page_size) != want) {
 			done[i] = -EBADMSG;
 			if (!rc)
 				rc = -EBADMSG;

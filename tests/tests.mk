@@ -9,7 +9,8 @@ LM_CHECKS = \
 	tests/check_events \
 	tests/check_signal \
 	tests/check_swap \
-	tests/check_budget
+	tests/check_budget \
+	tests/check_image
 
 check_PROGRAMS += $(LM_CHECKS)
 TESTS += $(LM_CHECKS)
@@ -53,3 +54,8 @@ tests_check_swap_LDADD = $(CHECK_LIBS) $(URING_LIBS) $(CAP_LIBS)
 tests_check_budget_SOURCES = tests/check_budget.c tests/testutil.h $(lib_liblazymem_la_SOURCES)
 tests_check_budget_CFLAGS = $(TEST_CFLAGS) $(URING_CFLAGS) $(CAP_CFLAGS)
 tests_check_budget_LDADD = $(CHECK_LIBS) $(URING_LIBS) $(CAP_LIBS)
+
+# The image writer is internal until the snapshot API uses it: the library is compiled in.
+tests_check_image_SOURCES = tests/check_image.c tests/testutil.h $(lib_liblazymem_la_SOURCES)
+tests_check_image_CFLAGS = $(TEST_CFLAGS) $(URING_CFLAGS) $(CAP_CFLAGS)
+tests_check_image_LDADD = $(CHECK_LIBS) $(URING_LIBS) $(CAP_LIBS)

@@ -1,0 +1,352 @@
+/* SPDX-License-Identifier: MIT */
+/* Snapshot images: the file format, its crash-safe writer, and the index a lazy restore reads. */
+#include "internal.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <libgen.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+/*
+ * The format (lazymem-image(5)), little-endian, every part page aligned:
+ *
+ *   page 0        the header (struct lm__image_header, the rest zero)
+ *   data          the stored pages, in the order they were written
+ *   index         one entry per stored page, sorted by page number,
+ *                 padded to a page
+ *
+ * A page of the region that is not in the index is zero: zero pages cost
+ * neither space nor I/O.  Each entry carries its page's checksum, the
+ * header the index's and its own, so a truncated, corrupted or foreign
+ * file is refused when opened, and a page that went bad later raises
+ * SIGBUS when touched instead of returning wrong data.  The index goes
+ * last because the writer learns its size only at the end, and pages
+ * arrive in any order (a snapshot saver preserves pages as the
+ * application first writes them).
+ *
+ * Crash safety (DESIGN invariant 7): the writer writes a temporary file
+ * in the target's directory, fsyncs it, renames it over the target and
+ * fsyncs the directory; a crash leaves the old image or none, and a
+ * temporary file nobody will take for an image (its header is written
+ * last, after the data and the index).
+ */
+
+#define IMAGE_MAGIC "LAZYMEM\x1a"
+#define IMAGE_VERSION 1
+
+struct lm__image_header {
+	char magic[8];
+	uint32_t version;
+	uint32_t page_size;
+	uint64_t length;	/* bytes of the region */
+	uint64_t flags;		/* none defined: must be 0 */
+	uint64_t stored;	/* pages in the data area and entries in the index */
+	uint64_t data_off;	/* bytes */
+	uint64_t index_off;	/* bytes */
+	uint64_t index_sum;	/* lm__hash64 of the index entries */
+	uint64_t created_ns;	/* CLOCK_REALTIME when written */
+	uint64_t reserved[6];	/* zero */
+	uint64_t header_sum;	/* lm__hash64 of everything above */
+};
+
+_Static_assert(sizeof(struct lm__image_header) == 128, "image header layout");
+_Static_assert(sizeof(struct lm__image_ent) == 16, "image index entry layout");
+
+/* A 64-bit mix of a buffer whose length is a multiple of 8: any changed word changes it. */
+uint64_t lm__hash64(const void *p, size_t len, uint64_t seed)
+{
+	const unsigned char *b = p;
+	uint64_t h = 0x9e3779b97f4a7c15ull ^ seed ^ len;
+	for (size_t i = 0; i + 8 <= len; i += 8) {
+		uint64_t w;
+		memcpy(&w, b + i, sizeof(w));
+		h ^= w + 0x9e3779b97f4a7c15ull + (h << 6) + (h >> 2);
+		h *= 0xff51afd7ed558ccdull;
+	}
+	h ^= h >> 33;
+	return h;
+}
+
+uint32_t lm__page_sum(const void *p, size_t len)
+{
+	uint64_t h = lm__hash64(p, len, 0);
+	/* 0 means "none": a real sum is never 0. */
+	uint32_t s = (uint32_t)(h ^ (h >> 32));
+	return s ? s : 1;
+}
+
+static uint64_t header_sum(const struct lm__image_header *h)
+{
+	return lm__hash64(h, offsetof(struct lm__image_header, header_sum), 1);
+}
+
+/* ---- writing -------------------------------------------------------------- */
+
+struct lm__image_writer {
+	int fd;
+	char *path, *tmp;
+	size_t ps;
+	uint64_t length, npages;
+	struct lm__image_ent *ents;
+	uint64_t stored, cap;
+	unsigned char *seen;	/* one bit per page: added already */
+};
+
+static int write_all(int fd, const void *buf, size_t len, uint64_t off)
+{
+	const unsigned char *p = buf;
+	while (len) {
+		ssize_t n = pwrite(fd, p, len, (off_t)off);
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n < 0)
+			return -errno;
+		if (n == 0)
+			return -EIO;
+		p += n;
+		off += (uint64_t)n;
+		len -= (size_t)n;
+	}
+	return 0;
+}
+
+int lm__image_create(const char *path, uint64_t length, size_t page_size,
+		     struct lm__image_writer **out)
+{
+	if (!path || !*path || !length || !page_size || !out)
+		return -EINVAL;
+	struct lm__image_writer *w = calloc(1, sizeof(*w));
+	if (!w)
+		return -ENOMEM;
+	w->fd = -1;
+	w->ps = page_size;
+	w->length = length;
+	w->npages = (length + page_size - 1) / page_size;
+	w->path = strdup(path);
+	w->tmp = malloc(strlen(path) + 16);
+	w->seen = calloc((size_t)((w->npages + 7) / 8), 1);
+	if (!w->path || !w->tmp || !w->seen) {
+		lm__image_abort(w);
+		return -ENOMEM;
+	}
+	/* The temporary file sits beside the target: rename(2) must not cross filesystems. */
+	sprintf(w->tmp, "%s.tmp.XXXXXX", path);
+	w->fd = mkostemp(w->tmp, O_CLOEXEC);
+	if (w->fd < 0) {
+		int err = -errno;
+		free(w->tmp);
+		w->tmp = NULL;
+		lm__image_abort(w);
+		return err;
+	}
+	fchmod(w->fd, 0600);
+	*out = w;
+	return 0;
+}
+
+int lm__image_add(struct lm__image_writer *w, uint64_t pgno, const void *page)
+{
+	if (!w || pgno >= w->npages || (w->seen[pgno / 8] & (1u << (pgno % 8))))
+		return -EINVAL;
+	w->seen[pgno / 8] |= (unsigned char)(1u << (pgno % 8));
+	/* Zero pages are not stored: a page missing from the index reads as zeros. */
+	const uint64_t *q = page;
+	size_t i = 0;
+	while (i < w->ps / 8 && !q[i])
+		i++;
+	if (i == w->ps / 8)
+		return 0;
+	if (w->stored == w->cap) {
+		uint64_t cap = w->cap ? w->cap * 2 : 1024;
+		struct lm__image_ent *e = realloc(w->ents, cap * sizeof(*e));
+		if (!e)
+			return -ENOMEM;
+		w->ents = e;
+		w->cap = cap;
+	}
+	if (w->stored >= UINT32_MAX)
+		return -EFBIG;
+	int rc = write_all(w->fd, page, w->ps, (1 + w->stored) * w->ps);
+	if (rc < 0)
+		return rc;
+	w->ents[w->stored++] = (struct lm__image_ent){
+		.pgno = pgno,
+		.data = (uint32_t)(w->stored - 1),
+		.sum = lm__page_sum(page, w->ps),
+	};
+	return 0;
+}
+
+static int cmp_ent(const void *a, const void *b)
+{
+	uint64_t x = ((const struct lm__image_ent *)a)->pgno;
+	uint64_t y = ((const struct lm__image_ent *)b)->pgno;
+	return x < y ? -1 : x > y;
+}
+
+/* Syncs the directory holding path, so that the rename itself is durable. */
+static int sync_dir(const char *path)
+{
+	char *copy = strdup(path);
+	if (!copy)
+		return -ENOMEM;
+	int dfd = open(dirname(copy), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	free(copy);
+	if (dfd < 0)
+		return -errno;
+	int rc = fsync(dfd) < 0 ? -errno : 0;
+	close(dfd);
+	return rc;
+}
+
+int lm__image_commit(struct lm__image_writer *w)
+{
+	if (!w)
+		return -EINVAL;
+	qsort(w->ents, (size_t)w->stored, sizeof(*w->ents), cmp_ent);
+	size_t index_bytes = (size_t)w->stored * sizeof(*w->ents);
+	struct lm__image_header h;
+	memset(&h, 0, sizeof(h));
+	memcpy(h.magic, IMAGE_MAGIC, sizeof(h.magic));
+	h.version = IMAGE_VERSION;
+	h.page_size = (uint32_t)w->ps;
+	h.length = w->length;
+	h.stored = w->stored;
+	h.data_off = w->ps;
+	h.index_off = (1 + w->stored) * w->ps;
+	h.index_sum = lm__hash64(w->ents, index_bytes, 2);
+	struct timespec ts;
+	clock_gettime(CLOCK_REALTIME, &ts);
+	h.created_ns = (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+	h.header_sum = header_sum(&h);
+	/* Index, padded to a page; then the header; then durable; then visible. */
+	size_t padded = (index_bytes + w->ps - 1) / w->ps * w->ps;
+	unsigned char *page = calloc(1, w->ps);
+	int rc = page ? 0 : -ENOMEM;
+	if (!rc && index_bytes)
+		rc = write_all(w->fd, w->ents, index_bytes, h.index_off);
+	if (!rc && padded > index_bytes)
+		rc = write_all(w->fd, page, padded - index_bytes, h.index_off + index_bytes);
+	if (!rc) {
+		memcpy(page, &h, sizeof(h));
+		rc = write_all(w->fd, page, w->ps, 0);
+	}
+	free(page);
+	if (!rc && fsync(w->fd) < 0)
+		rc = -errno;
+	if (!rc && rename(w->tmp, w->path) < 0)
+		rc = -errno;
+	if (!rc) {
+		free(w->tmp);
+		w->tmp = NULL;	/* renamed: nothing to remove */
+		rc = sync_dir(w->path);
+	}
+	lm__image_abort(w);
+	return rc;
+}
+
+void lm__image_abort(struct lm__image_writer *w)
+{
+	if (!w)
+		return;
+	if (w->fd >= 0)
+		close(w->fd);
+	if (w->tmp)
+		unlink(w->tmp);
+	free(w->tmp);
+	free(w->path);
+	free(w->ents);
+	free(w->seen);
+	free(w);
+}
+
+/* ---- reading ----------------------------------------------------------------- */
+
+/*
+ * Reads and checks an image's header and index.  -ENOEXEC: not an image
+ * of this version and page size; -EBADMSG: an image, but damaged
+ * (checksums, truncation, an index that does not describe the file).
+ */
+int lm__image_open(int fd, size_t page_size, struct lm__image **out)
+{
+	struct lm__image_header h;
+	ssize_t n = pread(fd, &h, sizeof(h), 0);
+	if (n < 0)
+		return -errno;
+	if ((size_t)n < sizeof(h) || memcmp(h.magic, IMAGE_MAGIC, sizeof(h.magic)))
+		return -ENOEXEC;
+	if (h.header_sum != header_sum(&h))
+		return -EBADMSG;
+	if (h.version != IMAGE_VERSION || h.page_size != page_size || h.flags)
+		return -ENOEXEC;
+	uint64_t npages = (h.length + page_size - 1) / page_size;
+	if (!h.length || h.stored > npages || h.stored > UINT32_MAX ||
+	    h.data_off != page_size || h.index_off != h.data_off + h.stored * page_size)
+		return -EBADMSG;
+	struct stat st;
+	if (fstat(fd, &st) < 0)
+		return -errno;
+	size_t index_bytes = (size_t)h.stored * sizeof(struct lm__image_ent);
+	if ((uint64_t)st.st_size < h.index_off + index_bytes)
+		return -EBADMSG;	/* truncated */
+	struct lm__image *im = calloc(1, sizeof(*im));
+	if (!im)
+		return -ENOMEM;
+	im->ents = malloc(index_bytes ? index_bytes : 1);
+	if (!im->ents) {
+		free(im);
+		return -ENOMEM;
+	}
+	size_t got = 0;
+	while (got < index_bytes) {
+		n = pread(fd, (char *)im->ents + got, index_bytes - got, (off_t)(h.index_off + got));
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n <= 0)
+			break;
+		got += (size_t)n;
+	}
+	int rc = got < index_bytes ? -EBADMSG : 0;
+	if (!rc && lm__hash64(im->ents, index_bytes, 2) != h.index_sum)
+		rc = -EBADMSG;
+	for (uint64_t i = 0; !rc && i < h.stored; i++)
+		if (im->ents[i].pgno >= npages || im->ents[i].data >= h.stored ||
+		    (i && im->ents[i].pgno <= im->ents[i - 1].pgno))
+			rc = -EBADMSG;
+	if (rc) {
+		lm__image_free(im);
+		return rc;
+	}
+	im->length = h.length;
+	im->stored = h.stored;
+	im->data_off = h.data_off;
+	*out = im;
+	return 0;
+}
+
+void lm__image_free(struct lm__image *im)
+{
+	if (!im)
+		return;
+	free(im->ents);
+	free(im);
+}
+
+/* The first index entry at or after page pgno (lock free, async-signal-safe). */
+uint64_t lm__image_find(const struct lm__image *im, uint64_t pgno)
+{
+	uint64_t lo = 0, hi = im->stored;
+	while (lo < hi) {
+		uint64_t mid = lo + (hi - lo) / 2;
+		if (im->ents[mid].pgno < pgno)
+			lo = mid + 1;
+		else
+			hi = mid;
+	}
+	return lo;
+}
