@@ -10,7 +10,8 @@ LM_CHECKS = \
 	tests/check_signal \
 	tests/check_swap \
 	tests/check_budget \
-	tests/check_image
+	tests/check_image \
+	tests/check_proto
 
 check_PROGRAMS += $(LM_CHECKS)
 TESTS += $(LM_CHECKS)
@@ -59,3 +60,12 @@ tests_check_budget_LDADD = $(CHECK_LIBS) $(URING_LIBS) $(CAP_LIBS)
 tests_check_image_SOURCES = tests/check_image.c tests/testutil.h $(lib_liblazymem_la_SOURCES)
 tests_check_image_CFLAGS = $(TEST_CFLAGS) $(URING_CFLAGS) $(CAP_CFLAGS)
 tests_check_image_LDADD = $(CHECK_LIBS) $(URING_LIBS) $(CAP_LIBS)
+
+# lazymemd's parser and formatters, without a socket.
+tests_check_proto_SOURCES = tests/check_proto.c tests/testutil.h daemon/proto.c daemon/proto.h
+tests_check_proto_CFLAGS = $(TEST_CFLAGS)
+tests_check_proto_LDADD = $(TEST_LIBS)
+
+# The parser under libFuzzer (clang), for a bounded time.
+TESTS += tests/fuzz-proto.sh
+EXTRA_DIST += tests/fuzz-proto.sh tests/fuzz_proto.c

@@ -1,0 +1,144 @@
+/* SPDX-License-Identifier: MIT */
+/* lazymemd's request parser and Prometheus formatter, without a socket. */
+#include "../daemon/proto.h"
+
+#include <check.h>
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "testutil.h"
+
+static int parse(const char *s, struct lmd_request *r)
+{
+	const char *why;
+	int rc = lmd_parse(s, strlen(s), r, &why);
+	if (rc)
+		ck_assert_ptr_nonnull(why);
+	return rc;
+}
+
+START_TEST(requests)
+{
+	struct lmd_request r;
+	ck_assert_int_eq(parse("list", &r), 0);
+	ck_assert_int_eq(r.kind, LMD_REQ_LIST);
+	ck_assert_int_eq(parse("  json\r", &r), 0);
+	ck_assert_int_eq(r.kind, LMD_REQ_JSON);
+	ck_assert_int_eq(parse("metrics", &r), 0);
+	ck_assert_int_eq(parse("version", &r), 0);
+	ck_assert_int_eq(parse("help", &r), 0);
+	ck_assert_int_eq(parse("stats 1234", &r), 0);
+	ck_assert_int_eq(r.kind, LMD_REQ_STATS);
+	ck_assert_int_eq(r.pid, 1234);
+	ck_assert_int_eq(parse("budget 77 512M", &r), 0);
+	ck_assert_int_eq(r.kind, LMD_REQ_BUDGET);
+	ck_assert_int_eq(r.pid, 77);
+	ck_assert_uint_eq(r.bytes, 512ull << 20);
+	ck_assert_int_eq(parse("budget 77 0", &r), 0);
+	ck_assert_uint_eq(r.bytes, 0);
+}
+END_TEST
+
+/* Garbage of every kind is refused with a reason, never a crash or a partial request. */
+START_TEST(malformed)
+{
+	static const char *const bad[] = {
+		"", "   ", "lis", "listx", "list extra", "stats", "stats 0", "stats -1",
+		"stats 12x", "stats 99999999999", "stats 1 2", "budget 1", "budget 1 12Q",
+		"budget 1 99999999999999999999", "budget 1 20000000T", "budget x 1M",
+		"LIST", "stats\t", "a b c d e", "help me",
+	};
+	struct lmd_request r;
+	for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++)
+		ck_assert_msg(parse(bad[i], &r) == -EINVAL, "accepted '%s'", bad[i]);
+	/* Binary bytes, embedded NULs, and an overlong line. */
+	const char bin[] = { 'l', 'i', 's', 't', 0, 'x' };
+	const char *why;
+	ck_assert_int_eq(lmd_parse(bin, sizeof(bin), &r, &why), -EINVAL);
+	char hi[] = "stats 1\xff";
+	ck_assert_int_eq(parse(hi, &r), -EINVAL);
+	char *lng = malloc(LMD_LINE_MAX + 2);
+	memset(lng, ' ', LMD_LINE_MAX + 1);
+	memcpy(lng, "list", 4);
+	ck_assert_int_eq(lmd_parse(lng, LMD_LINE_MAX + 1, &r, &why), -EINVAL);
+	ck_assert_int_eq(lmd_parse(lng, LMD_LINE_MAX, &r, &why), 0);
+	free(lng);
+	/* Random bytes: never accepted as anything but what they spell. */
+	uint64_t s = 42;
+	char buf[64];
+	for (int k = 0; k < 100000; k++) {
+		size_t n = (size_t)(s % sizeof(buf));
+		for (size_t i = 0; i < n; i++) {
+			s ^= s << 13;
+			s ^= s >> 7;
+			s ^= s << 17;
+			buf[i] = (char)(s & 0xff);
+		}
+		if (lmd_parse(buf, n, &r, &why) == 0)
+			ck_assert(r.kind >= LMD_REQ_LIST && r.kind <= LMD_REQ_HELP);
+		else
+			ck_assert_ptr_nonnull(why);
+	}
+}
+END_TEST
+
+/* Prometheus text: HELP and TYPE for every stat, base units, _total on counters, labels escaped. */
+START_TEST(metrics_text)
+{
+	struct lm_stats a, b;
+	memset(&a, 0, sizeof(a));
+	memset(&b, 0, sizeof(b));
+	a.size = b.size = sizeof(a);
+	a.page_size = b.page_size = 4096;
+	a.resident_pages = 10;
+	a.faults_missing = 5;
+	a.fill_ns_total = 1500000000;
+	a.budget_bytes = 1 << 20;
+	b.faults_missing = 7;
+	struct lmd_proc procs[2] = {
+		{ 100, 0, "app \"one\"\\", &a },
+		{ 200, 0, "two\nlines", &b },
+	};
+	int n = lmd_format_metrics(procs, 2, NULL, 0);
+	ck_assert_int_gt(n, 0);
+	char *buf = malloc((size_t)n + 1);
+	ck_assert_int_eq(lmd_format_metrics(procs, 2, buf, (size_t)n + 1), n);
+	ck_assert_ptr_nonnull(strstr(buf, "# TYPE lazymem_faults_missing_total counter\n"));
+	ck_assert_ptr_nonnull(strstr(buf, "lazymem_faults_missing_total{pid=\"100\",name=\"app \\\"one\\\"\\\\\"} 5\n"));
+	ck_assert_ptr_nonnull(strstr(buf, "lazymem_faults_missing_total{pid=\"200\",name=\"two\\nlines\"} 7\n"));
+	ck_assert_ptr_nonnull(strstr(buf, "# TYPE lazymem_resident_bytes gauge\n"));
+	ck_assert_ptr_nonnull(strstr(buf, "lazymem_resident_bytes{pid=\"100\",name=\"app \\\"one\\\"\\\\\"} 40960\n"));
+	ck_assert_ptr_nonnull(strstr(buf, "lazymem_fill_seconds_total{pid=\"100\","));
+	ck_assert_ptr_nonnull(strstr(buf, "} 1.500000000\n"));
+	ck_assert_ptr_nonnull(strstr(buf, "# TYPE lazymem_budget_bytes gauge\n"));
+	ck_assert_ptr_null(strstr(buf, "_bytes_bytes"));
+	ck_assert_ptr_null(strstr(buf, "_total_total"));
+	/* Every metric has HELP and TYPE, in that order, once. */
+	size_t helps = 0, types = 0;
+	for (const char *p = buf; (p = strstr(p, "# HELP ")); p++)
+		helps++;
+	for (const char *p = buf; (p = strstr(p, "# TYPE ")); p++)
+		types++;
+	ck_assert_uint_eq(helps, types);
+	ck_assert_uint_gt(helps, 50);
+	/* Truncated output is still terminated and the length needed is reported. */
+	char small[32];
+	ck_assert_int_eq(lmd_format_metrics(procs, 2, small, sizeof(small)), n);
+	ck_assert_uint_eq(strlen(small), sizeof(small) - 1);
+	ck_assert_int_eq(lmd_format_metrics(NULL, 1, buf, 10), -EINVAL);
+	free(buf);
+}
+END_TEST
+
+int main(void)
+{
+	Suite *s = suite_create("proto");
+	TCase *tc = tcase_create("proto");
+	tcase_add_test(tc, requests);
+	tcase_add_test(tc, malformed);
+	tcase_add_test(tc, metrics_text);
+	suite_add_tcase(s, tc);
+	return lmt_run(s);
+}
