@@ -50,8 +50,8 @@
  * fails: it never waits for a handler.
  */
 
-#define EVICT_BATCH 64
-#define SCAN_MAX (EVICT_BATCH * 16)	/* entries looked at per batch, at most */
+#define EVICT_BATCH 256
+#define SCAN_MAX 1024			/* entries looked at per batch, at most */
 #define DEFAULT_SWAP_MAX (64ull << 30)
 #define THROTTLE_MAX_NS 1000000000ull	/* a fault waits for the evictor one second at most */
 
@@ -179,7 +179,22 @@ struct sel {
 	bool fifo;
 	bool prefer_clean;
 	uint64_t next;
+	uint64_t wp_first, wp_end;	/* pages to protect again: one run, one ioctl */
 };
+
+/*
+ * Protects the pending run of pages again.  One ioctl per run, not per
+ * page: each is a TLB shootdown, and per page a sweep over a quarter of a
+ * million dirty pages took seconds.
+ */
+static void reprotect(struct sel *c)
+{
+	struct lm_region *r = c->b->r;
+	if (c->wp_end > c->wp_first)
+		lm__uffd_writeprotect(r->rt->ufd, addr_of(r, c->wp_first),
+				      (size_t)(c->wp_end - c->wp_first) << r->rt->page_shift, true);
+	c->wp_first = c->wp_end = 0;
+}
 
 /*
  * The clock.  User space sees no accessed bits, so "referenced" means
@@ -210,9 +225,13 @@ static int select_one(lm__pte *e, uint64_t pgno, void *arg)
 			 * referenced again.  Reads stay invisible.
 			 */
 			if (atomic_compare_exchange_strong(e, &v, v & ~LM_PTE_REF) &&
-			    s == LM_PS_DIRTY && !b->r->rt->wp_async)
-				lm__uffd_writeprotect(b->r->rt->ufd, addr_of(b->r, pgno),
-						      (size_t)b->r->rt->page_size, true);
+			    s == LM_PS_DIRTY && !b->r->rt->wp_async) {
+				if (c->wp_end != pgno || c->wp_end == c->wp_first) {
+					reprotect(c);
+					c->wp_first = pgno;
+				}
+				c->wp_end = pgno + 1;
+			}
 		} else if (!once && s == LM_PS_DIRTY && c->prefer_clean) {
 			atomic_compare_exchange_strong(e, &v, v | LM_PTE_REF);
 		} else if (atomic_compare_exchange_strong(e, &v, (uint64_t)LM_PS_EVICTING)) {
@@ -261,6 +280,7 @@ static void select_victims(struct lm_runtime *rt, struct lm__rtable *t, struct b
 	};
 	b->r = r;
 	lm__pt_walk(&r->pt, rt->hand_pg, last, select_one, &c);
+	reprotect(&c);
 	if (c.next > last || b->scanned < SCAN_MAX) {
 		rt->hand_ext++;
 		rt->hand_pg = 0;

@@ -10,6 +10,12 @@
 #include <unistd.h>
 
 /*
+ * Submission queue depth: a batch of swap or writeback I/O (up to 256
+ * pages) goes in a few submissions, not one per 8 pages.
+ */
+#define RING_DEPTH 64
+
+/*
  * The staging buffer is private anonymous memory, never a region: the
  * handler must not fault on registered memory (DESIGN invariant 1), so
  * the kernel reads into it and UFFDIO_COPY copies from it.
@@ -40,7 +46,7 @@ int lm__filler_init(struct lm__filler *f, struct lm_runtime *rt, bool want_ring)
 	struct io_uring *ring = calloc(1, sizeof(*ring));
 	if (!ring)
 		return -ENOMEM;
-	int rc = io_uring_queue_init(8, ring, 0);
+	int rc = io_uring_queue_init(RING_DEPTH, ring, 0);
 	if (rc < 0) {
 		/*
 		 * io_uring may be disabled (kernel.io_uring_disabled, seccomp):
