@@ -220,21 +220,78 @@ static void metric(struct out *o, const struct lmd_proc *procs, size_t n, const 
 	}
 }
 
-int lmd_format_metrics(const struct lmd_proc *procs, size_t n, char *buf, size_t len)
+/* The arguments of a formatter checked, and its output started empty. */
+static int begin(const struct lmd_proc *procs, size_t n, char *buf, size_t len, struct out *o)
 {
 	if ((n && !procs) || (len && !buf))
 		return -EINVAL;
 	for (size_t i = 0; i < n; i++)
 		if (!procs[i].st)
 			return -EINVAL;
-	struct out o = { buf, len, 0 };
+	*o = (struct out){ buf, len, 0 };
 	if (len)
 		buf[0] = '\0';
+	return 0;
+}
+
+int lmd_format_metrics(const struct lmd_proc *procs, size_t n, char *buf, size_t len)
+{
+	struct out o;
+	if (begin(procs, n, buf, len, &o) < 0)
+		return -EINVAL;
 #define METRIC(name, kind, unit, help) \
 	metric(&o, procs, n, #name, !strcmp(#kind, "COUNTER"), unit, help, \
 	       offsetof(struct lm_stats, name));
 	LM_STATS_LIST(METRIC)
 #undef METRIC
+	if (o.need > 0x7fffffff)
+		return -EOVERFLOW;
+	return (int)o.need;
+}
+
+/* A JSON string: quotes, backslashes and control bytes escaped; other bytes as they are. */
+static void json_string(struct out *o, const char *s)
+{
+	put(o, "\"");
+	for (; s && *s; s++) {
+		unsigned char c = (unsigned char)*s;
+		if (c == '"' || c == '\\')
+			put(o, "\\%c", c);
+		else if (c < 0x20 || c == 0x7f)
+			put(o, "\\u%04x", c);
+		else
+			put(o, "%c", c);
+	}
+	put(o, "\"");
+}
+
+int lmd_format_json(const struct lmd_proc *procs, size_t n, char *buf, size_t len)
+{
+	struct out o;
+	if (begin(procs, n, buf, len, &o) < 0)
+		return -EINVAL;
+	put(&o, "{\"processes\":[");
+	for (size_t i = 0; i < n; i++) {
+		const struct lm_stats *st = procs[i].st;
+		put(&o, "%s{\"pid\":%d,\"uid\":%u,\"name\":", i ? "," : "", (int)procs[i].pid,
+		    (unsigned)procs[i].uid);
+		json_string(&o, procs[i].name ? procs[i].name : "");
+		put(&o, ",\"stats\":{");
+		const char *sep = "";
+		/* Fields past the end of an older client's struct are left out, not invented. */
+#define FIELD(name, kind, unit, help)                                                       \
+		if (offsetof(struct lm_stats, name) + sizeof(uint64_t) <= st->size) {       \
+			put(&o, "%s\"%s\":%llu", sep, #name, (unsigned long long)st->name); \
+			sep = ",";                                                          \
+		}
+		LM_STATS_LIST(FIELD)
+#undef FIELD
+		put(&o, "%s\"fill_latency\":[", sep);
+		for (int b = 0; b < LM_LAT_BUCKETS; b++)
+			put(&o, "%s%llu", b ? "," : "", (unsigned long long)st->fill_latency[b]);
+		put(&o, "]}}");
+	}
+	put(&o, "]}");
 	if (o.need > 0x7fffffff)
 		return -EOVERFLOW;
 	return (int)o.need;

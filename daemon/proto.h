@@ -56,6 +56,14 @@ struct lmd_proc {
  */
 int lmd_format_metrics(const struct lmd_proc *procs, size_t n, char *buf, size_t len);
 
+/*
+ * One JSON object for the processes: {"processes":[{"pid":..,"uid":..,
+ * "name":"..","stats":{every LM_STATS_LIST field,"fill_latency":[..]}}]},
+ * names escaped as JSON strings.  Returns the length needed, like
+ * snprintf, or -EINVAL.
+ */
+int lmd_format_json(const struct lmd_proc *procs, size_t n, char *buf, size_t len);
+
 /* The label value escaping Prometheus wants (backslash, quote, newline). */
 size_t lmd_escape_label(const char *in, char *out, size_t len);
 

@@ -4,6 +4,7 @@
 
 #include <check.h>
 #include <errno.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -132,6 +133,66 @@ START_TEST(metrics_text)
 }
 END_TEST
 
+/* JSON: every field, escaped names, balanced, the length needed when truncated. */
+START_TEST(json_text)
+{
+	struct lm_stats a;
+	memset(&a, 0, sizeof(a));
+	a.size = sizeof(a);
+	a.faults_missing = 9;
+	a.fill_latency[3] = 4;
+	a.page_size = 4096;
+	struct lmd_proc procs[2] = {
+		{ 10, 1000, "q\"b\\s\x01", &a },
+		{ 11, 0, NULL, &a },
+	};
+	int n = lmd_format_json(procs, 2, NULL, 0);
+	ck_assert_int_gt(n, 0);
+	char *buf = malloc((size_t)n + 1);
+	ck_assert_int_eq(lmd_format_json(procs, 2, buf, (size_t)n + 1), n);
+	ck_assert_ptr_nonnull(strstr(buf, "{\"processes\":[{\"pid\":10,\"uid\":1000,"));
+	ck_assert_ptr_nonnull(strstr(buf, "\"name\":\"q\\\"b\\\\s\\u0001\""));
+	ck_assert_ptr_nonnull(strstr(buf, "\"faults_missing\":9,"));
+	ck_assert_ptr_nonnull(strstr(buf, "\"fill_latency\":[0,0,0,4,"));
+	ck_assert_ptr_nonnull(strstr(buf, "{\"pid\":11,\"uid\":0,\"name\":\"\""));
+	ck_assert_ptr_nonnull(strstr(buf, "\"page_size\":4096"));
+	int depth = 0, maxd = 0;
+	bool in_str = false;
+	for (const char *p = buf; *p; p++) {
+		if (in_str) {
+			if (*p == '\\')
+				p++;
+			else if (*p == '"')
+				in_str = false;
+			continue;
+		}
+		if (*p == '"')
+			in_str = true;
+		else if (*p == '{' || *p == '[')
+			depth++;
+		else if (*p == '}' || *p == ']')
+			depth--;
+		ck_assert_int_ge(depth, 0);
+		maxd = depth > maxd ? depth : maxd;
+	}
+	ck_assert_int_eq(depth, 0);
+	ck_assert_int_eq(maxd, 5);	/* object, list, process, stats, histogram */
+	/* An older client's smaller struct: only its prefix. */
+	struct lm_stats old = a;
+	old.size = (uint32_t)offsetof(struct lm_stats, faults_wp);
+	struct lmd_proc p1 = { 5, 0, "o", &old };
+	ck_assert_int_gt(lmd_format_json(&p1, 1, buf, (size_t)n + 1), 0);
+	ck_assert_ptr_nonnull(strstr(buf, "\"faults_missing\":9"));
+	ck_assert_ptr_null(strstr(buf, "\"faults_wp\""));
+	char small[16];
+	ck_assert_int_eq(lmd_format_json(procs, 2, small, sizeof(small)), n);
+	ck_assert_uint_eq(strlen(small), sizeof(small) - 1);
+	ck_assert_int_eq(lmd_format_json(procs, 0, small, sizeof(small)), 16);
+	ck_assert_str_eq(small, "{\"processes\":[]");
+	free(buf);
+}
+END_TEST
+
 int main(void)
 {
 	Suite *s = suite_create("proto");
@@ -139,6 +200,7 @@ int main(void)
 	tcase_add_test(tc, requests);
 	tcase_add_test(tc, malformed);
 	tcase_add_test(tc, metrics_text);
+	tcase_add_test(tc, json_text);
 	suite_add_tcase(s, tc);
 	return lmt_run(s);
 }
