@@ -25,11 +25,12 @@ extern "C" {
 #endif
 
 #define LM_VERSION_MAJOR 0
-#define LM_VERSION_MINOR 2
+#define LM_VERSION_MINOR 3
 #define LM_VERSION_PATCH 0
 
 struct lm_runtime;
 struct lm_region;
+struct lm_snapshot;
 
 /*
  * How a fault is resolved.
@@ -231,7 +232,17 @@ enum lm_uffd_origin {
 	X(throttle_ns,		COUNTER, "ns",      "Time faults waited for the evictor") \
 	X(page_size,		GAUGE,   "bytes",   "Bytes per page in these statistics") \
 	X(fills_image,		COUNTER, "pages",   "Pages filled from snapshot images (zero pages included)") \
-	X(image_errors,		COUNTER, "pages",   "Image pages that failed their checksum or could not be read: SIGBUS")
+	X(image_errors,		COUNTER, "pages",   "Image pages that failed their checksum or could not be read: SIGBUS") \
+	X(snapshots_taken,	COUNTER, "snapshots", "Snapshots taken") \
+	X(snapshots_live,	GAUGE,   "snapshots", "Snapshots not released yet") \
+	X(snapshot_preserved,	COUNTER, "pages",   "Pages preserved for snapshots before their first change (copy-on-write)") \
+	X(snapshot_spilled,	COUNTER, "pages",   "Preserved pages that needed a copy in the spill file (the rest were their source's)") \
+	X(snapshot_saved,	COUNTER, "pages",   "Pages the background saver wrote to images (zero pages are not written)") \
+	X(snapshot_bytes_written, COUNTER, "bytes", "Bytes written to snapshot images") \
+	X(snapshot_pause_ns,	GAUGE,   "ns",      "Time the last lm_snapshot_take took") \
+	X(snapshot_rollback_pages, COUNTER, "pages", "Pages put back by rollbacks") \
+	X(snapshot_errors,	COUNTER, "events",  "Snapshots broken because a page could not be preserved (spill file full, read error)") \
+	X(restore_faults,	COUNTER, "faults",  "Faults on regions restored from images")
 
 /* Fill-latency histogram: bucket i counts fills that took < 2^(i+8) ns (last: all slower). */
 #define LM_LAT_BUCKETS 20
@@ -246,7 +257,7 @@ struct lm_stats {
 };
 #undef LM__STAT_FIELD
 
-#define LM_STATS_VERSION 2
+#define LM_STATS_VERSION 3
 
 /* Output formats of lm_stats_format. */
 enum lm_format {
@@ -326,6 +337,41 @@ LM_API int lm_region_flush(struct lm_region *region, size_t offset, size_t lengt
  * be written: the pages stay resident, counted in over_budget).
  */
 LM_API int lm_runtime_set_budget(struct lm_runtime *rt, uint64_t bytes);
+
+/*
+ * Copy-on-write snapshots (see lm_snapshot_take(3)).
+ *
+ * take: from the instant it returns, the snapshot holds the region's
+ *   contents as they were then, however the application writes after:
+ *   the region is write-protected, and the first write to each page
+ *   preserves its old contents first.  flags: 0.  -EOPNOTSUPP under
+ *   LM_DIRTY_ASYNC or without write-protect support; -EBUSY when part of
+ *   the region was moved away with mremap.
+ * read: copies the snapshot's [offset, offset + len) to buf.
+ * save: writes the snapshot to an image file (lazymem-image(5)) in the
+ *   background, while the application runs; with LM_SAVE_WAIT it returns
+ *   when the image is durable.  -EBUSY while a save is in progress.
+ * wait: waits for the save in progress and returns its result: 0 once
+ *   the image is durable (written, fsync'ed, renamed into place).
+ * rollback: puts the region back as it was at the snapshot; only pages
+ *   changed since are replaced.  The snapshot stays usable.
+ * release: frees the snapshot (a save in progress is cancelled and its
+ *   temporary file removed).  Destroying a region releases nothing: its
+ *   snapshots' saves are cancelled, every call on them but release then
+ *   fails with -ENXIO, and release frees them.
+ */
+#define LM_SAVE_WAIT (1u << 0)
+
+LM_API int lm_snapshot_take(struct lm_region *region, unsigned flags,
+			    struct lm_snapshot **out);
+LM_API int lm_snapshot_read(struct lm_snapshot *snap, size_t offset, void *buf,
+			    size_t len);
+LM_API int lm_snapshot_save(struct lm_snapshot *snap, const char *path, unsigned flags);
+LM_API int lm_snapshot_wait(struct lm_snapshot *snap);
+LM_API int lm_snapshot_rollback(struct lm_snapshot *snap);
+LM_API int lm_snapshot_release(struct lm_snapshot *snap);
+/* The snapshot's length in bytes (its region's); 0 for NULL. */
+LM_API size_t lm_snapshot_length(const struct lm_snapshot *snap);
 
 /* Accessors: cannot fail; NULL and 0 for a NULL region. */
 LM_API void *lm_region_addr(const struct lm_region *region);

@@ -135,8 +135,8 @@ static long read_image(struct lm__filler *f, struct lm_region *r, uint64_t pgno,
  * Returns the number of pages with data (fewer at end of file), 0 when
  * pgno itself is past the end of the file, or -errno on a read error.
  */
-static long read_source(struct lm__filler *f, struct lm_region *r, uint64_t pgno, unsigned n,
-			const unsigned char **src)
+long lm__source_read(struct lm__filler *f, struct lm_region *r, uint64_t pgno, unsigned n,
+		     const unsigned char **src)
 {
 	struct lm_runtime *rt = r->rt;
 	size_t ps = (size_t)rt->page_size;
@@ -420,7 +420,7 @@ long lm__fill(struct lm__filler *f, struct lm_region *r, uint64_t pgno, unsigned
 	n = claimed;
 
 	const unsigned char *src = NULL;
-	long avail = from_swap ? read_swap(f, rt, prev, n, &src) : read_source(f, r, pgno, n, &src);
+	long avail = from_swap ? read_swap(f, rt, prev, n, &src) : lm__source_read(f, r, pgno, n, &src);
 	if (avail < 0 && n > 1 && !from_swap && r->kind != LM_SOURCE_IMAGE) {
 		/*
 		 * The batch failed, maybe only in its readahead part: a bad
@@ -430,7 +430,7 @@ long lm__fill(struct lm__filler *f, struct lm_region *r, uint64_t pgno, unsigned
 		for (unsigned i = 1; i < n; i++)
 			settle(r, ents[i], pgno + i, prev[i], ufd);
 		n = 1;
-		avail = read_source(f, r, pgno, 1, &src);
+		avail = lm__source_read(f, r, pgno, 1, &src);
 	}
 	if (avail <= 0) {
 		/* Past the end of the file, or a read error: SIGBUS for this page only. */
@@ -480,24 +480,43 @@ long lm__fill(struct lm__filler *f, struct lm_region *r, uint64_t pgno, unsigned
 	 * path populated it: keep going after it.
 	 */
 	bool track = atomic_load_explicit(&rt->track, memory_order_relaxed);
-	bool wp = track && !(flags & LM_FILL_WRITE);
+	/*
+	 * While a snapshot is live every page is installed write-protected
+	 * (its first write must preserve it first, snapshot.c), except the
+	 * page of a write fault: the write is what the fault is for, so the
+	 * contents just read are preserved here and that page alone is
+	 * installed writable, before the rest of the window.
+	 */
+	const struct lm__snapset *snaps = atomic_load_explicit(&r->snaps, memory_order_acquire);
+	bool wp = (track || snaps) && !(flags & LM_FILL_WRITE);
+	bool wp_rest = snaps ? true : wp;
+	if (snaps && (flags & LM_FILL_WRITE)) {
+		const unsigned char *d0 =
+			LM_PTE_STATE(prev0) == LM_PS_MISSING && lm__source_immutable(r) ? NULL : src;
+		lm__snap_preserve(r, snaps, &pgno, &d0, 1);
+	}
+	if (kind == LM_SOURCE_IMAGE && fault)
+		LM__STAT_ADD(rt, restore_faults, 1);
 	/*
 	 * The shared zero page only while nothing tracks writes: mapping it
 	 * and protecting it are two steps, and a write between them (the
 	 * first wakes the toucher) would go unseen.  Tracked, zeros are
 	 * copied in write-protected, in one step.
 	 */
-	bool zeropage = kind == LM_SOURCE_ZERO && !track &&
+	bool zeropage = kind == LM_SOURCE_ZERO && !track && !snaps &&
 			!(flags & (LM_FILL_WRITE | LM_FILL_PREFETCH));
 	unsigned at = 0, installed = 0, fresh_done = 0;
 	long ret = 0;
 	while (at < n) {
 		size_t done = 0;
+		/* A write fault under a snapshot: its page alone, writable; then the rest. */
+		bool wpc = at ? wp_rest : wp;
+		unsigned lim = (!at && wp_rest != wp) ? 1 : n;
 		int rc = zeropage ? lm__uffd_zeropage(ufd, page_addr(r, pgno + at), (n - at) * ps, &done)
 				  : lm__uffd_copy(ufd, page_addr(r, pgno + at), src + (size_t)at * ps,
-						  (n - at) * ps, wp, &done);
+						  (lim - at) * ps, wpc, &done);
 		unsigned ok = (unsigned)(done / ps);
-		bool clean = wp;
+		bool clean = wpc;
 		for (unsigned i = at; i < at + ok; i++) {
 			unsigned s = LM_PTE_STATE(prev[i]);
 			fresh_done += s == LM_PS_MISSING || s == LM_PS_SWAPPED;
@@ -507,6 +526,8 @@ long lm__fill(struct lm__filler *f, struct lm_region *r, uint64_t pgno, unsigned
 		}
 		installed += ok;
 		at += ok;
+		if (rc == 0 && at < n)
+			continue;
 		if (rc == 0)
 			break;
 		if (ok && rc != -EEXIST)
@@ -583,7 +604,8 @@ long lm__fill(struct lm__filler *f, struct lm_region *r, uint64_t pgno, unsigned
 	return installed ? (long)installed : ret;
 }
 
-void lm__wp_fault(struct lm_region *r, uint64_t pgno, uintptr_t addr, int ufd, bool park)
+void lm__wp_fault(struct lm__filler *f, struct lm_region *r, uint64_t pgno, uintptr_t addr,
+		  int ufd, bool park)
 {
 	struct lm_runtime *rt = r->rt;
 	size_t ps = (size_t)rt->page_size;
@@ -627,10 +649,27 @@ void lm__wp_fault(struct lm_region *r, uint64_t pgno, uintptr_t addr, int ufd, b
 		if (!atomic_compare_exchange_weak(e, &v, (uint64_t)LM_PS_FILLING))
 			continue;
 		uint64_t prev = v & ~LM_PTE_WAITERS;
+		/*
+		 * A snapshot lacks the page: its contents are preserved (with its
+		 * neighbours') before the write may go through.  Without a
+		 * staging buffer (signal mode, the pool empty) the write replays.
+		 */
+		const struct lm__snapset *snaps = atomic_load_explicit(&r->snaps, memory_order_acquire);
+		bool lifted = false;
+		if (snaps && lm__snap_needs(snaps, pgno)) {
+			if (!f) {
+				uint64_t old = atomic_exchange(e, prev);
+				if (old & LM_PTE_WAITERS)
+					lm__uffd_wake(ufd, addr & ~(ps - 1), ps);
+				sched_yield();
+				return;
+			}
+			lifted = lm__snap_cow(f, r, snaps, pgno, prev);
+		}
 		if (s == LM_PS_CLEAN)
 			lm__dirty_add(r, 1);
 		/* Lifting the protection wakes the writer; an event pending (EAGAIN): it faults again. */
-		int rc = lm__uffd_writeprotect(ufd, addr & ~(ps - 1), ps, false);
+		int rc = lifted ? 0 : lm__uffd_writeprotect(ufd, addr & ~(ps - 1), ps, false);
 		/* Written: referenced for the clock.  A clean page's slot is stale now. */
 		uint64_t old = atomic_exchange_explicit(e, (uint64_t)LM_PS_DIRTY | LM_PTE_REF,
 							memory_order_acq_rel);
@@ -724,7 +763,7 @@ static void handle_fault(struct lm__filler *f, int ufd, const struct uffd_msg *m
 		if (rc < 0)
 			lm__uffd_wake(ufd, addr, (size_t)rt->page_size);
 	} else if (wp) {
-		lm__wp_fault(r, (addr - r->start) >> rt->page_shift, addr, ufd, true);
+		lm__wp_fault(f, r, (addr - r->start) >> rt->page_shift, addr, ufd, true);
 	} else {
 		unsigned flags = (m->arg.pagefault.flags & UFFD_PAGEFAULT_FLAG_WRITE) ? LM_FILL_WRITE : 0;
 		uint64_t pgno = (addr - r->start) >> rt->page_shift;

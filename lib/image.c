@@ -8,7 +8,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <limits.h>
 #include <sys/stat.h>
+#include <sys/uio.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -95,6 +97,7 @@ struct lm__image_writer {
 	struct lm__image_ent *ents;
 	uint64_t stored, cap;
 	unsigned char *seen;	/* one bit per page: added already */
+	uint64_t bytes;		/* data bytes written */
 };
 
 static int write_all(int fd, const void *buf, size_t len, uint64_t off)
@@ -111,6 +114,30 @@ static int write_all(int fd, const void *buf, size_t len, uint64_t off)
 		p += n;
 		off += (uint64_t)n;
 		len -= (size_t)n;
+	}
+	return 0;
+}
+
+int lm__pwritev_all(int fd, struct iovec *iov, unsigned n, uint64_t off)
+{
+	while (n) {
+		ssize_t got = pwritev(fd, iov, (int)n, (off_t)off);
+		if (got < 0 && errno == EINTR)
+			continue;
+		if (got < 0)
+			return -errno;
+		if (got == 0)
+			return -EIO;
+		off += (uint64_t)got;
+		while (n && (size_t)got >= iov->iov_len) {
+			got -= (ssize_t)iov->iov_len;
+			iov++;
+			n--;
+		}
+		if (n) {
+			iov->iov_base = (char *)iov->iov_base + got;
+			iov->iov_len -= (size_t)got;
+		}
 	}
 	return 0;
 }
@@ -149,37 +176,120 @@ int lm__image_create(const char *path, uint64_t length, size_t page_size,
 	return 0;
 }
 
+static bool is_zero(const void *page, size_t len)
+{
+	const uint64_t *q = page;
+	for (size_t i = 0; i < len / 8; i++)
+		if (q[i])
+			return false;
+	return true;
+}
+
+/* Marks page pgno added; false when it is out of range or was added before. */
+static bool mark_added(struct lm__image_writer *w, uint64_t pgno)
+{
+	if (pgno >= w->npages || (w->seen[pgno / 8] & (1u << (pgno % 8))))
+		return false;
+	w->seen[pgno / 8] |= (unsigned char)(1u << (pgno % 8));
+	return true;
+}
+
+static int reserve(struct lm__image_writer *w, uint64_t more)
+{
+	if (w->stored + more > UINT32_MAX)
+		return -EFBIG;
+	if (w->stored + more <= w->cap)
+		return 0;
+	uint64_t cap = w->cap ? w->cap : 1024;
+	while (cap < w->stored + more)
+		cap *= 2;
+	struct lm__image_ent *e = realloc(w->ents, cap * sizeof(*e));
+	if (!e)
+		return -ENOMEM;
+	w->ents = e;
+	w->cap = cap;
+	return 0;
+}
+
 int lm__image_add(struct lm__image_writer *w, uint64_t pgno, const void *page)
 {
-	if (!w || pgno >= w->npages || (w->seen[pgno / 8] & (1u << (pgno % 8))))
+	if (!w)
 		return -EINVAL;
-	w->seen[pgno / 8] |= (unsigned char)(1u << (pgno % 8));
-	/* Zero pages are not stored: a page missing from the index reads as zeros. */
-	const uint64_t *q = page;
-	size_t i = 0;
-	while (i < w->ps / 8 && !q[i])
-		i++;
-	if (i == w->ps / 8)
-		return 0;
-	if (w->stored == w->cap) {
-		uint64_t cap = w->cap ? w->cap * 2 : 1024;
-		struct lm__image_ent *e = realloc(w->ents, cap * sizeof(*e));
-		if (!e)
-			return -ENOMEM;
-		w->ents = e;
-		w->cap = cap;
+	int64_t idx;
+	return lm__image_add_run(w, &pgno, page, 1, &idx);
+}
+
+/*
+ * The stored pages of a run take consecutive data pages, so one pwritev
+ * writes them all: a snapshot saver adds 64 pages at a time, and a write
+ * per page cost more than the copy.
+ */
+int lm__image_add_run(struct lm__image_writer *w, const uint64_t *pgno, const unsigned char *pages,
+		      unsigned n, int64_t *idx)
+{
+	if (!w || (n && (!pgno || !pages || !idx)))
+		return -EINVAL;
+	for (unsigned i = 0; i < n; i++) {
+		if (pgno[i] >= w->npages || (w->seen[pgno[i] / 8] & (1u << (pgno[i] % 8))))
+			return -EINVAL;
+		for (unsigned j = 0; j < i; j++)
+			if (pgno[j] == pgno[i])
+				return -EINVAL;
 	}
-	if (w->stored >= UINT32_MAX)
-		return -EFBIG;
-	int rc = write_all(w->fd, page, w->ps, (1 + w->stored) * w->ps);
+	unsigned nz = 0;
+	for (unsigned i = 0; i < n; i++) {
+		bool z = is_zero(pages + (size_t)i * w->ps, w->ps);
+		idx[i] = z ? -1 : 0;
+		nz += !z;
+	}
+	int rc = reserve(w, nz);
 	if (rc < 0)
 		return rc;
-	w->ents[w->stored++] = (struct lm__image_ent){
-		.pgno = pgno,
-		.data = (uint32_t)(w->stored - 1),
-		.sum = lm__page_sum(page, w->ps),
-	};
+	struct iovec iov[IOV_MAX < 64 ? IOV_MAX : 64];
+	uint64_t at = w->stored;
+	unsigned k = 0;
+	for (unsigned i = 0; i < n; i++) {
+		if (idx[i] < 0)
+			continue;
+		iov[k].iov_base = (void *)(pages + (size_t)i * w->ps);
+		iov[k].iov_len = w->ps;
+		k++;
+		if (k == LM__ARRAY_SIZE(iov) || i == n - 1) {
+			rc = lm__pwritev_all(w->fd, iov, k, (1 + at) * w->ps);
+			if (rc < 0)
+				return rc;
+			at += k;
+			k = 0;
+		}
+	}
+	if (k) {
+		rc = lm__pwritev_all(w->fd, iov, k, (1 + at) * w->ps);
+		if (rc < 0)
+			return rc;
+	}
+	for (unsigned i = 0; i < n; i++) {
+		mark_added(w, pgno[i]);
+		if (idx[i] < 0)
+			continue;
+		idx[i] = (int64_t)w->stored;
+		w->ents[w->stored++] = (struct lm__image_ent){
+			.pgno = pgno[i],
+			.data = (uint32_t)idx[i],
+			.sum = lm__page_sum(pages + (size_t)i * w->ps, w->ps),
+		};
+	}
+	w->bytes += (uint64_t)nz * w->ps;
 	return 0;
+}
+
+int lm__image_fd(const struct lm__image_writer *w)
+{
+	return w ? w->fd : -1;
+}
+
+uint64_t lm__image_bytes(const struct lm__image_writer *w)
+{
+	return w ? w->bytes : 0;
 }
 
 static int cmp_ent(const void *a, const void *b)
@@ -292,7 +402,9 @@ int lm__image_open(int fd, size_t page_size, struct lm__image **out)
 	if (fstat(fd, &st) < 0)
 		return -errno;
 	size_t index_bytes = (size_t)h.stored * sizeof(struct lm__image_ent);
-	if ((uint64_t)st.st_size < h.index_off + index_bytes)
+	/* The writer pads the index to a page: a file any shorter was cut. */
+	uint64_t padded = (index_bytes + page_size - 1) / page_size * page_size;
+	if ((uint64_t)st.st_size < h.index_off + padded)
 		return -EBADMSG;	/* truncated */
 	struct lm__image *im = calloc(1, sizeof(*im));
 	if (!im)

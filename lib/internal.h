@@ -221,6 +221,19 @@ int lm__image_create(const char *path, uint64_t length, size_t page_size,
 		     struct lm__image_writer **out);
 /* Adds page pgno's contents (any order, each page once); zero pages are not stored. */
 int lm__image_add(struct lm__image_writer *w, uint64_t pgno, const void *page);
+/*
+ * Adds n pages, page i of pgno[i] at pages + i * page size, in one write:
+ * idx[i] is its data page in the image, or -1 for a zero page (not stored).
+ */
+int lm__image_add_run(struct lm__image_writer *w, const uint64_t *pgno, const unsigned char *pages,
+		      unsigned n, int64_t *idx);
+/* pwritev until done: a short write goes on from where it stopped (iov is consumed). */
+struct iovec;
+int lm__pwritev_all(int fd, struct iovec *iov, unsigned n, uint64_t off);
+/* The writer's file (its data pages are final once added); -1 for NULL. */
+int lm__image_fd(const struct lm__image_writer *w);
+/* Bytes of data written so far. */
+uint64_t lm__image_bytes(const struct lm__image_writer *w);
 /* Writes the index and header, fsyncs, renames over the path; frees w either way. */
 int lm__image_commit(struct lm__image_writer *w);
 void lm__image_abort(struct lm__image_writer *w);
@@ -249,6 +262,44 @@ bool lm__refault_hot(struct lm_runtime *rt, uint64_t prev);
 /* Frees the swap slot an entry value carries, if any. */
 void lm__slot_release(struct lm_runtime *rt, uint64_t v);
 
+/* ---- snapshot.c: copy-on-write snapshots --------------------------------- */
+
+/* The live snapshots of a region, an immutable array replaced under snap_lock. */
+struct lm__snapset {
+	unsigned n;
+	struct lm_snapshot *s[];
+};
+
+/* Pages preserved in one write-protect fault at most (the aligned block around it). */
+#define LM__SNAP_BATCH 64
+
+/* The region's source never changes under it: zero, memory, image. */
+#define lm__source_immutable(r) ((r)->kind != LM_SOURCE_FILE)
+
+/* True when some live, unbroken snapshot of set has not preserved page pgno. */
+bool lm__snap_needs(const struct lm__snapset *set, uint64_t pgno);
+/*
+ * Records the current contents of pages pg[0..n) (n <= LM__SNAP_BATCH)
+ * for every snapshot of set that lacks them; the caller holds each page.
+ * data[i]: the page's contents, or NULL when they are the region's
+ * immutable source's.  Async-signal-safe.
+ */
+void lm__snap_preserve(struct lm_region *r, const struct lm__snapset *set, const uint64_t *pg,
+		       const unsigned char *const *data, unsigned n);
+/*
+ * A write hit page pgno (held by the caller, its value before prev)
+ * while a snapshot lacks it: preserves it and its neighbours in one round
+ * trip and lifts their protection.  Returns true when pgno's was lifted.
+ */
+bool lm__snap_cow(struct lm__filler *f, struct lm_region *r, const struct lm__snapset *set,
+		  uint64_t pgno, uint64_t prev);
+/* Before dont-need advice drops [first, first + count): preserves what snapshots lack. */
+void lm__snap_before_drop(struct lm_region *r, uint64_t first, uint64_t count);
+/* The region goes: cancels its snapshots' saves and detaches them (they fail with -ENXIO). */
+void lm__snap_detach_all(struct lm_region *r);
+/* Part of the region moved away (mremap): its snapshots cannot follow, they break. */
+void lm__snap_break_all(struct lm_region *r, int err);
+
 /* ---- region.c ---------------------------------------------------------- */
 
 #define LM__ADV_SLOTS 8
@@ -263,6 +314,8 @@ struct lm__extent {
 	uintptr_t start, end;
 	struct lm_region *r;
 };
+
+struct lm__snapset;
 
 struct lm_region {
 	struct lm_runtime *rt;
@@ -292,6 +345,12 @@ struct lm_region {
 	struct lm_region *next, *prev;	/* rt->regions, guarded by rt->lock */
 	struct lm_region **aliases;	/* parts moved away by mremap (guarded by rt->lock) */
 	size_t naliases;
+	/* Snapshots (snapshot.c): the live ones, read under lm__read_lock. */
+	struct lm__snapset *_Atomic snaps;
+	pthread_mutex_t snap_lock;	/* serializes take, release, rollback and detach */
+	int spill_fd;			/* preserved copies, shared by the live snapshots */
+	_Atomic uint64_t spill_next;	/* next free page of the spill file */
+	_Atomic bool wp_ever;		/* a snapshot protected it: a write to a present page is a WP fault */
 };
 
 struct lm__rtable {
@@ -409,6 +468,7 @@ struct lm_runtime {
 	size_t hand_ext;		/* the clock hand: extent index and page (evictor only) */
 	uint64_t hand_pg;
 
+	int snap_memfd;			/* /proc/self/mem: snapshots read resident pages with it */
 	struct lm__stats stats;
 };
 
@@ -468,7 +528,14 @@ void lm__wait_settled(struct lm_region *r, uint64_t first, uint64_t count);
  * protection.  park: a thread-mode fault may wait on a page in
  * transition (its owner wakes it); a signal-mode one replays instead.
  */
-void lm__wp_fault(struct lm_region *r, uint64_t pgno, uintptr_t addr, int ufd, bool park);
+void lm__wp_fault(struct lm__filler *f, struct lm_region *r, uint64_t pgno, uintptr_t addr,
+		  int ufd, bool park);
+/*
+ * The source's contents of pages [pgno, pgno + n) at *src: the number of
+ * pages with data, 0 past the end of the file, or -errno.
+ */
+long lm__source_read(struct lm__filler *f, struct lm_region *r, uint64_t pgno, unsigned n,
+		     const unsigned char **src);
 
 /* ---- signal.c: resolution in the faulting thread ---------------------- */
 

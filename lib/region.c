@@ -182,6 +182,8 @@ static struct lm_region *region_alloc(struct lm_runtime *rt, size_t len)
 	r->len = len;
 	r->npages = len >> rt->page_shift;
 	r->fd = -1;
+	r->spill_fd = -1;
+	pthread_mutex_init(&r->snap_lock, NULL);
 	r->id = atomic_fetch_add(&rt->next_region_id, 1) + 1;
 	lm__pt_init(&r->pt, r->npages);
 	for (int i = 0; i < LM__ADV_SLOTS; i++) {
@@ -209,6 +211,9 @@ static void region_free(struct lm_region *r)
 	lm__pt_destroy(&r->pt);
 	if (r->fd >= 0 && !r->parent)
 		close(r->fd);
+	if (r->spill_fd >= 0)
+		close(r->spill_fd);
+	pthread_mutex_destroy(&r->snap_lock);
 	if (!r->parent)
 		lm__image_free(r->image);
 	free(r->aliases);
@@ -419,6 +424,9 @@ static void drop_prefetch(struct lm_runtime *rt, struct lm_region *r)
 /* Called with rt->lock held. */
 static void destroy_locked(struct lm_runtime *rt, struct lm_region *r)
 {
+	/* Snapshots first: their savers read the region's pages. */
+	if (!r->parent)
+		lm__snap_detach_all(r);
 	for (size_t i = 0; i < r->naliases; i++)
 		destroy_locked(rt, r->aliases[i]);
 	/*
@@ -718,6 +726,8 @@ int lm__region_remap(struct lm_runtime *rt, uintptr_t from, uintptr_t to, size_t
 	struct lm_region *root = r;
 	while (root->parent)
 		root = root->parent;
+	/* A snapshot covers the region's pages where they were: a part moved away breaks it. */
+	lm__snap_break_all(root, -EBUSY);
 	struct lm_region *a = region_alloc(rt, part);
 	struct lm_region **al = realloc(root->aliases, (root->naliases + 1) * sizeof(*al));
 	if (!a || !al) {
@@ -866,6 +876,8 @@ int lm_region_advise(struct lm_region *r, size_t offset, size_t length, int advi
 			if (rc < 0)
 				return rc;
 		}
+		/* What snapshots still need of the pages is preserved before they go. */
+		lm__snap_before_drop(r, first, count);
 		return dontneed(r, r->start + offset, r->start + offset + (count << rt->page_shift));
 	}
 	return -EINVAL;

@@ -409,7 +409,7 @@ int lm_runtime_open(const struct lm_options *user, struct lm_runtime **out)
 	rt->page_size = sysconf(_SC_PAGESIZE);
 	rt->page_shift = (unsigned)__builtin_ctzl((unsigned long)rt->page_size);
 	rt->ufd = rt->epfd = rt->stop_fd = rt->stage_ufd = rt->ev_kick = rt->pagemap_fd =
-		rt->ev_pagemap = -1;
+		rt->ev_pagemap = rt->snap_memfd = -1;
 	pthread_mutex_init(&rt->ev_setup_lock, NULL);
 	pthread_mutex_init(&rt->evict_lock, NULL);
 	rt->pid = rt->ufd_pid = getpid();
@@ -555,6 +555,8 @@ static void close_runtime(struct lm_runtime *rt)
 		close(rt->ufd);
 	if (rt->pagemap_fd >= 0)
 		close(rt->pagemap_fd);
+	if (rt->snap_memfd >= 0)
+		close(rt->snap_memfd);
 	if (rt->swap_ok)
 		lm__swap_close(&rt->swap);
 	pthread_mutex_destroy(&rt->ev_setup_lock);

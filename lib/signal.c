@@ -136,10 +136,15 @@ static void on_sigbus(int sig, siginfo_t *si, void *uc)
 					       mapped(addr, (size_t)rt->page_size);
 				if (handled && present && !is_write(uc)) {
 					LM__STAT_ADD(rt, faults_dup, 1);
-				} else if (handled && present && atomic_load(&rt->track)) {
+				} else if (handled && present &&
+					   (atomic_load(&rt->track) || atomic_load(&r->wp_ever))) {
 					LM__STAT_ADD(rt, faults_wp, 1);
 					LM__STAT_ADD(rt, faults_signal, 1);
-					lm__wp_fault(r, pgno, addr, rt->ufd, false);
+					/* A snapshot's copy-on-write needs a staging buffer. */
+					struct lm__filler *f = atomic_load(&r->snaps) ? pool_get(rt) : NULL;
+					lm__wp_fault(f, r, pgno, addr, rt->ufd, false);
+					if (f)
+						atomic_store(&f->busy, 0);
 				} else if (handled) {
 					LM__STAT_ADD(rt, faults_missing, 1);
 					LM__STAT_ADD(rt, faults_signal, 1);
@@ -281,8 +286,22 @@ void lm__signal_atfork_child(void)
 			rt->sig_next = atomic_load(&sig_list);
 			atomic_store(&sig_list, rt);
 		}
-		for (struct lm_region *r = rt->regions; r; r = r->next)
+		/*
+		 * Snapshots are the parent's: the child registers without write
+		 * protection, and its copy of the spill file's descriptor and
+		 * of /proc/self/mem still point at the parent's.
+		 */
+		if (rt->snap_memfd >= 0)
+			close(rt->snap_memfd);
+		rt->snap_memfd = -1;
+		for (struct lm_region *r = rt->regions; r; r = r->next) {
 			lm__pt_walk(&r->pt, 0, r->npages - 1, reset_filling, NULL);
+			atomic_store(&r->snaps, NULL);
+			atomic_store(&r->wp_ever, false);
+			if (r->spill_fd >= 0)
+				close(r->spill_fd);
+			r->spill_fd = -1;
+		}
 		struct lm__rtable *t = atomic_load(&rt->table);
 		for (size_t i = 0; t && i < t->n; i++)
 			lm__uffd_register(fd, t->e[i].start, t->e[i].end - t->e[i].start, false);

@@ -11,6 +11,7 @@ LM_CHECKS = \
 	tests/check_swap \
 	tests/check_budget \
 	tests/check_image \
+	tests/check_snapshot \
 	tests/check_proto
 
 check_PROGRAMS += $(LM_CHECKS)
@@ -60,6 +61,10 @@ tests_check_budget_LDADD = $(CHECK_LIBS) $(URING_LIBS) $(CAP_LIBS)
 tests_check_image_SOURCES = tests/check_image.c tests/testutil.h $(lib_liblazymem_la_SOURCES)
 tests_check_image_CFLAGS = $(TEST_CFLAGS) $(URING_CFLAGS) $(CAP_CFLAGS)
 tests_check_image_LDADD = $(CHECK_LIBS) $(URING_LIBS) $(CAP_LIBS)
+
+tests_check_snapshot_SOURCES = tests/check_snapshot.c tests/testutil.h
+tests_check_snapshot_CFLAGS = $(TEST_CFLAGS)
+tests_check_snapshot_LDADD = $(TEST_LIBS)
 
 # lazymemd's parser and formatters, without a socket.
 tests_check_proto_SOURCES = tests/check_proto.c tests/testutil.h daemon/proto.c daemon/proto.h

@@ -1,0 +1,1202 @@
+/* SPDX-License-Identifier: MIT */
+/* Copy-on-write snapshots of regions: take, preserve before the first change, read, save in the background, roll back, release. */
+#include "internal.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <linux/userfaultfd.h>
+#include <sched.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/uio.h>
+#include <unistd.h>
+
+/*
+ * What a snapshot is.  Its view of page p is map[p] when that is set
+ * (where p's contents went when p first changed after the take), and
+ * otherwise the region's current contents of p, which have not changed
+ * since.  The one rule that keeps the view exact (DESIGN invariant 6):
+ * a page's contents change only on paths that, holding the page
+ * (FILLING), first preserve it for every live snapshot that lacks it:
+ *
+ *  - a write to a resident page: the take write-protects the region in
+ *    one ioctl and fills install pages write-protected while a snapshot
+ *    is live, so the write faults, and lm__snap_cow preserves the page
+ *    (and its neighbours, one round trip for a block) before it lifts
+ *    the protection;
+ *  - a write fault on a page that is not resident: the fill preserves
+ *    what it read (lm__fill) before it installs the page writable;
+ *  - dont-need advice and rollback: lm__snap_before_drop, rollback_run.
+ *
+ * Everything else moves contents without changing them.  Eviction moves
+ * a page to a swap slot or drops a clean one (its source has it); a slot
+ * is freed only when its page changes, which preserved it first; a shared
+ * file region's writeback writes a page's own contents to the file, and a
+ * page that is not resident changes in the file only by the writeback of
+ * a write, which preserved it.  Only immutable sources (zero, memory,
+ * image) are recorded as "the source's" without a copy.
+ *
+ * Preserved copies go to the region's spill file (unnamed, in the swap
+ * directory), shared by its live snapshots and emptied when the last one
+ * is released: they stream to the page cache instead of piling up in the
+ * process's memory.  A save writes the view to an image and, the first
+ * time, records each page it wrote as the image's and lifts that page's
+ * protection when no other snapshot lacks it: the saver unprotects what it
+ * has written, and later writes cost no fault.
+ *
+ * What no path can catch: the application's own madvise(MADV_DONTNEED)
+ * or munmap of a region's pages while a snapshot is live (lazymem(7)).
+ */
+
+#define MAP_SOURCE 1u	/* the region's immutable source's contents */
+#define MAP_SPILL 2u	/* page IDX of the region's spill file */
+#define MAP_IMAGE 3u	/* data page IDX of the snapshot's first image */
+#define MAP_ZERO 4u	/* zeros */
+#define MAP_KIND(m) ((unsigned)((m) & 7))
+#define MAP_IDX(m) ((m) >> 3)
+#define MAP_MAKE(k, i) (((uint64_t)(i) << 3) | (uint64_t)(k))
+
+#define SAVE_BATCH LM__SNAP_BATCH
+
+struct lm_snapshot {
+	struct lm_region *r;		/* NULL once the region is gone */
+	struct lm_runtime *rt;
+	pid_t pid;			/* the process that took it */
+	size_t len;
+	uint64_t npages;
+	struct lm__ptable map;		/* per page: 0, or where its contents went */
+	_Atomic int err;		/* a page could not be preserved: the snapshot is unusable */
+	/* The background save, guarded by lock. */
+	pthread_mutex_t lock;
+	pthread_cond_t cond;
+	pthread_t saver;
+	bool joinable;			/* a saver thread to join */
+	bool saving;
+	bool saved_any;			/* a save was started: lm_snapshot_wait has a result */
+	int save_rc;
+	_Atomic bool cancel;
+	struct lm__image_writer *w;
+	int img_fd;			/* the first image's file: MAP_IMAGE entries are in it */
+};
+
+static inline uintptr_t addr_of(struct lm_region *r, uint64_t pgno)
+{
+	return r->start + (pgno << r->rt->page_shift);
+}
+
+static inline uint64_t map_get(struct lm_snapshot *s, uint64_t pgno)
+{
+	lm__pte *m = lm__pt_get(&s->map, pgno, false);
+	return m ? atomic_load_explicit(m, memory_order_acquire) : 0;
+}
+
+/* Sets an unset entry; false when memory ran out (the snapshot breaks). */
+static bool map_set(struct lm_snapshot *s, uint64_t pgno, uint64_t val)
+{
+	lm__pte *m = lm__pt_get(&s->map, pgno, true);
+	if (!m)
+		return false;
+	uint64_t zero = 0;
+	atomic_compare_exchange_strong_explicit(m, &zero, val, memory_order_acq_rel,
+						memory_order_acquire);
+	return true;
+}
+
+static void snap_break(struct lm_snapshot *s, int err)
+{
+	int zero = 0;
+	if (atomic_compare_exchange_strong(&s->err, &zero, err))
+		LM__STAT_ADD(s->rt, snapshot_errors, 1);
+}
+
+bool lm__snap_needs(const struct lm__snapset *set, uint64_t pgno)
+{
+	for (unsigned i = 0; i < set->n; i++) {
+		struct lm_snapshot *s = set->s[i];
+		if (!atomic_load_explicit(&s->err, memory_order_relaxed) && !map_get(s, pgno))
+			return true;
+	}
+	return false;
+}
+
+void lm__snap_preserve(struct lm_region *r, const struct lm__snapset *set, const uint64_t *pg,
+		       const unsigned char *const *data, unsigned n)
+{
+	struct lm_runtime *rt = r->rt;
+	size_t ps = (size_t)rt->page_size;
+	uint64_t need = 0, copy = 0;
+	for (unsigned i = 0; i < n && i < 64; i++) {
+		if (!lm__snap_needs(set, pg[i]))
+			continue;
+		need |= 1ull << i;
+		if (data[i])
+			copy |= 1ull << i;
+	}
+	if (!need)
+		return;
+	/* Copies take consecutive pages of the spill file: one pwritev. */
+	unsigned m = (unsigned)__builtin_popcountll(copy);
+	uint64_t k0 = 0;
+	int err = 0;
+	if (m) {
+		struct iovec iov[64];
+		unsigned k = 0;
+		for (unsigned i = 0; i < n; i++)
+			if (copy & (1ull << i))
+				iov[k++] = (struct iovec){ (void *)data[i], ps };
+		k0 = atomic_fetch_add(&r->spill_next, m);
+		err = lm__pwritev_all(r->spill_fd, iov, k, k0 * ps);
+		LM__STAT_ADD(rt, snapshot_spilled, m);
+	}
+	unsigned j = 0;
+	for (unsigned i = 0; i < n; i++) {
+		if (!(need & (1ull << i)))
+			continue;
+		uint64_t val = data[i] ? MAP_MAKE(MAP_SPILL, k0 + j++) : MAP_SOURCE;
+		for (unsigned x = 0; x < set->n; x++) {
+			struct lm_snapshot *s = set->s[x];
+			if (atomic_load_explicit(&s->err, memory_order_relaxed) || map_get(s, pg[i]))
+				continue;
+			/* A copy that did not reach the spill file: the snapshot cannot be exact any more. */
+			if (data[i] && err)
+				snap_break(s, err);
+			else if (!map_set(s, pg[i], val))
+				snap_break(s, -ENOMEM);
+		}
+	}
+	LM__STAT_ADD(rt, snapshot_preserved, __builtin_popcountll(need));
+}
+
+/* Gives a held page its new value and wakes whoever parked on it. */
+static void release_page(struct lm_region *r, lm__pte *e, uint64_t pgno, uint64_t val)
+{
+	uint64_t old = atomic_exchange_explicit(e, val, memory_order_acq_rel);
+	if (old & LM_PTE_WAITERS)
+		lm__uffd_wake(r->rt->ufd, addr_of(r, pgno), (size_t)r->rt->page_size);
+}
+
+/* A held resident page loses its protection: it settles DIRTY, its writes unseen from now on. */
+static void release_unprotected(struct lm_region *r, lm__pte *e, uint64_t pgno, uint64_t prev)
+{
+	if (LM_PTE_STATE(prev) == LM_PS_CLEAN) {
+		lm__dirty_add(r, 1);
+		lm__slot_release(r->rt, prev);
+	}
+	release_page(r, e, pgno, (uint64_t)LM_PS_DIRTY | (prev & LM_PTE_REF));
+}
+
+/*
+ * Reads resident pages [first, first + n) through /proc/self/mem, which
+ * fails on a page that is not there instead of faulting: a thread that
+ * holds the page must never fault on it.  Returns the pages read.
+ */
+static unsigned read_resident(struct lm_region *r, uint64_t first, unsigned n, unsigned char *buf)
+{
+	size_t ps = (size_t)r->rt->page_size, want = (size_t)n * ps, got = 0;
+	while (got < want) {
+		ssize_t k = pread(r->rt->snap_memfd, buf + got, want - got,
+				  (off_t)(addr_of(r, first) + got));
+		if (k < 0 && errno == EINTR)
+			continue;
+		if (k <= 0)
+			break;
+		got += (size_t)k;
+	}
+	return (unsigned)(got / ps);
+}
+
+bool lm__snap_cow(struct lm__filler *f, struct lm_region *r, const struct lm__snapset *set,
+		  uint64_t pgno, uint64_t prev)
+{
+	struct lm_runtime *rt = r->rt;
+	size_t ps = (size_t)rt->page_size;
+	unsigned k = (unsigned)(f->stage_len / ps);
+	if (k > LM__SNAP_BATCH)
+		k = LM__SNAP_BATCH;
+	/*
+	 * The aligned block around the page, like a readahead window: its
+	 * neighbours that some snapshot lacks are held and preserved now,
+	 * in the same round trip, and a sequential writer takes one fault
+	 * per block.  Pages in transition are simply left out.
+	 */
+	uint64_t base = pgno - pgno % k, end = base + k < r->npages ? base + k : r->npages;
+	unsigned cnt = (unsigned)(end - base), me = (unsigned)(pgno - base);
+	lm__pte **ents = f->ents;
+	uint64_t *pv = f->prev;
+	uint64_t held = 1ull << me;
+	ents[me] = lm__pt_get(&r->pt, pgno, false);
+	pv[me] = prev;
+	for (unsigned i = 0; i < cnt; i++) {
+		if (i == me)
+			continue;
+		lm__pte *e = lm__pt_get(&r->pt, base + i, false);
+		if (!e)
+			continue;
+		uint64_t v = atomic_load_explicit(e, memory_order_acquire);
+		unsigned s = LM_PTE_STATE(v);
+		if ((s != LM_PS_CLEAN && s != LM_PS_DIRTY) || !lm__snap_needs(set, base + i) ||
+		    !atomic_compare_exchange_strong(e, &v, (uint64_t)LM_PS_FILLING))
+			continue;
+		ents[i] = e;
+		pv[i] = v & ~LM_PTE_WAITERS;
+		held |= 1ull << i;
+	}
+	/*
+	 * Contents: a clean page of an immutable source without a swap slot
+	 * is its source's (no copy at all); the others are read in runs.
+	 */
+	bool immut = lm__source_immutable(r);
+	const unsigned char *data[LM__SNAP_BATCH] = { NULL };
+	uint64_t pgs[LM__SNAP_BATCH] = { 0 };
+	uint64_t failed = 0;
+	for (unsigned i = 0; i < cnt;) {
+		if (!(held & (1ull << i)) ||
+		    (immut && LM_PTE_STATE(pv[i]) == LM_PS_CLEAN && !LM_PTE_HAS_SLOT(pv[i]))) {
+			data[i] = NULL;
+			i++;
+			continue;
+		}
+		unsigned j = i + 1;
+		while (j < cnt && (held & (1ull << j)) &&
+		       !(immut && LM_PTE_STATE(pv[j]) == LM_PS_CLEAN && !LM_PTE_HAS_SLOT(pv[j])))
+			j++;
+		unsigned got = read_resident(r, base + i, j - i, f->stage + (size_t)i * ps);
+		for (unsigned x = i; x < j; x++) {
+			data[x] = f->stage + (size_t)x * ps;
+			if (x >= i + got)
+				failed |= 1ull << x;
+		}
+		i = j;
+	}
+	/*
+	 * A page that could not be read is not there: the application dropped
+	 * it itself.  A neighbour is simply given back; the written page
+	 * leaves the snapshots that lack it broken, never wrong.
+	 */
+	if (failed & (1ull << me))
+		for (unsigned x = 0; x < set->n; x++)
+			if (!map_get(set->s[x], pgno))
+				snap_break(set->s[x], -EIO);
+	unsigned n = 0;
+	for (unsigned i = 0; i < cnt; i++) {
+		if (!(held & (1ull << i)))
+			continue;
+		if (failed & (1ull << i)) {
+			if (i != me) {
+				release_page(r, ents[i], base + i, pv[i]);
+				held &= ~(1ull << i);
+			}
+			continue;
+		}
+		pgs[n] = base + i;
+		data[n] = data[i];
+		n++;
+	}
+	lm__snap_preserve(r, set, pgs, data, n);
+	/* One ioctl per run of held pages: each is a TLB shootdown. */
+	bool lifted = false;
+	for (unsigned i = 0; i < cnt;) {
+		if (!(held & (1ull << i))) {
+			i++;
+			continue;
+		}
+		unsigned j = i + 1;
+		while (j < cnt && (held & (1ull << j)))
+			j++;
+		int rc = lm__uffd_writeprotect(rt->ufd, addr_of(r, base + i), (size_t)(j - i) * ps,
+					       false);
+		if (rc == 0 && me >= i && me < j)
+			lifted = true;
+		/* Still protected if that failed: DIRTY all the same, the next write lifts it. */
+		for (unsigned x = i; x < j; x++)
+			if (x != me)
+				release_unprotected(r, ents[x], base + x, pv[x]);
+		i = j;
+	}
+	return lifted;
+}
+
+/* ---- holding pages to read their current contents -------------------------- */
+
+/*
+ * Holds the pages of want (bits of pg[0..n)) that need it for a read of
+ * their current contents: every resident or swapped page, and a missing
+ * one when the source can change (a file); with every, each page,
+ * whatever its state (a rollback replaces them all).  A page in
+ * transition makes the whole batch let go and try again: a holder never
+ * waits while holding, so it never waits on someone waiting on it.
+ * Returns a bit per page held; ents/prev get their entries and values.
+ */
+static uint64_t hold_pages(struct lm_region *r, const uint64_t *pg, unsigned n, uint64_t want,
+			   bool every, lm__pte **ents, uint64_t *prev)
+{
+	bool create = every || !lm__source_immutable(r);
+	for (;;) {
+		uint64_t held = 0;
+		bool busy = false;
+		for (unsigned i = 0; i < n && !busy; i++) {
+			if (!(want & (1ull << i)))
+				continue;
+			lm__pte *e = lm__pt_get(&r->pt, pg[i], create);
+			if (!e)
+				continue;	/* never touched: its source's, which cannot change */
+			uint64_t v = atomic_load_explicit(e, memory_order_acquire);
+			for (;;) {
+				unsigned s = LM_PTE_STATE(v);
+				if (s == LM_PS_FILLING || s == LM_PS_EVICTING) {
+					busy = true;
+					break;
+				}
+				if (!every && (s == LM_PS_POISON || (s == LM_PS_MISSING && !create)))
+					break;
+				if (atomic_compare_exchange_weak(e, &v, (uint64_t)LM_PS_FILLING)) {
+					ents[i] = e;
+					prev[i] = v & ~LM_PTE_WAITERS;
+					held |= 1ull << i;
+					break;
+				}
+			}
+		}
+		if (!busy)
+			return held;
+		for (unsigned i = 0; i < n; i++)
+			if (held & (1ull << i))
+				release_page(r, ents[i], pg[i], prev[i]);
+		sched_yield();
+	}
+}
+
+/* hold_pages for the run [first, first + n). */
+static uint64_t hold_batch(struct lm_region *r, uint64_t first, unsigned n, uint64_t want,
+			   lm__pte **ents, uint64_t *prev)
+{
+	uint64_t pg[LM__SNAP_BATCH] = { 0 };
+	for (unsigned i = 0; i < n; i++)
+		pg[i] = first + i;
+	return hold_pages(r, pg, n, want, false, ents, prev);
+}
+
+enum { C_RESIDENT, C_SWAPPED, C_MISSING };
+
+static int page_class(struct lm_region *r, uint64_t pgno, bool held, uint64_t prev)
+{
+	unsigned s;
+	if (held) {
+		s = LM_PTE_STATE(prev);
+	} else {
+		lm__pte *e = lm__pt_get(&r->pt, pgno, false);
+		s = e ? LM_PTE_STATE(atomic_load(e)) : LM_PS_MISSING;
+		/* Not held, so not resident: only a poisoned page or a missing one is left unheld. */
+		if (s != LM_PS_POISON)
+			s = LM_PS_MISSING;
+	}
+	switch (s) {
+	case LM_PS_CLEAN:
+	case LM_PS_DIRTY:
+		return C_RESIDENT;
+	case LM_PS_SWAPPED:
+		return C_SWAPPED;
+	case LM_PS_MISSING:
+		return C_MISSING;
+	}
+	return -EIO;	/* poisoned: it has no contents */
+}
+
+/*
+ * The current contents of the pages of want (bits of [first, first + n))
+ * into buf: held pages from their state (resident, swap slot, source),
+ * the others from the source.  Returns 0, or -EIO when a page has none
+ * (poisoned, unreadable).
+ */
+static int current_contents(struct lm__filler *f, struct lm_region *r, uint64_t first, unsigned n,
+			    uint64_t want, uint64_t held, const uint64_t *prev, unsigned char *buf)
+{
+	struct lm_runtime *rt = r->rt;
+	size_t ps = (size_t)rt->page_size;
+	unsigned maxrun = (unsigned)(f->stage_len / ps);
+	for (unsigned i = 0; i < n;) {
+		if (!(want & (1ull << i))) {
+			i++;
+			continue;
+		}
+		unsigned char *dst = buf + (size_t)i * ps;
+		int c = page_class(r, first + i, held & (1ull << i), prev[i]);
+		if (c < 0)
+			return c;
+		/* A run of pages of the same class, read at once. */
+		unsigned j = i + 1;
+		while (c != C_SWAPPED && j < n && (want & (1ull << j)) && j - i < maxrun &&
+		       page_class(r, first + j, held & (1ull << j), prev[j]) == c)
+			j++;
+		if (c == C_RESIDENT) {
+			if (read_resident(r, first + i, j - i, dst) != j - i)
+				return -EIO;
+		} else if (c == C_SWAPPED) {
+			uint64_t slot = LM_PTE_SLOT(prev[i]);
+			int done = 0;
+			lm__swap_read(&rt->swap, f, &slot, 1, &done);
+			if (done)
+				return -EIO;
+			memcpy(dst, f->stage, ps);
+		} else {
+			const unsigned char *src = NULL;
+			long got = lm__source_read(f, r, first + i, j - i, &src);
+			if (got < 0)
+				return (int)got;
+			/* Past the end of the file: zeros, as the region's tail reads. */
+			if (got)
+				memcpy(dst, src, (size_t)got * ps);
+			if ((unsigned long)got < j - i)
+				memset(dst + (size_t)got * ps, 0, (size_t)(j - i - (unsigned)got) * ps);
+		}
+		i = j;
+	}
+	return 0;
+}
+
+/* The preserved contents a map entry points to, into dst. */
+static int location_contents(struct lm__filler *f, struct lm_snapshot *s, uint64_t pgno,
+			     uint64_t m, unsigned char *dst)
+{
+	struct lm_region *r = s->r;
+	size_t ps = (size_t)s->rt->page_size;
+	int fd;
+	uint64_t off;
+	switch (MAP_KIND(m)) {
+	case MAP_ZERO:
+		memset(dst, 0, ps);
+		return 0;
+	case MAP_SOURCE: {
+		const unsigned char *src = NULL;
+		long got = lm__source_read(f, r, pgno, 1, &src);
+		if (got < 0)
+			return (int)got;
+		if (got)
+			memcpy(dst, src, ps);
+		else
+			memset(dst, 0, ps);
+		return 0;
+	}
+	case MAP_SPILL:
+		fd = r->spill_fd;
+		off = MAP_IDX(m) * ps;
+		break;
+	case MAP_IMAGE:
+		fd = s->img_fd;
+		off = (1 + MAP_IDX(m)) * ps;
+		break;
+	default:
+		return -EIO;
+	}
+	size_t got = 0;
+	while (got < ps) {
+		ssize_t k = pread(fd, dst + got, ps - got, (off_t)(off + got));
+		if (k < 0 && errno == EINTR)
+			continue;
+		if (k <= 0)
+			return k < 0 ? -errno : -EIO;
+		got += (size_t)k;
+	}
+	return 0;
+}
+
+/*
+ * The snapshot's view of pages [first, first + n) into buf.  With w (a
+ * save), the view is also added to the image; on the snapshot's first
+ * save each page read from the region is recorded as the image's and,
+ * when no other snapshot lacks it and nothing tracks writes, loses its
+ * protection.  Called in a read section.
+ */
+static int view_batch(struct lm__filler *f, struct lm_snapshot *s, uint64_t first, unsigned n,
+		      unsigned char *buf, struct lm__image_writer *w, bool record)
+{
+	struct lm_region *r = s->r;
+	struct lm_runtime *rt = s->rt;
+	size_t ps = (size_t)rt->page_size;
+	lm__pte *ents[SAVE_BATCH];
+	uint64_t prev[SAVE_BATCH] = { 0 }, m[SAVE_BATCH], pgs[SAVE_BATCH];
+	int64_t idx[SAVE_BATCH];
+	uint64_t all = n == 64 ? ~0ull : (1ull << n) - 1, fromloc = 0;
+	for (unsigned i = 0; i < n; i++) {
+		pgs[i] = first + i;
+		if ((m[i] = map_get(s, first + i)))
+			fromloc |= 1ull << i;
+	}
+	/* Set entries are final; the other pages are held while read. */
+	uint64_t held = hold_batch(r, first, n, all & ~fromloc, ents, prev);
+	for (unsigned i = 0; i < n; i++)
+		if ((held & (1ull << i)) && (m[i] = map_get(s, first + i))) {
+			/* Preserved between the look and the hold. */
+			release_page(r, ents[i], first + i, prev[i]);
+			held &= ~(1ull << i);
+			fromloc |= 1ull << i;
+		}
+	int rc = current_contents(f, r, first, n, all & ~fromloc, held, prev, buf);
+	for (unsigned i = 0; i < n && !rc; i++)
+		if (fromloc & (1ull << i))
+			rc = location_contents(f, s, first + i, m[i], buf + (size_t)i * ps);
+	if (!rc && w)
+		rc = lm__image_add_run(w, pgs, buf, n, idx);
+	if (!rc && w)
+		LM__STAT_ADD(rt, snapshot_saved, n);
+	const struct lm__snapset *set = atomic_load_explicit(&r->snaps, memory_order_acquire);
+	bool track = atomic_load_explicit(&rt->track, memory_order_relaxed);
+	for (unsigned i = 0; i < n; i++) {
+		if (!(held & (1ull << i)))
+			continue;
+		uint64_t val = prev[i];
+		unsigned st = LM_PTE_STATE(val);
+		if (!rc && record && w) {
+			map_set(s, first + i,
+				idx[i] < 0 ? MAP_MAKE(MAP_ZERO, 0) : MAP_MAKE(MAP_IMAGE, idx[i]));
+			if (!track && set && (st == LM_PS_CLEAN || st == LM_PS_DIRTY) &&
+			    !lm__snap_needs(set, first + i) &&
+			    lm__uffd_writeprotect(rt->ufd, addr_of(r, first + i), ps, false) == 0) {
+				release_unprotected(r, ents[i], first + i, val);
+				continue;
+			}
+		}
+		release_page(r, ents[i], first + i, val);
+	}
+	return rc;
+}
+
+/* ---- the public calls --------------------------------------------------------- */
+
+static int check_snap(struct lm_snapshot *s)
+{
+	if (!s)
+		return -EINVAL;
+	if (!s->r)
+		return -ENXIO;
+	if (getpid() != s->pid)
+		return -ECHILD;
+	int err = atomic_load(&s->err);
+	return err;
+}
+
+/* The live set with s added (add) or removed; NULL for an empty one. */
+static struct lm__snapset *set_with(const struct lm__snapset *old, struct lm_snapshot *s, bool add,
+				    int *rc)
+{
+	unsigned n = old ? old->n : 0;
+	struct lm__snapset *set = malloc(sizeof(*set) + (n + 1) * sizeof(set->s[0]));
+	*rc = set ? 0 : -ENOMEM;
+	if (!set)
+		return NULL;
+	set->n = 0;
+	for (unsigned i = 0; i < n; i++)
+		if (old->s[i] != s)
+			set->s[set->n++] = old->s[i];
+	if (add)
+		set->s[set->n++] = s;
+	if (!set->n) {
+		free(set);
+		return NULL;
+	}
+	return set;
+}
+
+/* Publishes a new live set, waits out the readers of the old one and frees it. */
+static void publish(struct lm_region *r, struct lm__snapset *set)
+{
+	struct lm__snapset *old = atomic_exchange_explicit(&r->snaps, set, memory_order_seq_cst);
+	lm__synchronize(r->rt);
+	free(old);
+}
+
+static int open_spill(struct lm_region *r)
+{
+	if (r->spill_fd >= 0)
+		return 0;
+	struct lm_runtime *rt = r->rt;
+	const char *dir = rt->opt.swap_dir;
+	if (!dir || !*dir)
+		dir = getenv("TMPDIR");
+	if (!dir || !*dir)
+		dir = "/tmp";
+	int fd = open(dir, O_TMPFILE | O_RDWR | O_CLOEXEC | O_EXCL, 0600);
+	if (fd < 0) {
+		int err = -errno;
+		lm__log(rt, 1, "cannot create a spill file in %s: %s", dir, lm_strerror(err));
+		return err;
+	}
+	r->spill_fd = fd;
+	atomic_store(&r->spill_next, 0);
+	return 0;
+}
+
+int lm_snapshot_take(struct lm_region *r, unsigned flags, struct lm_snapshot **out)
+{
+	LM__KEEP_ERRNO;
+	if (!r || !out || flags || r->parent)
+		return -EINVAL;
+	struct lm_runtime *rt = r->rt;
+	if (getpid() != rt->pid || getpid() != rt->ufd_pid)
+		return -ECHILD;
+	/*
+	 * Asynchronous write protection lifts the protection in the kernel,
+	 * with no fault to preserve the page first: it cannot serve a
+	 * snapshot (it shares the runtime's one userfaultfd).
+	 */
+	if (!(rt->features & UFFD_FEATURE_PAGEFAULT_FLAG_WP) || rt->wp_async)
+		return -EOPNOTSUPP;
+	uint64_t t0 = lm__now_ns();
+	struct lm_snapshot *s = calloc(1, sizeof(*s));
+	if (!s)
+		return -ENOMEM;
+	s->r = r;
+	s->rt = rt;
+	s->pid = getpid();
+	s->len = r->len;
+	s->npages = r->npages;
+	s->img_fd = -1;
+	pthread_mutex_init(&s->lock, NULL);
+	pthread_cond_init(&s->cond, NULL);
+	int rc = lm__pt_init(&s->map, s->npages);
+	pthread_mutex_lock(&rt->lock);
+	if (!rc && r->naliases)
+		rc = -EBUSY;
+	if (!rc && rt->snap_memfd < 0) {
+		rt->snap_memfd = open("/proc/self/mem", O_RDONLY | O_CLOEXEC);
+		if (rt->snap_memfd < 0)
+			rc = -errno;
+	}
+	pthread_mutex_unlock(&rt->lock);
+	pthread_mutex_lock(&r->snap_lock);
+	if (!rc)
+		rc = open_spill(r);
+	struct lm__snapset *set = rc ? NULL : set_with(atomic_load(&r->snaps), s, true, &rc);
+	if (rc) {
+		pthread_mutex_unlock(&r->snap_lock);
+		lm__pt_destroy(&s->map);
+		pthread_mutex_destroy(&s->lock);
+		pthread_cond_destroy(&s->cond);
+		free(s);
+		return rc;
+	}
+	/*
+	 * The set first, then the wait for every read section that may have
+	 * missed it: a fill or a write-protect fault already under way when
+	 * the set appeared finishes before the protection below (its page is
+	 * then protected with the others), and every later one sees the set.
+	 */
+	atomic_store(&r->wp_ever, true);
+	publish(r, set);
+	int idx = lm__read_lock(rt);
+	uintptr_t start = r->start;
+	lm__read_unlock(rt, idx);
+	rc = lm__uffd_writeprotect(rt->ufd, start, r->len, true);
+	if (rc == -ENOENT) {
+		/* Part of it unmapped by the application: protect what is still there, page by page. */
+		rc = 0;
+		for (uint64_t pg = 0; pg < r->npages; pg++)
+			lm__uffd_writeprotect(rt->ufd, start + (pg << rt->page_shift),
+					      (size_t)rt->page_size, true);
+	}
+	if (rc < 0) {
+		publish(r, set_with(atomic_load(&r->snaps), s, false, &(int){ 0 }));
+		pthread_mutex_unlock(&r->snap_lock);
+		lm__pt_destroy(&s->map);
+		pthread_mutex_destroy(&s->lock);
+		pthread_cond_destroy(&s->cond);
+		free(s);
+		return rc;
+	}
+	pthread_mutex_unlock(&r->snap_lock);
+	LM__STAT_ADD(rt, snapshots_taken, 1);
+	LM__STAT_ADD(rt, snapshots_live, 1);
+	LM__STAT_SET(rt, snapshot_pause_ns, lm__now_ns() - t0);
+	*out = s;
+	return 0;
+}
+
+size_t lm_snapshot_length(const struct lm_snapshot *s)
+{
+	return s ? s->len : 0;
+}
+
+int lm_snapshot_read(struct lm_snapshot *s, size_t offset, void *buf, size_t len)
+{
+	LM__KEEP_ERRNO;
+	int rc = check_snap(s);
+	if (rc)
+		return rc;
+	if (!buf || offset > s->len || len > s->len - offset)
+		return -EINVAL;
+	if (!len)
+		return 0;
+	struct lm_runtime *rt = s->rt;
+	size_t ps = (size_t)rt->page_size;
+	struct lm__filler f;
+	rc = lm__filler_init(&f, rt, false);
+	unsigned char *tmp = rc ? NULL : malloc(SAVE_BATCH * ps);
+	if (!rc && !tmp)
+		rc = -ENOMEM;
+	uint64_t pg = offset / ps, last = (offset + len - 1) / ps;
+	size_t copied = 0;
+	while (!rc && pg <= last) {
+		unsigned n = last - pg + 1 < SAVE_BATCH ? (unsigned)(last - pg + 1) : SAVE_BATCH;
+		int idx = lm__read_lock(rt);
+		rc = view_batch(&f, s, pg, n, tmp, NULL, false);
+		lm__read_unlock(rt, idx);
+		if (!rc)
+			rc = atomic_load(&s->err);
+		if (rc)
+			break;
+		/* Copied out after the pages are let go: buf may itself be lazy memory. */
+		size_t from = pg * ps, skip = offset > from ? offset - from : 0;
+		size_t take = (size_t)n * ps - skip;
+		if (take > len - copied)
+			take = len - copied;
+		memcpy((unsigned char *)buf + copied, tmp + skip, take);
+		copied += take;
+		pg += n;
+	}
+	free(tmp);
+	lm__filler_fini(&f);
+	return rc;
+}
+
+static void *saver_main(void *arg)
+{
+	struct lm_snapshot *s = arg;
+	struct lm_runtime *rt = s->rt;
+	struct lm_region *r = s->r;
+	size_t ps = (size_t)rt->page_size;
+	sigset_t all;
+	sigfillset(&all);
+	pthread_sigmask(SIG_BLOCK, &all, NULL);
+	struct lm__filler f;
+	int rc = lm__filler_init(&f, rt, false);
+	unsigned char *buf = rc ? NULL : malloc(SAVE_BATCH * ps);
+	if (!rc && !buf)
+		rc = -ENOMEM;
+	/* Only the first save's pages are recorded as the image's: MAP_IMAGE names one file. */
+	bool record = s->img_fd < 0;
+	if (!rc && record) {
+		s->img_fd = fcntl(lm__image_fd(s->w), F_DUPFD_CLOEXEC, 0);
+		if (s->img_fd < 0)
+			rc = -errno;
+	}
+	bool zero = r->kind == LM_SOURCE_ZERO;
+	uint64_t written = 0;
+	for (uint64_t pg = 0; !rc && pg < s->npages; pg += SAVE_BATCH) {
+		if (atomic_load_explicit(&s->cancel, memory_order_relaxed)) {
+			rc = -ECANCELED;
+			break;
+		}
+		unsigned n = s->npages - pg < SAVE_BATCH ? (unsigned)(s->npages - pg) : SAVE_BATCH;
+		/* A zero region's pages never touched, nor preserved, are zero: nothing to write. */
+		if (zero) {
+			bool any = false;
+			for (unsigned i = 0; i < n && !any; i++)
+				any = lm__pt_get(&r->pt, pg + i, false) || map_get(s, pg + i);
+			if (!any)
+				continue;
+		}
+		int idx = lm__read_lock(rt);
+		rc = view_batch(&f, s, pg, n, buf, s->w, record);
+		lm__read_unlock(rt, idx);
+		if (!rc)
+			rc = atomic_load(&s->err);
+		uint64_t now = lm__image_bytes(s->w);
+		LM__STAT_ADD(rt, snapshot_bytes_written, now - written);
+		written = now;
+	}
+	if (!rc)
+		rc = lm__image_commit(s->w);
+	else
+		lm__image_abort(s->w);
+	free(buf);
+	lm__filler_fini(&f);
+	pthread_mutex_lock(&s->lock);
+	s->w = NULL;
+	s->save_rc = rc;
+	s->saving = false;
+	pthread_cond_broadcast(&s->cond);
+	pthread_mutex_unlock(&s->lock);
+	return NULL;
+}
+
+int lm_snapshot_save(struct lm_snapshot *s, const char *path, unsigned flags)
+{
+	LM__KEEP_ERRNO;
+	int rc = check_snap(s);
+	if (rc)
+		return rc;
+	if (!path || !*path || (flags & ~LM_SAVE_WAIT))
+		return -EINVAL;
+	pthread_mutex_lock(&s->lock);
+	if (s->saving) {
+		pthread_mutex_unlock(&s->lock);
+		return -EBUSY;
+	}
+	if (s->joinable) {
+		pthread_join(s->saver, NULL);
+		s->joinable = false;
+	}
+	rc = lm__image_create(path, s->len, (size_t)s->rt->page_size, &s->w);
+	if (!rc) {
+		s->saving = true;
+		s->saved_any = true;
+		s->save_rc = 0;
+		atomic_store(&s->cancel, false);
+		rc = -pthread_create(&s->saver, NULL, saver_main, s);
+		if (rc) {
+			lm__image_abort(s->w);
+			s->w = NULL;
+			s->saving = false;
+			s->save_rc = rc;
+		} else {
+			s->joinable = true;
+		}
+	}
+	pthread_mutex_unlock(&s->lock);
+	if (rc || !(flags & LM_SAVE_WAIT))
+		return rc;
+	return lm_snapshot_wait(s);
+}
+
+/* Waits for the saver (cancelled first with cancel); returns its result. */
+static int join_saver(struct lm_snapshot *s, bool cancel)
+{
+	pthread_mutex_lock(&s->lock);
+	if (cancel)
+		atomic_store(&s->cancel, true);
+	while (s->saving)
+		pthread_cond_wait(&s->cond, &s->lock);
+	if (s->joinable) {
+		pthread_join(s->saver, NULL);
+		s->joinable = false;
+	}
+	int rc = s->saved_any ? s->save_rc : -EINVAL;
+	pthread_mutex_unlock(&s->lock);
+	return rc;
+}
+
+int lm_snapshot_wait(struct lm_snapshot *s)
+{
+	LM__KEEP_ERRNO;
+	if (!s)
+		return -EINVAL;
+	if (getpid() != s->pid)
+		return -ECHILD;
+	/* A detached snapshot still reports how its last save ended (cancelled, usually). */
+	return join_saver(s, false);
+}
+
+/* ---- rollback and drops ------------------------------------------------------ */
+
+/*
+ * Preserves, for the snapshots that lack them, the current contents of
+ * held pages about to change (rollback, dont-need).
+ */
+static int preserve_held(struct lm__filler *f, struct lm_region *r, const struct lm__snapset *set,
+			 uint64_t first, unsigned n, uint64_t held, const uint64_t *prev,
+			 unsigned char *buf)
+{
+	uint64_t need = 0;
+	for (unsigned i = 0; i < n; i++)
+		if ((held & (1ull << i)) && lm__snap_needs(set, first + i))
+			need |= 1ull << i;
+	if (!need)
+		return 0;
+	int rc = current_contents(f, r, first, n, need, held, prev, buf);
+	if (rc)
+		return rc;
+	uint64_t pgs[SAVE_BATCH];
+	const unsigned char *data[SAVE_BATCH];
+	unsigned k = 0;
+	bool immut = lm__source_immutable(r);
+	for (unsigned i = 0; i < n; i++) {
+		if (!(need & (1ull << i)))
+			continue;
+		pgs[k] = first + i;
+		data[k] = immut && LM_PTE_STATE(prev[i]) == LM_PS_MISSING ? NULL
+									 : buf + (size_t)i * r->rt->page_size;
+		k++;
+	}
+	lm__snap_preserve(r, set, pgs, data, k);
+	return 0;
+}
+
+void lm__snap_before_drop(struct lm_region *r, uint64_t first, uint64_t count)
+{
+	struct lm_runtime *rt = r->rt;
+	if (!atomic_load(&r->snaps))
+		return;
+	struct lm__filler f;
+	unsigned char *buf = malloc(SAVE_BATCH * (size_t)rt->page_size);
+	if (!buf || lm__filler_init(&f, rt, false) < 0) {
+		free(buf);
+		lm__filler_fini(&f);
+		return;
+	}
+	pthread_mutex_lock(&r->snap_lock);
+	for (uint64_t pg = first; pg < first + count; pg += SAVE_BATCH) {
+		unsigned n = first + count - pg < SAVE_BATCH ? (unsigned)(first + count - pg) : SAVE_BATCH;
+		int idx = lm__read_lock(rt);
+		const struct lm__snapset *set = atomic_load(&r->snaps);
+		if (set) {
+			lm__pte *ents[SAVE_BATCH];
+			uint64_t prev[SAVE_BATCH];
+			uint64_t held = hold_batch(r, pg, n, n == 64 ? ~0ull : (1ull << n) - 1, ents,
+						   prev);
+			int rc = preserve_held(&f, r, set, pg, n, held, prev, buf);
+			for (unsigned i = 0; i < n; i++)
+				if (held & (1ull << i)) {
+					if (rc)
+						for (unsigned x = 0; x < set->n; x++)
+							if (!map_get(set->s[x], pg + i))
+								snap_break(set->s[x], rc);
+					release_page(r, ents[i], pg + i, prev[i]);
+				}
+		}
+		lm__read_unlock(rt, idx);
+	}
+	pthread_mutex_unlock(&r->snap_lock);
+	lm__filler_fini(&f);
+	free(buf);
+}
+
+struct collect {
+	uint64_t pg[SAVE_BATCH];
+	unsigned n;
+	uint64_t from;
+};
+
+static int collect_one(lm__pte *e, uint64_t pgno, void *arg)
+{
+	struct collect *c = arg;
+	if (!atomic_load(e))
+		return 0;
+	c->pg[c->n++] = pgno;
+	return c->n == SAVE_BATCH;
+}
+
+/*
+ * Puts back the pages of one batch (page numbers pg[], ascending) as the
+ * snapshot has them.  Each is held; what other snapshots lack of it is
+ * preserved; a resident page is dropped (madvise, outside any read
+ * section: madvise waits for a handler to read its event) and, once the
+ * event is applied, the snapshot's contents are installed in its place.
+ * A page whose snapshot contents are its immutable source's is left
+ * missing, to be filled again on its next touch.
+ */
+static int rollback_batch(struct lm__filler *f, struct lm_snapshot *s, const uint64_t *pg,
+			  unsigned n, unsigned char *buf, unsigned char *cur)
+{
+	struct lm_region *r = s->r;
+	struct lm_runtime *rt = s->rt;
+	size_t ps = (size_t)rt->page_size;
+	lm__pte *ents[SAVE_BATCH];
+	uint64_t prev[SAVE_BATCH];
+	uint64_t all = n == 64 ? ~0ull : (1ull << n) - 1;
+	uint64_t held = hold_pages(r, pg, n, all, true, ents, prev);
+	if (held != all) {
+		/* Out of memory for the page table. */
+		for (unsigned i = 0; i < n; i++)
+			if (held & (1ull << i))
+				release_page(r, ents[i], pg[i], prev[i]);
+		return -ENOMEM;
+	}
+	int rc = 0;
+	/*
+	 * The snapshot's contents, and what is there now: a page preserved
+	 * only as a neighbour of a written one may be unchanged, and stays
+	 * (its protection is gone, so only a comparison can tell).  What is
+	 * there now is preserved for the other snapshots that lack it.
+	 */
+	int idx = lm__read_lock(rt);
+	const struct lm__snapset *set = atomic_load(&r->snaps);
+	uint64_t same = 0;
+	for (unsigned i = 0; i < n && !rc; i++) {
+		uint64_t m = map_get(s, pg[i]);
+		unsigned char *want = buf + (size_t)i * ps;
+		unsigned st = LM_PTE_STATE(prev[i]);
+		bool res = st == LM_PS_CLEAN || st == LM_PS_DIRTY;
+		if (MAP_KIND(m) != MAP_SOURCE)
+			rc = location_contents(f, s, pg[i], m, want);
+		if (rc || st == LM_PS_POISON)
+			continue;
+		bool need = set && lm__snap_needs(set, pg[i]);
+		if (!need && !(res && MAP_KIND(m) != MAP_SOURCE))
+			continue;
+		rc = current_contents(f, r, pg[i], 1, 1, 1, &prev[i], cur);
+		if (rc)
+			break;
+		if (res && MAP_KIND(m) != MAP_SOURCE && memcmp(cur, want, ps) == 0) {
+			same |= 1ull << i;
+			continue;
+		}
+		const unsigned char *d = lm__source_immutable(r) && st == LM_PS_MISSING ? NULL : cur;
+		if (need)
+			lm__snap_preserve(r, set, &pg[i], &d, 1);
+	}
+	lm__read_unlock(rt, idx);
+	for (unsigned i = 0; i < n; i++)
+		if (same & (1ull << i))
+			release_page(r, ents[i], pg[i], prev[i]);
+	if (rc) {
+		for (unsigned i = 0; i < n; i++)
+			if (!(same & (1ull << i)))
+				release_page(r, ents[i], pg[i], prev[i]);
+		return rc;
+	}
+	/* Drop what is mapped now, then wait until the events of those drops are applied. */
+	bool dropped = false;
+	for (unsigned i = 0; i < n; i++) {
+		unsigned st = LM_PTE_STATE(prev[i]);
+		if (same & (1ull << i))
+			continue;
+		if (st == LM_PS_CLEAN || st == LM_PS_DIRTY || st == LM_PS_POISON) {
+			madvise((void *)addr_of(r, pg[i]), ps, MADV_DONTNEED);
+			dropped = true;
+		}
+	}
+	if (dropped)
+		lm__epoch_wait(&rt->evq);
+	bool wp = atomic_load(&rt->track) || atomic_load(&r->snaps);
+	unsigned put = 0;
+	for (unsigned i = 0; i < n; i++) {
+		unsigned st = LM_PTE_STATE(prev[i]);
+		bool was_res = st == LM_PS_CLEAN || st == LM_PS_DIRTY;
+		if (same & (1ull << i))
+			continue;
+		put++;
+		if (st == LM_PS_SWAPPED) {
+			atomic_fetch_sub(&r->swapped, 1);
+			lm__slot_release(rt, prev[i]);
+		} else if (LM_PTE_HAS_SLOT(prev[i])) {
+			lm__slot_release(rt, prev[i]);
+		}
+		if (st == LM_PS_DIRTY)
+			lm__dirty_add(r, -1);
+		if (was_res)
+			lm__resident_add(r, -1);
+		uint64_t m = map_get(s, pg[i]);
+		if (MAP_KIND(m) == MAP_SOURCE) {
+			release_page(r, ents[i], pg[i], LM_PS_MISSING);
+			continue;
+		}
+		/*
+		 * Installed DIRTY: the page differs from its source (a clean
+		 * page without a slot would be dropped by the evictor and
+		 * refilled from the source).
+		 */
+		size_t done = 0;
+		int c = lm__uffd_copy(rt->ufd, addr_of(r, pg[i]), buf + (size_t)i * ps, ps, wp, &done);
+		if (c == 0 || c == -EEXIST) {
+			lm__resident_add(r, 1);
+			lm__dirty_add(r, 1);
+			release_page(r, ents[i], pg[i], LM_PS_DIRTY);
+		} else {
+			release_page(r, ents[i], pg[i], LM_PS_MISSING);
+			if (!rc)
+				rc = c;
+		}
+	}
+	LM__STAT_ADD(rt, snapshot_rollback_pages, put);
+	lm__evict_check(rt);
+	return rc;
+}
+
+int lm_snapshot_rollback(struct lm_snapshot *s)
+{
+	LM__KEEP_ERRNO;
+	int rc = check_snap(s);
+	if (rc)
+		return rc;
+	struct lm_region *r = s->r;
+	struct lm_runtime *rt = s->rt;
+	size_t ps = (size_t)rt->page_size;
+	struct lm__filler f;
+	rc = lm__filler_init(&f, rt, false);
+	unsigned char *buf = rc ? NULL : malloc((SAVE_BATCH + 1) * ps);
+	if (!rc && !buf)
+		rc = -ENOMEM;
+	pthread_mutex_lock(&r->snap_lock);
+	/* Every page changed since the take has an entry: walk the map, a batch at a time. */
+	struct collect c = { .n = 0, .from = 0 };
+	while (!rc && c.from < s->npages) {
+		c.n = 0;
+		lm__pt_walk(&s->map, c.from, s->npages - 1, collect_one, &c);
+		if (!c.n)
+			break;
+		c.from = c.pg[c.n - 1] + 1;
+		rc = rollback_batch(&f, s, c.pg, c.n, buf, buf + SAVE_BATCH * ps);
+	}
+	pthread_mutex_unlock(&r->snap_lock);
+	free(buf);
+	lm__filler_fini(&f);
+	if (!rc)
+		rc = atomic_load(&s->err);
+	return rc;
+}
+
+/* Frees what a snapshot holds of its region (the handle itself stays). */
+static void snap_drop(struct lm_snapshot *s)
+{
+	lm__pt_destroy(&s->map);
+	if (s->img_fd >= 0)
+		close(s->img_fd);
+	s->img_fd = -1;
+}
+
+int lm_snapshot_release(struct lm_snapshot *s)
+{
+	LM__KEEP_ERRNO;
+	if (!s)
+		return -EINVAL;
+	struct lm_region *r = s->r;
+	/* In a fork() child the handle is a copy: only the memory is the child's. */
+	if (r && getpid() == s->pid) {
+		join_saver(s, true);
+		pthread_mutex_lock(&r->snap_lock);
+		int rc = 0;
+		publish(r, set_with(atomic_load(&r->snaps), s, false, &rc));
+		/* The last one gone: its copies are nobody's any more. */
+		if (!atomic_load(&r->snaps) && r->spill_fd >= 0) {
+			if (ftruncate(r->spill_fd, 0) == 0)
+				atomic_store(&r->spill_next, 0);
+		}
+		pthread_mutex_unlock(&r->snap_lock);
+		LM__STAT_SUB(s->rt, snapshots_live, 1);
+		snap_drop(s);
+	} else if (r) {
+		lm__pt_destroy(&s->map);
+	}
+	pthread_mutex_destroy(&s->lock);
+	pthread_cond_destroy(&s->cond);
+	free(s);
+	return 0;
+}
+
+void lm__snap_detach_all(struct lm_region *r)
+{
+	struct lm__snapset *set = atomic_load(&r->snaps);
+	if (!set || getpid() != r->rt->pid)
+		return;
+	for (unsigned i = 0; i < set->n; i++)
+		join_saver(set->s[i], true);
+	pthread_mutex_lock(&r->snap_lock);
+	set = atomic_exchange(&r->snaps, NULL);
+	lm__synchronize(r->rt);
+	for (unsigned i = 0; set && i < set->n; i++) {
+		struct lm_snapshot *s = set->s[i];
+		snap_drop(s);
+		s->r = NULL;
+		LM__STAT_SUB(r->rt, snapshots_live, 1);
+	}
+	pthread_mutex_unlock(&r->snap_lock);
+	free(set);
+}
+
+void lm__snap_break_all(struct lm_region *r, int err)
+{
+	struct lm__snapset *set = atomic_load(&r->snaps);
+	for (unsigned i = 0; set && i < set->n; i++)
+		snap_break(set->s[i], err);
+}

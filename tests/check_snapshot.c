@@ -1,0 +1,682 @@
+/* SPDX-License-Identifier: MIT */
+/* Snapshots: consistency under concurrent writers, swap and shared files, save and lazy restore, rollback, lifetimes, failures. */
+#include "testutil.h"
+
+#include <check.h>
+#include <dirent.h>
+#include <fcntl.h>
+#include <pthread.h>
+#include <sched.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mount.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#define PS ((size_t)sysconf(_SC_PAGESIZE))
+#define MODE(i) (((i) & 1) ? LM_MODE_SIGNAL : LM_MODE_THREAD)
+#define NW 8
+
+static char dir[] = "/tmp/lazymem-snap-XXXXXX";
+
+static void setup(void)
+{
+	char tmpl[] = "/tmp/lazymem-snap-XXXXXX";
+	ck_assert_ptr_nonnull(mkdtemp(tmpl));
+	memcpy(dir, tmpl, sizeof(tmpl));
+}
+
+static void teardown(void)
+{
+	char cmd[256];
+	snprintf(cmd, sizeof(cmd), "umount -q '%s/small' 2>/dev/null; rm -rf '%s'", dir, dir);
+	if (system(cmd) != 0) {
+		/* Leftovers in /tmp only. */
+	}
+}
+
+static char *path_of(const char *name)
+{
+	static __thread char p[512];
+	snprintf(p, sizeof(p), "%s/%s", dir, name);
+	return p;
+}
+
+/* Files in the test directory whose name starts with prefix. */
+static int count_files(const char *prefix)
+{
+	DIR *d = opendir(dir);
+	int n = 0;
+	struct dirent *de;
+	while (d && (de = readdir(d)))
+		n += strncmp(de->d_name, prefix, strlen(prefix)) == 0;
+	if (d)
+		closedir(d);
+	return n;
+}
+
+static void sleep_ms(long ms)
+{
+	nanosleep(&(struct timespec){ ms / 1000, (ms % 1000) * 1000000 }, NULL);
+}
+
+/*
+ * Versioned pages.  Word w of page p at version v >= 1 is word(p, v, w),
+ * from which v can be read back; version 0 is the page's initial
+ * contents (init, one page per page of the region).
+ */
+#define K1 0x9e3779b97f4a7c15ull
+#define K2 0x2545f4914f6cdd1dull
+
+static uint64_t word(size_t p, uint64_t v, size_t w)
+{
+	return (p * K1) ^ (v << 24) ^ (w * K2);
+}
+
+struct load {
+	unsigned char *base;
+	const unsigned char *init;	/* initial contents; NULL: zeros */
+	size_t npages;
+	_Atomic uint64_t *started, *done;
+	_Atomic bool stop;
+	_Atomic uint64_t writes;
+};
+
+struct writer {
+	struct load *l;
+	unsigned id;
+};
+
+static void *writer_main(void *arg)
+{
+	struct writer *wr = arg;
+	struct load *l = wr->l;
+	uint64_t seed = 0x1234567ull * (wr->id + 1);
+	size_t per = l->npages / NW;
+	while (!atomic_load_explicit(&l->stop, memory_order_relaxed)) {
+		seed ^= seed << 13;
+		seed ^= seed >> 7;
+		seed ^= seed << 17;
+		size_t p = wr->id * per + seed % per;
+		uint64_t v = atomic_load_explicit(&l->started[p], memory_order_relaxed) + 1;
+		atomic_store_explicit(&l->started[p], v, memory_order_seq_cst);
+		volatile uint64_t *q = (volatile uint64_t *)(l->base + p * PS);
+		for (size_t w = 0; w < PS / 8; w++)
+			q[w] = word(p, v, w);
+		atomic_store_explicit(&l->done[p], v, memory_order_seq_cst);
+		atomic_fetch_add_explicit(&l->writes, 1, memory_order_relaxed);
+	}
+	return NULL;
+}
+
+static void load_start(struct load *l, pthread_t *th, struct writer *wr)
+{
+	l->started = calloc(l->npages, sizeof(*l->started));
+	l->done = calloc(l->npages, sizeof(*l->done));
+	atomic_store(&l->stop, false);
+	for (unsigned i = 0; i < NW; i++) {
+		wr[i] = (struct writer){ l, i };
+		ck_assert_int_eq(pthread_create(&th[i], NULL, writer_main, &wr[i]), 0);
+	}
+}
+
+static void load_stop(struct load *l, pthread_t *th)
+{
+	atomic_store(&l->stop, true);
+	for (unsigned i = 0; i < NW; i++)
+		pthread_join(th[i], NULL);
+}
+
+/*
+ * Takes a snapshot in the middle of the load, bracketing each page's
+ * version: every write completed before the take began is in it
+ * (lo), none begun after it returned is (hi).
+ */
+static struct lm_snapshot *take_bracketed(struct lm_region *r, struct load *l, uint64_t *lo,
+					  uint64_t *hi)
+{
+	for (size_t p = 0; p < l->npages; p++)
+		lo[p] = atomic_load_explicit(&l->done[p], memory_order_seq_cst);
+	struct lm_snapshot *s = NULL;
+	int rc = lm_snapshot_take(r, 0, &s);
+	ck_assert_msg(rc == 0, "lm_snapshot_take: %s", lm_strerror(rc));
+	for (size_t p = 0; p < l->npages; p++)
+		hi[p] = atomic_load_explicit(&l->started[p], memory_order_seq_cst);
+	return s;
+}
+
+/* Checks that page p of img holds, word by word, a version within [lo, hi]. */
+static void check_bracket(const struct load *l, const unsigned char *img, size_t p, uint64_t lo,
+			  uint64_t hi)
+{
+	const uint64_t *q = (const uint64_t *)(img + p * PS);
+	for (size_t w = 0; w < PS / 8; w++) {
+		uint64_t init;
+		if (l->init)
+			memcpy(&init, l->init + p * PS + w * 8, 8);
+		else
+			init = 0;
+		if (lo == 0 && q[w] == init)
+			continue;
+		uint64_t x = q[w] ^ (p * K1) ^ (w * K2);
+		uint64_t v = x >> 24;
+		ck_assert_msg((x & 0xffffff) == 0 && v >= (lo ? lo : 1) && v <= hi,
+			      "page %zu word %zu: %#llx is no version in [%llu, %llu]", p, w,
+			      (unsigned long long)q[w], (unsigned long long)lo,
+			      (unsigned long long)hi);
+	}
+}
+
+static unsigned char *read_all(struct lm_snapshot *s)
+{
+	size_t len = lm_snapshot_length(s);
+	unsigned char *buf = malloc(len);
+	ck_assert_ptr_nonnull(buf);
+	int rc = lm_snapshot_read(s, 0, buf, len);
+	ck_assert_msg(rc == 0, "lm_snapshot_read: %s", lm_strerror(rc));
+	return buf;
+}
+
+/* Restores path into a fresh region of rt and checks it equals want byte for byte. */
+static void check_image_equals(struct lm_runtime *rt, const char *path, const unsigned char *want,
+			       size_t len)
+{
+	int fd = open(path, O_RDONLY);
+	ck_assert_int_ge(fd, 0);
+	struct lm_region *r;
+	int rc = lm_region_create_image(rt, fd, 0, &r);
+	close(fd);
+	ck_assert_msg(rc == 0, "lm_region_create_image: %s", lm_strerror(rc));
+	ck_assert_uint_eq(lm_region_length(r), len);
+	const unsigned char *p = lm_region_addr(r);
+	for (size_t off = 0; off < len; off += PS)
+		ck_assert_msg(memcmp(p + off, want + off, PS) == 0, "image page %zu differs",
+			      off / PS);
+	ck_assert_int_eq(lm_region_destroy(r), 0);
+}
+
+/*
+ * The heart of it (DESIGN invariant 6): 8 writers flat out before,
+ * during and after the take and through the save; the snapshot's reads
+ * and its image hold every page as it was when the take returned.
+ */
+static void consistency(struct lm_runtime *rt, struct lm_region *r, const unsigned char *init,
+			size_t npages, bool flush)
+{
+	struct load l = { .base = lm_region_addr(r), .init = init, .npages = npages };
+	pthread_t th[NW];
+	struct writer wr[NW];
+	uint64_t *lo = calloc(npages, 8), *hi = calloc(npages, 8);
+	load_start(&l, th, wr);
+	sleep_ms(100);
+	struct lm_snapshot *s = take_bracketed(r, &l, lo, hi);
+	uint64_t at_take = atomic_load(&l.writes);
+	ck_assert_int_eq(lm_snapshot_save(s, path_of("img"), 0), 0);
+	for (int i = 0; i < 10; i++) {
+		if (flush)
+			ck_assert_int_eq(lm_region_flush(r, 0, 0), 0);
+		sleep_ms(20);
+	}
+	int rc = lm_snapshot_wait(s);
+	ck_assert_msg(rc == 0, "lm_snapshot_wait: %s", lm_strerror(rc));
+	sleep_ms(50);
+	load_stop(&l, th);
+	ck_assert_msg(atomic_load(&l.writes) > at_take + 1000, "the load did not go on (%llu writes)",
+		      (unsigned long long)(atomic_load(&l.writes) - at_take));
+	unsigned char *snap = read_all(s);
+	for (size_t p = 0; p < npages; p++)
+		check_bracket(&l, snap, p, lo[p], hi[p]);
+	check_image_equals(rt, path_of("img"), snap, npages * PS);
+	struct lm_stats st = lmt_stats(rt);
+	ck_assert_uint_ge(st.snapshot_preserved, 1);
+	ck_assert_uint_eq(st.snapshots_taken, 1);
+	ck_assert_uint_eq(st.snapshots_live, 1);
+	ck_assert_uint_eq(st.snapshot_errors, 0);
+	ck_assert_uint_gt(st.snapshot_pause_ns, 0);
+	ck_assert_int_eq(lm_snapshot_release(s), 0);
+	ck_assert_uint_eq(lmt_stats(rt).snapshots_live, 0);
+	/* The region itself kept every write: each page holds its last version whole. */
+	for (size_t p = 0; p < npages; p++)
+		check_bracket(&l, l.base, p, atomic_load(&l.done[p]), atomic_load(&l.done[p]));
+	free(snap);
+	free(lo);
+	free(hi);
+	free(l.started);
+	free(l.done);
+}
+
+START_TEST(consistent_under_writers)
+{
+	struct lm_runtime *rt = lmt_open(MODE(_i));
+	struct lm_region *r;
+	size_t npages = 4096;
+	ck_assert_int_eq(lm_region_create_zero(rt, npages * PS, 0, &r), 0);
+	consistency(rt, r, NULL, npages, false);
+	ck_assert_int_eq(lm_region_destroy(r), 0);
+	ck_assert_int_eq(lm_runtime_close(rt), 0);
+}
+END_TEST
+
+/* With most of the region in the swap file: slots a snapshot needs are not freed under it. */
+START_TEST(consistent_with_swapped_pages)
+{
+	struct lm_options o = lmt_options(MODE(_i));
+	size_t npages = 3072;
+	o.budget = npages * PS / 3;
+	o.readahead_max = 16;
+	o.swap_dir = dir;
+	struct lm_runtime *rt = lmt_open_opts(&o);
+	struct lm_region *r;
+	ck_assert_int_eq(lm_region_create_zero(rt, npages * PS, 0, &r), 0);
+	/* Every page written once first: two thirds of them end up swapped. */
+	unsigned char *base = lm_region_addr(r);
+	for (size_t p = 0; p < npages; p++)
+		memset(base + p * PS, 0, 8);
+	ck_assert_uint_gt(lmt_stats(rt).swapped_pages, npages / 3);
+	consistency(rt, r, NULL, npages, false);
+	ck_assert_uint_gt(lmt_stats(rt).evicted_pages, npages);
+	ck_assert_int_eq(lm_region_destroy(r), 0);
+	ck_assert_int_eq(lm_runtime_close(rt), 0);
+}
+END_TEST
+
+/* A shared file region, flushed over and over during the save: writeback changes the source. */
+START_TEST(consistent_shared_file)
+{
+	struct lm_options o = lmt_options(MODE(_i));
+	size_t npages = 2048;
+	o.budget = npages * PS / 2;
+	o.readahead_max = 16;
+	o.swap_dir = dir;
+	struct lm_runtime *rt = lmt_open_opts(&o);
+	int fd = lmt_pattern_file(npages * PS);
+	unsigned char *init = malloc(npages * PS);
+	lmt_fill_pattern(init, 0, npages * PS);
+	struct lm_region *r;
+	ck_assert_int_eq(lm_region_create_file(rt, fd, 0, npages * PS, LM_REGION_SHARED, &r), 0);
+	consistency(rt, r, init, npages, true);
+	ck_assert_int_eq(lm_region_destroy(r), 0);
+	ck_assert_int_eq(lm_runtime_close(rt), 0);
+	close(fd);
+	free(init);
+}
+END_TEST
+
+/* Reads of memory and private file regions: pages never touched are their source's. */
+START_TEST(sources_and_untouched_pages)
+{
+	struct lm_runtime *rt = lmt_open(MODE(_i));
+	size_t len = 256 * PS;
+	unsigned char *buf;
+	struct lm_region *m = lmt_memory_region(rt, len, &buf);
+	int fd = lmt_pattern_file(len);
+	struct lm_region *f;
+	ck_assert_int_eq(lm_region_create_file(rt, fd, 0, len, 0, &f), 0);
+	struct lm_region *rs[2] = { m, f };
+	for (int k = 0; k < 2; k++) {
+		unsigned char *p = lm_region_addr(rs[k]);
+		/* Half the pages touched (read or written) before the take. */
+		for (size_t pg = 0; pg < 128; pg++) {
+			if (pg % 2)
+				p[pg * PS] ^= 0xff;
+			else
+				(void)*(volatile unsigned char *)(p + pg * PS);
+		}
+		struct lm_snapshot *s;
+		ck_assert_int_eq(lm_snapshot_take(rs[k], 0, &s), 0);
+		unsigned char *want = malloc(len);
+		lmt_fill_pattern(want, 0, len);
+		for (size_t pg = 1; pg < 128; pg += 2)
+			want[pg * PS] ^= 0xff;
+		/* Everything written after the take, touched or not. */
+		for (size_t off = 0; off < len; off += 64)
+			p[off] = 0x5a;
+		unsigned char *got = read_all(s);
+		ck_assert_msg(memcmp(got, want, len) == 0, "snapshot of source %d differs", k);
+		/* A read at an odd offset and length. */
+		unsigned char part[3 * 1000];
+		ck_assert_int_eq(lm_snapshot_read(s, 5 * PS - 123, part, sizeof(part)), 0);
+		ck_assert(memcmp(part, want + 5 * PS - 123, sizeof(part)) == 0);
+		ck_assert_int_eq(lm_snapshot_read(s, len - 10, part, 11), -EINVAL);
+		ck_assert_int_eq(lm_snapshot_save(s, path_of("src"), LM_SAVE_WAIT), 0);
+		check_image_equals(rt, path_of("src"), want, len);
+		ck_assert_int_eq(lm_snapshot_release(s), 0);
+		free(got);
+		free(want);
+	}
+	ck_assert_int_eq(lm_runtime_close(rt), 0);
+	close(fd);
+	free(buf);
+}
+END_TEST
+
+/* Rollback replaces only what changed, and several snapshots live side by side. */
+START_TEST(rollback_and_several_snapshots)
+{
+	struct lm_runtime *rt = lmt_open(MODE(_i));
+	size_t npages = 512, len = npages * PS;
+	struct lm_region *r;
+	ck_assert_int_eq(lm_region_create_zero(rt, len, 0, &r), 0);
+	unsigned char *p = lm_region_addr(r);
+	unsigned char *v1 = malloc(len), *v2 = malloc(len);
+	for (size_t i = 0; i < len; i += 8)
+		*(uint64_t *)(p + i) = i;
+	memcpy(v1, p, len);
+	struct lm_snapshot *s1, *s2, *s3;
+	ck_assert_int_eq(lm_snapshot_take(r, 0, &s1), 0);
+	for (size_t pg = 0; pg < npages; pg += 3)
+		memset(p + pg * PS, 0xa1, PS);
+	/* A page dropped with dont-need advice is a change too. */
+	ck_assert_int_eq(lm_region_advise(r, 7 * PS, 2 * PS, LM_ADV_DONTNEED), 0);
+	memcpy(v2, p, len);
+	ck_assert_int_eq(lm_snapshot_take(r, 0, &s2), 0);
+	for (size_t pg = 1; pg < npages; pg += 5)
+		memset(p + pg * PS, 0xb2, PS);
+	ck_assert_int_eq(lm_snapshot_take(r, 0, &s3), 0);
+	ck_assert_uint_eq(lmt_stats(rt).snapshots_live, 3);
+	unsigned char *g1 = read_all(s1), *g2 = read_all(s2);
+	ck_assert(memcmp(g1, v1, len) == 0);
+	ck_assert(memcmp(g2, v2, len) == 0);
+	free(g1);
+	free(g2);
+	/* Back to the first: every page as it was, and the second still reads its own. */
+	ck_assert_int_eq(lm_snapshot_rollback(s1), 0);
+	ck_assert(memcmp(p, v1, len) == 0);
+	struct lm_stats st = lmt_stats(rt);
+	ck_assert_uint_gt(st.snapshot_rollback_pages, 0);
+	ck_assert_uint_lt(st.snapshot_rollback_pages, npages);
+	g2 = read_all(s2);
+	ck_assert(memcmp(g2, v2, len) == 0);
+	free(g2);
+	/* Released in the middle; then forward to the second. */
+	ck_assert_int_eq(lm_snapshot_release(s3), 0);
+	ck_assert_int_eq(lm_snapshot_rollback(s2), 0);
+	ck_assert(memcmp(p, v2, len) == 0);
+	/* The region keeps working: writes after a rollback stick. */
+	memset(p, 0x77, PS);
+	ck_assert_int_eq(p[PS - 1], 0x77);
+	ck_assert_int_eq(lm_snapshot_rollback(s1), 0);
+	ck_assert(memcmp(p, v1, len) == 0);
+	ck_assert_int_eq(lm_snapshot_release(s1), 0);
+	ck_assert_int_eq(lm_snapshot_release(s2), 0);
+	ck_assert_uint_eq(lmt_stats(rt).snapshots_live, 0);
+	free(v1);
+	free(v2);
+	ck_assert_int_eq(lm_runtime_close(rt), 0);
+}
+END_TEST
+
+/* A lazy restore reads only what is touched; zero pages cost nothing. */
+START_TEST(lazy_restore)
+{
+	struct lm_runtime *rt = lmt_open(MODE(_i));
+	size_t npages = 8192, len = npages * PS;
+	struct lm_region *r;
+	ck_assert_int_eq(lm_region_create_zero(rt, len, 0, &r), 0);
+	unsigned char *p = lm_region_addr(r);
+	for (size_t pg = 0; pg < npages; pg += 2)
+		memset(p + pg * PS, (int)(pg % 251) + 1, PS);
+	struct lm_snapshot *s;
+	ck_assert_int_eq(lm_snapshot_take(r, 0, &s), 0);
+	ck_assert_int_eq(lm_snapshot_save(s, path_of("lazy"), LM_SAVE_WAIT), 0);
+	struct lm_stats st = lmt_stats(rt);
+	ck_assert_uint_eq(st.snapshot_bytes_written, npages / 2 * PS);
+	struct stat sb;
+	ck_assert_int_eq(stat(path_of("lazy"), &sb), 0);
+	ck_assert_uint_lt((uint64_t)sb.st_size, len / 2 + 64 * PS);
+	ck_assert_int_eq(count_files("lazy.tmp"), 0);
+	ck_assert_int_eq(lm_snapshot_release(s), 0);
+	ck_assert_int_eq(lm_region_destroy(r), 0);
+
+	int fd = open(path_of("lazy"), O_RDONLY);
+	struct lm_region *q;
+	ck_assert_int_eq(lm_region_create_image(rt, fd, 0, &q), 0);
+	close(fd);
+	unsigned char *b = lm_region_addr(q);
+	uint64_t f0 = lmt_stats(rt).restore_faults;
+	ck_assert_int_eq(b[1000 * PS + 5], 1000 % 251 + 1);
+	ck_assert_int_eq(b[1001 * PS + 5], 0);
+	st = lmt_stats(rt);
+	ck_assert_uint_ge(st.restore_faults - f0, 1);
+	ck_assert_uint_le(st.fills_image, 64);
+	for (size_t pg = 0; pg < npages; pg++)
+		ck_assert_int_eq(b[pg * PS + PS - 1], pg % 2 ? 0 : (int)(pg % 251) + 1);
+	ck_assert_int_eq(lm_runtime_close(rt), 0);
+}
+END_TEST
+
+static void corrupt(const char *path, off_t off, size_t len)
+{
+	int fd = open(path, O_RDWR);
+	ck_assert_int_ge(fd, 0);
+	unsigned char b[64];
+	ck_assert_uint_le(len, sizeof(b));
+	ck_assert_int_eq(pread(fd, b, len, off), (ssize_t)len);
+	for (size_t i = 0; i < len; i++)
+		b[i] ^= 0x5a;
+	ck_assert_int_eq(pwrite(fd, b, len, off), (ssize_t)len);
+	close(fd);
+}
+
+static int open_image(struct lm_runtime *rt, const char *path, struct lm_region **r)
+{
+	int fd = open(path, O_RDONLY);
+	ck_assert_int_ge(fd, 0);
+	int rc = lm_region_create_image(rt, fd, 0, r);
+	close(fd);
+	return rc;
+}
+
+/* Every damaged image is refused when opened, or raises SIGBUS for its one bad page. */
+START_TEST(corrupted_images)
+{
+	lmt_install_sigbus();
+	struct lm_runtime *rt = lmt_open(MODE(_i));
+	size_t npages = 64, len = npages * PS;
+	struct lm_region *r;
+	ck_assert_int_eq(lm_region_create_zero(rt, len, 0, &r), 0);
+	unsigned char *p = lm_region_addr(r);
+	for (size_t pg = 0; pg < npages; pg++)
+		memset(p + pg * PS, (int)pg + 1, PS);
+	struct lm_snapshot *s;
+	ck_assert_int_eq(lm_snapshot_take(r, 0, &s), 0);
+	const char *names[] = { "good", "trunc", "header", "index", "page", "foreign", "empty" };
+	for (int i = 0; i < 7; i++)
+		ck_assert_int_eq(lm_snapshot_save(s, path_of(names[i]), LM_SAVE_WAIT), 0);
+	ck_assert_int_eq(lm_snapshot_release(s), 0);
+	struct stat sb;
+	ck_assert_int_eq(stat(path_of("good"), &sb), 0);
+	ck_assert_int_eq(truncate(path_of("trunc"), sb.st_size - 1), 0);
+	corrupt(path_of("header"), 24, 1);			/* length */
+	corrupt(path_of("index"), sb.st_size - (off_t)PS + 3, 1);
+	corrupt(path_of("page"), (off_t)(1 + 10) * (off_t)PS + 100, 4);	/* data page 10 */
+	corrupt(path_of("foreign"), 0, 8);			/* the magic */
+	ck_assert_int_eq(truncate(path_of("empty"), 0), 0);
+	struct lm_region *q;
+	ck_assert_int_eq(open_image(rt, path_of("trunc"), &q), -EBADMSG);
+	ck_assert_int_eq(open_image(rt, path_of("header"), &q), -EBADMSG);
+	ck_assert_int_eq(open_image(rt, path_of("index"), &q), -EBADMSG);
+	ck_assert_int_eq(open_image(rt, path_of("foreign"), &q), -ENOEXEC);
+	ck_assert_int_eq(open_image(rt, path_of("empty"), &q), -ENOEXEC);
+	/* A bad page: its toucher gets SIGBUS, counted; its neighbours are fine. */
+	ck_assert_int_eq(open_image(rt, path_of("page"), &q), 0);
+	unsigned char *b = lm_region_addr(q);
+	ck_assert_int_eq(lm_region_advise(q, 0, len, LM_ADV_RANDOM), 0);
+	ck_assert_int_eq(lmt_touch((volatile char *)b + 10 * PS, 0), 1);
+	ck_assert_int_eq(b[9 * PS], 10);
+	ck_assert_int_eq(b[11 * PS], 12);
+	ck_assert_uint_eq(lmt_stats(rt).image_errors, 1);
+	ck_assert_int_eq(open_image(rt, path_of("good"), &q), 0);
+	b = lm_region_addr(q);
+	for (size_t pg = 0; pg < npages; pg++)
+		ck_assert_int_eq(b[pg * PS + 7], (int)pg + 1);
+	ck_assert_int_eq(lm_runtime_close(rt), 0);
+}
+END_TEST
+
+/* Releasing while a save runs cancels it and leaves no temporary file behind. */
+START_TEST(release_while_saving)
+{
+	struct lm_runtime *rt = lmt_open(MODE(_i));
+	size_t npages = 32768, len = npages * PS;
+	struct lm_region *r;
+	ck_assert_int_eq(lm_region_create_zero(rt, len, 0, &r), 0);
+	unsigned char *p = lm_region_addr(r);
+	for (size_t off = 0; off < len; off += PS)
+		p[off] = 1;
+	for (int round = 0; round < 3; round++) {
+		struct lm_snapshot *s;
+		ck_assert_int_eq(lm_snapshot_take(r, 0, &s), 0);
+		ck_assert_int_eq(lm_snapshot_save(s, path_of("cancel"), 0), 0);
+		ck_assert_int_eq(lm_snapshot_save(s, path_of("cancel2"), 0), -EBUSY);
+		for (size_t off = 0; off < len; off += 97 * PS)
+			p[off] = 2;
+		ck_assert_int_eq(lm_snapshot_release(s), 0);
+		ck_assert_int_eq(count_files("cancel.tmp"), 0);
+	}
+	ck_assert_int_eq(lm_region_destroy(r), 0);
+	ck_assert_int_eq(lm_runtime_close(rt), 0);
+}
+END_TEST
+
+/* Destroying a region with live snapshots: their calls fail cleanly, release frees them. */
+START_TEST(destroy_with_live_snapshots)
+{
+	struct lm_runtime *rt = lmt_open(MODE(_i));
+	size_t len = 16384 * PS;
+	struct lm_region *r;
+	ck_assert_int_eq(lm_region_create_zero(rt, len, 0, &r), 0);
+	unsigned char *p = lm_region_addr(r);
+	for (size_t off = 0; off < len; off += PS)
+		p[off] = 3;
+	struct lm_snapshot *a, *b;
+	ck_assert_int_eq(lm_snapshot_take(r, 0, &a), 0);
+	ck_assert_int_eq(lm_snapshot_take(r, 0, &b), 0);
+	ck_assert_int_eq(lm_snapshot_save(a, path_of("d"), 0), 0);
+	ck_assert_int_eq(lm_region_destroy(r), 0);
+	ck_assert_uint_eq(lmt_stats(rt).snapshots_live, 0);
+	int w = lm_snapshot_wait(a);
+	ck_assert_msg(w == 0 || w == -ECANCELED, "wait: %s", lm_strerror(w));
+	char c;
+	ck_assert_int_eq(lm_snapshot_read(b, 0, &c, 1), -ENXIO);
+	ck_assert_int_eq(lm_snapshot_save(b, path_of("e"), 0), -ENXIO);
+	ck_assert_int_eq(lm_snapshot_rollback(b), -ENXIO);
+	ck_assert_int_eq(lm_snapshot_release(a), 0);
+	/* And the runtime closes with a snapshot still taken. */
+	ck_assert_int_eq(lm_region_create_zero(rt, len, 0, &r), 0);
+	ck_assert_int_eq(lm_snapshot_take(r, 0, &a), 0);
+	ck_assert_int_eq(lm_runtime_close(rt), 0);
+	ck_assert_int_eq(lm_snapshot_release(a), 0);
+	ck_assert_int_eq(lm_snapshot_release(b), 0);
+	ck_assert_int_eq(count_files("d.tmp"), 0);
+}
+END_TEST
+
+/* Bad arguments, and the configurations a snapshot cannot serve. */
+START_TEST(bad_input)
+{
+	struct lm_runtime *rt = lmt_open(LM_MODE_THREAD);
+	struct lm_region *r;
+	ck_assert_int_eq(lm_region_create_zero(rt, 16 * PS, 0, &r), 0);
+	struct lm_snapshot *s = NULL;
+	ck_assert_int_eq(lm_snapshot_take(NULL, 0, &s), -EINVAL);
+	ck_assert_int_eq(lm_snapshot_take(r, 0, NULL), -EINVAL);
+	ck_assert_int_eq(lm_snapshot_take(r, 1, &s), -EINVAL);
+	ck_assert_ptr_null(s);
+	ck_assert_int_eq(lm_snapshot_take(r, 0, &s), 0);
+	ck_assert_int_eq(lm_snapshot_wait(s), -EINVAL);	/* nothing saved yet */
+	ck_assert_int_eq(lm_snapshot_save(s, NULL, 0), -EINVAL);
+	ck_assert_int_eq(lm_snapshot_save(s, path_of("x"), 2), -EINVAL);
+	ck_assert_int_eq(lm_snapshot_save(s, "/nonexistent/dir/img", 0), -ENOENT);
+	ck_assert_int_eq(lm_snapshot_read(s, 0, NULL, 1), -EINVAL);
+	ck_assert_int_eq(lm_snapshot_read(NULL, 0, &s, 1), -EINVAL);
+	ck_assert_int_eq(lm_snapshot_release(NULL), -EINVAL);
+	ck_assert_uint_eq(lm_snapshot_length(s), 16 * PS);
+	ck_assert_uint_eq(lm_snapshot_length(NULL), 0);
+	ck_assert_int_eq(lm_snapshot_release(s), 0);
+	ck_assert_int_eq(lm_runtime_close(rt), 0);
+
+	/* Asynchronous write protection cannot preserve a page before its write. */
+	struct lm_options o = lmt_options(LM_MODE_THREAD);
+	o.dirty_tracking = LM_DIRTY_ASYNC;
+	o.budget = 1 << 20;
+	rt = lmt_open_opts(&o);
+	ck_assert_int_eq(lm_region_create_zero(rt, 16 * PS, 0, &r), 0);
+	ck_assert_int_eq(lm_snapshot_take(r, 0, &s), -EOPNOTSUPP);
+	ck_assert_int_eq(lm_runtime_close(rt), 0);
+}
+END_TEST
+
+/*
+ * The spill file's filesystem fills up: the snapshot breaks with a clear
+ * error, and the application's writes all go through, none lost.
+ */
+START_TEST(spill_full_breaks_snapshot_not_the_app)
+{
+	char small[600];
+	snprintf(small, sizeof(small), "%s/small", dir);
+	ck_assert_int_eq(mkdir(small, 0700), 0);
+	if (mount("tmpfs", small, "tmpfs", 0, "size=64k") < 0) {
+		printf("SKIP: cannot mount a tmpfs: %s\n", strerror(errno));
+		exit(LMT_SKIP);
+	}
+	struct lm_options o = lmt_options(MODE(_i));
+	o.swap_dir = small;
+	struct lm_runtime *rt = lmt_open_opts(&o);
+	size_t npages = 1024, len = npages * PS;
+	unsigned char *buf;
+	/* A memory source: written pages need copies (a file source would too). */
+	int fd = lmt_pattern_file(len);
+	struct lm_region *r;
+	ck_assert_int_eq(lm_region_create_file(rt, fd, 0, len, 0, &r), 0);
+	(void)buf;
+	unsigned char *p = lm_region_addr(r);
+	for (size_t off = 0; off < len; off += PS)
+		p[off] ^= 1;
+	struct lm_snapshot *s;
+	ck_assert_int_eq(lm_snapshot_take(r, 0, &s), 0);
+	for (size_t off = 0; off < len; off += PS)
+		memset(p + off, 0xee, 64);
+	for (size_t off = 0; off < len; off += PS)
+		ck_assert_int_eq(p[off + 63], 0xee);
+	ck_assert_uint_ge(lmt_stats(rt).snapshot_errors, 1);
+	char c;
+	ck_assert_int_eq(lm_snapshot_read(s, 0, &c, 1), -ENOSPC);
+	ck_assert_int_eq(lm_snapshot_save(s, path_of("never"), LM_SAVE_WAIT), -ENOSPC);
+	ck_assert_int_eq(lm_snapshot_release(s), 0);
+	ck_assert_int_eq(lm_runtime_close(rt), 0);
+	close(fd);
+	umount(small);
+}
+END_TEST
+
+static Suite *suite(void)
+{
+	Suite *s = suite_create("snapshot");
+	TCase *tc = tcase_create("snapshot");
+	tcase_add_checked_fixture(tc, setup, teardown);
+	tcase_set_timeout(tc, 120);
+	tcase_add_loop_test(tc, consistent_under_writers, 0, 2);
+	tcase_add_loop_test(tc, consistent_with_swapped_pages, 0, 2);
+	tcase_add_loop_test(tc, consistent_shared_file, 0, 2);
+	tcase_add_loop_test(tc, sources_and_untouched_pages, 0, 2);
+	tcase_add_loop_test(tc, rollback_and_several_snapshots, 0, 2);
+	tcase_add_loop_test(tc, lazy_restore, 0, 2);
+	tcase_add_loop_test(tc, corrupted_images, 0, 2);
+	tcase_add_loop_test(tc, release_while_saving, 0, 2);
+	tcase_add_loop_test(tc, destroy_with_live_snapshots, 0, 2);
+	tcase_add_test(tc, bad_input);
+	tcase_add_loop_test(tc, spill_full_breaks_snapshot_not_the_app, 0, 2);
+	suite_add_tcase(s, tc);
+	return s;
+}
+
+int main(void)
+{
+	lmt_require_uffd();
+	return lmt_run(suite());
+}
