@@ -11,11 +11,11 @@ cd "$(dirname "$0")/.."
 rounds=${1:-50}
 build=$(./scripts/build.sh)
 make -C "$build" -j"$(nproc)" tests/check_fault tests/check_events tests/check_signal \
-	tests/check_region tests/check_budget >&2
+	tests/check_region tests/check_budget tests/check_snapshot >&2
 export LAZYMEM_TORTURE_SECONDS=${LAZYMEM_TORTURE_SECONDS:-30}
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
-for t in check_fault check_events check_signal check_region check_budget; do
+for t in check_fault check_events check_signal check_region check_budget check_snapshot; do
 	i=0
 	while [ "$i" -lt "$rounds" ]; do
 		i=$((i + 1))

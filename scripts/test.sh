@@ -32,7 +32,10 @@ cc -o "$prefix/demo" demos/lazymem-demo.c $($pc --cflags --libs lazymem) \
 cc -o "$prefix/demo-static" demos/lazymem-demo.c $($pc --cflags lazymem) \
 	"$prefix/lib/liblazymem.a" $($pc --libs --static liburing libcap) -pthread
 "$prefix/demo-static" --quick >/dev/null
-echo "pkg-config lazymem: shared and static builds of the demo run"
+cc -o "$prefix/snapdemo" demos/lazymem-snapshot-demo.c $($pc --cflags --libs lazymem) \
+	-pthread -Wl,-rpath,"$prefix/lib"
+"$prefix/snapdemo" --quick >/dev/null
+echo "pkg-config lazymem: shared and static builds of the demos run"
 
 # One closing line a CI reader can count: Check's per-program totals, summed.
 summary=$(cat "$build"/tests/check_*.log | awk '

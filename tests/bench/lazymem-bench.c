@@ -806,7 +806,8 @@ int main(int argc, char **argv)
 		}
 	}
 	bool want_swap = swap_bench_selected(b.cfg.only) || dirty_bench_selected(b.cfg.only);
-	if (!any && !want_swap)
+	bool want_snap = snapshot_bench_selected(b.cfg.only);
+	if (!any && !want_swap && !want_snap)
 		die_msg("no measurement matches --only");
 
 	/* Source data: every byte non-zero, so a page filled with zeros cannot pass. */
@@ -893,6 +894,20 @@ int main(int argc, char **argv)
 			if (rc < 0)
 				die("swap measurements", rc);
 		}
+	}
+	if (want_snap && (b.cfg.modes & MODE_THREAD_BIT)) {
+		struct swap_bench_config sc = {
+			.json = b.cfg.json,
+			.runs = b.cfg.runs,
+			.only = b.cfg.only,
+			.dir = pick_dir(&b.cfg),
+		};
+		size_t sizes[2] = { 1ull << 30, 4ull << 30 };
+		if (b.cfg.quick)
+			sizes[0] = 64u << 20;
+		int rc = snapshot_bench_run(&sc, sizes, b.cfg.quick ? 1 : 2);
+		if (rc < 0)
+			die("snapshot measurements", rc);
 	}
 	if (!b.cfg.json && any) {
 		printf("\nlazymem stats over the whole run:\n");

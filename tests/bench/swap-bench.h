@@ -32,4 +32,8 @@ int swap_bench_run(const struct swap_bench_config *c);
 bool dirty_bench_selected(const char *only);
 int dirty_bench_run(const struct swap_bench_config *c, size_t pages);
 
+/* The snapshot.* and restore.* measurements (snapshot-bench.c), one set per size. */
+bool snapshot_bench_selected(const char *only);
+int snapshot_bench_run(const struct swap_bench_config *c, const size_t *sizes, int nsizes);
+
 #endif

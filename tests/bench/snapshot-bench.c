@@ -1,0 +1,298 @@
+/* SPDX-License-Identifier: MIT */
+/* lazymem-bench's snapshot measurements: lm_snapshot_* against fork(), lazy restore against reading the file. */
+#include "swap-bench.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "lazymem.h"
+
+/*
+ * For each size, per run, both sides on the same resident data (every
+ * page written):
+ *   snapshot.pause      lm_snapshot_take vs the parent's return from fork()
+ *   snapshot.first_write one byte written to every page in a random order
+ *                       during the save, per page: the write-protect faults
+ *                       that preserve vs the copy-on-write faults after fork
+ *   snapshot.save       take (or fork) to a durable image on disk
+ *   snapshot.extra_memory peak growth of the machine's anonymous memory
+ *                       (AnonPages) during the save and the writes
+ *   restore.first_access open an image and read one byte of a random page,
+ *                       vs read() of the whole file first (cold cache)
+ *   restore.full_read   every page read, vs read() of the whole file
+ */
+
+static const char *names[] = {
+	"snapshot.pause", "snapshot.first_write", "snapshot.save", "snapshot.extra_memory",
+	"restore.first_access", "restore.full_read",
+};
+static const char *units[] = { "ms", "ns_per_page", "ms", "MiB", "ms", "ms" };
+#define NM 6
+
+bool snapshot_bench_selected(const char *only)
+{
+	if (!only)
+		return true;
+	for (int i = 0; i < NM; i++)
+		if (strstr(names[i], only) || strstr(only, names[i]))
+			return true;
+	return strstr("snapshot.", only) || strstr("restore.", only);
+}
+
+static long anon_kib(void)
+{
+	FILE *f = fopen("/proc/meminfo", "re");
+	char line[256];
+	long kb = -1;
+	while (f && fgets(line, sizeof(line), f))
+		if (sscanf(line, "AnonPages: %ld kB", &kb) == 1)
+			break;
+	if (f)
+		fclose(f);
+	return kb;
+}
+
+static void drop_caches(void)
+{
+	sync();
+	int fd = open("/proc/sys/vm/drop_caches", O_WRONLY | O_CLOEXEC);
+	if (fd >= 0) {
+		if (write(fd, "3", 1) != 1) {
+			/* Not root: the cold numbers are warm; the header says so. */
+		}
+		close(fd);
+	}
+}
+
+struct side {
+	double v[NM];
+};
+
+static void writes(unsigned char *p, const uint32_t *perm, size_t n, size_t ps, long *peak)
+{
+	for (size_t i = 0; i < n; i++) {
+		p[(size_t)perm[i] * ps] ^= 1;
+		if ((i & 4095) == 0) {
+			long a = anon_kib();
+			if (a > *peak)
+				*peak = a;
+		}
+	}
+}
+
+static int run_lazymem(size_t len, const uint32_t *perm, const char *path, struct side *out)
+{
+	size_t ps = (size_t)sysconf(_SC_PAGESIZE), n = len / ps;
+	struct lm_runtime *rt;
+	struct lm_region *r;
+	int rc = lm_runtime_open(NULL, &rt);
+	if (rc < 0)
+		return rc;
+	if ((rc = lm_region_create_zero(rt, len, 0, &r)) < 0)
+		goto out;
+	unsigned char *p = lm_region_addr(r);
+	for (size_t off = 0; off < len; off += ps)
+		p[off] = 1;
+	struct lm_snapshot *s;
+	long a0 = anon_kib(), peak = a0;
+	uint64_t t0 = now_ns();
+	if ((rc = lm_snapshot_take(r, 0, &s)) < 0)
+		goto out;
+	uint64_t t1 = now_ns();
+	if ((rc = lm_snapshot_save(s, path, 0)) < 0)
+		goto out;
+	writes(p, perm, n, ps, &peak);
+	uint64_t t2 = now_ns();
+	rc = lm_snapshot_wait(s);
+	uint64_t t3 = now_ns();
+	long a = anon_kib();
+	if (a > peak)
+		peak = a;
+	lm_snapshot_release(s);
+	if (rc < 0)
+		goto out;
+	out->v[0] = (double)(t1 - t0) / 1e6;
+	out->v[1] = (double)(t2 - t1) / (double)n;
+	out->v[2] = (double)(t3 - t0) / 1e6;
+	out->v[3] = (double)(peak - a0) / 1024.0;
+	lm_region_destroy(r);
+	/* The restore, cold. */
+	drop_caches();
+	t0 = now_ns();
+	int fd = open(path, O_RDONLY | O_CLOEXEC);
+	if (fd < 0) {
+		rc = -errno;
+		goto out;
+	}
+	rc = lm_region_create_image(rt, fd, 0, &r);
+	close(fd);
+	if (rc < 0)
+		goto out;
+	p = lm_region_addr(r);
+	volatile unsigned char c = p[(size_t)perm[0] * ps];
+	(void)c;
+	t1 = now_ns();
+	lm_region_destroy(r);
+	drop_caches();
+	t2 = now_ns();
+	fd = open(path, O_RDONLY | O_CLOEXEC);
+	rc = fd < 0 ? -errno : lm_region_create_image(rt, fd, 0, &r);
+	if (fd >= 0)
+		close(fd);
+	if (rc < 0)
+		goto out;
+	p = lm_region_addr(r);
+	lm_region_advise(r, 0, len, LM_ADV_SEQUENTIAL);
+	unsigned sum = 0;
+	for (size_t off = 0; off < len; off += ps)
+		sum += p[off];
+	t3 = now_ns();
+	out->v[4] = (double)(t1 - t0) / 1e6;
+	out->v[5] = (double)(t3 - t2) / 1e6;
+	rc = sum == n ? 0 : -EIO;
+out:
+	lm_runtime_close(rt);
+	return rc;
+}
+
+/* Reads the whole file into memory: what a restore costs without lazy paging. */
+static int read_whole(const char *path, size_t len, unsigned char *dst)
+{
+	int fd = open(path, O_RDONLY | O_CLOEXEC);
+	if (fd < 0)
+		return -errno;
+	size_t got = 0;
+	while (got < len) {
+		ssize_t k = read(fd, dst + got, len - got < (8u << 20) ? len - got : 8u << 20);
+		if (k <= 0)
+			break;
+		got += (size_t)k;
+	}
+	close(fd);
+	return got == len ? 0 : -EIO;
+}
+
+static int run_kernel(size_t len, const uint32_t *perm, const char *path, struct side *out)
+{
+	size_t ps = (size_t)sysconf(_SC_PAGESIZE), n = len / ps;
+	unsigned char *p = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	if (p == MAP_FAILED)
+		return -errno;
+	for (size_t off = 0; off < len; off += ps)
+		p[off] = 1;
+	long a0 = anon_kib(), peak = a0;
+	uint64_t t0 = now_ns();
+	pid_t pid = fork();
+	if (pid < 0) {
+		munmap(p, len);
+		return -errno;
+	}
+	if (pid == 0) {
+		/* The child saves the memory it sees, the way Redis's BGSAVE does. */
+		int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+		size_t off = 0;
+		while (fd >= 0 && off < len) {
+			ssize_t k = write(fd, p + off, len - off < (8u << 20) ? len - off : 8u << 20);
+			if (k <= 0)
+				_exit(1);
+			off += (size_t)k;
+		}
+		_exit(fd >= 0 && fsync(fd) == 0 ? 0 : 1);
+	}
+	uint64_t t1 = now_ns();
+	writes(p, perm, n, ps, &peak);
+	uint64_t t2 = now_ns();
+	int status;
+	waitpid(pid, &status, 0);
+	uint64_t t3 = now_ns();
+	out->v[0] = (double)(t1 - t0) / 1e6;
+	out->v[1] = (double)(t2 - t1) / (double)n;
+	out->v[2] = (double)(t3 - t0) / 1e6;
+	out->v[3] = (double)(peak - a0) / 1024.0;
+	/* A restore without lazy paging: read the whole file, then answer. */
+	drop_caches();
+	t0 = now_ns();
+	int rc = read_whole(path, len, p);
+	t1 = now_ns();
+	out->v[4] = out->v[5] = (double)(t1 - t0) / 1e6;
+	munmap(p, len);
+	if (rc == 0 && !(WIFEXITED(status) && WEXITSTATUS(status) == 0))
+		rc = -EIO;
+	return rc;
+}
+
+int snapshot_bench_run(const struct swap_bench_config *c, const size_t *sizes, int nsizes)
+{
+	size_t ps = (size_t)sysconf(_SC_PAGESIZE);
+	if (!c->json) {
+		printf("\nsnapshots (thread mode): every page of the region written, then a snapshot "
+		       "(kernel: fork()) saved to %s while one byte of every page is written in a "
+		       "random order; restore from a cold cache (kernel: read() the whole file)\n",
+		       c->dir);
+		printf("%-34s %12s %12s %8s  %-9s\n", "measurement", "lazymem", "kernel", "ratio",
+		       "unit");
+	}
+	for (int si = 0; si < nsizes; si++) {
+		size_t len = sizes[si], n = len / ps;
+		char suffix[16];
+		if (len >= (1ull << 30))
+			snprintf(suffix, sizeof(suffix), "%zug", len >> 30);
+		else
+			snprintf(suffix, sizeof(suffix), "%zum", len >> 20);
+		uint32_t *perm = malloc(n * sizeof(*perm));
+		if (!perm)
+			return -ENOMEM;
+		for (size_t i = 0; i < n; i++)
+			perm[i] = (uint32_t)i;
+		uint64_t seed = 0x9e3779b97f4a7c15ull;
+		for (size_t i = n - 1; i > 0; i--) {
+			size_t j = (size_t)(xorshift(&seed) % (i + 1));
+			uint32_t t = perm[i];
+			perm[i] = perm[j];
+			perm[j] = t;
+		}
+		char lpath[512], kpath[512];
+		snprintf(lpath, sizeof(lpath), "%s/lazymem-bench-snap.%d.img", c->dir, (int)getpid());
+		snprintf(kpath, sizeof(kpath), "%s/lazymem-bench-fork.%d.img", c->dir, (int)getpid());
+		double lv[NM][c->runs], kv[NM][c->runs];
+		for (int run = 0; run < c->runs; run++) {
+			struct side l, k;
+			int rc = run_kernel(len, perm, kpath, &k);
+			if (rc == 0)
+				rc = run_lazymem(len, perm, lpath, &l);
+			unlink(lpath);
+			unlink(kpath);
+			if (rc < 0) {
+				free(perm);
+				return rc;
+			}
+			for (int m = 0; m < NM; m++) {
+				lv[m][run] = l.v[m];
+				kv[m][run] = k.v[m];
+			}
+		}
+		free(perm);
+		for (int m = 0; m < NM; m++) {
+			char name[64];
+			snprintf(name, sizeof(name), "%s.%s", names[m], suffix);
+			if (c->only && !strstr(name, c->only))
+				continue;
+			double l = median(lv[m], c->runs), k = median(kv[m], c->runs);
+			double ratio = k > 0 ? l / k : 0;
+			if (c->json)
+				printf("{\"name\":\"%s\",\"unit\":\"%s\",\"lazymem\":%.3f,\"kernel\":%.3f,"
+				       "\"ratio\":%.3f}\n", name, units[m], l, k, ratio);
+			else
+				printf("%-34s %12.2f %12.2f %8.3f  %-9s\n", name, l, k, ratio, units[m]);
+		}
+		fflush(stdout);
+	}
+	return 0;
+}
