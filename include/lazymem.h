@@ -237,7 +237,7 @@ enum lm_uffd_origin {
 	X(snapshots_live,	GAUGE,   "snapshots", "Snapshots not released yet") \
 	X(snapshot_preserved,	COUNTER, "pages",   "Pages preserved for snapshots before their first change (copy-on-write)") \
 	X(snapshot_spilled,	COUNTER, "pages",   "Preserved pages that needed a copy in the spill file (the rest were their source's)") \
-	X(snapshot_saved,	COUNTER, "pages",   "Pages the background saver wrote to images (zero pages are not written)") \
+	X(snapshot_saved,	COUNTER, "pages",   "Pages the background saver put in images (zero pages counted, though not stored)") \
 	X(snapshot_bytes_written, COUNTER, "bytes", "Bytes written to snapshot images") \
 	X(snapshot_pause_ns,	GAUGE,   "ns",      "Time the last lm_snapshot_take took") \
 	X(snapshot_rollback_pages, COUNTER, "pages", "Pages put back by rollbacks") \
