@@ -490,7 +490,16 @@ long lm__fill(struct lm__filler *f, struct lm_region *r, uint64_t pgno, unsigned
 	const struct lm__snapset *snaps = atomic_load_explicit(&r->snaps, memory_order_acquire);
 	bool wp = (track || snaps) && !(flags & LM_FILL_WRITE);
 	bool wp_rest = snaps ? true : wp;
-	if (snaps && (flags & LM_FILL_WRITE)) {
+	/*
+	 * A stale fault on a page the table calls resident (found by review):
+	 * what it holds is not the source's, so nothing is preserved from
+	 * the stage; installed protected, its write replays as a
+	 * write-protect fault, which preserves the real contents.
+	 */
+	unsigned st0 = LM_PTE_STATE(prev0);
+	if (snaps && st0 != LM_PS_MISSING && st0 != LM_PS_SWAPPED)
+		wp = true;
+	if (snaps && !wp) {
 		const unsigned char *d0 =
 			LM_PTE_STATE(prev0) == LM_PS_MISSING && lm__source_immutable(r) ? NULL : src;
 		lm__snap_preserve(r, snaps, &pgno, &d0, 1);

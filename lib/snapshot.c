@@ -10,6 +10,7 @@
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/uio.h>
+#include <time.h>
 #include <unistd.h>
 
 /*
@@ -329,7 +330,7 @@ bool lm__snap_cow(struct lm__filler *f, struct lm_region *r, const struct lm__sn
  * Returns a bit per page held; ents/prev get their entries and values.
  */
 static uint64_t hold_pages(struct lm_region *r, const uint64_t *pg, unsigned n, uint64_t want,
-			   bool every, lm__pte **ents, uint64_t *prev)
+			   bool every, lm__pte **ents, uint64_t *prev, bool *busyp)
 {
 	bool create = every || !lm__source_immutable(r);
 	for (;;) {
@@ -363,18 +364,28 @@ static uint64_t hold_pages(struct lm_region *r, const uint64_t *pg, unsigned n, 
 		for (unsigned i = 0; i < n; i++)
 			if (held & (1ull << i))
 				release_page(r, ents[i], pg[i], prev[i]);
+		/*
+		 * In a read section the caller must leave it before it waits:
+		 * the holder may wait for an event whose handler waits for the
+		 * section's readers (found by review).
+		 */
+		if (busyp) {
+			*busyp = true;
+			return 0;
+		}
 		sched_yield();
 	}
 }
 
-/* hold_pages for the run [first, first + n). */
+/* hold_pages for the run [first, first + n), in a read section: *busy when it must be left first. */
 static uint64_t hold_batch(struct lm_region *r, uint64_t first, unsigned n, uint64_t want,
-			   lm__pte **ents, uint64_t *prev)
+			   lm__pte **ents, uint64_t *prev, bool *busy)
 {
 	uint64_t pg[LM__SNAP_BATCH] = { 0 };
 	for (unsigned i = 0; i < n; i++)
 		pg[i] = first + i;
-	return hold_pages(r, pg, n, want, false, ents, prev);
+	*busy = false;
+	return hold_pages(r, pg, n, want, false, ents, prev, busy);
 }
 
 enum { C_RESIDENT, C_SWAPPED, C_MISSING };
@@ -524,7 +535,10 @@ static int view_batch(struct lm__filler *f, struct lm_snapshot *s, uint64_t firs
 			fromloc |= 1ull << i;
 	}
 	/* Set entries are final; the other pages are held while read. */
-	uint64_t held = hold_batch(r, first, n, all & ~fromloc, ents, prev);
+	bool busy;
+	uint64_t held = hold_batch(r, first, n, all & ~fromloc, ents, prev, &busy);
+	if (busy)
+		return -EAGAIN;
 	for (unsigned i = 0; i < n; i++)
 		if ((held & (1ull << i)) && (m[i] = map_get(s, first + i))) {
 			/* Preserved between the look and the hold. */
@@ -596,6 +610,22 @@ static struct lm__snapset *set_with(const struct lm__snapset *old, struct lm_sna
 		return NULL;
 	}
 	return set;
+}
+
+/*
+ * The live set without s.  Its allocation must not fail, or s would stay
+ * in a set it has left (or the others would drop out of it): a small
+ * array, retried until memory comes back.
+ */
+static struct lm__snapset *set_without(const struct lm__snapset *old, struct lm_snapshot *s)
+{
+	for (;;) {
+		int rc = 0;
+		struct lm__snapset *set = set_with(old, s, false, &rc);
+		if (!rc)
+			return set;
+		nanosleep(&(struct timespec){ 0, 1000000 }, NULL);
+	}
 }
 
 /* Publishes a new live set, waits out the readers of the old one and frees it. */
@@ -691,12 +721,15 @@ int lm_snapshot_take(struct lm_region *r, unsigned flags, struct lm_snapshot **o
 	if (rc == -ENOENT) {
 		/* Part of it unmapped by the application: protect what is still there, page by page. */
 		rc = 0;
-		for (uint64_t pg = 0; pg < r->npages; pg++)
-			lm__uffd_writeprotect(rt->ufd, start + (pg << rt->page_shift),
-					      (size_t)rt->page_size, true);
+		for (uint64_t pg = 0; pg < r->npages && !rc; pg++) {
+			rc = lm__uffd_writeprotect(rt->ufd, start + (pg << rt->page_shift),
+						   (size_t)rt->page_size, true);
+			if (rc == -ENOENT)
+				rc = 0;
+		}
 	}
 	if (rc < 0) {
-		publish(r, set_with(atomic_load(&r->snaps), s, false, &(int){ 0 }));
+		publish(r, set_without(atomic_load(&r->snaps), s));
 		pthread_mutex_unlock(&r->snap_lock);
 		lm__pt_destroy(&s->map);
 		pthread_mutex_destroy(&s->lock);
@@ -741,6 +774,12 @@ int lm_snapshot_read(struct lm_snapshot *s, size_t offset, void *buf, size_t len
 		int idx = lm__read_lock(rt);
 		rc = view_batch(&f, s, pg, n, tmp, NULL, false);
 		lm__read_unlock(rt, idx);
+		if (rc == -EAGAIN) {
+			/* A page in transition: wait outside the read section. */
+			sched_yield();
+			rc = 0;
+			continue;
+		}
 		if (!rc)
 			rc = atomic_load(&s->err);
 		if (rc)
@@ -799,6 +838,12 @@ static void *saver_main(void *arg)
 		int idx = lm__read_lock(rt);
 		rc = view_batch(&f, s, pg, n, buf, s->w, record);
 		lm__read_unlock(rt, idx);
+		if (rc == -EAGAIN) {
+			sched_yield();
+			rc = 0;
+			pg -= SAVE_BATCH;	/* the same batch again */
+			continue;
+		}
 		if (!rc)
 			rc = atomic_load(&s->err);
 		uint64_t now = lm__image_bytes(s->w);
@@ -928,10 +973,13 @@ void lm__snap_before_drop(struct lm_region *r, uint64_t first, uint64_t count)
 	if (!atomic_load(&r->snaps))
 		return;
 	struct lm__filler f;
+	memset(&f, 0, sizeof(f));
 	unsigned char *buf = malloc(SAVE_BATCH * (size_t)rt->page_size);
 	if (!buf || lm__filler_init(&f, rt, false) < 0) {
+		/* The pages go all the same: the snapshots that needed them cannot be exact. */
 		free(buf);
 		lm__filler_fini(&f);
+		lm__snap_break_all(r, -ENOMEM);
 		return;
 	}
 	pthread_mutex_lock(&r->snap_lock);
@@ -942,8 +990,15 @@ void lm__snap_before_drop(struct lm_region *r, uint64_t first, uint64_t count)
 		if (set) {
 			lm__pte *ents[SAVE_BATCH];
 			uint64_t prev[SAVE_BATCH];
+			bool busy;
 			uint64_t held = hold_batch(r, pg, n, n == 64 ? ~0ull : (1ull << n) - 1, ents,
-						   prev);
+						   prev, &busy);
+			if (busy) {
+				lm__read_unlock(rt, idx);
+				sched_yield();
+				pg -= SAVE_BATCH;	/* the same batch again */
+				continue;
+			}
 			int rc = preserve_held(&f, r, set, pg, n, held, prev, buf);
 			for (unsigned i = 0; i < n; i++)
 				if (held & (1ull << i)) {
@@ -994,7 +1049,7 @@ static int rollback_batch(struct lm__filler *f, struct lm_snapshot *s, const uin
 	lm__pte *ents[SAVE_BATCH];
 	uint64_t prev[SAVE_BATCH];
 	uint64_t all = n == 64 ? ~0ull : (1ull << n) - 1;
-	uint64_t held = hold_pages(r, pg, n, all, true, ents, prev);
+	uint64_t held = hold_pages(r, pg, n, all, true, ents, prev, NULL);
 	if (held != all) {
 		/* Out of memory for the page table. */
 		for (unsigned i = 0; i < n; i++)
@@ -1155,8 +1210,7 @@ int lm_snapshot_release(struct lm_snapshot *s)
 	if (r && getpid() == s->pid) {
 		join_saver(s, true);
 		pthread_mutex_lock(&r->snap_lock);
-		int rc = 0;
-		publish(r, set_with(atomic_load(&r->snaps), s, false, &rc));
+		publish(r, set_without(atomic_load(&r->snaps), s));
 		/* The last one gone: its copies are nobody's any more. */
 		if (!atomic_load(&r->snaps) && r->spill_fd >= 0) {
 			if (ftruncate(r->spill_fd, 0) == 0)
@@ -1196,7 +1250,10 @@ void lm__snap_detach_all(struct lm_region *r)
 
 void lm__snap_break_all(struct lm_region *r, int err)
 {
+	/* In a read section: a release frees the set only after the readers of it left. */
+	int idx = lm__read_lock(r->rt);
 	struct lm__snapset *set = atomic_load(&r->snaps);
 	for (unsigned i = 0; set && i < set->n; i++)
 		snap_break(set->s[i], err);
+	lm__read_unlock(r->rt, idx);
 }
