@@ -159,6 +159,14 @@ bool lm__refault_hot(struct lm_runtime *rt, uint64_t prev)
 	return ((now - then) & ((1ull << LM_PTE_AGE_BITS) - 1)) < 16;
 }
 
+const char *lm__swap_dir(const struct lm_runtime *rt)
+{
+	const char *dir = rt->opt.swap_dir;
+	if (!dir || !*dir)
+		dir = getenv("TMPDIR");
+	return dir && *dir ? dir : "/tmp";
+}
+
 void lm__slot_release(struct lm_runtime *rt, uint64_t v)
 {
 	if (LM_PTE_HAS_SLOT(v) && rt->swap_ok)
@@ -865,11 +873,7 @@ int lm__evict_setup(struct lm_runtime *rt)
 	if ((rc = lm__uffd_register(rt->stage_ufd, (uintptr_t)rt->estage, EVICT_BATCH * ps,
 				    false)) < 0)
 		goto out;
-	const char *dir = rt->opt.swap_dir;
-	if (!dir || !*dir)
-		dir = getenv("TMPDIR");
-	if (!dir || !*dir)
-		dir = "/tmp";
+	const char *dir = lm__swap_dir(rt);
 	uint64_t max = rt->opt.swap_max ? rt->opt.swap_max : DEFAULT_SWAP_MAX;
 	if ((rc = lm__swap_open(&rt->swap, dir, max, ps)) < 0) {
 		lm__log(rt, 1, "cannot create a swap file in %s: %s", dir, lm_strerror(rc));

@@ -25,7 +25,7 @@ static inline uintptr_t page_addr(struct lm_region *r, uint64_t pgno)
  * was parked on it meanwhile, wakes the parked threads so they replay
  * the access against the new state.
  */
-static uint64_t settle(struct lm_region *r, lm__pte *e, uint64_t pgno, uint64_t val, int ufd)
+uint64_t lm__settle(struct lm_region *r, lm__pte *e, uint64_t pgno, uint64_t val, int ufd)
 {
 	uint64_t old = atomic_exchange_explicit(e, val, memory_order_acq_rel);
 	/*
@@ -322,7 +322,7 @@ static void poison(struct lm_region *r, lm__pte *e, uint64_t pgno, int ufd)
 		lm__uffd_wake(ufd, page_addr(r, pgno), (size_t)rt->page_size);
 	}
 	if (e)
-		settle(r, e, pgno, LM_PS_POISON, ufd);
+		lm__settle(r, e, pgno, LM_PS_POISON, ufd);
 }
 
 /*
@@ -386,6 +386,8 @@ long lm__fill(struct lm__filler *f, struct lm_region *r, uint64_t pgno, unsigned
 			poison(r, NULL, pgno, ufd), LM__STAT_SUB(rt, sigbus_raised, 1);
 		return 0;
 	}
+	if (r->kind == LM_SOURCE_IMAGE && fault)
+		LM__STAT_ADD(rt, restore_faults, 1);
 	/* A swapped page reads its slot, and its readahead takes swapped neighbours only. */
 	bool from_swap = LM_PTE_STATE(prev0) == LM_PS_SWAPPED;
 	int kind = from_swap ? -1 : r->kind;
@@ -428,14 +430,14 @@ long lm__fill(struct lm__filler *f, struct lm_region *r, uint64_t pgno, unsigned
 		 * that page alone before giving up on it.
 		 */
 		for (unsigned i = 1; i < n; i++)
-			settle(r, ents[i], pgno + i, prev[i], ufd);
+			lm__settle(r, ents[i], pgno + i, prev[i], ufd);
 		n = 1;
 		avail = lm__source_read(f, r, pgno, 1, &src);
 	}
 	if (avail <= 0) {
 		/* Past the end of the file, or a read error: SIGBUS for this page only. */
 		for (unsigned i = 1; i < n; i++)
-			settle(r, ents[i], pgno + i, prev[i], ufd);
+			lm__settle(r, ents[i], pgno + i, prev[i], ufd);
 		if (from_swap && avail < 0) {
 			/* Its only copy is unreadable: the page is lost, and says so on every touch. */
 			atomic_fetch_sub_explicit(&r->swapped, 1, memory_order_relaxed);
@@ -444,19 +446,19 @@ long lm__fill(struct lm__filler *f, struct lm_region *r, uint64_t pgno, unsigned
 				poison(r, e0, pgno, ufd);
 			} else {
 				LM__STAT_ADD(rt, sigbus_raised, 1);
-				settle(r, e0, pgno, LM_PS_POISON, ufd);
+				lm__settle(r, e0, pgno, LM_PS_POISON, ufd);
 			}
 		} else if (fault) {
 			if (kind == LM_SOURCE_IMAGE)
 				LM__STAT_ADD(rt, image_errors, 1);
 			poison(r, e0, pgno, ufd);
 		} else {
-			settle(r, e0, pgno, prev0, ufd);
+			lm__settle(r, e0, pgno, prev0, ufd);
 		}
 		return avail < 0 ? avail : -ENXIO;
 	}
 	for (unsigned i = (unsigned)avail; i < n; i++)
-		settle(r, ents[i], pgno + i, prev[i], ufd);
+		lm__settle(r, ents[i], pgno + i, prev[i], ufd);
 	n = (unsigned)avail;
 
 	/*
@@ -488,24 +490,20 @@ long lm__fill(struct lm__filler *f, struct lm_region *r, uint64_t pgno, unsigned
 	 * installed writable, before the rest of the window.
 	 */
 	const struct lm__snapset *snaps = atomic_load_explicit(&r->snaps, memory_order_acquire);
-	bool wp = (track || snaps) && !(flags & LM_FILL_WRITE);
-	bool wp_rest = snaps ? true : wp;
 	/*
-	 * A stale fault on a page the table calls resident (found by review):
-	 * what it holds is not the source's, so nothing is preserved from
-	 * the stage; installed protected, its write replays as a
+	 * A stale fault on a page the table calls resident (found by review)
+	 * stays protected: what it holds is not the source's, so nothing can
+	 * be preserved from the stage, and its write replays as a
 	 * write-protect fault, which preserves the real contents.
 	 */
 	unsigned st0 = LM_PTE_STATE(prev0);
-	if (snaps && st0 != LM_PS_MISSING && st0 != LM_PS_SWAPPED)
-		wp = true;
+	bool staged0 = st0 == LM_PS_MISSING || st0 == LM_PS_SWAPPED;
+	bool wp = (track || snaps) && !((flags & LM_FILL_WRITE) && (!snaps || staged0));
+	bool wp_rest = snaps || wp;
 	if (snaps && !wp) {
-		const unsigned char *d0 =
-			LM_PTE_STATE(prev0) == LM_PS_MISSING && lm__source_immutable(r) ? NULL : src;
+		const unsigned char *d0 = st0 == LM_PS_MISSING && lm__source_immutable(r) ? NULL : src;
 		lm__snap_preserve(r, snaps, &pgno, &d0, 1);
 	}
-	if (kind == LM_SOURCE_IMAGE && fault)
-		LM__STAT_ADD(rt, restore_faults, 1);
 	/*
 	 * The shared zero page only while nothing tracks writes: mapping it
 	 * and protecting it are two steps, and a write between them (the
@@ -531,7 +529,7 @@ long lm__fill(struct lm__filler *f, struct lm_region *r, uint64_t pgno, unsigned
 			fresh_done += s == LM_PS_MISSING || s == LM_PS_SWAPPED;
 			uint64_t val = installed_value(rt, prev[i], clean);
 			transition(r, prev[i], val);
-			settle(r, ents[i], pgno + i, val, ufd);
+			lm__settle(r, ents[i], pgno + i, val, ufd);
 		}
 		installed += ok;
 		at += ok;
@@ -558,7 +556,7 @@ long lm__fill(struct lm__filler *f, struct lm_region *r, uint64_t pgno, unsigned
 				transition(r, prev[at], keep);
 				fresh_done++;
 			}
-			settle(r, ents[at], pgno + at, keep, ufd);
+			lm__settle(r, ents[at], pgno + at, keep, ufd);
 			lm__uffd_wake(ufd, page_addr(r, pgno + at), ps);
 			at++;
 			continue;
@@ -572,7 +570,7 @@ long lm__fill(struct lm__filler *f, struct lm_region *r, uint64_t pgno, unsigned
 		 */
 		if (at == 0 && n > 1 && rc != -EAGAIN && rc != -ESRCH) {
 			for (unsigned i = 1; i < n; i++)
-				settle(r, ents[i], pgno + i, prev[i], ufd);
+				lm__settle(r, ents[i], pgno + i, prev[i], ufd);
 			unsigned s0 = LM_PTE_STATE(prev[0]);
 			unsigned fresh0 = s0 == LM_PS_MISSING || s0 == LM_PS_SWAPPED;
 			unaccount(r, kind, n, 1, fresh - fresh0, flags);
@@ -597,7 +595,7 @@ long lm__fill(struct lm__filler *f, struct lm_region *r, uint64_t pgno, unsigned
 				}
 				poison(r, ents[0], pgno, ufd);
 			} else
-				settle(r, ents[i], pgno + i, prev[i], ufd);
+				lm__settle(r, ents[i], pgno + i, prev[i], ufd);
 		}
 		if (at == 0 && fault && !sigbus)
 			lm__uffd_wake(ufd, page_addr(r, pgno), ps);
@@ -667,9 +665,7 @@ void lm__wp_fault(struct lm__filler *f, struct lm_region *r, uint64_t pgno, uint
 		bool lifted = false;
 		if (snaps && lm__snap_needs(snaps, pgno)) {
 			if (!f) {
-				uint64_t old = atomic_exchange(e, prev);
-				if (old & LM_PTE_WAITERS)
-					lm__uffd_wake(ufd, addr & ~(ps - 1), ps);
+				lm__settle(r, e, pgno, prev, ufd);
 				sched_yield();
 				return;
 			}

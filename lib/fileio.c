@@ -7,6 +7,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/uio.h>
 #include <unistd.h>
 
 /*
@@ -204,4 +205,28 @@ void lm__io_batch(struct lm__filler *f, int fd, struct lm__io *io, unsigned n, b
 				io[at + c].res = rc;
 		at += k;
 	}
+}
+
+int lm__pwritev_all(int fd, struct iovec *iov, unsigned n, uint64_t off)
+{
+	while (n) {
+		ssize_t got = pwritev(fd, iov, (int)n, (off_t)off);
+		if (got < 0 && errno == EINTR)
+			continue;
+		if (got < 0)
+			return -errno;
+		if (got == 0)
+			return -EIO;
+		off += (uint64_t)got;
+		while (n && (size_t)got >= iov->iov_len) {
+			got -= (ssize_t)iov->iov_len;
+			iov++;
+			n--;
+		}
+		if (n) {
+			iov->iov_base = (char *)iov->iov_base + got;
+			iov->iov_len -= (size_t)got;
+		}
+	}
+	return 0;
 }

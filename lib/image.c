@@ -8,7 +8,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <limits.h>
 #include <sys/stat.h>
 #include <sys/uio.h>
 #include <time.h>
@@ -118,30 +117,6 @@ static int write_all(int fd, const void *buf, size_t len, uint64_t off)
 	return 0;
 }
 
-int lm__pwritev_all(int fd, struct iovec *iov, unsigned n, uint64_t off)
-{
-	while (n) {
-		ssize_t got = pwritev(fd, iov, (int)n, (off_t)off);
-		if (got < 0 && errno == EINTR)
-			continue;
-		if (got < 0)
-			return -errno;
-		if (got == 0)
-			return -EIO;
-		off += (uint64_t)got;
-		while (n && (size_t)got >= iov->iov_len) {
-			got -= (ssize_t)iov->iov_len;
-			iov++;
-			n--;
-		}
-		if (n) {
-			iov->iov_base = (char *)iov->iov_base + got;
-			iov->iov_len -= (size_t)got;
-		}
-	}
-	return 0;
-}
-
 int lm__image_create(const char *path, uint64_t length, size_t page_size,
 		     struct lm__image_writer **out)
 {
@@ -185,13 +160,9 @@ static bool is_zero(const void *page, size_t len)
 	return true;
 }
 
-/* Marks page pgno added; false when it is out of range or was added before. */
-static bool mark_added(struct lm__image_writer *w, uint64_t pgno)
+static bool added(const struct lm__image_writer *w, uint64_t pgno)
 {
-	if (pgno >= w->npages || (w->seen[pgno / 8] & (1u << (pgno % 8))))
-		return false;
-	w->seen[pgno / 8] |= (unsigned char)(1u << (pgno % 8));
-	return true;
+	return w->seen[pgno / 8] & (1u << (pgno % 8));
 }
 
 static int reserve(struct lm__image_writer *w, uint64_t more)
@@ -213,8 +184,6 @@ static int reserve(struct lm__image_writer *w, uint64_t more)
 
 int lm__image_add(struct lm__image_writer *w, uint64_t pgno, const void *page)
 {
-	if (!w)
-		return -EINVAL;
 	int64_t idx;
 	return lm__image_add_run(w, &pgno, page, 1, &idx);
 }
@@ -227,58 +196,38 @@ int lm__image_add(struct lm__image_writer *w, uint64_t pgno, const void *page)
 int lm__image_add_run(struct lm__image_writer *w, const uint64_t *pgno, const unsigned char *pages,
 		      unsigned n, int64_t *idx)
 {
-	if (!w || (n && (!pgno || !pages || !idx)))
+	if (!w || n > LM__IMAGE_RUN || (n && (!pgno || !pages || !idx)))
 		return -EINVAL;
+	struct iovec iov[LM__IMAGE_RUN];
+	unsigned k = 0;
 	for (unsigned i = 0; i < n; i++) {
-		if (pgno[i] >= w->npages || (w->seen[pgno[i] / 8] & (1u << (pgno[i] % 8))))
+		if (pgno[i] >= w->npages || added(w, pgno[i]))
 			return -EINVAL;
 		for (unsigned j = 0; j < i; j++)
 			if (pgno[j] == pgno[i])
 				return -EINVAL;
-	}
-	unsigned nz = 0;
-	for (unsigned i = 0; i < n; i++) {
-		bool z = is_zero(pages + (size_t)i * w->ps, w->ps);
-		idx[i] = z ? -1 : 0;
-		nz += !z;
-	}
-	int rc = reserve(w, nz);
-	if (rc < 0)
-		return rc;
-	struct iovec iov[IOV_MAX < 64 ? IOV_MAX : 64];
-	uint64_t at = w->stored;
-	unsigned k = 0;
-	for (unsigned i = 0; i < n; i++) {
-		if (idx[i] < 0)
-			continue;
-		iov[k].iov_base = (void *)(pages + (size_t)i * w->ps);
-		iov[k].iov_len = w->ps;
-		k++;
-		if (k == LM__ARRAY_SIZE(iov) || i == n - 1) {
-			rc = lm__pwritev_all(w->fd, iov, k, (1 + at) * w->ps);
-			if (rc < 0)
-				return rc;
-			at += k;
-			k = 0;
+		/* Zero pages are not stored: a page missing from the index reads as zeros. */
+		idx[i] = -1;
+		if (!is_zero(pages + (size_t)i * w->ps, w->ps)) {
+			idx[i] = (int64_t)(w->stored + k);
+			iov[k++] = (struct iovec){ (void *)(pages + (size_t)i * w->ps), w->ps };
 		}
 	}
-	if (k) {
-		rc = lm__pwritev_all(w->fd, iov, k, (1 + at) * w->ps);
-		if (rc < 0)
-			return rc;
-	}
+	int rc = reserve(w, k);
+	if (!rc && k)
+		rc = lm__pwritev_all(w->fd, iov, k, (1 + w->stored) * w->ps);
+	if (rc < 0)
+		return rc;
 	for (unsigned i = 0; i < n; i++) {
-		mark_added(w, pgno[i]);
-		if (idx[i] < 0)
-			continue;
-		idx[i] = (int64_t)w->stored;
-		w->ents[w->stored++] = (struct lm__image_ent){
-			.pgno = pgno[i],
-			.data = (uint32_t)idx[i],
-			.sum = lm__page_sum(pages + (size_t)i * w->ps, w->ps),
-		};
+		w->seen[pgno[i] / 8] |= (unsigned char)(1u << (pgno[i] % 8));
+		if (idx[i] >= 0)
+			w->ents[w->stored++] = (struct lm__image_ent){
+				.pgno = pgno[i],
+				.data = (uint32_t)idx[i],
+				.sum = lm__page_sum(pages + (size_t)i * w->ps, w->ps),
+			};
 	}
-	w->bytes += (uint64_t)nz * w->ps;
+	w->bytes += (uint64_t)k * w->ps;
 	return 0;
 }
 

@@ -158,6 +158,12 @@ struct lm__io {
 	int res;
 };
 void lm__io_batch(struct lm__filler *f, int fd, struct lm__io *io, unsigned n, bool write);
+/*
+ * pwritev until done: a short write goes on from where it stopped (iov is
+ * consumed).  Async-signal-safe.
+ */
+struct iovec;
+int lm__pwritev_all(int fd, struct iovec *iov, unsigned n, uint64_t off);
 
 /* ---- swap.c: the swap file --------------------------------------------- */
 
@@ -184,6 +190,8 @@ struct lm__swap {
 extern _Atomic int lm__swap_fail_writes;
 
 int lm__swap_open(struct lm__swap *s, const char *dir, uint64_t max_bytes, size_t page_size);
+/* A file in dir that has no name (O_TMPFILE, else created and unlinked), mode 0600. */
+int lm__open_unnamed(const char *dir);
 void lm__swap_close(struct lm__swap *s);
 unsigned lm__swap_alloc(struct lm__swap *s, uint64_t *slots, unsigned n);
 /* Lock free and async-signal-safe: a write fault in signal mode frees a page's slot. */
@@ -222,14 +230,13 @@ int lm__image_create(const char *path, uint64_t length, size_t page_size,
 /* Adds page pgno's contents (any order, each page once); zero pages are not stored. */
 int lm__image_add(struct lm__image_writer *w, uint64_t pgno, const void *page);
 /*
- * Adds n pages, page i of pgno[i] at pages + i * page size, in one write:
- * idx[i] is its data page in the image, or -1 for a zero page (not stored).
+ * Adds n pages (n <= LM__IMAGE_RUN), page i of pgno[i] at pages + i * page
+ * size, in one write: idx[i] is its data page in the image, or -1 for a
+ * zero page (not stored).
  */
+#define LM__IMAGE_RUN 64
 int lm__image_add_run(struct lm__image_writer *w, const uint64_t *pgno, const unsigned char *pages,
 		      unsigned n, int64_t *idx);
-/* pwritev until done: a short write goes on from where it stopped (iov is consumed). */
-struct iovec;
-int lm__pwritev_all(int fd, struct iovec *iov, unsigned n, uint64_t off);
 /* The writer's file (its data pages are final once added); -1 for NULL. */
 int lm__image_fd(const struct lm__image_writer *w);
 /* Bytes of data written so far. */
@@ -259,6 +266,8 @@ static inline void lm__dirty_add(struct lm_region *r, int64_t n);
 /* The eviction stamp to store in an evicted entry, and whether its refault is a hot one. */
 uint64_t lm__evict_stamp(struct lm_runtime *rt);
 bool lm__refault_hot(struct lm_runtime *rt, uint64_t prev);
+/* Where the runtime's files go: lm_options.swap_dir, else $TMPDIR, else /tmp. */
+const char *lm__swap_dir(const struct lm_runtime *rt);
 /* Frees the swap slot an entry value carries, if any. */
 void lm__slot_release(struct lm_runtime *rt, uint64_t v);
 
@@ -314,8 +323,6 @@ struct lm__extent {
 	uintptr_t start, end;
 	struct lm_region *r;
 };
-
-struct lm__snapset;
 
 struct lm_region {
 	struct lm_runtime *rt;
@@ -530,6 +537,11 @@ void lm__wait_settled(struct lm_region *r, uint64_t first, uint64_t count);
  */
 void lm__wp_fault(struct lm__filler *f, struct lm_region *r, uint64_t pgno, uintptr_t addr,
 		  int ufd, bool park);
+/*
+ * Gives a page its owner holds its settled value val and wakes the faults
+ * parked on it meanwhile.  Returns the value it replaced.
+ */
+uint64_t lm__settle(struct lm_region *r, lm__pte *e, uint64_t pgno, uint64_t val, int ufd);
 /*
  * The source's contents of pages [pgno, pgno + n) at *src: the number of
  * pages with data, 0 past the end of the file, or -errno.

@@ -124,10 +124,13 @@ bool lm__snap_needs(const struct lm__snapset *set, uint64_t pgno)
 void lm__snap_preserve(struct lm_region *r, const struct lm__snapset *set, const uint64_t *pg,
 		       const unsigned char *const *data, unsigned n)
 {
+	/* A bit per page below: batches of 64. */
+	for (; n > 64; n -= 64, pg += 64, data += 64)
+		lm__snap_preserve(r, set, pg, data, 64);
 	struct lm_runtime *rt = r->rt;
 	size_t ps = (size_t)rt->page_size;
 	uint64_t need = 0, copy = 0;
-	for (unsigned i = 0; i < n && i < 64; i++) {
+	for (unsigned i = 0; i < n; i++) {
 		if (!lm__snap_needs(set, pg[i]))
 			continue;
 		need |= 1ull << i;
@@ -169,14 +172,6 @@ void lm__snap_preserve(struct lm_region *r, const struct lm__snapset *set, const
 	LM__STAT_ADD(rt, snapshot_preserved, __builtin_popcountll(need));
 }
 
-/* Gives a held page its new value and wakes whoever parked on it. */
-static void release_page(struct lm_region *r, lm__pte *e, uint64_t pgno, uint64_t val)
-{
-	uint64_t old = atomic_exchange_explicit(e, val, memory_order_acq_rel);
-	if (old & LM_PTE_WAITERS)
-		lm__uffd_wake(r->rt->ufd, addr_of(r, pgno), (size_t)r->rt->page_size);
-}
-
 /* A held resident page loses its protection: it settles DIRTY, its writes unseen from now on. */
 static void release_unprotected(struct lm_region *r, lm__pte *e, uint64_t pgno, uint64_t prev)
 {
@@ -184,7 +179,7 @@ static void release_unprotected(struct lm_region *r, lm__pte *e, uint64_t pgno, 
 		lm__dirty_add(r, 1);
 		lm__slot_release(r->rt, prev);
 	}
-	release_page(r, e, pgno, (uint64_t)LM_PS_DIRTY | (prev & LM_PTE_REF));
+	lm__settle(r, e, pgno, (uint64_t)LM_PS_DIRTY | (prev & LM_PTE_REF), r->rt->ufd);
 }
 
 /*
@@ -285,7 +280,7 @@ bool lm__snap_cow(struct lm__filler *f, struct lm_region *r, const struct lm__sn
 			continue;
 		if (failed & (1ull << i)) {
 			if (i != me) {
-				release_page(r, ents[i], base + i, pv[i]);
+				lm__settle(r, ents[i], base + i, pv[i], r->rt->ufd);
 				held &= ~(1ull << i);
 			}
 			continue;
@@ -363,7 +358,7 @@ static uint64_t hold_pages(struct lm_region *r, const uint64_t *pg, unsigned n, 
 			return held;
 		for (unsigned i = 0; i < n; i++)
 			if (held & (1ull << i))
-				release_page(r, ents[i], pg[i], prev[i]);
+				lm__settle(r, ents[i], pg[i], prev[i], r->rt->ufd);
 		/*
 		 * In a read section the caller must leave it before it waits:
 		 * the holder may wait for an event whose handler waits for the
@@ -542,7 +537,7 @@ static int view_batch(struct lm__filler *f, struct lm_snapshot *s, uint64_t firs
 	for (unsigned i = 0; i < n; i++)
 		if ((held & (1ull << i)) && (m[i] = map_get(s, first + i))) {
 			/* Preserved between the look and the hold. */
-			release_page(r, ents[i], first + i, prev[i]);
+			lm__settle(r, ents[i], first + i, prev[i], r->rt->ufd);
 			held &= ~(1ull << i);
 			fromloc |= 1ull << i;
 		}
@@ -571,7 +566,7 @@ static int view_batch(struct lm__filler *f, struct lm_snapshot *s, uint64_t firs
 				continue;
 			}
 		}
-		release_page(r, ents[i], first + i, val);
+		lm__settle(r, ents[i], first + i, val, r->rt->ufd);
 	}
 	return rc;
 }
@@ -640,21 +635,25 @@ static int open_spill(struct lm_region *r)
 {
 	if (r->spill_fd >= 0)
 		return 0;
-	struct lm_runtime *rt = r->rt;
-	const char *dir = rt->opt.swap_dir;
-	if (!dir || !*dir)
-		dir = getenv("TMPDIR");
-	if (!dir || !*dir)
-		dir = "/tmp";
-	int fd = open(dir, O_TMPFILE | O_RDWR | O_CLOEXEC | O_EXCL, 0600);
+	const char *dir = lm__swap_dir(r->rt);
+	int fd = lm__open_unnamed(dir);
 	if (fd < 0) {
-		int err = -errno;
-		lm__log(rt, 1, "cannot create a spill file in %s: %s", dir, lm_strerror(err));
-		return err;
+		lm__log(r->rt, 1, "cannot create a spill file in %s: %s", dir, lm_strerror(fd));
+		return fd;
 	}
 	r->spill_fd = fd;
 	atomic_store(&r->spill_next, 0);
 	return 0;
+}
+
+static void snap_free(struct lm_snapshot *s)
+{
+	lm__pt_destroy(&s->map);
+	if (s->img_fd >= 0)
+		close(s->img_fd);
+	pthread_mutex_destroy(&s->lock);
+	pthread_cond_destroy(&s->cond);
+	free(s);
 }
 
 int lm_snapshot_take(struct lm_region *r, unsigned flags, struct lm_snapshot **out)
@@ -700,10 +699,7 @@ int lm_snapshot_take(struct lm_region *r, unsigned flags, struct lm_snapshot **o
 	struct lm__snapset *set = rc ? NULL : set_with(atomic_load(&r->snaps), s, true, &rc);
 	if (rc) {
 		pthread_mutex_unlock(&r->snap_lock);
-		lm__pt_destroy(&s->map);
-		pthread_mutex_destroy(&s->lock);
-		pthread_cond_destroy(&s->cond);
-		free(s);
+		snap_free(s);
 		return rc;
 	}
 	/*
@@ -731,10 +727,7 @@ int lm_snapshot_take(struct lm_region *r, unsigned flags, struct lm_snapshot **o
 	if (rc < 0) {
 		publish(r, set_without(atomic_load(&r->snaps), s));
 		pthread_mutex_unlock(&r->snap_lock);
-		lm__pt_destroy(&s->map);
-		pthread_mutex_destroy(&s->lock);
-		pthread_cond_destroy(&s->cond);
-		free(s);
+		snap_free(s);
 		return rc;
 	}
 	pthread_mutex_unlock(&r->snap_lock);
@@ -821,34 +814,33 @@ static void *saver_main(void *arg)
 	}
 	bool zero = r->kind == LM_SOURCE_ZERO;
 	uint64_t written = 0;
-	for (uint64_t pg = 0; !rc && pg < s->npages; pg += SAVE_BATCH) {
+	for (uint64_t pg = 0; !rc && pg < s->npages;) {
 		if (atomic_load_explicit(&s->cancel, memory_order_relaxed)) {
 			rc = -ECANCELED;
 			break;
 		}
 		unsigned n = s->npages - pg < SAVE_BATCH ? (unsigned)(s->npages - pg) : SAVE_BATCH;
 		/* A zero region's pages never touched, nor preserved, are zero: nothing to write. */
-		if (zero) {
-			bool any = false;
-			for (unsigned i = 0; i < n && !any; i++)
-				any = lm__pt_get(&r->pt, pg + i, false) || map_get(s, pg + i);
-			if (!any)
+		bool any = !zero;
+		for (unsigned i = 0; i < n && !any; i++)
+			any = lm__pt_get(&r->pt, pg + i, false) || map_get(s, pg + i);
+		if (any) {
+			int idx = lm__read_lock(rt);
+			rc = view_batch(&f, s, pg, n, buf, s->w, record);
+			lm__read_unlock(rt, idx);
+			if (rc == -EAGAIN) {
+				/* A page in transition: wait outside the read section, then again. */
+				sched_yield();
+				rc = 0;
 				continue;
+			}
+			if (!rc)
+				rc = atomic_load(&s->err);
+			uint64_t now = lm__image_bytes(s->w);
+			LM__STAT_ADD(rt, snapshot_bytes_written, now - written);
+			written = now;
 		}
-		int idx = lm__read_lock(rt);
-		rc = view_batch(&f, s, pg, n, buf, s->w, record);
-		lm__read_unlock(rt, idx);
-		if (rc == -EAGAIN) {
-			sched_yield();
-			rc = 0;
-			pg -= SAVE_BATCH;	/* the same batch again */
-			continue;
-		}
-		if (!rc)
-			rc = atomic_load(&s->err);
-		uint64_t now = lm__image_bytes(s->w);
-		LM__STAT_ADD(rt, snapshot_bytes_written, now - written);
-		written = now;
+		pg += n;
 	}
 	if (!rc)
 		rc = lm__image_commit(s->w);
@@ -983,33 +975,32 @@ void lm__snap_before_drop(struct lm_region *r, uint64_t first, uint64_t count)
 		return;
 	}
 	pthread_mutex_lock(&r->snap_lock);
-	for (uint64_t pg = first; pg < first + count; pg += SAVE_BATCH) {
+	for (uint64_t pg = first; pg < first + count;) {
 		unsigned n = first + count - pg < SAVE_BATCH ? (unsigned)(first + count - pg) : SAVE_BATCH;
 		int idx = lm__read_lock(rt);
 		const struct lm__snapset *set = atomic_load(&r->snaps);
+		bool busy = false;
 		if (set) {
 			lm__pte *ents[SAVE_BATCH];
 			uint64_t prev[SAVE_BATCH];
-			bool busy;
 			uint64_t held = hold_batch(r, pg, n, n == 64 ? ~0ull : (1ull << n) - 1, ents,
 						   prev, &busy);
-			if (busy) {
-				lm__read_unlock(rt, idx);
-				sched_yield();
-				pg -= SAVE_BATCH;	/* the same batch again */
-				continue;
-			}
-			int rc = preserve_held(&f, r, set, pg, n, held, prev, buf);
+			int rc = busy ? 0 : preserve_held(&f, r, set, pg, n, held, prev, buf);
 			for (unsigned i = 0; i < n; i++)
 				if (held & (1ull << i)) {
 					if (rc)
 						for (unsigned x = 0; x < set->n; x++)
 							if (!map_get(set->s[x], pg + i))
 								snap_break(set->s[x], rc);
-					release_page(r, ents[i], pg + i, prev[i]);
+					lm__settle(r, ents[i], pg + i, prev[i], rt->ufd);
 				}
 		}
 		lm__read_unlock(rt, idx);
+		if (busy) {
+			sched_yield();
+			continue;
+		}
+		pg += n;
 	}
 	pthread_mutex_unlock(&r->snap_lock);
 	lm__filler_fini(&f);
@@ -1054,7 +1045,7 @@ static int rollback_batch(struct lm__filler *f, struct lm_snapshot *s, const uin
 		/* Out of memory for the page table. */
 		for (unsigned i = 0; i < n; i++)
 			if (held & (1ull << i))
-				release_page(r, ents[i], pg[i], prev[i]);
+				lm__settle(r, ents[i], pg[i], prev[i], r->rt->ufd);
 		return -ENOMEM;
 	}
 	int rc = 0;
@@ -1093,11 +1084,11 @@ static int rollback_batch(struct lm__filler *f, struct lm_snapshot *s, const uin
 	lm__read_unlock(rt, idx);
 	for (unsigned i = 0; i < n; i++)
 		if (same & (1ull << i))
-			release_page(r, ents[i], pg[i], prev[i]);
+			lm__settle(r, ents[i], pg[i], prev[i], r->rt->ufd);
 	if (rc) {
 		for (unsigned i = 0; i < n; i++)
 			if (!(same & (1ull << i)))
-				release_page(r, ents[i], pg[i], prev[i]);
+				lm__settle(r, ents[i], pg[i], prev[i], r->rt->ufd);
 		return rc;
 	}
 	/* Drop what is mapped now, then wait until the events of those drops are applied. */
@@ -1133,7 +1124,7 @@ static int rollback_batch(struct lm__filler *f, struct lm_snapshot *s, const uin
 			lm__resident_add(r, -1);
 		uint64_t m = map_get(s, pg[i]);
 		if (MAP_KIND(m) == MAP_SOURCE) {
-			release_page(r, ents[i], pg[i], LM_PS_MISSING);
+			lm__settle(r, ents[i], pg[i], LM_PS_MISSING, r->rt->ufd);
 			continue;
 		}
 		/*
@@ -1146,9 +1137,9 @@ static int rollback_batch(struct lm__filler *f, struct lm_snapshot *s, const uin
 		if (c == 0 || c == -EEXIST) {
 			lm__resident_add(r, 1);
 			lm__dirty_add(r, 1);
-			release_page(r, ents[i], pg[i], LM_PS_DIRTY);
+			lm__settle(r, ents[i], pg[i], LM_PS_DIRTY, r->rt->ufd);
 		} else {
-			release_page(r, ents[i], pg[i], LM_PS_MISSING);
+			lm__settle(r, ents[i], pg[i], LM_PS_MISSING, r->rt->ufd);
 			if (!rc)
 				rc = c;
 		}
@@ -1191,40 +1182,24 @@ int lm_snapshot_rollback(struct lm_snapshot *s)
 	return rc;
 }
 
-/* Frees what a snapshot holds of its region (the handle itself stays). */
-static void snap_drop(struct lm_snapshot *s)
-{
-	lm__pt_destroy(&s->map);
-	if (s->img_fd >= 0)
-		close(s->img_fd);
-	s->img_fd = -1;
-}
-
 int lm_snapshot_release(struct lm_snapshot *s)
 {
 	LM__KEEP_ERRNO;
 	if (!s)
 		return -EINVAL;
 	struct lm_region *r = s->r;
-	/* In a fork() child the handle is a copy: only the memory is the child's. */
+	/* In a fork() child the handle is a copy: only its memory is the child's. */
 	if (r && getpid() == s->pid) {
 		join_saver(s, true);
 		pthread_mutex_lock(&r->snap_lock);
 		publish(r, set_without(atomic_load(&r->snaps), s));
 		/* The last one gone: its copies are nobody's any more. */
-		if (!atomic_load(&r->snaps) && r->spill_fd >= 0) {
-			if (ftruncate(r->spill_fd, 0) == 0)
-				atomic_store(&r->spill_next, 0);
-		}
+		if (!atomic_load(&r->snaps) && r->spill_fd >= 0 && ftruncate(r->spill_fd, 0) == 0)
+			atomic_store(&r->spill_next, 0);
 		pthread_mutex_unlock(&r->snap_lock);
 		LM__STAT_SUB(s->rt, snapshots_live, 1);
-		snap_drop(s);
-	} else if (r) {
-		lm__pt_destroy(&s->map);
 	}
-	pthread_mutex_destroy(&s->lock);
-	pthread_cond_destroy(&s->cond);
-	free(s);
+	snap_free(s);
 	return 0;
 }
 
@@ -1240,7 +1215,8 @@ void lm__snap_detach_all(struct lm_region *r)
 	lm__synchronize(r->rt);
 	for (unsigned i = 0; set && i < set->n; i++) {
 		struct lm_snapshot *s = set->s[i];
-		snap_drop(s);
+		/* What it held of the region goes now; the handle waits for release. */
+		lm__pt_destroy(&s->map);
 		s->r = NULL;
 		LM__STAT_SUB(r->rt, snapshots_live, 1);
 	}

@@ -35,14 +35,14 @@ static void *map_zeroed(size_t bytes)
 	return p == MAP_FAILED ? NULL : p;
 }
 
-static int open_unnamed(const char *dir)
+int lm__open_unnamed(const char *dir)
 {
 	int fd = open(dir, O_TMPFILE | O_RDWR | O_CLOEXEC | O_EXCL, 0600);
 	if (fd >= 0 || (errno != EOPNOTSUPP && errno != EISDIR && errno != EINVAL))
 		return fd < 0 ? -errno : fd;
 	/* No O_TMPFILE here: a named file, unlinked before anyone can use it. */
 	char path[4096];
-	int n = snprintf(path, sizeof(path), "%s/lazymem-swap-XXXXXX", dir);
+	int n = snprintf(path, sizeof(path), "%s/lazymem-XXXXXX", dir);
 	if (n < 0 || (size_t)n >= sizeof(path))
 		return -ENAMETOOLONG;
 	fd = mkostemp(path, O_CLOEXEC);
@@ -68,7 +68,7 @@ int lm__swap_open(struct lm__swap *s, const char *dir, uint64_t max_bytes, size_
 		lm__swap_close(s);
 		return -ENOMEM;
 	}
-	s->fd = open_unnamed(dir);
+	s->fd = lm__open_unnamed(dir);
 	if (s->fd < 0) {
 		int err = s->fd;
 		lm__swap_close(s);
