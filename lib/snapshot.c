@@ -183,6 +183,31 @@ static void release_unprotected(struct lm_region *r, lm__pte *e, uint64_t pgno, 
 }
 
 /*
+ * Lifts the protection of the pages of mask (bits of [first, first + n)),
+ * one ioctl per run: each is a TLB shootdown, and one per page cost the
+ * saver more than its writes.  Returns the pages whose protection went.
+ */
+static uint64_t unprotect(struct lm_region *r, uint64_t first, unsigned n, uint64_t mask)
+{
+	size_t ps = (size_t)r->rt->page_size;
+	uint64_t lifted = 0;
+	for (unsigned i = 0; i < n;) {
+		if (!(mask & (1ull << i))) {
+			i++;
+			continue;
+		}
+		unsigned j = i + 1;
+		while (j < n && (mask & (1ull << j)))
+			j++;
+		if (lm__uffd_writeprotect(r->rt->ufd, addr_of(r, first + i), (size_t)(j - i) * ps,
+					  false) == 0)
+			lifted |= (j - i == 64 ? ~0ull : ((1ull << (j - i)) - 1)) << i;
+		i = j;
+	}
+	return lifted;
+}
+
+/*
  * Reads resident pages [first, first + n) through /proc/self/mem, which
  * fails on a page that is not there instead of faulting: a thread that
  * holds the page must never fault on it.  Returns the pages read.
@@ -290,27 +315,12 @@ bool lm__snap_cow(struct lm__filler *f, struct lm_region *r, const struct lm__sn
 		n++;
 	}
 	lm__snap_preserve(r, set, pgs, data, n);
-	/* One ioctl per run of held pages: each is a TLB shootdown. */
-	bool lifted = false;
-	for (unsigned i = 0; i < cnt;) {
-		if (!(held & (1ull << i))) {
-			i++;
-			continue;
-		}
-		unsigned j = i + 1;
-		while (j < cnt && (held & (1ull << j)))
-			j++;
-		int rc = lm__uffd_writeprotect(rt->ufd, addr_of(r, base + i), (size_t)(j - i) * ps,
-					       false);
-		if (rc == 0 && me >= i && me < j)
-			lifted = true;
-		/* Still protected if that failed: DIRTY all the same, the next write lifts it. */
-		for (unsigned x = i; x < j; x++)
-			if (x != me)
-				release_unprotected(r, ents[x], base + x, pv[x]);
-		i = j;
-	}
-	return lifted;
+	uint64_t lifted = unprotect(r, base, cnt, held);
+	/* A neighbour still protected (the ioctl failed) is DIRTY all the same: its next write lifts it. */
+	for (unsigned x = 0; x < cnt; x++)
+		if ((held & (1ull << x)) && x != me)
+			release_unprotected(r, ents[x], base + x, pv[x]);
+	return (lifted >> me) & 1;
 }
 
 /* ---- holding pages to read their current contents -------------------------- */
@@ -549,24 +559,32 @@ static int view_batch(struct lm__filler *f, struct lm_snapshot *s, uint64_t firs
 		rc = lm__image_add_run(w, pgs, buf, n, idx);
 	if (!rc && w)
 		LM__STAT_ADD(rt, snapshot_saved, n);
+	/*
+	 * The first save records each page it took from the region as the
+	 * image's; a resident one no other snapshot lacks loses its
+	 * protection (while nothing else tracks writes), so that its next
+	 * write costs no fault.
+	 */
 	const struct lm__snapset *set = atomic_load_explicit(&r->snaps, memory_order_acquire);
 	bool track = atomic_load_explicit(&rt->track, memory_order_relaxed);
-	for (unsigned i = 0; i < n; i++) {
+	uint64_t lift = 0;
+	for (unsigned i = 0; i < n && !rc && record && w; i++) {
 		if (!(held & (1ull << i)))
 			continue;
-		uint64_t val = prev[i];
-		unsigned st = LM_PTE_STATE(val);
-		if (!rc && record && w) {
-			map_set(s, first + i,
-				idx[i] < 0 ? MAP_MAKE(MAP_ZERO, 0) : MAP_MAKE(MAP_IMAGE, idx[i]));
-			if (!track && set && (st == LM_PS_CLEAN || st == LM_PS_DIRTY) &&
-			    !lm__snap_needs(set, first + i) &&
-			    lm__uffd_writeprotect(rt->ufd, addr_of(r, first + i), ps, false) == 0) {
-				release_unprotected(r, ents[i], first + i, val);
-				continue;
-			}
-		}
-		lm__settle(r, ents[i], first + i, val, r->rt->ufd);
+		unsigned st = LM_PTE_STATE(prev[i]);
+		if (!map_set(s, first + i,
+			     idx[i] < 0 ? MAP_MAKE(MAP_ZERO, 0) : MAP_MAKE(MAP_IMAGE, idx[i])))
+			snap_break(s, -ENOMEM);
+		else if (!track && set && (st == LM_PS_CLEAN || st == LM_PS_DIRTY) &&
+			 !lm__snap_needs(set, first + i))
+			lift |= 1ull << i;
+	}
+	lift &= unprotect(r, first, n, lift);
+	for (unsigned i = 0; i < n; i++) {
+		if (lift & (1ull << i))
+			release_unprotected(r, ents[i], first + i, prev[i]);
+		else if (held & (1ull << i))
+			lm__settle(r, ents[i], first + i, prev[i], rt->ufd);
 	}
 	return rc;
 }
@@ -1091,60 +1109,83 @@ static int rollback_batch(struct lm__filler *f, struct lm_snapshot *s, const uin
 				lm__settle(r, ents[i], pg[i], prev[i], r->rt->ufd);
 		return rc;
 	}
-	/* Drop what is mapped now, then wait until the events of those drops are applied. */
-	bool dropped = false;
+	/*
+	 * Drop what is mapped now, a run of consecutive pages per madvise,
+	 * then wait until the events of those drops are applied (the handler
+	 * must not forget the pages installed below).
+	 */
+	uint64_t drop = 0, put = 0, install = 0;
 	for (unsigned i = 0; i < n; i++) {
 		unsigned st = LM_PTE_STATE(prev[i]);
 		if (same & (1ull << i))
 			continue;
-		if (st == LM_PS_CLEAN || st == LM_PS_DIRTY || st == LM_PS_POISON) {
-			madvise((void *)addr_of(r, pg[i]), ps, MADV_DONTNEED);
-			dropped = true;
+		put |= 1ull << i;
+		if (st == LM_PS_CLEAN || st == LM_PS_DIRTY || st == LM_PS_POISON)
+			drop |= 1ull << i;
+		if (MAP_KIND(map_get(s, pg[i])) != MAP_SOURCE)
+			install |= 1ull << i;
+	}
+	for (unsigned i = 0, j; i < n; i = j) {
+		j = i + 1;
+		if (!(drop & (1ull << i)))
+			continue;
+		while (j < n && (drop & (1ull << j)) && pg[j] == pg[j - 1] + 1)
+			j++;
+		madvise((void *)addr_of(r, pg[i]), (size_t)(j - i) * ps, MADV_DONTNEED);
+	}
+	if (drop)
+		lm__epoch_wait(&rt->evq);
+	/*
+	 * Installed DIRTY, a run per UFFDIO_COPY: the page differs from its
+	 * source (a clean page without a slot would be dropped by the evictor
+	 * and refilled from the source).  A page the copy did not install
+	 * (EEXIST: someone mapped it after all) is tried alone.
+	 */
+	bool wp = atomic_load(&rt->track) || atomic_load(&r->snaps);
+	uint64_t installed = 0;
+	for (unsigned i = 0, j; i < n; i = j) {
+		j = i + 1;
+		if (!(install & (1ull << i)))
+			continue;
+		while (j < n && (install & (1ull << j)) && pg[j] == pg[j - 1] + 1)
+			j++;
+		for (unsigned at = i; at < j;) {
+			size_t done = 0;
+			int c = lm__uffd_copy(rt->ufd, addr_of(r, pg[at]), buf + (size_t)at * ps,
+					      (size_t)(j - at) * ps, wp, &done);
+			unsigned ok = (unsigned)(done / ps);
+			for (unsigned x = at; x < at + ok; x++)
+				installed |= 1ull << x;
+			at += ok;
+			if (c == 0)
+				break;
+			if (c == -EEXIST)
+				installed |= 1ull << at;
+			else if (!rc)
+				rc = c;
+			at++;
 		}
 	}
-	if (dropped)
-		lm__epoch_wait(&rt->evq);
-	bool wp = atomic_load(&rt->track) || atomic_load(&r->snaps);
-	unsigned put = 0;
 	for (unsigned i = 0; i < n; i++) {
-		unsigned st = LM_PTE_STATE(prev[i]);
-		bool was_res = st == LM_PS_CLEAN || st == LM_PS_DIRTY;
-		if (same & (1ull << i))
+		if (!(put & (1ull << i)))
 			continue;
-		put++;
-		if (st == LM_PS_SWAPPED) {
+		unsigned st = LM_PTE_STATE(prev[i]);
+		if (st == LM_PS_SWAPPED)
 			atomic_fetch_sub(&r->swapped, 1);
-			lm__slot_release(rt, prev[i]);
-		} else if (LM_PTE_HAS_SLOT(prev[i])) {
-			lm__slot_release(rt, prev[i]);
-		}
+		lm__slot_release(rt, prev[i]);
 		if (st == LM_PS_DIRTY)
 			lm__dirty_add(r, -1);
-		if (was_res)
+		if (st == LM_PS_CLEAN || st == LM_PS_DIRTY)
 			lm__resident_add(r, -1);
-		uint64_t m = map_get(s, pg[i]);
-		if (MAP_KIND(m) == MAP_SOURCE) {
-			lm__settle(r, ents[i], pg[i], LM_PS_MISSING, r->rt->ufd);
-			continue;
-		}
-		/*
-		 * Installed DIRTY: the page differs from its source (a clean
-		 * page without a slot would be dropped by the evictor and
-		 * refilled from the source).
-		 */
-		size_t done = 0;
-		int c = lm__uffd_copy(rt->ufd, addr_of(r, pg[i]), buf + (size_t)i * ps, ps, wp, &done);
-		if (c == 0 || c == -EEXIST) {
+		if (installed & (1ull << i)) {
 			lm__resident_add(r, 1);
 			lm__dirty_add(r, 1);
-			lm__settle(r, ents[i], pg[i], LM_PS_DIRTY, r->rt->ufd);
+			lm__settle(r, ents[i], pg[i], LM_PS_DIRTY, rt->ufd);
 		} else {
-			lm__settle(r, ents[i], pg[i], LM_PS_MISSING, r->rt->ufd);
-			if (!rc)
-				rc = c;
+			lm__settle(r, ents[i], pg[i], LM_PS_MISSING, rt->ufd);
 		}
 	}
-	LM__STAT_ADD(rt, snapshot_rollback_pages, put);
+	LM__STAT_ADD(rt, snapshot_rollback_pages, __builtin_popcountll(put));
 	lm__evict_check(rt);
 	return rc;
 }
