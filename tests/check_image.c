@@ -19,30 +19,6 @@
 #define PS ((size_t)sysconf(_SC_PAGESIZE))
 #define MODE(i) ((i) ? LM_MODE_SIGNAL : LM_MODE_THREAD)
 
-static char dir[] = "/tmp/lazymem-image-XXXXXX";
-
-static void setup(void)
-{
-	char tmpl[] = "/tmp/lazymem-image-XXXXXX";
-	ck_assert_ptr_nonnull(mkdtemp(tmpl));
-	memcpy(dir, tmpl, sizeof(tmpl));
-}
-
-static void teardown(void)
-{
-	char cmd[256];
-	snprintf(cmd, sizeof(cmd), "rm -rf '%s'", dir);
-	if (system(cmd) != 0) {
-		/* Leftovers in /tmp only. */
-	}
-}
-
-static char *path_of(const char *name)
-{
-	static char p[512];
-	snprintf(p, sizeof(p), "%s/%s", dir, name);
-	return p;
-}
 
 /* Page p of the test image: zero when p % 3 == 0, else a pattern. */
 static void page_of(unsigned char *buf, size_t p)
@@ -88,9 +64,9 @@ static struct lm_region *restore(struct lm_runtime *rt, const char *path, int *f
 START_TEST(round_trip)
 {
 	const size_t npages = 300, tail = 100;
-	write_image(path_of("img"), npages, tail);
+	write_image(lmt_path("img"), npages, tail);
 	struct lm_runtime *rt = lmt_open(MODE(_i));
-	struct lm_region *r = restore(rt, path_of("img"), NULL);
+	struct lm_region *r = restore(rt, lmt_path("img"), NULL);
 	ck_assert_uint_eq(lm_region_length(r), (npages + 1) * PS);
 	const unsigned char *b = lm_region_addr(r);
 	unsigned char *want = malloc(PS);
@@ -112,7 +88,7 @@ START_TEST(zero_pages_cost_no_io)
 {
 	struct lm__image_writer *w;
 	const size_t npages = 4096;
-	ck_assert_int_eq(lm__image_create(path_of("sparse"), npages * PS, PS, &w), 0);
+	ck_assert_int_eq(lm__image_create(lmt_path("sparse"), npages * PS, PS, &w), 0);
 	unsigned char *buf = calloc(1, PS);
 	buf[7] = 42;
 	ck_assert_int_eq(lm__image_add(w, 1234, buf), 0);
@@ -120,11 +96,11 @@ START_TEST(zero_pages_cost_no_io)
 	ck_assert_int_eq(lm__image_add(w, 99, buf), 0);	/* zero: not stored */
 	ck_assert_int_eq(lm__image_commit(w), 0);
 	struct stat sb;
-	ck_assert_int_eq(stat(path_of("sparse"), &sb), 0);
+	ck_assert_int_eq(stat(lmt_path("sparse"), &sb), 0);
 	ck_assert_int_le(sb.st_size, (off_t)(3 * PS));	/* header, one page, the index */
 	struct lm_runtime *rt = lmt_open(MODE(_i));
 	struct lm_stats st0 = lmt_stats(rt);
-	struct lm_region *r = restore(rt, path_of("sparse"), NULL);
+	struct lm_region *r = restore(rt, lmt_path("sparse"), NULL);
 	const unsigned char *b = lm_region_addr(r);
 	unsigned long sum = 0;
 	for (size_t p = 0; p < npages; p++)
@@ -144,22 +120,22 @@ START_TEST(crash_safe_writer)
 	struct lm__image_writer *w;
 	unsigned char *buf = malloc(PS);
 	lmt_fill_pattern(buf, 0, PS);
-	ck_assert_int_eq(lm__image_create(path_of("a"), 4 * PS, PS, &w), 0);
+	ck_assert_int_eq(lm__image_create(lmt_path("a"), 4 * PS, PS, &w), 0);
 	ck_assert_int_eq(lm__image_add(w, 1, buf), 0);
-	ck_assert_int_eq(access(path_of("a"), F_OK), -1);	/* not before commit */
+	ck_assert_int_eq(access(lmt_path("a"), F_OK), -1);	/* not before commit */
 	lm__image_abort(w);
-	ck_assert_int_eq(access(path_of("a"), F_OK), -1);
+	ck_assert_int_eq(access(lmt_path("a"), F_OK), -1);
 	/* Nothing else either: no temporary file left. */
 	char cmd[600];
-	snprintf(cmd, sizeof(cmd), "test -z \"$(ls -A '%s')\"", dir);
+	snprintf(cmd, sizeof(cmd), "test -z \"$(ls -A '%s')\"", lmt_dir);
 	ck_assert_int_eq(system(cmd), 0);
 	/* A commit replaces an existing image atomically. */
-	write_image(path_of("a"), 8, 0);
-	ck_assert_int_eq(lm__image_create(path_of("a"), 2 * PS, PS, &w), 0);
+	write_image(lmt_path("a"), 8, 0);
+	ck_assert_int_eq(lm__image_create(lmt_path("a"), 2 * PS, PS, &w), 0);
 	ck_assert_int_eq(lm__image_add(w, 1, buf), 0);
 	ck_assert_int_eq(lm__image_commit(w), 0);
 	struct lm_runtime *rt = lmt_open(LM_MODE_THREAD);
-	struct lm_region *r = restore(rt, path_of("a"), NULL);
+	struct lm_region *r = restore(rt, lmt_path("a"), NULL);
 	ck_assert_uint_eq(lm_region_length(r), 2 * PS);
 	ck_assert_int_eq(lmt_check_pattern((unsigned char *)lm_region_addr(r) + PS, 0, PS), -1);
 	lm_region_destroy(r);
@@ -197,15 +173,15 @@ static void patch(const char *path, off_t off, const void *bytes, size_t n)
 /* Foreign, damaged, truncated or other-version files are refused with a clear error. */
 START_TEST(damaged_images_refused)
 {
-	const char *img = path_of("img");
+	const char *img = lmt_path("img");
 	/* Not an image at all. */
-	int fd = open(path_of("foreign"), O_CREAT | O_WRONLY, 0600);
+	int fd = open(lmt_path("foreign"), O_CREAT | O_WRONLY, 0600);
 	ck_assert_int_eq(write(fd, "#!/bin/sh\necho hello\n", 21), 21);
 	close(fd);
-	ck_assert_int_eq(open_err(path_of("foreign")), -ENOEXEC);
-	fd = open(path_of("empty"), O_CREAT | O_WRONLY, 0600);
+	ck_assert_int_eq(open_err(lmt_path("foreign")), -ENOEXEC);
+	fd = open(lmt_path("empty"), O_CREAT | O_WRONLY, 0600);
 	close(fd);
-	ck_assert_int_eq(open_err(path_of("empty")), -ENOEXEC);
+	ck_assert_int_eq(open_err(lmt_path("empty")), -ENOEXEC);
 	/* A flipped byte in the header (the length). */
 	write_image(img, 16, 0);
 	unsigned char c = 0x55;
@@ -250,7 +226,7 @@ END_TEST
  */
 START_TEST(bad_page_raises_sigbus)
 {
-	const char *img = path_of("img");
+	const char *img = lmt_path("img");
 	write_image(img, 64, 0);
 	lmt_install_sigbus();
 	struct lm_runtime *rt = lmt_open(MODE(_i));
@@ -290,11 +266,11 @@ END_TEST
 START_TEST(restore_under_budget)
 {
 	const size_t npages = 1024;
-	write_image(path_of("img"), npages, 0);
+	write_image(lmt_path("img"), npages, 0);
 	struct lm_options o = lmt_options(MODE(_i));
 	o.budget = 128 * PS;
 	struct lm_runtime *rt = lmt_open_opts(&o);
-	struct lm_region *r = restore(rt, path_of("img"), NULL);
+	struct lm_region *r = restore(rt, lmt_path("img"), NULL);
 	const unsigned char *b = lm_region_addr(r);
 	unsigned char *want = malloc(PS);
 	for (int pass = 0; pass < 2; pass++)
@@ -316,7 +292,7 @@ int main(void)
 	lmt_require_uffd();
 	Suite *s = suite_create("image");
 	TCase *tc = tcase_create("image");
-	tcase_add_checked_fixture(tc, setup, teardown);
+	tcase_add_checked_fixture(tc, lmt_dir_setup, lmt_dir_teardown);
 	tcase_set_timeout(tc, 60);
 	tcase_add_loop_test(tc, round_trip, 0, 2);
 	tcase_add_loop_test(tc, zero_pages_cost_no_io, 0, 2);

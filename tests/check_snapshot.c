@@ -16,6 +16,7 @@
 #include <sys/mman.h>
 #include <sys/mount.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -23,35 +24,11 @@
 #define MODE(i) (((i) & 1) ? LM_MODE_SIGNAL : LM_MODE_THREAD)
 #define NW 8
 
-static char dir[] = "/tmp/lazymem-snap-XXXXXX";
-
-static void setup(void)
-{
-	char tmpl[] = "/tmp/lazymem-snap-XXXXXX";
-	ck_assert_ptr_nonnull(mkdtemp(tmpl));
-	memcpy(dir, tmpl, sizeof(tmpl));
-}
-
-static void teardown(void)
-{
-	char cmd[256];
-	snprintf(cmd, sizeof(cmd), "umount -q '%s/small' 2>/dev/null; rm -rf '%s'", dir, dir);
-	if (system(cmd) != 0) {
-		/* Leftovers in /tmp only. */
-	}
-}
-
-static char *path_of(const char *name)
-{
-	static __thread char p[512];
-	snprintf(p, sizeof(p), "%s/%s", dir, name);
-	return p;
-}
 
 /* Files in the test directory whose name starts with prefix. */
 static int count_files(const char *prefix)
 {
-	DIR *d = opendir(dir);
+	DIR *d = opendir(lmt_dir);
 	int n = 0;
 	struct dirent *de;
 	while (d && (de = readdir(d)))
@@ -217,7 +194,7 @@ static void consistency(struct lm_runtime *rt, struct lm_region *r, const unsign
 	sleep_ms(100);
 	struct lm_snapshot *s = take_bracketed(r, &l, lo, hi);
 	uint64_t at_take = atomic_load(&l.writes);
-	ck_assert_int_eq(lm_snapshot_save(s, path_of("img"), 0), 0);
+	ck_assert_int_eq(lm_snapshot_save(s, lmt_path("img"), 0), 0);
 	for (int i = 0; i < 10; i++) {
 		if (flush)
 			ck_assert_int_eq(lm_region_flush(r, 0, 0), 0);
@@ -232,7 +209,7 @@ static void consistency(struct lm_runtime *rt, struct lm_region *r, const unsign
 	unsigned char *snap = read_all(s);
 	for (size_t p = 0; p < npages; p++)
 		check_bracket(&l, snap, p, lo[p], hi[p]);
-	check_image_equals(rt, path_of("img"), snap, npages * PS);
+	check_image_equals(rt, lmt_path("img"), snap, npages * PS);
 	struct lm_stats st = lmt_stats(rt);
 	ck_assert_uint_ge(st.snapshot_preserved, 1);
 	ck_assert_uint_eq(st.snapshots_taken, 1);
@@ -251,6 +228,16 @@ static void consistency(struct lm_runtime *rt, struct lm_region *r, const unsign
 	free(l.done);
 }
 
+/* A runtime whose budget is npages / div pages (0: no budget), its swap files in the test directory. */
+static struct lm_runtime *open_budget(int i, size_t npages, size_t div)
+{
+	struct lm_options o = lmt_options(MODE(i));
+	o.budget = div ? npages * PS / div : 0;
+	o.readahead_max = 16;
+	o.swap_dir = lmt_dir;
+	return lmt_open_opts(&o);
+}
+
 START_TEST(consistent_under_writers)
 {
 	struct lm_runtime *rt = lmt_open(MODE(_i));
@@ -266,12 +253,8 @@ END_TEST
 /* With most of the region in the swap file: slots a snapshot needs are not freed under it. */
 START_TEST(consistent_with_swapped_pages)
 {
-	struct lm_options o = lmt_options(MODE(_i));
 	size_t npages = 3072;
-	o.budget = npages * PS / 3;
-	o.readahead_max = 16;
-	o.swap_dir = dir;
-	struct lm_runtime *rt = lmt_open_opts(&o);
+	struct lm_runtime *rt = open_budget(_i, npages, 3);
 	struct lm_region *r;
 	ck_assert_int_eq(lm_region_create_zero(rt, npages * PS, 0, &r), 0);
 	/* Every page written once first: two thirds of them end up swapped. */
@@ -289,12 +272,8 @@ END_TEST
 /* A shared file region, flushed over and over during the save: writeback changes the source. */
 START_TEST(consistent_shared_file)
 {
-	struct lm_options o = lmt_options(MODE(_i));
 	size_t npages = 2048;
-	o.budget = npages * PS / 2;
-	o.readahead_max = 16;
-	o.swap_dir = dir;
-	struct lm_runtime *rt = lmt_open_opts(&o);
+	struct lm_runtime *rt = open_budget(_i, npages, 2);
 	int fd = lmt_pattern_file(npages * PS);
 	unsigned char *init = malloc(npages * PS);
 	lmt_fill_pattern(init, 0, npages * PS);
@@ -344,8 +323,8 @@ START_TEST(sources_and_untouched_pages)
 		ck_assert_int_eq(lm_snapshot_read(s, 5 * PS - 123, part, sizeof(part)), 0);
 		ck_assert(memcmp(part, want + 5 * PS - 123, sizeof(part)) == 0);
 		ck_assert_int_eq(lm_snapshot_read(s, len - 10, part, 11), -EINVAL);
-		ck_assert_int_eq(lm_snapshot_save(s, path_of("src"), LM_SAVE_WAIT), 0);
-		check_image_equals(rt, path_of("src"), want, len);
+		ck_assert_int_eq(lm_snapshot_save(s, lmt_path("src"), LM_SAVE_WAIT), 0);
+		check_image_equals(rt, lmt_path("src"), want, len);
 		ck_assert_int_eq(lm_snapshot_release(s), 0);
 		free(got);
 		free(want);
@@ -424,17 +403,17 @@ START_TEST(lazy_restore)
 		memset(p + pg * PS, (int)(pg % 251) + 1, PS);
 	struct lm_snapshot *s;
 	ck_assert_int_eq(lm_snapshot_take(r, 0, &s), 0);
-	ck_assert_int_eq(lm_snapshot_save(s, path_of("lazy"), LM_SAVE_WAIT), 0);
+	ck_assert_int_eq(lm_snapshot_save(s, lmt_path("lazy"), LM_SAVE_WAIT), 0);
 	struct lm_stats st = lmt_stats(rt);
 	ck_assert_uint_eq(st.snapshot_bytes_written, npages / 2 * PS);
 	struct stat sb;
-	ck_assert_int_eq(stat(path_of("lazy"), &sb), 0);
+	ck_assert_int_eq(stat(lmt_path("lazy"), &sb), 0);
 	ck_assert_uint_lt((uint64_t)sb.st_size, len / 2 + 64 * PS);
 	ck_assert_int_eq(count_files("lazy.tmp"), 0);
 	ck_assert_int_eq(lm_snapshot_release(s), 0);
 	ck_assert_int_eq(lm_region_destroy(r), 0);
 
-	int fd = open(path_of("lazy"), O_RDONLY);
+	int fd = open(lmt_path("lazy"), O_RDONLY);
 	struct lm_region *q;
 	ck_assert_int_eq(lm_region_create_image(rt, fd, 0, &q), 0);
 	close(fd);
@@ -488,31 +467,31 @@ START_TEST(corrupted_images)
 	ck_assert_int_eq(lm_snapshot_take(r, 0, &s), 0);
 	const char *names[] = { "good", "trunc", "header", "index", "page", "foreign", "empty" };
 	for (int i = 0; i < 7; i++)
-		ck_assert_int_eq(lm_snapshot_save(s, path_of(names[i]), LM_SAVE_WAIT), 0);
+		ck_assert_int_eq(lm_snapshot_save(s, lmt_path(names[i]), LM_SAVE_WAIT), 0);
 	ck_assert_int_eq(lm_snapshot_release(s), 0);
 	struct stat sb;
-	ck_assert_int_eq(stat(path_of("good"), &sb), 0);
-	ck_assert_int_eq(truncate(path_of("trunc"), sb.st_size - 1), 0);
-	corrupt(path_of("header"), 24, 1);			/* length */
-	corrupt(path_of("index"), sb.st_size - (off_t)PS + 3, 1);
-	corrupt(path_of("page"), (off_t)(1 + 10) * (off_t)PS + 100, 4);	/* data page 10 */
-	corrupt(path_of("foreign"), 0, 8);			/* the magic */
-	ck_assert_int_eq(truncate(path_of("empty"), 0), 0);
+	ck_assert_int_eq(stat(lmt_path("good"), &sb), 0);
+	ck_assert_int_eq(truncate(lmt_path("trunc"), sb.st_size - 1), 0);
+	corrupt(lmt_path("header"), 24, 1);			/* length */
+	corrupt(lmt_path("index"), sb.st_size - (off_t)PS + 3, 1);
+	corrupt(lmt_path("page"), (off_t)(1 + 10) * (off_t)PS + 100, 4);	/* data page 10 */
+	corrupt(lmt_path("foreign"), 0, 8);			/* the magic */
+	ck_assert_int_eq(truncate(lmt_path("empty"), 0), 0);
 	struct lm_region *q;
-	ck_assert_int_eq(open_image(rt, path_of("trunc"), &q), -EBADMSG);
-	ck_assert_int_eq(open_image(rt, path_of("header"), &q), -EBADMSG);
-	ck_assert_int_eq(open_image(rt, path_of("index"), &q), -EBADMSG);
-	ck_assert_int_eq(open_image(rt, path_of("foreign"), &q), -ENOEXEC);
-	ck_assert_int_eq(open_image(rt, path_of("empty"), &q), -ENOEXEC);
+	ck_assert_int_eq(open_image(rt, lmt_path("trunc"), &q), -EBADMSG);
+	ck_assert_int_eq(open_image(rt, lmt_path("header"), &q), -EBADMSG);
+	ck_assert_int_eq(open_image(rt, lmt_path("index"), &q), -EBADMSG);
+	ck_assert_int_eq(open_image(rt, lmt_path("foreign"), &q), -ENOEXEC);
+	ck_assert_int_eq(open_image(rt, lmt_path("empty"), &q), -ENOEXEC);
 	/* A bad page: its toucher gets SIGBUS, counted; its neighbours are fine. */
-	ck_assert_int_eq(open_image(rt, path_of("page"), &q), 0);
+	ck_assert_int_eq(open_image(rt, lmt_path("page"), &q), 0);
 	unsigned char *b = lm_region_addr(q);
 	ck_assert_int_eq(lm_region_advise(q, 0, len, LM_ADV_RANDOM), 0);
 	ck_assert_int_eq(lmt_touch((volatile char *)b + 10 * PS, 0), 1);
 	ck_assert_int_eq(b[9 * PS], 10);
 	ck_assert_int_eq(b[11 * PS], 12);
 	ck_assert_uint_eq(lmt_stats(rt).image_errors, 1);
-	ck_assert_int_eq(open_image(rt, path_of("good"), &q), 0);
+	ck_assert_int_eq(open_image(rt, lmt_path("good"), &q), 0);
 	b = lm_region_addr(q);
 	for (size_t pg = 0; pg < npages; pg++)
 		ck_assert_int_eq(b[pg * PS + 7], (int)pg + 1);
@@ -533,8 +512,8 @@ START_TEST(release_while_saving)
 	for (int round = 0; round < 3; round++) {
 		struct lm_snapshot *s;
 		ck_assert_int_eq(lm_snapshot_take(r, 0, &s), 0);
-		ck_assert_int_eq(lm_snapshot_save(s, path_of("cancel"), 0), 0);
-		ck_assert_int_eq(lm_snapshot_save(s, path_of("cancel2"), 0), -EBUSY);
+		ck_assert_int_eq(lm_snapshot_save(s, lmt_path("cancel"), 0), 0);
+		ck_assert_int_eq(lm_snapshot_save(s, lmt_path("cancel2"), 0), -EBUSY);
 		for (size_t off = 0; off < len; off += 97 * PS)
 			p[off] = 2;
 		ck_assert_int_eq(lm_snapshot_release(s), 0);
@@ -558,14 +537,14 @@ START_TEST(destroy_with_live_snapshots)
 	struct lm_snapshot *a, *b;
 	ck_assert_int_eq(lm_snapshot_take(r, 0, &a), 0);
 	ck_assert_int_eq(lm_snapshot_take(r, 0, &b), 0);
-	ck_assert_int_eq(lm_snapshot_save(a, path_of("d"), 0), 0);
+	ck_assert_int_eq(lm_snapshot_save(a, lmt_path("d"), 0), 0);
 	ck_assert_int_eq(lm_region_destroy(r), 0);
 	ck_assert_uint_eq(lmt_stats(rt).snapshots_live, 0);
 	int w = lm_snapshot_wait(a);
 	ck_assert_msg(w == 0 || w == -ECANCELED, "wait: %s", lm_strerror(w));
 	char c;
 	ck_assert_int_eq(lm_snapshot_read(b, 0, &c, 1), -ENXIO);
-	ck_assert_int_eq(lm_snapshot_save(b, path_of("e"), 0), -ENXIO);
+	ck_assert_int_eq(lm_snapshot_save(b, lmt_path("e"), 0), -ENXIO);
 	ck_assert_int_eq(lm_snapshot_rollback(b), -ENXIO);
 	ck_assert_int_eq(lm_snapshot_release(a), 0);
 	/* And the runtime closes with a snapshot still taken. */
@@ -592,7 +571,7 @@ START_TEST(bad_input)
 	ck_assert_int_eq(lm_snapshot_take(r, 0, &s), 0);
 	ck_assert_int_eq(lm_snapshot_wait(s), -EINVAL);	/* nothing saved yet */
 	ck_assert_int_eq(lm_snapshot_save(s, NULL, 0), -EINVAL);
-	ck_assert_int_eq(lm_snapshot_save(s, path_of("x"), 2), -EINVAL);
+	ck_assert_int_eq(lm_snapshot_save(s, lmt_path("x"), 2), -EINVAL);
 	ck_assert_int_eq(lm_snapshot_save(s, "/nonexistent/dir/img", 0), -ENOENT);
 	ck_assert_int_eq(lm_snapshot_read(s, 0, NULL, 1), -EINVAL);
 	ck_assert_int_eq(lm_snapshot_read(NULL, 0, &s, 1), -EINVAL);
@@ -620,7 +599,7 @@ END_TEST
 START_TEST(spill_full_breaks_snapshot_not_the_app)
 {
 	char small[600];
-	snprintf(small, sizeof(small), "%s/small", dir);
+	snprintf(small, sizeof(small), "%s/small", lmt_dir);
 	ck_assert_int_eq(mkdir(small, 0700), 0);
 	if (mount("tmpfs", small, "tmpfs", 0, "size=64k") < 0) {
 		printf("SKIP: cannot mount a tmpfs: %s\n", strerror(errno));
@@ -648,7 +627,7 @@ START_TEST(spill_full_breaks_snapshot_not_the_app)
 	ck_assert_uint_ge(lmt_stats(rt).snapshot_errors, 1);
 	char c;
 	ck_assert_int_eq(lm_snapshot_read(s, 0, &c, 1), -ENOSPC);
-	ck_assert_int_eq(lm_snapshot_save(s, path_of("never"), LM_SAVE_WAIT), -ENOSPC);
+	ck_assert_int_eq(lm_snapshot_save(s, lmt_path("never"), LM_SAVE_WAIT), -ENOSPC);
 	ck_assert_int_eq(lm_snapshot_release(s), 0);
 	ck_assert_int_eq(lm_runtime_close(rt), 0);
 	close(fd);
@@ -689,11 +668,167 @@ START_TEST(moved_part_stays_writable)
 }
 END_TEST
 
+/*
+ * The saver lifts the protection of what it wrote: after a save, writes
+ * to every page cost no fault and no copy, and the snapshot still reads
+ * its own contents (from the image now).
+ */
+START_TEST(saver_lifts_protection)
+{
+	struct lm_runtime *rt = lmt_open(MODE(_i));
+	size_t npages = 1024, len = npages * PS;
+	struct lm_region *r;
+	ck_assert_int_eq(lm_region_create_zero(rt, len, 0, &r), 0);
+	unsigned char *p = lm_region_addr(r);
+	for (size_t pg = 0; pg < npages; pg++)
+		memset(p + pg * PS, (int)(pg % 200) + 1, PS);
+	struct lm_snapshot *s;
+	ck_assert_int_eq(lm_snapshot_take(r, 0, &s), 0);
+	ck_assert_int_eq(lm_snapshot_save(s, lmt_path("lift"), LM_SAVE_WAIT), 0);
+	struct lm_stats a = lmt_stats(rt);
+	ck_assert_uint_eq(a.snapshot_saved, npages);
+	for (size_t pg = 0; pg < npages; pg++)
+		p[pg * PS + 9] = 0;
+	struct lm_stats b = lmt_stats(rt);
+	ck_assert_uint_eq(b.faults_wp - a.faults_wp, 0);
+	ck_assert_uint_eq(b.snapshot_spilled - a.snapshot_spilled, 0);
+	unsigned char *got = read_all(s);
+	for (size_t pg = 0; pg < npages; pg++)
+		ck_assert_int_eq(got[pg * PS + 9], (int)(pg % 200) + 1);
+	free(got);
+	ck_assert_int_eq(lm_snapshot_release(s), 0);
+	ck_assert_int_eq(lm_runtime_close(rt), 0);
+}
+END_TEST
+
+/*
+ * A write preserves its page's whole aligned block in one round trip:
+ * a sequential writer takes one write-protect fault per 64 pages, not
+ * one per page.  Pages still equal to an immutable source cost no copy.
+ */
+START_TEST(neighbours_share_a_fault)
+{
+	struct lm_runtime *rt = lmt_open(MODE(_i));
+	size_t npages = 1024, len = npages * PS;
+	struct lm_region *r, *fresh;
+	ck_assert_int_eq(lm_region_create_zero(rt, len, 0, &r), 0);
+	ck_assert_int_eq(lm_region_create_zero(rt, len, 0, &fresh), 0);
+	unsigned char *p = lm_region_addr(r), *q = lm_region_addr(fresh);
+	memset(p, 1, len);
+	struct lm_snapshot *s, *t;
+	ck_assert_int_eq(lm_snapshot_take(r, 0, &s), 0);
+	ck_assert_int_eq(lm_snapshot_take(fresh, 0, &t), 0);
+	struct lm_stats a = lmt_stats(rt);
+	for (size_t off = 0; off < len; off += PS)
+		p[off] = 2;
+	struct lm_stats b = lmt_stats(rt);
+	ck_assert_uint_eq(b.snapshot_preserved - a.snapshot_preserved, npages);
+	ck_assert_uint_eq(b.snapshot_spilled - a.snapshot_spilled, npages);
+	ck_assert_uint_le(b.faults_wp - a.faults_wp, npages / 64 + 4 /* a block: lm_snapshot_take(3) */);
+	/* Untouched at the take: read (filled protected, clean), then written. */
+	for (size_t off = 0; off < len; off += PS)
+		(void)*(volatile unsigned char *)(q + off);
+	for (size_t off = 0; off < len; off += PS)
+		q[off] = 3;
+	struct lm_stats c = lmt_stats(rt);
+	ck_assert_uint_eq(c.snapshot_preserved - b.snapshot_preserved, npages);
+	ck_assert_uint_eq(c.snapshot_spilled - b.snapshot_spilled, 0);
+	unsigned char *got = read_all(s), *zero = read_all(t);
+	for (size_t off = 0; off < len; off++) {
+		ck_assert_int_eq(got[off], 1);
+		ck_assert_int_eq(zero[off], 0);
+	}
+	free(got);
+	free(zero);
+	ck_assert_int_eq(lm_snapshot_release(s), 0);
+	ck_assert_int_eq(lm_snapshot_release(t), 0);
+	ck_assert_int_eq(lm_runtime_close(rt), 0);
+}
+END_TEST
+
+/* Rollback under a budget: pages swapped out before and after the take come back right. */
+START_TEST(rollback_with_swapped_pages)
+{
+	size_t npages = 3072, len = npages * PS;
+	struct lm_runtime *rt = open_budget(_i, npages, 3);
+	struct lm_region *r;
+	ck_assert_int_eq(lm_region_create_zero(rt, len, 0, &r), 0);
+	uint64_t *p = lm_region_addr(r);
+	for (size_t pg = 0; pg < npages; pg++)
+		for (size_t w = 0; w < PS / 8; w++)
+			p[pg * PS / 8 + w] = word(pg, 1, w);
+	struct lm_snapshot *s;
+	ck_assert_int_eq(lm_snapshot_take(r, 0, &s), 0);
+	for (size_t pg = 0; pg < npages; pg += 2)
+		for (size_t w = 0; w < PS / 8; w++)
+			p[pg * PS / 8 + w] = word(pg, 2, w);
+	ck_assert_uint_gt(lmt_stats(rt).swapped_pages, npages / 3);
+	ck_assert_int_eq(lm_snapshot_rollback(s), 0);
+	struct load l = { .npages = npages };
+	for (size_t pg = 0; pg < npages; pg++)
+		check_bracket(&l, (unsigned char *)p, pg, 1, 1);
+	ck_assert_int_eq(lm_snapshot_release(s), 0);
+	/* The counters add up: everything resident or swapped, nothing twice. */
+	struct lm_stats st = lmt_stats(rt);
+	ck_assert_uint_le(st.resident_pages + st.swapped_pages, npages);
+	ck_assert_uint_le(st.resident_pages, npages / 3 + 6 * 16);
+	ck_assert_int_eq(lm_runtime_close(rt), 0);
+}
+END_TEST
+
+/* A partial mremap breaks the snapshots (they cannot follow it); a fork child gets -ECHILD. */
+START_TEST(remap_and_fork)
+{
+	struct lm_runtime *rt = lmt_open(MODE(_i));
+	size_t npages = 64;
+	struct lm_region *r;
+	ck_assert_int_eq(lm_region_create_zero(rt, npages * PS, 0, &r), 0);
+	unsigned char *p = lm_region_addr(r);
+	memset(p, 1, npages * PS);
+	struct lm_snapshot *s;
+	ck_assert_int_eq(lm_snapshot_take(r, 0, &s), 0);
+	pid_t pid = fork();
+	ck_assert_int_ge(pid, 0);
+	if (pid == 0) {
+		char c;
+		struct lm_snapshot *t;
+		int ok = lm_snapshot_read(s, 0, &c, 1) == -ECHILD &&
+			 lm_snapshot_save(s, lmt_path("child"), 0) == -ECHILD &&
+			 lm_snapshot_rollback(s) == -ECHILD && lm_snapshot_take(r, 0, &t) == -ECHILD &&
+			 lm_snapshot_wait(s) == -ECHILD && lm_snapshot_release(s) == 0;
+		/* And the child's copy of the region still works. */
+		p[0] = 7;
+		_exit(ok && p[0] == 7 && p[PS] == 1 ? 0 : 1);
+	}
+	int status;
+	ck_assert_int_eq(waitpid(pid, &status, 0), pid);
+	ck_assert(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+	char c;
+	ck_assert_int_eq(lm_snapshot_read(s, 0, &c, 1), 0);
+	ck_assert_int_eq(c, 1);
+	void *dst = mmap(NULL, 16 * PS, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	ck_assert_ptr_ne(dst, MAP_FAILED);
+	ck_assert_ptr_eq(mremap(p + 16 * PS, 16 * PS, 16 * PS, MREMAP_MAYMOVE | MREMAP_FIXED, dst),
+			 dst);
+	/* The event is applied by a handler: wait for it to break the snapshot. */
+	for (int k = 0; k < 1000 && lm_snapshot_read(s, 0, &c, 1) == 0; k++)
+		sleep_ms(1);
+	ck_assert_int_eq(lm_snapshot_read(s, 0, &c, 1), -EBUSY);
+	ck_assert_int_eq(lm_snapshot_save(s, lmt_path("x"), 0), -EBUSY);
+	struct lm_snapshot *t;
+	ck_assert_int_eq(lm_snapshot_take(r, 0, &t), -EBUSY);
+	ck_assert_int_eq(lm_snapshot_release(s), 0);
+	ck_assert_int_eq(lm_region_destroy(r), 0);
+	munmap(dst, 16 * PS);
+	ck_assert_int_eq(lm_runtime_close(rt), 0);
+}
+END_TEST
+
 static Suite *suite(void)
 {
 	Suite *s = suite_create("snapshot");
 	TCase *tc = tcase_create("snapshot");
-	tcase_add_checked_fixture(tc, setup, teardown);
+	tcase_add_checked_fixture(tc, lmt_dir_setup, lmt_dir_teardown);
 	tcase_set_timeout(tc, 120);
 	tcase_add_loop_test(tc, consistent_under_writers, 0, 2);
 	tcase_add_loop_test(tc, consistent_with_swapped_pages, 0, 2);
@@ -707,6 +842,10 @@ static Suite *suite(void)
 	tcase_add_test(tc, bad_input);
 	tcase_add_loop_test(tc, spill_full_breaks_snapshot_not_the_app, 0, 2);
 	tcase_add_loop_test(tc, moved_part_stays_writable, 0, 2);
+	tcase_add_loop_test(tc, saver_lifts_protection, 0, 2);
+	tcase_add_loop_test(tc, neighbours_share_a_fault, 0, 2);
+	tcase_add_loop_test(tc, rollback_with_swapped_pages, 0, 2);
+	tcase_add_loop_test(tc, remap_and_fork, 0, 2);
 	suite_add_tcase(s, tc);
 	return s;
 }

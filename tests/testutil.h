@@ -162,6 +162,36 @@ static inline long lmt_check_pattern(const unsigned char *p, size_t base, size_t
 	return -1;
 }
 
+/*
+ * A scratch directory per test (checked fixtures run in the test's own
+ * process): lmt_dir_setup makes it, lmt_dir_teardown removes it, with
+ * whatever is mounted on it, lmt_path names a file in it.
+ */
+static char lmt_dir[64];
+
+static inline void lmt_dir_setup(void)
+{
+	snprintf(lmt_dir, sizeof(lmt_dir), "/tmp/lazymem-test-XXXXXX");
+	ck_assert_ptr_nonnull(mkdtemp(lmt_dir));
+}
+
+static inline void lmt_dir_teardown(void)
+{
+	char cmd[256];
+	snprintf(cmd, sizeof(cmd), "for m in $(awk '$2 ~ \"^%s/\" {print $2}' /proc/mounts); "
+		 "do umount -q \"$m\"; done; rm -rf '%s'", lmt_dir, lmt_dir);
+	if (system(cmd) != 0) {
+		/* Leftovers in /tmp only. */
+	}
+}
+
+static inline const char *lmt_path(const char *name)
+{
+	static __thread char p[sizeof(lmt_dir) + 256];
+	snprintf(p, sizeof(p), "%s/%s", lmt_dir, name);
+	return p;
+}
+
 static inline int lmt_run(Suite *s)
 {
 	SRunner *sr = srunner_create(s);
