@@ -429,7 +429,7 @@ static void make_file(struct bench *b, size_t len)
 		die("fsync of the temporary file", -errno);
 }
 
-static bool drop_caches(void)
+bool drop_caches(void)
 {
 	int fd = open("/proc/sys/vm/drop_caches", O_WRONLY | O_CLOEXEC);
 	if (fd < 0)

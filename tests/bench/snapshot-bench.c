@@ -59,16 +59,11 @@ static long anon_kib(void)
 	return kb;
 }
 
-static void drop_caches(void)
+/* A cold cache: dirty pages written first, so that dropping the cache drops them too. */
+static void cold(void)
 {
 	sync();
-	int fd = open("/proc/sys/vm/drop_caches", O_WRONLY | O_CLOEXEC);
-	if (fd >= 0) {
-		if (write(fd, "3", 1) != 1) {
-			/* Not root: the cold numbers are warm; the header says so. */
-		}
-		close(fd);
-	}
+	drop_caches();
 }
 
 struct side {
@@ -101,6 +96,8 @@ static int run_lazymem(size_t len, const uint32_t *perm, const char *path, struc
 	for (size_t off = 0; off < len; off += ps)
 		p[off] = 1;
 	struct lm_snapshot *s;
+	/* Both sides start with no writeback in flight: the other side's save left some. */
+	sync();
 	long a0 = anon_kib(), peak = a0;
 	uint64_t t0 = now_ns();
 	if ((rc = lm_snapshot_take(r, 0, &s)) < 0)
@@ -124,7 +121,7 @@ static int run_lazymem(size_t len, const uint32_t *perm, const char *path, struc
 	out->v[3] = (double)(peak - a0) / 1024.0;
 	lm_region_destroy(r);
 	/* The restore, cold. */
-	drop_caches();
+	cold();
 	t0 = now_ns();
 	int fd = open(path, O_RDONLY | O_CLOEXEC);
 	if (fd < 0) {
@@ -140,7 +137,7 @@ static int run_lazymem(size_t len, const uint32_t *perm, const char *path, struc
 	(void)c;
 	t1 = now_ns();
 	lm_region_destroy(r);
-	drop_caches();
+	cold();
 	t2 = now_ns();
 	fd = open(path, O_RDONLY | O_CLOEXEC);
 	rc = fd < 0 ? -errno : lm_region_create_image(rt, fd, 0, &r);
@@ -187,6 +184,7 @@ static int run_kernel(size_t len, const uint32_t *perm, const char *path, struct
 		return -errno;
 	for (size_t off = 0; off < len; off += ps)
 		p[off] = 1;
+	sync();
 	long a0 = anon_kib(), peak = a0;
 	uint64_t t0 = now_ns();
 	pid_t pid = fork();
@@ -217,7 +215,7 @@ static int run_kernel(size_t len, const uint32_t *perm, const char *path, struct
 	out->v[2] = (double)(t3 - t0) / 1e6;
 	out->v[3] = (double)(peak - a0) / 1024.0;
 	/* A restore without lazy paging: read the whole file, then answer. */
-	drop_caches();
+	cold();
 	t0 = now_ns();
 	int rc = read_whole(path, len, p);
 	t1 = now_ns();
@@ -263,7 +261,7 @@ int snapshot_bench_run(const struct swap_bench_config *c, const size_t *sizes, i
 		snprintf(kpath, sizeof(kpath), "%s/lazymem-bench-fork.%d.img", c->dir, (int)getpid());
 		double lv[NM][c->runs], kv[NM][c->runs];
 		for (int run = 0; run < c->runs; run++) {
-			struct side l, k;
+			struct side l = { { 0 } }, k = { { 0 } };
 			int rc = run_kernel(len, perm, kpath, &k);
 			if (rc == 0)
 				rc = run_lazymem(len, perm, lpath, &l);

@@ -20,6 +20,8 @@ struct swap_bench_config {
 #include <stdint.h>
 uint64_t now_ns(void);
 uint64_t xorshift(uint64_t *s);
+/* Drops the clean page cache (root only); false when it cannot. */
+bool drop_caches(void);
 /* Sorts v. */
 double median(double *v, int n);
 
