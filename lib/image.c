@@ -88,15 +88,29 @@ static uint64_t header_sum(const struct lm__image_header *h)
 
 /* ---- writing -------------------------------------------------------------- */
 
+/*
+ * The writer takes pages from several threads at once, a signal handler
+ * among them (a snapshot's copy-on-write streams preserved pages into the
+ * image being saved): data pages are handed out by an atomic counter, and
+ * the entries live in a radix tree indexed by page number (lock free,
+ * async-signal-safe, as sparse as the pages added), which the commit
+ * walks in page order to write the index.  Entry values: 0 not added;
+ * ENT_ADDED alone, a zero page; else the data page and the checksum.
+ */
+#define ENT_ADDED (1ull << 63)
+#define ENT_VALUE(data, sum) (ENT_ADDED | ((uint64_t)(data) << 32) | (sum))
+#define ENT_DATA(v) ((uint32_t)(((v) & ~ENT_ADDED) >> 32))
+#define ENT_SUM(v) ((uint32_t)(v))
+
 struct lm__image_writer {
 	int fd;
 	char *path, *tmp;
 	size_t ps;
 	uint64_t length, npages;
-	struct lm__image_ent *ents;
-	uint64_t stored, cap;
-	unsigned char *seen;	/* one bit per page: added already */
-	uint64_t bytes;		/* data bytes written */
+	struct lm__ptable ents;
+	_Atomic uint64_t next;		/* data pages handed out */
+	_Atomic uint64_t bytes;		/* data bytes written */
+	_Atomic int err;		/* an add that failed half-way: the commit fails */
 };
 
 static int write_all(int fd, const void *buf, size_t len, uint64_t off)
@@ -131,8 +145,8 @@ int lm__image_create(const char *path, uint64_t length, size_t page_size,
 	w->npages = (length + page_size - 1) / page_size;
 	w->path = strdup(path);
 	w->tmp = malloc(strlen(path) + 16);
-	w->seen = calloc((size_t)((w->npages + 7) / 8), 1);
-	if (!w->path || !w->tmp || !w->seen) {
+	lm__pt_init(&w->ents, w->npages);
+	if (!w->path || !w->tmp) {
 		lm__image_abort(w);
 		return -ENOMEM;
 	}
@@ -160,32 +174,11 @@ static bool is_zero(const void *page, size_t len)
 	return true;
 }
 
-static bool added(const struct lm__image_writer *w, uint64_t pgno)
-{
-	return w->seen[pgno / 8] & (1u << (pgno % 8));
-}
-
-static int reserve(struct lm__image_writer *w, uint64_t more)
-{
-	if (w->stored + more > UINT32_MAX)
-		return -EFBIG;
-	if (w->stored + more <= w->cap)
-		return 0;
-	uint64_t cap = w->cap ? w->cap : 1024;
-	while (cap < w->stored + more)
-		cap *= 2;
-	struct lm__image_ent *e = realloc(w->ents, cap * sizeof(*e));
-	if (!e)
-		return -ENOMEM;
-	w->ents = e;
-	w->cap = cap;
-	return 0;
-}
-
 int lm__image_add(struct lm__image_writer *w, uint64_t pgno, const void *page)
 {
 	int64_t idx;
-	return lm__image_add_run(w, &pgno, page, 1, &idx);
+	const unsigned char *p = page;
+	return lm__image_add_run(w, &pgno, &p, 1, &idx);
 }
 
 /*
@@ -193,41 +186,55 @@ int lm__image_add(struct lm__image_writer *w, uint64_t pgno, const void *page)
  * writes them all: a snapshot saver adds 64 pages at a time, and a write
  * per page cost more than the copy.
  */
-int lm__image_add_run(struct lm__image_writer *w, const uint64_t *pgno, const unsigned char *pages,
-		      unsigned n, int64_t *idx)
+int lm__image_add_run(struct lm__image_writer *w, const uint64_t *pgno,
+		      const unsigned char *const *pages, unsigned n, int64_t *idx)
 {
 	if (!w || n > LM__IMAGE_RUN || (n && (!pgno || !pages || !idx)))
 		return -EINVAL;
 	struct iovec iov[LM__IMAGE_RUN];
+	lm__pte *ent[LM__IMAGE_RUN];
 	unsigned k = 0;
 	for (unsigned i = 0; i < n; i++) {
-		if (pgno[i] >= w->npages || added(w, pgno[i]))
+		if (pgno[i] >= w->npages)
 			return -EINVAL;
+		ent[i] = lm__pt_get(&w->ents, pgno[i], true);
+		if (!ent[i])
+			return -ENOMEM;
+		if (atomic_load_explicit(ent[i], memory_order_acquire))
+			return -EINVAL;	/* added before */
 		for (unsigned j = 0; j < i; j++)
 			if (pgno[j] == pgno[i])
 				return -EINVAL;
 		/* Zero pages are not stored: a page missing from the index reads as zeros. */
 		idx[i] = -1;
-		if (!is_zero(pages + (size_t)i * w->ps, w->ps)) {
-			idx[i] = (int64_t)(w->stored + k);
-			iov[k++] = (struct iovec){ (void *)(pages + (size_t)i * w->ps), w->ps };
+		if (!is_zero(pages[i], w->ps)) {
+			idx[i] = k;
+			iov[k++] = (struct iovec){ (void *)pages[i], w->ps };
 		}
 	}
-	int rc = reserve(w, k);
-	if (!rc && k)
-		rc = lm__pwritev_all(w->fd, iov, k, (1 + w->stored) * w->ps);
-	if (rc < 0)
-		return rc;
-	for (unsigned i = 0; i < n; i++) {
-		w->seen[pgno[i] / 8] |= (unsigned char)(1u << (pgno[i] % 8));
-		if (idx[i] >= 0)
-			w->ents[w->stored++] = (struct lm__image_ent){
-				.pgno = pgno[i],
-				.data = (uint32_t)idx[i],
-				.sum = lm__page_sum(pages + (size_t)i * w->ps, w->ps),
-			};
+	uint64_t first = atomic_fetch_add(&w->next, k);
+	if (first + k > UINT32_MAX) {
+		atomic_store(&w->err, -EFBIG);
+		return -EFBIG;
 	}
-	w->bytes += (uint64_t)k * w->ps;
+	int rc = k ? lm__pwritev_all(w->fd, iov, k, (1 + first) * w->ps) : 0;
+	for (unsigned i = 0; i < n && !rc; i++) {
+		uint64_t want = 0, v = ENT_ADDED;
+		if (idx[i] >= 0) {
+			idx[i] += (int64_t)first;
+			v = ENT_VALUE(idx[i], lm__page_sum(pages[i], w->ps));
+		}
+		/* Two threads adding one page: the caller broke its promise. */
+		if (!atomic_compare_exchange_strong(ent[i], &want, v))
+			rc = -EINVAL;
+	}
+	if (rc < 0) {
+		/* Data pages handed out and not indexed: the image cannot be committed. */
+		int zero = 0;
+		atomic_compare_exchange_strong(&w->err, &zero, rc);
+		return rc;
+	}
+	atomic_fetch_add(&w->bytes, (uint64_t)k * w->ps);
 	return 0;
 }
 
@@ -238,14 +245,24 @@ int lm__image_fd(const struct lm__image_writer *w)
 
 uint64_t lm__image_bytes(const struct lm__image_writer *w)
 {
-	return w ? w->bytes : 0;
+	return w ? atomic_load(&w->bytes) : 0;
 }
 
-static int cmp_ent(const void *a, const void *b)
+struct index_fill {
+	struct lm__image_ent *e;
+	uint64_t n, cap;
+};
+
+static int index_one(lm__pte *e, uint64_t pgno, void *arg)
 {
-	uint64_t x = ((const struct lm__image_ent *)a)->pgno;
-	uint64_t y = ((const struct lm__image_ent *)b)->pgno;
-	return x < y ? -1 : x > y;
+	struct index_fill *x = arg;
+	uint64_t v = atomic_load(e);
+	if (!(v & ENT_ADDED) || !ENT_SUM(v))
+		return 0;
+	if (x->n == x->cap)
+		return -EBADMSG;	/* more entries than data pages: cannot be */
+	x->e[x->n++] = (struct lm__image_ent){ .pgno = pgno, .data = ENT_DATA(v), .sum = ENT_SUM(v) };
+	return 0;
 }
 
 /* Syncs the directory holding path, so that the rename itself is durable. */
@@ -267,18 +284,32 @@ int lm__image_commit(struct lm__image_writer *w)
 {
 	if (!w)
 		return -EINVAL;
-	qsort(w->ents, (size_t)w->stored, sizeof(*w->ents), cmp_ent);
-	size_t index_bytes = (size_t)w->stored * sizeof(*w->ents);
+	/* The walk goes in page order: the index comes out sorted. */
+	uint64_t stored = atomic_load(&w->next);
+	struct index_fill x = { calloc(stored ? stored : 1, sizeof(*x.e)), 0, stored };
+	int rc = atomic_load(&w->err);
+	if (!rc && !x.e)
+		rc = -ENOMEM;
+	if (!rc && stored && lm__pt_walk(&w->ents, 0, w->npages - 1, index_one, &x))
+		rc = -EIO;
+	if (!rc && x.n != stored)
+		rc = -EIO;
+	if (rc) {
+		free(x.e);
+		lm__image_abort(w);
+		return rc;
+	}
+	size_t index_bytes = (size_t)stored * sizeof(*x.e);
 	struct lm__image_header h;
 	memset(&h, 0, sizeof(h));
 	memcpy(h.magic, IMAGE_MAGIC, sizeof(h.magic));
 	h.version = IMAGE_VERSION;
 	h.page_size = (uint32_t)w->ps;
 	h.length = w->length;
-	h.stored = w->stored;
+	h.stored = stored;
 	h.data_off = w->ps;
-	h.index_off = (1 + w->stored) * w->ps;
-	h.index_sum = lm__hash64(w->ents, index_bytes, 2);
+	h.index_off = (1 + stored) * w->ps;
+	h.index_sum = lm__hash64(x.e, index_bytes, 2);
 	struct timespec ts;
 	clock_gettime(CLOCK_REALTIME, &ts);
 	h.created_ns = (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
@@ -286,9 +317,10 @@ int lm__image_commit(struct lm__image_writer *w)
 	/* Index, padded to a page; then the header; then durable; then visible. */
 	size_t padded = (index_bytes + w->ps - 1) / w->ps * w->ps;
 	unsigned char *page = calloc(1, w->ps);
-	int rc = page ? 0 : -ENOMEM;
+	rc = page ? 0 : -ENOMEM;
 	if (!rc && index_bytes)
-		rc = write_all(w->fd, w->ents, index_bytes, h.index_off);
+		rc = write_all(w->fd, x.e, index_bytes, h.index_off);
+	free(x.e);
 	if (!rc && padded > index_bytes)
 		rc = write_all(w->fd, page, padded - index_bytes, h.index_off + index_bytes);
 	if (!rc) {
@@ -319,8 +351,7 @@ void lm__image_abort(struct lm__image_writer *w)
 		unlink(w->tmp);
 	free(w->tmp);
 	free(w->path);
-	free(w->ents);
-	free(w->seen);
+	lm__pt_destroy(&w->ents);
 	free(w);
 }
 

@@ -230,18 +230,23 @@ int lm__image_create(const char *path, uint64_t length, size_t page_size,
 /* Adds page pgno's contents (any order, each page once); zero pages are not stored. */
 int lm__image_add(struct lm__image_writer *w, uint64_t pgno, const void *page);
 /*
- * Adds n pages (n <= LM__IMAGE_RUN), page i of pgno[i] at pages + i * page
- * size, in one write: idx[i] is its data page in the image, or -1 for a
- * zero page (not stored).
+ * Adds n pages (n <= LM__IMAGE_RUN), page pgno[i] from pages[i], in one
+ * write: idx[i] is its data page in the image, or -1 for a zero page
+ * (not stored).  Several threads may add at once (each page once), a
+ * signal handler too: async-signal-safe.  A failure half-way (a short
+ * write, a page added twice) makes the commit fail.
  */
 #define LM__IMAGE_RUN 64
-int lm__image_add_run(struct lm__image_writer *w, const uint64_t *pgno, const unsigned char *pages,
-		      unsigned n, int64_t *idx);
+int lm__image_add_run(struct lm__image_writer *w, const uint64_t *pgno,
+		      const unsigned char *const *pages, unsigned n, int64_t *idx);
 /* The writer's file (its data pages are final once added); -1 for NULL. */
 int lm__image_fd(const struct lm__image_writer *w);
 /* Bytes of data written so far. */
 uint64_t lm__image_bytes(const struct lm__image_writer *w);
-/* Writes the index and header, fsyncs, renames over the path; frees w either way. */
+/*
+ * Writes the index and header, fsyncs, renames over the path; frees w
+ * either way.  Every add must have returned.
+ */
 int lm__image_commit(struct lm__image_writer *w);
 void lm__image_abort(struct lm__image_writer *w);
 int lm__image_open(int fd, size_t page_size, struct lm__image **out);

@@ -78,6 +78,13 @@ struct lm_snapshot {
 	int save_rc;
 	_Atomic bool cancel;
 	struct lm__image_writer *w;
+	/*
+	 * The first save's writer while it runs: pages preserved meanwhile go
+	 * straight into it (written once) instead of into the spill file and
+	 * then the image.  Read in read sections; cleared and waited out
+	 * before the commit.
+	 */
+	struct lm__image_writer *_Atomic stream;
 	int img_fd;			/* the first image's file: MAP_IMAGE entries are in it */
 };
 
@@ -121,6 +128,20 @@ bool lm__snap_needs(const struct lm__snapset *set, uint64_t pgno)
 	return false;
 }
 
+static bool lacks(struct lm_snapshot *s, uint64_t pgno)
+{
+	return !atomic_load_explicit(&s->err, memory_order_relaxed) && !map_get(s, pgno);
+}
+
+/* Sets entry val for pgno, or breaks the snapshot (err, or out of memory). */
+static void record(struct lm_snapshot *s, uint64_t pgno, uint64_t val, int err)
+{
+	if (err)
+		snap_break(s, err);
+	else if (!map_set(s, pgno, val))
+		snap_break(s, -ENOMEM);
+}
+
 void lm__snap_preserve(struct lm_region *r, const struct lm__snapset *set, const uint64_t *pg,
 		       const unsigned char *const *data, unsigned n)
 {
@@ -129,44 +150,60 @@ void lm__snap_preserve(struct lm_region *r, const struct lm__snapset *set, const
 		lm__snap_preserve(r, set, pg, data, 64);
 	struct lm_runtime *rt = r->rt;
 	size_t ps = (size_t)rt->page_size;
-	uint64_t need = 0, copy = 0;
-	for (unsigned i = 0; i < n; i++) {
-		if (!lm__snap_needs(set, pg[i]))
-			continue;
-		need |= 1ull << i;
-		if (data[i])
-			copy |= 1ull << i;
-	}
+	/* Pages some snapshot lacks; of those with contents, the ones a snapshot not being saved lacks. */
+	uint64_t need = 0, spill = 0;
+	for (unsigned i = 0; i < n; i++)
+		for (unsigned x = 0; x < set->n; x++)
+			if (lacks(set->s[x], pg[i])) {
+				need |= 1ull << i;
+				if (data[i] && !atomic_load(&set->s[x]->stream))
+					spill |= 1ull << i;
+			}
 	if (!need)
 		return;
 	/* Copies take consecutive pages of the spill file: one pwritev. */
-	unsigned m = (unsigned)__builtin_popcountll(copy);
 	uint64_t k0 = 0;
 	int err = 0;
-	if (m) {
+	if (spill) {
 		struct iovec iov[64];
 		unsigned k = 0;
 		for (unsigned i = 0; i < n; i++)
-			if (copy & (1ull << i))
+			if (spill & (1ull << i))
 				iov[k++] = (struct iovec){ (void *)data[i], ps };
-		k0 = atomic_fetch_add(&r->spill_next, m);
+		k0 = atomic_fetch_add(&r->spill_next, k);
 		err = lm__pwritev_all(r->spill_fd, iov, k, k0 * ps);
-		LM__STAT_ADD(rt, snapshot_spilled, m);
+		LM__STAT_ADD(rt, snapshot_spilled, k);
 	}
-	unsigned j = 0;
-	for (unsigned i = 0; i < n; i++) {
-		if (!(need & (1ull << i)))
-			continue;
-		uint64_t val = data[i] ? MAP_MAKE(MAP_SPILL, k0 + j++) : MAP_SOURCE;
-		for (unsigned x = 0; x < set->n; x++) {
-			struct lm_snapshot *s = set->s[x];
-			if (atomic_load_explicit(&s->err, memory_order_relaxed) || map_get(s, pg[i]))
+	for (unsigned x = 0; x < set->n; x++) {
+		struct lm_snapshot *s = set->s[x];
+		struct lm__image_writer *w = atomic_load(&s->stream);
+		uint64_t pgs[64];
+		const unsigned char *ptr[64];
+		int64_t idx[64];
+		unsigned m = 0;
+		int werr = 0;
+		/* Being saved: its copies go into the image, in one write. */
+		for (unsigned i = 0; w && i < n; i++)
+			if (data[i] && lacks(s, pg[i])) {
+				pgs[m] = pg[i];
+				ptr[m++] = data[i];
+			}
+		if (m)
+			werr = lm__image_add_run(w, pgs, ptr, m, idx);
+		for (unsigned i = 0, j = 0; i < n; i++) {
+			if (!lacks(s, pg[i]))
 				continue;
-			/* A copy that did not reach the spill file: the snapshot cannot be exact any more. */
-			if (data[i] && err)
-				snap_break(s, err);
-			else if (!map_set(s, pg[i], val))
-				snap_break(s, -ENOMEM);
+			if (!data[i])
+				record(s, pg[i], MAP_SOURCE, 0);
+			else if (w) {
+				record(s, pg[i],
+				       idx[j] < 0 ? MAP_MAKE(MAP_ZERO, 0) : MAP_MAKE(MAP_IMAGE, idx[j]), werr);
+				j++;
+			} else
+				record(s, pg[i],
+				       MAP_MAKE(MAP_SPILL,
+						k0 + (uint64_t)__builtin_popcountll(spill & ((1ull << i) - 1))),
+				       err);
 		}
 	}
 	LM__STAT_ADD(rt, snapshot_preserved, __builtin_popcountll(need));
@@ -531,14 +568,12 @@ static int view_batch(struct lm__filler *f, struct lm_snapshot *s, uint64_t firs
 	struct lm_runtime *rt = s->rt;
 	size_t ps = (size_t)rt->page_size;
 	lm__pte *ents[SAVE_BATCH];
-	uint64_t prev[SAVE_BATCH] = { 0 }, m[SAVE_BATCH], pgs[SAVE_BATCH];
+	uint64_t prev[SAVE_BATCH] = { 0 }, m[SAVE_BATCH];
 	int64_t idx[SAVE_BATCH];
 	uint64_t all = n == 64 ? ~0ull : (1ull << n) - 1, fromloc = 0;
-	for (unsigned i = 0; i < n; i++) {
-		pgs[i] = first + i;
+	for (unsigned i = 0; i < n; i++)
 		if ((m[i] = map_get(s, first + i)))
 			fromloc |= 1ull << i;
-	}
 	/* Set entries are final; the other pages are held while read. */
 	bool busy;
 	uint64_t held = hold_batch(r, first, n, all & ~fromloc, ents, prev, &busy);
@@ -555,10 +590,30 @@ static int view_batch(struct lm__filler *f, struct lm_snapshot *s, uint64_t firs
 	for (unsigned i = 0; i < n && !rc; i++)
 		if (fromloc & (1ull << i))
 			rc = location_contents(f, s, first + i, m[i], buf + (size_t)i * ps);
-	if (!rc && w)
-		rc = lm__image_add_run(w, pgs, buf, n, idx);
-	if (!rc && w)
-		LM__STAT_ADD(rt, snapshot_saved, n);
+	/*
+	 * Into the image, but for what is there already: on the first save
+	 * an image or zero entry means the page was streamed into this very
+	 * image when it was preserved.
+	 */
+	if (!rc && w) {
+		uint64_t apg[SAVE_BATCH];
+		const unsigned char *ptr[SAVE_BATCH];
+		int64_t aidx[SAVE_BATCH];
+		unsigned k = 0, at[SAVE_BATCH];
+		for (unsigned i = 0; i < n; i++) {
+			unsigned kind = MAP_KIND(m[i]);
+			if (record && (fromloc & (1ull << i)) && (kind == MAP_IMAGE || kind == MAP_ZERO))
+				continue;
+			at[k] = i;
+			apg[k] = first + i;
+			ptr[k++] = buf + (size_t)i * ps;
+		}
+		rc = lm__image_add_run(w, apg, ptr, k, aidx);
+		for (unsigned j = 0; j < k; j++)
+			idx[at[j]] = aidx[j];
+		if (!rc)
+			LM__STAT_ADD(rt, snapshot_saved, n);
+	}
 	/*
 	 * The first save records each page it took from the region as the
 	 * image's; a resident one no other snapshot lacks loses its
@@ -844,6 +899,8 @@ static void *saver_main(void *arg)
 	}
 	bool zero = r->kind == LM_SOURCE_ZERO;
 	uint64_t written = 0;
+	if (!rc && record)
+		atomic_store(&s->stream, s->w);
 	for (uint64_t pg = 0; !rc && pg < s->npages;) {
 		if (atomic_load_explicit(&s->cancel, memory_order_relaxed)) {
 			rc = -ECANCELED;
@@ -872,6 +929,15 @@ static void *saver_main(void *arg)
 		}
 		pg += n;
 	}
+	/*
+	 * Every page is in the image now (a page being preserved into it was
+	 * held, so the loop waited for it); stop streaming and wait out the
+	 * preservers that may still hold the writer, then commit.
+	 */
+	if (atomic_exchange(&s->stream, NULL))
+		lm__synchronize(rt);
+	uint64_t now = lm__image_bytes(s->w);
+	LM__STAT_ADD(rt, snapshot_bytes_written, now - written);
 	if (!rc)
 		rc = lm__image_commit(s->w);
 	else

@@ -212,6 +212,10 @@ static void consistency(struct lm_runtime *rt, struct lm_region *r, const unsign
 	check_image_equals(rt, lmt_path("img"), snap, npages * PS);
 	struct lm_stats st = lmt_stats(rt);
 	ck_assert_uint_ge(st.snapshot_preserved, 1);
+	/* Pages preserved during the save went into the image, not the spill file. */
+	ck_assert_msg(st.snapshot_spilled < st.snapshot_preserved, "spilled %llu of %llu preserved",
+		      (unsigned long long)st.snapshot_spilled,
+		      (unsigned long long)st.snapshot_preserved);
 	ck_assert_uint_eq(st.snapshots_taken, 1);
 	ck_assert_uint_eq(st.snapshots_live, 1);
 	ck_assert_uint_eq(st.snapshot_errors, 0);
@@ -824,6 +828,47 @@ START_TEST(remap_and_fork)
 }
 END_TEST
 
+/* A save to a full filesystem fails cleanly: nothing left behind, the snapshot intact. */
+START_TEST(save_to_full_disk)
+{
+	char small[600];
+	snprintf(small, sizeof(small), "%s/small", lmt_dir);
+	ck_assert_int_eq(mkdir(small, 0700), 0);
+	if (mount("tmpfs", small, "tmpfs", 0, "size=64k") < 0) {
+		printf("SKIP: cannot mount a tmpfs: %s\n", strerror(errno));
+		exit(LMT_SKIP);
+	}
+	struct lm_runtime *rt = lmt_open(MODE(_i));
+	size_t npages = 256, len = npages * PS;
+	struct lm_region *r;
+	ck_assert_int_eq(lm_region_create_zero(rt, len, 0, &r), 0);
+	unsigned char *p = lm_region_addr(r);
+	memset(p, 0x42, len);
+	struct lm_snapshot *s;
+	ck_assert_int_eq(lm_snapshot_take(r, 0, &s), 0);
+	char path[700];
+	snprintf(path, sizeof(path), "%s/img", small);
+	ck_assert_int_eq(lm_snapshot_save(s, path, LM_SAVE_WAIT), -ENOSPC);
+	ck_assert_int_eq(access(path, F_OK), -1);
+	char cmd[800];
+	snprintf(cmd, sizeof(cmd), "test -z \"$(ls -A '%s')\"", small);
+	ck_assert_int_eq(system(cmd), 0);
+	/*
+	 * Written after the failure, a second save elsewhere has the take's
+	 * contents: the pages the first one got into its (unlinked) file are
+	 * read from there, the others were preserved.
+	 */
+	memset(p, 0x43, len);
+	ck_assert_int_eq(lm_snapshot_save(s, lmt_path("ok"), LM_SAVE_WAIT), 0);
+	unsigned char *want = malloc(len);
+	memset(want, 0x42, len);
+	check_image_equals(rt, lmt_path("ok"), want, len);
+	free(want);
+	ck_assert_int_eq(lm_snapshot_release(s), 0);
+	ck_assert_int_eq(lm_runtime_close(rt), 0);
+}
+END_TEST
+
 static Suite *suite(void)
 {
 	Suite *s = suite_create("snapshot");
@@ -846,6 +891,7 @@ static Suite *suite(void)
 	tcase_add_loop_test(tc, neighbours_share_a_fault, 0, 2);
 	tcase_add_loop_test(tc, rollback_with_swapped_pages, 0, 2);
 	tcase_add_loop_test(tc, remap_and_fork, 0, 2);
+	tcase_add_loop_test(tc, save_to_full_disk, 0, 2);
 	suite_add_tcase(s, tc);
 	return s;
 }
