@@ -85,7 +85,16 @@ struct lm_snapshot {
 	 * before the commit.
 	 */
 	struct lm__image_writer *_Atomic stream;
-	int img_fd;			/* the first image's file: MAP_IMAGE entries are in it */
+	int img_fd;
+	/*
+	 * What lm_snapshot_read needs, made on the first read and kept: a
+	 * filler maps two staging areas, too much to make per call.  One
+	 * reader at a time uses it; a concurrent one makes its own.
+	 */
+	pthread_mutex_t rlock;
+	bool rready;
+	struct lm__filler rf;
+	unsigned char *rbuf;			/* the first image's file: MAP_IMAGE entries are in it */
 };
 
 static inline uintptr_t addr_of(struct lm_region *r, uint64_t pgno)
@@ -721,6 +730,11 @@ static int open_spill(struct lm_region *r)
 
 static void snap_free(struct lm_snapshot *s)
 {
+	if (s->rready) {
+		lm__filler_fini(&s->rf);
+		free(s->rbuf);
+	}
+	pthread_mutex_destroy(&s->rlock);
 	lm__pt_destroy(&s->map);
 	if (s->img_fd >= 0)
 		close(s->img_fd);
@@ -777,6 +791,7 @@ int lm_snapshot_take(struct lm_region *r, unsigned flags, struct lm_snapshot **o
 	s->npages = r->npages;
 	s->img_fd = -1;
 	pthread_mutex_init(&s->lock, NULL);
+	pthread_mutex_init(&s->rlock, NULL);
 	pthread_cond_init(&s->cond, NULL);
 	int rc = lm__pt_init(&s->map, s->npages);
 	pthread_mutex_lock(&rt->lock);
@@ -840,17 +855,32 @@ int lm_snapshot_read(struct lm_snapshot *s, size_t offset, void *buf, size_t len
 		return 0;
 	struct lm_runtime *rt = s->rt;
 	size_t ps = (size_t)rt->page_size;
-	struct lm__filler f;
-	rc = lm__filler_init(&f, rt, false);
-	unsigned char *tmp = rc ? NULL : malloc(SAVE_BATCH * ps);
-	if (!rc && !tmp)
+	struct lm__filler own, *fp = &s->rf;
+	unsigned char *tmp = NULL;
+	bool cached = pthread_mutex_trylock(&s->rlock) == 0;
+	if (cached && !s->rready) {
+		rc = lm__filler_init(&s->rf, rt, false);
+		s->rbuf = rc ? NULL : malloc(SAVE_BATCH * ps);
+		s->rready = !rc && s->rbuf;
+		if (!s->rready)
+			lm__filler_fini(&s->rf);
+	}
+	if (cached && s->rready) {
+		tmp = s->rbuf;
+	} else {
+		fp = &own;
+		rc = lm__filler_init(&own, rt, false);
+		tmp = rc ? NULL : malloc(SAVE_BATCH * ps);
+	}
+	if (!tmp && !rc)
 		rc = -ENOMEM;
+	struct lm__filler *f = fp;
 	uint64_t pg = offset / ps, last = (offset + len - 1) / ps;
 	size_t copied = 0;
 	while (!rc && pg <= last) {
 		unsigned n = last - pg + 1 < SAVE_BATCH ? (unsigned)(last - pg + 1) : SAVE_BATCH;
 		int idx = lm__read_lock(rt);
-		rc = view_batch(&f, s, pg, n, tmp, NULL, false);
+		rc = view_batch(f, s, pg, n, tmp, NULL, false);
 		lm__read_unlock(rt, idx);
 		if (rc == -EAGAIN) {
 			/* A page in transition: wait outside the read section. */
@@ -871,8 +901,12 @@ int lm_snapshot_read(struct lm_snapshot *s, size_t offset, void *buf, size_t len
 		copied += take;
 		pg += n;
 	}
-	free(tmp);
-	lm__filler_fini(&f);
+	if (fp == &own) {
+		free(tmp);
+		lm__filler_fini(&own);
+	}
+	if (cached)
+		pthread_mutex_unlock(&s->rlock);
 	return rc;
 }
 

@@ -262,9 +262,17 @@ int snapshot_bench_run(const struct swap_bench_config *c, const size_t *sizes, i
 		double lv[NM][c->runs], kv[NM][c->runs];
 		for (int run = 0; run < c->runs; run++) {
 			struct side l = { { 0 } }, k = { { 0 } };
-			int rc = run_kernel(len, perm, kpath, &k);
-			if (rc == 0)
+			/* Which side goes first alternates: the one after runs on a busier machine. */
+			int rc;
+			if (run % 2) {
 				rc = run_lazymem(len, perm, lpath, &l);
+				if (rc == 0)
+					rc = run_kernel(len, perm, kpath, &k);
+			} else {
+				rc = run_kernel(len, perm, kpath, &k);
+				if (rc == 0)
+					rc = run_lazymem(len, perm, lpath, &l);
+			}
 			unlink(lpath);
 			unlink(kpath);
 			if (rc < 0) {
