@@ -212,26 +212,32 @@ static long read_swap(struct lm__filler *f, struct lm_runtime *rt, const uint64_
 static long read_image(struct lm__filler *f, struct lm_region *r, uint64_t pgno, unsigned n)
 {
 	struct lm_runtime *rt = r->rt;
-	const struct lm__image *im = r->image;
+	struct lm__image *im = r->image;
 	size_t ps = (size_t)rt->page_size;
 	uint64_t first = pgno + r->src_shift;
-	uint64_t k = lm__image_find(im, first);
+	/* A damaged index page: the pages it describes cannot be told, SIGBUS for them. */
+	int64_t k = lm__image_find(im, r->fd, first);
+	if (k < 0)
+		return k;
 	for (unsigned i = 0; i < n;) {
 		unsigned char *dst = f->stage + (size_t)i * ps;
-		if (k >= im->stored || im->ents[k].pgno != first + i) {
+		const struct lm__image_ent *e = lm__image_ent(im, r->fd, (uint64_t)k);
+		if ((uint64_t)k < im->stored && !e)
+			return i ? (long)i : -EBADMSG;
+		if (!e || e->pgno != first + i) {
 			memset(dst, 0, ps);
 			i++;
 			continue;
 		}
 		/* A run of stored pages whose data is contiguous too: one read. */
 		unsigned run = 1;
-		while (i + run < n && k + run < im->stored &&
-		       im->ents[k + run].pgno == first + i + run &&
-		       im->ents[k + run].data == im->ents[k].data + run)
+		const struct lm__image_ent *x;
+		while (i + run < n && (x = lm__image_ent(im, r->fd, (uint64_t)k + run)) &&
+		       x->pgno == first + i + run && x->data == e->data + run)
 			run++;
 		struct lm__io io = {
 			.buf = dst,
-			.off = im->data_off + (uint64_t)im->ents[k].data * ps,
+			.off = im->data_off + (uint64_t)e->data * ps,
 			.len = (uint32_t)(run * ps),
 		};
 		lm__io_batch(f, r->fd, &io, 1, false);
@@ -240,7 +246,7 @@ static long read_image(struct lm__filler *f, struct lm_region *r, uint64_t pgno,
 		if (ok > run)
 			ok = run;
 		for (unsigned j = 0; j < ok; j++)
-			if (lm__page_sum(dst + (size_t)j * ps, ps) != im->ents[k + j].sum) {
+			if (lm__page_sum(dst + (size_t)j * ps, ps) != e[j].sum) {
 				ok = j;
 				break;
 			}

@@ -8,6 +8,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
 #include <sys/uio.h>
 #include <time.h>
@@ -20,15 +21,21 @@
  *   data          the stored pages, in the order they were written
  *   index         one entry per stored page, sorted by page number,
  *                 padded to a page
+ *   directory     one entry per page of the index: the first page number
+ *                 it holds and its checksum, padded to a page
  *
  * A page of the region that is not in the index is zero: zero pages cost
- * neither space nor I/O.  Each entry carries its page's checksum, the
- * header the index's and its own, so a truncated, corrupted or foreign
- * file is refused when opened, and a page that went bad later raises
- * SIGBUS when touched instead of returning wrong data.  The index goes
- * last because the writer learns its size only at the end, and pages
- * arrive in any order (a snapshot saver preserves pages as the
- * application first writes them).
+ * neither space nor I/O.  Each entry carries its page's checksum, each
+ * index page its own in the directory, the header the directory's and
+ * its own.  Opening reads the header and the directory only (64 KiB for
+ * a 4 GiB image): a restore answers its first fault in milliseconds
+ * however large the image, and reads an index page, checked, the first
+ * time a fault needs it.  So a truncated, foreign or corrupted file is
+ * refused when opened, a damaged index page raises SIGBUS for the pages
+ * it describes and a damaged data page for itself, and nothing ever
+ * returns wrong data.  The index goes last because the writer learns its
+ * size only at the end, and pages arrive in any order (a snapshot saver
+ * preserves pages as the application first writes them).
  *
  * Crash safety (DESIGN invariant 7): the writer writes a temporary file
  * in the target's directory, fsyncs it, renames it over the target and
@@ -38,7 +45,7 @@
  */
 
 #define IMAGE_MAGIC "LAZYMEM\x1a"
-#define IMAGE_VERSION 1
+#define IMAGE_VERSION 2
 
 struct lm__image_header {
 	char magic[8];
@@ -49,14 +56,26 @@ struct lm__image_header {
 	uint64_t stored;	/* pages in the data area and entries in the index */
 	uint64_t data_off;	/* bytes */
 	uint64_t index_off;	/* bytes */
-	uint64_t index_sum;	/* lm__hash64 of the index entries */
+	uint64_t dir_sum;	/* lm__hash64 of the directory entries */
 	uint64_t created_ns;	/* CLOCK_REALTIME when written */
-	uint64_t reserved[6];	/* zero */
+	uint64_t dir_off;	/* bytes: index_off + the index padded to a page */
+	uint64_t reserved[5];	/* zero */
 	uint64_t header_sum;	/* lm__hash64 of everything above */
+};
+
+/* A directory entry: index page i starts at page number first; sum: lm__hash64 of the page. */
+struct lm__image_dir {
+	uint64_t first;
+	uint64_t sum;
 };
 
 _Static_assert(sizeof(struct lm__image_header) == 128, "image header layout");
 _Static_assert(sizeof(struct lm__image_ent) == 16, "image index entry layout");
+_Static_assert(sizeof(struct lm__image_dir) == 16, "image directory entry layout");
+
+#define SEED_HEADER 1
+#define SEED_DIR 2
+#define SEED_INDEX 3
 
 /* A 64-bit mix of a buffer whose length is a multiple of 8: any changed word changes it. */
 uint64_t lm__hash64(const void *p, size_t len, uint64_t seed)
@@ -83,7 +102,7 @@ uint32_t lm__page_sum(const void *p, size_t len)
 
 static uint64_t header_sum(const struct lm__image_header *h)
 {
-	return lm__hash64(h, offsetof(struct lm__image_header, header_sum), 1);
+	return lm__hash64(h, offsetof(struct lm__image_header, header_sum), SEED_HEADER);
 }
 
 /* ---- writing -------------------------------------------------------------- */
@@ -284,9 +303,12 @@ int lm__image_commit(struct lm__image_writer *w)
 {
 	if (!w)
 		return -EINVAL;
-	/* The walk goes in page order: the index comes out sorted. */
+	/* The walk goes in page order: the index comes out sorted, padded to pages with zeros. */
 	uint64_t stored = atomic_load(&w->next);
-	struct index_fill x = { calloc(stored ? stored : 1, sizeof(*x.e)), 0, stored };
+	size_t ps = w->ps, per = ps / sizeof(struct lm__image_ent);
+	uint64_t ipages = (stored + per - 1) / per;
+	size_t index_bytes = (size_t)(ipages * ps);
+	struct index_fill x = { calloc(1, index_bytes ? index_bytes : 1), 0, stored };
 	int rc = atomic_load(&w->err);
 	if (!rc && !x.e)
 		rc = -ENOMEM;
@@ -299,34 +321,43 @@ int lm__image_commit(struct lm__image_writer *w)
 		lm__image_abort(w);
 		return rc;
 	}
-	size_t index_bytes = (size_t)stored * sizeof(*x.e);
+	/* Each index page's first page number and checksum in the directory. */
+	unsigned char *index = (unsigned char *)x.e;
+	size_t dir_bytes = (size_t)ipages * sizeof(struct lm__image_dir);
+	size_t dir_padded = (dir_bytes + ps - 1) / ps * ps;
+	struct lm__image_dir *dir = calloc(1, dir_padded ? dir_padded : 1);
+	unsigned char *page = calloc(1, ps);
+	rc = dir && page ? 0 : -ENOMEM;
+	for (uint64_t i = 0; !rc && i < ipages; i++) {
+		dir[i].first = x.e[i * per].pgno;
+		dir[i].sum = lm__hash64(index + i * ps, ps, SEED_INDEX);
+	}
 	struct lm__image_header h;
 	memset(&h, 0, sizeof(h));
 	memcpy(h.magic, IMAGE_MAGIC, sizeof(h.magic));
 	h.version = IMAGE_VERSION;
-	h.page_size = (uint32_t)w->ps;
+	h.page_size = (uint32_t)ps;
 	h.length = w->length;
 	h.stored = stored;
-	h.data_off = w->ps;
-	h.index_off = (1 + stored) * w->ps;
-	h.index_sum = lm__hash64(x.e, index_bytes, 2);
+	h.data_off = ps;
+	h.index_off = (1 + stored) * ps;
+	h.dir_off = h.index_off + index_bytes;
+	h.dir_sum = dir ? lm__hash64(dir, dir_bytes, SEED_DIR) : 0;
 	struct timespec ts;
 	clock_gettime(CLOCK_REALTIME, &ts);
 	h.created_ns = (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
 	h.header_sum = header_sum(&h);
-	/* Index, padded to a page; then the header; then durable; then visible. */
-	size_t padded = (index_bytes + w->ps - 1) / w->ps * w->ps;
-	unsigned char *page = calloc(1, w->ps);
-	rc = page ? 0 : -ENOMEM;
+	/* Index and directory; then the header; then durable; then visible. */
 	if (!rc && index_bytes)
-		rc = write_all(w->fd, x.e, index_bytes, h.index_off);
-	free(x.e);
-	if (!rc && padded > index_bytes)
-		rc = write_all(w->fd, page, padded - index_bytes, h.index_off + index_bytes);
+		rc = write_all(w->fd, index, index_bytes, h.index_off);
+	if (!rc && dir_padded)
+		rc = write_all(w->fd, dir, dir_padded, h.dir_off);
 	if (!rc) {
 		memcpy(page, &h, sizeof(h));
-		rc = write_all(w->fd, page, w->ps, 0);
+		rc = write_all(w->fd, page, ps, 0);
 	}
+	free(index);
+	free(dir);
 	free(page);
 	if (!rc && fsync(w->fd) < 0)
 		rc = -errno;
@@ -375,40 +406,47 @@ int lm__image_open(int fd, size_t page_size, struct lm__image **out)
 	if (h.version != IMAGE_VERSION || h.page_size != page_size || h.flags)
 		return -ENOEXEC;
 	uint64_t npages = (h.length + page_size - 1) / page_size;
+	size_t per = page_size / sizeof(struct lm__image_ent);
+	uint64_t ipages = (h.stored + per - 1) / per;
 	if (!h.length || h.stored > npages || h.stored > UINT32_MAX ||
-	    h.data_off != page_size || h.index_off != h.data_off + h.stored * page_size)
+	    h.data_off != page_size || h.index_off != h.data_off + h.stored * page_size ||
+	    h.dir_off != h.index_off + ipages * page_size)
 		return -EBADMSG;
 	struct stat st;
 	if (fstat(fd, &st) < 0)
 		return -errno;
-	size_t index_bytes = (size_t)h.stored * sizeof(struct lm__image_ent);
-	/* The writer pads the index to a page: a file any shorter was cut. */
-	uint64_t padded = (index_bytes + page_size - 1) / page_size * page_size;
-	if ((uint64_t)st.st_size < h.index_off + padded)
+	size_t dir_bytes = (size_t)ipages * sizeof(struct lm__image_dir);
+	/* The writer pads the directory to a page: a file any shorter was cut. */
+	uint64_t padded = (dir_bytes + page_size - 1) / page_size * page_size;
+	if ((uint64_t)st.st_size < h.dir_off + padded)
 		return -EBADMSG;	/* truncated */
 	struct lm__image *im = calloc(1, sizeof(*im));
 	if (!im)
 		return -ENOMEM;
-	im->ents = malloc(index_bytes ? index_bytes : 1);
-	if (!im->ents) {
-		free(im);
-		return -ENOMEM;
-	}
+	im->dir = malloc(dir_bytes ? dir_bytes : 1);
+	im->loaded = calloc(ipages ? ipages : 1, 1);
+	/* The index is read a page at a time into its place here, when first needed. */
+	im->ents_len = ipages * page_size;
+	im->ents = im->ents_len ? mmap(NULL, im->ents_len, PROT_READ | PROT_WRITE,
+				       MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0)
+				: NULL;
+	int rc = im->dir && im->loaded && im->ents != MAP_FAILED ? 0 : -ENOMEM;
+	if (im->ents == MAP_FAILED)
+		im->ents = NULL;
 	size_t got = 0;
-	while (got < index_bytes) {
-		n = pread(fd, (char *)im->ents + got, index_bytes - got, (off_t)(h.index_off + got));
+	while (!rc && got < dir_bytes) {
+		n = pread(fd, (char *)im->dir + got, dir_bytes - got, (off_t)(h.dir_off + got));
 		if (n < 0 && errno == EINTR)
 			continue;
 		if (n <= 0)
-			break;
-		got += (size_t)n;
+			rc = -EBADMSG;
+		else
+			got += (size_t)n;
 	}
-	int rc = got < index_bytes ? -EBADMSG : 0;
-	if (!rc && lm__hash64(im->ents, index_bytes, 2) != h.index_sum)
+	if (!rc && lm__hash64(im->dir, dir_bytes, SEED_DIR) != h.dir_sum)
 		rc = -EBADMSG;
-	for (uint64_t i = 0; !rc && i < h.stored; i++)
-		if (im->ents[i].pgno >= npages || im->ents[i].data >= h.stored ||
-		    (i && im->ents[i].pgno <= im->ents[i - 1].pgno))
+	for (uint64_t i = 0; !rc && i < ipages; i++)
+		if (im->dir[i].first >= npages || (i && im->dir[i].first <= im->dir[i - 1].first))
 			rc = -EBADMSG;
 	if (rc) {
 		lm__image_free(im);
@@ -417,6 +455,11 @@ int lm__image_open(int fd, size_t page_size, struct lm__image **out)
 	im->length = h.length;
 	im->stored = h.stored;
 	im->data_off = h.data_off;
+	im->index_off = h.index_off;
+	im->npages = npages;
+	im->per = (unsigned)per;
+	im->ipages = ipages;
+	im->page_size = page_size;
 	*out = im;
 	return 0;
 }
@@ -425,14 +468,72 @@ void lm__image_free(struct lm__image *im)
 {
 	if (!im)
 		return;
-	free(im->ents);
+	if (im->ents)
+		munmap(im->ents, im->ents_len);
+	free(im->dir);
+	free(im->loaded);
 	free(im);
 }
 
-/* The first index entry at or after page pgno (lock free, async-signal-safe). */
-uint64_t lm__image_find(const struct lm__image *im, uint64_t pgno)
+/*
+ * Index page i, read and checked on first use: its checksum, its entries
+ * sorted, within the region and the data, between its directory entry
+ * and the next.  Two threads may load one page at once; they read the
+ * same bytes into the same place, and either marks it.  Async-signal-safe.
+ */
+static bool index_page(struct lm__image *im, int fd, uint64_t i)
 {
-	uint64_t lo = 0, hi = im->stored;
+	unsigned char st = atomic_load_explicit(&im->loaded[i], memory_order_acquire);
+	if (st)
+		return st == 1;
+	size_t ps = im->page_size;
+	unsigned char *p = (unsigned char *)im->ents + i * ps;
+	size_t got = 0;
+	while (got < ps) {
+		ssize_t n = pread(fd, p + got, ps - got, (off_t)(im->index_off + i * ps + got));
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n <= 0)
+			break;
+		got += (size_t)n;
+	}
+	bool ok = got == ps && lm__hash64(p, ps, SEED_INDEX) == im->dir[i].sum;
+	uint64_t first = i * im->per, end = first + im->per < im->stored ? first + im->per : im->stored;
+	for (uint64_t k = first; ok && k < end; k++) {
+		const struct lm__image_ent *e = &im->ents[k];
+		ok = e->pgno < im->npages && e->data < im->stored &&
+		     (k == first ? e->pgno == im->dir[i].first : e->pgno > e[-1].pgno) &&
+		     (i + 1 == im->ipages || e->pgno < im->dir[i + 1].first);
+	}
+	atomic_store_explicit(&im->loaded[i], ok ? 1 : 2, memory_order_release);
+	return ok;
+}
+
+const struct lm__image_ent *lm__image_ent(struct lm__image *im, int fd, uint64_t k)
+{
+	if (k >= im->stored || !index_page(im, fd, k / im->per))
+		return NULL;
+	return &im->ents[k];
+}
+
+int64_t lm__image_find(struct lm__image *im, int fd, uint64_t pgno)
+{
+	/* The index page whose range holds pgno: the last that starts at or before it. */
+	uint64_t lo = 0, hi = im->ipages;
+	while (lo < hi) {
+		uint64_t mid = lo + (hi - lo) / 2;
+		if (im->dir[mid].first <= pgno)
+			lo = mid + 1;
+		else
+			hi = mid;
+	}
+	if (lo == 0)
+		return 0;	/* before the first stored page */
+	uint64_t i = lo - 1;
+	if (!index_page(im, fd, i))
+		return -EBADMSG;
+	lo = i * im->per;
+	hi = lo + im->per < im->stored ? lo + im->per : im->stored;
 	while (lo < hi) {
 		uint64_t mid = lo + (hi - lo) / 2;
 		if (im->ents[mid].pgno < pgno)
@@ -440,5 +541,5 @@ uint64_t lm__image_find(const struct lm__image *im, uint64_t pgno)
 		else
 			hi = mid;
 	}
-	return lo;
+	return (int64_t)lo;
 }

@@ -212,12 +212,23 @@ struct lm__image_ent {
 	uint32_t sum;		/* lm__page_sum of the page */
 };
 
-/* An open image's index, read whole when the region is created. */
+struct lm__image_dir;
+
+/*
+ * An open image: its header's fields and directory, read when the region
+ * is created; its index, read a page at a time on first use.
+ */
 struct lm__image {
-	struct lm__image_ent *ents;	/* sorted by pgno */
+	struct lm__image_ent *ents;	/* the index, its pages loaded lazily (loaded[i]) */
+	size_t ents_len;
+	struct lm__image_dir *dir;
+	_Atomic unsigned char *loaded;	/* per index page: 0 not yet, 1 checked, 2 damaged */
 	uint64_t stored;
 	uint64_t length;
-	uint64_t data_off;
+	uint64_t data_off, index_off;
+	uint64_t npages, ipages;
+	unsigned per;			/* entries per index page */
+	size_t page_size;
 };
 
 struct lm__image_writer;
@@ -251,7 +262,14 @@ int lm__image_commit(struct lm__image_writer *w);
 void lm__image_abort(struct lm__image_writer *w);
 int lm__image_open(int fd, size_t page_size, struct lm__image **out);
 void lm__image_free(struct lm__image *im);
-uint64_t lm__image_find(const struct lm__image *im, uint64_t pgno);
+/*
+ * The first index entry at or after page pgno, reading the index page it
+ * lies in if needed; -EBADMSG when that page is damaged.  fd: the image.
+ * Lock free, async-signal-safe.
+ */
+int64_t lm__image_find(struct lm__image *im, int fd, uint64_t pgno);
+/* Index entry k (its page read if needed), or NULL when k is past the end or its page damaged. */
+const struct lm__image_ent *lm__image_ent(struct lm__image *im, int fd, uint64_t k);
 
 /* ---- evict.c: the budget, the evictor and writeback ------------------- */
 

@@ -97,7 +97,7 @@ START_TEST(zero_pages_cost_no_io)
 	ck_assert_int_eq(lm__image_commit(w), 0);
 	struct stat sb;
 	ck_assert_int_eq(stat(lmt_path("sparse"), &sb), 0);
-	ck_assert_int_le(sb.st_size, (off_t)(3 * PS));	/* header, one page, the index */
+	ck_assert_int_le(sb.st_size, (off_t)(4 * PS));	/* header, one page, the index, the directory */
 	struct lm_runtime *rt = lmt_open(MODE(_i));
 	struct lm_stats st0 = lmt_stats(rt);
 	struct lm_region *r = restore(rt, lmt_path("sparse"), NULL);
@@ -205,7 +205,7 @@ START_TEST(damaged_images_refused)
 	ck_assert_int_eq(stat(img, &sb), 0);
 	ck_assert_int_eq(truncate(img, sb.st_size - (off_t)PS), 0);
 	ck_assert_int_eq(open_err(img), -EBADMSG);
-	/* A flipped byte in the index. */
+	/* A flipped byte in the directory (the last page). */
 	write_image(img, 16, 0);
 	ck_assert_int_eq(stat(img, &sb), 0);
 	patch(img, sb.st_size - (off_t)PS + 3, &c, 1);
@@ -216,6 +216,51 @@ START_TEST(damaged_images_refused)
 	ck_assert_int_eq(lm_region_create_image(rt, -1, 0, &r), -EBADF);
 	ck_assert_int_eq(lm_region_create_image(rt, 0, 1, &r), -EINVAL);
 	ck_assert_int_eq(lm_region_create_image(NULL, 0, 0, &r), -EINVAL);
+	lm_runtime_close(rt);
+}
+END_TEST
+
+/*
+ * A damaged index page is found when a fault first needs it, not at the
+ * open (which reads the directory only): SIGBUS for the pages it
+ * describes, counted; pages of the other index pages fine.
+ */
+START_TEST(bad_index_page_raises_sigbus)
+{
+	const char *img = lmt_path("img");
+	size_t per = PS / 16, npages = 3 * per * 3 / 2;	/* ~ 2/3 stored: two index pages and more */
+	write_image(img, npages, 0);
+	struct stat sb;
+	ck_assert_int_eq(stat(img, &sb), 0);
+	/* Index page 1, just before the directory (whose size is one page here). */
+	size_t stored = npages - (npages + 2) / 3, ipages = (stored + per - 1) / per;
+	ck_assert_uint_ge(ipages, 3);
+	off_t index_off = sb.st_size - (off_t)PS - (off_t)(ipages * PS);
+	unsigned char c = 0x5a;
+	int fd = open(img, O_RDWR);
+	ck_assert_int_eq(pwrite(fd, &c, 1, index_off + (off_t)PS + 40), 1);
+	close(fd);
+	lmt_install_sigbus();
+	struct lm_runtime *rt = lmt_open(MODE(_i));
+	struct lm_region *r = restore(rt, img, NULL);
+	ck_assert_int_eq(lm_region_advise(r, 0, npages * PS, LM_ADV_RANDOM), 0);
+	volatile char *b = lm_region_addr(r);
+	unsigned char *want = malloc(PS);
+	size_t bad = 0;
+	for (size_t p = 0; p < npages; p++) {
+		int bus = lmt_touch(b + p * PS, 0);
+		bad += bus;
+		if (!bus) {
+			page_of(want, p);
+			ck_assert_msg(!memcmp((const void *)(b + p * PS), want, PS), "page %zu", p);
+		}
+	}
+	/* The stored pages of index page 1 (and the zero pages among them). */
+	ck_assert_uint_ge(bad, per);
+	ck_assert_uint_le(bad, per * 3 / 2 + 2);
+	ck_assert_uint_eq(lmt_stats(rt).image_errors, bad);
+	free(want);
+	lm_region_destroy(r);
 	lm_runtime_close(rt);
 }
 END_TEST
@@ -236,10 +281,13 @@ START_TEST(bad_page_raises_sigbus)
 	int wfd = open(img, O_RDWR);
 	ck_assert_int_ge(wfd, 0);
 	struct lm__image *im = r->image;
-	uint64_t k = lm__image_find(im, 10);
-	ck_assert_uint_eq(im->ents[k].pgno, 10);
+	int64_t k = lm__image_find(im, fd, 10);
+	ck_assert_int_ge(k, 0);
+	const struct lm__image_ent *e = lm__image_ent(im, fd, (uint64_t)k);
+	ck_assert_ptr_nonnull(e);
+	ck_assert_uint_eq(e->pgno, 10);
 	unsigned char c = 0xff;
-	ck_assert_int_eq(pwrite(wfd, &c, 1, (off_t)(im->data_off + im->ents[k].data * PS + 5)), 1);
+	ck_assert_int_eq(pwrite(wfd, &c, 1, (off_t)(im->data_off + e->data * PS + 5)), 1);
 	close(wfd);
 	ck_assert_int_eq(lm_region_advise(r, 0, 64 * PS, LM_ADV_SEQUENTIAL), 0);
 	volatile char *b = lm_region_addr(r);
@@ -299,6 +347,7 @@ int main(void)
 	tcase_add_test(tc, crash_safe_writer);
 	tcase_add_test(tc, damaged_images_refused);
 	tcase_add_loop_test(tc, bad_page_raises_sigbus, 0, 2);
+	tcase_add_loop_test(tc, bad_index_page_raises_sigbus, 0, 2);
 	tcase_add_loop_test(tc, restore_under_budget, 0, 2);
 	suite_add_tcase(s, tc);
 	return lmt_run(s);
