@@ -508,7 +508,7 @@ long lm__fill(struct lm__filler *f, struct lm_region *r, uint64_t pgno, unsigned
 	bool wp_rest = snaps || wp;
 	if (snaps && !wp) {
 		const unsigned char *d0 = st0 == LM_PS_MISSING && lm__source_immutable(r) ? NULL : src;
-		lm__snap_preserve(r, snaps, &pgno, &d0, 1);
+		lm__snap_preserve(f, r, snaps, &pgno, &d0, 1);
 	}
 	/*
 	 * The shared zero page only while nothing tracks writes: mapping it

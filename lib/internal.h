@@ -12,6 +12,7 @@
 #include <stdatomic.h>
 #include <stdbool.h>
 #include <stdint.h>
+#include <sys/uio.h>
 
 #define LM__LIKELY(x) __builtin_expect(!!(x), 1)
 #define LM__UNLIKELY(x) __builtin_expect(!!(x), 0)
@@ -142,6 +143,7 @@ struct lm__filler {
 	const unsigned char *zeros;	/* readahead_max pages that read as zeros */
 	_Atomic uint64_t **ents;	/* readahead_max entries being filled */
 	uint64_t *prev;			/* and their states before */
+	struct lm__snap_scratch *snap;	/* the copy-on-write path's arrays (snapshot.c) */
 	_Atomic int busy;	/* pool slots only */
 };
 
@@ -162,7 +164,6 @@ void lm__io_batch(struct lm__filler *f, int fd, struct lm__io *io, unsigned n, b
  * pwritev until done: a short write goes on from where it stopped (iov is
  * consumed).  Async-signal-safe.
  */
-struct iovec;
 int lm__pwritev_all(int fd, struct iovec *iov, unsigned n, uint64_t off);
 
 /* ---- swap.c: the swap file --------------------------------------------- */
@@ -308,16 +309,29 @@ struct lm__snapset {
 /* The region's source never changes under it: zero, memory, image. */
 #define lm__source_immutable(r) ((r)->kind != LM_SOURCE_FILE)
 
+/*
+ * The arrays of a copy-on-write round trip, in the filler: it may run in
+ * a signal handler, on a small signal stack.
+ */
+struct lm__snap_scratch {
+	const unsigned char *data[LM__SNAP_BATCH];	/* lm__snap_cow: contents of the block */
+	uint64_t pg[LM__SNAP_BATCH];
+	struct iovec iov[LM__SNAP_BATCH];		/* lm__snap_preserve: spill writes */
+	uint64_t pgs[LM__SNAP_BATCH];			/* ...and image writes */
+	const unsigned char *ptr[LM__SNAP_BATCH];
+	int64_t idx[LM__SNAP_BATCH];
+};
+
 /* True when some live, unbroken snapshot of set has not preserved page pgno. */
 bool lm__snap_needs(const struct lm__snapset *set, uint64_t pgno);
 /*
  * Records the current contents of pages pg[0..n) (n <= LM__SNAP_BATCH)
  * for every snapshot of set that lacks them; the caller holds each page.
  * data[i]: the page's contents, or NULL when they are the region's
- * immutable source's.  Async-signal-safe.
+ * immutable source's.  Async-signal-safe; f->snap is its scratch.
  */
-void lm__snap_preserve(struct lm_region *r, const struct lm__snapset *set, const uint64_t *pg,
-		       const unsigned char *const *data, unsigned n);
+void lm__snap_preserve(struct lm__filler *f, struct lm_region *r, const struct lm__snapset *set,
+		       const uint64_t *pg, const unsigned char *const *data, unsigned n);
 /*
  * A write hit page pgno (held by the caller, its value before prev)
  * while a snapshot lacks it: preserves it and its neighbours in one round

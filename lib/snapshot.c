@@ -151,12 +151,13 @@ static void record(struct lm_snapshot *s, uint64_t pgno, uint64_t val, int err)
 		snap_break(s, -ENOMEM);
 }
 
-void lm__snap_preserve(struct lm_region *r, const struct lm__snapset *set, const uint64_t *pg,
-		       const unsigned char *const *data, unsigned n)
+void lm__snap_preserve(struct lm__filler *f, struct lm_region *r, const struct lm__snapset *set,
+		       const uint64_t *pg, const unsigned char *const *data, unsigned n)
 {
 	/* A bit per page below: batches of 64. */
 	for (; n > 64; n -= 64, pg += 64, data += 64)
-		lm__snap_preserve(r, set, pg, data, 64);
+		lm__snap_preserve(f, r, set, pg, data, 64);
+	struct lm__snap_scratch *sc = f->snap;
 	struct lm_runtime *rt = r->rt;
 	size_t ps = (size_t)rt->page_size;
 	/* Pages some snapshot lacks; of those with contents, the ones a snapshot not being saved lacks. */
@@ -174,7 +175,7 @@ void lm__snap_preserve(struct lm_region *r, const struct lm__snapset *set, const
 	uint64_t k0 = 0;
 	int err = 0;
 	if (spill) {
-		struct iovec iov[64];
+		struct iovec *iov = sc->iov;
 		unsigned k = 0;
 		for (unsigned i = 0; i < n; i++)
 			if (spill & (1ull << i))
@@ -186,9 +187,9 @@ void lm__snap_preserve(struct lm_region *r, const struct lm__snapset *set, const
 	for (unsigned x = 0; x < set->n; x++) {
 		struct lm_snapshot *s = set->s[x];
 		struct lm__image_writer *w = atomic_load(&s->stream);
-		uint64_t pgs[64];
-		const unsigned char *ptr[64];
-		int64_t idx[64];
+		uint64_t *pgs = sc->pgs;
+		const unsigned char **ptr = sc->ptr;
+		int64_t *idx = sc->idx;
 		unsigned m = 0;
 		int werr = 0;
 		/* Being saved: its copies go into the image, in one write. */
@@ -314,8 +315,8 @@ bool lm__snap_cow(struct lm__filler *f, struct lm_region *r, const struct lm__sn
 	 * is its source's (no copy at all); the others are read in runs.
 	 */
 	bool immut = lm__source_immutable(r);
-	const unsigned char *data[LM__SNAP_BATCH] = { NULL };
-	uint64_t pgs[LM__SNAP_BATCH] = { 0 };
+	const unsigned char **data = f->snap->data;
+	uint64_t *pgs = f->snap->pg;
 	uint64_t failed = 0;
 	for (unsigned i = 0; i < cnt;) {
 		if (!(held & (1ull << i)) ||
@@ -360,7 +361,7 @@ bool lm__snap_cow(struct lm__filler *f, struct lm_region *r, const struct lm__sn
 		data[n] = data[i];
 		n++;
 	}
-	lm__snap_preserve(r, set, pgs, data, n);
+	lm__snap_preserve(f, r, set, pgs, data, n);
 	uint64_t lifted = unprotect(r, base, cnt, held);
 	/* A neighbour still protected (the ioctl failed) is DIRTY all the same: its next write lifts it. */
 	for (unsigned x = 0; x < cnt; x++)
@@ -1085,7 +1086,7 @@ static int preserve_held(struct lm__filler *f, struct lm_region *r, const struct
 									 : buf + (size_t)i * r->rt->page_size;
 		k++;
 	}
-	lm__snap_preserve(r, set, pgs, data, k);
+	lm__snap_preserve(f, r, set, pgs, data, k);
 	return 0;
 }
 
@@ -1209,7 +1210,7 @@ static int rollback_batch(struct lm__filler *f, struct lm_snapshot *s, const uin
 		}
 		const unsigned char *d = lm__source_immutable(r) && st == LM_PS_MISSING ? NULL : cur;
 		if (need)
-			lm__snap_preserve(r, set, &pg[i], &d, 1);
+			lm__snap_preserve(f, r, set, &pg[i], &d, 1);
 	}
 	lm__read_unlock(rt, idx);
 	for (unsigned i = 0; i < n; i++)
