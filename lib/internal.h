@@ -394,7 +394,6 @@ struct lm_region {
 	pthread_mutex_t snap_lock;	/* serializes take, release, rollback and detach */
 	int spill_fd;			/* preserved copies, shared by the live snapshots */
 	_Atomic uint64_t spill_next;	/* next free page of the spill file */
-	_Atomic bool wp_ever;		/* a snapshot protected it: a write to a present page is a WP fault */
 };
 
 struct lm__rtable {

@@ -749,8 +749,6 @@ int lm__region_remap(struct lm_runtime *rt, uintptr_t from, uintptr_t to, size_t
 	a->foff = r->foff;
 	atomic_init(&a->fsize, atomic_load(&r->fsize));
 	a->src_shift = r->src_shift + ((from - r->start) >> rt->page_shift);
-	/* Its pages keep their write protection through the move (found by review). */
-	atomic_store(&a->wp_ever, atomic_load(&root->wp_ever));
 	root->aliases[root->naliases++] = a;
 	/*
 	 * The moved pages keep their contents, so they keep their states.  A

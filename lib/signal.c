@@ -136,8 +136,14 @@ static void on_sigbus(int sig, siginfo_t *si, void *uc)
 					       mapped(addr, (size_t)rt->page_size);
 				if (handled && present && !is_write(uc)) {
 					LM__STAT_ADD(rt, faults_dup, 1);
-				} else if (handled && present &&
-					   (atomic_load(&rt->track) || atomic_load(&r->wp_ever))) {
+				} else if (handled && present) {
+					/*
+					 * Whatever protected it (dirty tracking, a
+					 * snapshot, one released since, a part moved
+					 * by mremap): lm__wp_fault lifts it; a write
+					 * racing a fill that made the page writable
+					 * meanwhile costs one ioctl.
+					 */
 					LM__STAT_ADD(rt, faults_wp, 1);
 					LM__STAT_ADD(rt, faults_signal, 1);
 					/* A snapshot's copy-on-write needs a staging buffer. */
@@ -297,7 +303,6 @@ void lm__signal_atfork_child(void)
 		for (struct lm_region *r = rt->regions; r; r = r->next) {
 			lm__pt_walk(&r->pt, 0, r->npages - 1, reset_filling, NULL);
 			atomic_store(&r->snaps, NULL);
-			atomic_store(&r->wp_ever, false);
 			if (r->spill_fd >= 0)
 				close(r->spill_fd);
 			r->spill_fd = -1;

@@ -819,7 +819,6 @@ int lm_snapshot_take(struct lm_region *r, unsigned flags, struct lm_snapshot **o
 	 * the set appeared finishes before the protection below (its page is
 	 * then protected with the others), and every later one sees the set.
 	 */
-	atomic_store(&r->wp_ever, true);
 	publish(r, set);
 	int idx = lm__read_lock(rt);
 	uintptr_t start = r->start;
