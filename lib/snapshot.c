@@ -85,6 +85,7 @@ struct lm_snapshot {
 	 * before the commit.
 	 */
 	struct lm__image_writer *_Atomic stream;
+	bool record;			/* the save running is the first: it records and streams */
 	int img_fd;
 	/*
 	 * What lm_snapshot_read needs, made on the first read and kept: a
@@ -925,16 +926,9 @@ static void *saver_main(void *arg)
 	if (!rc && !buf)
 		rc = -ENOMEM;
 	/* Only the first save's pages are recorded as the image's: MAP_IMAGE names one file. */
-	bool record = s->img_fd < 0;
-	if (!rc && record) {
-		s->img_fd = fcntl(lm__image_fd(s->w), F_DUPFD_CLOEXEC, 0);
-		if (s->img_fd < 0)
-			rc = -errno;
-	}
+	bool record = s->record;
 	bool zero = r->kind == LM_SOURCE_ZERO;
 	uint64_t written = 0;
-	if (!rc && record)
-		atomic_store(&s->stream, s->w);
 	for (uint64_t pg = 0; !rc && pg < s->npages;) {
 		if (atomic_load_explicit(&s->cancel, memory_order_relaxed)) {
 			rc = -ECANCELED;
@@ -1005,6 +999,22 @@ int lm_snapshot_save(struct lm_snapshot *s, const char *path, unsigned flags)
 		s->joinable = false;
 	}
 	rc = lm__image_create(path, s->len, (size_t)s->rt->page_size, &s->w);
+	/*
+	 * Only the first save's pages are recorded as the image's (MAP_IMAGE
+	 * names one file, kept open here), and it streams: from this call on,
+	 * every page preserved goes into the image.
+	 */
+	s->record = !rc && s->img_fd < 0;
+	if (s->record) {
+		s->img_fd = fcntl(lm__image_fd(s->w), F_DUPFD_CLOEXEC, 0);
+		if (s->img_fd < 0) {
+			rc = -errno;
+			lm__image_abort(s->w);
+			s->w = NULL;
+		} else {
+			atomic_store(&s->stream, s->w);
+		}
+	}
 	if (!rc) {
 		s->saving = true;
 		s->saved_any = true;
@@ -1012,6 +1022,8 @@ int lm_snapshot_save(struct lm_snapshot *s, const char *path, unsigned flags)
 		atomic_store(&s->cancel, false);
 		rc = -pthread_create(&s->saver, NULL, saver_main, s);
 		if (rc) {
+			if (atomic_exchange(&s->stream, NULL))
+				lm__synchronize(s->rt);
 			lm__image_abort(s->w);
 			s->w = NULL;
 			s->saving = false;
