@@ -6,6 +6,7 @@
 #include <stdarg.h>
 #include <stdbool.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 /*
@@ -108,16 +109,28 @@ int lmd_parse(const char *line, size_t len, struct lmd_request *req, const char 
 		req->kind = LMD_REQ_LIST;
 	else if (w.count == 1 && is(&w, 0, "json"))
 		req->kind = LMD_REQ_JSON;
+	else if (w.count == 1 && is(&w, 0, "stats"))
+		req->kind = LMD_REQ_STATS;
 	else if (w.count == 1 && is(&w, 0, "metrics"))
 		req->kind = LMD_REQ_METRICS;
 	else if (w.count == 1 && is(&w, 0, "version"))
 		req->kind = LMD_REQ_VERSION;
 	else if (w.count == 1 && is(&w, 0, "help"))
 		req->kind = LMD_REQ_HELP;
-	else if (w.count == 2 && is(&w, 0, "stats") && number(w.w[1], w.n[1], false, INT32_MAX, &v) &&
-		 v > 0) {
-		req->kind = LMD_REQ_STATS;
+	else if (w.count == 2 && (is(&w, 0, "stats") || is(&w, 0, "json")) &&
+		 number(w.w[1], w.n[1], false, INT32_MAX, &v) && v > 0) {
+		req->kind = is(&w, 0, "stats") ? LMD_REQ_STATS : LMD_REQ_JSON;
 		req->pid = (pid_t)v;
+	} else if (w.count == 3 && is(&w, 0, "hello")) {
+		if (w.n[1] > LMD_VERSION_MAX || w.n[2] > LMD_NAME_MAX) {
+			*why = "hello: version or name too long";
+			return -EINVAL;
+		}
+		req->kind = LMD_REQ_HELLO;
+		req->version = w.w[1];
+		req->version_len = w.n[1];
+		req->name = w.w[2];
+		req->name_len = w.n[2];
 	} else if (w.count == 3 && is(&w, 0, "budget") &&
 		   number(w.w[1], w.n[1], false, INT32_MAX, &v) && v > 0) {
 		req->kind = LMD_REQ_BUDGET;
@@ -185,7 +198,9 @@ static void metric(struct out *o, const struct lmd_proc *procs, size_t n, const 
 	bool pages = !strcmp(unit, "pages"), ns = !strcmp(unit, "ns"), bytes = !strcmp(unit, "bytes");
 	char full[128];
 	size_t nl = strlen(name);
-	if (counter && ends_with(name, nl, "_total"))
+	/* A gauge may not end in _total: "swap_slots_total" is a maximum. */
+	bool max = !counter && ends_with(name, nl, "_total");
+	if (ends_with(name, nl, "_total"))
 		nl -= 6;
 	if (pages && ends_with(name, nl, "_pages"))
 		nl -= 6;
@@ -200,7 +215,7 @@ static void metric(struct out *o, const struct lmd_proc *procs, size_t n, const 
 	const char *suffix = to_bytes || (bytes && !ends_with(name, nl, "_bytes")) ? "_bytes" :
 			     pages ? "_pages" : ns ? "_seconds" : "";
 	snprintf(full, sizeof(full), "lazymem_%.*s%s%s", (int)nl, name, suffix,
-		 counter ? "_total" : "");
+		 counter ? "_total" : max ? "_max" : "");
 	put(o, "# HELP %s %s.\n# TYPE %s %s\n", full, help, full, counter ? "counter" : "gauge");
 	for (size_t i = 0; i < n; i++) {
 		const struct lm_stats *st = procs[i].st;
@@ -217,6 +232,37 @@ static void metric(struct out *o, const struct lmd_proc *procs, size_t n, const 
 			put(o, "%s{pid=\"%d\",name=\"%s\"} %llu\n", full, (int)procs[i].pid, label,
 			    (unsigned long long)(to_bytes ? v * (st->page_size ? st->page_size : 4096) :
 						 v));
+	}
+}
+
+/*
+ * The fill latencies as a Prometheus histogram: bucket b of the runtime
+ * holds fills shorter than 2^(b+8) ns, so its cumulative count is the
+ * bucket le="2^(b+8)/1e9"; the last bucket is +Inf.
+ */
+static void histogram(struct out *o, const struct lmd_proc *procs, size_t n)
+{
+	const char *name = "lazymem_fill_latency_seconds";
+	put(o, "# HELP %s Time from fault to install, per fill.\n# TYPE %s histogram\n", name, name);
+	for (size_t i = 0; i < n; i++) {
+		const struct lm_stats *st = procs[i].st;
+		char label[256];
+		lmd_escape_label(procs[i].name ? procs[i].name : "", label, sizeof(label));
+		uint64_t sum = 0;
+		for (int b = 0; b < LM_LAT_BUCKETS; b++) {
+			sum += st->fill_latency[b];
+			if (b == LM_LAT_BUCKETS - 1)
+				put(o, "%s_bucket{pid=\"%d\",name=\"%s\",le=\"+Inf\"} %llu\n", name,
+				    (int)procs[i].pid, label, (unsigned long long)sum);
+			else
+				put(o, "%s_bucket{pid=\"%d\",name=\"%s\",le=\"%.9g\"} %llu\n", name,
+				    (int)procs[i].pid, label, (double)(1ull << (b + 8)) / 1e9,
+				    (unsigned long long)sum);
+		}
+		put(o, "%s_sum{pid=\"%d\",name=\"%s\"} %.9f\n", name, (int)procs[i].pid, label,
+		    (double)st->fill_ns_total / 1e9);
+		put(o, "%s_count{pid=\"%d\",name=\"%s\"} %llu\n", name, (int)procs[i].pid, label,
+		    (unsigned long long)sum);
 	}
 }
 
@@ -244,6 +290,7 @@ int lmd_format_metrics(const struct lmd_proc *procs, size_t n, char *buf, size_t
 	       offsetof(struct lm_stats, name));
 	LM_STATS_LIST(METRIC)
 #undef METRIC
+	histogram(&o, procs, n);
 	if (o.need > 0x7fffffff)
 		return -EOVERFLOW;
 	return (int)o.need;
@@ -276,7 +323,10 @@ int lmd_format_json(const struct lmd_proc *procs, size_t n, char *buf, size_t le
 		put(&o, "%s{\"pid\":%d,\"uid\":%u,\"name\":", i ? "," : "", (int)procs[i].pid,
 		    (unsigned)procs[i].uid);
 		json_string(&o, procs[i].name ? procs[i].name : "");
-		put(&o, ",\"stats\":{");
+		put(&o, ",\"version\":");
+		json_string(&o, procs[i].version ? procs[i].version : "");
+		put(&o, ",\"runtimes\":%d,\"faults_per_s\":%.1f,\"stats\":{",
+		    procs[i].runtimes > 0 ? procs[i].runtimes : 1, procs[i].faults_per_s);
 		const char *sep = "";
 		/* Fields past the end of an older client's struct are left out, not invented. */
 #define FIELD(name, kind, unit, help)                                                       \
@@ -295,4 +345,225 @@ int lmd_format_json(const struct lmd_proc *procs, size_t n, char *buf, size_t le
 	if (o.need > 0x7fffffff)
 		return -EOVERFLOW;
 	return (int)o.need;
+}
+
+/* ---- stats pages, sums, and the "stats" and "list" replies ------------------------ */
+
+void lmd_stats_load(const void *page, size_t maplen, struct lm_stats *out)
+{
+	memset(out, 0, sizeof(*out));
+	out->size = sizeof(*out);
+	out->version = LM_STATS_VERSION;
+	if (!page || maplen < offsetof(struct lm_stats, faults_missing) + sizeof(uint64_t))
+		return;
+	/*
+	 * The runtime writes while we read, and may write anything: every
+	 * field is read once, with an atomic load, and only the part that
+	 * both the page's own size and the mapping cover.
+	 */
+	const uint32_t *hdr = page;
+	uint32_t size = __atomic_load_n(&hdr[0], __ATOMIC_RELAXED);
+	size_t have = size < maplen ? size : maplen;
+	if (have > sizeof(*out))
+		have = sizeof(*out);
+	if (have < offsetof(struct lm_stats, fill_latency))
+		have = offsetof(struct lm_stats, fill_latency);
+	const uint64_t *src = (const uint64_t *)((const char *)page + offsetof(struct lm_stats,
+									      fill_latency));
+	uint64_t *dst = out->fill_latency;
+	size_t words = (have - offsetof(struct lm_stats, fill_latency)) / sizeof(uint64_t);
+	for (size_t i = 0; i < words; i++)
+		dst[i] = __atomic_load_n(&src[i], __ATOMIC_RELAXED);
+	/* Signed in the page (see lib/internal.h): negative means zero. */
+	if ((int64_t)out->resident_pages < 0)
+		out->resident_pages = 0;
+	if ((int64_t)out->resident_dirty < 0)
+		out->resident_dirty = 0;
+	if ((int64_t)out->swapped_pages < 0)
+		out->swapped_pages = 0;
+	if (out->resident_dirty > out->resident_pages)
+		out->resident_dirty = out->resident_pages;
+	out->resident_clean = out->resident_pages - out->resident_dirty;
+}
+
+void lmd_stats_add(struct lm_stats *sum, const struct lm_stats *b)
+{
+#define ADD(name, kind, unit, help)                                        \
+	if (!strcmp(unit, "enum") || !strcmp(#name, "page_size"))          \
+		;                                                          \
+	else if (!strcmp(unit, "bits"))                                    \
+		sum->name |= b->name;                                      \
+	else if (!strcmp(#name, "snapshot_pause_ns"))                      \
+		sum->name = sum->name > b->name ? sum->name : b->name;     \
+	else                                                               \
+		sum->name += b->name;
+	LM_STATS_LIST(ADD)
+#undef ADD
+	for (int i = 0; i < LM_LAT_BUCKETS; i++)
+		sum->fill_latency[i] += b->fill_latency[i];
+}
+
+/* Names travel as one word: anything else becomes '_' (runtimes send them so already). */
+static void word(struct out *o, const char *s)
+{
+	if (!s || !*s) {
+		put(o, "?");
+		return;
+	}
+	for (; *s; s++)
+		put(o, "%c", *s > ' ' && *s <= '~' ? *s : '_');
+}
+
+int lmd_format_stats(const struct lmd_proc *procs, size_t n, char *buf, size_t len)
+{
+	struct out o;
+	if (begin(procs, n, buf, len, &o) < 0)
+		return -EINVAL;
+	for (size_t i = 0; i < n; i++) {
+		const struct lmd_proc *p = &procs[i];
+		const struct lm_stats *st = p->st;
+		put(&o, "pid %d\nuid %u\nname ", (int)p->pid, (unsigned)p->uid);
+		word(&o, p->name);
+		put(&o, "\nversion ");
+		word(&o, p->version);
+		put(&o, "\nruntimes %d\nfaults_per_s %.1f\n", p->runtimes > 0 ? p->runtimes : 1,
+		    p->faults_per_s);
+#define LINE(name, kind, unit, help)                                                \
+		if (offsetof(struct lm_stats, name) + sizeof(uint64_t) <= st->size) \
+			put(&o, "%s %llu\n", #name, (unsigned long long)st->name);
+		LM_STATS_LIST(LINE)
+#undef LINE
+		put(&o, "fill_latency");
+		for (int b = 0; b < LM_LAT_BUCKETS; b++)
+			put(&o, " %llu", (unsigned long long)st->fill_latency[b]);
+		put(&o, "\n\n");
+	}
+	if (o.need > 0x7fffffff)
+		return -EOVERFLOW;
+	return (int)o.need;
+}
+
+int lmd_format_list(const struct lmd_proc *procs, size_t n, char *buf, size_t len)
+{
+	struct out o;
+	if (begin(procs, n, buf, len, &o) < 0)
+		return -EINVAL;
+	put(&o, "%7s %6s %7s %14s %14s %14s %14s %10s %s\n", "PID", "UID", "REGIONS", "RESIDENT",
+	    "DIRTY", "SWAPPED", "BUDGET", "FAULTS/S", "NAME");
+	for (size_t i = 0; i < n; i++) {
+		const struct lm_stats *st = procs[i].st;
+		unsigned long long ps = st->page_size ? st->page_size : 4096;
+		put(&o, "%7d %6u %7llu %14llu %14llu %14llu %14llu %10.1f ", (int)procs[i].pid,
+		    (unsigned)procs[i].uid, (unsigned long long)st->regions_live,
+		    (unsigned long long)st->resident_pages * ps,
+		    (unsigned long long)st->resident_dirty * ps,
+		    (unsigned long long)st->swapped_pages * ps, (unsigned long long)st->budget_bytes,
+		    procs[i].faults_per_s);
+		word(&o, procs[i].name);
+		put(&o, "\n");
+	}
+	if (o.need > 0x7fffffff)
+		return -EOVERFLOW;
+	return (int)o.need;
+}
+
+/* One line of a "stats" reply: key and the rest, without the newline. */
+static bool next_line(const char **s, const char *end, const char **line, size_t *n)
+{
+	if (*s >= end)
+		return false;
+	const char *nl = memchr(*s, '\n', (size_t)(end - *s));
+	*line = *s;
+	*n = nl ? (size_t)(nl - *s) : (size_t)(end - *s);
+	*s = nl ? nl + 1 : end;
+	return true;
+}
+
+static bool key_is(const char *line, size_t n, const char *key, const char **val, size_t *vn)
+{
+	size_t k = strlen(key);
+	if (n <= k || memcmp(line, key, k) || line[k] != ' ')
+		return false;
+	*val = line + k + 1;
+	*vn = n - k - 1;
+	return true;
+}
+
+static bool decimal(const char *s, size_t n, uint64_t *out)
+{
+	return number(s, n, false, UINT64_MAX, out);
+}
+
+static void copy_word(char *dst, size_t cap, const char *s, size_t n)
+{
+	size_t k = n < cap - 1 ? n : cap - 1;
+	memcpy(dst, s, k);
+	dst[k] = '\0';
+}
+
+int lmd_parse_stats(const char *text, size_t len, struct lmd_entry *out, size_t max)
+{
+	if (!text && len)
+		return -EINVAL;
+	const char *s = text, *end = text + len, *line, *val;
+	size_t n, vn;
+	int count = 0;
+	struct lmd_entry scratch, *e = NULL;
+	while (next_line(&s, end, &line, &n)) {
+		if (!n) {
+			e = NULL;	/* a block ends */
+			continue;
+		}
+		uint64_t v;
+		if (key_is(line, n, "pid", &val, &vn)) {
+			if (!decimal(val, vn, &v) || !v || v > INT32_MAX)
+				return -EINVAL;
+			e = (size_t)count < max ? &out[count] : &scratch;
+			count++;
+			memset(e, 0, sizeof(*e));
+			e->pid = (pid_t)v;
+			e->runtimes = 1;
+			e->st.size = sizeof(e->st);
+			e->st.version = LM_STATS_VERSION;
+			continue;
+		}
+		if (!e)
+			return -EINVAL;	/* every block starts with its pid */
+		if (key_is(line, n, "name", &val, &vn)) {
+			copy_word(e->name, sizeof(e->name), val, vn);
+		} else if (key_is(line, n, "version", &val, &vn)) {
+			copy_word(e->version, sizeof(e->version), val, vn);
+		} else if (key_is(line, n, "faults_per_s", &val, &vn)) {
+			char tmp[32];
+			copy_word(tmp, sizeof(tmp), val, vn);
+			char *stop;
+			e->faults_per_s = strtod(tmp, &stop);
+			if (stop == tmp || *stop)
+				return -EINVAL;
+		} else if (key_is(line, n, "fill_latency", &val, &vn)) {
+			const char *p = val, *q = val + vn;
+			for (int b = 0; b < LM_LAT_BUCKETS && p < q; b++) {
+				const char *sp = memchr(p, ' ', (size_t)(q - p));
+				size_t wn = sp ? (size_t)(sp - p) : (size_t)(q - p);
+				if (!decimal(p, wn, &e->st.fill_latency[b]))
+					return -EINVAL;
+				p += wn + (sp ? 1 : 0);
+			}
+		} else {
+			const char *sp = memchr(line, ' ', n);
+			if (!sp || !decimal(sp + 1, n - (size_t)(sp - line) - 1, &v))
+				return -EINVAL;
+			size_t kn = (size_t)(sp - line);
+#define FIELD(name, kind, unit, help)                                  \
+			if (kn == strlen(#name) && !memcmp(line, #name, kn)) \
+				e->st.name = v;
+			LM_STATS_LIST(FIELD)
+#undef FIELD
+			if (kn == 3 && !memcmp(line, "uid", 3))
+				e->uid = (uid_t)v;
+			if (kn == 8 && !memcmp(line, "runtimes", 8))
+				e->runtimes = (int)(v > 1000000 ? 1000000 : v);
+		}
+	}
+	return count;
 }

@@ -13,9 +13,17 @@
  * One request per line, words separated by blanks, at most LMD_LINE_MAX
  * bytes without the newline (see lazymemd(8)):
  *
- *   list | stats PID | json | metrics | budget PID BYTES | version | help
+ *   list | stats [PID] | json [PID] | metrics | budget PID BYTES | version | help
+ *
+ * and, from a runtime registering itself, "hello VERSION NAME" with its
+ * stats page attached (SCM_RIGHTS).  A reply is "ok LENGTH" and a newline
+ * followed by LENGTH bytes, or one line "error NAME message" where NAME is
+ * an errno name (EPERM, ESRCH, EINVAL...).
  */
 #define LMD_LINE_MAX 256
+#define LMD_NAME_MAX 32		/* a process name, as runtimes send it */
+#define LMD_VERSION_MAX 32
+#define LMD_PROTOCOL 1
 
 enum lmd_req {
 	LMD_REQ_LIST = 1,
@@ -25,12 +33,16 @@ enum lmd_req {
 	LMD_REQ_BUDGET,
 	LMD_REQ_VERSION,
 	LMD_REQ_HELP,
+	LMD_REQ_HELLO,
 };
 
 struct lmd_request {
 	int kind;		/* enum lmd_req */
-	pid_t pid;		/* stats, budget */
+	pid_t pid;		/* stats, json (0: every process), budget */
 	uint64_t bytes;		/* budget: bytes, suffixes K/M/G/T accepted */
+	const char *version;	/* hello: pointers into the line, not terminated */
+	const char *name;
+	size_t version_len, name_len;
 };
 
 /*
@@ -45,7 +57,55 @@ struct lmd_proc {
 	uid_t uid;
 	const char *name;
 	const struct lm_stats *st;
+	const char *version;	/* the runtime's lazymem version; NULL: unknown */
+	int runtimes;		/* runtimes of the process summed in st; 0 counts as 1 */
+	double faults_per_s;	/* missing and write-protect faults, over the last second */
 };
+
+/*
+ * A struct lm_stats read from a runtime's stats page (maplen bytes
+ * mapped), trusting nothing in it: the fields the page's size does not
+ * cover are zero, the signed gauges are clamped at zero and
+ * resident_clean is derived, as lm_stats_get does it.
+ */
+void lmd_stats_load(const void *page, size_t maplen, struct lm_stats *out);
+
+/*
+ * Adds b to sum for a process with several runtimes: counters and
+ * amounts add up, bit sets are or'ed, enums and the page size are the
+ * first runtime's, the last pause is the longest.
+ */
+void lmd_stats_add(struct lm_stats *sum, const struct lm_stats *b);
+
+/*
+ * The reply to "stats": per process a block of "key value" lines, pid,
+ * uid, name, version, runtimes, faults_per_s, then every LM_STATS_LIST
+ * field, then "fill_latency" with LM_LAT_BUCKETS numbers, then an empty
+ * line.  Returns the length needed, like snprintf, or -EINVAL.
+ */
+int lmd_format_stats(const struct lmd_proc *procs, size_t n, char *buf, size_t len);
+
+/* The reply to "list": a header and one line per process, for people. */
+int lmd_format_list(const struct lmd_proc *procs, size_t n, char *buf, size_t len);
+
+/* A process as "stats" describes it, parsed back (the command's side). */
+struct lmd_entry {
+	pid_t pid;
+	uid_t uid;
+	int runtimes;
+	double faults_per_s;
+	char name[LMD_NAME_MAX + 1];
+	char version[LMD_VERSION_MAX + 1];
+	struct lm_stats st;	/* st.size: sizeof(struct lm_stats) */
+};
+
+/*
+ * Parses a "stats" reply into at most max entries.  Unknown keys are
+ * skipped (a newer daemon), missing ones are zero.  Returns the number of
+ * processes described (which may exceed max: only max are stored), or
+ * -EINVAL for text that is not such a reply.
+ */
+int lmd_parse_stats(const char *text, size_t len, struct lmd_entry *out, size_t max);
 
 /*
  * Prometheus text exposition (version 0.0.4) of the processes' counters,

@@ -125,11 +125,19 @@ struct lm_options {
 	const char *swap_dir;	/* directory of the swap file; NULL: $TMPDIR, else /tmp */
 	int dirty_tracking;	/* enum lm_dirty */
 	uint32_t reserved32;
-	uint64_t reserved[4];
+	/*
+	 * lazymemd's socket, which the runtime reports to (see lazymemd(8));
+	 * NULL: $LAZYMEM_SOCKET, else /run/lazymem/lazymemd.sock for root and
+	 * $XDG_RUNTIME_DIR/lazymem/lazymemd.sock for other users.
+	 */
+	const char *daemon_socket;
+	uint64_t reserved[3];
 };
 
 /* lm_options.flags: ignore LAZYMEM_* environment variables. */
 #define LM_OPT_NO_ENV (1u << 0)
+/* lm_options.flags: do not report to lazymemd (LAZYMEM_SOCKET=off does the same). */
+#define LM_OPT_NO_REPORT (1u << 1)
 
 /* Sources a region's pages are filled from. */
 enum lm_source_kind {

@@ -98,7 +98,7 @@ void lm__evict_check(struct lm_runtime *rt)
 {
 	uint64_t b = atomic_load_explicit(&rt->budget, memory_order_relaxed);
 	if (b && rt->ev_started &&
-	    atomic_load_explicit(&rt->nres, memory_order_relaxed) > (int64_t)(b - gap_of(b)))
+	    atomic_load_explicit(rt->nres, memory_order_relaxed) > (int64_t)(b - gap_of(b)))
 		kick(rt);
 }
 
@@ -113,11 +113,11 @@ void lm__throttle(struct lm_runtime *rt)
 {
 	uint64_t b = atomic_load_explicit(&rt->budget, memory_order_relaxed);
 	if (!b || !rt->ev_started ||
-	    atomic_load_explicit(&rt->nres, memory_order_relaxed) < (int64_t)b)
+	    atomic_load_explicit(rt->nres, memory_order_relaxed) < (int64_t)b)
 		return;
 	uint64_t t0 = lm__now_ns(), t = t0;
 	kick(rt);
-	while (atomic_load_explicit(&rt->nres, memory_order_relaxed) >= (int64_t)b &&
+	while (atomic_load_explicit(rt->nres, memory_order_relaxed) >= (int64_t)b &&
 	       !atomic_load_explicit(&rt->ev_stuck, memory_order_relaxed) &&
 	       t - t0 < THROTTLE_MAX_NS) {
 		nanosleep(&(struct timespec){ 0, 20000 }, NULL);
@@ -278,7 +278,7 @@ static void select_victims(struct lm_runtime *rt, struct lm__rtable *t, struct b
 	}
 	if (rt->hand_pg < first || rt->hand_pg > last)
 		rt->hand_pg = first;
-	int64_t res = atomic_load(&rt->nres), dirty = atomic_load(&rt->ndirty);
+	int64_t res = atomic_load(rt->nres), dirty = atomic_load(rt->ndirty);
 	struct sel c = {
 		.b = b,
 		.want = want < EVICT_BATCH ? want : EVICT_BATCH,
@@ -658,7 +658,7 @@ static long settle_batch(struct lm_runtime *rt, struct batch *b)
 		if (b->slot[i] != UINT64_MAX && LM_PTE_HAS_SLOT(prev))
 			lm__slot_release(rt, prev);
 		if (LM_PTE_STATE(val) == LM_PS_SWAPPED)
-			atomic_fetch_add_explicit(&r->swapped, 1, memory_order_relaxed);
+			lm__swapped_add(r, 1);
 		if (b->slot[i] == UINT64_MAX && LM_PTE_HAS_SLOT(prev))
 			LM__STAT_ADD(rt, swap_cache_hits, 1);
 		if (dirty)
@@ -774,7 +774,7 @@ static void evict_round(struct lm_runtime *rt, struct batch *b, int memfd)
 		uint64_t bud = atomic_load(&rt->budget);
 		if (!bud || atomic_load(&rt->ev_stop))
 			break;
-		int64_t low = (int64_t)(bud - 2 * gap_of(bud)), res = atomic_load(&rt->nres);
+		int64_t low = (int64_t)(bud - 2 * gap_of(bud)), res = atomic_load(rt->nres);
 		if (res <= low)
 			break;
 		pthread_mutex_lock(&rt->evict_lock);
@@ -795,7 +795,7 @@ static void evict_round(struct lm_runtime *rt, struct batch *b, int memfd)
 			break;
 	}
 	uint64_t bud = atomic_load(&rt->budget);
-	bool stuck = bud && atomic_load(&rt->nres) > (int64_t)bud;
+	bool stuck = bud && atomic_load(rt->nres) > (int64_t)bud;
 	if (stuck)
 		LM__STAT_ADD(rt, over_budget, 1);
 	atomic_store(&rt->ev_stuck, stuck);
@@ -879,7 +879,8 @@ int lm__evict_setup(struct lm_runtime *rt)
 		lm__log(rt, 1, "cannot create a swap file in %s: %s", dir, lm_strerror(rc));
 		goto out;
 	}
-	rt->swap.held_pages = &rt->nres;
+	rt->swap.held_pages = rt->nres;
+	rt->swap.used_mirror = &rt->stats->swap_slots_used;
 	rt->swap_ok = true;
 	LM__STAT_SET(rt, swap_slots_total, rt->swap.nslots);
 	if ((rc = lm__filler_init(&rt->ev_filler, rt, rt->opt.io == LM_IO_URING)) < 0)
@@ -961,7 +962,7 @@ int lm_runtime_set_budget(struct lm_runtime *rt, uint64_t bytes)
 	atomic_store(&rt->ev_stuck, false);
 	kick(rt);
 	uint64_t t0 = lm__now_ns();
-	while (atomic_load(&rt->nres) > (int64_t)pages) {
+	while (atomic_load(rt->nres) > (int64_t)pages) {
 		if (atomic_load(&rt->ev_gen) - gen >= 2 && atomic_load(&rt->ev_stuck))
 			return -ENOSPC;
 		if (lm__now_ns() - t0 > 10000000000ull)

@@ -287,7 +287,7 @@ static void account(struct lm_region *r, int kind, unsigned n, unsigned fresh, u
 	lm__resident_add(r, fresh);
 	/* Swapped pages are all fresh: no longer swapped once counted resident. */
 	if (kind < 0)
-		atomic_fetch_sub_explicit(&r->swapped, fresh, memory_order_relaxed);
+		lm__swapped_add(r, -(int64_t)fresh);
 	count_fill(rt, kind, n);
 	if (flags & LM_FILL_PREFETCH) {
 		LM__STAT_ADD(rt, prefetch_pages, n);
@@ -304,7 +304,7 @@ static void unaccount(struct lm_region *r, int kind, unsigned n, unsigned instal
 	struct lm_runtime *rt = r->rt;
 	lm__resident_add(r, -(int64_t)fresh);
 	if (kind < 0)
-		atomic_fetch_add_explicit(&r->swapped, fresh, memory_order_relaxed);
+		lm__swapped_add(r, fresh);
 	count_fill(rt, kind, -(long)(n - installed));
 	if (flags & LM_FILL_PREFETCH)
 		LM__STAT_SUB(rt, prefetch_pages, n - installed);
@@ -370,7 +370,7 @@ long lm__fill(struct lm__filler *f, struct lm_region *r, uint64_t pgno, unsigned
 	if (flags & LM_FILL_AHEAD) {
 		/* Readahead is a bet: not one worth evicting for. */
 		uint64_t b = atomic_load_explicit(&rt->budget, memory_order_relaxed);
-		if (b && atomic_load_explicit(&rt->nres, memory_order_relaxed) +
+		if (b && atomic_load_explicit(rt->nres, memory_order_relaxed) +
 			 (int64_t)want >= (int64_t)b)
 			return 0;
 	} else {
@@ -446,7 +446,7 @@ long lm__fill(struct lm__filler *f, struct lm_region *r, uint64_t pgno, unsigned
 			lm__settle(r, ents[i], pgno + i, prev[i], ufd);
 		if (from_swap && avail < 0) {
 			/* Its only copy is unreadable: the page is lost, and says so on every touch. */
-			atomic_fetch_sub_explicit(&r->swapped, 1, memory_order_relaxed);
+			lm__swapped_add(r, -1);
 			lm__slot_release(rt, prev0);
 			if (fault) {
 				poison(r, e0, pgno, ufd);
@@ -596,7 +596,7 @@ long lm__fill(struct lm__filler *f, struct lm_region *r, uint64_t pgno, unsigned
 		for (unsigned i = at; i < n; i++) {
 			if (i == 0 && sigbus) {
 				if (from_swap) {
-					atomic_fetch_sub_explicit(&r->swapped, 1, memory_order_relaxed);
+					lm__swapped_add(r, -1);
 					lm__slot_release(rt, prev0);
 				}
 				poison(r, ents[0], pgno, ufd);

@@ -94,6 +94,7 @@ struct lm__ptable {
 	_Atomic(void *) root;
 	_Atomic(struct lm__chunk *) chunks;	/* node arena, freed on destroy */
 	_Atomic size_t bytes;		/* node bytes handed out */
+	_Atomic uint64_t *total;	/* ...also added here when not NULL (metadata_bytes) */
 };
 
 int lm__pt_init(struct lm__ptable *pt, uint64_t npages);
@@ -110,21 +111,45 @@ int lm__pt_walk(struct lm__ptable *pt, uint64_t first, uint64_t last,
 
 /* ---- stats.c ---------------------------------------------------------- */
 
+/*
+ * The live counters, laid out exactly as struct lm_stats so that lazymemd
+ * reads them from the page the runtime shares with it (report.c).  The
+ * gauges resident_pages, resident_dirty and swapped_pages are kept signed
+ * (two's complement in the unsigned field): counted at different instants
+ * they may dip below zero for a moment, and readers clamp.
+ */
 #define LM__ATOMIC_FIELD(name, kind, unit, help) _Atomic uint64_t name;
 struct lm__stats {
-	LM_STATS_LIST(LM__ATOMIC_FIELD)
+	uint32_t size;
+	uint32_t version;
 	_Atomic uint64_t fill_latency[LM_LAT_BUCKETS];
+	LM_STATS_LIST(LM__ATOMIC_FIELD)
 };
 #undef LM__ATOMIC_FIELD
+_Static_assert(sizeof(struct lm__stats) == sizeof(struct lm_stats) &&
+	       offsetof(struct lm__stats, restore_faults) == offsetof(struct lm_stats, restore_faults),
+	       "the shared stats page is a struct lm_stats");
 
 #define LM__STAT_ADD(rt, field, n) \
-	atomic_fetch_add_explicit(&(rt)->stats.field, (uint64_t)(n), memory_order_relaxed)
+	atomic_fetch_add_explicit(&(rt)->stats->field, (uint64_t)(n), memory_order_relaxed)
 #define LM__STAT_SUB(rt, field, n) \
-	atomic_fetch_sub_explicit(&(rt)->stats.field, (uint64_t)(n), memory_order_relaxed)
+	atomic_fetch_sub_explicit(&(rt)->stats->field, (uint64_t)(n), memory_order_relaxed)
 #define LM__STAT_SET(rt, field, v) \
-	atomic_store_explicit(&(rt)->stats.field, (uint64_t)(v), memory_order_relaxed)
+	atomic_store_explicit(&(rt)->stats->field, (uint64_t)(v), memory_order_relaxed)
+#define LM__STAT_GET(rt, field) atomic_load_explicit(&(rt)->stats->field, memory_order_relaxed)
 
 void lm__stats_latency(struct lm_runtime *rt, uint64_t ns);
+
+/* ---- report.c: the stats page and the connection to lazymemd ------------- */
+#define LM__REPORT_LINE 256
+struct lm__report;
+/* Maps the stats page (a sealed memfd when possible); first thing a runtime does. */
+int lm__stats_init(struct lm_runtime *rt);
+void lm__stats_fini(struct lm_runtime *rt);
+/* Starts the reporter thread; a missing daemon or a failure here is never an error. */
+void lm__report_start(struct lm_runtime *rt);
+void lm__report_stop(struct lm_runtime *rt);
+void lm__report_atfork_child(struct lm_runtime *rt);
 uint64_t lm__now_ns(void);
 
 /* ---- fileio.c: reads from file sources -------------------------------- */
@@ -173,6 +198,7 @@ struct lm__swap {
 	size_t page_size;
 	uint64_t nslots;		/* capacity: the maximum size in pages */
 	_Atomic uint64_t used;
+	_Atomic uint64_t *used_mirror;	/* the same count in the stats page, or NULL */
 	uint64_t hint;			/* bitmap word to look at first (allocator only) */
 	_Atomic uint64_t *bitmap;	/* 1: slot in use */
 	uint32_t *sums;			/* per-slot checksum of what was written; 0: none */
@@ -486,8 +512,8 @@ struct lm_runtime {
 
 	/* Memory budget and eviction (evict.c). */
 	_Atomic uint64_t budget;	/* pages; 0: none */
-	_Atomic int64_t nres;		/* resident pages of every region: what the budget bounds */
-	_Atomic int64_t ndirty;		/* of which dirty */
+	_Atomic int64_t *nres;		/* resident pages of every region: what the budget bounds */
+	_Atomic int64_t *ndirty;	/* of which dirty (both in the stats page) */
 	_Atomic bool ev_wanted;		/* a kick is pending */
 	_Atomic bool ev_stop;
 	unsigned char *wbuf;		/* EVICT_BATCH pages: writeback copies (evictor only) */
@@ -512,19 +538,27 @@ struct lm_runtime {
 	uint64_t hand_pg;
 
 	int snap_memfd;			/* /proc/self/mem: snapshots read resident pages with it */
-	struct lm__stats stats;
+	struct lm__stats *stats;	/* the page shared with lazymemd (report.c) */
+	int stats_fd;			/* its memfd; -1 when it is private memory */
+	struct lm__report *report;	/* the connection to lazymemd, NULL if none */
 };
 
 static inline void lm__resident_add(struct lm_region *r, int64_t n)
 {
 	atomic_fetch_add_explicit(&r->resident, n, memory_order_relaxed);
-	atomic_fetch_add_explicit(&r->rt->nres, n, memory_order_relaxed);
+	atomic_fetch_add_explicit(r->rt->nres, n, memory_order_relaxed);
 }
 
 static inline void lm__dirty_add(struct lm_region *r, int64_t n)
 {
 	atomic_fetch_add_explicit(&r->dirty, n, memory_order_relaxed);
-	atomic_fetch_add_explicit(&r->rt->ndirty, n, memory_order_relaxed);
+	atomic_fetch_add_explicit(r->rt->ndirty, n, memory_order_relaxed);
+}
+
+static inline void lm__swapped_add(struct lm_region *r, int64_t n)
+{
+	atomic_fetch_add_explicit(&r->swapped, n, memory_order_relaxed);
+	LM__STAT_ADD(r->rt, swapped_pages, n);
 }
 
 static inline int lm__read_lock(struct lm_runtime *rt)

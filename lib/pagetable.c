@@ -51,6 +51,9 @@ static void *node_alloc(struct lm__ptable *pt)
 			if (off + NODE_BYTES <= c->size - CHUNK_HDR) {
 				atomic_fetch_add_explicit(&pt->bytes, NODE_BYTES,
 							  memory_order_relaxed);
+				if (pt->total)
+					atomic_fetch_add_explicit(pt->total, NODE_BYTES,
+								  memory_order_relaxed);
 				return c->data + off;
 			}
 		}
@@ -82,6 +85,7 @@ int lm__pt_init(struct lm__ptable *pt, uint64_t npages)
 	atomic_init(&pt->root, NULL);
 	atomic_init(&pt->chunks, NULL);
 	atomic_init(&pt->bytes, 0);
+	pt->total = NULL;
 	return 0;
 }
 
@@ -94,7 +98,9 @@ void lm__pt_destroy(struct lm__ptable *pt)
 		c = next;
 	}
 	atomic_store(&pt->root, NULL);
-	atomic_store(&pt->bytes, 0);
+	size_t had = atomic_exchange(&pt->bytes, 0);
+	if (pt->total)
+		atomic_fetch_sub(pt->total, had);
 }
 
 /* Loads (or, with create, installs) the child node in slot. */

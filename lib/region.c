@@ -186,6 +186,8 @@ static struct lm_region *region_alloc(struct lm_runtime *rt, size_t len)
 	pthread_mutex_init(&r->snap_lock, NULL);
 	r->id = atomic_fetch_add(&rt->next_region_id, 1) + 1;
 	lm__pt_init(&r->pt, r->npages);
+	r->pt.total = &rt->stats->metadata_bytes;
+	LM__STAT_ADD(rt, metadata_bytes, sizeof(*r));
 	for (int i = 0; i < LM__ADV_SLOTS; i++) {
 		atomic_init(&r->adv[i].first, 1);
 		atomic_init(&r->adv[i].last, 0);
@@ -206,9 +208,11 @@ static void region_free(struct lm_region *r)
 	/* Its slots go back to the swap file, its pages out of the budget. */
 	if (r->rt->swap_ok)
 		lm__pt_walk(&r->pt, 0, r->npages - 1, release_one, r->rt);
-	atomic_fetch_sub(&r->rt->nres, atomic_load(&r->resident));
-	atomic_fetch_sub(&r->rt->ndirty, atomic_load(&r->dirty));
+	atomic_fetch_sub(r->rt->nres, atomic_load(&r->resident));
+	atomic_fetch_sub(r->rt->ndirty, atomic_load(&r->dirty));
+	LM__STAT_SUB(r->rt, swapped_pages, atomic_load(&r->swapped));
 	lm__pt_destroy(&r->pt);
+	LM__STAT_SUB(r->rt, metadata_bytes, sizeof(*r));
 	if (r->fd >= 0 && !r->parent)
 		close(r->fd);
 	if (r->spill_fd >= 0)
@@ -575,7 +579,7 @@ static int forget_one(lm__pte *e, uint64_t pgno, void *arg)
 			if (s == LM_PS_DIRTY)
 				lm__dirty_add(c->r, -1);
 			if (s == LM_PS_SWAPPED)
-				atomic_fetch_sub(&c->r->swapped, 1);
+				lm__swapped_add(c->r, -1);
 			lm__slot_release(c->rt, v);
 			return 0;
 		}
@@ -670,7 +674,7 @@ static int move_state(lm__pte *e, uint64_t pgno, void *arg)
 		if (s == LM_PS_DIRTY)
 			lm__dirty_add(c->from, -1);
 		if (s == LM_PS_SWAPPED)
-			atomic_fetch_sub(&c->from->swapped, 1);
+			lm__swapped_add(c->from, -1);
 		lm__slot_release(c->from->rt, v);
 		return 0;
 	}
@@ -684,8 +688,8 @@ static int move_state(lm__pte *e, uint64_t pgno, void *arg)
 		lm__dirty_add(c->from, -1);
 	}
 	if (s == LM_PS_SWAPPED) {
-		atomic_fetch_add(&c->to->swapped, 1);
-		atomic_fetch_sub(&c->from->swapped, 1);
+		lm__swapped_add(c->to, 1);
+		lm__swapped_add(c->from, -1);
 	}
 	return 0;
 }

@@ -139,6 +139,13 @@ static int apply_env(struct lm_options *o)
 		if (d && *d)
 			o->swap_dir = d;
 	}
+	if (!o->daemon_socket) {
+		const char *d = getenv("LAZYMEM_SOCKET");
+		if (d && !strcmp(d, "off"))
+			o->flags |= LM_OPT_NO_REPORT;
+		else if (d && *d)
+			o->daemon_socket = d;
+	}
 	rc = rc ? rc : env_int("LAZYMEM_DEBUG", 0, 9, &dbg);
 	if (dbg && !o->log)
 		o->log = stderr_log;
@@ -150,7 +157,8 @@ static int check_options(struct lm_options *o)
 	if (o->mode < 0 || o->mode > LM_MODE_SIGNAL || o->io < 0 || o->io > LM_IO_PREAD ||
 	    o->uffd_source < 0 || o->uffd_source > LM_UFFD_SYSCALL_USER ||
 	    o->handler_threads < 0 || o->handler_threads > MAX_THREADS ||
-	    o->readahead_max < 0 || o->readahead_max > MAX_READAHEAD || (o->flags & ~LM_OPT_NO_ENV) ||
+	    o->readahead_max < 0 || o->readahead_max > MAX_READAHEAD ||
+	    (o->flags & ~(LM_OPT_NO_ENV | LM_OPT_NO_REPORT)) ||
 	    o->evict_policy < 0 || o->evict_policy > LM_EVICT_FIFO ||
 	    o->dirty_tracking < 0 || o->dirty_tracking > LM_DIRTY_ASYNC ||
 	    (o->swap_max && o->swap_max < 4096))
@@ -304,6 +312,7 @@ static void atfork_child(void)
 		atomic_store(&rt->budget, 0);
 		atomic_store(&rt->track, false);
 		LM__STAT_SET(rt, budget_bytes, 0);
+		lm__report_atfork_child(rt);
 	}
 	lm__signal_atfork_child();
 	pthread_mutex_init(&all_lock, NULL);
@@ -404,6 +413,11 @@ int lm_runtime_open(const struct lm_options *user, struct lm_runtime **out)
 	if (!rt)
 		return -ENOMEM;
 	rt->opt = o;
+	rt->stats_fd = -1;
+	if ((rc = lm__stats_init(rt)) < 0) {
+		free(rt);
+		return rc;
+	}
 	rt->io_required = io_required;
 	rt->mode = o.mode;
 	rt->page_size = sysconf(_SC_PAGESIZE);
@@ -497,6 +511,7 @@ int lm_runtime_open(const struct lm_options *user, struct lm_runtime **out)
 		all_del(rt);
 		goto fail;
 	}
+	lm__report_start(rt);
 	*out = rt;
 	return 0;
 fail:
@@ -527,6 +542,8 @@ static void stop_threads(struct lm_runtime *rt)
 
 static void close_runtime(struct lm_runtime *rt)
 {
+	/* The daemon first: it must not push a budget to a runtime going away. */
+	lm__report_stop(rt);
 	all_del(rt);
 	/* The evictor stops first: nothing is evicted from regions about to go. */
 	lm__evict_shutdown(rt);
@@ -567,6 +584,7 @@ static void close_runtime(struct lm_runtime *rt)
 	pthread_mutex_destroy(&rt->ev_lock);
 	pthread_mutex_destroy(&rt->pf_lock);
 	pthread_cond_destroy(&rt->pf_cond);
+	lm__stats_fini(rt);
 	free(rt);
 }
 

@@ -1295,7 +1295,7 @@ static int rollback_batch(struct lm__filler *f, struct lm_snapshot *s, const uin
 			continue;
 		unsigned st = LM_PTE_STATE(prev[i]);
 		if (st == LM_PS_SWAPPED)
-			atomic_fetch_sub(&r->swapped, 1);
+			lm__swapped_add(r, -1);
 		lm__slot_release(rt, prev[i]);
 		if (st == LM_PS_DIRTY)
 			lm__dirty_add(r, -1);

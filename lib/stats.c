@@ -26,36 +26,16 @@ void lm__stats_latency(struct lm_runtime *rt, uint64_t ns)
 	LM__STAT_ADD(rt, fill_ns_total, ns);
 }
 
-static uint64_t nonneg(int64_t v)
+/* A signed gauge of the stats page (see struct lm__stats), clamped at zero. */
+static uint64_t nonneg(uint64_t v)
 {
-	return v > 0 ? (uint64_t)v : 0;
+	return (int64_t)v > 0 ? v : 0;
 }
 
-/* The gauges summed over the regions. */
-static void sum_regions(struct lm_runtime *rt, struct lm_stats *st)
-{
-	pthread_mutex_lock(&rt->lock);
-	struct lm__rtable *t = atomic_load_explicit(&rt->table, memory_order_acquire);
-	uint64_t m = sizeof(*rt), res = 0, dirty = 0, swapped = 0;
-	if (t)
-		m += sizeof(*t) + t->n * sizeof(t->e[0]);
-	for (struct lm_region *r = rt->regions; r; r = r->next) {
-		m += sizeof(*r) + atomic_load_explicit(&r->pt.bytes, memory_order_relaxed);
-		res += nonneg(atomic_load_explicit(&r->resident, memory_order_relaxed));
-		dirty += nonneg(atomic_load_explicit(&r->dirty, memory_order_relaxed));
-		swapped += nonneg(atomic_load_explicit(&r->swapped, memory_order_relaxed));
-	}
-	pthread_mutex_unlock(&rt->lock);
-	st->metadata_bytes = m;
-	st->resident_pages = res;
-	/* Counted at different instants: clamp rather than underflow. */
-	st->resident_dirty = dirty < res ? dirty : res;
-	st->resident_clean = res - st->resident_dirty;
-	st->swapped_pages = swapped;
-	st->swap_slots_used = rt->swap_ok ? lm__swap_used(&rt->swap) : 0;
-	st->page_size = (uint64_t)rt->page_size;
-}
-
+/*
+ * Reads the live counters: the same page lazymemd reads, so that the
+ * two never disagree about anything but the instant.
+ */
 int lm_stats_get(struct lm_runtime *rt, struct lm_stats *st)
 {
 	LM__KEEP_ERRNO;
@@ -63,14 +43,19 @@ int lm_stats_get(struct lm_runtime *rt, struct lm_stats *st)
 		return -EINVAL;
 	struct lm_stats full;
 	memset(&full, 0, sizeof(full));
-#define COPY(name, kind, unit, help) \
-	full.name = atomic_load_explicit(&rt->stats.name, memory_order_relaxed);
+#define COPY(name, kind, unit, help) full.name = LM__STAT_GET(rt, name);
 	LM_STATS_LIST(COPY)
 #undef COPY
 	for (int i = 0; i < LM_LAT_BUCKETS; i++)
-		full.fill_latency[i] = atomic_load_explicit(&rt->stats.fill_latency[i],
-							    memory_order_relaxed);
-	sum_regions(rt, &full);
+		full.fill_latency[i] = LM__STAT_GET(rt, fill_latency[i]);
+	full.resident_pages = nonneg(full.resident_pages);
+	full.swapped_pages = nonneg(full.swapped_pages);
+	full.resident_dirty = nonneg(full.resident_dirty);
+	/* Counted at different instants: clamp rather than underflow. */
+	if (full.resident_dirty > full.resident_pages)
+		full.resident_dirty = full.resident_pages;
+	full.resident_clean = full.resident_pages - full.resident_dirty;
+	full.page_size = (uint64_t)rt->page_size;
 	/* A caller built against an older, smaller struct gets its prefix. */
 	uint32_t size = st->size < sizeof(full) ? st->size : (uint32_t)sizeof(full);
 	full.size = size;

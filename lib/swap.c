@@ -151,6 +151,8 @@ unsigned lm__swap_alloc(struct lm__swap *s, uint64_t *slots, unsigned n)
 			bits = atomic_fetch_or_explicit(&s->bitmap[w], 1ull << bit,
 							memory_order_acq_rel) | (1ull << bit);
 			atomic_fetch_add_explicit(&s->used, 1, memory_order_relaxed);
+			if (s->used_mirror)
+				atomic_fetch_add_explicit(s->used_mirror, 1, memory_order_relaxed);
 			slots[got++] = slot;
 		}
 		if (got == n)
@@ -169,6 +171,8 @@ unsigned lm__swap_alloc(struct lm__swap *s, uint64_t *slots, unsigned n)
 		}
 		atomic_fetch_and(&s->bitmap[slots[i] / 64], ~(1ull << (slots[i] % 64)));
 		atomic_fetch_sub(&s->used, 1);
+		if (s->used_mirror)
+			atomic_fetch_sub(s->used_mirror, 1);
 	}
 	/* A slot freed while its page was held: its memory goes now, outside signal context. */
 	for (unsigned i = 0; i < keep; i++)
@@ -187,7 +191,11 @@ void lm__swap_free(struct lm__swap *s, uint64_t slot)
 	if (atomic_load_explicit(&s->held[slot], memory_order_acquire) && s->held_pages)
 		atomic_fetch_sub_explicit(s->held_pages, 1, memory_order_relaxed);
 	if (atomic_fetch_and_explicit(&s->bitmap[slot / 64], ~bit, memory_order_acq_rel) & bit)
+	{
 		atomic_fetch_sub_explicit(&s->used, 1, memory_order_relaxed);
+		if (s->used_mirror)
+			atomic_fetch_sub_explicit(s->used_mirror, 1, memory_order_relaxed);
+	}
 }
 
 uint64_t lm__swap_used(struct lm__swap *s)

@@ -39,6 +39,98 @@ START_TEST(requests)
 	ck_assert_uint_eq(r.bytes, 512ull << 20);
 	ck_assert_int_eq(parse("budget 77 0", &r), 0);
 	ck_assert_uint_eq(r.bytes, 0);
+	/* Without a pid, stats and json mean every process the caller may see. */
+	ck_assert_int_eq(parse("stats", &r), 0);
+	ck_assert_int_eq(r.kind, LMD_REQ_STATS);
+	ck_assert_int_eq(r.pid, 0);
+	ck_assert_int_eq(parse("json 42", &r), 0);
+	ck_assert_int_eq(r.kind, LMD_REQ_JSON);
+	ck_assert_int_eq(r.pid, 42);
+	ck_assert_int_eq(parse("hello 0.3.0 my-app", &r), 0);
+	ck_assert_int_eq(r.kind, LMD_REQ_HELLO);
+	ck_assert_uint_eq(r.version_len, 5);
+	ck_assert_int_eq(memcmp(r.version, "0.3.0", 5), 0);
+	ck_assert_uint_eq(r.name_len, 6);
+	ck_assert_int_eq(memcmp(r.name, "my-app", 6), 0);
+}
+END_TEST
+
+/* "stats" replies parse back into what was formatted, and a page is read defensively. */
+START_TEST(stats_roundtrip)
+{
+	struct lm_stats a, b;
+	memset(&a, 0, sizeof(a));
+	a.size = sizeof(a);
+	a.faults_missing = 123;
+	a.resident_pages = 77;
+	a.resident_dirty = 7;
+	a.budget_bytes = 1ull << 40;
+	a.restore_faults = 5;
+	a.fill_latency[0] = 1;
+	a.fill_latency[LM_LAT_BUCKETS - 1] = 99;
+	a.page_size = 4096;
+	a.version = LM_STATS_VERSION;
+	b = a;
+	b.faults_missing = 1;
+	struct lmd_proc procs[2] = {
+		{ .pid = 10, .uid = 1000, .name = "with space", .st = &a, .version = "0.3.0",
+		  .runtimes = 2, .faults_per_s = 12.5 },
+		{ .pid = 11, .uid = 0, .name = NULL, .st = &b },
+	};
+	int n = lmd_format_stats(procs, 2, NULL, 0);
+	ck_assert_int_gt(n, 0);
+	char *buf = malloc((size_t)n + 1);
+	ck_assert_int_eq(lmd_format_stats(procs, 2, buf, (size_t)n + 1), n);
+	struct lmd_entry e[2];
+	ck_assert_int_eq(lmd_parse_stats(buf, (size_t)n, e, 2), 2);
+	ck_assert_int_eq(e[0].pid, 10);
+	ck_assert_uint_eq(e[0].uid, 1000);
+	ck_assert_str_eq(e[0].name, "with_space");
+	ck_assert_str_eq(e[0].version, "0.3.0");
+	ck_assert_int_eq(e[0].runtimes, 2);
+	ck_assert(e[0].faults_per_s > 12.4 && e[0].faults_per_s < 12.6);
+	ck_assert_int_eq(memcmp(&e[0].st, &a, sizeof(a)), 0);
+	ck_assert_str_eq(e[1].name, "?");
+	ck_assert_uint_eq(e[1].st.faults_missing, 1);
+	/* Only max stored, all counted; garbage refused. */
+	ck_assert_int_eq(lmd_parse_stats(buf, (size_t)n, e, 1), 2);
+	ck_assert_int_eq(lmd_parse_stats("faults_missing 1\n", 16, e, 2), -EINVAL);
+	ck_assert_int_eq(lmd_parse_stats("pid 1\nfaults_missing x\n", 23, e, 2), -EINVAL);
+	ck_assert_int_eq(lmd_parse_stats("pid 1\nsomething_new 5\n", 22, e, 2), 1);
+	free(buf);
+
+	/* A page: signed gauges clamp, clean is derived, a short page is a prefix. */
+	struct lm_stats page, out;
+	memset(&page, 0, sizeof(page));
+	page.size = sizeof(page);
+	page.resident_pages = (uint64_t)-3;
+	page.resident_dirty = 2;
+	page.swapped_pages = 9;
+	page.resident_clean = 12345;
+	lmd_stats_load(&page, sizeof(page), &out);
+	ck_assert_uint_eq(out.resident_pages, 0);
+	ck_assert_uint_eq(out.resident_dirty, 0);
+	ck_assert_uint_eq(out.resident_clean, 0);
+	ck_assert_uint_eq(out.swapped_pages, 9);
+	page.resident_pages = 10;
+	page.size = 1u << 30;	/* lies: the mapping's length wins */
+	lmd_stats_load(&page, offsetof(struct lm_stats, swapped_pages), &out);
+	ck_assert_uint_eq(out.resident_pages, 10);
+	ck_assert_uint_eq(out.resident_clean, 8);
+	ck_assert_uint_eq(out.swapped_pages, 0);
+	lmd_stats_load(&page, 8, &out);
+	ck_assert_uint_eq(out.resident_pages, 0);
+
+	/* Several runtimes of one process: amounts add, enums do not. */
+	struct lm_stats s1 = a, s2 = a;
+	s1.mode = s2.mode = 1;
+	s1.uffd_features = 1;
+	s2.uffd_features = 4;
+	lmd_stats_add(&s1, &s2);
+	ck_assert_uint_eq(s1.faults_missing, 246);
+	ck_assert_uint_eq(s1.mode, 1);
+	ck_assert_uint_eq(s1.uffd_features, 5);
+	ck_assert_uint_eq(s1.page_size, 4096);
 }
 END_TEST
 
@@ -46,10 +138,11 @@ END_TEST
 START_TEST(malformed)
 {
 	static const char *const bad[] = {
-		"", "   ", "lis", "listx", "list extra", "stats", "stats 0", "stats -1",
+		"", "   ", "lis", "listx", "list extra", "stats 0", "json 0", "json x",
+		"hello 1", "hello 1 2 3", "hello 0.3.0 aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa", "stats -1",
 		"stats 12x", "stats 99999999999", "stats 1 2", "budget 1", "budget 1 12Q",
 		"budget 1 99999999999999999999", "budget 1 20000000T", "budget x 1M",
-		"LIST", "stats\t", "a b c d e", "help me",
+		"LIST", "a b c d e", "help me",
 	};
 	struct lmd_request r;
 	for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++)
@@ -99,8 +192,8 @@ START_TEST(metrics_text)
 	a.budget_bytes = 1 << 20;
 	b.faults_missing = 7;
 	struct lmd_proc procs[2] = {
-		{ 100, 0, "app \"one\"\\", &a },
-		{ 200, 0, "two\nlines", &b },
+		{ .pid = 100, .uid = 0, .name = "app \"one\"\\", .st = &a },
+		{ .pid = 200, .uid = 0, .name = "two\nlines", .st = &b },
 	};
 	int n = lmd_format_metrics(procs, 2, NULL, 0);
 	ck_assert_int_gt(n, 0);
@@ -143,8 +236,8 @@ START_TEST(json_text)
 	a.fill_latency[3] = 4;
 	a.page_size = 4096;
 	struct lmd_proc procs[2] = {
-		{ 10, 1000, "q\"b\\s\x01", &a },
-		{ 11, 0, NULL, &a },
+		{ .pid = 10, .uid = 1000, .name = "q\"b\\s\x01", .st = &a },
+		{ .pid = 11, .uid = 0, .name = NULL, .st = &a },
 	};
 	int n = lmd_format_json(procs, 2, NULL, 0);
 	ck_assert_int_gt(n, 0);
@@ -180,7 +273,7 @@ START_TEST(json_text)
 	/* An older client's smaller struct: only its prefix. */
 	struct lm_stats old = a;
 	old.size = (uint32_t)offsetof(struct lm_stats, faults_wp);
-	struct lmd_proc p1 = { 5, 0, "o", &old };
+	struct lmd_proc p1 = { .pid = 5, .uid = 0, .name = "o", .st = &old };
 	ck_assert_int_gt(lmd_format_json(&p1, 1, buf, (size_t)n + 1), 0);
 	ck_assert_ptr_nonnull(strstr(buf, "\"faults_missing\":9"));
 	ck_assert_ptr_null(strstr(buf, "\"faults_wp\""));
@@ -201,6 +294,7 @@ int main(void)
 	tcase_add_test(tc, malformed);
 	tcase_add_test(tc, metrics_text);
 	tcase_add_test(tc, json_text);
+	tcase_add_test(tc, stats_roundtrip);
 	suite_add_tcase(s, tc);
 	return lmt_run(s);
 }

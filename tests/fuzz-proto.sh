@@ -24,7 +24,13 @@ if ! "$cc" -g -O1 -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=unde
 	exit 1
 fi
 mkdir "$out/corpus"
-for seed in "list" "stats 1" "budget 2 64M" "metrics" "json" "version" "help"; do
+for seed in "list" "stats 1" "budget 2 64M" "metrics" "json" "version" "help" "hello 0.3.0 app" "pid 1
+uid 0
+name a
+faults_missing 3
+fill_latency 1 2 3
+
+"; do
 	printf '%s' "$seed" >"$out/corpus/$(printf '%s' "$seed" | tr ' ' '_')"
 done
 status=0

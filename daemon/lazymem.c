@@ -1,0 +1,601 @@
+/* SPDX-License-Identifier: MIT */
+/* lazymem: the command that shows lazy memory, from lazymemd, like free(1), ps(1) and top(1). */
+#include "config.h"
+#include "proto.h"
+#include "sockpath.h"
+
+#include <errno.h>
+#include <getopt.h>
+#include <inttypes.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <time.h>
+#include <unistd.h>
+
+/* Exit codes, as lazymem(1) documents them. */
+enum { EX_OK = 0, EX_REFUSED = 1, EX_USAGE = 2, EX_DAEMON = 3 };
+
+#define REPLY_TIMEOUT_MS 60000
+#define REPLY_MAX (256u << 20)
+
+static struct {
+	const char *socket;
+	bool json, human, bytes;
+	double interval;	/* free -s, top -d */
+	long count;		/* free -c, top -n */
+} O = { .count = -1 };
+
+static volatile sig_atomic_t interrupted;
+
+static void on_signal(int sig)
+{
+	(void)sig;
+	interrupted = 1;
+}
+
+/* ---- talking to the daemon ------------------------------------------------------------- */
+
+struct reply {
+	char *body;
+	size_t len;
+};
+
+static int die_daemon(const char *path, const char *what, int err)
+{
+	fprintf(stderr, "lazymem: %s %s: %s\n", what, path, strerror(err));
+	if (err == ENOENT || err == ECONNREFUSED)
+		fprintf(stderr, "lazymem: is lazymemd running? (start it with: lazymemd)\n");
+	return EX_DAEMON;
+}
+
+static bool read_full(int fd, char *buf, size_t len)
+{
+	size_t got = 0;
+	while (got < len) {
+		struct pollfd p = { fd, POLLIN, 0 };
+		if (poll(&p, 1, REPLY_TIMEOUT_MS) <= 0) {
+			errno = ETIMEDOUT;
+			return false;
+		}
+		ssize_t n = read(fd, buf + got, len - got);
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n <= 0) {
+			if (!n)
+				errno = EPIPE;
+			return false;
+		}
+		got += (size_t)n;
+	}
+	return true;
+}
+
+/* One request, one reply.  Returns EX_OK, or EX_REFUSED or EX_DAEMON once it has said why. */
+static int ask(const char *request, struct reply *r)
+{
+	memset(r, 0, sizeof(*r));
+	char path[sizeof(((struct sockaddr_un *)0)->sun_path)];
+	int rc = lm__socket_path(O.socket, 1, path, sizeof(path));
+	if (rc < 0) {
+		fprintf(stderr, "lazymem: no socket path: %s (use -S, LAZYMEM_SOCKET or "
+				"XDG_RUNTIME_DIR)\n", strerror(-rc));
+		return EX_DAEMON;
+	}
+	int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	struct sockaddr_un a = { .sun_family = AF_UNIX };
+	memcpy(a.sun_path, path, strlen(path) + 1);
+	if (fd < 0 || connect(fd, (struct sockaddr *)&a, sizeof(a)) < 0) {
+		int e = errno;
+		if (fd >= 0)
+			close(fd);
+		return die_daemon(path, "cannot connect to", e);
+	}
+	size_t n = strlen(request);
+	if (send(fd, request, n, MSG_NOSIGNAL) != (ssize_t)n || send(fd, "\n", 1, MSG_NOSIGNAL) != 1) {
+		int e = errno;
+		close(fd);
+		return die_daemon(path, "cannot send to", e);
+	}
+	/* The head: "ok LENGTH" or "error NAME message", read a byte at a time (it is short). */
+	char head[300];
+	size_t h = 0;
+	for (;;) {
+		if (h == sizeof(head) - 1 || !read_full(fd, head + h, 1)) {
+			int e = h == sizeof(head) - 1 ? EPROTO : errno;
+			close(fd);
+			return die_daemon(path, "no reply from", e);
+		}
+		if (head[h] == '\n')
+			break;
+		h++;
+	}
+	head[h] = '\0';
+	unsigned long long len;
+	char extra;
+	if (!strncmp(head, "error ", 6)) {
+		/* "ESRCH no lazymem runtime ..." is said as "lazymem: no lazymem runtime ...". */
+		const char *msg = strchr(head + 6, ' ');
+		fprintf(stderr, "lazymem: %s\n", msg ? msg + 1 : head + 6);
+		close(fd);
+		return EX_REFUSED;
+	}
+	if (sscanf(head, "ok %llu%c", &len, &extra) != 1 || len > REPLY_MAX) {
+		close(fd);
+		return die_daemon(path, "a malformed reply from", EPROTO);
+	}
+	r->body = malloc((size_t)len + 1);
+	if (!r->body || !read_full(fd, r->body, (size_t)len)) {
+		int e = r->body ? errno : ENOMEM;
+		close(fd);
+		free(r->body);
+		r->body = NULL;
+		return die_daemon(path, "a short reply from", e);
+	}
+	r->body[len] = '\0';
+	r->len = (size_t)len;
+	close(fd);
+	return EX_OK;
+}
+
+/* Every process the caller may see, parsed from a "stats" reply. */
+static int fetch(pid_t pid, struct lmd_entry **out, int *n)
+{
+	char req[32];
+	snprintf(req, sizeof(req), pid ? "stats %d" : "stats", (int)pid);
+	struct reply r;
+	int rc = ask(req, &r);
+	if (rc != EX_OK)
+		return rc;
+	int count = lmd_parse_stats(r.body, r.len, NULL, 0);
+	if (count < 0) {
+		free(r.body);
+		fprintf(stderr, "lazymem: the daemon's stats reply does not parse\n");
+		return EX_DAEMON;
+	}
+	*out = calloc((size_t)count + 1, sizeof(**out));
+	if (!*out) {
+		free(r.body);
+		return EX_DAEMON;
+	}
+	*n = lmd_parse_stats(r.body, r.len, *out, (size_t)count);
+	free(r.body);
+	return EX_OK;
+}
+
+/* ---- units --------------------------------------------------------------------------------- */
+
+/* Bytes as free(1) shows them: kibibytes, or with -h three significant digits and a unit. */
+static const char *size_str(uint64_t bytes, char *buf, size_t len)
+{
+	if (O.bytes) {
+		snprintf(buf, len, "%" PRIu64, bytes);
+	} else if (!O.human) {
+		snprintf(buf, len, "%" PRIu64, bytes / 1024);
+	} else {
+		static const char units[] = "BKMGTPE";
+		double v = (double)bytes;
+		int u = 0;
+		while (v >= 1024 && u < 6) {
+			v /= 1024;
+			u++;
+		}
+		if (!u)
+			snprintf(buf, len, "%" PRIu64 "B", bytes);
+		else
+			snprintf(buf, len, v < 10 ? "%.1f%ci" : "%.0f%ci", v, units[u]);
+	}
+	return buf;
+}
+
+/* "64M", "1G", "4096", "1.5G": bytes. */
+static int parse_size(const char *s, uint64_t *out)
+{
+	char *end;
+	errno = 0;
+	double v = strtod(s, &end);
+	if (end == s || errno || v < 0)
+		return -1;
+	double mul = 1;
+	switch (*end) {
+	case 'k': case 'K': mul = 1024.0; end++; break;
+	case 'm': case 'M': mul = 1024.0 * 1024; end++; break;
+	case 'g': case 'G': mul = 1024.0 * 1024 * 1024; end++; break;
+	case 't': case 'T': mul = 1024.0 * 1024 * 1024 * 1024; end++; break;
+	default: break;
+	}
+	if (*end == 'i' && mul > 1)
+		end++;
+	if ((*end == 'B' || *end == 'b') && end[1] == '\0')
+		end++;
+	if (*end || v * mul >= 18446744073709551615.0)
+		return -1;
+	*out = (uint64_t)(v * mul);
+	return 0;
+}
+
+static int parse_pid(const char *s, pid_t *pid)
+{
+	char *end;
+	long v = strtol(s, &end, 10);
+	if (!*s || *end || v <= 0 || v > INT32_MAX)
+		return -1;
+	*pid = (pid_t)v;
+	return 0;
+}
+
+/* ---- free ---------------------------------------------------------------------------------- */
+
+static void sum_free(const struct lmd_entry *e, int n, struct lm_free *t)
+{
+	memset(t, 0, sizeof(*t));
+	for (int i = 0; i < n; i++) {
+		struct lm_free f;
+		if (lm_stats_free(&e[i].st, &f) < 0)
+			continue;
+		t->total += f.total;
+		t->used += f.used;
+		t->free += f.free;
+		t->buff_cache += f.buff_cache;
+		t->available += f.available;
+		t->swap_total += f.swap_total;
+		t->swap_used += f.swap_used;
+		t->swap_free += f.swap_free;
+	}
+}
+
+static void print_free(const struct lm_free *t, int n)
+{
+	if (O.json) {
+		printf("{\"processes\":%d,\"total\":%" PRIu64 ",\"used\":%" PRIu64 ",\"free\":%" PRIu64
+		       ",\"buff_cache\":%" PRIu64 ",\"available\":%" PRIu64 ",\"swap_total\":%" PRIu64
+		       ",\"swap_used\":%" PRIu64 ",\"swap_free\":%" PRIu64 "}\n",
+		       n, t->total, t->used, t->free, t->buff_cache, t->available, t->swap_total,
+		       t->swap_used, t->swap_free);
+		return;
+	}
+	char a[6][32];
+	printf("%-6s %12s %12s %12s %12s %12s\n", "", "total", "used", "free", "buff/cache",
+	       "available");
+	printf("%-6s %12s %12s %12s %12s %12s\n", "Lazy:", size_str(t->total, a[0], 32),
+	       size_str(t->used, a[1], 32), size_str(t->free, a[2], 32),
+	       size_str(t->buff_cache, a[3], 32), size_str(t->available, a[4], 32));
+	printf("%-6s %12s %12s %12s\n", "Swap:", size_str(t->swap_total, a[0], 32),
+	       size_str(t->swap_used, a[1], 32), size_str(t->swap_free, a[2], 32));
+}
+
+static void nap(double seconds)
+{
+	struct timespec ts = { (time_t)seconds, (long)((seconds - (double)(time_t)seconds) * 1e9) };
+	while (!interrupted && nanosleep(&ts, &ts) < 0 && errno == EINTR)
+		;
+}
+
+static int cmd_free(void)
+{
+	long count = O.count >= 0 ? O.count : O.interval > 0 ? -1 : 1;
+	for (long i = 0; count < 0 || i < count; i++) {
+		if (i) {
+			nap(O.interval);
+			if (interrupted)
+				break;
+			if (!O.json)
+				printf("\n");
+		}
+		struct lmd_entry *e = NULL;
+		int n = 0, rc = fetch(0, &e, &n);
+		if (rc != EX_OK)
+			return rc;
+		struct lm_free t;
+		sum_free(e, n, &t);
+		print_free(&t, n);
+		fflush(stdout);
+		free(e);
+		if (O.interval <= 0 && O.count < 0)
+			break;
+	}
+	return EX_OK;
+}
+
+/* ---- ps and top ---------------------------------------------------------------------------- */
+
+static uint64_t pages(const struct lmd_entry *e, uint64_t n)
+{
+	return n * (e->st.page_size ? e->st.page_size : 4096);
+}
+
+static void json_name(const char *s)
+{
+	putchar('"');
+	for (; *s; s++)
+		printf(*s == '"' || *s == '\\' ? "\\%c" : "%c", *s);
+	putchar('"');
+}
+
+static void print_ps(const struct lmd_entry *e, int n)
+{
+	if (O.json) {
+		printf("{\"processes\":[");
+		for (int i = 0; i < n; i++) {
+			printf("%s{\"pid\":%d,\"uid\":%u,\"name\":", i ? "," : "", (int)e[i].pid,
+			       (unsigned)e[i].uid);
+			json_name(e[i].name);
+			printf(",\"runtimes\":%d,\"regions\":%" PRIu64 ",\"resident\":%" PRIu64
+			       ",\"dirty\":%" PRIu64 ",\"swapped\":%" PRIu64 ",\"faults_per_s\":%.1f"
+			       ",\"budget\":%" PRIu64 "}",
+			       e[i].runtimes, e[i].st.regions_live, pages(&e[i], e[i].st.resident_pages),
+			       pages(&e[i], e[i].st.resident_dirty), pages(&e[i], e[i].st.swapped_pages),
+			       e[i].faults_per_s, e[i].st.budget_bytes);
+		}
+		printf("]}\n");
+		return;
+	}
+	printf("%7s %-16s %7s %10s %10s %10s %10s %10s\n", "PID", "NAME", "REGIONS", "RESIDENT",
+	       "DIRTY", "SWAPPED", "FAULTS/S", "BUDGET");
+	for (int i = 0; i < n; i++) {
+		char a[4][32];
+		printf("%7d %-16.16s %7" PRIu64 " %10s %10s %10s %10.0f %10s\n", (int)e[i].pid,
+		       e[i].name, e[i].st.regions_live,
+		       size_str(pages(&e[i], e[i].st.resident_pages), a[0], 32),
+		       size_str(pages(&e[i], e[i].st.resident_dirty), a[1], 32),
+		       size_str(pages(&e[i], e[i].st.swapped_pages), a[2], 32), e[i].faults_per_s,
+		       e[i].st.budget_bytes ? size_str(e[i].st.budget_bytes, a[3], 32) : "-");
+	}
+}
+
+static int cmd_ps(void)
+{
+	struct lmd_entry *e = NULL;
+	int n = 0, rc = fetch(0, &e, &n);
+	if (rc != EX_OK)
+		return rc;
+	print_ps(e, n);
+	free(e);
+	return EX_OK;
+}
+
+static int by_activity(const void *a, const void *b)
+{
+	const struct lmd_entry *x = a, *y = b;
+	if (x->faults_per_s != y->faults_per_s)
+		return x->faults_per_s < y->faults_per_s ? 1 : -1;
+	return (x->st.resident_pages < y->st.resident_pages) -
+	       (x->st.resident_pages > y->st.resident_pages);
+}
+
+static int cmd_top(void)
+{
+	double delay = O.interval > 0 ? O.interval : 2;
+	bool tty = isatty(STDOUT_FILENO) && !O.json;
+	for (long i = 0; !interrupted && (O.count < 0 || i < O.count); i++) {
+		if (i)
+			nap(delay);
+		if (interrupted)
+			break;
+		struct lmd_entry *e = NULL;
+		int n = 0, rc = fetch(0, &e, &n);
+		if (rc != EX_OK)
+			return rc;
+		qsort(e, (size_t)n, sizeof(*e), by_activity);
+		if (tty)
+			printf("\033[H\033[2J");
+		if (!O.json) {
+			time_t now = time(NULL);
+			char when[32];
+			strftime(when, sizeof(when), "%H:%M:%S", localtime(&now));
+			printf("lazymem top - %s, %d processes, every %.1fs\n\n", when, n, delay);
+			struct lm_free t;
+			sum_free(e, n, &t);
+			print_free(&t, n);
+			printf("\n");
+		}
+		print_ps(e, n);
+		fflush(stdout);
+		free(e);
+	}
+	return EX_OK;
+}
+
+/* ---- stat ---------------------------------------------------------------------------------- */
+
+static int cmd_stat(pid_t pid)
+{
+	struct lmd_entry *e = NULL;
+	int n = 0, rc = fetch(pid, &e, &n);
+	if (rc != EX_OK)
+		return rc;
+	if (n < 1) {
+		fprintf(stderr, "lazymem: no lazymem runtime reports from process %d\n", (int)pid);
+		free(e);
+		return EX_REFUSED;
+	}
+	int need = lm_stats_format(&e->st, O.json ? LM_FORMAT_JSON : LM_FORMAT_TEXT, NULL, 0);
+	char *buf = need >= 0 ? malloc((size_t)need + 1) : NULL;
+	if (!buf) {
+		free(e);
+		return EX_DAEMON;
+	}
+	lm_stats_format(&e->st, O.json ? LM_FORMAT_JSON : LM_FORMAT_TEXT, buf, (size_t)need + 1);
+	if (O.json) {
+		printf("{\"pid\":%d,\"uid\":%u,\"name\":", (int)e->pid, (unsigned)e->uid);
+		json_name(e->name);
+		printf(",\"version\":");
+		json_name(e->version);
+		printf(",\"runtimes\":%d,\"faults_per_s\":%.1f,\"stats\":%s}\n", e->runtimes,
+		       e->faults_per_s, buf);
+	} else {
+		printf("process %d (%s), uid %u, lazymem %s, %d runtime%s, %.1f faults/s\n\n",
+		       (int)e->pid, e->name, (unsigned)e->uid, e->version, e->runtimes,
+		       e->runtimes == 1 ? "" : "s", e->faults_per_s);
+		/* The counters without their histogram lines, which come next as bars. */
+		for (char *line = strtok(buf, "\n"); line; line = strtok(NULL, "\n"))
+			if (strncmp(line, "fill_latency_", 13))
+				printf("  %s\n", line);
+		uint64_t total = 0, top = 0;
+		for (int b = 0; b < LM_LAT_BUCKETS; b++) {
+			total += e->st.fill_latency[b];
+			top = e->st.fill_latency[b] > top ? e->st.fill_latency[b] : top;
+		}
+		printf("\nfill latency (fault to install), %" PRIu64 " fills:\n", total);
+		for (int b = 0; b < LM_LAT_BUCKETS && total; b++) {
+			if (!e->st.fill_latency[b])
+				continue;
+			double ns = (double)(1ull << (b + 8));
+			char lim[32];
+			if (b == LM_LAT_BUCKETS - 1)
+				snprintf(lim, sizeof(lim), ">= %.0f ms", ns / 2e6);
+			else if (ns < 1e3)
+				snprintf(lim, sizeof(lim), "< %.0f ns", ns);
+			else if (ns < 1e6)
+				snprintf(lim, sizeof(lim), "< %.1f us", ns / 1e3);
+			else
+				snprintf(lim, sizeof(lim), "< %.1f ms", ns / 1e6);
+			int bar = (int)(40.0 * (double)e->st.fill_latency[b] / (double)top + 0.5);
+			printf("  %12s %12" PRIu64 " %5.1f%% %.*s\n", lim, e->st.fill_latency[b],
+			       100.0 * (double)e->st.fill_latency[b] / (double)total, bar > 0 ? bar : 1,
+			       "########################################");
+		}
+	}
+	free(buf);
+	free(e);
+	return EX_OK;
+}
+
+/* ---- budget, metrics, version -------------------------------------------------------------- */
+
+static int cmd_budget(pid_t pid, uint64_t bytes)
+{
+	char req[64];
+	snprintf(req, sizeof(req), "budget %d %" PRIu64, (int)pid, bytes);
+	struct reply r;
+	int rc = ask(req, &r);
+	if (rc != EX_OK)
+		return rc;
+	char a[32];
+	if (O.json)
+		printf("{\"pid\":%d,\"budget\":%" PRIu64 "}\n", (int)pid, bytes);
+	else
+		printf("process %d: budget %s%s\n", (int)pid, bytes ? size_str(bytes, a, 32) : "none",
+		       bytes && !O.human && !O.bytes ? " KiB" : "");
+	free(r.body);
+	return EX_OK;
+}
+
+static int cmd_raw(const char *request)
+{
+	struct reply r;
+	int rc = ask(request, &r);
+	if (rc != EX_OK)
+		return rc;
+	fwrite(r.body, 1, r.len, stdout);
+	free(r.body);
+	return EX_OK;
+}
+
+static void usage(FILE *f)
+{
+	fprintf(f,
+		"usage: lazymem [-S SOCKET] [--json] [-h|-b] COMMAND [ARGS]\n"
+		"commands:\n"
+		"  free [-s SECONDS] [-c COUNT]  lazy memory of every process, like free(1)\n"
+		"  ps                           one line per process\n"
+		"  stat PID                     every counter of a process, and its fault latencies\n"
+		"  top [-d SECONDS] [-n COUNT]  ps, refreshed\n"
+		"  budget PID SIZE              set a process's memory budget (0: none); K, M, G, T\n"
+		"  metrics                      Prometheus text exposition\n"
+		"  version                      this command's and the daemon's version\n"
+		"options:\n"
+		"  -S, --socket PATH  lazymemd's socket (default: $LAZYMEM_SOCKET, else the usual place)\n"
+		"  -j, --json         JSON output\n"
+		"  -h, --human        sizes with units (default: KiB)\n"
+		"  -b, --bytes        sizes in bytes\n"
+		"      --help         this text\n"
+		"exit: 0 done, 1 refused (no such process, not yours, failed), 2 usage, 3 no daemon\n");
+}
+
+int main(int argc, char **argv)
+{
+	static const struct option longs[] = {
+		{ "socket", required_argument, NULL, 'S' }, { "json", no_argument, NULL, 'j' },
+		{ "human", no_argument, NULL, 'h' },	    { "bytes", no_argument, NULL, 'b' },
+		{ "seconds", required_argument, NULL, 's' }, { "count", required_argument, NULL, 'c' },
+		{ "delay", required_argument, NULL, 'd' },   { "iterations", required_argument, NULL, 'n' },
+		{ "help", no_argument, NULL, 'H' },	     { "version", no_argument, NULL, 'V' },
+		{ NULL, 0, NULL, 0 },
+	};
+	int opt;
+	char *end;
+	while ((opt = getopt_long(argc, argv, "S:jhbs:c:d:n:V", longs, NULL)) != -1) {
+		switch (opt) {
+		case 'S': O.socket = optarg; break;
+		case 'j': O.json = true; break;
+		case 'h': O.human = true; break;
+		case 'b': O.bytes = true; break;
+		case 's': case 'd':
+			O.interval = strtod(optarg, &end);
+			if (*end || O.interval <= 0 || O.interval > 86400) {
+				fprintf(stderr, "lazymem: -%c wants seconds, more than 0\n", opt);
+				return EX_USAGE;
+			}
+			break;
+		case 'c': case 'n':
+			O.count = strtol(optarg, &end, 10);
+			if (*end || O.count < 1) {
+				fprintf(stderr, "lazymem: -%c wants a count, at least 1\n", opt);
+				return EX_USAGE;
+			}
+			break;
+		case 'H': usage(stdout); return EX_OK;
+		case 'V': printf("lazymem %s\n", PACKAGE_VERSION); return EX_OK;
+		default: usage(stderr); return EX_USAGE;
+		}
+	}
+	if (optind >= argc) {
+		usage(stderr);
+		return EX_USAGE;
+	}
+	signal(SIGPIPE, SIG_IGN);
+	struct sigaction sa = { .sa_handler = on_signal };
+	sigaction(SIGINT, &sa, NULL);
+	sigaction(SIGTERM, &sa, NULL);
+	const char *cmd = argv[optind];
+	int args = argc - optind - 1;
+	char **arg = argv + optind + 1;
+	pid_t pid;
+	uint64_t bytes;
+	if (!strcmp(cmd, "free") && !args)
+		return cmd_free();
+	if (!strcmp(cmd, "ps") && !args)
+		return cmd_ps();
+	if (!strcmp(cmd, "top") && !args)
+		return cmd_top();
+	if (!strcmp(cmd, "metrics") && !args)
+		return cmd_raw("metrics");
+	if (!strcmp(cmd, "version") && !args) {
+		printf("lazymem %s\n", PACKAGE_VERSION);
+		fflush(stdout);
+		return cmd_raw("version");
+	}
+	if (!strcmp(cmd, "stat") && args == 1) {
+		if (parse_pid(arg[0], &pid) < 0) {
+			fprintf(stderr, "lazymem: stat: %s is not a process id\n", arg[0]);
+			return EX_USAGE;
+		}
+		return cmd_stat(pid);
+	}
+	if (!strcmp(cmd, "budget") && args == 2) {
+		if (parse_pid(arg[0], &pid) < 0 || parse_size(arg[1], &bytes) < 0) {
+			fprintf(stderr, "lazymem: budget: usage: budget PID SIZE (SIZE like 4096, "
+					"512M, 2G)\n");
+			return EX_USAGE;
+		}
+		return cmd_budget(pid, bytes);
+	}
+	fprintf(stderr, "lazymem: %s: unknown command or wrong arguments (try --help)\n", cmd);
+	return EX_USAGE;
+}

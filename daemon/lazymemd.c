@@ -1,0 +1,1175 @@
+/* SPDX-License-Identifier: MIT */
+/* lazymemd: the daemon runtimes report to, answering the lazymem command over a unix socket. */
+#include "config.h"
+#include "proto.h"
+#include "sockpath.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <getopt.h>
+#include <grp.h>
+#include <limits.h>
+#include <pwd.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/capability.h>
+#include <sys/epoll.h>
+#include <sys/mman.h>
+#include <sys/prctl.h>
+#include <sys/resource.h>
+#include <sys/signalfd.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/timerfd.h>
+#include <sys/un.h>
+#include <syslog.h>
+#include <time.h>
+#include <unistd.h>
+
+/*
+ * One thread, one epoll set: the listening socket, a signalfd, a
+ * once-a-second timerfd, and every connection.  Nothing ever blocks on a
+ * client: sockets are non-blocking, a connection with a reply still
+ * unsent is not read from (so its input cannot pile up), and every
+ * buffer is bounded.  Runtimes are connections too: they say hello with
+ * their stats page attached, and the daemon reads the page on each query.
+ */
+
+#define MAX_CONNS 16384			/* connections at once; more are told so and closed */
+#define MAX_RUNTIMES 4096		/* runtimes registered at once */
+#define MAX_OUT_TOTAL (256u << 20)	/* bytes of replies waiting in all buffers */
+#define IDLE_NS (300ull * 1000000000ull)	/* a client silent this long is closed */
+#define STALL_NS (30ull * 1000000000ull)	/* a reply not drained this long: the client goes */
+#define BUDGET_NS (30ull * 1000000000ull)	/* a runtime's budget answer, at most */
+#define MAX_WAITERS 16			/* budget requests queued on one runtime */
+#define STATS_MAP_MAX (1u << 20)
+
+enum { TAG_LISTEN = 1, TAG_SIGNAL, TAG_TIMER, TAG_CONN };
+
+struct waiter {
+	uint32_t slot, gen;
+};
+
+struct conn {
+	int fd;
+	uint32_t slot, gen;
+	pid_t pid;
+	uid_t uid;
+	gid_t gid;
+	bool runtime;
+	bool discard;		/* skipping the rest of an overlong line */
+	bool closing;		/* close once the reply is out */
+	bool rdhup;		/* the peer shut its side: no more EPOLLRDHUP */
+	uint64_t last_ns;	/* last request, or last progress of a reply */
+	size_t nin;
+	char in[LMD_LINE_MAX + 2];
+	char *out;
+	size_t outlen, outoff;
+	int passed_fd;		/* a descriptor that came with the input, for hello */
+	/* Runtimes. */
+	const void *page;
+	size_t pagelen;
+	char name[LMD_NAME_MAX + 1];
+	char version[LMD_VERSION_MAX + 1];
+	uint64_t faults_last, rate_ns;
+	double rate;
+	struct waiter waiters[MAX_WAITERS];
+	int nwait;
+	/* A client waiting for runtimes to take a budget. */
+	int waiting;
+	uint64_t wait_deadline;
+	pid_t wait_pid;
+	uint64_t wait_bytes;
+	char wait_err[200];
+};
+
+static struct {
+	int epfd, lfd, sigfd, timerfd, spare_fd;
+	bool own_socket;	/* created here (not socket activation): removed on exit */
+	char path[sizeof(((struct sockaddr_un *)0)->sun_path)];
+	struct conn **conns;	/* by slot */
+	uint32_t *gens;
+	uint32_t nconns, nruntimes;
+	size_t out_total;
+	bool stop;
+	int log_kind;		/* 0 stderr, 1 syslog, 2 file */
+	const char *log_path;
+	FILE *log_file;
+	int verbosity;		/* 0 errors and warnings, 1 info, 2 debug */
+	uint64_t served;
+} D;
+
+/* ---- logging ------------------------------------------------------------------------ */
+
+static void logmsg(int level, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void logmsg(int level, const char *fmt, ...)
+{
+	static const char *const names[] = { "error", "warning", "info", "debug" };
+	if (level > 1 + D.verbosity)
+		return;
+	char msg[512];
+	va_list ap;
+	va_start(ap, fmt);
+	vsnprintf(msg, sizeof(msg), fmt, ap);
+	va_end(ap);
+	if (D.log_kind == 1) {
+		static const int prio[] = { LOG_ERR, LOG_WARNING, LOG_INFO, LOG_DEBUG };
+		syslog(prio[level], "%s", msg);
+		return;
+	}
+	FILE *f = D.log_kind == 2 && D.log_file ? D.log_file : stderr;
+	fprintf(f, "lazymemd[%d]: %s: %s\n", (int)getpid(), names[level], msg);
+	fflush(f);
+}
+
+static int open_log(void)
+{
+	if (D.log_kind == 1) {
+		closelog();
+		openlog("lazymemd", LOG_PID | LOG_NDELAY, LOG_DAEMON);
+	} else if (D.log_kind == 2) {
+		FILE *f = fopen(D.log_path, "ae");
+		if (!f)
+			return -errno;
+		if (D.log_file)
+			fclose(D.log_file);
+		D.log_file = f;
+	}
+	return 0;
+}
+
+static uint64_t now_ns(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+}
+
+/* ---- connections ---------------------------------------------------------------------- */
+
+static uint64_t tag_of(const struct conn *c)
+{
+	return (uint64_t)TAG_CONN | (uint64_t)c->slot << 8 | (uint64_t)c->gen << 32;
+}
+
+static struct conn *conn_at(uint32_t slot, uint32_t gen)
+{
+	if (slot >= MAX_CONNS || !D.conns[slot] || D.conns[slot]->gen != gen)
+		return NULL;
+	return D.conns[slot];
+}
+
+static void watch(struct conn *c)
+{
+	/* While a reply is going out, nothing more is read: input cannot pile up. */
+	bool sending = c->outoff < c->outlen;
+	struct epoll_event ev = {
+		.events = (sending ? EPOLLOUT : c->waiting || c->closing ? 0 : EPOLLIN) |
+			  (c->rdhup ? 0 : EPOLLRDHUP),
+		.data.u64 = tag_of(c),
+	};
+	epoll_ctl(D.epfd, EPOLL_CTL_MOD, c->fd, &ev);
+}
+
+static void budget_done(struct conn *c);
+
+static void conn_close(struct conn *c, const char *why)
+{
+	if (c->runtime) {
+		logmsg(2, "runtime %d (%s) gone: %s", (int)c->pid, c->name, why);
+		/*
+		 * Clients waiting on this runtime's budget answer get an error;
+		 * their replies go out from the event loop, not from here.
+		 */
+		for (int i = 0; i < c->nwait; i++) {
+			struct conn *w = conn_at(c->waiters[i].slot, c->waiters[i].gen);
+			if (!w || w->waiting <= 0)
+				continue;
+			if (!w->wait_err[0])
+				snprintf(w->wait_err, sizeof(w->wait_err),
+					 "error ESRCH process %d went away\n", (int)c->pid);
+			if (--w->waiting == 0) {
+				budget_done(w);
+				watch(w);
+			}
+		}
+		D.nruntimes--;
+		munmap((void *)c->page, c->pagelen);
+	} else {
+		logmsg(3, "client %d (uid %u) closed: %s", (int)c->pid, (unsigned)c->uid, why);
+	}
+	epoll_ctl(D.epfd, EPOLL_CTL_DEL, c->fd, NULL);
+	close(c->fd);
+	if (c->passed_fd >= 0)
+		close(c->passed_fd);
+	D.out_total -= c->outlen - c->outoff;
+	free(c->out);
+	D.conns[c->slot] = NULL;
+	D.nconns--;
+	free(c);
+}
+
+/* Sends what it can; false when the connection had to go. */
+static bool flush_out(struct conn *c)
+{
+	while (c->outoff < c->outlen) {
+		ssize_t n = send(c->fd, c->out + c->outoff, c->outlen - c->outoff,
+				 MSG_DONTWAIT | MSG_NOSIGNAL);
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
+			break;
+		if (n <= 0) {
+			conn_close(c, n < 0 ? strerror(errno) : "send returned 0");
+			return false;
+		}
+		c->outoff += (size_t)n;
+		D.out_total -= (size_t)n;
+		c->last_ns = now_ns();
+	}
+	if (c->outoff == c->outlen) {
+		free(c->out);
+		c->out = NULL;
+		c->outlen = c->outoff = 0;
+		if (c->closing) {
+			conn_close(c, "done");
+			return false;
+		}
+	}
+	watch(c);
+	return true;
+}
+
+/* Appends bytes to the connection's output; a reply past the global cap is refused. */
+static bool queue(struct conn *c, const char *data, size_t len)
+{
+	if (D.out_total + len > MAX_OUT_TOTAL)
+		return false;
+	char *p = realloc(c->out, c->outlen + len);
+	if (!p)
+		return false;
+	memcpy(p + c->outlen, data, len);
+	c->out = p;
+	c->outlen += len;
+	D.out_total += len;
+	return true;
+}
+
+static void reply_error(struct conn *c, const char *name, const char *fmt, ...)
+	__attribute__((format(printf, 3, 4)));
+static void reply_error(struct conn *c, const char *name, const char *fmt, ...)
+{
+	char line[300];
+	int k = snprintf(line, sizeof(line), "error %s ", name);
+	va_list ap;
+	va_start(ap, fmt);
+	vsnprintf(line + k, sizeof(line) - (size_t)k - 1, fmt, ap);
+	va_end(ap);
+	strcat(line, "\n");
+	if (!queue(c, line, strlen(line)))
+		c->closing = true;
+}
+
+/* "ok LENGTH\n" and the body, formatted by fn into one buffer. */
+static void reply_body(struct conn *c, const char *body, size_t len)
+{
+	char head[32];
+	int k = snprintf(head, sizeof(head), "ok %zu\n", len);
+	if (D.out_total + (size_t)k + len > MAX_OUT_TOTAL) {
+		reply_error(c, "EBUSY", "the daemon has too many replies in flight; try again");
+		return;
+	}
+	if (!queue(c, head, (size_t)k) || !queue(c, body, len))
+		c->closing = true;
+}
+
+/* ---- what a client may see --------------------------------------------------------------- */
+
+static bool may_see(const struct conn *client, const struct conn *rt)
+{
+	return client->uid == 0 || client->uid == rt->uid;
+}
+
+struct view {
+	struct lmd_proc *procs;
+	struct lm_stats *stats;
+	size_t n;
+};
+
+static int by_pid(const void *a, const void *b)
+{
+	const struct conn *x = *(struct conn *const *)a, *y = *(struct conn *const *)b;
+	return (x->pid > y->pid) - (x->pid < y->pid);
+}
+
+/*
+ * The processes a client may see (only pid when not 0), their runtimes'
+ * pages read once, here, so that a reply is formatted from one instant.
+ */
+static int gather(const struct conn *client, pid_t pid, struct view *v, bool *denied)
+{
+	memset(v, 0, sizeof(*v));
+	*denied = false;
+	struct conn **rts = malloc((D.nruntimes + 1) * sizeof(*rts));
+	if (!rts)
+		return -ENOMEM;
+	size_t k = 0;
+	for (uint32_t s = 0; s < MAX_CONNS && k < D.nruntimes; s++) {
+		struct conn *c = D.conns[s];
+		if (!c || !c->runtime || (pid && c->pid != pid))
+			continue;
+		if (!may_see(client, c)) {
+			*denied = true;
+			continue;
+		}
+		rts[k++] = c;
+	}
+	qsort(rts, k, sizeof(*rts), by_pid);
+	v->procs = calloc(k + 1, sizeof(*v->procs));
+	v->stats = calloc(k + 1, sizeof(*v->stats));
+	if (!v->procs || !v->stats) {
+		free(rts);
+		free(v->procs);
+		free(v->stats);
+		return -ENOMEM;
+	}
+	struct lm_stats one;
+	for (size_t i = 0; i < k; i++) {
+		struct conn *c = rts[i];
+		lmd_stats_load(c->page, c->pagelen, &one);
+		if (v->n && v->procs[v->n - 1].pid == c->pid) {
+			struct lmd_proc *p = &v->procs[v->n - 1];
+			lmd_stats_add(&v->stats[v->n - 1], &one);
+			p->runtimes++;
+			p->faults_per_s += c->rate;
+			continue;
+		}
+		v->stats[v->n] = one;
+		v->procs[v->n] = (struct lmd_proc){ .pid = c->pid, .uid = c->uid, .name = c->name,
+						    .st = &v->stats[v->n], .version = c->version,
+						    .runtimes = 1, .faults_per_s = c->rate };
+		v->n++;
+	}
+	free(rts);
+	return 0;
+}
+
+static void view_free(struct view *v)
+{
+	free(v->procs);
+	free(v->stats);
+}
+
+typedef int (*formatter)(const struct lmd_proc *, size_t, char *, size_t);
+
+static void reply_formatted(struct conn *c, formatter fn, pid_t pid)
+{
+	struct view v;
+	bool denied;
+	if (gather(c, pid, &v, &denied) < 0) {
+		reply_error(c, "ENOMEM", "out of memory");
+		return;
+	}
+	if (pid && !v.n) {
+		if (denied)
+			reply_error(c, "EPERM", "process %d belongs to another user", (int)pid);
+		else
+			reply_error(c, "ESRCH", "no lazymem runtime reports from process %d", (int)pid);
+		view_free(&v);
+		return;
+	}
+	int need = fn(v.procs, v.n, NULL, 0);
+	char *buf = need >= 0 ? malloc((size_t)need + 1) : NULL;
+	if (!buf) {
+		reply_error(c, need < 0 ? "EOVERFLOW" : "ENOMEM", "the reply does not fit");
+	} else {
+		fn(v.procs, v.n, buf, (size_t)need + 1);
+		reply_body(c, buf, (size_t)need);
+		free(buf);
+	}
+	view_free(&v);
+}
+
+/* ---- requests ---------------------------------------------------------------------------- */
+
+static void hello(struct conn *c, const struct lmd_request *r)
+{
+	int fd = c->passed_fd;
+	c->passed_fd = -1;
+	if (c->runtime) {
+		reply_error(c, "EALREADY", "this connection already said hello");
+	} else if (fd < 0) {
+		reply_error(c, "EINVAL", "hello needs the runtime's stats page (SCM_RIGHTS)");
+	} else if (D.nruntimes >= MAX_RUNTIMES) {
+		reply_error(c, "EMFILE", "too many runtimes");
+	} else {
+		/*
+		 * Only a sealed memfd that cannot shrink is mapped: a file
+		 * truncated under the mapping would SIGBUS the daemon.
+		 */
+		struct stat sb;
+		int seals = fcntl(fd, F_GET_SEALS);
+		void *p = MAP_FAILED;
+		size_t len = 0;
+		if (seals >= 0 && (seals & F_SEAL_SHRINK) && fstat(fd, &sb) == 0 &&
+		    S_ISREG(sb.st_mode) &&
+		    sb.st_size >= (off_t)(offsetof(struct lm_stats, faults_missing) + 8)) {
+			len = sb.st_size > STATS_MAP_MAX ? STATS_MAP_MAX : (size_t)sb.st_size;
+			p = mmap(NULL, len, PROT_READ, MAP_SHARED, fd, 0);
+		}
+		if (p == MAP_FAILED) {
+			reply_error(c, "EINVAL", "the stats page is not a sealed memfd of a stats page");
+		} else {
+			c->runtime = true;
+			c->page = p;
+			c->pagelen = len;
+			snprintf(c->name, sizeof(c->name), "%.*s", (int)r->name_len, r->name);
+			snprintf(c->version, sizeof(c->version), "%.*s", (int)r->version_len,
+				 r->version);
+			struct lm_stats st;
+			lmd_stats_load(p, len, &st);
+			c->faults_last = st.faults_missing + st.faults_wp;
+			c->rate_ns = now_ns();
+			D.nruntimes++;
+			logmsg(2, "runtime %d (%s, uid %u, lazymem %s) registered", (int)c->pid,
+			       c->name, (unsigned)c->uid, c->version);
+			reply_body(c, "", 0);
+		}
+	}
+	if (fd >= 0)
+		close(fd);
+}
+
+static void budget(struct conn *c, const struct lmd_request *r)
+{
+	int found = 0;
+	bool denied = false;
+	for (uint32_t s = 0; s < MAX_CONNS; s++) {
+		struct conn *rt = D.conns[s];
+		if (!rt || !rt->runtime || rt->pid != r->pid)
+			continue;
+		if (!may_see(c, rt)) {
+			denied = true;
+			continue;
+		}
+		if (rt->nwait == MAX_WAITERS) {
+			reply_error(c, "EBUSY", "process %d has budget requests pending", (int)r->pid);
+			return;
+		}
+		found++;
+	}
+	if (!found) {
+		if (denied)
+			reply_error(c, "EPERM", "process %d belongs to another user: not yours to budget",
+				    (int)r->pid);
+		else
+			reply_error(c, "ESRCH", "no lazymem runtime reports from process %d",
+				    (int)r->pid);
+		return;
+	}
+	char line[64];
+	int k = snprintf(line, sizeof(line), "budget %llu\n", (unsigned long long)r->bytes);
+	c->waiting = 0;
+	c->wait_err[0] = '\0';
+	for (uint32_t s = 0; s < MAX_CONNS; s++) {
+		struct conn *rt = D.conns[s];
+		if (!rt || !rt->runtime || rt->pid != r->pid || !may_see(c, rt))
+			continue;
+		if (!queue(rt, line, (size_t)k))
+			continue;
+		rt->waiters[rt->nwait++] = (struct waiter){ c->slot, c->gen };
+		c->waiting++;
+		/* Sent from the event loop: a runtime that fails here must not close under us. */
+		watch(rt);
+	}
+	if (!c->waiting) {
+		reply_error(c, "EBUSY", "could not pass the budget on");
+		return;
+	}
+	c->wait_pid = r->pid;
+	c->wait_bytes = r->bytes;
+	c->wait_deadline = now_ns() + BUDGET_NS;
+	logmsg(2, "uid %u sets the budget of %d to %llu bytes", (unsigned)c->uid, (int)r->pid,
+	       (unsigned long long)r->bytes);
+}
+
+/* Every runtime asked has answered (or gone, or timed out): the client gets one reply. */
+static void budget_done(struct conn *c)
+{
+	if (c->wait_err[0]) {
+		if (!queue(c, c->wait_err, strlen(c->wait_err)))
+			c->closing = true;
+	} else {
+		char body[96];
+		int k = snprintf(body, sizeof(body), "pid %d budget %llu\n", (int)c->wait_pid,
+				 (unsigned long long)c->wait_bytes);
+		reply_body(c, body, (size_t)k);
+	}
+	c->waiting = 0;
+}
+
+/* A line from a runtime: the answer to the oldest budget request sent to it. */
+static void runtime_line(struct conn *c, const char *line, size_t len)
+{
+	if (!c->nwait) {
+		logmsg(3, "runtime %d: unexpected line ignored", (int)c->pid);
+		return;
+	}
+	struct waiter w = c->waiters[0];
+	memmove(c->waiters, c->waiters + 1, (size_t)--c->nwait * sizeof(c->waiters[0]));
+	struct conn *client = conn_at(w.slot, w.gen);
+	if (!client || client->waiting <= 0)
+		return;
+	if (len > 6 && !memcmp(line, "error ", 6) && !client->wait_err[0]) {
+		/* Relayed as it came, after a check that it is one printable line. */
+		size_t n = len < sizeof(client->wait_err) - 2 ? len : sizeof(client->wait_err) - 2;
+		for (size_t i = 0; i < n; i++)
+			client->wait_err[i] = line[i] >= ' ' && line[i] <= '~' ? line[i] : '?';
+		client->wait_err[n] = '\n';
+		client->wait_err[n + 1] = '\0';
+	} else if (!(len >= 2 && !memcmp(line, "ok", 2)) && !client->wait_err[0]) {
+		snprintf(client->wait_err, sizeof(client->wait_err),
+			 "error EPROTO process %d answered nonsense\n", (int)c->pid);
+	}
+	if (--client->waiting == 0) {
+		budget_done(client);
+		flush_out(client);
+	}
+}
+
+static const char help_text[] =
+	"requests, one a line:\n"
+	"  list               processes and their lazy memory, a table\n"
+	"  stats [PID]        every counter, per process, as key value lines\n"
+	"  json [PID]         the same as one JSON object\n"
+	"  metrics            Prometheus text exposition format\n"
+	"  budget PID BYTES   set a process's memory budget (K, M, G, T suffixes)\n"
+	"  version            the daemon's version and protocol\n"
+	"  help               this text\n"
+	"replies: \"ok LENGTH\" and LENGTH bytes, or \"error NAME message\"\n";
+
+static void request(struct conn *c, const char *line, size_t len)
+{
+	if (c->runtime) {
+		runtime_line(c, line, len);
+		return;
+	}
+	struct lmd_request r;
+	const char *why;
+	D.served++;
+	if (lmd_parse(line, len, &r, &why) < 0) {
+		reply_error(c, "EINVAL", "%s", why);
+		return;
+	}
+	switch (r.kind) {
+	case LMD_REQ_LIST:
+		reply_formatted(c, lmd_format_list, 0);
+		break;
+	case LMD_REQ_STATS:
+		reply_formatted(c, lmd_format_stats, r.pid);
+		break;
+	case LMD_REQ_JSON:
+		reply_formatted(c, lmd_format_json, r.pid);
+		break;
+	case LMD_REQ_METRICS:
+		reply_formatted(c, lmd_format_metrics, 0);
+		break;
+	case LMD_REQ_BUDGET:
+		budget(c, &r);
+		break;
+	case LMD_REQ_VERSION: {
+		char body[96];
+		int k = snprintf(body, sizeof(body), "lazymemd %s protocol %d\n", PACKAGE_VERSION,
+				 LMD_PROTOCOL);
+		reply_body(c, body, (size_t)k);
+		break;
+	}
+	case LMD_REQ_HELP:
+		reply_body(c, help_text, sizeof(help_text) - 1);
+		break;
+	case LMD_REQ_HELLO:
+		hello(c, &r);
+		break;
+	}
+}
+
+/* Keeps at most one descriptor that came along (hello's page); closes the rest. */
+static void take_fds(struct conn *c, struct msghdr *m)
+{
+	for (struct cmsghdr *h = CMSG_FIRSTHDR(m); h; h = CMSG_NXTHDR(m, h)) {
+		if (h->cmsg_level != SOL_SOCKET || h->cmsg_type != SCM_RIGHTS)
+			continue;
+		size_t n = (h->cmsg_len - CMSG_LEN(0)) / sizeof(int);
+		for (size_t i = 0; i < n; i++) {
+			int fd;
+			memcpy(&fd, CMSG_DATA(h) + i * sizeof(int), sizeof(int));
+			if (c->passed_fd < 0 && !c->runtime)
+				c->passed_fd = fd;
+			else
+				close(fd);
+		}
+	}
+}
+
+/* Reads and serves one request at a time: a reply must be out before the next is read. */
+static void conn_input(struct conn *c)
+{
+	for (;;) {
+		if (c->outoff < c->outlen || c->waiting || c->closing)
+			break;
+		char *nl = memchr(c->in, '\n', c->nin);
+		if (nl) {
+			size_t len = (size_t)(nl - c->in), used = len + 1;
+			if (c->discard)
+				c->discard = false;
+			else
+				request(c, c->in, len);
+			if (D.conns[c->slot] != c)
+				return;
+			memmove(c->in, c->in + used, c->nin - used);
+			c->nin -= used;
+			c->last_ns = now_ns();
+			continue;
+		}
+		if (c->nin > LMD_LINE_MAX) {
+			/* Too long to be a request: say so once and skip to its end. */
+			if (!c->discard)
+				reply_error(c, "EINVAL", "request line too long (at most %d bytes)",
+					    LMD_LINE_MAX);
+			if (c->runtime)
+				c->closing = true;
+			c->discard = true;
+			c->nin = 0;
+			continue;
+		}
+		union {
+			struct cmsghdr h;
+			char buf[CMSG_SPACE(4 * sizeof(int))];
+		} ctl;
+		struct iovec iov = { c->in + c->nin, sizeof(c->in) - c->nin };
+		struct msghdr m = { .msg_iov = &iov, .msg_iovlen = 1, .msg_control = ctl.buf,
+				    .msg_controllen = sizeof(ctl.buf) };
+		ssize_t n = recvmsg(c->fd, &m, MSG_DONTWAIT | MSG_CMSG_CLOEXEC);
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
+			break;
+		if (m.msg_controllen)
+			take_fds(c, &m);
+		if (n <= 0) {
+			conn_close(c, n < 0 ? strerror(errno) : "end of file");
+			return;
+		}
+		c->nin += (size_t)n;
+	}
+	flush_out(c);
+}
+
+static void conn_event(struct conn *c, uint32_t events)
+{
+	if (events & EPOLLRDHUP)
+		c->rdhup = true;
+	/* Gone for good while it waits for runtimes: nothing to answer to. */
+	if ((events & (EPOLLHUP | EPOLLERR)) && c->waiting) {
+		conn_close(c, "hung up");
+		return;
+	}
+	if (events & EPOLLOUT) {
+		if (!flush_out(c))
+			return;
+		conn_input(c);	/* requests that came while the reply went out */
+		return;
+	}
+	if (events & (EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLERR))
+		conn_input(c);
+}
+
+/* A listening socket that cannot accept (out of descriptors) must not spin. */
+static void accept_all(void)
+{
+	for (;;) {
+		int fd = accept4(D.lfd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
+		if (fd < 0) {
+			if (errno == EINTR || errno == ECONNABORTED)
+				continue;
+			if ((errno == EMFILE || errno == ENFILE) && D.spare_fd >= 0) {
+				close(D.spare_fd);
+				fd = accept(D.lfd, NULL, NULL);
+				if (fd >= 0)
+					close(fd);
+				D.spare_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
+				logmsg(1, "out of file descriptors: a connection was refused");
+				continue;
+			}
+			return;
+		}
+		struct ucred cred;
+		socklen_t cl = sizeof(cred);
+		if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &cl) < 0) {
+			close(fd);
+			continue;
+		}
+		uint32_t slot = 0;
+		if (D.nconns < MAX_CONNS)
+			while (D.conns[slot])
+				slot++;
+		struct conn *c = D.nconns < MAX_CONNS ? calloc(1, sizeof(*c)) : NULL;
+		if (!c) {
+			static const char full[] = "error EMFILE too many connections\n";
+			if (send(fd, full, sizeof(full) - 1, MSG_DONTWAIT | MSG_NOSIGNAL) < 0) {
+				/* The client learns it from the closed connection anyway. */
+			}
+			close(fd);
+			continue;
+		}
+		c->fd = fd;
+		c->slot = slot;
+		c->gen = ++D.gens[slot];
+		c->pid = cred.pid;
+		c->uid = cred.uid;
+		c->gid = cred.gid;
+		c->passed_fd = -1;
+		c->last_ns = now_ns();
+		struct epoll_event ev = { .events = EPOLLIN | EPOLLRDHUP, .data.u64 = tag_of(c) };
+		if (epoll_ctl(D.epfd, EPOLL_CTL_ADD, fd, &ev) < 0) {
+			close(fd);
+			free(c);
+			continue;
+		}
+		D.conns[slot] = c;
+		D.nconns++;
+	}
+}
+
+/* Once a second: fault rates, and connections that stalled or idled too long. */
+static void tick(void)
+{
+	uint64_t exp;
+	if (read(D.timerfd, &exp, sizeof(exp)) < 0) {
+		/* Nothing to do: the next expiry comes anyway. */
+	}
+	uint64_t now = now_ns();
+	for (uint32_t s = 0; s < MAX_CONNS; s++) {
+		struct conn *c = D.conns[s];
+		if (!c)
+			continue;
+		if (c->runtime) {
+			struct lm_stats st;
+			lmd_stats_load(c->page, c->pagelen, &st);
+			uint64_t f = st.faults_missing + st.faults_wp;
+			double dt = (double)(now - c->rate_ns) / 1e9;
+			c->rate = dt > 0 && f >= c->faults_last ? (double)(f - c->faults_last) / dt : 0;
+			c->faults_last = f;
+			c->rate_ns = now;
+		}
+		if (c->waiting && now > c->wait_deadline) {
+			snprintf(c->wait_err, sizeof(c->wait_err),
+				 "error ETIMEDOUT process %d did not answer in time\n", (int)c->wait_pid);
+			budget_done(c);
+			if (!flush_out(c))
+				continue;
+		}
+		if (c->outoff < c->outlen && now - c->last_ns > STALL_NS)
+			conn_close(c, "it stopped reading its reply");
+		else if (!c->runtime && !c->waiting && now - c->last_ns > IDLE_NS)
+			conn_close(c, "idle");
+	}
+}
+
+/* ---- the socket ----------------------------------------------------------------------------- */
+
+/* systemd's socket activation, without libsystemd: LISTEN_PID, LISTEN_FDS, fd 3. */
+static int activated_socket(void)
+{
+	const char *pid = getenv("LISTEN_PID"), *fds = getenv("LISTEN_FDS");
+	if (!pid || !fds || atol(pid) != (long)getpid())
+		return -1;
+	unsetenv("LISTEN_PID");
+	unsetenv("LISTEN_FDS");
+	unsetenv("LISTEN_FDNAMES");
+	if (atoi(fds) < 1)
+		return -1;
+	int fd = 3, type = 0, acc = 0;
+	socklen_t l = sizeof(type);
+	struct sockaddr_un a;
+	socklen_t al = sizeof(a);
+	if (getsockopt(fd, SOL_SOCKET, SO_TYPE, &type, &l) < 0 || type != SOCK_STREAM ||
+	    getsockopt(fd, SOL_SOCKET, SO_ACCEPTCONN, &acc, &(socklen_t){ sizeof(acc) }) < 0 ||
+	    !acc || getsockname(fd, (struct sockaddr *)&a, &al) < 0 || a.sun_family != AF_UNIX) {
+		logmsg(0, "LISTEN_FDS: descriptor 3 is not a listening unix stream socket");
+		return -2;
+	}
+	fcntl(fd, F_SETFD, FD_CLOEXEC);
+	fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK);
+	if (al > offsetof(struct sockaddr_un, sun_path) && a.sun_path[0])
+		snprintf(D.path, sizeof(D.path), "%.*s",
+			 (int)(al - offsetof(struct sockaddr_un, sun_path)), a.sun_path);
+	return fd;
+}
+
+static int mkdirs(const char *path, uid_t uid)
+{
+	char dir[sizeof(D.path)];
+	snprintf(dir, sizeof(dir), "%s", path);
+	char *slash = strrchr(dir, '/');
+	if (!slash || slash == dir)
+		return 0;
+	*slash = '\0';
+	for (char *p = dir + 1; *p; p++) {
+		if (*p != '/')
+			continue;
+		*p = '\0';
+		if (mkdir(dir, 0755) < 0 && errno != EEXIST)
+			return -errno;
+		*p = '/';
+	}
+	if (mkdir(dir, 0755) == 0) {
+		/* Ours: the user we drop to must be able to remove the socket at exit. */
+		if (uid != (uid_t)-1 && chown(dir, uid, (gid_t)-1) < 0)
+			return -errno;
+	} else if (errno != EEXIST) {
+		return -errno;
+	}
+	return 0;
+}
+
+static int listen_on(const char *path, gid_t group, uid_t owner)
+{
+	struct sockaddr_un a = { .sun_family = AF_UNIX };
+	snprintf(a.sun_path, sizeof(a.sun_path), "%s", path);
+	int rc = mkdirs(path, owner);
+	if (rc < 0) {
+		logmsg(0, "cannot create the directory of %s: %s", path, strerror(-rc));
+		return -1;
+	}
+	int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+	if (fd < 0)
+		return -1;
+	/* A socket left by a daemon that died is replaced; a live daemon is not. */
+	if (connect(fd, (struct sockaddr *)&a, sizeof(a)) == 0) {
+		logmsg(0, "another lazymemd already listens on %s", path);
+		close(fd);
+		return -1;
+	}
+	if (errno == ECONNREFUSED)
+		unlink(path);
+	close(fd);
+	fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+	mode_t old = umask(0117);
+	rc = bind(fd, (struct sockaddr *)&a, sizeof(a));
+	umask(old);
+	if (rc < 0) {
+		logmsg(0, "cannot bind %s: %s", path, strerror(errno));
+		close(fd);
+		return -1;
+	}
+	D.own_socket = true;
+	if (chmod(path, 0660) < 0 ||
+	    ((group != (gid_t)-1 || owner != (uid_t)-1) && chown(path, owner, group) < 0)) {
+		logmsg(0, "cannot set the owner or mode of %s: %s", path, strerror(errno));
+		close(fd);
+		return -1;
+	}
+	if (listen(fd, 4096) < 0) {
+		close(fd);
+		return -1;
+	}
+	return fd;
+}
+
+/*
+ * Least privilege: once the socket is bound the daemon needs no
+ * capability at all.  It reads pages runtimes hand it, checks peers with
+ * SO_PEERCRED and writes to sockets it holds, none of which is
+ * privileged; removing its socket at exit needs only the ownership of
+ * the directory, which -u gives the user.  So every capability goes,
+ * from the bounding set too, and no exec can win one back.
+ */
+static int drop_privileges(uid_t uid, gid_t gid)
+{
+	if (uid != (uid_t)-1) {
+		if (setgroups(0, NULL) < 0 || setresgid(gid, gid, gid) < 0 ||
+		    setresuid(uid, uid, uid) < 0) {
+			logmsg(0, "cannot become uid %u: %s", (unsigned)uid, strerror(errno));
+			return -1;
+		}
+	}
+	for (cap_value_t v = 0; v <= CAP_LAST_CAP; v++)
+		if (CAP_IS_SUPPORTED(v) && cap_drop_bound(v) < 0 && errno != EINVAL &&
+		    errno != EPERM)
+			break;
+	cap_t none = cap_init();
+	int rc = none ? cap_set_proc(none) : -1;
+	if (none)
+		cap_free(none);
+	cap_reset_ambient();
+	if (rc < 0 || prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) < 0) {
+		logmsg(0, "cannot drop capabilities: %s", strerror(errno));
+		return -1;
+	}
+	return 0;
+}
+
+/* ---- main -------------------------------------------------------------------------------------- */
+
+static void usage(FILE *f)
+{
+	fprintf(f,
+		"usage: lazymemd [-f] [-s SOCKET] [-g GROUP] [-u USER] [-l stderr|syslog|FILE] [-v]\n"
+		"  -f, --foreground   do not detach (logs to stderr unless -l says otherwise)\n"
+		"  -s, --socket PATH  listen on PATH (default: $LAZYMEM_SOCKET, else\n"
+		"                     /run/lazymem/lazymemd.sock for root,\n"
+		"                     $XDG_RUNTIME_DIR/lazymem/lazymemd.sock otherwise)\n"
+		"  -g, --group GROUP  the socket's group (mode 0660)\n"
+		"  -u, --user USER    run as USER once the socket is bound\n"
+		"  -l, --log WHERE    stderr, syslog, or a file (SIGHUP reopens it)\n"
+		"  -v, --verbose      more log (twice: debug)\n"
+		"  -V, --version      print the version and exit\n");
+}
+
+static int lookup_user(const char *name, uid_t *uid, gid_t *gid)
+{
+	struct passwd *pw = getpwnam(name);
+	char *end;
+	if (pw) {
+		*uid = pw->pw_uid;
+		*gid = pw->pw_gid;
+		return 0;
+	}
+	unsigned long v = strtoul(name, &end, 10);
+	if (!*name || *end)
+		return -1;
+	*uid = (uid_t)v;
+	*gid = (gid_t)v;
+	return 0;
+}
+
+static int lookup_group(const char *name, gid_t *gid)
+{
+	struct group *gr = getgrnam(name);
+	char *end;
+	if (gr) {
+		*gid = gr->gr_gid;
+		return 0;
+	}
+	unsigned long v = strtoul(name, &end, 10);
+	if (!*name || *end)
+		return -1;
+	*gid = (gid_t)v;
+	return 0;
+}
+
+/* Detaches; the parent exits once the child listens (or says why it cannot). */
+static int daemonize(int *ready_fd)
+{
+	int p[2];
+	if (pipe2(p, O_CLOEXEC) < 0)
+		return -1;
+	pid_t pid = fork();
+	if (pid < 0)
+		return -1;
+	if (pid > 0) {
+		close(p[1]);
+		char ok = 0;
+		ssize_t n = read(p[0], &ok, 1);
+		_exit(n == 1 && ok == 1 ? 0 : 1);
+	}
+	close(p[0]);
+	setsid();
+	if (chdir("/") < 0)
+		return -1;
+	int nul = open("/dev/null", O_RDWR | O_CLOEXEC);
+	if (nul >= 0) {
+		dup2(nul, 0);
+		dup2(nul, 1);
+		if (D.log_kind != 0)
+			dup2(nul, 2);
+		close(nul);
+	}
+	*ready_fd = p[1];
+	return 0;
+}
+
+int main(int argc, char **argv)
+{
+	static const struct option longs[] = {
+		{ "foreground", no_argument, NULL, 'f' }, { "socket", required_argument, NULL, 's' },
+		{ "group", required_argument, NULL, 'g' }, { "user", required_argument, NULL, 'u' },
+		{ "log", required_argument, NULL, 'l' }, { "verbose", no_argument, NULL, 'v' },
+		{ "version", no_argument, NULL, 'V' }, { "help", no_argument, NULL, 'H' },
+		{ NULL, 0, NULL, 0 },
+	};
+	bool foreground = false, log_set = false;
+	const char *sock = NULL;
+	uid_t uid = (uid_t)-1;
+	gid_t gid = (gid_t)-1, group = (gid_t)-1;
+	int opt;
+	while ((opt = getopt_long(argc, argv, "fs:g:u:l:vV", longs, NULL)) != -1) {
+		switch (opt) {
+		case 'f': foreground = true; break;
+		case 's': sock = optarg; break;
+		case 'g':
+			if (lookup_group(optarg, &group) < 0) {
+				fprintf(stderr, "lazymemd: no group %s\n", optarg);
+				return 2;
+			}
+			break;
+		case 'u':
+			if (lookup_user(optarg, &uid, &gid) < 0) {
+				fprintf(stderr, "lazymemd: no user %s\n", optarg);
+				return 2;
+			}
+			break;
+		case 'l':
+			log_set = true;
+			if (!strcmp(optarg, "stderr")) {
+				D.log_kind = 0;
+			} else if (!strcmp(optarg, "syslog")) {
+				D.log_kind = 1;
+			} else {
+				D.log_kind = 2;
+				D.log_path = optarg;
+			}
+			break;
+		case 'v': D.verbosity++; break;
+		case 'V': printf("lazymemd %s protocol %d\n", PACKAGE_VERSION, LMD_PROTOCOL); return 0;
+		case 'H': usage(stdout); return 0;
+		default: usage(stderr); return 2;
+		}
+	}
+	if (optind < argc) {
+		usage(stderr);
+		return 2;
+	}
+	if (!foreground && !log_set)
+		D.log_kind = 1;
+	if (D.log_kind == 2 && D.log_path[0] != '/') {
+		/* A relative log path would be reopened from / after detaching. */
+		fprintf(stderr, "lazymemd: the log file must be an absolute path\n");
+		return 2;
+	}
+	int rc = open_log();
+	if (rc < 0) {
+		fprintf(stderr, "lazymemd: cannot open %s: %s\n", D.log_path, strerror(-rc));
+		return 1;
+	}
+	signal(SIGPIPE, SIG_IGN);
+	int ready = -1;
+	D.lfd = activated_socket();
+	if (D.lfd == -2)
+		return 1;
+	if (D.lfd < 0) {
+		rc = lm__socket_path(sock, 1, D.path, sizeof(D.path));
+		if (rc < 0) {
+			logmsg(0, "no socket path: %s (use -s, LAZYMEM_SOCKET or XDG_RUNTIME_DIR)",
+			       strerror(-rc));
+			return 1;
+		}
+	}
+	if (!foreground && daemonize(&ready) < 0) {
+		logmsg(0, "cannot detach: %s", strerror(errno));
+		return 1;
+	}
+	if (D.lfd < 0 && (D.lfd = listen_on(D.path, group, uid)) < 0)
+		return 1;
+	/* As many connections as the hard limit allows. */
+	struct rlimit rl;
+	if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {
+		rl.rlim_cur = rl.rlim_max;
+		setrlimit(RLIMIT_NOFILE, &rl);
+	}
+	if (drop_privileges(uid, gid) < 0)
+		goto out;
+	sigset_t sigs;
+	sigemptyset(&sigs);
+	sigaddset(&sigs, SIGTERM);
+	sigaddset(&sigs, SIGINT);
+	sigaddset(&sigs, SIGHUP);
+	sigprocmask(SIG_BLOCK, &sigs, NULL);
+	D.sigfd = signalfd(-1, &sigs, SFD_CLOEXEC | SFD_NONBLOCK);
+	D.timerfd = timerfd_create(CLOCK_MONOTONIC, TFD_CLOEXEC | TFD_NONBLOCK);
+	D.epfd = epoll_create1(EPOLL_CLOEXEC);
+	D.spare_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
+	D.conns = calloc(MAX_CONNS, sizeof(*D.conns));
+	D.gens = calloc(MAX_CONNS, sizeof(*D.gens));
+	struct itimerspec its = { { 1, 0 }, { 1, 0 } };
+	if (D.sigfd < 0 || D.timerfd < 0 || D.epfd < 0 || !D.conns || !D.gens ||
+	    timerfd_settime(D.timerfd, 0, &its, NULL) < 0) {
+		logmsg(0, "cannot set up the event loop: %s", strerror(errno));
+		goto out;
+	}
+	struct epoll_event ev = { .events = EPOLLIN };
+	ev.data.u64 = TAG_LISTEN;
+	epoll_ctl(D.epfd, EPOLL_CTL_ADD, D.lfd, &ev);
+	ev.data.u64 = TAG_SIGNAL;
+	epoll_ctl(D.epfd, EPOLL_CTL_ADD, D.sigfd, &ev);
+	ev.data.u64 = TAG_TIMER;
+	epoll_ctl(D.epfd, EPOLL_CTL_ADD, D.timerfd, &ev);
+	logmsg(2, "lazymemd %s listening on %s%s", PACKAGE_VERSION, D.path,
+	       D.own_socket ? "" : " (socket activation)");
+	if (ready >= 0) {
+		char ok = 1;
+		if (write(ready, &ok, 1) < 0) {
+			/* The parent is gone; nothing to tell. */
+		}
+		close(ready);
+		ready = -1;
+	}
+	struct epoll_event evs[256];
+	while (!D.stop) {
+		int n = epoll_wait(D.epfd, evs, 256, -1);
+		if (n < 0 && errno != EINTR) {
+			logmsg(0, "epoll_wait: %s", strerror(errno));
+			break;
+		}
+		for (int i = 0; i < n; i++) {
+			uint64_t tag = evs[i].data.u64;
+			switch (tag & 0xff) {
+			case TAG_LISTEN:
+				accept_all();
+				break;
+			case TAG_TIMER:
+				tick();
+				break;
+			case TAG_SIGNAL: {
+				struct signalfd_siginfo si;
+				while (read(D.sigfd, &si, sizeof(si)) == sizeof(si)) {
+					if (si.ssi_signo == SIGHUP) {
+						int r = open_log();
+						logmsg(r < 0 ? 0 : 2, "SIGHUP: log reopened%s%s",
+						       r < 0 ? ": " : "", r < 0 ? strerror(-r) : "");
+					} else {
+						logmsg(2, "signal %u: stopping", si.ssi_signo);
+						D.stop = true;
+					}
+				}
+				break;
+			}
+			default: {
+				struct conn *c = conn_at((uint32_t)(tag >> 8) & 0xffffff,
+							 (uint32_t)(tag >> 32));
+				if (c)
+					conn_event(c, evs[i].events);
+				break;
+			}
+			}
+		}
+	}
+out:
+	if (D.conns)
+		for (uint32_t s = 0; s < MAX_CONNS; s++)
+			if (D.conns[s])
+				conn_close(D.conns[s], "the daemon stops");
+	if (D.own_socket && unlink(D.path) < 0)
+		logmsg(1, "cannot remove %s: %s", D.path, strerror(errno));
+	free(D.conns);
+	free(D.gens);
+	logmsg(2, "stopped after %llu requests", (unsigned long long)D.served);
+	if (D.log_file)
+		fclose(D.log_file);
+	return D.stop ? 0 : 1;
+}

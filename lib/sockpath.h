@@ -1,0 +1,19 @@
+/* SPDX-License-Identifier: MIT */
+/* Where lazymemd's socket is: one rule for the runtime, the daemon and the command. */
+#ifndef LM_SOCKPATH_H
+#define LM_SOCKPATH_H
+
+#include <stddef.h>
+
+#define LM__SOCKET_ROOT "/run/lazymem/lazymemd.sock"
+
+/*
+ * Writes the socket's path to buf: path when not NULL, else
+ * $LAZYMEM_SOCKET (when use_env), else /run/lazymem/lazymemd.sock for
+ * root and $XDG_RUNTIME_DIR/lazymem/lazymemd.sock for anyone else.
+ * Returns 0, -ENOENT when no rule gives a path (a user without
+ * XDG_RUNTIME_DIR) or -ENAMETOOLONG when it does not fit a sockaddr_un.
+ */
+int lm__socket_path(const char *path, int use_env, char *buf, size_t len);
+
+#endif
