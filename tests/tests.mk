@@ -12,7 +12,8 @@ LM_CHECKS = \
 	tests/check_budget \
 	tests/check_image \
 	tests/check_snapshot \
-	tests/check_proto
+	tests/check_proto \
+	tests/check_daemon
 
 check_PROGRAMS += $(LM_CHECKS)
 TESTS += $(LM_CHECKS)
@@ -70,6 +71,11 @@ tests_check_snapshot_LDADD = $(TEST_LIBS)
 tests_check_proto_SOURCES = tests/check_proto.c tests/testutil.h daemon/proto.c daemon/proto.h
 tests_check_proto_CFLAGS = $(TEST_CFLAGS)
 tests_check_proto_LDADD = $(TEST_LIBS)
+
+# The daemon and the command, run for real against runtimes.
+tests_check_daemon_SOURCES = tests/check_daemon.c tests/testutil.h
+tests_check_daemon_CFLAGS = $(TEST_CFLAGS)
+tests_check_daemon_LDADD = $(TEST_LIBS)
 
 # The parser under libFuzzer (clang), for a bounded time.
 TESTS += tests/fuzz-proto.sh

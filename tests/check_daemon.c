@@ -1,0 +1,794 @@
+/* SPDX-License-Identifier: MIT */
+/* lazymemd and the lazymem command, for real: a daemon on a temporary socket, runtimes reporting to it. */
+#define _GNU_SOURCE
+#include "testutil.h"
+
+#include <grp.h>
+#include <poll.h>
+#include <stdarg.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <sys/mman.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <sys/wait.h>
+#include <time.h>
+
+#define NOBODY 65534
+
+static char dir[64], sock[96], logpath[128];
+static pid_t daemon_pid = -1;
+
+static const char *build(void)
+{
+	const char *b = getenv("LMT_BUILDDIR");
+	return b && *b ? b : ".";
+}
+
+static double now_s(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+static int connect_to(const char *path)
+{
+	int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	struct sockaddr_un a = { .sun_family = AF_UNIX };
+	snprintf(a.sun_path, sizeof(a.sun_path), "%s", path);
+	if (fd >= 0 && connect(fd, (struct sockaddr *)&a, sizeof(a)) == 0)
+		return fd;
+	if (fd >= 0)
+		close(fd);
+	return -1;
+}
+
+/* Starts lazymemd in the foreground on the test's socket, with extra arguments; waits until it listens. */
+static pid_t start_daemon_args(const char *const *extra)
+{
+	pid_t pid = fork();
+	ck_assert_int_ge(pid, 0);
+	if (pid == 0) {
+		char bin[256];
+		snprintf(bin, sizeof(bin), "%s/daemon/lazymemd", build());
+		const char *argv[16] = { bin, "-f", "-s", sock, "-l", logpath, "-v", "-v" };
+		int n = 8;
+		for (; extra && *extra && n < 15; extra++)
+			argv[n++] = *extra;
+		argv[n] = NULL;
+		execv(bin, (char *const *)argv);
+		_exit(127);
+	}
+	for (double t0 = now_s(); now_s() - t0 < 10;) {
+		int fd = connect_to(sock);
+		if (fd >= 0) {
+			close(fd);
+			return pid;
+		}
+		int st;
+		ck_assert_msg(waitpid(pid, &st, WNOHANG) == 0, "lazymemd exited at start (status %d)",
+			      st);
+		usleep(10000);
+	}
+	ck_abort_msg("lazymemd did not listen on %s", sock);
+	return -1;
+}
+
+static void start_daemon(void)
+{
+	daemon_pid = start_daemon_args(NULL);
+}
+
+/* SIGTERM: exits 0 and removes its socket. */
+static void stop_daemon(void)
+{
+	ck_assert_int_eq(kill(daemon_pid, SIGTERM), 0);
+	int st;
+	ck_assert_int_eq(waitpid(daemon_pid, &st, 0), daemon_pid);
+	ck_assert_msg(WIFEXITED(st) && WEXITSTATUS(st) == 0, "lazymemd status %d", st);
+	ck_assert_int_ne(access(sock, F_OK), 0);
+	daemon_pid = -1;
+}
+
+static void setup(void)
+{
+	snprintf(dir, sizeof(dir), "/tmp/lmd-test.XXXXXX");
+	ck_assert_ptr_nonnull(mkdtemp(dir));
+	/* Other users (the access-control test's) must reach the socket inside. */
+	chmod(dir, 0755);
+	snprintf(sock, sizeof(sock), "%s/lazymemd.sock", dir);
+	snprintf(logpath, sizeof(logpath), "%s/lazymemd.log", dir);
+	setenv("LAZYMEM_SOCKET", sock, 1);
+	/* The command's stderr goes here, for every user the tests run it as. */
+	char err[96];
+	snprintf(err, sizeof(err), "%s/cli.err", dir);
+	int fd = open(err, O_CREAT | O_WRONLY, 0666);
+	ck_assert_int_ge(fd, 0);
+	fchmod(fd, 0666);
+	close(fd);
+}
+
+static void teardown(void)
+{
+	if (daemon_pid > 0) {
+		kill(daemon_pid, SIGKILL);
+		waitpid(daemon_pid, NULL, 0);
+	}
+	char cmd[128];
+	snprintf(cmd, sizeof(cmd), getenv("LMT_KEEP") ? "echo kept %s" : "rm -rf %s", dir);
+	if (system(cmd) != 0)
+		fprintf(stderr, "could not remove %s\n", dir);
+}
+
+/* Runs the lazymem command with the test's socket; its stdout in out, its exit status returned. */
+static int cli(char *out, size_t len, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+static int cli(char *out, size_t len, const char *fmt, ...)
+{
+	char args[512], cmd[900];
+	va_list ap;
+	va_start(ap, fmt);
+	vsnprintf(args, sizeof(args), fmt, ap);
+	va_end(ap);
+	snprintf(cmd, sizeof(cmd), "%s/daemon/lazymem -S %s %s 2>%s/cli.err", build(), sock, args,
+		 dir);
+	FILE *p = popen(cmd, "r");
+	ck_assert_ptr_nonnull(p);
+	size_t n = fread(out, 1, len - 1, p);
+	out[n] = '\0';
+	int st = pclose(p);
+	return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+}
+
+static void cli_err(char *out, size_t len)
+{
+	char path[160];
+	snprintf(path, sizeof(path), "%s/cli.err", dir);
+	FILE *f = fopen(path, "r");
+	size_t n = f ? fread(out, 1, len - 1, f) : 0;
+	out[n] = '\0';
+	if (f)
+		fclose(f);
+}
+
+/* The number after "key": in a JSON text (our flat objects), or -1. */
+static long long jnum(const char *json, const char *key)
+{
+	char k[96];
+	snprintf(k, sizeof(k), "\"%s\":", key);
+	const char *p = strstr(json, k);
+	return p ? strtoll(p + strlen(k), NULL, 10) : -1;
+}
+
+/* Waits until lazymem ps shows pid (or, with gone, no longer shows it). */
+static bool wait_listed(pid_t pid, bool gone, double secs)
+{
+	char out[65536], needle[32];
+	snprintf(needle, sizeof(needle), "\"pid\":%d,", (int)pid);
+	for (double t0 = now_s(); now_s() - t0 < secs; usleep(20000)) {
+		if (cli(out, sizeof(out), "ps --json") != 0)
+			continue;
+		if (!strstr(out, needle) == gone)
+			return true;
+	}
+	return false;
+}
+
+static struct lm_runtime *open_reporting(void)
+{
+	struct lm_options o = lmt_options(LM_MODE_THREAD);
+	o.daemon_socket = sock;
+	return lmt_open_opts(&o);
+}
+
+/* A child process with a runtime and `mib` MiB written; it lives until its pipe closes. */
+struct child {
+	pid_t pid;
+	int ctl;	/* write end: closing it ends the child */
+};
+
+static struct child spawn_runtime(size_t mib, uid_t uid)
+{
+	int ready[2], ctl[2];
+	ck_assert_int_eq(pipe2(ready, O_CLOEXEC), 0);
+	ck_assert_int_eq(pipe2(ctl, O_CLOEXEC), 0);
+	pid_t pid = fork();
+	ck_assert_int_ge(pid, 0);
+	if (pid == 0) {
+		close(ready[0]);
+		close(ctl[1]);
+		if (uid && (setgroups(0, NULL) < 0 || setgid(uid) < 0 || setuid(uid) < 0))
+			_exit(10);
+		struct lm_options o;
+		lm_options_init(&o);
+		o.flags = LM_OPT_NO_ENV;
+		o.daemon_socket = sock;
+		struct lm_runtime *rt;
+		struct lm_region *r;
+		if (lm_runtime_open(&o, &rt) < 0 || lm_region_create_zero(rt, mib << 20, 0, &r) < 0)
+			_exit(11);
+		unsigned char *p = lm_region_addr(r);
+		for (size_t i = 0; i < mib << 20; i += 4096)
+			p[i] = (unsigned char)(i >> 12);
+		char c = 1;
+		if (write(ready[1], &c, 1) != 1)
+			_exit(12);
+		/* Until told to go: then every byte must still be what was written. */
+		while (read(ctl[0], &c, 1) > 0)
+			;
+		for (size_t i = 0; i < mib << 20; i += 4096)
+			if (p[i] != (unsigned char)(i >> 12))
+				_exit(13);
+		lm_runtime_close(rt);
+		_exit(0);
+	}
+	close(ready[1]);
+	close(ctl[0]);
+	char c;
+	ck_assert_int_eq(read(ready[0], &c, 1), 1);
+	close(ready[0]);
+	return (struct child){ pid, ctl[1] };
+}
+
+static void child_finish(struct child c)
+{
+	close(c.ctl);
+	int st;
+	ck_assert_int_eq(waitpid(c.pid, &st, 0), c.pid);
+	ck_assert_msg(WIFEXITED(st) && WEXITSTATUS(st) == 0, "runtime child status %d", st);
+}
+
+/* free, ps and stat --json say what the runtime's own lm_stats_get says. */
+START_TEST(cli_matches_runtime)
+{
+	start_daemon();
+	struct lm_runtime *rt = open_reporting();
+	struct lm_region *r;
+	ck_assert_int_eq(lm_region_create_zero(rt, 16 << 20, 0, &r), 0);
+	unsigned char *p = lm_region_addr(r);
+	for (size_t i = 0; i < (8u << 20); i += 4096)
+		(void)*(volatile unsigned char *)(p + i);
+	for (size_t i = 0; i < (2u << 20); i += 4096)
+		p[i] = 1;
+	ck_assert(wait_listed(getpid(), false, 10));
+	struct lm_stats st = lmt_stats(rt);
+	ck_assert_uint_gt(st.resident_pages, 0);
+	char out[65536];
+	ck_assert_int_eq(cli(out, sizeof(out), "stat %d --json", (int)getpid()), 0);
+	ck_assert_int_eq(jnum(out, "pid"), getpid());
+	ck_assert_int_eq(jnum(out, "resident_pages"), (long long)st.resident_pages);
+	ck_assert_int_eq(jnum(out, "resident_dirty"), (long long)st.resident_dirty);
+	ck_assert_int_eq(jnum(out, "resident_clean"), (long long)st.resident_clean);
+	ck_assert_int_eq(jnum(out, "fills_zero"), (long long)st.fills_zero);
+	ck_assert_int_eq(jnum(out, "faults_missing"), (long long)st.faults_missing);
+	ck_assert_int_eq(jnum(out, "regions_live"), 1);
+	ck_assert_int_eq(jnum(out, "metadata_bytes"), (long long)st.metadata_bytes);
+	ck_assert_int_eq(cli(out, sizeof(out), "ps --json"), 0);
+	ck_assert_int_eq(jnum(out, "resident"), (long long)(st.resident_pages * 4096));
+	ck_assert_int_eq(jnum(out, "dirty"), (long long)(st.resident_dirty * 4096));
+	ck_assert_int_eq(jnum(out, "regions"), 1);
+	struct lm_free f;
+	ck_assert_int_eq(lm_stats_free(&st, &f), 0);
+	ck_assert_int_eq(cli(out, sizeof(out), "free --json"), 0);
+	ck_assert_int_eq(jnum(out, "processes"), 1);
+	ck_assert_int_eq(jnum(out, "used"), (long long)f.used);
+	ck_assert_int_eq(jnum(out, "buff_cache"), (long long)f.buff_cache);
+	ck_assert_int_eq(jnum(out, "total"), (long long)f.total);
+	/* The text forms too: stat names every counter, free has its rows. */
+	ck_assert_int_eq(cli(out, sizeof(out), "stat %d", (int)getpid()), 0);
+	ck_assert_ptr_nonnull(strstr(out, "restore_faults"));
+	ck_assert_ptr_nonnull(strstr(out, "fill latency"));
+	ck_assert_int_eq(cli(out, sizeof(out), "-h free"), 0);
+	ck_assert_ptr_nonnull(strstr(out, "Lazy:"));
+	ck_assert_ptr_nonnull(strstr(out, "Swap:"));
+	ck_assert_int_eq(cli(out, sizeof(out), "free -s 0.1 -c 3 --json"), 0);
+	int lines = 0;
+	for (char *q = out; (q = strchr(q, '\n')); q++)
+		lines++;
+	ck_assert_int_eq(lines, 3);
+	ck_assert_int_eq(cli(out, sizeof(out), "top -n 1"), 0);
+	ck_assert_ptr_nonnull(strstr(out, "lazymem top"));
+	/* Live: a write now shows in the next query, with no round trip to us. */
+	for (size_t i = 2u << 20; i < (4u << 20); i += 4096)
+		p[i] = 1;
+	st = lmt_stats(rt);
+	ck_assert_int_eq(cli(out, sizeof(out), "stat %d --json", (int)getpid()), 0);
+	ck_assert_int_eq(jnum(out, "resident_dirty"), (long long)st.resident_dirty);
+	/* Closing the runtime unregisters it. */
+	lm_runtime_close(rt);
+	ck_assert(wait_listed(getpid(), true, 5));
+	ck_assert_int_eq(cli(out, sizeof(out), "stat %d", (int)getpid()), 1);
+	stop_daemon();
+}
+END_TEST
+
+/* Usage errors, no daemon, no such process: the documented exit codes. */
+START_TEST(exit_codes)
+{
+	char out[4096];
+	ck_assert_int_eq(cli(out, sizeof(out), "ps"), 3);
+	cli_err(out, sizeof(out));
+	ck_assert_ptr_nonnull(strstr(out, "lazymemd running"));
+	start_daemon();
+	ck_assert_int_eq(cli(out, sizeof(out), "frobnicate"), 2);
+	ck_assert_int_eq(cli(out, sizeof(out), "stat notapid"), 2);
+	ck_assert_int_eq(cli(out, sizeof(out), "budget 1 lots"), 2);
+	ck_assert_int_eq(cli(out, sizeof(out), "free -c 0"), 2);
+	ck_assert_int_eq(cli(out, sizeof(out), "stat 999999"), 1);
+	ck_assert_int_eq(cli(out, sizeof(out), "budget 999999 1M"), 1);
+	cli_err(out, sizeof(out));
+	ck_assert_ptr_nonnull(strstr(out, "no lazymem runtime"));
+	ck_assert_int_eq(cli(out, sizeof(out), "version"), 0);
+	ck_assert_ptr_nonnull(strstr(out, "lazymemd "));
+	ck_assert_int_eq(cli(out, sizeof(out), "ps"), 0);
+	ck_assert_ptr_nonnull(strstr(out, "PID"));
+	stop_daemon();
+}
+END_TEST
+
+/* The daemon restarts under live runtimes: they find it again by themselves. */
+START_TEST(restart_reconnects)
+{
+	start_daemon();
+	struct lm_runtime *rt = open_reporting();
+	struct child c = spawn_runtime(4, 0);
+	ck_assert(wait_listed(getpid(), false, 10));
+	ck_assert(wait_listed(c.pid, false, 10));
+	stop_daemon();
+	char out[4096];
+	ck_assert_int_eq(cli(out, sizeof(out), "ps"), 3);
+	usleep(300000);
+	start_daemon();
+	double t0 = now_s();
+	ck_assert(wait_listed(getpid(), false, 10));
+	ck_assert(wait_listed(c.pid, false, 10));
+	/* inotify on the directory: found at once, not after a full backoff. */
+	ck_assert_msg(now_s() - t0 < 3, "reconnected after %.2f s", now_s() - t0);
+	child_finish(c);
+	lm_runtime_close(rt);
+	stop_daemon();
+}
+END_TEST
+
+/* A runtime killed with SIGKILL disappears from the listing. */
+START_TEST(killed_runtime_disappears)
+{
+	start_daemon();
+	struct child c = spawn_runtime(2, 0);
+	ck_assert(wait_listed(c.pid, false, 10));
+	kill(c.pid, SIGKILL);
+	waitpid(c.pid, NULL, 0);
+	close(c.ctl);
+	ck_assert(wait_listed(c.pid, true, 5));
+	stop_daemon();
+}
+END_TEST
+
+/* lazymem budget PID SIZE: the process evicts under it, and loses nothing. */
+START_TEST(budget_from_cli)
+{
+	start_daemon();
+	struct child c = spawn_runtime(32, 0);
+	ck_assert(wait_listed(c.pid, false, 10));
+	char out[65536];
+	ck_assert_int_eq(cli(out, sizeof(out), "stat %d --json", (int)c.pid), 0);
+	ck_assert_int_ge(jnum(out, "resident_pages"), 8192);
+	ck_assert_int_eq(cli(out, sizeof(out), "budget %d 8M", (int)c.pid), 0);
+	ck_assert_ptr_nonnull(strstr(out, "budget"));
+	/* The budget call returns once the evictor has brought it under. */
+	ck_assert_int_eq(cli(out, sizeof(out), "stat %d --json", (int)c.pid), 0);
+	ck_assert_int_eq(jnum(out, "budget_bytes"), 8 << 20);
+	ck_assert_int_le(jnum(out, "resident_pages") * 4096, 8 << 20);
+	ck_assert_int_gt(jnum(out, "swapped_pages"), 0);
+	ck_assert_int_eq(cli(out, sizeof(out), "ps --json"), 0);
+	ck_assert_int_le(jnum(out, "resident"), 8 << 20);
+	ck_assert_int_eq(jnum(out, "budget"), 8 << 20);
+	/* Lifted again; the child then checks every page it wrote. */
+	ck_assert_int_eq(cli(out, sizeof(out), "budget %d 0", (int)c.pid), 0);
+	child_finish(c);
+	stop_daemon();
+}
+END_TEST
+
+/* SO_PEERCRED: another user sees only their own processes, and cannot budget root's. */
+START_TEST(access_control)
+{
+	static const char *const group[] = { "-g", "65534", NULL };
+	daemon_pid = start_daemon_args(group);
+	struct stat sb;
+	ck_assert_int_eq(stat(sock, &sb), 0);
+	ck_assert_uint_eq(sb.st_mode & 0777, 0660);
+	ck_assert_uint_eq(sb.st_gid, NOBODY);
+	struct lm_runtime *rt = open_reporting();
+	ck_assert(wait_listed(getpid(), false, 10));
+	struct child theirs = spawn_runtime(1, NOBODY);
+	ck_assert(wait_listed(theirs.pid, false, 10));
+	char out[65536], want[32];
+	/* Root sees both. */
+	ck_assert_int_eq(cli(out, sizeof(out), "ps --json"), 0);
+	snprintf(want, sizeof(want), "\"pid\":%d,", (int)theirs.pid);
+	ck_assert_ptr_nonnull(strstr(out, want));
+	pid_t other = fork();
+	ck_assert_int_ge(other, 0);
+	if (other == 0) {
+		if (setgroups(0, NULL) < 0 || setgid(NOBODY) < 0 || setuid(NOBODY) < 0)
+			_exit(20);
+		char mine[32], root[32];
+		snprintf(mine, sizeof(mine), "\"pid\":%d,", (int)theirs.pid);
+		snprintf(root, sizeof(root), "\"pid\":%d,", (int)getppid());
+		if (cli(out, sizeof(out), "ps --json") != 0)
+			_exit(21);
+		if (!strstr(out, mine) || strstr(out, root))
+			_exit(22);
+		if (cli(out, sizeof(out), "stat %d", (int)getppid()) != 1)
+			_exit(23);
+		if (cli(out, sizeof(out), "budget %d 1M", (int)getppid()) != 1)
+			_exit(24);
+		cli_err(out, sizeof(out));
+		if (!strstr(out, "another user"))
+			_exit(25);
+		if (cli(out, sizeof(out), "metrics") != 0 || strstr(out, root))
+			_exit(26);
+		/* Their own process they may budget. */
+		if (cli(out, sizeof(out), "budget %d 512K", (int)theirs.pid) != 0)
+			_exit(27);
+		_exit(0);
+	}
+	int st;
+	ck_assert_int_eq(waitpid(other, &st, 0), other);
+	ck_assert_msg(WIFEXITED(st) && WEXITSTATUS(st) == 0, "the other user's checks: %d",
+		      WEXITSTATUS(st));
+	/* Root's budget was left alone. */
+	ck_assert_uint_eq(lmt_stats(rt).budget_bytes, 0);
+	child_finish(theirs);
+	lm_runtime_close(rt);
+	stop_daemon();
+}
+END_TEST
+
+/* promtool (Debian's prometheus) accepts the metrics, live runtimes included. */
+START_TEST(metrics_promtool)
+{
+	/* A dependency like Check itself: missing, it is a failure to install, not a skip. */
+	ck_assert_msg(system("command -v promtool >/dev/null 2>&1") == 0,
+		      "promtool not installed (scripts/install-deps.sh installs prometheus)");
+	start_daemon();
+	struct lm_runtime *rt = open_reporting();
+	struct lm_region *r;
+	ck_assert_int_eq(lm_region_create_zero(rt, 1 << 20, 0, &r), 0);
+	memset(lm_region_addr(r), 1, 1 << 20);
+	ck_assert(wait_listed(getpid(), false, 10));
+	char out[1 << 16];
+	ck_assert_int_eq(cli(out, sizeof(out), "metrics >%s/m.txt; promtool check metrics <%s/m.txt",
+			     dir, dir), 0);
+	ck_assert_int_eq(cli(out, sizeof(out), "metrics"), 0);
+	ck_assert_ptr_nonnull(strstr(out, "# TYPE lazymem_faults_missing_total counter"));
+	ck_assert_ptr_nonnull(strstr(out, "# TYPE lazymem_resident_bytes gauge"));
+	ck_assert_ptr_nonnull(strstr(out, "# TYPE lazymem_fill_latency_seconds histogram"));
+	ck_assert_ptr_nonnull(strstr(out, "le=\"+Inf\""));
+	lm_runtime_close(rt);
+	stop_daemon();
+}
+END_TEST
+
+/* One raw request on a fresh connection; the reply's head line in head. */
+static void raw(const char *req, size_t len, char *head, size_t hlen)
+{
+	int fd = connect_to(sock);
+	ck_assert_int_ge(fd, 0);
+	ck_assert_int_eq(send(fd, req, len, MSG_NOSIGNAL), (ssize_t)len);
+	size_t n = 0;
+	while (n + 1 < hlen) {
+		struct pollfd p = { fd, POLLIN, 0 };
+		ck_assert_int_eq(poll(&p, 1, 5000), 1);
+		if (read(fd, head + n, 1) != 1)
+			break;
+		if (head[n++] == '\n')
+			break;
+	}
+	head[n] = '\0';
+	close(fd);
+}
+
+static long status_kib(pid_t pid, const char *key)
+{
+	char path[64], line[256];
+	snprintf(path, sizeof(path), "/proc/%d/status", (int)pid);
+	FILE *f = fopen(path, "r");
+	long v = -1;
+	while (f && fgets(line, sizeof(line), f))
+		if (!strncmp(line, key, strlen(key)))
+			v = strtol(line + strlen(key), NULL, 10);
+	if (f)
+		fclose(f);
+	return v;
+}
+
+static int fd_count(pid_t pid)
+{
+	char cmd[96], out[32];
+	snprintf(cmd, sizeof(cmd), "ls /proc/%d/fd | wc -l", (int)pid);
+	FILE *p = popen(cmd, "r");
+	int n = p && fgets(out, sizeof(out), p) ? atoi(out) : -1;
+	if (p)
+		pclose(p);
+	return n;
+}
+
+/* Garbage, overlong and partial lines, fake hellos, clients that never read or leave mid-reply. */
+START_TEST(malformed_clients)
+{
+	start_daemon();
+	struct lm_runtime *rt = open_reporting();
+	ck_assert(wait_listed(getpid(), false, 10));
+	int fds0 = fd_count(daemon_pid);
+	char head[512];
+	raw("\x01\x02\xff garbage\n", 12, head, sizeof(head));
+	ck_assert_msg(!strncmp(head, "error EINVAL", 12), "%s", head);
+	raw("stats -1\n", 9, head, sizeof(head));
+	ck_assert_msg(!strncmp(head, "error EINVAL", 12), "%s", head);
+	raw("budget 1 12Q\n", 13, head, sizeof(head));
+	ck_assert_msg(!strncmp(head, "error EINVAL", 12), "%s", head);
+	/* Overlong: one error, the rest of the line skipped, the next request served. */
+	static char big[70000];
+	memset(big, 'x', sizeof(big));
+	memcpy(big + sizeof(big) - 9, "\nversion\n", 9);
+	int fd = connect_to(sock);
+	ck_assert_int_eq(send(fd, big, sizeof(big), MSG_NOSIGNAL), (ssize_t)sizeof(big));
+	FILE *f = fdopen(fd, "r");
+	ck_assert_ptr_nonnull(fgets(head, sizeof(head), f));
+	ck_assert_msg(strstr(head, "too long"), "%s", head);
+	ck_assert_ptr_nonnull(fgets(head, sizeof(head), f));
+	ck_assert_msg(!strncmp(head, "ok ", 3), "%s", head);
+	fclose(f);
+	/* Partial lines: a request in pieces. */
+	fd = connect_to(sock);
+	ck_assert_int_eq(send(fd, "ver", 3, 0), 3);
+	usleep(50000);
+	ck_assert_int_eq(send(fd, "sion\n", 5, 0), 5);
+	f = fdopen(fd, "r");
+	ck_assert_ptr_nonnull(fgets(head, sizeof(head), f));
+	ck_assert_msg(!strncmp(head, "ok ", 3), "%s", head);
+	fclose(f);
+	/* Hellos that do not carry a sealed memfd are refused. */
+	raw("hello 0.3.0 fake\n", 17, head, sizeof(head));
+	ck_assert_msg(!strncmp(head, "error EINVAL", 12), "%s", head);
+	int pass[2] = { -1, -1 };
+	ck_assert_int_eq(pipe(pass), 0);
+	int unsealed = memfd_create("x", MFD_CLOEXEC);
+	ck_assert_int_eq(ftruncate(unsealed, 4096), 0);
+	int bad_fds[2] = { pass[0], unsealed };
+	for (int i = 0; i < 2; i++) {
+		fd = connect_to(sock);
+		char line[] = "hello 0.3.0 fake\n";
+		struct iovec iov = { line, sizeof(line) - 1 };
+		union {
+			struct cmsghdr h;
+			char b[CMSG_SPACE(sizeof(int))];
+		} ctl = { 0 };
+		struct msghdr m = { .msg_iov = &iov, .msg_iovlen = 1, .msg_control = ctl.b,
+				    .msg_controllen = sizeof(ctl.b) };
+		struct cmsghdr *c = CMSG_FIRSTHDR(&m);
+		c->cmsg_level = SOL_SOCKET;
+		c->cmsg_type = SCM_RIGHTS;
+		c->cmsg_len = CMSG_LEN(sizeof(int));
+		memcpy(CMSG_DATA(c), &bad_fds[i], sizeof(int));
+		ck_assert_int_eq(sendmsg(fd, &m, 0), (ssize_t)iov.iov_len);
+		f = fdopen(fd, "r");
+		ck_assert_ptr_nonnull(fgets(head, sizeof(head), f));
+		ck_assert_msg(!strncmp(head, "error EINVAL", 12), "%s", head);
+		fclose(f);
+	}
+	close(pass[0]);
+	close(pass[1]);
+	close(unsealed);
+	/* A client that asks and never reads; another that leaves mid-reply, many times. */
+	int lazy = connect_to(sock);
+	for (int i = 0; i < 2000; i++)
+		if (send(lazy, "json\n", 5, MSG_DONTWAIT | MSG_NOSIGNAL) < 0)
+			break;
+	for (int i = 0; i < 200; i++) {
+		fd = connect_to(sock);
+		ck_assert_int_ge(fd, 0);
+		ck_assert_int_eq(send(fd, "metrics\nmetrics\n", 16, MSG_NOSIGNAL), 16);
+		char b[16];
+		if (read(fd, b, sizeof(b)) < 0)
+			ck_abort_msg("read");
+		close(fd);
+	}
+	/* Thousands of idle connections; the daemon still answers at once. */
+	enum { IDLE = 2000 };
+	static int idle[IDLE];
+	for (int i = 0; i < IDLE; i++) {
+		idle[i] = connect_to(sock);
+		ck_assert_msg(idle[i] >= 0, "idle connection %d: %s", i, strerror(errno));
+	}
+	char out[65536];
+	double t0 = now_s();
+	ck_assert_int_eq(cli(out, sizeof(out), "ps --json"), 0);
+	ck_assert_msg(now_s() - t0 < 2, "ps took %.2f s", now_s() - t0);
+	char needle[32];
+	snprintf(needle, sizeof(needle), "\"pid\":%d,", (int)getpid());
+	ck_assert_ptr_nonnull(strstr(out, needle));
+	for (int i = 0; i < IDLE; i++)
+		close(idle[i]);
+	close(lazy);
+	/* Bounded: its memory stays small, and no descriptor leaked. */
+	long hwm = status_kib(daemon_pid, "VmHWM:");
+	ck_assert_msg(hwm > 0 && hwm < 128 * 1024, "lazymemd peak RSS %ld KiB", hwm);
+	for (double t = now_s(); fd_count(daemon_pid) > fds0 && now_s() - t < 5;)
+		usleep(20000);
+	ck_assert_int_le(fd_count(daemon_pid), fds0);
+	lm_runtime_close(rt);
+	stop_daemon();
+}
+END_TEST
+
+/* SIGHUP reopens the log; SIGINT stops cleanly; no capabilities left; -u drops the user. */
+START_TEST(signals_and_privileges)
+{
+	start_daemon();
+	char path[160], line[256];
+	snprintf(path, sizeof(path), "/proc/%d/status", (int)daemon_pid);
+	FILE *f = fopen(path, "r");
+	bool eff = false, bnd = false, nnp = false;
+	while (fgets(line, sizeof(line), f)) {
+		eff |= !strcmp(line, "CapEff:\t0000000000000000\n");
+		bnd |= !strcmp(line, "CapBnd:\t0000000000000000\n");
+		nnp |= !strcmp(line, "NoNewPrivs:\t1\n");
+	}
+	fclose(f);
+	ck_assert_msg(eff && bnd && nnp, "lazymemd kept capabilities or may regain them");
+	snprintf(path, sizeof(path), "%s.1", logpath);
+	ck_assert_int_eq(rename(logpath, path), 0);
+	ck_assert_int_eq(kill(daemon_pid, SIGHUP), 0);
+	for (double t0 = now_s(); access(logpath, F_OK) != 0 && now_s() - t0 < 5;)
+		usleep(10000);
+	ck_assert_int_eq(access(logpath, F_OK), 0);
+	ck_assert_int_eq(kill(daemon_pid, SIGINT), 0);
+	int st;
+	ck_assert_int_eq(waitpid(daemon_pid, &st, 0), daemon_pid);
+	ck_assert(WIFEXITED(st) && WEXITSTATUS(st) == 0);
+	daemon_pid = -1;
+	ck_assert_int_ne(access(sock, F_OK), 0);
+	f = fopen(logpath, "r");
+	ck_assert_ptr_nonnull(f);
+	bool reopened = false;
+	while (fgets(line, sizeof(line), f))
+		reopened |= strstr(line, "log reopened") != NULL;
+	fclose(f);
+	ck_assert(reopened);
+
+	/*
+	 * As another user, it still serves and still removes its socket,
+	 * from the directory it created and gave that user.
+	 */
+	snprintf(sock, sizeof(sock), "%s/run/lazymemd.sock", dir);
+	static const char *const user[] = { "-u", "65534", NULL };
+	daemon_pid = start_daemon_args(user);
+	ck_assert_int_eq(status_kib(daemon_pid, "Uid:"), NOBODY);
+	char out[4096];
+	ck_assert_int_eq(cli(out, sizeof(out), "version"), 0);
+	stop_daemon();
+}
+END_TEST
+
+/* systemd's socket activation: the daemon serves the socket it is given, and leaves it. */
+START_TEST(socket_activation)
+{
+	int l = socket(AF_UNIX, SOCK_STREAM, 0);
+	struct sockaddr_un a = { .sun_family = AF_UNIX };
+	snprintf(a.sun_path, sizeof(a.sun_path), "%s", sock);
+	ck_assert_int_eq(bind(l, (struct sockaddr *)&a, sizeof(a)), 0);
+	ck_assert_int_eq(listen(l, 16), 0);
+	pid_t pid = fork();
+	ck_assert_int_ge(pid, 0);
+	if (pid == 0) {
+		char bin[256], me[16];
+		dup2(l, 3);
+		snprintf(me, sizeof(me), "%d", (int)getpid());
+		setenv("LISTEN_PID", me, 1);
+		setenv("LISTEN_FDS", "1", 1);
+		snprintf(bin, sizeof(bin), "%s/daemon/lazymemd", build());
+		/* -s names another path on purpose: the activated socket wins. */
+		execl(bin, bin, "-f", "-l", logpath, "-s", "/nonexistent/x.sock", (char *)NULL);
+		_exit(127);
+	}
+	close(l);
+	daemon_pid = pid;
+	struct lm_runtime *rt = open_reporting();
+	ck_assert(wait_listed(getpid(), false, 10));
+	ck_assert_int_eq(kill(pid, SIGTERM), 0);
+	int st;
+	ck_assert_int_eq(waitpid(pid, &st, 0), pid);
+	ck_assert(WIFEXITED(st) && WEXITSTATUS(st) == 0);
+	daemon_pid = -1;
+	ck_assert_int_eq(access(sock, F_OK), 0);
+	lm_runtime_close(rt);
+}
+END_TEST
+
+/* Without -f it detaches, and the command returns only once it listens. */
+START_TEST(detaches)
+{
+	char cmd[512];
+	snprintf(cmd, sizeof(cmd), "%s/daemon/lazymemd -s %s -l %s", build(), sock, logpath);
+	ck_assert_int_eq(system(cmd), 0);
+	int fd = connect_to(sock);
+	ck_assert_int_ge(fd, 0);
+	struct ucred cred;
+	socklen_t cl = sizeof(cred);
+	ck_assert_int_eq(getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &cl), 0);
+	close(fd);
+	/* A second one refuses: one daemon per socket. */
+	ck_assert_int_ne(system(cmd), 0);
+	ck_assert_int_eq(kill(cred.pid, SIGTERM), 0);
+	for (double t0 = now_s(); access(sock, F_OK) == 0 && now_s() - t0 < 5;)
+		usleep(10000);
+	ck_assert_int_ne(access(sock, F_OK), 0);
+}
+END_TEST
+
+/* A runtime told not to report never connects; a fork() child does not report its copy. */
+START_TEST(no_report_and_fork)
+{
+	start_daemon();
+	struct lm_options o = lmt_options(LM_MODE_THREAD);
+	o.daemon_socket = sock;
+	o.flags |= LM_OPT_NO_REPORT;
+	struct lm_runtime *quiet = lmt_open_opts(&o);
+	ck_assert(!wait_listed(getpid(), false, 1));
+	lm_runtime_close(quiet);
+	struct lm_runtime *rt = open_reporting();
+	struct lm_region *r;
+	ck_assert_int_eq(lm_region_create_zero(rt, 1 << 20, 0, &r), 0);
+	ck_assert(wait_listed(getpid(), false, 10));
+	uint64_t before = lmt_stats(rt).fills_zero;
+	pid_t pid = fork();
+	ck_assert_int_ge(pid, 0);
+	if (pid == 0) {
+		/* The child's fills are its own: the parent's page does not move. */
+		memset(lm_region_addr(r), 1, 1 << 20);
+		_exit(lmt_stats(rt).fills_zero > before ? 0 : 1);
+	}
+	int st;
+	ck_assert_int_eq(waitpid(pid, &st, 0), pid);
+	ck_assert(WIFEXITED(st) && WEXITSTATUS(st) == 0);
+	ck_assert_uint_eq(lmt_stats(rt).fills_zero, before);
+	ck_assert(!wait_listed(pid, false, 0.5));
+	lm_runtime_close(rt);
+	stop_daemon();
+}
+END_TEST
+
+int main(void)
+{
+	lmt_require_uffd();
+	if (geteuid() != 0) {
+		printf("SKIP: the daemon tests switch users and read other processes' status: run as root\n");
+		return LMT_SKIP;
+	}
+	Suite *s = suite_create("daemon");
+	TCase *tc = tcase_create("daemon");
+	tcase_set_timeout(tc, 120);
+	tcase_add_checked_fixture(tc, setup, teardown);
+	tcase_add_test(tc, cli_matches_runtime);
+	tcase_add_test(tc, exit_codes);
+	tcase_add_test(tc, restart_reconnects);
+	tcase_add_test(tc, killed_runtime_disappears);
+	tcase_add_test(tc, budget_from_cli);
+	tcase_add_test(tc, access_control);
+	tcase_add_test(tc, metrics_promtool);
+	tcase_add_test(tc, malformed_clients);
+	tcase_add_test(tc, signals_and_privileges);
+	tcase_add_test(tc, socket_activation);
+	tcase_add_test(tc, detaches);
+	tcase_add_test(tc, no_report_and_fork);
+	suite_add_tcase(s, tc);
+	SRunner *sr = srunner_create(s);
+	srunner_run_all(sr, CK_NORMAL);
+	int failed = srunner_ntests_failed(sr);
+	srunner_free(sr);
+	return failed ? 1 : 0;
+}
