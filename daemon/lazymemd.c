@@ -583,8 +583,8 @@ static void request(struct conn *c, const char *line, size_t len)
 		break;
 	case LMD_REQ_VERSION: {
 		char body[96];
-		int k = snprintf(body, sizeof(body), "lazymemd %s protocol %d\n", PACKAGE_VERSION,
-				 LMD_PROTOCOL);
+		int k = snprintf(body, sizeof(body), "lazymemd %s protocol %d pid %d\n",
+				 PACKAGE_VERSION, LMD_PROTOCOL, (int)getpid());
 		reply_body(c, body, (size_t)k);
 		break;
 	}

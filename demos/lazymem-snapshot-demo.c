@@ -151,10 +151,22 @@ static uint64_t snapshot_checksum(struct lm_snapshot *s)
 
 int main(int argc, char **argv)
 {
-	bool quick = argc > 1 && !strcmp(argv[1], "--quick");
-	if (argc > 1 && !quick) {
-		fprintf(stderr, "usage: lazymem-snapshot-demo [--quick]\n");
-		return 2;
+	/*
+	 * --then CMD runs a shell command at the end, while the runtime is
+	 * still open: scripts/demo.sh shows what lazymemd sees of this
+	 * process with it (lazymem free, lazymem ps).
+	 */
+	bool quick = false;
+	const char *then = NULL;
+	for (int i = 1; i < argc; i++) {
+		if (!strcmp(argv[i], "--quick")) {
+			quick = true;
+		} else if (!strcmp(argv[i], "--then") && i + 1 < argc) {
+			then = argv[++i];
+		} else {
+			fprintf(stderr, "usage: lazymem-snapshot-demo [--quick] [--then COMMAND]\n");
+			return 2;
+		}
 	}
 	nkeys = quick ? 1u << 18 : 2u << 20;
 	nslots = nkeys * 2;
@@ -316,6 +328,12 @@ int main(int argc, char **argv)
 
 	lm_snapshot_release(first);
 	lm_snapshot_release(last);
+	if (then) {
+		printf("\n5. what lazymemd sees of this process (pid %d), live:\n", (int)getpid());
+		fflush(stdout);
+		if (system(then) != 0)
+			fprintf(stderr, "lazymem-snapshot-demo: '%s' failed\n", then);
+	}
 	lm_runtime_close(rt);
 	char cmd[700];
 	snprintf(cmd, sizeof(cmd), "rm -rf '%s'", dir);
