@@ -59,7 +59,10 @@ static bool read_full(int fd, char *buf, size_t len)
 	size_t got = 0;
 	while (got < len) {
 		struct pollfd p = { fd, POLLIN, 0 };
-		if (poll(&p, 1, REPLY_TIMEOUT_MS) <= 0) {
+		int ready = poll(&p, 1, REPLY_TIMEOUT_MS);
+		if (ready < 0 && errno == EINTR)
+			continue;	/* ^C in free -s or top: this round finishes first */
+		if (ready <= 0) {
 			errno = ETIMEDOUT;
 			return false;
 		}
@@ -193,13 +196,18 @@ static const char *size_str(uint64_t bytes, char *buf, size_t len)
 	return buf;
 }
 
-/* "64M", "1G", "4096", "1.5G": bytes. */
+/* "64M", "1G", "4096", "1.5G": bytes.  Decimal digits only: no nan, inf or hex. */
 static int parse_size(const char *s, uint64_t *out)
 {
+	size_t digits = strspn(s, "0123456789"), frac = 0;
+	if (s[digits] == '.')
+		frac = strspn(s + digits + 1, "0123456789") + 1;
+	if (!digits)
+		return -1;
 	char *end;
 	errno = 0;
 	double v = strtod(s, &end);
-	if (end == s || errno || v < 0)
+	if (end != s + digits + frac || errno || v < 0)
 		return -1;
 	double mul = 1;
 	switch (*end) {
@@ -278,6 +286,9 @@ static void nap(double seconds)
 
 static int cmd_free(void)
 {
+	/* As free(1): -c alone repeats every second. */
+	if (O.count > 0 && O.interval <= 0)
+		O.interval = 1;
 	long count = O.count >= 0 ? O.count : O.interval > 0 ? -1 : 1;
 	for (long i = 0; count < 0 || i < count; i++) {
 		if (i) {
@@ -560,9 +571,15 @@ int main(int argc, char **argv)
 		return EX_USAGE;
 	}
 	signal(SIGPIPE, SIG_IGN);
-	struct sigaction sa = { .sa_handler = on_signal };
-	sigaction(SIGINT, &sa, NULL);
-	sigaction(SIGTERM, &sa, NULL);
+	/*
+	 * Only the repeating commands catch ^C, to finish their last round;
+	 * a single request is simply interrupted.
+	 */
+	struct sigaction sa = { .sa_handler = on_signal, .sa_flags = SA_RESTART };
+	if (argc > optind && (!strcmp(argv[optind], "top") || !strcmp(argv[optind], "free"))) {
+		sigaction(SIGINT, &sa, NULL);
+		sigaction(SIGTERM, &sa, NULL);
+	}
 	const char *cmd = argv[optind];
 	int args = argc - optind - 1;
 	char **arg = argv + optind + 1;

@@ -855,7 +855,9 @@ static int listen_on(const char *path, gid_t group, uid_t owner)
 		close(fd);
 		return -1;
 	}
-	if (errno == ECONNREFUSED)
+	/* Only a socket is removed: -s naming a regular file by mistake must not delete it. */
+	struct stat sb;
+	if (errno == ECONNREFUSED && lstat(path, &sb) == 0 && S_ISSOCK(sb.st_mode))
 		unlink(path);
 	close(fd);
 	fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
@@ -891,17 +893,22 @@ static int listen_on(const char *path, gid_t group, uid_t owner)
  */
 static int drop_privileges(uid_t uid, gid_t gid)
 {
+	/* The bounding set first: emptying it needs CAP_SETPCAP, which the user change takes. */
+	for (cap_value_t v = 0; v <= CAP_LAST_CAP; v++)
+		if (CAP_IS_SUPPORTED(v) && cap_drop_bound(v) < 0 && errno != EINVAL &&
+		    errno != EPERM)
+			break;
 	if (uid != (uid_t)-1) {
+		/* The log file stays reopenable on SIGHUP by the user the daemon becomes. */
+		if (D.log_kind == 2 && chown(D.log_path, uid, gid) < 0)
+			logmsg(1, "cannot give %s to uid %u: %s", D.log_path, (unsigned)uid,
+			       strerror(errno));
 		if (setgroups(0, NULL) < 0 || setresgid(gid, gid, gid) < 0 ||
 		    setresuid(uid, uid, uid) < 0) {
 			logmsg(0, "cannot become uid %u: %s", (unsigned)uid, strerror(errno));
 			return -1;
 		}
 	}
-	for (cap_value_t v = 0; v <= CAP_LAST_CAP; v++)
-		if (CAP_IS_SUPPORTED(v) && cap_drop_bound(v) < 0 && errno != EINVAL &&
-		    errno != EPERM)
-			break;
 	cap_t none = cap_init();
 	int rc = none ? cap_set_proc(none) : -1;
 	if (none)
@@ -1140,8 +1147,11 @@ int main(int argc, char **argv)
 				while (read(D.sigfd, &si, sizeof(si)) == sizeof(si)) {
 					if (si.ssi_signo == SIGHUP) {
 						int r = open_log();
-						logmsg(r < 0 ? 0 : 2, "SIGHUP: log reopened%s%s",
-						       r < 0 ? ": " : "", r < 0 ? strerror(-r) : "");
+						if (r < 0)
+							logmsg(0, "SIGHUP: cannot reopen the log: %s",
+							       strerror(-r));
+						else
+							logmsg(2, "SIGHUP: log reopened");
 					} else {
 						logmsg(2, "signal %u: stopping", si.ssi_signo);
 						D.stop = true;

@@ -1,5 +1,8 @@
 /* SPDX-License-Identifier: MIT */
 /* lazymemd's protocol: request parsing and reply formatting, apart from any socket. */
+#ifndef _GNU_SOURCE
+#define _GNU_SOURCE	/* memmem */
+#endif
 #include "proto.h"
 
 #include <errno.h>
@@ -212,7 +215,9 @@ static void metric(struct out *o, const struct lmd_proc *procs, size_t n, const 
 	 * they stay counts, and say so.
 	 */
 	bool to_bytes = pages && !counter;
-	const char *suffix = to_bytes || (bytes && !ends_with(name, nl, "_bytes")) ? "_bytes" :
+	/* A name that already says bytes (snapshot_bytes_written) is not told twice. */
+	bool says_bytes = memmem(name, nl, "bytes", 5) != NULL;
+	const char *suffix = to_bytes || (bytes && !says_bytes) ? "_bytes" :
 			     pages ? "_pages" : ns ? "_seconds" : "";
 	snprintf(full, sizeof(full), "lazymem_%.*s%s%s", (int)nl, name, suffix,
 		 counter ? "_total" : max ? "_max" : "");

@@ -118,7 +118,8 @@ int lmd_format_metrics(const struct lmd_proc *procs, size_t n, char *buf, size_t
 
 /*
  * One JSON object for the processes: {"processes":[{"pid":..,"uid":..,
- * "name":"..","stats":{every LM_STATS_LIST field,"fill_latency":[..]}}]},
+ * "name":"..","version":"..","runtimes":..,"faults_per_s":..,
+ * "stats":{every LM_STATS_LIST field,"fill_latency":[..]}}]},
  * names escaped as JSON strings.  Returns the length needed, like
  * snprintf, or -EINVAL.
  */

@@ -141,7 +141,7 @@ static int apply_env(struct lm_options *o)
 	}
 	if (!o->daemon_socket) {
 		const char *d = getenv("LAZYMEM_SOCKET");
-		if (d && !strcmp(d, "off"))
+		if (d && !strcasecmp(d, "off"))
 			o->flags |= LM_OPT_NO_REPORT;
 		else if (d && *d)
 			o->daemon_socket = d;

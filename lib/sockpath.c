@@ -6,6 +6,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/un.h>
 #include <unistd.h>
 
@@ -16,7 +17,7 @@ int lm__socket_path(const char *path, int use_env, char *buf, size_t len)
 	int n;
 	if (path && *path)
 		n = snprintf(tmp, sizeof(tmp), "%s", path);
-	else if (env && *env && strcmp(env, "off"))
+	else if (env && *env && strcasecmp(env, "off"))
 		n = snprintf(tmp, sizeof(tmp), "%s", env);
 	else if (geteuid() == 0)
 		n = snprintf(tmp, sizeof(tmp), "%s", LM__SOCKET_ROOT);

@@ -314,6 +314,8 @@ START_TEST(exit_codes)
 	ck_assert_int_eq(cli(out, sizeof(out), "frobnicate"), 2);
 	ck_assert_int_eq(cli(out, sizeof(out), "stat notapid"), 2);
 	ck_assert_int_eq(cli(out, sizeof(out), "budget 1 lots"), 2);
+	ck_assert_int_eq(cli(out, sizeof(out), "budget 1 nan"), 2);
+	ck_assert_int_eq(cli(out, sizeof(out), "budget 1 0x10"), 2);
 	ck_assert_int_eq(cli(out, sizeof(out), "free -c 0"), 2);
 	ck_assert_int_eq(cli(out, sizeof(out), "stat 999999"), 1);
 	ck_assert_int_eq(cli(out, sizeof(out), "budget 999999 1M"), 1);
@@ -668,9 +670,29 @@ START_TEST(signals_and_privileges)
 	static const char *const user[] = { "-u", "65534", NULL };
 	daemon_pid = start_daemon_args(user);
 	ck_assert_int_eq(status_kib(daemon_pid, "Uid:"), NOBODY);
+	snprintf(path, sizeof(path), "/proc/%d/status", (int)daemon_pid);
+	f = fopen(path, "r");
+	bnd = eff = false;
+	while (fgets(line, sizeof(line), f)) {
+		eff |= !strcmp(line, "CapEff:\t0000000000000000\n");
+		bnd |= !strcmp(line, "CapBnd:\t0000000000000000\n");
+	}
+	fclose(f);
+	ck_assert_msg(eff && bnd, "lazymemd -u kept capabilities in its bounding set");
+	/* Its log, created by root, is still its own to reopen. */
+	ck_assert_int_eq(kill(daemon_pid, SIGHUP), 0);
 	char out[4096];
 	ck_assert_int_eq(cli(out, sizeof(out), "version"), 0);
 	stop_daemon();
+	f = fopen(logpath, "r");
+	ck_assert_ptr_nonnull(f);
+	reopened = false;
+	while (fgets(line, sizeof(line), f)) {
+		ck_assert_msg(!strstr(line, "cannot reopen"), "%s", line);
+		reopened |= strstr(line, "log reopened") != NULL;
+	}
+	fclose(f);
+	ck_assert(reopened);
 }
 END_TEST
 
@@ -723,6 +745,16 @@ START_TEST(detaches)
 	close(fd);
 	/* A second one refuses: one daemon per socket. */
 	ck_assert_int_ne(system(cmd), 0);
+	/* -s naming a regular file: refused, and the file is left alone. */
+	char file[160];
+	snprintf(file, sizeof(file), "%s/precious", dir);
+	FILE *pf = fopen(file, "w");
+	ck_assert_ptr_nonnull(pf);
+	fputs("data\n", pf);
+	fclose(pf);
+	snprintf(cmd, sizeof(cmd), "%s/daemon/lazymemd -f -s %s -l %s", build(), file, logpath);
+	ck_assert_int_ne(system(cmd), 0);
+	ck_assert_int_eq(access(file, F_OK), 0);
 	ck_assert_int_eq(kill(cred.pid, SIGTERM), 0);
 	for (double t0 = now_s(); access(sock, F_OK) == 0 && now_s() - t0 < 5;)
 		usleep(10000);
