@@ -696,12 +696,20 @@ static void accept_all(void)
 		if (fd < 0) {
 			if (errno == EINTR || errno == ECONNABORTED)
 				continue;
+			/*
+			 * Out of descriptors: the spare one makes room to take the
+			 * connection and close it, so that it is refused rather
+			 * than left to wake the loop for ever.  Linux says EMFILE
+			 * even with nothing pending: then accept() finds nothing.
+			 */
 			if ((errno == EMFILE || errno == ENFILE) && D.spare_fd >= 0) {
 				close(D.spare_fd);
 				fd = accept(D.lfd, NULL, NULL);
 				if (fd >= 0)
 					close(fd);
 				D.spare_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
+				if (fd < 0)
+					return;
 				logmsg(1, "out of file descriptors: a connection was refused");
 				continue;
 			}

@@ -9,6 +9,7 @@
 #include <stdbool.h>
 #include <stdint.h>
 #include <sys/mman.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
@@ -19,6 +20,7 @@
 
 static char dir[64], sock[96], logpath[128];
 static pid_t daemon_pid = -1;
+static rlim_t daemon_nofile;	/* when not 0: the daemon's descriptor limit, soft and hard */
 
 static const char *build(void)
 {
@@ -58,6 +60,9 @@ static pid_t start_daemon_args(const char *const *extra)
 		for (; extra && *extra && n < 15; extra++)
 			argv[n++] = *extra;
 		argv[n] = NULL;
+		struct rlimit rl = { daemon_nofile, daemon_nofile };
+		if (daemon_nofile && setrlimit(RLIMIT_NOFILE, &rl) < 0)
+			_exit(126);
 		execv(bin, (char *const *)argv);
 		_exit(127);
 	}
@@ -627,6 +632,53 @@ START_TEST(malformed_clients)
 }
 END_TEST
 
+/* CPU seconds a process has used (utime + stime). */
+static double cpu_seconds(pid_t pid)
+{
+	char path[64], buf[1024];
+	snprintf(path, sizeof(path), "/proc/%d/stat", (int)pid);
+	FILE *f = fopen(path, "r");
+	size_t n = f ? fread(buf, 1, sizeof(buf) - 1, f) : 0;
+	if (f)
+		fclose(f);
+	buf[n] = '\0';
+	char *p = strrchr(buf, ')');
+	unsigned long ut = 0, st = 0;
+	/* After the name: state and 10 fields, then utime and stime. */
+	if (!p || sscanf(p + 2, "%*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %lu %lu", &ut, &st) != 2)
+		return -1;
+	return (double)(ut + st) / (double)sysconf(_SC_CLK_TCK);
+}
+
+/* Out of descriptors: connections are refused, the loop does not spin, service resumes. */
+START_TEST(descriptor_exhaustion)
+{
+	daemon_nofile = 48;
+	start_daemon();
+	enum { N = 100 };
+	int fds[N];
+	for (int i = 0; i < N; i++)
+		fds[i] = connect_to(sock);
+	usleep(200000);
+	double c0 = cpu_seconds(daemon_pid);
+	usleep(1000000);
+	double used = cpu_seconds(daemon_pid) - c0;
+	ck_assert_msg(used < 0.3, "lazymemd used %.2f s of CPU in 1 s out of descriptors", used);
+	for (int i = 0; i < N; i++)
+		if (fds[i] >= 0)
+			close(fds[i]);
+	char out[4096];
+	bool ok = false;
+	for (double t0 = now_s(); !ok && now_s() - t0 < 5; usleep(50000))
+		ok = cli(out, sizeof(out), "version") == 0;
+	ck_assert(ok);
+	c0 = cpu_seconds(daemon_pid);
+	usleep(500000);
+	ck_assert_msg(cpu_seconds(daemon_pid) - c0 < 0.2, "lazymemd spins when idle");
+	stop_daemon();
+}
+END_TEST
+
 /* SIGHUP reopens the log; SIGINT stops cleanly; no capabilities left; -u drops the user. */
 START_TEST(signals_and_privileges)
 {
@@ -813,6 +865,7 @@ int main(void)
 	tcase_add_test(tc, access_control);
 	tcase_add_test(tc, metrics_promtool);
 	tcase_add_test(tc, malformed_clients);
+	tcase_add_test(tc, descriptor_exhaustion);
 	tcase_add_test(tc, signals_and_privileges);
 	tcase_add_test(tc, socket_activation);
 	tcase_add_test(tc, detaches);
