@@ -591,8 +591,9 @@ int main(int argc, char **argv)
 		return cmd_ps();
 	if (!strcmp(cmd, "top") && !args)
 		return cmd_top();
+	/* With --json, the daemon's own JSON of every counter: what metrics has, as JSON. */
 	if (!strcmp(cmd, "metrics") && !args)
-		return cmd_raw("metrics");
+		return cmd_raw(O.json ? "json" : "metrics");
 	if (!strcmp(cmd, "version") && !args) {
 		printf("lazymem %s\n", PACKAGE_VERSION);
 		fflush(stdout);

@@ -474,6 +474,9 @@ START_TEST(metrics_promtool)
 	ck_assert_ptr_nonnull(strstr(out, "# TYPE lazymem_resident_bytes gauge"));
 	ck_assert_ptr_nonnull(strstr(out, "# TYPE lazymem_fill_latency_seconds histogram"));
 	ck_assert_ptr_nonnull(strstr(out, "le=\"+Inf\""));
+	ck_assert_int_eq(cli(out, sizeof(out), "metrics --json"), 0);
+	ck_assert_ptr_nonnull(strstr(out, "{\"processes\":[{\"pid\":"));
+	ck_assert_int_gt(jnum(out, "fills_zero"), 0);
 	lm_runtime_close(rt);
 	stop_daemon();
 }
