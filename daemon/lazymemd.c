@@ -92,6 +92,7 @@ static struct {
 	bool own_socket;	/* created here (not socket activation): removed on exit */
 	char path[sizeof(((struct sockaddr_un *)0)->sun_path)];
 	struct conn **conns;	/* by slot */
+	struct conn **rts;	/* the runtimes, in no order: what queries walk */
 	uint32_t *gens;
 	uint32_t nconns, nruntimes;
 	size_t out_total;
@@ -101,6 +102,7 @@ static struct {
 	FILE *log_file;
 	int verbosity;		/* 0 errors and warnings, 1 info, 2 debug */
 	uint64_t served;
+	size_t hint[4];		/* the last reply's length, per kind: the next one's buffer */
 } D;
 
 /* ---- logging ------------------------------------------------------------------------ */
@@ -197,7 +199,11 @@ static void conn_close(struct conn *c, const char *why)
 				watch(w);
 			}
 		}
-		D.nruntimes--;
+		for (uint32_t i = 0; i < D.nruntimes; i++)
+			if (D.rts[i] == c) {
+				D.rts[i] = D.rts[--D.nruntimes];
+				break;
+			}
 		munmap((void *)c->page, c->pagelen);
 	} else {
 		logmsg(3, "client %d (uid %u) closed: %s", (int)c->pid, (unsigned)c->uid, why);
@@ -318,9 +324,9 @@ static int gather(const struct conn *client, pid_t pid, struct view *v, bool *de
 	if (!rts)
 		return -ENOMEM;
 	size_t k = 0;
-	for (uint32_t s = 0; s < MAX_CONNS && k < D.nruntimes; s++) {
-		struct conn *c = D.conns[s];
-		if (!c || !c->runtime || (pid && c->pid != pid))
+	for (uint32_t i = 0; i < D.nruntimes; i++) {
+		struct conn *c = D.rts[i];
+		if (pid && c->pid != pid)
 			continue;
 		if (!may_see(client, c)) {
 			*denied = true;
@@ -366,7 +372,7 @@ static void view_free(struct view *v)
 
 typedef int (*formatter)(const struct lmd_proc *, size_t, char *, size_t);
 
-static void reply_formatted(struct conn *c, formatter fn, pid_t pid)
+static void reply_formatted(struct conn *c, formatter fn, pid_t pid, size_t *hint)
 {
 	struct view v;
 	bool denied;
@@ -382,14 +388,41 @@ static void reply_formatted(struct conn *c, formatter fn, pid_t pid)
 		view_free(&v);
 		return;
 	}
-	int need = fn(v.procs, v.n, NULL, 0);
-	char *buf = need >= 0 ? malloc((size_t)need + 1) : NULL;
-	if (!buf) {
-		reply_error(c, need < 0 ? "EOVERFLOW" : "ENOMEM", "the reply does not fit");
-	} else {
-		fn(v.procs, v.n, buf, (size_t)need + 1);
-		reply_body(c, buf, (size_t)need);
+	/*
+	 * One pass, into a buffer sized by the last reply of the kind (a
+	 * second only when it grew), with room in front for the head: the
+	 * buffer becomes the connection's output as it is, no copy.
+	 */
+	enum { HEAD = 32 };
+	size_t cap = *hint + *hint / 4 + 4096;
+	char *buf = malloc(HEAD + cap);
+	int need = buf ? fn(v.procs, v.n, buf + HEAD, cap) : -ENOMEM;
+	if (need >= 0 && (size_t)need >= cap) {
+		cap = (size_t)need + 1;
+		char *bigger = realloc(buf, HEAD + cap);
+		if (!bigger) {
+			need = -ENOMEM;
+		} else {
+			buf = bigger;
+			need = fn(v.procs, v.n, buf + HEAD, cap);
+		}
+	}
+	if (need >= 0)
+		*hint = (size_t)need;
+	char head[HEAD];
+	int k = need >= 0 ? snprintf(head, sizeof(head), "ok %d\n", need) : 0;
+	if (need < 0) {
+		reply_error(c, need == -ENOMEM ? "ENOMEM" : "EOVERFLOW", "the reply does not fit");
 		free(buf);
+	} else if (D.out_total + (size_t)k + (size_t)need > MAX_OUT_TOTAL || c->outlen) {
+		reply_error(c, "EBUSY", "the daemon has too many replies in flight; try again");
+		free(buf);
+	} else {
+		memcpy(buf + HEAD - k, head, (size_t)k);
+		c->out = buf;
+		c->outoff = HEAD - (size_t)k;
+		c->outlen = HEAD + (size_t)need;
+		D.out_total += (size_t)k + (size_t)need;
 	}
 	view_free(&v);
 }
@@ -434,7 +467,7 @@ static void hello(struct conn *c, const struct lmd_request *r)
 			lmd_stats_load(p, len, &st);
 			c->faults_last = st.faults_missing + st.faults_wp;
 			c->rate_ns = now_ns();
-			D.nruntimes++;
+			D.rts[D.nruntimes++] = c;
 			logmsg(2, "runtime %d (%s, uid %u, lazymem %s) registered", (int)c->pid,
 			       c->name, (unsigned)c->uid, c->version);
 			reply_body(c, "", 0);
@@ -448,9 +481,9 @@ static void budget(struct conn *c, const struct lmd_request *r)
 {
 	int found = 0;
 	bool denied = false;
-	for (uint32_t s = 0; s < MAX_CONNS; s++) {
-		struct conn *rt = D.conns[s];
-		if (!rt || !rt->runtime || rt->pid != r->pid)
+	for (uint32_t i = 0; i < D.nruntimes; i++) {
+		struct conn *rt = D.rts[i];
+		if (rt->pid != r->pid)
 			continue;
 		if (!may_see(c, rt)) {
 			denied = true;
@@ -475,9 +508,9 @@ static void budget(struct conn *c, const struct lmd_request *r)
 	int k = snprintf(line, sizeof(line), "budget %llu\n", (unsigned long long)r->bytes);
 	c->waiting = 0;
 	c->wait_err[0] = '\0';
-	for (uint32_t s = 0; s < MAX_CONNS; s++) {
-		struct conn *rt = D.conns[s];
-		if (!rt || !rt->runtime || rt->pid != r->pid || !may_see(c, rt))
+	for (uint32_t i = 0; i < D.nruntimes; i++) {
+		struct conn *rt = D.rts[i];
+		if (rt->pid != r->pid || !may_see(c, rt))
 			continue;
 		if (!queue(rt, line, (size_t)k))
 			continue;
@@ -567,16 +600,16 @@ static void request(struct conn *c, const char *line, size_t len)
 	}
 	switch (r.kind) {
 	case LMD_REQ_LIST:
-		reply_formatted(c, lmd_format_list, 0);
+		reply_formatted(c, lmd_format_list, 0, &D.hint[0]);
 		break;
 	case LMD_REQ_STATS:
-		reply_formatted(c, lmd_format_stats, r.pid);
+		reply_formatted(c, lmd_format_stats, r.pid, &D.hint[1]);
 		break;
 	case LMD_REQ_JSON:
-		reply_formatted(c, lmd_format_json, r.pid);
+		reply_formatted(c, lmd_format_json, r.pid, &D.hint[2]);
 		break;
 	case LMD_REQ_METRICS:
-		reply_formatted(c, lmd_format_metrics, 0);
+		reply_formatted(c, lmd_format_metrics, 0, &D.hint[3]);
 		break;
 	case LMD_REQ_BUDGET:
 		budget(c, &r);
@@ -1111,8 +1144,9 @@ int main(int argc, char **argv)
 	D.spare_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
 	D.conns = calloc(MAX_CONNS, sizeof(*D.conns));
 	D.gens = calloc(MAX_CONNS, sizeof(*D.gens));
+	D.rts = calloc(MAX_RUNTIMES, sizeof(*D.rts));
 	struct itimerspec its = { { 1, 0 }, { 1, 0 } };
-	if (D.sigfd < 0 || D.timerfd < 0 || D.epfd < 0 || !D.conns || !D.gens ||
+	if (D.sigfd < 0 || D.timerfd < 0 || D.epfd < 0 || !D.conns || !D.gens || !D.rts ||
 	    timerfd_settime(D.timerfd, 0, &its, NULL) < 0) {
 		logmsg(0, "cannot set up the event loop: %s", strerror(errno));
 		goto out;
@@ -1186,6 +1220,7 @@ out:
 		logmsg(1, "cannot remove %s: %s", D.path, strerror(errno));
 	free(D.conns);
 	free(D.gens);
+	free(D.rts);
 	logmsg(2, "stopped after %llu requests", (unsigned long long)D.served);
 	if (D.log_file)
 		fclose(D.log_file);

@@ -173,6 +173,52 @@ struct out {
 	size_t len, need;
 };
 
+#define LABEL 320	/* {pid="..",name=".." with the name escaped: at most 32 bytes, doubled */
+
+/*
+ * Replies are made of many short pieces: numbers and names go in with
+ * memcpy and a hand-rolled conversion, printf only where a format earns
+ * its cost.  The output stays NUL-terminated however far it is cut.
+ */
+static void put_mem(struct out *o, const char *s, size_t k)
+{
+	if (o->need < o->len) {
+		size_t room = o->len - o->need - 1, c = k < room ? k : room;
+		memcpy(o->buf + o->need, s, c);
+		o->buf[o->need + c] = '\0';
+	}
+	o->need += k;
+}
+
+#define put_lit(o, s) put_mem(o, s, sizeof(s) - 1)
+
+static void put_str(struct out *o, const char *s)
+{
+	put_mem(o, s, strlen(s));
+}
+
+static void put_u64(struct out *o, uint64_t v)
+{
+	char d[20];
+	int i = 20;
+	do {
+		d[--i] = (char)('0' + v % 10);
+		v /= 10;
+	} while (v);
+	put_mem(o, d + i, (size_t)(20 - i));
+}
+
+/* Nanoseconds as seconds, exactly: integer part, a point, nine digits. */
+static void put_seconds(struct out *o, uint64_t ns)
+{
+	put_u64(o, ns / 1000000000u);
+	char f[10] = ".";
+	uint64_t r = ns % 1000000000u;
+	for (int i = 9; i >= 1; i--, r /= 10)
+		f[i] = (char)('0' + r % 10);
+	put_mem(o, f, 10);
+}
+
 static void put(struct out *o, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 static void put(struct out *o, const char *fmt, ...)
 {
@@ -195,8 +241,8 @@ static bool ends_with(const char *s, size_t n, const char *suffix)
  * A sample in base units: memory in bytes, time in seconds; the metric's
  * name says the unit, counters end in _total.
  */
-static void metric(struct out *o, const struct lmd_proc *procs, size_t n, const char *name,
-		   bool counter, const char *unit, const char *help, size_t offset)
+static void metric(struct out *o, const struct lmd_proc *procs, size_t n, char (*labels)[LABEL],
+		   const char *name, bool counter, const char *unit, const char *help, size_t offset)
 {
 	bool pages = !strcmp(unit, "pages"), ns = !strcmp(unit, "ns"), bytes = !strcmp(unit, "bytes");
 	char full[128];
@@ -228,16 +274,27 @@ static void metric(struct out *o, const struct lmd_proc *procs, size_t n, const 
 			continue;
 		uint64_t v;
 		memcpy(&v, (const char *)st + offset, sizeof(v));
-		char label[256];
-		lmd_escape_label(procs[i].name ? procs[i].name : "", label, sizeof(label));
+		put_str(o, full);
+		put_str(o, labels[i]);
+		put_lit(o, "} ");
 		if (ns)
-			put(o, "%s{pid=\"%d\",name=\"%s\"} %.9f\n", full, (int)procs[i].pid, label,
-			    (double)v / 1e9);
+			put_seconds(o, v);
 		else
-			put(o, "%s{pid=\"%d\",name=\"%s\"} %llu\n", full, (int)procs[i].pid, label,
-			    (unsigned long long)(to_bytes ? v * (st->page_size ? st->page_size : 4096) :
-						 v));
+			put_u64(o, to_bytes ? v * (st->page_size ? st->page_size : 4096) : v);
+		put_lit(o, "\n");
 	}
+}
+
+/* Each process's labels, escaped once per reply: {pid="..",name=".." without the brace's end. */
+static char (*make_labels(const struct lmd_proc *procs, size_t n))[LABEL]
+{
+	char (*labels)[LABEL] = malloc((n ? n : 1) * sizeof(*labels));
+	for (size_t i = 0; labels && i < n; i++) {
+		char esc[LABEL - 32];
+		lmd_escape_label(procs[i].name ? procs[i].name : "", esc, sizeof(esc));
+		snprintf(labels[i], LABEL, "{pid=\"%d\",name=\"%s\"", (int)procs[i].pid, esc);
+	}
+	return labels;
 }
 
 /*
@@ -245,29 +302,35 @@ static void metric(struct out *o, const struct lmd_proc *procs, size_t n, const 
  * holds fills shorter than 2^(b+8) ns, so its cumulative count is the
  * bucket le="2^(b+8)/1e9"; the last bucket is +Inf.
  */
-static void histogram(struct out *o, const struct lmd_proc *procs, size_t n)
+static void histogram(struct out *o, const struct lmd_proc *procs, size_t n,
+		      char (*labels)[LABEL])
 {
-	const char *name = "lazymem_fill_latency_seconds";
+	static const char name[] = "lazymem_fill_latency_seconds";
+	char le[LM_LAT_BUCKETS][32];
+	for (int b = 0; b < LM_LAT_BUCKETS - 1; b++)
+		snprintf(le[b], sizeof(le[b]), ",le=\"%.9g\"} ", (double)(1ull << (b + 8)) / 1e9);
+	snprintf(le[LM_LAT_BUCKETS - 1], sizeof(le[0]), ",le=\"+Inf\"} ");
 	put(o, "# HELP %s Time from fault to install, per fill.\n# TYPE %s histogram\n", name, name);
 	for (size_t i = 0; i < n; i++) {
 		const struct lm_stats *st = procs[i].st;
-		char label[256];
-		lmd_escape_label(procs[i].name ? procs[i].name : "", label, sizeof(label));
 		uint64_t sum = 0;
 		for (int b = 0; b < LM_LAT_BUCKETS; b++) {
 			sum += st->fill_latency[b];
-			if (b == LM_LAT_BUCKETS - 1)
-				put(o, "%s_bucket{pid=\"%d\",name=\"%s\",le=\"+Inf\"} %llu\n", name,
-				    (int)procs[i].pid, label, (unsigned long long)sum);
-			else
-				put(o, "%s_bucket{pid=\"%d\",name=\"%s\",le=\"%.9g\"} %llu\n", name,
-				    (int)procs[i].pid, label, (double)(1ull << (b + 8)) / 1e9,
-				    (unsigned long long)sum);
+			put_lit(o, "lazymem_fill_latency_seconds_bucket");
+			put_str(o, labels[i]);
+			put_str(o, le[b]);
+			put_u64(o, sum);
+			put_lit(o, "\n");
 		}
-		put(o, "%s_sum{pid=\"%d\",name=\"%s\"} %.9f\n", name, (int)procs[i].pid, label,
-		    (double)st->fill_ns_total / 1e9);
-		put(o, "%s_count{pid=\"%d\",name=\"%s\"} %llu\n", name, (int)procs[i].pid, label,
-		    (unsigned long long)sum);
+		put_lit(o, "lazymem_fill_latency_seconds_sum");
+		put_str(o, labels[i]);
+		put_lit(o, "} ");
+		put_seconds(o, st->fill_ns_total);
+		put_lit(o, "\nlazymem_fill_latency_seconds_count");
+		put_str(o, labels[i]);
+		put_lit(o, "} ");
+		put_u64(o, sum);
+		put_lit(o, "\n");
 	}
 }
 
@@ -290,12 +353,16 @@ int lmd_format_metrics(const struct lmd_proc *procs, size_t n, char *buf, size_t
 	struct out o;
 	if (begin(procs, n, buf, len, &o) < 0)
 		return -EINVAL;
+	char (*labels)[LABEL] = make_labels(procs, n);
+	if (!labels)
+		return -ENOMEM;
 #define METRIC(name, kind, unit, help) \
-	metric(&o, procs, n, #name, !strcmp(#kind, "COUNTER"), unit, help, \
+	metric(&o, procs, n, labels, #name, !strcmp(#kind, "COUNTER"), unit, help, \
 	       offsetof(struct lm_stats, name));
 	LM_STATS_LIST(METRIC)
 #undef METRIC
-	histogram(&o, procs, n);
+	histogram(&o, procs, n, labels);
+	free(labels);
 	if (o.need > 0x7fffffff)
 		return -EOVERFLOW;
 	return (int)o.need;
@@ -334,17 +401,23 @@ int lmd_format_json(const struct lmd_proc *procs, size_t n, char *buf, size_t le
 		    procs[i].runtimes > 0 ? procs[i].runtimes : 1, procs[i].faults_per_s);
 		const char *sep = "";
 		/* Fields past the end of an older client's struct are left out, not invented. */
-#define FIELD(name, kind, unit, help)                                                       \
-		if (offsetof(struct lm_stats, name) + sizeof(uint64_t) <= st->size) {       \
-			put(&o, "%s\"%s\":%llu", sep, #name, (unsigned long long)st->name); \
-			sep = ",";                                                          \
+#define FIELD(name, kind, unit, help)                                                  \
+		if (offsetof(struct lm_stats, name) + sizeof(uint64_t) <= st->size) {  \
+			put_str(&o, sep);                                              \
+			put_lit(&o, "\"" #name "\":");                                 \
+			put_u64(&o, st->name);                                         \
+			sep = ",";                                                     \
 		}
 		LM_STATS_LIST(FIELD)
 #undef FIELD
-		put(&o, "%s\"fill_latency\":[", sep);
-		for (int b = 0; b < LM_LAT_BUCKETS; b++)
-			put(&o, "%s%llu", b ? "," : "", (unsigned long long)st->fill_latency[b]);
-		put(&o, "]}}");
+		put_str(&o, sep);
+		put_lit(&o, "\"fill_latency\":[");
+		for (int b = 0; b < LM_LAT_BUCKETS; b++) {
+			if (b)
+				put_lit(&o, ",");
+			put_u64(&o, st->fill_latency[b]);
+		}
+		put_lit(&o, "]}}");
 	}
 	put(&o, "]}");
 	if (o.need > 0x7fffffff)
@@ -434,14 +507,19 @@ int lmd_format_stats(const struct lmd_proc *procs, size_t n, char *buf, size_t l
 		put(&o, "\nruntimes %d\nfaults_per_s %.1f\n", p->runtimes > 0 ? p->runtimes : 1,
 		    p->faults_per_s);
 #define LINE(name, kind, unit, help)                                                \
-		if (offsetof(struct lm_stats, name) + sizeof(uint64_t) <= st->size) \
-			put(&o, "%s %llu\n", #name, (unsigned long long)st->name);
+		if (offsetof(struct lm_stats, name) + sizeof(uint64_t) <= st->size) { \
+			put_lit(&o, #name " ");                                     \
+			put_u64(&o, st->name);                                      \
+			put_lit(&o, "\n");                                          \
+		}
 		LM_STATS_LIST(LINE)
 #undef LINE
-		put(&o, "fill_latency");
-		for (int b = 0; b < LM_LAT_BUCKETS; b++)
-			put(&o, " %llu", (unsigned long long)st->fill_latency[b]);
-		put(&o, "\n\n");
+		put_lit(&o, "fill_latency");
+		for (int b = 0; b < LM_LAT_BUCKETS; b++) {
+			put_lit(&o, " ");
+			put_u64(&o, st->fill_latency[b]);
+		}
+		put_lit(&o, "\n\n");
 	}
 	if (o.need > 0x7fffffff)
 		return -EOVERFLOW;

@@ -80,3 +80,11 @@ tests_check_daemon_LDADD = $(TEST_LIBS)
 # The parser under libFuzzer (clang), for a bounded time.
 TESTS += tests/fuzz-proto.sh
 EXTRA_DIST += tests/fuzz-proto.sh tests/fuzz_proto.c
+
+# lazymemd under load: many clients querying while runtimes report
+# (tests/daemon-load.sh; scripts/stress.sh runs it at 1000 clients).
+check_PROGRAMS += tests/lmd-load
+tests_lmd_load_SOURCES = tests/lmd-load.c
+tests_lmd_load_LDADD = lib/liblazymem.la
+TESTS += tests/daemon-load.sh
+EXTRA_DIST += tests/daemon-load.sh
