@@ -20,7 +20,8 @@
 
 static char dir[64], sock[96], logpath[128];
 static pid_t daemon_pid = -1;
-static rlim_t daemon_nofile;	/* when not 0: the daemon's descriptor limit, soft and hard */
+static rlim_t daemon_nofile;
+static uint64_t child_swap_max;	/* when not 0: the runtime children's swap file at most */	/* when not 0: the daemon's descriptor limit, soft and hard */
 
 static const char *build(void)
 {
@@ -209,6 +210,7 @@ static struct child spawn_runtime(size_t mib, uid_t uid)
 		lm_options_init(&o);
 		o.flags = LM_OPT_NO_ENV;
 		o.daemon_socket = sock;
+		o.swap_max = child_swap_max;
 		struct lm_runtime *rt;
 		struct lm_region *r;
 		if (lm_runtime_open(&o, &rt) < 0 || lm_region_create_zero(rt, mib << 20, 0, &r) < 0)
@@ -393,6 +395,25 @@ START_TEST(budget_from_cli)
 	ck_assert_int_eq(jnum(out, "budget"), 8 << 20);
 	/* Lifted again; the child then checks every page it wrote. */
 	ck_assert_int_eq(cli(out, sizeof(out), "budget %d 0", (int)c.pid), 0);
+	child_finish(c);
+	stop_daemon();
+}
+END_TEST
+
+/* A budget the process cannot meet (its swap file is full) comes back as the runtime's error. */
+START_TEST(budget_refused)
+{
+	child_swap_max = 1 << 20;
+	start_daemon();
+	struct child c = spawn_runtime(8, 0);
+	ck_assert(wait_listed(c.pid, false, 10));
+	char out[65536];
+	ck_assert_int_eq(cli(out, sizeof(out), "budget %d 1M", (int)c.pid), 1);
+	cli_err(out, sizeof(out));
+	ck_assert_msg(strstr(out, "No space") || strstr(out, "space"), "%s", out);
+	/* Over budget, counted, nothing lost: the child checks every page as it ends. */
+	ck_assert_int_eq(cli(out, sizeof(out), "stat %d --json", (int)c.pid), 0);
+	ck_assert_int_gt(jnum(out, "over_budget"), 0);
 	child_finish(c);
 	stop_daemon();
 }
@@ -865,6 +886,7 @@ int main(void)
 	tcase_add_test(tc, restart_reconnects);
 	tcase_add_test(tc, killed_runtime_disappears);
 	tcase_add_test(tc, budget_from_cli);
+	tcase_add_test(tc, budget_refused);
 	tcase_add_test(tc, access_control);
 	tcase_add_test(tc, metrics_promtool);
 	tcase_add_test(tc, malformed_clients);
