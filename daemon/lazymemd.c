@@ -52,6 +52,7 @@ enum { TAG_LISTEN = 1, TAG_SIGNAL, TAG_TIMER, TAG_CONN };
 
 struct waiter {
 	uint32_t slot, gen;
+	uint32_t seq;		/* the client's budget request it answers */
 };
 
 struct conn {
@@ -81,6 +82,7 @@ struct conn {
 	int nwait;
 	/* A client waiting for runtimes to take a budget. */
 	int waiting;
+	uint32_t wait_seq;	/* which budget request is waited on: late answers are dropped */
 	uint64_t wait_deadline;
 	pid_t wait_pid;
 	uint64_t wait_bytes;
@@ -178,6 +180,7 @@ static void watch(struct conn *c)
 }
 
 static void budget_done(struct conn *c);
+static void conn_input(struct conn *c);
 
 static void conn_close(struct conn *c, const char *why)
 {
@@ -189,7 +192,7 @@ static void conn_close(struct conn *c, const char *why)
 		 */
 		for (int i = 0; i < c->nwait; i++) {
 			struct conn *w = conn_at(c->waiters[i].slot, c->waiters[i].gen);
-			if (!w || w->waiting <= 0)
+			if (!w || w->waiting <= 0 || w->wait_seq != c->waiters[i].seq)
 				continue;
 			if (!w->wait_err[0])
 				snprintf(w->wait_err, sizeof(w->wait_err),
@@ -259,6 +262,9 @@ static bool queue(struct conn *c, const char *data, size_t len)
 	if (!p)
 		return false;
 	memcpy(p + c->outlen, data, len);
+	/* The stall clock starts when there is something to send, not at the last request. */
+	if (c->outoff == c->outlen)
+		c->last_ns = now_ns();
 	c->out = p;
 	c->outlen += len;
 	D.out_total += len;
@@ -508,13 +514,14 @@ static void budget(struct conn *c, const struct lmd_request *r)
 	int k = snprintf(line, sizeof(line), "budget %llu\n", (unsigned long long)r->bytes);
 	c->waiting = 0;
 	c->wait_err[0] = '\0';
+	c->wait_seq++;
 	for (uint32_t i = 0; i < D.nruntimes; i++) {
 		struct conn *rt = D.rts[i];
 		if (rt->pid != r->pid || !may_see(c, rt))
 			continue;
 		if (!queue(rt, line, (size_t)k))
 			continue;
-		rt->waiters[rt->nwait++] = (struct waiter){ c->slot, c->gen };
+		rt->waiters[rt->nwait++] = (struct waiter){ c->slot, c->gen, c->wait_seq };
 		c->waiting++;
 		/* Sent from the event loop: a runtime that fails here must not close under us. */
 		watch(rt);
@@ -555,7 +562,7 @@ static void runtime_line(struct conn *c, const char *line, size_t len)
 	struct waiter w = c->waiters[0];
 	memmove(c->waiters, c->waiters + 1, (size_t)--c->nwait * sizeof(c->waiters[0]));
 	struct conn *client = conn_at(w.slot, w.gen);
-	if (!client || client->waiting <= 0)
+	if (!client || client->waiting <= 0 || client->wait_seq != w.seq)
 		return;
 	if (len > 6 && !memcmp(line, "error ", 6) && !client->wait_err[0]) {
 		/* Relayed as it came, after a check that it is one printable line. */
@@ -570,7 +577,7 @@ static void runtime_line(struct conn *c, const char *line, size_t len)
 	}
 	if (--client->waiting == 0) {
 		budget_done(client);
-		flush_out(client);
+		conn_input(client);	/* the reply, then any request queued behind it */
 	}
 }
 
@@ -652,7 +659,14 @@ static void take_fds(struct conn *c, struct msghdr *m)
 static void conn_input(struct conn *c)
 {
 	for (;;) {
-		if (c->outoff < c->outlen || c->waiting || c->closing)
+		/* A reply goes out before the next request is read: pipelined lines wait here. */
+		if (c->outoff < c->outlen) {
+			if (!flush_out(c))
+				return;
+			if (c->outoff < c->outlen)
+				return;
+		}
+		if (c->waiting || c->closing)
 			break;
 		char *nl = memchr(c->in, '\n', c->nin);
 		if (nl) {
@@ -691,7 +705,8 @@ static void conn_input(struct conn *c)
 			continue;
 		if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
 			break;
-		if (m.msg_controllen)
+		/* A failed recvmsg leaves msg_controllen as it was: nothing came. */
+		if (n > 0 && m.msg_controllen)
 			take_fds(c, &m);
 		if (n <= 0) {
 			conn_close(c, n < 0 ? strerror(errno) : "end of file");
@@ -811,12 +826,14 @@ static void tick(void)
 			snprintf(c->wait_err, sizeof(c->wait_err),
 				 "error ETIMEDOUT process %d did not answer in time\n", (int)c->wait_pid);
 			budget_done(c);
-			if (!flush_out(c))
+			conn_input(c);
+			if (D.conns[s] != c)
 				continue;
 		}
-		if (c->outoff < c->outlen && now - c->last_ns > STALL_NS)
+		/* Signed: a flush above may have stamped last_ns after now. */
+		if (c->outoff < c->outlen && (int64_t)(now - c->last_ns) > (int64_t)STALL_NS)
 			conn_close(c, "it stopped reading its reply");
-		else if (!c->runtime && !c->waiting && now - c->last_ns > IDLE_NS)
+		else if (!c->runtime && !c->waiting && (int64_t)(now - c->last_ns) > (int64_t)IDLE_NS)
 			conn_close(c, "idle");
 	}
 }

@@ -84,6 +84,7 @@ struct lm__report {
 	int sock;		/* connected to lazymemd, or -1 */
 	int ino;		/* inotify on the socket's directory (or its parent), or -1 */
 	bool started;
+	uint64_t connected_ns;	/* when the current connection was made, 0: none */
 	bool in_child;		/* a fork() copy: its descriptors and thread are the parent's */
 	size_t skip;		/* bytes of a reply's body still to pass over */
 	size_t nin;
@@ -263,9 +264,17 @@ static void *report_main(void *arg)
 	pthread_sigmask(SIG_BLOCK, &all, NULL);
 	int backoff = BACKOFF_MIN_MS;
 	for (;;) {
+		/*
+		 * The backoff is reset by a connection that lasted, not by a
+		 * connect alone: a daemon that refuses at once (full) is not
+		 * hammered.
+		 */
 		if (p->sock < 0) {
-			if (try_connect(p) == 0)
+			if (p->connected_ns && lm__now_ns() - p->connected_ns > 10000000000ull)
 				backoff = BACKOFF_MIN_MS;
+			p->connected_ns = 0;
+			if (try_connect(p) == 0)
+				p->connected_ns = lm__now_ns();
 			else
 				watch(p);
 		}
@@ -277,8 +286,8 @@ static void *report_main(void *arg)
 		if (fds[0].revents)
 			break;
 		if (p->sock >= 0) {
-			if (fds[1].revents)
-				serve(p);
+			if (fds[1].revents && serve(p) < 0)
+				backoff = backoff * 2 > BACKOFF_MAX_MS ? BACKOFF_MAX_MS : backoff * 2;
 			continue;
 		}
 		if (rc > 0 && fds[1].revents) {
@@ -355,13 +364,15 @@ void lm__report_stop(struct lm_runtime *rt)
 void lm__report_atfork_child(struct lm_runtime *rt)
 {
 	struct lm__report *p = rt->report;
-	if (p) {
+	/* Once only: a grandchild must not close numbers its parent has reused. */
+	if (p && !p->in_child) {
 		p->in_child = true;
 		close(p->stop_fd);
 		if (p->sock >= 0)
 			close(p->sock);
 		if (p->ino >= 0)
 			close(p->ino);
+		p->stop_fd = p->sock = p->ino = -1;
 	}
 	if (rt->stats_fd < 0)
 		return;

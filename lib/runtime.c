@@ -286,6 +286,8 @@ static void atfork_parent(void)
 static void atfork_child(void)
 {
 	for (struct lm_runtime *rt = all_list; rt; rt = rt->all_next) {
+		/* Private counters first: every write below must miss the parent's page. */
+		lm__report_atfork_child(rt);
 		pthread_mutex_init(&rt->lock, NULL);
 		pthread_mutex_init(&rt->ev_lock, NULL);
 		pthread_mutex_init(&rt->pf_lock, NULL);
@@ -312,7 +314,6 @@ static void atfork_child(void)
 		atomic_store(&rt->budget, 0);
 		atomic_store(&rt->track, false);
 		LM__STAT_SET(rt, budget_bytes, 0);
-		lm__report_atfork_child(rt);
 	}
 	lm__signal_atfork_child();
 	pthread_mutex_init(&all_lock, NULL);

@@ -582,6 +582,16 @@ START_TEST(malformed_clients)
 	ck_assert_ptr_nonnull(fgets(head, sizeof(head), f));
 	ck_assert_msg(!strncmp(head, "ok ", 3), "%s", head);
 	fclose(f);
+	/* Pipelined: every request in one write gets its reply, in order. */
+	fd = connect_to(sock);
+	ck_assert_int_eq(send(fd, "version\nbogus\nversion\n", 22, 0), 22);
+	f = fdopen(fd, "r");
+	const char *want[] = { "ok ", "lazymemd", "error EINVAL", "ok ", "lazymemd" };
+	for (int i = 0; i < 5; i++) {
+		ck_assert_ptr_nonnull(fgets(head, sizeof(head), f));
+		ck_assert_msg(!strncmp(head, want[i], strlen(want[i])), "%d: %s", i, head);
+	}
+	fclose(f);
 	/* Hellos that do not carry a sealed memfd are refused. */
 	raw("hello 0.3.0 fake\n", 17, head, sizeof(head));
 	ck_assert_msg(!strncmp(head, "error EINVAL", 12), "%s", head);
@@ -852,6 +862,7 @@ START_TEST(no_report_and_fork)
 	struct lm_region *r;
 	ck_assert_int_eq(lm_region_create_zero(rt, 1 << 20, 0, &r), 0);
 	ck_assert(wait_listed(getpid(), false, 10));
+	ck_assert_int_eq(lm_runtime_set_budget(rt, 64 << 20), 0);
 	uint64_t before = lmt_stats(rt).fills_zero;
 	pid_t pid = fork();
 	ck_assert_int_ge(pid, 0);
@@ -864,6 +875,8 @@ START_TEST(no_report_and_fork)
 	ck_assert_int_eq(waitpid(pid, &st, 0), pid);
 	ck_assert(WIFEXITED(st) && WEXITSTATUS(st) == 0);
 	ck_assert_uint_eq(lmt_stats(rt).fills_zero, before);
+	/* The child's reset of its own budget did not reach the parent's page. */
+	ck_assert_uint_eq(lmt_stats(rt).budget_bytes, 64 << 20);
 	ck_assert(!wait_listed(pid, false, 0.5));
 	lm_runtime_close(rt);
 	stop_daemon();
