@@ -996,35 +996,35 @@ static void usage(FILE *f)
 		"  -V, --version      print the version and exit\n");
 }
 
+/* A user or group not in the databases may still be given by number. */
+static int numeric_id(const char *name, unsigned *id)
+{
+	char *end;
+	unsigned long v = strtoul(name, &end, 10);
+	if (!*name || *end || v > UINT32_MAX - 1)
+		return -1;
+	*id = (unsigned)v;
+	return 0;
+}
+
 static int lookup_user(const char *name, uid_t *uid, gid_t *gid)
 {
 	struct passwd *pw = getpwnam(name);
-	char *end;
-	if (pw) {
-		*uid = pw->pw_uid;
-		*gid = pw->pw_gid;
-		return 0;
-	}
-	unsigned long v = strtoul(name, &end, 10);
-	if (!*name || *end)
+	unsigned id;
+	if (!pw && numeric_id(name, &id) < 0)
 		return -1;
-	*uid = (uid_t)v;
-	*gid = (gid_t)v;
+	*uid = pw ? pw->pw_uid : (uid_t)id;
+	*gid = pw ? pw->pw_gid : (gid_t)id;
 	return 0;
 }
 
 static int lookup_group(const char *name, gid_t *gid)
 {
 	struct group *gr = getgrnam(name);
-	char *end;
-	if (gr) {
-		*gid = gr->gr_gid;
-		return 0;
-	}
-	unsigned long v = strtoul(name, &end, 10);
-	if (!*name || *end)
+	unsigned id;
+	if (!gr && numeric_id(name, &id) < 0)
 		return -1;
-	*gid = (gid_t)v;
+	*gid = gr ? gr->gr_gid : (gid_t)id;
 	return 0;
 }
 
