@@ -464,8 +464,29 @@ void lmd_stats_load(const void *page, size_t maplen, struct lm_stats *out)
 	out->resident_clean = out->resident_pages - out->resident_dirty;
 }
 
-void lmd_stats_add(struct lm_stats *sum, const struct lm_stats *b)
+/* Counts of pages (and of swap slots, a page each) in st, from st's page size to the smaller ps. */
+static void rescale(struct lm_stats *st, uint64_t ps)
 {
+	uint64_t f = (st->page_size ? st->page_size : 4096) / ps;
+#define SCALE(name, kind, unit, help)                                      \
+	if (!strcmp(unit, "pages") || !strcmp(unit, "slots"))              \
+		st->name *= f;
+	LM_STATS_LIST(SCALE)
+#undef SCALE
+	st->page_size = ps;
+}
+
+void lmd_stats_add(struct lm_stats *sum, const struct lm_stats *one)
+{
+	/* Runtimes of one process may differ in page size (hugetlb): the smaller one counts. */
+	struct lm_stats scaled = *one;
+	const struct lm_stats *b = &scaled;
+	uint64_t sp = sum->page_size ? sum->page_size : 4096;
+	uint64_t bp = one->page_size ? one->page_size : 4096;
+	if (bp < sp)
+		rescale(sum, bp);
+	else if (bp > sp)
+		rescale(&scaled, sp);
 #define ADD(name, kind, unit, help)                                        \
 	if (!strcmp(unit, "enum") || !strcmp(#name, "page_size"))          \
 		;                                                          \

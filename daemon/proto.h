@@ -72,8 +72,8 @@ void lmd_stats_load(const void *page, size_t maplen, struct lm_stats *out);
 
 /*
  * Adds b to sum for a process with several runtimes: counters and
- * amounts add up, bit sets are or'ed, enums and the page size are the
- * first runtime's, the last pause is the longest.
+ * amounts add up (pages in the smaller of the two page sizes), bit sets
+ * are or'ed, enums are the first runtime's, the last pause is the longest.
  */
 void lmd_stats_add(struct lm_stats *sum, const struct lm_stats *b);
 

@@ -131,6 +131,22 @@ START_TEST(stats_roundtrip)
 	ck_assert_uint_eq(s1.mode, 1);
 	ck_assert_uint_eq(s1.uffd_features, 5);
 	ck_assert_uint_eq(s1.page_size, 4096);
+	/* A hugetlb runtime beside: its pages count as the base pages they hold. */
+	struct lm_stats h = a, h2 = a;
+	h.page_size = h2.page_size = 2u << 20;
+	h.resident_pages = 3;
+	s2 = a;
+	s2.resident_pages = 5;
+	lmd_stats_add(&h, &s2);
+	ck_assert_uint_eq(h.page_size, 4096);
+	ck_assert_uint_eq(h.resident_pages, 3 * 512 + 5);
+	s2 = a;
+	s2.resident_pages = 5;
+	h2.resident_pages = 3;
+	lmd_stats_add(&s2, &h2);
+	ck_assert_uint_eq(s2.page_size, 4096);
+	ck_assert_uint_eq(s2.resident_pages, 5 + 3 * 512);
+	ck_assert_uint_eq(s2.budget_bytes, a.budget_bytes * 2);
 }
 END_TEST
 
