@@ -131,7 +131,19 @@ struct lm_options {
 	 * $XDG_RUNTIME_DIR/lazymem/lazymemd.sock for other users.
 	 */
 	const char *daemon_socket;
-	uint64_t reserved[3];
+	/*
+	 * Size of the runtime's pages; 0: the system's base page size.  A
+	 * huge page size the kernel offers (2 MiB on x86-64, see
+	 * /sys/kernel/mm/hugepages) backs every region of the runtime with
+	 * hugetlb pages, reserved when the region is created (-ENOMEM when
+	 * the pool is short: see /proc/sys/vm/nr_hugepages): one fault fills
+	 * a whole huge page and a snapshot protects one entry per huge page.
+	 * Such a runtime takes no memory budget and no LM_DIRTY_ASYNC
+	 * (-EOPNOTSUPP), no LM_REGION_SHARED regions, and only images made
+	 * with its own page size.  Also $LAZYMEM_PAGE_SIZE.
+	 */
+	uint64_t page_size;
+	uint64_t reserved[2];
 };
 
 /* lm_options.flags: ignore LAZYMEM_* environment variables. */

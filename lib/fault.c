@@ -516,7 +516,7 @@ long lm__fill(struct lm__filler *f, struct lm_region *r, uint64_t pgno, unsigned
 	 * first wakes the toucher) would go unseen.  Tracked, zeros are
 	 * copied in write-protected, in one step.
 	 */
-	bool zeropage = kind == LM_SOURCE_ZERO && !track && !snaps &&
+	bool zeropage = kind == LM_SOURCE_ZERO && !track && !snaps && !rt->huge &&
 			!(flags & (LM_FILL_WRITE | LM_FILL_PREFETCH));
 	unsigned at = 0, installed = 0, fresh_done = 0;
 	long ret = 0;
@@ -746,6 +746,14 @@ static bool events_unapplied(struct lm_runtime *rt)
 	return atomic_load_explicit(&rt->ev_unapplied, memory_order_seq_cst) > 0;
 }
 
+int lm__zero_fill(struct lm_runtime *rt, int ufd, uintptr_t addr)
+{
+	size_t done;
+	if (rt->huge)
+		return lm__uffd_copy(ufd, addr, rt->zeros, (size_t)rt->page_size, false, &done);
+	return lm__uffd_zeropage(ufd, addr, (size_t)rt->page_size, &done);
+}
+
 static void handle_fault(struct lm__filler *f, int ufd, const struct uffd_msg *m)
 {
 	struct lm_runtime *rt = f->rt;
@@ -769,8 +777,7 @@ static void handle_fault(struct lm__filler *f, int ufd, const struct uffd_msg *m
 		 * anonymous memory now; zero-fill it rather than leave the
 		 * thread hanging.
 		 */
-		size_t done;
-		int rc = lm__uffd_zeropage(ufd, addr, (size_t)rt->page_size, &done);
+		int rc = lm__zero_fill(rt, ufd, addr);
 		if (rc < 0)
 			lm__uffd_wake(ufd, addr, (size_t)rt->page_size);
 	} else if (wp) {

@@ -470,6 +470,9 @@ struct lm_runtime {
 	bool io_required;		/* io_uring asked for by name: no pread fallback */
 	long page_size;
 	unsigned page_shift;
+	bool huge;			/* hugetlb pages (lm_options.page_size) */
+	const unsigned char *zeros;	/* huge: a page of zeros to copy in (no UFFDIO_ZEROPAGE) */
+	unsigned batch;			/* pages per snapshot batch: LM__SNAP_BATCH base pages' worth */
 	int mode;
 	int ufd;
 	int origin;
@@ -595,6 +598,12 @@ void lm__log(struct lm_runtime *rt, int level, const char *fmt, ...)
  */
 long lm__fill(struct lm__filler *f, struct lm_region *r, uint64_t pgno,
 	      unsigned want, unsigned flags, int ufd);
+/*
+ * Maps zeros at page addr of rt's memory, not write-protected: the
+ * shared zero page, or a copy where there is none (hugetlb).
+ * Async-signal-safe.
+ */
+int lm__zero_fill(struct lm_runtime *rt, int ufd, uintptr_t addr);
 void *lm__handler_main(void *arg);
 void *lm__prefetch_main(void *arg);
 long lm__fill_range(struct lm__filler *f, struct lm_region *r, uint64_t first,

@@ -294,7 +294,7 @@ static int create(struct lm_runtime *rt, size_t length, unsigned flags, int kind
 		 * evict.c), and a flush could not be torn-free: not offered.
 		 */
 		if (!(rt->features & UFFD_FEATURE_PAGEFAULT_FLAG_WP) || getpid() != rt->ufd_pid ||
-		    rt->wp_async)
+		    rt->wp_async || rt->huge)
 			return -EOPNOTSUPP;
 		atomic_store(&rt->track, true);
 	}
@@ -324,8 +324,18 @@ static int create(struct lm_runtime *rt, size_t length, unsigned flags, int kind
 			size = 0;
 		atomic_init(&r->fsize, size);
 	}
-	void *addr = mmap(NULL, len, PROT_READ | PROT_WRITE,
-			  MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+	/*
+	 * Hugetlb pages are reserved here, so that a fill never finds the
+	 * pool empty: the region fails now with -ENOMEM instead of a
+	 * thread with SIGBUS later.  Base pages are not: lazy memory costs
+	 * nothing until it is touched.
+	 */
+	int mflags = MAP_PRIVATE | MAP_ANONYMOUS;
+	if (rt->huge)
+		mflags |= MAP_HUGETLB | (int)(rt->page_shift << MAP_HUGE_SHIFT);
+	else
+		mflags |= MAP_NORESERVE;
+	void *addr = mmap(NULL, len, PROT_READ | PROT_WRITE, mflags, -1, 0);
 	if (addr == MAP_FAILED) {
 		int err = -errno;
 		region_free(r);

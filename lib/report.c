@@ -56,7 +56,7 @@ int lm__stats_init(struct lm_runtime *rt)
 	rt->nres = (_Atomic int64_t *)&rt->stats->resident_pages;
 	rt->ndirty = (_Atomic int64_t *)&rt->stats->resident_dirty;
 	LM__STAT_SET(rt, metadata_bytes, sizeof(*rt));
-	LM__STAT_SET(rt, page_size, sysconf(_SC_PAGESIZE));
+	LM__STAT_SET(rt, page_size, rt->page_size);
 	return 0;
 }
 

@@ -134,6 +134,8 @@ static int apply_env(struct lm_options *o)
 		rc = rc ? rc : env_size("LAZYMEM_BUDGET", &o->budget);
 	if (!o->swap_max)
 		rc = rc ? rc : env_size("LAZYMEM_SWAP_MAX", &o->swap_max);
+	if (!o->page_size)
+		rc = rc ? rc : env_size("LAZYMEM_PAGE_SIZE", &o->page_size);
 	if (!o->swap_dir) {
 		const char *d = getenv("LAZYMEM_SWAP_DIR");
 		if (d && *d)
@@ -152,8 +154,35 @@ static int apply_env(struct lm_options *o)
 	return rc;
 }
 
+/*
+ * A page size the runtime can use: the base one, or a huge page size
+ * the kernel has a hugetlb pool for.
+ */
+static bool page_size_ok(uint64_t ps)
+{
+	if (ps == (uint64_t)sysconf(_SC_PAGESIZE))
+		return true;
+	if (ps < 4096 || (ps & (ps - 1)) || ps > (1ull << 40))
+		return false;
+	char path[96];
+	snprintf(path, sizeof(path), "/sys/kernel/mm/hugepages/hugepages-%llukB",
+		 (unsigned long long)(ps >> 10));
+	return access(path, F_OK) == 0;
+}
+
 static int check_options(struct lm_options *o)
 {
+	if (o->page_size && !page_size_ok(o->page_size))
+		return -EINVAL;
+	if (o->page_size == (uint64_t)sysconf(_SC_PAGESIZE))
+		o->page_size = 0;
+	/*
+	 * Hugetlb pages cannot be moved out by UFFDIO_MOVE (eviction) nor
+	 * tracked by asynchronous write protection: what needs them is
+	 * refused, not half done.
+	 */
+	if (o->page_size && (o->budget || o->dirty_tracking == LM_DIRTY_ASYNC))
+		return -EOPNOTSUPP;
 	if (o->mode < 0 || o->mode > LM_MODE_SIGNAL || o->io < 0 || o->io > LM_IO_PREAD ||
 	    o->uffd_source < 0 || o->uffd_source > LM_UFFD_SYSCALL_USER ||
 	    o->handler_threads < 0 || o->handler_threads > MAX_THREADS ||
@@ -173,6 +202,16 @@ static int check_options(struct lm_options *o)
 		o->io = LM_IO_URING;
 	if (!o->readahead_max)
 		o->readahead_max = DEFAULT_READAHEAD;
+	/*
+	 * Huge pages: the same bytes per fill at most, at least one page (a
+	 * 2 MiB page is already 512 base pages of readahead), so that the
+	 * staging buffers stay the size they are for base pages.
+	 */
+	if (o->page_size) {
+		uint64_t max = (uint64_t)o->readahead_max * (uint64_t)sysconf(_SC_PAGESIZE) /
+			       o->page_size;
+		o->readahead_max = max ? (int)max : 1;
+	}
 	if (!o->handler_threads) {
 		long n = sysconf(_SC_NPROCESSORS_ONLN);
 		o->handler_threads = n < 1 ? 1 : n > 4 ? 4 : (int)n;
@@ -415,14 +454,17 @@ int lm_runtime_open(const struct lm_options *user, struct lm_runtime **out)
 		return -ENOMEM;
 	rt->opt = o;
 	rt->stats_fd = -1;
+	rt->page_size = o.page_size ? (long)o.page_size : sysconf(_SC_PAGESIZE);
+	rt->page_shift = (unsigned)__builtin_ctzl((unsigned long)rt->page_size);
+	rt->huge = o.page_size != 0;
+	/* Snapshot and save batches: LM__SNAP_BATCH base pages' worth, at least one page. */
+	rt->batch = rt->huge ? 1 : LM__SNAP_BATCH;
 	if ((rc = lm__stats_init(rt)) < 0) {
 		free(rt);
 		return rc;
 	}
 	rt->io_required = io_required;
 	rt->mode = o.mode;
-	rt->page_size = sysconf(_SC_PAGESIZE);
-	rt->page_shift = (unsigned)__builtin_ctzl((unsigned long)rt->page_size);
 	rt->ufd = rt->epfd = rt->stop_fd = rt->stage_ufd = rt->ev_kick = rt->pagemap_fd =
 		rt->ev_pagemap = rt->snap_memfd = -1;
 	pthread_mutex_init(&rt->ev_setup_lock, NULL);
@@ -452,6 +494,8 @@ int lm_runtime_open(const struct lm_options *user, struct lm_runtime **out)
 		want |= UFFD_FEATURE_SIGBUS;
 	if (o.dirty_tracking == LM_DIRTY_ASYNC)
 		want |= 1ull << 15 /* WP_ASYNC */;
+	if (rt->huge)
+		want |= 1ull << 12 /* WP_HUGETLBFS_SHMEM */;
 	rt->ufd = lm__uffd_open(o.uffd_source, want, &rt->origin, &rt->limits,
 				&rt->features);
 	if (rt->ufd < 0) {
@@ -459,6 +503,22 @@ int lm_runtime_open(const struct lm_options *user, struct lm_runtime **out)
 		lm__log(rt, 1, "no userfaultfd: %s (limits 0x%x)", lm_strerror(rc), rt->limits);
 		goto fail;
 	}
+	/*
+	 * Hugetlb has no UFFDIO_ZEROPAGE: zeros are copied in, from a page
+	 * never written (the shared zero page, no memory).
+	 */
+	if (rt->huge) {
+		void *z = mmap(NULL, (size_t)rt->page_size, PROT_READ, MAP_PRIVATE | MAP_ANONYMOUS,
+			       -1, 0);
+		if (z == MAP_FAILED) {
+			rc = -ENOMEM;
+			goto fail;
+		}
+		rt->zeros = z;
+	}
+	/* Write protection of hugetlb pages is a feature of its own (Linux 5.19). */
+	if (rt->huge && !(rt->features & (1ull << 12) /* WP_HUGETLBFS_SHMEM */))
+		rt->features &= ~(uint64_t)UFFD_FEATURE_PAGEFAULT_FLAG_WP;
 	/*
 	 * Without UFFDIO_POISON (kernels before 6.6) a page that cannot be
 	 * filled could not raise SIGBUS in thread mode: its toucher would
@@ -575,6 +635,8 @@ static void close_runtime(struct lm_runtime *rt)
 		close(rt->pagemap_fd);
 	if (rt->snap_memfd >= 0)
 		close(rt->snap_memfd);
+	if (rt->zeros)
+		munmap((void *)rt->zeros, (size_t)rt->page_size);
 	if (rt->swap_ok)
 		lm__swap_close(&rt->swap);
 	pthread_mutex_destroy(&rt->ev_setup_lock);

@@ -88,8 +88,9 @@ static bool is_write(void *ucv)
  */
 static bool mapped(uintptr_t addr, size_t ps)
 {
+	/* One byte: the first base page of the page (a huge one has many). */
 	unsigned char vec = 0;
-	return mincore((void *)(addr & ~(ps - 1)), ps, &vec) == 0 && (vec & 1);
+	return mincore((void *)(addr & ~(ps - 1)), 1, &vec) == 0 && (vec & 1);
 }
 
 static void on_sigbus(int sig, siginfo_t *si, void *uc)
@@ -97,7 +98,7 @@ static void on_sigbus(int sig, siginfo_t *si, void *uc)
 	int saved = errno;
 	lm__in_signal++;
 	atomic_fetch_add(&sig_inflight, 1);
-	bool handled = false;
+	bool handled = false, owned = false;
 	uintptr_t addr = (uintptr_t)si->si_addr;
 	if (si->si_code == BUS_ADRERR) {
 		for (struct lm_runtime *rt = atomic_load(&sig_list); rt && !handled;
@@ -114,6 +115,7 @@ static void on_sigbus(int sig, siginfo_t *si, void *uc)
 				handled = true;
 				sched_yield();
 			} else if (r) {
+				owned = true;
 				uint64_t pgno = (addr - r->start) >> rt->page_shift;
 				lm__pte *e = lm__pt_get(&r->pt, pgno, false);
 				/*
@@ -174,15 +176,16 @@ static void on_sigbus(int sig, siginfo_t *si, void *uc)
 		 * just moved with mremap, its event not applied yet: replay the
 		 * access.  Or registered memory the runtime no longer tracks (an
 		 * mremap extension): anonymous memory, zero-filled.  Anything
-		 * else is not lazymem's SIGBUS.
+		 * else is not lazymem's SIGBUS, and neither is a region's
+		 * poisoned page (a hugetlb one would take the zeros).
 		 */
-		for (struct lm_runtime *rt = atomic_load(&sig_list); rt && !handled;
+		for (struct lm_runtime *rt = atomic_load(&sig_list); rt && !handled && !owned;
 		     rt = rt->sig_next) {
-			size_t done, ps = (size_t)rt->page_size;
+			size_t ps = (size_t)rt->page_size;
 			if (atomic_load(&rt->ev_unapplied) > 0)
 				handled = true;
 			else
-				handled = lm__uffd_zeropage(rt->ufd, addr & ~(ps - 1), ps, &done) == 0;
+				handled = lm__zero_fill(rt, rt->ufd, addr & ~(ps - 1)) == 0;
 		}
 	}
 	atomic_fetch_sub(&sig_inflight, 1);

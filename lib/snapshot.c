@@ -861,7 +861,7 @@ int lm_snapshot_read(struct lm_snapshot *s, size_t offset, void *buf, size_t len
 	bool cached = pthread_mutex_trylock(&s->rlock) == 0;
 	if (cached && !s->rready) {
 		rc = lm__filler_init(&s->rf, rt, false);
-		s->rbuf = rc ? NULL : malloc(SAVE_BATCH * ps);
+		s->rbuf = rc ? NULL : malloc(rt->batch * ps);
 		s->rready = !rc && s->rbuf;
 		if (!s->rready)
 			lm__filler_fini(&s->rf);
@@ -871,7 +871,7 @@ int lm_snapshot_read(struct lm_snapshot *s, size_t offset, void *buf, size_t len
 	} else {
 		fp = &own;
 		rc = lm__filler_init(&own, rt, false);
-		tmp = rc ? NULL : malloc(SAVE_BATCH * ps);
+		tmp = rc ? NULL : malloc(rt->batch * ps);
 	}
 	if (!tmp && !rc)
 		rc = -ENOMEM;
@@ -879,7 +879,7 @@ int lm_snapshot_read(struct lm_snapshot *s, size_t offset, void *buf, size_t len
 	uint64_t pg = offset / ps, last = (offset + len - 1) / ps;
 	size_t copied = 0;
 	while (!rc && pg <= last) {
-		unsigned n = last - pg + 1 < SAVE_BATCH ? (unsigned)(last - pg + 1) : SAVE_BATCH;
+		unsigned n = last - pg + 1 < rt->batch ? (unsigned)(last - pg + 1) : rt->batch;
 		int idx = lm__read_lock(rt);
 		rc = view_batch(f, s, pg, n, tmp, NULL, false);
 		lm__read_unlock(rt, idx);
@@ -922,7 +922,7 @@ static void *saver_main(void *arg)
 	pthread_sigmask(SIG_BLOCK, &all, NULL);
 	struct lm__filler f;
 	int rc = lm__filler_init(&f, rt, false);
-	unsigned char *buf = rc ? NULL : malloc(SAVE_BATCH * ps);
+	unsigned char *buf = rc ? NULL : malloc(rt->batch * ps);
 	if (!rc && !buf)
 		rc = -ENOMEM;
 	/* Only the first save's pages are recorded as the image's: MAP_IMAGE names one file. */
@@ -934,7 +934,7 @@ static void *saver_main(void *arg)
 			rc = -ECANCELED;
 			break;
 		}
-		unsigned n = s->npages - pg < SAVE_BATCH ? (unsigned)(s->npages - pg) : SAVE_BATCH;
+		unsigned n = s->npages - pg < rt->batch ? (unsigned)(s->npages - pg) : rt->batch;
 		/* A zero region's pages never touched, nor preserved, are zero: nothing to write. */
 		bool any = !zero;
 		for (unsigned i = 0; i < n && !any; i++)
@@ -1108,7 +1108,7 @@ void lm__snap_before_drop(struct lm_region *r, uint64_t first, uint64_t count)
 		return;
 	struct lm__filler f;
 	memset(&f, 0, sizeof(f));
-	unsigned char *buf = malloc(SAVE_BATCH * (size_t)rt->page_size);
+	unsigned char *buf = malloc(rt->batch * (size_t)rt->page_size);
 	if (!buf || lm__filler_init(&f, rt, false) < 0) {
 		/* The pages go all the same: the snapshots that needed them cannot be exact. */
 		free(buf);
@@ -1118,7 +1118,7 @@ void lm__snap_before_drop(struct lm_region *r, uint64_t first, uint64_t count)
 	}
 	pthread_mutex_lock(&r->snap_lock);
 	for (uint64_t pg = first; pg < first + count;) {
-		unsigned n = first + count - pg < SAVE_BATCH ? (unsigned)(first + count - pg) : SAVE_BATCH;
+		unsigned n = first + count - pg < rt->batch ? (unsigned)(first + count - pg) : rt->batch;
 		int idx = lm__read_lock(rt);
 		const struct lm__snapset *set = atomic_load(&r->snaps);
 		bool busy = false;
@@ -1151,7 +1151,7 @@ void lm__snap_before_drop(struct lm_region *r, uint64_t first, uint64_t count)
 
 struct collect {
 	uint64_t pg[SAVE_BATCH];
-	unsigned n;
+	unsigned n, max;
 	uint64_t from;
 };
 
@@ -1161,7 +1161,7 @@ static int collect_one(lm__pte *e, uint64_t pgno, void *arg)
 	if (!atomic_load(e))
 		return 0;
 	c->pg[c->n++] = pgno;
-	return c->n == SAVE_BATCH;
+	return c->n == c->max;
 }
 
 /*
@@ -1325,19 +1325,19 @@ int lm_snapshot_rollback(struct lm_snapshot *s)
 	size_t ps = (size_t)rt->page_size;
 	struct lm__filler f;
 	rc = lm__filler_init(&f, rt, false);
-	unsigned char *buf = rc ? NULL : malloc((SAVE_BATCH + 1) * ps);
+	unsigned char *buf = rc ? NULL : malloc((rt->batch + 1) * ps);
 	if (!rc && !buf)
 		rc = -ENOMEM;
 	pthread_mutex_lock(&r->snap_lock);
 	/* Every page changed since the take has an entry: walk the map, a batch at a time. */
-	struct collect c = { .n = 0, .from = 0 };
+	struct collect c = { .n = 0, .max = rt->batch, .from = 0 };
 	while (!rc && c.from < s->npages) {
 		c.n = 0;
 		lm__pt_walk(&s->map, c.from, s->npages - 1, collect_one, &c);
 		if (!c.n)
 			break;
 		c.from = c.pg[c.n - 1] + 1;
-		rc = rollback_batch(&f, s, c.pg, c.n, buf, buf + SAVE_BATCH * ps);
+		rc = rollback_batch(&f, s, c.pg, c.n, buf, buf + rt->batch * ps);
 	}
 	pthread_mutex_unlock(&r->snap_lock);
 	free(buf);

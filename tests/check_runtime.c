@@ -77,7 +77,7 @@ START_TEST(open_rejects_bad_options)
 	o.size = 4;
 	ck_assert_int_eq(lm_runtime_open(&o, &rt), -EINVAL);
 	lm_options_init(&o);
-	o.reserved[2] = 1;	/* reserved must be zero: later versions give it meaning */
+	o.reserved[1] = 1;	/* reserved must be zero: later versions give it meaning */
 	ck_assert_int_eq(lm_runtime_open(&o, &rt), -EINVAL);
 	lm_options_init(&o);
 	o.reserved32 = 1;

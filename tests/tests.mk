@@ -12,6 +12,7 @@ LM_CHECKS = \
 	tests/check_budget \
 	tests/check_image \
 	tests/check_snapshot \
+	tests/check_hugetlb \
 	tests/check_proto \
 	tests/check_daemon
 
@@ -63,7 +64,11 @@ tests_check_image_SOURCES = tests/check_image.c tests/testutil.h $(lib_liblazyme
 tests_check_image_CFLAGS = $(TEST_CFLAGS) $(URING_CFLAGS) $(CAP_CFLAGS)
 tests_check_image_LDADD = $(CHECK_LIBS) $(URING_LIBS) $(CAP_LIBS)
 
-tests_check_snapshot_SOURCES = tests/check_snapshot.c tests/testutil.h
+tests_check_hugetlb_SOURCES = tests/check_hugetlb.c tests/testutil.h tests/snaputil.h
+tests_check_hugetlb_CFLAGS = $(TEST_CFLAGS)
+tests_check_hugetlb_LDADD = $(TEST_LIBS)
+
+tests_check_snapshot_SOURCES = tests/check_snapshot.c tests/testutil.h tests/snaputil.h
 tests_check_snapshot_CFLAGS = $(TEST_CFLAGS)
 tests_check_snapshot_LDADD = $(TEST_LIBS)
 

@@ -192,6 +192,124 @@ static inline const char *lmt_path(const char *name)
 	return p;
 }
 
+/*
+ * Hugetlb pages.  lmt_huge_page_size: the kernel's default huge page
+ * size, 0 without hugetlb.  lmt_require_hugetlb makes sure bytes of
+ * them are there for the program: as root it grows the pool by as many
+ * (and shrinks it back at exit), otherwise they must be free already;
+ * or it exits 77 saying why not.  Test programs run in parallel: a lock
+ * serializes the changes.
+ */
+static inline size_t lmt_huge_page_size(void)
+{
+	FILE *f = fopen("/proc/meminfo", "re");
+	char line[256];
+	unsigned long kb = 0;
+	while (f && fgets(line, sizeof(line), f))
+		if (sscanf(line, "Hugepagesize: %lu kB", &kb) == 1)
+			break;
+	if (f)
+		fclose(f);
+	return (size_t)kb << 10;
+}
+
+static inline long lmt_hugetlb_read(const char *what)
+{
+	FILE *f = fopen(what, "re");
+	long v = -1;
+	if (f) {
+		if (fscanf(f, "%ld", &v) != 1)
+			v = -1;
+		fclose(f);
+	}
+	return v;
+}
+
+static inline long lmt_hugetlb_free(void)
+{
+	FILE *f = fopen("/proc/meminfo", "re");
+	char line[256];
+	long n = -1;
+	while (f && fgets(line, sizeof(line), f))
+		if (sscanf(line, "HugePages_Free: %ld", &n) == 1)
+			break;
+	if (f)
+		fclose(f);
+	return n;
+}
+
+static long lmt_hugetlb_added;
+static pid_t lmt_hugetlb_pid;
+
+static inline int lmt_hugetlb_lock(void)
+{
+	int fd = open("/tmp/lazymem-test-hugetlb.lock", O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+	if (fd >= 0)
+		while (lockf(fd, F_LOCK, 0) < 0 && errno == EINTR)
+			;
+	return fd;
+}
+
+static inline void lmt_hugetlb_write(long n)
+{
+	FILE *f = fopen("/proc/sys/vm/nr_hugepages", "we");
+	if (f) {
+		fprintf(f, "%ld\n", n);
+		fclose(f);
+	}
+}
+
+static inline void lmt_hugetlb_restore(void)
+{
+	/* Check's test processes are forks of this one: only it gives the pages back. */
+	if (!lmt_hugetlb_added || getpid() != lmt_hugetlb_pid)
+		return;
+	int fd = lmt_hugetlb_lock();
+	long nr = lmt_hugetlb_read("/proc/sys/vm/nr_hugepages");
+	if (nr >= lmt_hugetlb_added)
+		lmt_hugetlb_write(nr - lmt_hugetlb_added);
+	lmt_hugetlb_added = 0;
+	if (fd >= 0)
+		close(fd);
+}
+
+static inline void lmt_require_hugetlb(size_t bytes)
+{
+	size_t hps = lmt_huge_page_size();
+	if (!hps) {
+		printf("SKIP: this kernel has no hugetlb pages\n");
+		exit(LMT_SKIP);
+	}
+	long need = (long)((bytes + hps - 1) / hps);
+	int fd = lmt_hugetlb_lock();
+	long nr = lmt_hugetlb_read("/proc/sys/vm/nr_hugepages"), free_now = lmt_hugetlb_free();
+	/*
+	 * As root, always its own pages: what is free now may be another
+	 * test program's, about to be used.
+	 */
+	if (geteuid() == 0 && nr >= 0) {
+		long add = need;
+		free_now = 0;
+		lmt_hugetlb_write(nr + add);
+		long got = lmt_hugetlb_read("/proc/sys/vm/nr_hugepages") - nr;
+		if (got > 0) {
+			lmt_hugetlb_added = got;
+			lmt_hugetlb_pid = getpid();
+			atexit(lmt_hugetlb_restore);
+			free_now = got;
+		}
+	}
+	if (fd >= 0)
+		close(fd);
+	if (free_now < need) {
+		lmt_hugetlb_restore();
+		printf("SKIP: %ld free hugetlb pages of %zu KiB needed, %ld free%s\n", need,
+		       hps >> 10, free_now,
+		       geteuid() ? " (run as root to reserve them)" : " (the kernel found no more)");
+		exit(LMT_SKIP);
+	}
+}
+
 static inline int lmt_run(Suite *s)
 {
 	SRunner *sr = srunner_create(s);
