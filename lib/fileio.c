@@ -210,10 +210,23 @@ void lm__io_batch(struct lm__filler *f, int fd, struct lm__io *io, unsigned n, b
 	}
 }
 
+/*
+ * At most this much per write call.  A 2 MiB write at a 2 MiB boundary
+ * (a huge page's copy) was measured 4 to 18 times slower per byte than
+ * the same bytes in 1 MiB writes (Linux 6.18, ext4: 330 MB/s against
+ * 5 GB/s); the page cache then allocates PMD-sized folios for it.
+ */
+#define WRITE_MAX ((size_t)1 << 20)
+
 int lm__pwritev_all(int fd, struct iovec *iov, unsigned n, uint64_t off)
 {
 	while (n) {
-		ssize_t got = pwritev(fd, iov, (int)n, (off_t)off);
+		unsigned k = 0;
+		size_t len = 0;
+		while (k < n && len + iov[k].iov_len <= WRITE_MAX)
+			len += iov[k++].iov_len;
+		ssize_t got = k ? pwritev(fd, iov, (int)k, (off_t)off)
+				: pwrite(fd, iov->iov_base, WRITE_MAX, (off_t)off);
 		if (got < 0 && errno == EINTR)
 			continue;
 		if (got < 0)

@@ -136,7 +136,8 @@ static int write_all(int fd, const void *buf, size_t len, uint64_t off)
 {
 	const unsigned char *p = buf;
 	while (len) {
-		ssize_t n = pwrite(fd, p, len, (off_t)off);
+		/* In pieces, as lm__pwritev_all writes (see fileio.c). */
+		ssize_t n = pwrite(fd, p, len < (1u << 20) ? len : 1u << 20, (off_t)off);
 		if (n < 0 && errno == EINTR)
 			continue;
 		if (n < 0)
