@@ -4,11 +4,14 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <linux/userfaultfd.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/ioctl.h>
 #include <sys/mman.h>
+#include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -27,14 +30,17 @@
  *   restore.first_access open an image and read one byte of a random page,
  *                       vs read() of the whole file first (cold cache)
  *   restore.full_read   every page read, vs read() of the whole file
+ *   snapshot.wp_floor   not lazymem: the bare UFFDIO_WRITEPROTECT ioctl a
+ *                       take is made of, on the same resident data, vs
+ *                       fork(): the floor of snapshot.pause
  */
 
 static const char *names[] = {
 	"snapshot.pause", "snapshot.first_write", "snapshot.save", "snapshot.extra_memory",
-	"restore.first_access", "restore.full_read",
+	"restore.first_access", "restore.full_read", "snapshot.wp_floor",
 };
-static const char *units[] = { "ms", "ns_per_page", "ms", "MiB", "ms", "ms" };
-#define NM 6
+static const char *units[] = { "ms", "ns_per_page", "ms", "MiB", "ms", "ms", "ms" };
+#define NM 7
 
 bool snapshot_bench_selected(const char *only)
 {
@@ -206,6 +212,66 @@ out:
 	return rc;
 }
 
+/*
+ * The floor of a take: a userfaultfd of the bench's own, the region's
+ * size written and registered for write protection, one
+ * UFFDIO_WRITEPROTECT over it, then fork() of the same process.
+ */
+static int run_floor(size_t len, size_t hps, double *wp_ms, double *fork_ms)
+{
+	size_t ps = (size_t)sysconf(_SC_PAGESIZE);
+	int fd = (int)syscall(SYS_userfaultfd, O_CLOEXEC | UFFD_USER_MODE_ONLY);
+	struct uffdio_api api = { .api = UFFD_API,
+				  .features = UFFD_FEATURE_PAGEFAULT_FLAG_WP |
+					      (hps ? 1ull << 12 /* WP_HUGETLBFS_SHMEM */ : 0) };
+	if (fd < 0 || ioctl(fd, UFFDIO_API, &api) < 0) {
+		int err = -errno;
+		if (fd >= 0)
+			close(fd);
+		return err;
+	}
+	int fl = MAP_PRIVATE | MAP_ANONYMOUS;
+	if (hps)
+		fl |= MAP_HUGETLB | (__builtin_ctzl(hps) << MAP_HUGE_SHIFT);
+	unsigned char *p = mmap(NULL, len, PROT_READ | PROT_WRITE, fl, -1, 0);
+	int rc = p == MAP_FAILED ? -errno : 0;
+	if (!rc && !hps)
+		madvise(p, len, MADV_NOHUGEPAGE);	/* lazymem's pages are base pages */
+	for (size_t off = 0; !rc && off < len; off += ps)
+		p[off] = 1;
+	struct uffdio_register reg = { .range = { (uintptr_t)p, len },
+				       .mode = UFFDIO_REGISTER_MODE_WP };
+	if (!rc && ioctl(fd, UFFDIO_REGISTER, &reg) < 0)
+		rc = -errno;
+	struct uffdio_writeprotect wp = { .range = { (uintptr_t)p, len },
+					  .mode = UFFDIO_WRITEPROTECT_MODE_WP };
+	uint64_t t0 = now_ns();
+	if (!rc && ioctl(fd, UFFDIO_WRITEPROTECT, &wp) < 0)
+		rc = -errno;
+	uint64_t t1 = now_ns();
+	*wp_ms = (double)(t1 - t0) / 1e6;
+	if (!rc) {
+		/* The protection off again first: the fork copies writable entries, as in run_kernel. */
+		wp.mode = 0;
+		ioctl(fd, UFFDIO_WRITEPROTECT, &wp);
+		ioctl(fd, UFFDIO_UNREGISTER, &reg.range);
+		t0 = now_ns();
+		pid_t pid = fork();
+		if (pid == 0)
+			_exit(0);
+		t1 = now_ns();
+		if (pid < 0)
+			rc = -errno;
+		else
+			waitpid(pid, NULL, 0);
+		*fork_ms = (double)(t1 - t0) / 1e6;
+	}
+	if (p != MAP_FAILED)
+		munmap(p, len);
+	close(fd);
+	return rc;
+}
+
 /* Reads the whole file into memory: what a restore costs without lazy paging. */
 static int read_whole(const char *path, size_t len, unsigned char *dst)
 {
@@ -303,6 +369,8 @@ static int run_size(const struct swap_bench_config *c, size_t len, size_t hps,
 		}
 		unlink(lpath);
 		unlink(kpath);
+		if (rc == 0)
+			rc = run_floor(len, hps, &l.v[6], &k.v[6]);
 		if (rc < 0)
 			return rc;
 		for (int m = 0; m < NM; m++) {
