@@ -4,8 +4,9 @@
 # lazymemd, run the snapshot demo (a key-value store snapshotted under
 # load, saved, restored lazily and rolled back), and end with what the
 # daemon saw of it: lazymem free and lazymem ps, taken while the demo's
-# runtime was still open.  Pass --quick for a shorter run; --paging runs
-# the demand-paging demo instead.  A lazymemd already running is used as it
+# runtime was still open.  Pass --quick for a shorter run, --hugetlb for
+# the store on 2 MiB pages (as root, the pages are reserved for the run);
+# --paging runs the demand-paging demo instead.  A lazymemd already running is used as it
 # is; one started here is stopped at the end.
 set -eu
 cd "$(dirname "$0")/.."
@@ -26,7 +27,20 @@ if ! "$lazymem" version >/dev/null 2>&1; then
 	started=yes
 	echo "demo: started lazymemd"
 fi
+# --hugetlb: the store and its fork() copy, 128 MiB each at most, in 2 MiB pages.
+huge_nr=""
+case " $* " in
+*" --hugetlb "*)
+	if [ "$(id -u)" -eq 0 ] && [ -w /proc/sys/vm/nr_hugepages ]; then
+		huge_nr=$(cat /proc/sys/vm/nr_hugepages)
+		echo $((huge_nr + 160)) >/proc/sys/vm/nr_hugepages
+	fi
+	;;
+esac
 stop() {
+	if [ -n "$huge_nr" ]; then
+		echo "$huge_nr" >/proc/sys/vm/nr_hugepages || true
+	fi
 	if [ -n "$started" ]; then
 		# Its pid comes from the socket's peer: no pid file needed.
 		pid=$("$lazymem" version 2>/dev/null | sed -n 's/^lazymemd .* pid \([0-9]*\).*/\1/p')
