@@ -9,6 +9,7 @@
 #include <getopt.h>
 #include <grp.h>
 #include <limits.h>
+#include <linux/magic.h>
 #include <pwd.h>
 #include <signal.h>
 #include <stdarg.h>
@@ -24,6 +25,7 @@
 #include <sys/signalfd.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/vfs.h>
 #include <sys/timerfd.h>
 #include <sys/un.h>
 #include <syslog.h>
@@ -448,14 +450,18 @@ static void hello(struct conn *c, const struct lmd_request *r)
 	} else {
 		/*
 		 * Only a sealed memfd that cannot shrink is mapped: a file
-		 * truncated under the mapping would SIGBUS the daemon.
+		 * truncated under the mapping would SIGBUS the daemon.  And
+		 * only one of tmpfs, what memfd_create makes for a runtime:
+		 * a sealed file of another filesystem (a hugetlb memfd) is
+		 * not a stats page, whether or not it could be mapped.
 		 */
 		struct stat sb;
+		struct statfs fs;
 		int seals = fcntl(fd, F_GET_SEALS);
 		void *p = MAP_FAILED;
 		size_t len = 0;
-		if (seals >= 0 && (seals & F_SEAL_SHRINK) && fstat(fd, &sb) == 0 &&
-		    S_ISREG(sb.st_mode) &&
+		if (seals >= 0 && (seals & F_SEAL_SHRINK) && fstatfs(fd, &fs) == 0 &&
+		    fs.f_type == TMPFS_MAGIC && fstat(fd, &sb) == 0 && S_ISREG(sb.st_mode) &&
 		    sb.st_size >= (off_t)(offsetof(struct lm_stats, faults_missing) + 8)) {
 			len = sb.st_size > STATS_MAP_MAX ? STATS_MAP_MAX : (size_t)sb.st_size;
 			p = mmap(NULL, len, PROT_READ, MAP_SHARED, fd, 0);

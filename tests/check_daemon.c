@@ -18,6 +18,9 @@
 
 #define NOBODY 65534
 
+/* A huge page is reserved for the malformed-hello case (main). */
+static bool huge_ok;
+
 static char dir[64], sock[96], logpath[128];
 static pid_t daemon_pid = -1;
 static rlim_t daemon_nofile;
@@ -599,8 +602,21 @@ START_TEST(malformed_clients)
 	ck_assert_int_eq(pipe(pass), 0);
 	int unsealed = memfd_create("x", MFD_CLOEXEC);
 	ck_assert_int_eq(ftruncate(unsealed, 4096), 0);
-	int bad_fds[2] = { pass[0], unsealed };
-	for (int i = 0; i < 2; i++) {
+	/*
+	 * Sealed as the runtime's, but of hugetlbfs (main reserved a huge
+	 * page for it, so that the daemon could map it).
+	 */
+	int huge = -1, nbad = 2;
+	if (huge_ok) {
+		huge = memfd_create("h", MFD_CLOEXEC | MFD_HUGETLB | MFD_ALLOW_SEALING);
+		ck_assert_msg(huge >= 0, "memfd_create(MFD_HUGETLB): %s", strerror(errno));
+		ck_assert_int_eq(ftruncate(huge, (off_t)lmt_huge_page_size()), 0);
+		ck_assert_int_eq(fcntl(huge, F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_SEAL),
+				 0);
+		nbad = 3;
+	}
+	int bad_fds[3] = { pass[0], unsealed, huge };
+	for (int i = 0; i < nbad; i++) {
 		fd = connect_to(sock);
 		char line[] = "hello 0.3.0 fake\n";
 		struct iovec iov = { line, sizeof(line) - 1 };
@@ -624,6 +640,8 @@ START_TEST(malformed_clients)
 	close(pass[0]);
 	close(pass[1]);
 	close(unsealed);
+	if (huge >= 0)
+		close(huge);
 	/* A client that asks and never reads; another that leaves mid-reply, many times. */
 	int lazy = connect_to(sock);
 	for (int i = 0; i < 2000; i++)
@@ -891,6 +909,10 @@ int main(void)
 		printf("SKIP: the daemon tests switch users and read other processes' status: run as root\n");
 		return LMT_SKIP;
 	}
+	char why[256];
+	huge_ok = lmt_reserve_hugetlb(lmt_huge_page_size(), why, sizeof(why));
+	if (!huge_ok)
+		printf("note: the hello with a hugetlb memfd is not tried: %s\n", why);
 	Suite *s = suite_create("daemon");
 	TCase *tc = tcase_create("daemon");
 	tcase_set_timeout(tc, 120);

@@ -8,6 +8,7 @@
 #include <fcntl.h>
 #include <setjmp.h>
 #include <signal.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -273,12 +274,13 @@ static inline void lmt_hugetlb_restore(void)
 		close(fd);
 }
 
-static inline void lmt_require_hugetlb(size_t bytes)
+/* lmt_require_hugetlb without the exit: false, and why in why, when the pages cannot be had. */
+static inline bool lmt_reserve_hugetlb(size_t bytes, char *why, size_t whylen)
 {
 	size_t hps = lmt_huge_page_size();
 	if (!hps) {
-		printf("SKIP: this kernel has no hugetlb pages\n");
-		exit(LMT_SKIP);
+		snprintf(why, whylen, "this kernel has no hugetlb pages");
+		return false;
 	}
 	long need = (long)((bytes + hps - 1) / hps);
 	int fd = lmt_hugetlb_lock();
@@ -288,14 +290,15 @@ static inline void lmt_require_hugetlb(size_t bytes)
 	 * test program's, about to be used.
 	 */
 	if (geteuid() == 0 && nr >= 0) {
-		long add = need;
 		free_now = 0;
-		lmt_hugetlb_write(nr + add);
+		lmt_hugetlb_write(nr + need);
 		long got = lmt_hugetlb_read("/proc/sys/vm/nr_hugepages") - nr;
 		if (got > 0) {
-			lmt_hugetlb_added = got;
-			lmt_hugetlb_pid = getpid();
-			atexit(lmt_hugetlb_restore);
+			if (!lmt_hugetlb_added) {
+				lmt_hugetlb_pid = getpid();
+				atexit(lmt_hugetlb_restore);
+			}
+			lmt_hugetlb_added += got;
 			free_now = got;
 		}
 	}
@@ -303,9 +306,19 @@ static inline void lmt_require_hugetlb(size_t bytes)
 		close(fd);
 	if (free_now < need) {
 		lmt_hugetlb_restore();
-		printf("SKIP: %ld free hugetlb pages of %zu KiB needed, %ld free%s\n", need,
-		       hps >> 10, free_now,
-		       geteuid() ? " (run as root to reserve them)" : " (the kernel found no more)");
+		snprintf(why, whylen, "%ld free hugetlb pages of %zu KiB needed, %ld free%s", need,
+			 hps >> 10, free_now,
+			 geteuid() ? " (run as root to reserve them)" : " (the kernel found no more)");
+		return false;
+	}
+	return true;
+}
+
+static inline void lmt_require_hugetlb(size_t bytes)
+{
+	char why[256];
+	if (!lmt_reserve_hugetlb(bytes, why, sizeof(why))) {
+		printf("SKIP: %s\n", why);
 		exit(LMT_SKIP);
 	}
 }
