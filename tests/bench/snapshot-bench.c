@@ -355,10 +355,14 @@ static int run_size(const struct swap_bench_config *c, size_t len, size_t hps,
 	snprintf(lpath, sizeof(lpath), "%s/lazymem-bench-snap.%d.img", c->dir, (int)getpid());
 	snprintf(kpath, sizeof(kpath), "%s/lazymem-bench-fork.%d.img", c->dir, (int)getpid());
 	double lv[NM][c->runs], kv[NM][c->runs];
+	/* --only snapshot.wp_floor: the floor alone, without the save runs around it. */
+	bool floor_only = c->only && strstr(c->only, "wp_floor");
 	for (int run = 0; run < c->runs; run++) {
 		struct side l = { { 0 } }, k = { { 0 } };
-		int rc;
-		if (run % 2) {
+		int rc = 0;
+		if (floor_only) {
+			;
+		} else if (run % 2) {
 			rc = run_lazymem(len, hps, perm, lpath, &l);
 			if (rc == 0)
 				rc = run_kernel(len, hps, perm, kpath, &k);
