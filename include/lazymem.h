@@ -138,9 +138,14 @@ struct lm_options {
 	 * hugetlb pages, reserved when the region is created (-ENOMEM when
 	 * the pool is short: see /proc/sys/vm/nr_hugepages): one fault fills
 	 * a whole huge page and a snapshot protects one entry per huge page.
+	 * Its pages are the unit of everything: lengths round up to them,
+	 * file offsets are multiples of them, advice covers whole pages.
 	 * Such a runtime takes no memory budget and no LM_DIRTY_ASYNC
 	 * (-EOPNOTSUPP), no LM_REGION_SHARED regions, and only images made
-	 * with its own page size.  Also $LAZYMEM_PAGE_SIZE.
+	 * with its own page size.  Sizes above 32 MiB (1 GiB pages) are
+	 * refused.  A fork() child may get SIGBUS on an inherited page, as
+	 * with any private hugetlb memory (see lazymem(7)).  Also
+	 * $LAZYMEM_PAGE_SIZE.
 	 */
 	uint64_t page_size;
 	uint64_t reserved[2];

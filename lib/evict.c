@@ -938,13 +938,13 @@ int lm_runtime_set_budget(struct lm_runtime *rt, uint64_t bytes)
 	LM__KEEP_ERRNO;
 	if (!rt)
 		return -EINVAL;
+	if (rt->huge && bytes)
+		return -EOPNOTSUPP;	/* UFFDIO_MOVE cannot take hugetlb pages out */
 	uint64_t pages = bytes >> rt->page_shift;
 	if (bytes && !pages)
 		return -EINVAL;
 	if (getpid() != rt->pid)
 		return -EOPNOTSUPP;	/* a fork() child has no evictor */
-	if (rt->huge && pages)
-		return -EOPNOTSUPP;	/* UFFDIO_MOVE cannot take hugetlb pages out */
 	if (pages) {
 		int rc = lm__evict_setup(rt);
 		if (rc < 0)

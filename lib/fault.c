@@ -12,7 +12,7 @@
 
 #define MSG_BATCH 32
 #define RA_START 4
-#define PREFETCH_CHUNK 1024
+#define PREFETCH_CHUNK_BYTES ((uint64_t)4 << 20)
 /* epoll tags: 0 stop, 1 the runtime's userfaultfd. */
 
 static inline uintptr_t page_addr(struct lm_region *r, uint64_t pgno)
@@ -937,10 +937,13 @@ void *lm__prefetch_main(void *arg)
 		for (size_t i = 0; t && i < t->n && !live; i++)
 			live = t->e[i].r == p->r && t->e[i].r->id == p->id;
 		/*
-		 * A chunk at a time, so that a region's destroy (which waits
-		 * for readers) never waits for a whole gigabyte of prefetch.
+		 * 4 MiB at a time (at least a page), so that a region's destroy
+		 * (which waits for readers) never waits for a gigabyte of
+		 * prefetch.
 		 */
-		uint64_t chunk = p->count < PREFETCH_CHUNK ? p->count : PREFETCH_CHUNK;
+		uint64_t max = PREFETCH_CHUNK_BYTES >> rt->page_shift ? PREFETCH_CHUNK_BYTES >> rt->page_shift
+								   : 1;
+		uint64_t chunk = p->count < max ? p->count : max;
 		long done = live ? lm__fill_range(&rt->pf_filler, p->r, p->first, chunk) : 0;
 		lm__read_unlock(rt, idx);
 		if (done == -EAGAIN) {

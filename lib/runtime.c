@@ -156,13 +156,17 @@ static int apply_env(struct lm_options *o)
 
 /*
  * A page size the runtime can use: the base one, or a huge page size
- * the kernel has a hugetlb pool for.
+ * the kernel has a hugetlb pool for, up to 32 MiB.  Not 1 GiB pages:
+ * every filler's staging buffer, every snapshot batch and an image's
+ * header and index would each be a gigabyte.
  */
+#define MAX_PAGE_SIZE ((uint64_t)32 << 20)
+
 static bool page_size_ok(uint64_t ps)
 {
 	if (ps == (uint64_t)sysconf(_SC_PAGESIZE))
 		return true;
-	if (ps < 4096 || (ps & (ps - 1)) || ps > (1ull << 40))
+	if (ps < 4096 || (ps & (ps - 1)) || ps > MAX_PAGE_SIZE)
 		return false;
 	char path[96];
 	snprintf(path, sizeof(path), "/sys/kernel/mm/hugepages/hugepages-%llukB",
@@ -203,9 +207,10 @@ static int check_options(struct lm_options *o)
 	if (!o->readahead_max)
 		o->readahead_max = DEFAULT_READAHEAD;
 	/*
-	 * Huge pages: the same bytes per fill at most, at least one page (a
-	 * 2 MiB page is already 512 base pages of readahead), so that the
-	 * staging buffers stay the size they are for base pages.
+	 * Huge pages: the same bytes per fill at most, but at least one
+	 * page (a 2 MiB page is already 512 base pages of readahead).  Each
+	 * filler's staging buffer is then a page: 2 MiB, where the default
+	 * for base pages is 256 KiB.
 	 */
 	if (o->page_size) {
 		uint64_t max = (uint64_t)o->readahead_max * (uint64_t)sysconf(_SC_PAGESIZE) /

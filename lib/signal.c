@@ -133,9 +133,22 @@ static void on_sigbus(int sig, siginfo_t *si, void *uc)
 				 * missing fault that another thread has since filled:
 				 * it just replays.
 				 */
-				bool present = (s == LM_PS_CLEAN || s == LM_PS_DIRTY ||
-						s == LM_PS_EVICTING) &&
-					       mapped(addr, (size_t)rt->page_size);
+				bool resident = s == LM_PS_CLEAN || s == LM_PS_DIRTY ||
+						s == LM_PS_EVICTING;
+				bool present = resident && mapped(addr, (size_t)rt->page_size);
+				/*
+				 * A fork() child registers without write
+				 * protection, so a write to a present page is
+				 * never ours there.  Nor, with hugetlb pages, a
+				 * resident one gone: the kernel could not copy a
+				 * shared huge page on write (the pool was empty) or
+				 * gave it back to the parent; it raises SIGBUS, as
+				 * for any private hugetlb memory, and a refill from
+				 * the source would lose the child's contents.
+				 */
+				bool child = rt->ufd_pid != rt->pid;
+				if (child && (present ? is_write(uc) : resident && rt->huge))
+					handled = false;
 				if (handled && present && !is_write(uc)) {
 					LM__STAT_ADD(rt, faults_dup, 1);
 				} else if (handled && present) {

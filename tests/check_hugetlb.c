@@ -8,6 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #define MODE(i) (((i) & 1) ? LM_MODE_SIGNAL : LM_MODE_THREAD)
@@ -221,6 +222,64 @@ START_TEST(consistent_under_writers)
 }
 END_TEST
 
+/* Huge pages the pool can still hand out: free and not reserved. */
+static long hugetlb_available(void)
+{
+	FILE *f = fopen("/proc/meminfo", "re");
+	char line[256];
+	long free_pages = 0, rsvd = 0, v;
+	while (f && fgets(line, sizeof(line), f)) {
+		if (sscanf(line, "HugePages_Free: %ld", &v) == 1)
+			free_pages = v;
+		else if (sscanf(line, "HugePages_Rsvd: %ld", &v) == 1)
+			rsvd = v;
+	}
+	if (f)
+		fclose(f);
+	return free_pages - rsvd;
+}
+
+/*
+ * A fork() child of a hugetlb runtime, with the pool empty: it reads
+ * what it inherited, and a write it cannot get a copy for, or a page it
+ * cannot get filled, is SIGBUS, as for any private hugetlb memory,
+ * never a fault replayed for ever.
+ */
+START_TEST(fork_child_with_empty_pool)
+{
+	lmt_install_sigbus();
+	struct lm_runtime *rt = open_huge(LM_MODE_THREAD);
+	struct lm_region *r, *hog = NULL;
+	ck_assert_int_eq(lm_region_create_zero(rt, 2 * HPS, 0, &r), 0);
+	unsigned char *p = lm_region_addr(r);
+	p[0] = 7;
+	long avail = hugetlb_available();
+	if (avail > 0)
+		ck_assert_int_eq(lm_region_create_zero(rt, (size_t)avail * HPS, 0, &hog), 0);
+	pid_t pid = fork();
+	ck_assert_int_ge(pid, 0);
+	if (pid == 0) {
+		alarm(20);
+		int fails = 0;
+		fails += p[0] != 7;
+		fails += lmt_touch((volatile char *)p + 100, 1) != 1;
+		fails += lmt_touch((volatile char *)p + HPS, 0) != 1;
+		_exit(fails);
+	}
+	int status;
+	ck_assert_int_eq(waitpid(pid, &status, 0), pid);
+	ck_assert_msg(WIFEXITED(status) && WEXITSTATUS(status) == 0, "child: status %#x", status);
+	/* The parent's own pages are its reservation's: unaffected. */
+	ck_assert_uint_eq(p[0], 7);
+	p[HPS] = 8;
+	ck_assert_uint_eq(p[HPS], 8);
+	if (hog)
+		ck_assert_int_eq(lm_region_destroy(hog), 0);
+	ck_assert_int_eq(lm_region_destroy(r), 0);
+	ck_assert_int_eq(lm_runtime_close(rt), 0);
+}
+END_TEST
+
 /* An image of base pages in a hugetlb runtime: a clear error. */
 START_TEST(foreign_page_size)
 {
@@ -254,6 +313,7 @@ static Suite *suite(void)
 	tcase_add_test(tc, pool_exhausted);
 	tcase_add_loop_test(tc, snapshot_whole_pages, 0, 2);
 	tcase_add_test(tc, foreign_page_size);
+	tcase_add_test(tc, fork_child_with_empty_pool);
 	tcase_add_loop_test(tc, consistent_under_writers, 0, 2);
 	suite_add_tcase(s, tc);
 	return s;
