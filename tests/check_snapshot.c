@@ -44,6 +44,23 @@ START_TEST(consistent_under_writers)
 }
 END_TEST
 
+/*
+ * A region large enough that the take protects it in parallel parts
+ * (an uneven length, so the parts differ): a part left unprotected
+ * would let writes after the take into the snapshot.
+ */
+START_TEST(consistent_large_region)
+{
+	struct lm_runtime *rt = lmt_open(MODE(_i));
+	struct lm_region *r;
+	size_t npages = 16384 + 517;
+	ck_assert_int_eq(lm_region_create_zero(rt, npages * PS, 0, &r), 0);
+	consistency(rt, r, NULL, npages, false);
+	ck_assert_int_eq(lm_region_destroy(r), 0);
+	ck_assert_int_eq(lm_runtime_close(rt), 0);
+}
+END_TEST
+
 /* With most of the region in the swap file: slots a snapshot needs are not freed under it. */
 START_TEST(consistent_with_swapped_pages)
 {
@@ -698,6 +715,7 @@ static Suite *suite(void)
 	tcase_add_checked_fixture(tc, lmt_dir_setup, lmt_dir_teardown);
 	tcase_set_timeout(tc, 120);
 	tcase_add_loop_test(tc, consistent_under_writers, 0, 2);
+	tcase_add_loop_test(tc, consistent_large_region, 0, 2);
 	tcase_add_loop_test(tc, consistent_with_swapped_pages, 0, 2);
 	tcase_add_loop_test(tc, consistent_shared_file, 0, 2);
 	tcase_add_loop_test(tc, sources_and_untouched_pages, 0, 2);
