@@ -246,7 +246,7 @@ static long read_image(struct lm__filler *f, struct lm_region *r, uint64_t pgno,
 		if (ok > run)
 			ok = run;
 		for (unsigned j = 0; j < ok; j++)
-			if (lm__page_sum(dst + (size_t)j * ps, ps) != e[j].sum) {
+			if (lm__image_page_sum(im, dst + (size_t)j * ps) != e[j].sum) {
 				ok = j;
 				break;
 			}

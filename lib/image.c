@@ -45,7 +45,7 @@
  */
 
 #define IMAGE_MAGIC "LAZYMEM\x1a"
-#define IMAGE_VERSION 2
+#define IMAGE_VERSION 3
 
 struct lm__image_header {
 	char magic[8];
@@ -92,12 +92,62 @@ uint64_t lm__hash64(const void *p, size_t len, uint64_t seed)
 	return h;
 }
 
-uint32_t lm__page_sum(const void *p, size_t len)
+static inline uint64_t rotl64(uint64_t x, unsigned r)
 {
-	uint64_t h = lm__hash64(p, len, 0);
-	/* 0 means "none": a real sum is never 0. */
+	return (x << r) | (x >> (64 - r));
+}
+
+/*
+ * The data pages' hash: eight independent lanes, one multiply per word,
+ * so that the CPU overlaps them.  lm__hash64's single chain costs
+ * 1.1 us per 4 KiB page here, on every page a snapshot preserves,
+ * saves or restores and every swap write and read; this one 0.32 us.
+ */
+static uint64_t lanes_hash(const void *p, size_t len)
+{
+	const unsigned char *b = p;
+	const uint64_t m1 = 0x9e3779b185ebca87ull, m2 = 0xc2b2ae3d27d4eb4full;
+	uint64_t a[8];
+	for (unsigned k = 0; k < 8; k++)
+		a[k] = m2 * (k + 1);
+	size_t i = 0;
+	for (; i + 64 <= len; i += 64)
+		for (unsigned k = 0; k < 8; k++) {
+			uint64_t w;
+			memcpy(&w, b + i + 8 * k, sizeof(w));
+			a[k] = rotl64(a[k] ^ w, 29) * m1;
+		}
+	uint64_t h = len;
+	for (unsigned k = 0; k < 8; k++)
+		h = rotl64(h ^ a[k], 27) * m2;
+	for (; i + 8 <= len; i += 8) {
+		uint64_t w;
+		memcpy(&w, b + i, sizeof(w));
+		h = rotl64(h ^ (rotl64(w * m2, 31) * m1), 27) * m1;
+	}
+	h ^= h >> 33;
+	h *= m2;
+	h ^= h >> 29;
+	return h;
+}
+
+/* 0 means "none": a real sum is never 0. */
+static uint32_t fold(uint64_t h)
+{
 	uint32_t s = (uint32_t)(h ^ (h >> 32));
 	return s ? s : 1;
+}
+
+uint32_t lm__page_sum(const void *p, size_t len)
+{
+	return fold(lanes_hash(p, len));
+}
+
+uint32_t lm__image_page_sum(const struct lm__image *im, const void *p)
+{
+	/* Version 2 images summed their data pages with lm__hash64. */
+	return im->version == 2 ? fold(lm__hash64(p, im->page_size, 0))
+				: lm__page_sum(p, im->page_size);
 }
 
 static uint64_t header_sum(const struct lm__image_header *h)
@@ -130,6 +180,7 @@ struct lm__image_writer {
 	_Atomic uint64_t next;		/* data pages handed out */
 	_Atomic uint64_t bytes;		/* data bytes written */
 	_Atomic int err;		/* an add that failed half-way: the commit fails */
+	uint32_t version;		/* IMAGE_VERSION; 2 for tests of old images */
 };
 
 static int write_all(int fd, const void *buf, size_t len, uint64_t off)
@@ -161,6 +212,7 @@ int lm__image_create(const char *path, uint64_t length, size_t page_size,
 		return -ENOMEM;
 	w->fd = -1;
 	w->ps = page_size;
+	w->version = IMAGE_VERSION;
 	w->length = length;
 	w->npages = (length + page_size - 1) / page_size;
 	w->path = strdup(path);
@@ -192,6 +244,11 @@ static bool is_zero(const void *page, size_t len)
 		if (q[i])
 			return false;
 	return true;
+}
+
+void lm__image_set_version(struct lm__image_writer *w, uint32_t version)
+{
+	w->version = version == 2 ? 2 : IMAGE_VERSION;
 }
 
 int lm__image_add(struct lm__image_writer *w, uint64_t pgno, const void *page)
@@ -242,7 +299,9 @@ int lm__image_add_run(struct lm__image_writer *w, const uint64_t *pgno,
 		uint64_t want = 0, v = ENT_ADDED;
 		if (idx[i] >= 0) {
 			idx[i] += (int64_t)first;
-			v = ENT_VALUE(idx[i], lm__page_sum(pages[i], w->ps));
+			uint32_t sum = w->version == 2 ? fold(lm__hash64(pages[i], w->ps, 0))
+						       : lm__page_sum(pages[i], w->ps);
+			v = ENT_VALUE(idx[i], sum);
 		}
 		/* Two threads adding one page: the caller broke its promise. */
 		if (!atomic_compare_exchange_strong(ent[i], &want, v))
@@ -336,7 +395,7 @@ int lm__image_commit(struct lm__image_writer *w)
 	struct lm__image_header h;
 	memset(&h, 0, sizeof(h));
 	memcpy(h.magic, IMAGE_MAGIC, sizeof(h.magic));
-	h.version = IMAGE_VERSION;
+	h.version = w->version;
 	h.page_size = (uint32_t)ps;
 	h.length = w->length;
 	h.stored = stored;
@@ -404,7 +463,8 @@ int lm__image_open(int fd, size_t page_size, struct lm__image **out)
 		return -ENOEXEC;
 	if (h.header_sum != header_sum(&h))
 		return -EBADMSG;
-	if (h.version != IMAGE_VERSION || h.page_size != page_size || h.flags)
+	/* Version 2 differs only in its data pages' checksum: still read. */
+	if ((h.version != IMAGE_VERSION && h.version != 2) || h.page_size != page_size || h.flags)
 		return -ENOEXEC;
 	uint64_t npages = (h.length + page_size - 1) / page_size;
 	size_t per = page_size / sizeof(struct lm__image_ent);
@@ -461,6 +521,7 @@ int lm__image_open(int fd, size_t page_size, struct lm__image **out)
 	im->per = (unsigned)per;
 	im->ipages = ipages;
 	im->page_size = page_size;
+	im->version = h.version;
 	*out = im;
 	return 0;
 }

@@ -236,7 +236,7 @@ int lm__swap_read(struct lm__swap *s, struct lm__filler *f, const uint64_t *slot
 struct lm__image_ent {
 	uint64_t pgno;
 	uint32_t data;
-	uint32_t sum;		/* lm__page_sum of the page */
+	uint32_t sum;		/* lm__image_page_sum of the page */
 };
 
 struct lm__image_dir;
@@ -256,6 +256,7 @@ struct lm__image {
 	uint64_t npages, ipages;
 	unsigned per;			/* entries per index page */
 	size_t page_size;
+	uint32_t version;		/* of the format: 2 or 3 */
 };
 
 struct lm__image_writer;
@@ -263,8 +264,12 @@ struct lm__image_writer;
 uint64_t lm__hash64(const void *p, size_t len, uint64_t seed);
 /* A page's 32-bit checksum, never 0 (0 means "none" where sums are kept). */
 uint32_t lm__page_sum(const void *p, size_t len);
+/* A data page's checksum as im's version of the format computes it. */
+uint32_t lm__image_page_sum(const struct lm__image *im, const void *p);
 int lm__image_create(const char *path, uint64_t length, size_t page_size,
 		     struct lm__image_writer **out);
+/* Tests only: write version 2 of the format (data checksums of lm__hash64), before any add. */
+void lm__image_set_version(struct lm__image_writer *w, uint32_t version);
 /* Adds page pgno's contents (any order, each page once); zero pages are not stored. */
 int lm__image_add(struct lm__image_writer *w, uint64_t pgno, const void *page);
 /*

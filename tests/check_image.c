@@ -17,7 +17,11 @@
  */
 
 #define PS ((size_t)sysconf(_SC_PAGESIZE))
-#define MODE(i) ((i) ? LM_MODE_SIGNAL : LM_MODE_THREAD)
+#define MODE(i) (((i) & 1) ? LM_MODE_SIGNAL : LM_MODE_THREAD)
+/* Loop tests with bit 1 set write version 2 of the format (older data checksums). */
+#define IMG_VERSION(i) (((i) & 2) ? 2u : 0u)
+
+static unsigned image_version;
 
 
 /* Page p of the test image: zero when p % 3 == 0, else a pattern. */
@@ -34,6 +38,8 @@ static void write_image(const char *path, size_t npages, size_t tail)
 {
 	struct lm__image_writer *w;
 	ck_assert_int_eq(lm__image_create(path, npages * PS + tail, PS, &w), 0);
+	if (image_version)
+		lm__image_set_version(w, image_version);
 	unsigned char *buf = malloc(PS);
 	size_t total = npages + (tail ? 1 : 0);
 	for (size_t i = 0; i < total; i++) {
@@ -64,6 +70,7 @@ static struct lm_region *restore(struct lm_runtime *rt, const char *path, int *f
 START_TEST(round_trip)
 {
 	const size_t npages = 300, tail = 100;
+	image_version = IMG_VERSION(_i);
 	write_image(lmt_path("img"), npages, tail);
 	struct lm_runtime *rt = lmt_open(MODE(_i));
 	struct lm_region *r = restore(rt, lmt_path("img"), NULL);
@@ -272,7 +279,15 @@ END_TEST
 START_TEST(bad_page_raises_sigbus)
 {
 	const char *img = lmt_path("img");
+	image_version = IMG_VERSION(_i);
 	write_image(img, 64, 0);
+	unsigned char head[12];
+	int hfd = open(img, O_RDONLY);
+	ck_assert_int_eq(pread(hfd, head, sizeof(head), 0), (ssize_t)sizeof(head));
+	close(hfd);
+	uint32_t v;
+	memcpy(&v, head + 8, sizeof(v));
+	ck_assert_uint_eq(v, image_version ? image_version : 3);
 	lmt_install_sigbus();
 	struct lm_runtime *rt = lmt_open(MODE(_i));
 	int fd;
@@ -342,11 +357,11 @@ int main(void)
 	TCase *tc = tcase_create("image");
 	tcase_add_checked_fixture(tc, lmt_dir_setup, lmt_dir_teardown);
 	tcase_set_timeout(tc, 60);
-	tcase_add_loop_test(tc, round_trip, 0, 2);
+	tcase_add_loop_test(tc, round_trip, 0, 4);
 	tcase_add_loop_test(tc, zero_pages_cost_no_io, 0, 2);
 	tcase_add_test(tc, crash_safe_writer);
 	tcase_add_test(tc, damaged_images_refused);
-	tcase_add_loop_test(tc, bad_page_raises_sigbus, 0, 2);
+	tcase_add_loop_test(tc, bad_page_raises_sigbus, 0, 4);
 	tcase_add_loop_test(tc, bad_index_page_raises_sigbus, 0, 2);
 	tcase_add_loop_test(tc, restore_under_budget, 0, 2);
 	suite_add_tcase(s, tc);
