@@ -225,18 +225,7 @@ END_TEST
 /* Huge pages the pool can still hand out: free and not reserved. */
 static long hugetlb_available(void)
 {
-	FILE *f = fopen("/proc/meminfo", "re");
-	char line[256];
-	long free_pages = 0, rsvd = 0, v;
-	while (f && fgets(line, sizeof(line), f)) {
-		if (sscanf(line, "HugePages_Free: %ld", &v) == 1)
-			free_pages = v;
-		else if (sscanf(line, "HugePages_Rsvd: %ld", &v) == 1)
-			rsvd = v;
-	}
-	if (f)
-		fclose(f);
-	return free_pages - rsvd;
+	return lmt_meminfo("HugePages_Free") - lmt_meminfo("HugePages_Rsvd");
 }
 
 /*

@@ -18,7 +18,7 @@ LM_CHECKS = \
 
 check_PROGRAMS += $(LM_CHECKS)
 TESTS += $(LM_CHECKS)
-EXTRA_DIST += tests/testutil.h tests/tests.mk
+EXTRA_DIST += tests/testutil.h tests/procutil.h tests/tests.mk
 
 tests_check_runtime_SOURCES = tests/check_runtime.c tests/testutil.h
 tests_check_runtime_CFLAGS = $(TEST_CFLAGS)

@@ -15,6 +15,7 @@
 #include <unistd.h>
 
 #include "lazymem.h"
+#include "procutil.h"
 
 #define LMT_SKIP 77
 
@@ -194,51 +195,12 @@ static inline const char *lmt_path(const char *name)
 }
 
 /*
- * Hugetlb pages.  lmt_huge_page_size: the kernel's default huge page
- * size, 0 without hugetlb.  lmt_require_hugetlb makes sure bytes of
+ * Hugetlb pages.  lmt_require_hugetlb makes sure bytes of
  * them are there for the program: as root it grows the pool by as many
  * (and shrinks it back at exit), otherwise they must be free already;
  * or it exits 77 saying why not.  Test programs run in parallel: a lock
  * serializes the changes.
  */
-static inline size_t lmt_huge_page_size(void)
-{
-	FILE *f = fopen("/proc/meminfo", "re");
-	char line[256];
-	unsigned long kb = 0;
-	while (f && fgets(line, sizeof(line), f))
-		if (sscanf(line, "Hugepagesize: %lu kB", &kb) == 1)
-			break;
-	if (f)
-		fclose(f);
-	return (size_t)kb << 10;
-}
-
-static inline long lmt_hugetlb_read(const char *what)
-{
-	FILE *f = fopen(what, "re");
-	long v = -1;
-	if (f) {
-		if (fscanf(f, "%ld", &v) != 1)
-			v = -1;
-		fclose(f);
-	}
-	return v;
-}
-
-static inline long lmt_hugetlb_free(void)
-{
-	FILE *f = fopen("/proc/meminfo", "re");
-	char line[256];
-	long n = -1;
-	while (f && fgets(line, sizeof(line), f))
-		if (sscanf(line, "HugePages_Free: %ld", &n) == 1)
-			break;
-	if (f)
-		fclose(f);
-	return n;
-}
-
 static long lmt_hugetlb_added;
 static pid_t lmt_hugetlb_pid;
 
@@ -251,24 +213,15 @@ static inline int lmt_hugetlb_lock(void)
 	return fd;
 }
 
-static inline void lmt_hugetlb_write(long n)
-{
-	FILE *f = fopen("/proc/sys/vm/nr_hugepages", "we");
-	if (f) {
-		fprintf(f, "%ld\n", n);
-		fclose(f);
-	}
-}
-
 static inline void lmt_hugetlb_restore(void)
 {
 	/* Check's test processes are forks of this one: only it gives the pages back. */
 	if (!lmt_hugetlb_added || getpid() != lmt_hugetlb_pid)
 		return;
 	int fd = lmt_hugetlb_lock();
-	long nr = lmt_hugetlb_read("/proc/sys/vm/nr_hugepages");
+	long nr = lmt_sysctl_read(LMT_NR_HUGEPAGES);
 	if (nr >= lmt_hugetlb_added)
-		lmt_hugetlb_write(nr - lmt_hugetlb_added);
+		lmt_sysctl_write(LMT_NR_HUGEPAGES, nr - lmt_hugetlb_added);
 	lmt_hugetlb_added = 0;
 	if (fd >= 0)
 		close(fd);
@@ -284,15 +237,15 @@ static inline bool lmt_reserve_hugetlb(size_t bytes, char *why, size_t whylen)
 	}
 	long need = (long)((bytes + hps - 1) / hps);
 	int fd = lmt_hugetlb_lock();
-	long nr = lmt_hugetlb_read("/proc/sys/vm/nr_hugepages"), free_now = lmt_hugetlb_free();
+	long nr = lmt_sysctl_read(LMT_NR_HUGEPAGES), free_now = lmt_meminfo("HugePages_Free");
 	/*
 	 * As root, always its own pages: what is free now may be another
 	 * test program's, about to be used.
 	 */
 	if (geteuid() == 0 && nr >= 0) {
 		free_now = 0;
-		lmt_hugetlb_write(nr + need);
-		long got = lmt_hugetlb_read("/proc/sys/vm/nr_hugepages") - nr;
+		lmt_sysctl_write(LMT_NR_HUGEPAGES, nr + need);
+		long got = lmt_sysctl_read(LMT_NR_HUGEPAGES) - nr;
 		if (got > 0) {
 			if (!lmt_hugetlb_added) {
 				lmt_hugetlb_pid = getpid();

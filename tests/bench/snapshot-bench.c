@@ -16,6 +16,7 @@
 #include <unistd.h>
 
 #include "lazymem.h"
+#include "../procutil.h"
 
 /*
  * For each size, per run, both sides on the same resident data (every
@@ -55,57 +56,9 @@ bool snapshot_bench_selected(const char *only)
 /* The machine's anonymous memory, hugetlb pages in use included: what a save may add. */
 static long anon_kib(void)
 {
-	FILE *f = fopen("/proc/meminfo", "re");
-	char line[256];
-	long kb = -1, total = 0, free_pages = 0, hkb = 0, v;
-	while (f && fgets(line, sizeof(line), f)) {
-		if (sscanf(line, "AnonPages: %ld kB", &v) == 1)
-			kb = v;
-		else if (sscanf(line, "HugePages_Total: %ld", &v) == 1)
-			total = v;
-		else if (sscanf(line, "HugePages_Free: %ld", &v) == 1)
-			free_pages = v;
-		else if (sscanf(line, "Hugepagesize: %ld kB", &v) == 1)
-			hkb = v;
-	}
-	if (f)
-		fclose(f);
-	return kb < 0 ? kb : kb + (total - free_pages) * hkb;
-}
-
-static long hugetlb_read(void)
-{
-	FILE *f = fopen("/proc/sys/vm/nr_hugepages", "re");
-	long v = -1;
-	if (f) {
-		if (fscanf(f, "%ld", &v) != 1)
-			v = -1;
-		fclose(f);
-	}
-	return v;
-}
-
-static bool hugetlb_write(long n)
-{
-	FILE *f = fopen("/proc/sys/vm/nr_hugepages", "we");
-	if (!f)
-		return false;
-	fprintf(f, "%ld\n", n);
-	return fclose(f) == 0;
-}
-
-/* The default huge page size, 0 when there is none. */
-static size_t huge_page_size(void)
-{
-	FILE *f = fopen("/proc/meminfo", "re");
-	char line[256];
-	unsigned long kb = 0;
-	while (f && fgets(line, sizeof(line), f))
-		if (sscanf(line, "Hugepagesize: %lu kB", &kb) == 1)
-			break;
-	if (f)
-		fclose(f);
-	return (size_t)kb << 10;
+	long kb = lmt_meminfo("AnonPages");
+	long huge = lmt_meminfo("HugePages_Total") - lmt_meminfo("HugePages_Free");
+	return kb < 0 ? kb : kb + huge * lmt_meminfo("Hugepagesize");
 }
 
 /* A cold cache: dirty pages written first, so that dropping the cache drops them too. */
@@ -408,21 +361,22 @@ static int run_size(const struct swap_bench_config *c, size_t len, size_t hps,
 static int run_hugetlb(const struct swap_bench_config *c, size_t len, const uint32_t *perm,
 		       const char *suffix)
 {
-	size_t hps = huge_page_size();
+	size_t hps = lmt_huge_page_size();
 	if (!hps || len % hps) {
 		fprintf(stderr, "lazymem-bench: no hugetlb pages for %s: skipped\n", suffix);
 		return 0;
 	}
-	long nr = hugetlb_read(), need = (long)(2 * len / hps);
-	if (nr < 0 || !hugetlb_write(nr + need) || hugetlb_read() < nr + need) {
+	long nr = lmt_sysctl_read(LMT_NR_HUGEPAGES), need = (long)(2 * len / hps);
+	if (nr < 0 || !lmt_sysctl_write(LMT_NR_HUGEPAGES, nr + need) ||
+	    lmt_sysctl_read(LMT_NR_HUGEPAGES) < nr + need) {
 		if (nr >= 0)
-			hugetlb_write(nr);
+			lmt_sysctl_write(LMT_NR_HUGEPAGES, nr);
 		fprintf(stderr, "lazymem-bench: cannot reserve %ld huge pages (root needed, or "
 			"memory): snapshot.*.%s.hugetlb skipped\n", need, suffix);
 		return 0;
 	}
 	int rc = run_size(c, len, hps, perm, suffix);
-	hugetlb_write(nr);
+	lmt_sysctl_write(LMT_NR_HUGEPAGES, nr);
 	return rc;
 }
 
