@@ -143,11 +143,15 @@ uint32_t lm__page_sum(const void *p, size_t len)
 	return fold(lanes_hash(p, len));
 }
 
+/* A data page's sum in version v of the format: version 2 summed with lm__hash64. */
+static uint32_t data_sum(uint32_t v, const void *p, size_t len)
+{
+	return v == 2 ? fold(lm__hash64(p, len, 0)) : lm__page_sum(p, len);
+}
+
 uint32_t lm__image_page_sum(const struct lm__image *im, const void *p)
 {
-	/* Version 2 images summed their data pages with lm__hash64. */
-	return im->version == 2 ? fold(lm__hash64(p, im->page_size, 0))
-				: lm__page_sum(p, im->page_size);
+	return data_sum(im->version, p, im->page_size);
 }
 
 static uint64_t header_sum(const struct lm__image_header *h)
@@ -299,9 +303,7 @@ int lm__image_add_run(struct lm__image_writer *w, const uint64_t *pgno,
 		uint64_t want = 0, v = ENT_ADDED;
 		if (idx[i] >= 0) {
 			idx[i] += (int64_t)first;
-			uint32_t sum = w->version == 2 ? fold(lm__hash64(pages[i], w->ps, 0))
-						       : lm__page_sum(pages[i], w->ps);
-			v = ENT_VALUE(idx[i], sum);
+			v = ENT_VALUE(idx[i], data_sum(w->version, pages[i], w->ps));
 		}
 		/* Two threads adding one page: the caller broke its promise. */
 		if (!atomic_compare_exchange_strong(ent[i], &want, v))

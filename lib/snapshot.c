@@ -796,10 +796,9 @@ static void *protect_main(void *arg)
  */
 static int protect_all(struct lm_runtime *rt, uintptr_t start, size_t len)
 {
-	long ncpu = sysconf(_SC_NPROCESSORS_ONLN);
+	/* The CPU count (a file read) only where a split is worth it. */
+	long ncpu = (len >> rt->page_shift) < PROTECT_SPLIT_PAGES ? 1 : sysconf(_SC_NPROCESSORS_ONLN);
 	unsigned n = ncpu < 1 ? 1 : ncpu > PROTECT_PARTS ? PROTECT_PARTS : (unsigned)ncpu;
-	if ((len >> rt->page_shift) < PROTECT_SPLIT_PAGES)
-		n = 1;
 	uintptr_t align = (uintptr_t)2 << 20, end = start + len, at = start;
 	struct protect_part part[PROTECT_PARTS];
 	pthread_t th[PROTECT_PARTS];
