@@ -28,7 +28,7 @@ START_TEST(options)
 	struct lm_runtime *rt;
 	struct lm_options o = lmt_options(LM_MODE_THREAD);
 	/* Not a page size at all, or one the kernel has no pool for. */
-	size_t bad[] = { 3u << 20, PS * 2, 1000, HPS * 3 };
+	size_t bad[] = { 3u << 20, PS * 2, 1000, HPS * 3, (size_t)1 << 30 };
 	for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
 		o.page_size = bad[i];
 		ck_assert_msg(lm_runtime_open(&o, &rt) == -EINVAL, "page size %zu accepted", bad[i]);
@@ -96,6 +96,14 @@ START_TEST(zero_pages)
 		ck_assert_uint_eq(p[off], 0);
 	ck_assert_uint_eq(p[0], 0);
 	ck_assert_uint_eq(p[3 * HPS + PS], (unsigned char)((3 * HPS + PS) / PS));
+	/* Will-need advice prefetches whole huge pages, a few at a time, in the background. */
+	ck_assert_int_eq(lm_region_advise(r, HPS, 2 * HPS, LM_ADV_DONTNEED), 0);
+	ck_assert_uint_eq(lmt_stats(rt).resident_pages, 2);
+	ck_assert_int_eq(lm_region_advise(r, HPS, 2 * HPS, LM_ADV_WILLNEED), 0);
+	for (int i = 0; i < 2000 && lmt_stats(rt).resident_pages < 4; i++)
+		usleep(1000);
+	ck_assert_uint_eq(lmt_stats(rt).resident_pages, 4);
+	ck_assert_uint_ge(lmt_stats(rt).prefetch_pages, 2);
 	ck_assert_int_eq(lm_region_destroy(r), 0);
 	ck_assert_uint_eq(lmt_stats(rt).resident_pages, 0);
 	ck_assert_int_eq(lm_runtime_close(rt), 0);
