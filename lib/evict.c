@@ -851,13 +851,13 @@ int lm__evict_setup(struct lm_runtime *rt)
 	int origin;
 	unsigned limits;
 	uint64_t features;
-	rt->stage_ufd = lm__uffd_open(rt->origin, UFFD_FEATURE_SIGBUS | (1ull << 16) /* MOVE */,
+	rt->stage_ufd = lm__uffd_open(rt->origin, UFFD_FEATURE_SIGBUS | UFFD_FEATURE_MOVE,
 				      &origin, &limits, &features);
 	if (rt->stage_ufd < 0) {
 		rc = rt->stage_ufd;
 		goto out;
 	}
-	if (!(features & (1ull << 16))) {
+	if (!(features & UFFD_FEATURE_MOVE)) {
 		lm__log(rt, 1, "the kernel lacks UFFDIO_MOVE: no eviction");
 		rc = -EOPNOTSUPP;
 		goto out;

@@ -7,6 +7,7 @@
 #include "lazymem.h"
 
 #include <errno.h>
+#include <linux/userfaultfd.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdatomic.h>
@@ -31,6 +32,23 @@ static inline void lm__errno_restore(const int *saved)
 	const int lm__saved_errno __attribute__((cleanup(lm__errno_restore), unused)) = errno
 
 /* ---- uffd.c: the only file that issues userfaultfd ioctls ------------ */
+
+/* Feature bits newer than the installed linux/userfaultfd.h may know. */
+#ifndef UFFD_FEATURE_WP_HUGETLBFS_SHMEM
+#define UFFD_FEATURE_WP_HUGETLBFS_SHMEM (1 << 12)
+#endif
+#ifndef UFFD_FEATURE_WP_UNPOPULATED
+#define UFFD_FEATURE_WP_UNPOPULATED (1 << 13)
+#endif
+#ifndef UFFD_FEATURE_POISON
+#define UFFD_FEATURE_POISON (1 << 14)
+#endif
+#ifndef UFFD_FEATURE_WP_ASYNC
+#define UFFD_FEATURE_WP_ASYNC (1 << 15)
+#endif
+#ifndef UFFD_FEATURE_MOVE
+#define UFFD_FEATURE_MOVE (1 << 16)
+#endif
 
 /*
  * Result of an install: 0 when every page was installed, otherwise

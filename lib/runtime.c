@@ -493,14 +493,14 @@ int lm_runtime_open(const struct lm_options *user, struct lm_runtime **out)
 	 * userfaultfd of its own and fills from its copy of the regions.
 	 */
 	uint64_t want = UFFD_FEATURE_EVENT_REMAP | UFFD_FEATURE_EVENT_REMOVE |
-			UFFD_FEATURE_EVENT_UNMAP | UFFD_FEATURE_THREAD_ID | (1ull << 14) /* POISON */ |
+			UFFD_FEATURE_EVENT_UNMAP | UFFD_FEATURE_THREAD_ID | UFFD_FEATURE_POISON |
 			UFFD_FEATURE_PAGEFAULT_FLAG_WP;
 	if (rt->mode == LM_MODE_SIGNAL)
 		want |= UFFD_FEATURE_SIGBUS;
 	if (o.dirty_tracking == LM_DIRTY_ASYNC)
-		want |= 1ull << 15 /* WP_ASYNC */;
+		want |= UFFD_FEATURE_WP_ASYNC;
 	if (rt->huge)
-		want |= 1ull << 12 /* WP_HUGETLBFS_SHMEM */;
+		want |= UFFD_FEATURE_WP_HUGETLBFS_SHMEM;
 	rt->ufd = lm__uffd_open(o.uffd_source, want, &rt->origin, &rt->limits,
 				&rt->features);
 	if (rt->ufd < 0) {
@@ -522,7 +522,7 @@ int lm_runtime_open(const struct lm_options *user, struct lm_runtime **out)
 		rt->zeros = z;
 	}
 	/* Write protection of hugetlb pages is a feature of its own (Linux 5.19). */
-	if (rt->huge && !(rt->features & (1ull << 12) /* WP_HUGETLBFS_SHMEM */))
+	if (rt->huge && !(rt->features & UFFD_FEATURE_WP_HUGETLBFS_SHMEM))
 		rt->features &= ~(uint64_t)UFFD_FEATURE_PAGEFAULT_FLAG_WP;
 	/*
 	 * Without UFFDIO_POISON (kernels before 6.6) a page that cannot be
@@ -530,7 +530,7 @@ int lm_runtime_open(const struct lm_options *user, struct lm_runtime **out)
 	 * fault forever.  Better to say so here.
 	 */
 	if ((rt->mode == LM_MODE_SIGNAL && !(rt->features & UFFD_FEATURE_SIGBUS)) ||
-	    !(rt->features & (1ull << 14) /* POISON */)) {
+	    !(rt->features & UFFD_FEATURE_POISON)) {
 		lm__log(rt, 1, "the kernel lacks %s", rt->mode == LM_MODE_SIGNAL &&
 			!(rt->features & UFFD_FEATURE_SIGBUS) ? "UFFD_FEATURE_SIGBUS" : "UFFDIO_POISON");
 		rc = -EOPNOTSUPP;
@@ -538,7 +538,7 @@ int lm_runtime_open(const struct lm_options *user, struct lm_runtime **out)
 	}
 	if (o.dirty_tracking == LM_DIRTY_ASYNC) {
 		rt->pagemap_fd = open("/proc/self/pagemap", O_RDONLY | O_CLOEXEC);
-		if (!(rt->features & (1ull << 15)) || rt->pagemap_fd < 0) {
+		if (!(rt->features & UFFD_FEATURE_WP_ASYNC) || rt->pagemap_fd < 0) {
 			lm__log(rt, 1, "asynchronous write protection unavailable (WP_ASYNC, "
 				"/proc/self/pagemap)");
 			rc = -EOPNOTSUPP;

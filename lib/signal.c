@@ -288,7 +288,7 @@ void lm__signal_atfork_child(void)
 		unsigned limits;
 		uint64_t features;
 		int fd = lm__uffd_open(rt->origin,
-				       UFFD_FEATURE_SIGBUS | (1ull << 14) /* POISON */, &origin,
+				       UFFD_FEATURE_SIGBUS | UFFD_FEATURE_POISON, &origin,
 				       &limits, &features);
 		/* The parent's descriptor number now serves nothing in the child. */
 		close(rt->ufd);

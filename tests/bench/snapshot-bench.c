@@ -18,6 +18,10 @@
 #include "lazymem.h"
 #include "../procutil.h"
 
+#ifndef UFFD_FEATURE_WP_HUGETLBFS_SHMEM
+#define UFFD_FEATURE_WP_HUGETLBFS_SHMEM (1 << 12)
+#endif
+
 /*
  * For each size, per run, both sides on the same resident data (every
  * page written):
@@ -176,7 +180,7 @@ static int run_floor(size_t len, size_t hps, double *wp_ms, double *fork_ms)
 	int fd = (int)syscall(SYS_userfaultfd, O_CLOEXEC | UFFD_USER_MODE_ONLY);
 	struct uffdio_api api = { .api = UFFD_API,
 				  .features = UFFD_FEATURE_PAGEFAULT_FLAG_WP |
-					      (hps ? 1ull << 12 /* WP_HUGETLBFS_SHMEM */ : 0) };
+					      (hps ? UFFD_FEATURE_WP_HUGETLBFS_SHMEM : 0) };
 	if (fd < 0 || ioctl(fd, UFFDIO_API, &api) < 0) {
 		int err = -errno;
 		if (fd >= 0)
