@@ -220,13 +220,7 @@ END_TEST
  */
 START_TEST(consistent_under_writers)
 {
-	struct lm_runtime *rt = open_huge(MODE(_i));
-	struct lm_region *r;
-	size_t npages = 8 * HPS / PS;
-	ck_assert_int_eq(lm_region_create_zero(rt, npages * PS, 0, &r), 0);
-	consistency(rt, r, NULL, npages, false);
-	ck_assert_int_eq(lm_region_destroy(r), 0);
-	ck_assert_int_eq(lm_runtime_close(rt), 0);
+	consistency_zero(open_huge(MODE(_i)), 8 * HPS / PS);
 }
 END_TEST
 

@@ -34,13 +34,7 @@ static struct lm_runtime *open_budget(int i, size_t npages, size_t div)
 
 START_TEST(consistent_under_writers)
 {
-	struct lm_runtime *rt = lmt_open(MODE(_i));
-	struct lm_region *r;
-	size_t npages = 4096;
-	ck_assert_int_eq(lm_region_create_zero(rt, npages * PS, 0, &r), 0);
-	consistency(rt, r, NULL, npages, false);
-	ck_assert_int_eq(lm_region_destroy(r), 0);
-	ck_assert_int_eq(lm_runtime_close(rt), 0);
+	consistency_zero(lmt_open(MODE(_i)), 4096);
 }
 END_TEST
 
@@ -51,13 +45,7 @@ END_TEST
  */
 START_TEST(consistent_large_region)
 {
-	struct lm_runtime *rt = lmt_open(MODE(_i));
-	struct lm_region *r;
-	size_t npages = 16384 + 517;
-	ck_assert_int_eq(lm_region_create_zero(rt, npages * PS, 0, &r), 0);
-	consistency(rt, r, NULL, npages, false);
-	ck_assert_int_eq(lm_region_destroy(r), 0);
-	ck_assert_int_eq(lm_runtime_close(rt), 0);
+	consistency_zero(lmt_open(MODE(_i)), 16384 + 517);
 }
 END_TEST
 

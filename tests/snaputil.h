@@ -220,4 +220,14 @@ static inline void consistency(struct lm_runtime *rt, struct lm_region *r, const
 	free(l.done);
 }
 
+/* consistency() on a new zero region of npages in rt; closes rt after. */
+static inline void consistency_zero(struct lm_runtime *rt, size_t npages)
+{
+	struct lm_region *r;
+	ck_assert_int_eq(lm_region_create_zero(rt, npages * PS, 0, &r), 0);
+	consistency(rt, r, NULL, npages, false);
+	ck_assert_int_eq(lm_region_destroy(r), 0);
+	ck_assert_int_eq(lm_runtime_close(rt), 0);
+}
+
 #endif /* LM_SNAPUTIL_H */
