@@ -181,7 +181,8 @@ static void usage(FILE *f)
 		"  --quick            64M and 3 runs, for smoke testing\n"
 		"  --dir PATH         directory of the temporary file (default $TMPDIR or /var/tmp)\n"
 		"  --budget BYTES     memory budget of the swap.* measurements (default 32M, quick 8M)\n"
-		"  --verbose          eviction statistics of each swap.* run on stderr\n");
+		"  --verbose          eviction statistics of each swap.* run, each snapshot run's\n"
+		"                     figures, on stderr\n");
 }
 
 static void parse_args(int argc, char **argv, struct config *c)
@@ -898,6 +899,7 @@ int main(int argc, char **argv)
 	if (want_snap && (b.cfg.modes & MODE_THREAD_BIT)) {
 		struct swap_bench_config sc = {
 			.json = b.cfg.json,
+			.verbose = b.cfg.verbose,
 			.runs = b.cfg.runs,
 			.only = b.cfg.only,
 			.dir = pick_dir(&b.cfg),

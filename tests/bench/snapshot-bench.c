@@ -338,6 +338,10 @@ static int run_size(const struct swap_bench_config *c, size_t len, size_t hps,
 			lv[m][run] = l.v[m];
 			kv[m][run] = k.v[m];
 		}
+		if (c->verbose)
+			fprintf(stderr, "snapshot %s%s run %d: pause %.2f / %.2f ms, first write %.0f / "
+				"%.0f ns, floor %.2f / %.2f ms\n", suffix, hps ? ".hugetlb" : "", run,
+				l.v[0], k.v[0], l.v[1], k.v[1], l.v[6], k.v[6]);
 	}
 	for (int m = 0; m < NM; m++) {
 		char name[64];
@@ -384,6 +388,17 @@ static int run_hugetlb(const struct swap_bench_config *c, size_t len, const uint
 	return rc;
 }
 
+/* Whether --only names a size ("snapshot.pause.4g") other than this one's suffix. */
+static bool other_size(const char *only, const char *suffix)
+{
+	for (const char *d = only ? strchr(only, '.') : NULL; d; d = strchr(d + 1, '.')) {
+		size_t k = strspn(d + 1, "0123456789");
+		if (k && (d[1 + k] == 'g' || d[1 + k] == 'm') && (!d[2 + k] || d[2 + k] == '.'))
+			return strncmp(d + 1, suffix, k + 1) || suffix[k + 1];
+	}
+	return false;
+}
+
 int snapshot_bench_run(const struct swap_bench_config *c, const size_t *sizes, int nsizes)
 {
 	size_t ps = (size_t)sysconf(_SC_PAGESIZE);
@@ -402,6 +417,8 @@ int snapshot_bench_run(const struct swap_bench_config *c, const size_t *sizes, i
 			snprintf(suffix, sizeof(suffix), "%zug", len >> 30);
 		else
 			snprintf(suffix, sizeof(suffix), "%zum", len >> 20);
+		if (other_size(c->only, suffix))
+			continue;
 		uint32_t *perm = malloc(n * sizeof(*perm));
 		if (!perm)
 			return -ENOMEM;
