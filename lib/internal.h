@@ -167,7 +167,11 @@ void lm__stats_fini(struct lm_runtime *rt);
 /* Starts the reporter thread; a missing daemon or a failure here is never an error. */
 void lm__report_start(struct lm_runtime *rt);
 void lm__report_stop(struct lm_runtime *rt);
+/* fork(): the reporter's descriptors are whole in the child (held from prepare to parent/child). */
+void lm__report_atfork_prepare(void);
+void lm__report_atfork_parent(void);
 void lm__report_atfork_child(struct lm_runtime *rt);
+void lm__report_atfork_child_reset(void);
 uint64_t lm__now_ns(void);
 
 /* ---- fileio.c: reads from file sources -------------------------------- */

@@ -75,6 +75,18 @@ void lm__stats_fini(struct lm_runtime *rt)
 #define BACKOFF_MIN_MS 50
 #define BACKOFF_MAX_MS 2000
 
+/*
+ * fork() copies every descriptor, and the daemon knows a runtime by its
+ * connection: a child holding a copy of it would keep its parent in the
+ * listing after the parent is gone.  The child closes the descriptors
+ * recorded in struct lm__report, so the reporter creates, records,
+ * closes and forgets them only under this lock, which fork() holds
+ * (lm__report_atfork_prepare): the child finds each descriptor either
+ * recorded or not yet made.  Nothing slower than a system call that
+ * cannot wait runs under it.
+ */
+static pthread_mutex_t fd_lock = PTHREAD_MUTEX_INITIALIZER;
+
 struct lm__report {
 	struct lm_runtime *rt;
 	char path[sizeof(((struct sockaddr_un *)0)->sun_path)];
@@ -134,37 +146,39 @@ static int send_line(struct lm__report *p, const char *line, int fd)
 
 static int try_connect(struct lm__report *p)
 {
-	int s = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
-	if (s < 0)
-		return -errno;
-	struct sockaddr_un a = { .sun_family = AF_UNIX };
-	memcpy(a.sun_path, p->path, strlen(p->path) + 1);
-	/* Non-blocking: a daemon whose backlog is full is retried, not waited on. */
-	if (connect(s, (struct sockaddr *)&a, sizeof(a)) < 0) {
-		int rc = -errno;
-		close(s);
-		return rc;
-	}
-	p->sock = s;
-	p->nin = p->skip = 0;
 	char name[40], line[128];
 	own_name(name, sizeof(name));
 	snprintf(line, sizeof(line), "hello %s %s\n", PACKAGE_VERSION, name);
-	int rc = send_line(p, line, p->rt->stats_fd);
-	if (rc < 0) {
-		close(s);
-		p->sock = -1;
-		return rc;
+	struct sockaddr_un a = { .sun_family = AF_UNIX };
+	memcpy(a.sun_path, p->path, strlen(p->path) + 1);
+	pthread_mutex_lock(&fd_lock);
+	int rc = 0, s = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+	/* Non-blocking: a daemon whose backlog is full is retried, not waited on. */
+	if (s < 0 || connect(s, (struct sockaddr *)&a, sizeof(a)) < 0)
+		rc = -errno;
+	if (!rc) {
+		p->sock = s;
+		p->nin = p->skip = 0;
+		rc = send_line(p, line, p->rt->stats_fd);
 	}
-	lm__log(p->rt, 3, "reporting to lazymemd at %s", p->path);
-	return 0;
+	if (rc < 0) {
+		if (s >= 0)
+			close(s);
+		p->sock = -1;
+	}
+	pthread_mutex_unlock(&fd_lock);
+	if (!rc)
+		lm__log(p->rt, 3, "reporting to lazymemd at %s", p->path);
+	return rc;
 }
 
 static void disconnect(struct lm__report *p, const char *why)
 {
 	lm__log(p->rt, 2, "lazymemd connection closed (%s): reconnecting in the background", why);
+	pthread_mutex_lock(&fd_lock);
 	close(p->sock);
 	p->sock = -1;
+	pthread_mutex_unlock(&fd_lock);
 }
 
 /* A request from the daemon: "budget BYTES".  The answer: "ok 0" or "error NAME message". */
@@ -241,8 +255,11 @@ static int serve(struct lm__report *p)
  */
 static void watch(struct lm__report *p)
 {
-	if (p->ino < 0)
+	if (p->ino < 0) {
+		pthread_mutex_lock(&fd_lock);
 		p->ino = inotify_init1(IN_CLOEXEC | IN_NONBLOCK);
+		pthread_mutex_unlock(&fd_lock);
+	}
 	if (p->ino < 0)
 		return;
 	if (inotify_add_watch(p->ino, p->dir, IN_CREATE | IN_MOVED_TO | IN_ATTRIB) >= 0)
@@ -323,17 +340,20 @@ void lm__report_start(struct lm_runtime *rt)
 		*(slash == p->dir ? slash + 1 : slash) = '\0';
 	else
 		strcpy(p->dir, ".");
+	pthread_mutex_lock(&fd_lock);
 	p->stop_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
-	if (p->stop_fd < 0 || pthread_create(&p->thread, NULL, report_main, p) != 0) {
+	p->started = p->stop_fd >= 0 && pthread_create(&p->thread, NULL, report_main, p) == 0;
+	if (p->started)
+		rt->report = p;
+	else if (p->stop_fd >= 0)
+		close(p->stop_fd);
+	pthread_mutex_unlock(&fd_lock);
+	if (!p->started) {
 		lm__log(rt, 1, "not reporting to lazymemd: cannot start its thread");
-		if (p->stop_fd >= 0)
-			close(p->stop_fd);
 		free(p);
 		return;
 	}
 	pthread_setname_np(p->thread, "lazymem-report");
-	p->started = true;
-	rt->report = p;
 }
 
 void lm__report_stop(struct lm_runtime *rt)
@@ -341,18 +361,38 @@ void lm__report_stop(struct lm_runtime *rt)
 	struct lm__report *p = rt->report;
 	if (!p)
 		return;
-	rt->report = NULL;
 	if (!p->in_child) {
 		uint64_t one = 1;
-		if (write(p->stop_fd, &one, sizeof(one)) == sizeof(one) && p->started)
+		if (write(p->stop_fd, &one, sizeof(one)) == sizeof(one))
 			pthread_join(p->thread, NULL);
+	}
+	/* Closed and forgotten together: a fork() until here closes them in its child. */
+	pthread_mutex_lock(&fd_lock);
+	rt->report = NULL;
+	if (!p->in_child) {
 		close(p->stop_fd);
 		if (p->sock >= 0)
 			close(p->sock);
 		if (p->ino >= 0)
 			close(p->ino);
 	}
+	pthread_mutex_unlock(&fd_lock);
 	free(p);
+}
+
+void lm__report_atfork_prepare(void)
+{
+	pthread_mutex_lock(&fd_lock);
+}
+
+void lm__report_atfork_parent(void)
+{
+	pthread_mutex_unlock(&fd_lock);
+}
+
+void lm__report_atfork_child_reset(void)
+{
+	pthread_mutex_init(&fd_lock, NULL);
 }
 
 /*

@@ -313,12 +313,14 @@ static void atfork_prepare(void)
 		/* Between eviction batches: no page is half moved out in the child. */
 		pthread_mutex_lock(&rt->evict_lock);
 	}
+	lm__report_atfork_prepare();
 	lm__signal_atfork_prepare();
 }
 
 static void atfork_parent(void)
 {
 	lm__signal_atfork_parent();
+	lm__report_atfork_parent();
 	for (struct lm_runtime *rt = all_list; rt; rt = rt->all_next) {
 		LM__STAT_ADD(rt, forks_followed, 1);
 		pthread_mutex_unlock(&rt->evict_lock);
@@ -360,6 +362,7 @@ static void atfork_child(void)
 		LM__STAT_SET(rt, budget_bytes, 0);
 	}
 	lm__signal_atfork_child();
+	lm__report_atfork_child_reset();
 	pthread_mutex_init(&all_lock, NULL);
 }
 

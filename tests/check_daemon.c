@@ -3,9 +3,11 @@
 #define _GNU_SOURCE
 #include "testutil.h"
 
+#include <dirent.h>
 #include <grp.h>
 #include <poll.h>
 #include <stdarg.h>
+#include <stdatomic.h>
 #include <stdbool.h>
 #include <stdint.h>
 #include <sys/mman.h>
@@ -902,6 +904,80 @@ START_TEST(no_report_and_fork)
 }
 END_TEST
 
+/* Socket descriptors of this process (the runtime's connection to the daemon among them). */
+static int count_sockets(void)
+{
+	DIR *d = opendir("/proc/self/fd");
+	int n = 0;
+	for (struct dirent *e; d && (e = readdir(d));) {
+		struct stat st;
+		if (e->d_name[0] != '.' && fstatat(dirfd(d), e->d_name, &st, 0) == 0 &&
+		    S_ISSOCK(st.st_mode))
+			n++;
+	}
+	if (d)
+		closedir(d);
+	return n;
+}
+
+/* A daemon of the test's own: takes the hello, hangs up and binds again, so the reporter reconnects in a loop. */
+static void hang_up_daemon(_Atomic int *accepts)
+{
+	for (;;) {
+		int l = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+		struct sockaddr_un a = { .sun_family = AF_UNIX };
+		snprintf(a.sun_path, sizeof(a.sun_path), "%s", sock);
+		unlink(sock);
+		if (l < 0 || bind(l, (struct sockaddr *)&a, sizeof(a)) < 0 || listen(l, 8) < 0)
+			_exit(1);
+		int c = accept(l, NULL, NULL);
+		char buf[256];
+		if (c >= 0 && read(c, buf, sizeof(buf)) > 0)
+			atomic_fetch_add(accepts, 1);
+		if (c >= 0)
+			close(c);
+		close(l);
+	}
+}
+
+/*
+ * A fork() while the reporter (re)connects: the child must not keep a
+ * copy of the connection (the daemon would list the parent for as long
+ * as the child lives).  The reporter reconnects in a loop here, and
+ * every child counts its sockets.
+ */
+START_TEST(fork_while_reconnecting)
+{
+	int base = count_sockets();
+	_Atomic int *accepts = mmap(NULL, sizeof(*accepts), PROT_READ | PROT_WRITE,
+				    MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+	ck_assert_ptr_ne(accepts, MAP_FAILED);
+	pid_t fake = fork();
+	ck_assert_int_ge(fake, 0);
+	if (fake == 0)
+		hang_up_daemon(accepts);
+	struct lm_runtime *rt = open_reporting();
+	int forks = 0, stale = 0;
+	for (double t0 = now_s(); now_s() - t0 < 4 && forks < 4000; forks++) {
+		pid_t pid = fork();
+		ck_assert_int_ge(pid, 0);
+		if (pid == 0)
+			_exit(count_sockets() == base ? 0 : 1);
+		int st;
+		ck_assert_int_eq(waitpid(pid, &st, 0), pid);
+		stale += !WIFEXITED(st) || WEXITSTATUS(st) != 0;
+	}
+	lm_runtime_close(rt);
+	kill(fake, SIGKILL);
+	waitpid(fake, NULL, 0);
+	int n = atomic_load(accepts);
+	munmap((void *)accepts, sizeof(*accepts));
+	ck_assert_msg(n >= 100, "the reporter connected only %d times", n);
+	ck_assert_msg(!stale, "%d of %d fork() children kept a connection to the daemon", stale,
+		      forks);
+}
+END_TEST
+
 int main(void)
 {
 	lmt_require_uffd();
@@ -931,6 +1007,7 @@ int main(void)
 	tcase_add_test(tc, socket_activation);
 	tcase_add_test(tc, detaches);
 	tcase_add_test(tc, no_report_and_fork);
+	tcase_add_test(tc, fork_while_reconnecting);
 	suite_add_tcase(s, tc);
 	SRunner *sr = srunner_create(s);
 	srunner_run_all(sr, CK_NORMAL);
