@@ -4,6 +4,7 @@
 #define _GNU_SOURCE	/* memmem */
 #endif
 #include "proto.h"
+#include "gauges.h"
 
 #include <errno.h>
 #include <stdarg.h>
@@ -452,16 +453,7 @@ void lmd_stats_load(const void *page, size_t maplen, struct lm_stats *out)
 	size_t words = (have - offsetof(struct lm_stats, fill_latency)) / sizeof(uint64_t);
 	for (size_t i = 0; i < words; i++)
 		dst[i] = __atomic_load_n(&src[i], __ATOMIC_RELAXED);
-	/* Signed in the page (see lib/internal.h): negative means zero. */
-	if ((int64_t)out->resident_pages < 0)
-		out->resident_pages = 0;
-	if ((int64_t)out->resident_dirty < 0)
-		out->resident_dirty = 0;
-	if ((int64_t)out->swapped_pages < 0)
-		out->swapped_pages = 0;
-	if (out->resident_dirty > out->resident_pages)
-		out->resident_dirty = out->resident_pages;
-	out->resident_clean = out->resident_pages - out->resident_dirty;
+	lm__gauges_settle(out);
 }
 
 /* Counts of pages (and of swap slots, a page each) in st, from st's page size to the smaller ps. */

@@ -1,6 +1,7 @@
 /* SPDX-License-Identifier: MIT */
 /* Statistics: the live counters, snapshots of them, and their text and JSON renderings. */
 #include "internal.h"
+#include "gauges.h"
 
 #include <errno.h>
 #include <stdarg.h>
@@ -26,12 +27,6 @@ void lm__stats_latency(struct lm_runtime *rt, uint64_t ns)
 	LM__STAT_ADD(rt, fill_ns_total, ns);
 }
 
-/* A signed gauge of the stats page (see struct lm__stats), clamped at zero. */
-static uint64_t nonneg(uint64_t v)
-{
-	return (int64_t)v > 0 ? v : 0;
-}
-
 /*
  * Reads the live counters: the same page lazymemd reads, so that the
  * two never disagree about anything but the instant.
@@ -48,13 +43,7 @@ int lm_stats_get(struct lm_runtime *rt, struct lm_stats *st)
 #undef COPY
 	for (int i = 0; i < LM_LAT_BUCKETS; i++)
 		full.fill_latency[i] = LM__STAT_GET(rt, fill_latency[i]);
-	full.resident_pages = nonneg(full.resident_pages);
-	full.swapped_pages = nonneg(full.swapped_pages);
-	full.resident_dirty = nonneg(full.resident_dirty);
-	/* Counted at different instants: clamp rather than underflow. */
-	if (full.resident_dirty > full.resident_pages)
-		full.resident_dirty = full.resident_pages;
-	full.resident_clean = full.resident_pages - full.resident_dirty;
+	lm__gauges_settle(&full);
 	full.page_size = (uint64_t)rt->page_size;
 	/* A caller built against an older, smaller struct gets its prefix. */
 	uint32_t size = st->size < sizeof(full) ? st->size : (uint32_t)sizeof(full);

@@ -14,7 +14,8 @@ fi
 out=$(mktemp -d)
 trap 'rm -rf "$out"' EXIT
 if ! "$cc" -g -O1 -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined \
-	-I "$src/include" -I "$src/daemon" "$src/tests/fuzz_proto.c" "$src/daemon/proto.c" \
+	-I "$src/include" -I "$src/lib" -I "$src/daemon" \
+	"$src/tests/fuzz_proto.c" "$src/daemon/proto.c" \
 	-o "$out/fuzz" 2>"$out/cc.log"; then
 	cat "$out/cc.log"
 	if grep -q "libclang_rt.fuzzer\|fuzzer.*not found\|cannot find" "$out/cc.log"; then
