@@ -829,20 +829,21 @@ static void handle_remove(struct lm_runtime *rt, uintptr_t start, uintptr_t end)
 /* Applies one event message, in the order the kernel queued it. */
 static void apply_event(struct lm_runtime *rt, const struct uffd_msg *m)
 {
+	/* Counted once applied: a count that moved tells that its event's effects are visible. */
 	switch (m->event) {
 	case UFFD_EVENT_REMAP:
-		LM__STAT_ADD(rt, events_remap, 1);
 		lm__region_remap(rt, (uintptr_t)m->arg.remap.from, (uintptr_t)m->arg.remap.to,
 				 (size_t)m->arg.remap.len);
+		LM__STAT_ADD(rt, events_remap, 1);
 		break;
 	case UFFD_EVENT_REMOVE:
-		LM__STAT_ADD(rt, events_remove, 1);
 		handle_remove(rt, (uintptr_t)m->arg.remove.start, (uintptr_t)m->arg.remove.end);
+		LM__STAT_ADD(rt, events_remove, 1);
 		break;
 	case UFFD_EVENT_UNMAP:
-		LM__STAT_ADD(rt, events_unmap, 1);
 		lm__region_unmapped(rt, (uintptr_t)m->arg.remove.start,
 				    (uintptr_t)m->arg.remove.end);
+		LM__STAT_ADD(rt, events_unmap, 1);
 		break;
 	}
 }

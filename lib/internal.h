@@ -377,6 +377,8 @@ struct lm__snap_scratch {
 
 /* True when some live, unbroken snapshot of set has not preserved page pgno. */
 bool lm__snap_needs(const struct lm__snapset *set, uint64_t pgno);
+/* The application discarded page pgno's contents: the snapshots of set that lacked them break (-EIO). */
+void lm__snap_lost(const struct lm__snapset *set, uint64_t pgno);
 /*
  * Records the current contents of pages pg[0..n) (n <= LM__SNAP_BATCH)
  * for every snapshot of set that lacks them; the caller holds each page.

@@ -560,13 +560,32 @@ struct forget_ctx {
 	struct lm_runtime *rt;
 	struct lm_region *r;
 	uint64_t dropped;
+	const struct lm__snapset *snaps;	/* the live snapshots, read under lm__read_lock */
 };
+
+/*
+ * Whether a page in state v, dropped, loses contents that its source
+ * does not have: a written page, a swapped one, a clean one whose
+ * contents are its swap slot's, one the evictor holds.
+ */
+static bool contents_lost(uint64_t v)
+{
+	unsigned s = LM_PTE_STATE(v);
+	return s == LM_PS_DIRTY || s == LM_PS_SWAPPED || s == LM_PS_EVICTING ||
+	       (s == LM_PS_CLEAN && LM_PTE_HAS_SLOT(v));
+}
 
 static int forget_one(lm__pte *e, uint64_t pgno, void *arg)
 {
 	struct forget_ctx *c = arg;
-	(void)pgno;
 	uint64_t v = atomic_load(e);
+	/*
+	 * The kernel has discarded the page already: a live snapshot that
+	 * still needed its contents cannot be exact any more, and says so
+	 * rather than save what the page refills with.
+	 */
+	if (c->snaps && contents_lost(v))
+		lm__snap_lost(c->snaps, pgno);
 	for (;;) {
 		unsigned s = LM_PTE_STATE(v);
 		/*
@@ -610,8 +629,10 @@ void lm__region_forget(struct lm_region *r, uintptr_t start, uintptr_t end, bool
 		return;
 	uint64_t first = (start - r->start) >> r->rt->page_shift;
 	uint64_t last = (end - 1 - r->start) >> r->rt->page_shift;
-	struct forget_ctx c = { r->rt, r, 0 };
+	int idx = lm__read_lock(r->rt);
+	struct forget_ctx c = { r->rt, r, 0, atomic_load(&r->snaps) };
 	lm__pt_walk(&r->pt, first, last, forget_one, &c);
+	lm__read_unlock(r->rt, idx);
 	if (dropped)
 		LM__STAT_ADD(r->rt, dontneed_pages, c.dropped);
 }

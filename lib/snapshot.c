@@ -144,6 +144,13 @@ static bool lacks(struct lm_snapshot *s, uint64_t pgno)
 	return !atomic_load_explicit(&s->err, memory_order_relaxed) && !map_get(s, pgno);
 }
 
+void lm__snap_lost(const struct lm__snapset *set, uint64_t pgno)
+{
+	for (unsigned i = 0; i < set->n; i++)
+		if (lacks(set->s[i], pgno))
+			snap_break(set->s[i], -EIO);
+}
+
 /* Sets entry val for pgno, or breaks the snapshot (err, or out of memory). */
 static void record(struct lm_snapshot *s, uint64_t pgno, uint64_t val, int err)
 {

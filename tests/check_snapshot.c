@@ -696,6 +696,64 @@ START_TEST(save_to_full_disk)
 }
 END_TEST
 
+/* Until the runtime has applied n remove events in all (each counted once applied). */
+static void wait_removes(struct lm_runtime *rt, uint64_t n)
+{
+	for (int i = 0; i < 2000 && lmt_stats(rt).events_remove < n; i++)
+		usleep(1000);
+	ck_assert_uint_ge(lmt_stats(rt).events_remove, n);
+}
+
+/*
+ * The application's own madvise(MADV_DONTNEED) of pages a live snapshot
+ * still needs: the kernel discards them before the runtime hears of it,
+ * so the snapshot breaks (-EIO) instead of keeping what the pages refill
+ * with.  Pages it already has, and pages the source still holds, do not
+ * break it; lm_region_advise preserves first and never does.
+ */
+START_TEST(app_dontneed_breaks_snapshot)
+{
+	struct lm_runtime *rt = lmt_open(MODE(_i));
+	size_t npages = 256, len = npages * PS;
+	struct lm_region *r;
+	ck_assert_int_eq(lm_region_create_zero(rt, len, 0, &r), 0);
+	unsigned char *p = lm_region_addr(r);
+	/* Pages 0-127 written; 128-255 never touched (the source's zeros). */
+	memset(p, 0x5a, len / 2);
+	unsigned char *want = calloc(1, len), *got = malloc(len);
+	memset(want, 0x5a, len / 2);
+	struct lm_snapshot *s;
+	uint64_t removes = lmt_stats(rt).events_remove;
+	ck_assert_int_eq(lm_snapshot_take(r, 0, &s), 0);
+	/*
+	 * Page 0 written after the take (preserved, with the rest of its
+	 * 64-page block), then dropped; page 200 dropped untouched.
+	 */
+	p[0] = 1;
+	ck_assert_int_eq(madvise(p, PS, MADV_DONTNEED), 0);
+	ck_assert_int_eq(madvise(p + 200 * PS, PS, MADV_DONTNEED), 0);
+	/* The library's own advice preserves page 70 before it goes. */
+	ck_assert_int_eq(lm_region_advise(r, 70 * PS, PS, LM_ADV_DONTNEED), 0);
+	wait_removes(rt, removes + 3);
+	ck_assert_int_eq(lm_snapshot_read(s, 0, got, len), 0);
+	ck_assert(memcmp(got, want, len) == 0);
+	/* Page 100: written before the take, lacked by the snapshot, discarded by the application. */
+	uint64_t errors = lmt_stats(rt).snapshot_errors;
+	ck_assert_int_eq(madvise(p + 100 * PS, PS, MADV_DONTNEED), 0);
+	wait_removes(rt, removes + 4);
+	ck_assert_int_eq(lm_snapshot_read(s, 0, got, len), -EIO);
+	ck_assert_int_eq(lm_snapshot_save(s, lmt_path("dontneed.img"), 0), -EIO);
+	ck_assert_uint_eq(lmt_stats(rt).snapshot_errors, errors + 1);
+	/* The region itself is only what the application asked for. */
+	ck_assert_int_eq(p[100 * PS], 0);
+	ck_assert_int_eq(p[101 * PS], 0x5a);
+	ck_assert_int_eq(lm_snapshot_release(s), 0);
+	free(want);
+	free(got);
+	ck_assert_int_eq(lm_runtime_close(rt), 0);
+}
+END_TEST
+
 static Suite *suite(void)
 {
 	Suite *s = suite_create("snapshot");
@@ -721,6 +779,7 @@ static Suite *suite(void)
 	tcase_add_loop_test(tc, rollback_with_swapped_pages, 0, 2);
 	tcase_add_loop_test(tc, remap_and_fork, 0, 2);
 	tcase_add_loop_test(tc, save_to_full_disk, 0, 2);
+	tcase_add_loop_test(tc, app_dontneed_breaks_snapshot, 0, 2);
 	suite_add_tcase(s, tc);
 	return s;
 }
