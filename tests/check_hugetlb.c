@@ -292,6 +292,28 @@ START_TEST(foreign_page_size)
 }
 END_TEST
 
+/*
+ * The snapshot demo on huge pages (--hugetlb), as README's Quick start
+ * offers it: the store, its snapshots, the fork() comparison, the lazy
+ * restore and the rollback, every check of its own passing.
+ */
+START_TEST(snapshot_demo)
+{
+	const char *b = getenv("LMT_BUILDDIR");
+	char cmd[1024], out[16384];
+	snprintf(cmd, sizeof(cmd), "LAZYMEM_SOCKET=off TMPDIR=%s %s/demos/lazymem-snapshot-demo "
+		 "--quick --hugetlb 2>&1", lmt_dir, b && *b ? b : ".");
+	FILE *f = popen(cmd, "r");
+	ck_assert_ptr_nonnull(f);
+	size_t n = fread(out, 1, sizeof(out) - 1, f);
+	out[n] = '\0';
+	int st = pclose(f);
+	ck_assert_msg(WIFEXITED(st) && WEXITSTATUS(st) == 0, "demo status %d:\n%s", st, out);
+	ck_assert_msg(strstr(out, "2048 KiB pages") && strstr(out, "every check passed"), "%s",
+		      out);
+}
+END_TEST
+
 static Suite *suite(void)
 {
 	Suite *s = suite_create("hugetlb");
@@ -306,6 +328,7 @@ static Suite *suite(void)
 	tcase_add_test(tc, foreign_page_size);
 	tcase_add_test(tc, fork_child_with_empty_pool);
 	tcase_add_loop_test(tc, consistent_under_writers, 0, 2);
+	tcase_add_test(tc, snapshot_demo);
 	suite_add_tcase(s, tc);
 	return s;
 }
@@ -315,6 +338,7 @@ int main(void)
 	lmt_require_uffd();
 	HPS = lmt_huge_page_size();
 	/* The largest test maps 8 huge pages twice over (a region and its image). */
-	lmt_require_hugetlb(16 * (HPS ? HPS : 1));
+	/* 16 pages for the tests, 32 more for the demo's store and its fork() copy. */
+	lmt_require_hugetlb(48 * (HPS ? HPS : 1));
 	return lmt_run(suite());
 }
