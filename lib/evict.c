@@ -422,8 +422,12 @@ static bool finish(struct lm_region *r, lm__pte *e, uint64_t pgno, uint64_t val)
  * Accounts a claimed page that the application dropped while the evictor
  * held it: forget (region.c) only marked it, since it did not own it.
  */
-static void dropped(struct lm_region *r, uint64_t prev)
+static void dropped(struct lm_region *r, uint64_t pgno, uint64_t prev)
 {
+	/* What the page was before the claim: a snapshot that lacked those contents has lost them. */
+	const struct lm__snapset *set = atomic_load_explicit(&r->snaps, memory_order_acquire);
+	if (set && lm__contents_lost(prev))
+		lm__snap_lost(set, pgno);
 	lm__resident_add(r, -1);
 	if (LM_PTE_STATE(prev) == LM_PS_DIRTY)
 		lm__dirty_add(r, -1);
@@ -437,7 +441,7 @@ static void give_back(struct lm_runtime *rt, struct batch *b)
 		if (b->slot[i] != UINT64_MAX)
 			lm__swap_free(&rt->swap, b->slot[i]);
 		if (finish(b->r, b->e[i], b->pg[i], b->prev[i]))
-			dropped(b->r, b->prev[i]);
+			dropped(b->r, b->pg[i], b->prev[i]);
 	}
 	b->n = 0;
 }
@@ -621,11 +625,11 @@ static long settle_batch(struct lm_runtime *rt, struct batch *b)
 			if (b->slot[i] != UINT64_MAX)
 				lm__swap_free(&rt->swap, b->slot[i]);
 			if (finish(r, b->e[i], b->pg[i], prev))
-				dropped(r, prev);
+				dropped(r, b->pg[i], prev);
 			continue;
 		case R_WB_DONE:
 			if (finish(r, b->e[i], b->pg[i], (uint64_t)LM_PS_CLEAN))
-				dropped(r, prev);
+				dropped(r, b->pg[i], prev);
 			else
 				lm__dirty_add(r, -1);
 			continue;
@@ -633,7 +637,7 @@ static long settle_batch(struct lm_runtime *rt, struct batch *b)
 			if (b->slot[i] != UINT64_MAX)
 				lm__swap_free(&rt->swap, b->slot[i]);
 			finish(r, b->e[i], b->pg[i], (uint64_t)LM_PS_MISSING);
-			dropped(r, prev);
+			dropped(r, b->pg[i], prev);
 			continue;
 		}
 		/* Staged: out of the region now. */
@@ -648,7 +652,7 @@ static long settle_batch(struct lm_runtime *rt, struct batch *b)
 			/* Dropped while it was being written: the slot holds nothing wanted. */
 			if (b->slot[i] != UINT64_MAX)
 				lm__swap_free(&rt->swap, b->slot[i]);
-			dropped(r, prev);
+			dropped(r, b->pg[i], prev);
 			continue;
 		}
 		lm__resident_add(r, -1);

@@ -102,6 +102,17 @@ enum {
 #define LM_PTE_SLOT(e) (((e) >> LM_PTE_AUX_SHIFT) - 1)
 #define LM_PTE_WITH_SLOT(slot) (((uint64_t)(slot) + 1) << LM_PTE_AUX_SHIFT)
 
+/*
+ * Whether a settled page in state v, dropped by the application, takes
+ * contents with it that its source does not have: a written page, a
+ * swapped one, a clean one whose contents are its swap slot's.
+ */
+static inline bool lm__contents_lost(uint64_t v)
+{
+	unsigned s = LM_PTE_STATE(v);
+	return s == LM_PS_DIRTY || s == LM_PS_SWAPPED || (s == LM_PS_CLEAN && LM_PTE_HAS_SLOT(v));
+}
+
 typedef _Atomic uint64_t lm__pte;
 
 struct lm__chunk;

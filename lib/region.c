@@ -563,18 +563,6 @@ struct forget_ctx {
 	const struct lm__snapset *snaps;	/* the live snapshots, read under lm__read_lock */
 };
 
-/*
- * Whether a page in state v, dropped, loses contents that its source
- * does not have: a written page, a swapped one, a clean one whose
- * contents are its swap slot's, one the evictor holds.
- */
-static bool contents_lost(uint64_t v)
-{
-	unsigned s = LM_PTE_STATE(v);
-	return s == LM_PS_DIRTY || s == LM_PS_SWAPPED || s == LM_PS_EVICTING ||
-	       (s == LM_PS_CLEAN && LM_PTE_HAS_SLOT(v));
-}
-
 static int forget_one(lm__pte *e, uint64_t pgno, void *arg)
 {
 	struct forget_ctx *c = arg;
@@ -582,9 +570,11 @@ static int forget_one(lm__pte *e, uint64_t pgno, void *arg)
 	/*
 	 * The kernel has discarded the page already: a live snapshot that
 	 * still needed its contents cannot be exact any more, and says so
-	 * rather than save what the page refills with.
+	 * rather than save what the page refills with.  (A page the evictor
+	 * holds only gets the mark below: the evictor knows what it was, and
+	 * breaks the snapshots when it sees the mark.)
 	 */
-	if (c->snaps && contents_lost(v))
+	if (c->snaps && lm__contents_lost(v))
 		lm__snap_lost(c->snaps, pgno);
 	for (;;) {
 		unsigned s = LM_PTE_STATE(v);

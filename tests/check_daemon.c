@@ -11,6 +11,7 @@
 #include <stdbool.h>
 #include <stdint.h>
 #include <sys/mman.h>
+#include <sys/prctl.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
@@ -920,15 +921,24 @@ static int count_sockets(void)
 	return n;
 }
 
-/* A daemon of the test's own: takes the hello, hangs up and binds again, so the reporter reconnects in a loop. */
+/*
+ * A daemon of the test's own: takes the hello, hangs up and binds again,
+ * so the reporter reconnects in a loop.  Each socket listens before it is
+ * renamed into place: the rename wakes the reporter (inotify), and no
+ * connect finds a socket not yet listening.
+ */
 static void hang_up_daemon(_Atomic int *accepts)
 {
+	prctl(PR_SET_PDEATHSIG, SIGKILL);
+	char tmp[sizeof(sock) + 8];
+	snprintf(tmp, sizeof(tmp), "%s.new", sock);
 	for (;;) {
 		int l = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
 		struct sockaddr_un a = { .sun_family = AF_UNIX };
-		snprintf(a.sun_path, sizeof(a.sun_path), "%s", sock);
-		unlink(sock);
-		if (l < 0 || bind(l, (struct sockaddr *)&a, sizeof(a)) < 0 || listen(l, 8) < 0)
+		snprintf(a.sun_path, sizeof(a.sun_path), "%s", tmp);
+		unlink(tmp);
+		if (l < 0 || bind(l, (struct sockaddr *)&a, sizeof(a)) < 0 || listen(l, 8) < 0 ||
+		    rename(tmp, sock) < 0)
 			_exit(1);
 		int c = accept(l, NULL, NULL);
 		char buf[256];

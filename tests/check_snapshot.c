@@ -759,6 +759,45 @@ START_TEST(app_dontneed_breaks_snapshot)
 }
 END_TEST
 
+/*
+ * Dont-need advice of the application's own while the evictor runs flat
+ * out on a region that is only read: every page it drops is the source's
+ * zeros or already evicted clean, so the snapshot must stay whole (pages
+ * the evictor holds are judged by what they were, not by the claim).
+ */
+START_TEST(app_dontneed_under_eviction)
+{
+	size_t npages = 4096, len = npages * PS;
+	struct lm_runtime *rt = open_budget(_i, npages, 4);
+	struct lm_region *r;
+	ck_assert_int_eq(lm_region_create_zero(rt, len, 0, &r), 0);
+	volatile unsigned char *p = lm_region_addr(r);
+	unsigned sum = 0;
+	for (size_t i = 0; i < len; i += PS)
+		sum += p[i];
+	struct lm_snapshot *s;
+	ck_assert_int_eq(lm_snapshot_take(r, 0, &s), 0);
+	uint64_t seed = 7;
+	for (double t0 = lmt_now(); lmt_now() - t0 < 2;) {
+		for (int k = 0; k < 64; k++) {
+			seed = seed * 6364136223846793005ull + 1442695040888963407ull;
+			sum += p[(size_t)(seed >> 33) % npages * PS];
+		}
+		size_t at = (size_t)(seed >> 40) % (npages - 16);
+		ck_assert_int_eq(madvise((void *)(p + at * PS), 16 * PS, MADV_DONTNEED), 0);
+	}
+	ck_assert_uint_eq(sum, 0);
+	unsigned char *got = malloc(len), *zeros = calloc(1, len);
+	ck_assert_int_eq(lm_snapshot_read(s, 0, got, len), 0);
+	ck_assert(memcmp(got, zeros, len) == 0);
+	ck_assert_uint_gt(lmt_stats(rt).evicted_pages, 0);
+	ck_assert_int_eq(lm_snapshot_release(s), 0);
+	free(got);
+	free(zeros);
+	ck_assert_int_eq(lm_runtime_close(rt), 0);
+}
+END_TEST
+
 static Suite *suite(void)
 {
 	Suite *s = suite_create("snapshot");
@@ -785,6 +824,7 @@ static Suite *suite(void)
 	tcase_add_loop_test(tc, remap_and_fork, 0, 2);
 	tcase_add_loop_test(tc, save_to_full_disk, 0, 2);
 	tcase_add_loop_test(tc, app_dontneed_breaks_snapshot, 0, 2);
+	tcase_add_loop_test(tc, app_dontneed_under_eviction, 0, 2);
 	suite_add_tcase(s, tc);
 	return s;
 }

@@ -12,12 +12,21 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "lazymem.h"
 #include "procutil.h"
 
 #define LMT_SKIP 77
+
+/* Seconds on the monotonic clock. */
+static inline double lmt_now(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
 
 /* Exit 77 (skip) with a reason when no userfaultfd can be had at all. */
 static inline void lmt_require_uffd(void)
