@@ -348,9 +348,14 @@ bool lm__snap_cow(struct lm__filler *f, struct lm_region *r, const struct lm__sn
 	}
 	/*
 	 * A page that could not be read is not there: the application dropped
-	 * it itself.  A neighbour is simply given back; the written page
-	 * leaves the snapshots that lack it broken, never wrong.
+	 * it itself, and its event found the page held here, so it is judged
+	 * here.  The written page leaves the snapshots that lack it broken,
+	 * never wrong; so does a neighbour whose contents were not its
+	 * source's, which is then given back.
 	 */
+	for (unsigned i = 0; i < cnt; i++)
+		if ((failed & (1ull << i)) && i != me && lm__contents_lost(pv[i]))
+			lm__snap_lost(set, base + i);
 	if (failed & (1ull << me))
 		for (unsigned x = 0; x < set->n; x++)
 			if (!map_get(set->s[x], pgno))
