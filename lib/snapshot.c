@@ -585,6 +585,24 @@ static int location_contents(struct lm__filler *f, struct lm_snapshot *s, uint64
  * when no other snapshot lacks it and nothing tracks writes, loses its
  * protection.  Called in a read section.
  */
+/*
+ * A held resident page that cannot be read is not there: the application
+ * dropped it while it was held here, and its event left it to the
+ * holder.  The snapshots that lacked contents its source does not have
+ * break, as the event would have broken them (buf is scratch).
+ */
+static void judge_gone(struct lm_region *r, uint64_t first, unsigned n, uint64_t held,
+		       const uint64_t *prev, unsigned char *buf)
+{
+	const struct lm__snapset *set = atomic_load_explicit(&r->snaps, memory_order_acquire);
+	for (unsigned i = 0; set && i < n; i++) {
+		unsigned st = LM_PTE_STATE(prev[i]);
+		if ((held & (1ull << i)) && (st == LM_PS_CLEAN || st == LM_PS_DIRTY) &&
+		    lm__contents_lost(prev[i]) && read_resident(r, first + i, 1, buf) != 1)
+			lm__snap_lost(set, first + i);
+	}
+}
+
 static int view_batch(struct lm__filler *f, struct lm_snapshot *s, uint64_t first, unsigned n,
 		      unsigned char *buf, struct lm__image_writer *w, bool record)
 {
@@ -611,6 +629,8 @@ static int view_batch(struct lm__filler *f, struct lm_snapshot *s, uint64_t firs
 			fromloc |= 1ull << i;
 		}
 	int rc = current_contents(f, r, first, n, all & ~fromloc, held, prev, buf);
+	if (rc == -EIO)
+		judge_gone(r, first, n, held & ~fromloc, prev, buf);
 	for (unsigned i = 0; i < n && !rc; i++)
 		if (fromloc & (1ull << i))
 			rc = location_contents(f, s, first + i, m[i], buf + (size_t)i * ps);

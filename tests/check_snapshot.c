@@ -798,6 +798,53 @@ START_TEST(app_dontneed_under_eviction)
 }
 END_TEST
 
+/*
+ * The application drops one written page at a random instant of a save:
+ * before the saver reaches it, while the saver holds it, or after.  The
+ * snapshot then either breaks or reads exactly as at the take, never the
+ * page's refill.
+ */
+START_TEST(app_dontneed_during_save)
+{
+	struct lm_runtime *rt = lmt_open(MODE(_i));
+	size_t npages = 2048, len = npages * PS;
+	struct lm_region *r;
+	ck_assert_int_eq(lm_region_create_zero(rt, len, 0, &r), 0);
+	unsigned char *p = lm_region_addr(r), *got = malloc(len);
+	uint64_t seed = 11;
+	int broke = 0, whole = 0;
+	for (int round = 0; round < 30; round++) {
+		lmt_fill_pattern(p, 0, len);
+		struct lm_snapshot *s;
+		ck_assert_int_eq(lm_snapshot_take(r, 0, &s), 0);
+		ck_assert_int_eq(lm_snapshot_save(s, lmt_path("during.img"), 0), 0);
+		seed = seed * 6364136223846793005ull + 1442695040888963407ull;
+		usleep((useconds_t)((seed >> 33) % 3000));
+		size_t pg = (size_t)(seed >> 20) % npages;
+		ck_assert_int_eq(madvise(p + pg * PS, PS, MADV_DONTNEED), 0);
+		int rc = lm_snapshot_wait(s);
+		ck_assert_msg(rc == 0 || rc == -EIO, "save: %s", lm_strerror(rc));
+		/* Once the event is applied: broken, or every byte as at the take. */
+		for (int i = 0; i < 2000 && lmt_stats(rt).events_remove < (uint64_t)round + 1; i++)
+			usleep(1000);
+		rc = lm_snapshot_read(s, 0, got, len);
+		ck_assert_msg(rc == 0 || rc == -EIO, "read: %s", lm_strerror(rc));
+		if (rc == 0) {
+			long at = lmt_check_pattern(got, 0, len);
+			ck_assert_msg(at < 0, "round %d: page %zu dropped, the snapshot differs at page %ld",
+				      round, pg, at / (long)PS);
+			whole++;
+		} else {
+			broke++;
+		}
+		ck_assert_int_eq(lm_snapshot_release(s), 0);
+	}
+	ck_assert_int_gt(broke + whole, 0);
+	free(got);
+	ck_assert_int_eq(lm_runtime_close(rt), 0);
+}
+END_TEST
+
 static Suite *suite(void)
 {
 	Suite *s = suite_create("snapshot");
@@ -825,6 +872,7 @@ static Suite *suite(void)
 	tcase_add_loop_test(tc, save_to_full_disk, 0, 2);
 	tcase_add_loop_test(tc, app_dontneed_breaks_snapshot, 0, 2);
 	tcase_add_loop_test(tc, app_dontneed_under_eviction, 0, 2);
+	tcase_add_loop_test(tc, app_dontneed_during_save, 0, 2);
 	suite_add_tcase(s, tc);
 	return s;
 }
