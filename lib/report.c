@@ -95,7 +95,6 @@ struct lm__report {
 	int stop_fd;		/* eventfd: the thread exits when readable */
 	int sock;		/* connected to lazymemd, or -1 */
 	int ino;		/* inotify on the socket's directory (or its parent), or -1 */
-	bool started;
 	uint64_t connected_ns;	/* when the current connection was made, 0: none */
 	bool in_child;		/* a fork() copy: its descriptors and thread are the parent's */
 	size_t skip;		/* bytes of a reply's body still to pass over */
@@ -342,13 +341,13 @@ void lm__report_start(struct lm_runtime *rt)
 		strcpy(p->dir, ".");
 	pthread_mutex_lock(&fd_lock);
 	p->stop_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
-	p->started = p->stop_fd >= 0 && pthread_create(&p->thread, NULL, report_main, p) == 0;
-	if (p->started)
+	bool started = p->stop_fd >= 0 && pthread_create(&p->thread, NULL, report_main, p) == 0;
+	if (started)
 		rt->report = p;
 	else if (p->stop_fd >= 0)
 		close(p->stop_fd);
 	pthread_mutex_unlock(&fd_lock);
-	if (!p->started) {
+	if (!started) {
 		lm__log(rt, 1, "not reporting to lazymemd: cannot start its thread");
 		free(p);
 		return;

@@ -354,12 +354,8 @@ bool lm__snap_cow(struct lm__filler *f, struct lm_region *r, const struct lm__sn
 	 * source's, which is then given back.
 	 */
 	for (unsigned i = 0; i < cnt; i++)
-		if ((failed & (1ull << i)) && i != me && lm__contents_lost(pv[i]))
+		if ((failed & (1ull << i)) && (i == me || lm__contents_lost(pv[i])))
 			lm__snap_lost(set, base + i);
-	if (failed & (1ull << me))
-		for (unsigned x = 0; x < set->n; x++)
-			if (!map_get(set->s[x], pgno))
-				snap_break(set->s[x], -EIO);
 	unsigned n = 0;
 	for (unsigned i = 0; i < cnt; i++) {
 		if (!(held & (1ull << i)))
@@ -579,30 +575,29 @@ static int location_contents(struct lm__filler *f, struct lm_snapshot *s, uint64
 }
 
 /*
+ * A held resident page that cannot be read is not there: the application
+ * dropped it while it was held here, and its event left it to the
+ * holder.  The snapshots that lacked contents its source does not have
+ * break, as the event would have broken them (buf is scratch).  Swapped
+ * pages are not read from the region, so they are not judged here.
+ */
+static void judge_gone(struct lm_region *r, uint64_t first, unsigned n, uint64_t held,
+		       const uint64_t *prev, unsigned char *buf)
+{
+	const struct lm__snapset *set = atomic_load_explicit(&r->snaps, memory_order_acquire);
+	for (unsigned i = 0; set && i < n; i++)
+		if ((held & (1ull << i)) && LM_PTE_STATE(prev[i]) != LM_PS_SWAPPED &&
+		    lm__contents_lost(prev[i]) && read_resident(r, first + i, 1, buf) != 1)
+			lm__snap_lost(set, first + i);
+}
+
+/*
  * The snapshot's view of pages [first, first + n) into buf.  With w (a
  * save), the view is also added to the image; on the snapshot's first
  * save each page read from the region is recorded as the image's and,
  * when no other snapshot lacks it and nothing tracks writes, loses its
  * protection.  Called in a read section.
  */
-/*
- * A held resident page that cannot be read is not there: the application
- * dropped it while it was held here, and its event left it to the
- * holder.  The snapshots that lacked contents its source does not have
- * break, as the event would have broken them (buf is scratch).
- */
-static void judge_gone(struct lm_region *r, uint64_t first, unsigned n, uint64_t held,
-		       const uint64_t *prev, unsigned char *buf)
-{
-	const struct lm__snapset *set = atomic_load_explicit(&r->snaps, memory_order_acquire);
-	for (unsigned i = 0; set && i < n; i++) {
-		unsigned st = LM_PTE_STATE(prev[i]);
-		if ((held & (1ull << i)) && (st == LM_PS_CLEAN || st == LM_PS_DIRTY) &&
-		    lm__contents_lost(prev[i]) && read_resident(r, first + i, 1, buf) != 1)
-			lm__snap_lost(set, first + i);
-	}
-}
-
 static int view_batch(struct lm__filler *f, struct lm_snapshot *s, uint64_t first, unsigned n,
 		      unsigned char *buf, struct lm__image_writer *w, bool record)
 {
