@@ -51,14 +51,6 @@ static long check_stamp(const unsigned char *base, size_t p, uint64_t v)
 	return -1;
 }
 
-static uint64_t rng(uint64_t *s)
-{
-	*s ^= *s << 13;
-	*s ^= *s >> 7;
-	*s ^= *s << 17;
-	return *s;
-}
-
 static struct lm_runtime *open_budget(int i, uint64_t budget, uint64_t swap_max)
 {
 	struct lm_options o = lmt_options(MODE(i));
@@ -127,7 +119,7 @@ START_TEST(working_set_4x_written)
 		      (unsigned long long)(rss_max - rss0) >> 10, (unsigned long long)allowed >> 10);
 	uint64_t seed = 88172645463325252ull;
 	for (int i = 0; i < 6000; i++) {
-		size_t p = rng(&seed) % pages;
+		size_t p = lmt_rng(&seed) % pages;
 		/* Half the time check before writing: a read-then-write page. */
 		if (i & 1)
 			ck_assert_msg(check_stamp(base, p, ver[p]) < 0, "page %zu", p);
@@ -170,7 +162,7 @@ START_TEST(working_set_4x_read)
 		ck_assert_int_eq(lmt_check_pattern(base, 0, len), -1);
 	uint64_t seed = 1234567;
 	for (int i = 0; i < 4000; i++) {
-		size_t p = rng(&seed) % (len / PS);
+		size_t p = lmt_rng(&seed) % (len / PS);
 		ck_assert_int_eq(lmt_check_pattern(base + p * PS, p * PS, PS), -1);
 	}
 	assert_within_budget(rt, budget);
@@ -212,7 +204,7 @@ static void *writer_main(void *arg)
 	w->bad = -1;
 	for (;;) {
 		for (int k = 0; k < 256; k++) {
-			size_t p = (rng(&seed) % (w->pages / w->n)) * w->n + w->id;
+			size_t p = (lmt_rng(&seed) % (w->pages / w->n)) * w->n + w->id;
 			if (p >= w->pages)
 				continue;
 			if (check_stamp(w->base, p, w->ver[p]) >= 0 && w->bad < 0)
@@ -666,11 +658,11 @@ static void *sf_writer_main(void *arg)
 	w->bad = -1;
 	for (int round = 0; round < 60; round++) {
 		for (int k = 0; k < 32; k++) {
-			size_t p = (rng(&seed) % (sf_pages / w->n)) * w->n + w->id;
-			size_t off = p * PS + rng(&seed) % PS;
+			size_t p = (lmt_rng(&seed) % (sf_pages / w->n)) * w->n + w->id;
+			size_t off = p * PS + lmt_rng(&seed) % PS;
 			if (off >= sf_size)
 				continue;
-			unsigned char v = (unsigned char)rng(&seed);
+			unsigned char v = (unsigned char)lmt_rng(&seed);
 			sf_base[off] = v;
 			sf_shadow[off] = v;
 		}

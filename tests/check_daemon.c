@@ -35,13 +35,6 @@ static const char *build(void)
 	return b && *b ? b : ".";
 }
 
-static double now_s(void)
-{
-	struct timespec ts;
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
-}
-
 static int connect_to(const char *path)
 {
 	int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
@@ -73,7 +66,7 @@ static pid_t start_daemon_args(const char *const *extra)
 		execv(bin, (char *const *)argv);
 		_exit(127);
 	}
-	for (double t0 = now_s(); now_s() - t0 < 10;) {
+	for (double t0 = lmt_now(); lmt_now() - t0 < 10;) {
 		int fd = connect_to(sock);
 		if (fd >= 0) {
 			close(fd);
@@ -178,7 +171,7 @@ static bool wait_listed(pid_t pid, bool gone, double secs)
 {
 	char out[65536], needle[32];
 	snprintf(needle, sizeof(needle), "\"pid\":%d,", (int)pid);
-	for (double t0 = now_s(); now_s() - t0 < secs; usleep(20000)) {
+	for (double t0 = lmt_now(); lmt_now() - t0 < secs; usleep(20000)) {
 		if (cli(out, sizeof(out), "ps --json") != 0)
 			continue;
 		if (!strstr(out, needle) == gone)
@@ -355,11 +348,11 @@ START_TEST(restart_reconnects)
 	ck_assert_int_eq(cli(out, sizeof(out), "ps"), 3);
 	usleep(300000);
 	start_daemon();
-	double t0 = now_s();
+	double t0 = lmt_now();
 	ck_assert(wait_listed(getpid(), false, 10));
 	ck_assert(wait_listed(c.pid, false, 10));
 	/* inotify on the directory: found at once, not after a full backoff. */
-	ck_assert_msg(now_s() - t0 < 3, "reconnected after %.2f s", now_s() - t0);
+	ck_assert_msg(lmt_now() - t0 < 3, "reconnected after %.2f s", lmt_now() - t0);
 	child_finish(c);
 	lm_runtime_close(rt);
 	stop_daemon();
@@ -667,9 +660,9 @@ START_TEST(malformed_clients)
 		ck_assert_msg(idle[i] >= 0, "idle connection %d: %s", i, strerror(errno));
 	}
 	char out[65536];
-	double t0 = now_s();
+	double t0 = lmt_now();
 	ck_assert_int_eq(cli(out, sizeof(out), "ps --json"), 0);
-	ck_assert_msg(now_s() - t0 < 2, "ps took %.2f s", now_s() - t0);
+	ck_assert_msg(lmt_now() - t0 < 2, "ps took %.2f s", lmt_now() - t0);
 	char needle[32];
 	snprintf(needle, sizeof(needle), "\"pid\":%d,", (int)getpid());
 	ck_assert_ptr_nonnull(strstr(out, needle));
@@ -679,7 +672,7 @@ START_TEST(malformed_clients)
 	/* Bounded: its memory stays small, and no descriptor leaked. */
 	long hwm = status_kib(daemon_pid, "VmHWM:");
 	ck_assert_msg(hwm > 0 && hwm < 128 * 1024, "lazymemd peak RSS %ld KiB", hwm);
-	for (double t = now_s(); fd_count(daemon_pid) > fds0 && now_s() - t < 5;)
+	for (double t = lmt_now(); fd_count(daemon_pid) > fds0 && lmt_now() - t < 5;)
 		usleep(20000);
 	ck_assert_int_le(fd_count(daemon_pid), fds0);
 	lm_runtime_close(rt);
@@ -724,7 +717,7 @@ START_TEST(descriptor_exhaustion)
 			close(fds[i]);
 	char out[4096];
 	bool ok = false;
-	for (double t0 = now_s(); !ok && now_s() - t0 < 5; usleep(50000))
+	for (double t0 = lmt_now(); !ok && lmt_now() - t0 < 5; usleep(50000))
 		ok = cli(out, sizeof(out), "version") == 0;
 	ck_assert(ok);
 	c0 = cpu_seconds(daemon_pid);
@@ -761,7 +754,7 @@ START_TEST(signals_and_privileges)
 	snprintf(path, sizeof(path), "%s.1", logpath);
 	ck_assert_int_eq(rename(logpath, path), 0);
 	ck_assert_int_eq(kill(daemon_pid, SIGHUP), 0);
-	for (double t0 = now_s(); access(logpath, F_OK) != 0 && now_s() - t0 < 5;)
+	for (double t0 = lmt_now(); access(logpath, F_OK) != 0 && lmt_now() - t0 < 5;)
 		usleep(10000);
 	ck_assert_int_eq(access(logpath, F_OK), 0);
 	ck_assert_int_eq(kill(daemon_pid, SIGINT), 0);
@@ -864,7 +857,7 @@ START_TEST(detaches)
 	ck_assert_int_ne(system(cmd), 0);
 	ck_assert_int_eq(access(file, F_OK), 0);
 	ck_assert_int_eq(kill(cred.pid, SIGTERM), 0);
-	for (double t0 = now_s(); access(sock, F_OK) == 0 && now_s() - t0 < 5;)
+	for (double t0 = lmt_now(); access(sock, F_OK) == 0 && lmt_now() - t0 < 5;)
 		usleep(10000);
 	ck_assert_int_ne(access(sock, F_OK), 0);
 }
@@ -968,7 +961,7 @@ START_TEST(fork_while_reconnecting)
 		hang_up_daemon(accepts);
 	struct lm_runtime *rt = open_reporting();
 	int forks = 0, stale = 0;
-	for (double t0 = now_s(); now_s() - t0 < 4 && forks < 4000; forks++) {
+	for (double t0 = lmt_now(); lmt_now() - t0 < 4 && forks < 4000; forks++) {
 		pid_t pid = fork();
 		ck_assert_int_ge(pid, 0);
 		if (pid == 0)

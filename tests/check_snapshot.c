@@ -779,16 +779,13 @@ START_TEST(app_dontneed_under_eviction)
 	ck_assert_int_eq(lm_snapshot_take(r, 0, &s), 0);
 	uint64_t seed = 7;
 	for (double t0 = lmt_now(); lmt_now() - t0 < 2;) {
-		for (int k = 0; k < 64; k++) {
-			seed = seed * 6364136223846793005ull + 1442695040888963407ull;
-			sum += p[(size_t)(seed >> 33) % npages * PS];
-		}
-		size_t at = (size_t)(seed >> 40) % (npages - 16);
+		for (int k = 0; k < 64; k++)
+			sum += p[lmt_rng(&seed) % npages * PS];
+		size_t at = lmt_rng(&seed) % (npages - 16);
 		ck_assert_int_eq(madvise((void *)(p + at * PS), 16 * PS, MADV_DONTNEED), 0);
 	}
 	ck_assert_uint_eq(sum, 0);
-	unsigned char *got = malloc(len), *zeros = calloc(1, len);
-	ck_assert_int_eq(lm_snapshot_read(s, 0, got, len), 0);
+	unsigned char *got = read_all(s), *zeros = calloc(1, len);
 	ck_assert(memcmp(got, zeros, len) == 0);
 	ck_assert_uint_gt(lmt_stats(rt).evicted_pages, 0);
 	ck_assert_int_eq(lm_snapshot_release(s), 0);
@@ -811,22 +808,20 @@ START_TEST(app_dontneed_during_save)
 	struct lm_region *r;
 	ck_assert_int_eq(lm_region_create_zero(rt, len, 0, &r), 0);
 	unsigned char *p = lm_region_addr(r), *got = malloc(len);
-	uint64_t seed = 11;
+	uint64_t seed = 11, removes = lmt_stats(rt).events_remove;
 	int broke = 0, whole = 0;
 	for (int round = 0; round < 30; round++) {
 		lmt_fill_pattern(p, 0, len);
 		struct lm_snapshot *s;
 		ck_assert_int_eq(lm_snapshot_take(r, 0, &s), 0);
 		ck_assert_int_eq(lm_snapshot_save(s, lmt_path("during.img"), 0), 0);
-		seed = seed * 6364136223846793005ull + 1442695040888963407ull;
-		usleep((useconds_t)((seed >> 33) % 3000));
-		size_t pg = (size_t)(seed >> 20) % npages;
+		usleep((useconds_t)(lmt_rng(&seed) % 3000));
+		size_t pg = lmt_rng(&seed) % npages;
 		ck_assert_int_eq(madvise(p + pg * PS, PS, MADV_DONTNEED), 0);
 		int rc = lm_snapshot_wait(s);
 		ck_assert_msg(rc == 0 || rc == -EIO, "save: %s", lm_strerror(rc));
 		/* Once the event is applied: broken, or every byte as at the take. */
-		for (int i = 0; i < 2000 && lmt_stats(rt).events_remove < (uint64_t)round + 1; i++)
-			usleep(1000);
+		wait_removes(rt, removes + (uint64_t)round + 1);
 		rc = lm_snapshot_read(s, 0, got, len);
 		ck_assert_msg(rc == 0 || rc == -EIO, "read: %s", lm_strerror(rc));
 		if (rc == 0) {
@@ -839,7 +834,12 @@ START_TEST(app_dontneed_during_save)
 		}
 		ck_assert_int_eq(lm_snapshot_release(s), 0);
 	}
-	ck_assert_int_gt(broke + whole, 0);
+	/*
+	 * Both outcomes happen (about 20 and 10 of 30 here): a drop before the
+	 * saver reaches its page breaks the snapshot, one after leaves it
+	 * whole.
+	 */
+	ck_assert_msg(broke > 0 && whole > 0, "%d rounds broke, %d stayed whole", broke, whole);
 	free(got);
 	ck_assert_int_eq(lm_runtime_close(rt), 0);
 }

@@ -69,10 +69,7 @@ static inline void *writer_main(void *arg)
 	uint64_t seed = 0x1234567ull * (wr->id + 1);
 	size_t per = l->npages / NW;
 	while (!atomic_load_explicit(&l->stop, memory_order_relaxed)) {
-		seed ^= seed << 13;
-		seed ^= seed >> 7;
-		seed ^= seed << 17;
-		size_t p = wr->id * per + seed % per;
+		size_t p = wr->id * per + lmt_rng(&seed) % per;
 		uint64_t v = atomic_load_explicit(&l->started[p], memory_order_relaxed) + 1;
 		atomic_store_explicit(&l->started[p], v, memory_order_seq_cst);
 		volatile uint64_t *q = (volatile uint64_t *)(l->base + p * PS);

@@ -9,6 +9,7 @@
 #include <setjmp.h>
 #include <signal.h>
 #include <stdbool.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -19,6 +20,15 @@
 #include "procutil.h"
 
 #define LMT_SKIP 77
+
+/* xorshift64: the tests' random numbers, repeatable from a non-zero seed. */
+static inline uint64_t lmt_rng(uint64_t *s)
+{
+	*s ^= *s << 13;
+	*s ^= *s >> 7;
+	*s ^= *s << 17;
+	return *s;
+}
 
 /* Seconds on the monotonic clock. */
 static inline double lmt_now(void)
