@@ -696,12 +696,19 @@ START_TEST(save_to_full_disk)
 }
 END_TEST
 
-/* Until the runtime has applied n remove events in all (each counted once applied). */
-static void wait_removes(struct lm_runtime *rt, uint64_t n)
+/* The remove (madvise) or unmap (munmap) events the runtime has applied: each is counted once applied. */
+static uint64_t applied(struct lm_runtime *rt, bool unmap)
 {
-	for (int i = 0; i < 2000 && lmt_stats(rt).events_remove < n; i++)
+	struct lm_stats st = lmt_stats(rt);
+	return unmap ? st.events_unmap : st.events_remove;
+}
+
+/* Until the runtime has applied n remove (or unmap) events in all. */
+static void wait_applied(struct lm_runtime *rt, bool unmap, uint64_t n)
+{
+	for (int i = 0; i < 2000 && applied(rt, unmap) < n; i++)
 		usleep(1000);
-	ck_assert_uint_ge(lmt_stats(rt).events_remove, n);
+	ck_assert_uint_ge(applied(rt, unmap), n);
 }
 
 /*
@@ -728,7 +735,7 @@ START_TEST(app_dontneed_breaks_snapshot)
 	unsigned char *want = calloc(1, len), *got = malloc(len);
 	memset(want, 0x5a, len / 2);
 	struct lm_snapshot *s;
-	uint64_t removes = lmt_stats(rt).events_remove;
+	uint64_t removes = applied(rt, false);
 	ck_assert_int_eq(lm_snapshot_take(r, 0, &s), 0);
 	/*
 	 * Page 0 written after the take (preserved, with the rest of its
@@ -739,13 +746,13 @@ START_TEST(app_dontneed_breaks_snapshot)
 	ck_assert_int_eq(madvise(p + 200 * PS, PS, MADV_DONTNEED), 0);
 	/* The library's own advice preserves page 70 before it goes. */
 	ck_assert_int_eq(lm_region_advise(r, 70 * PS, PS, LM_ADV_DONTNEED), 0);
-	wait_removes(rt, removes + 3);
+	wait_applied(rt, false, removes + 3);
 	ck_assert_int_eq(lm_snapshot_read(s, 0, got, len), 0);
 	ck_assert(memcmp(got, want, len) == 0);
 	/* Page 100: written before the take, lacked by the snapshot, discarded by the application. */
 	uint64_t errors = lmt_stats(rt).snapshot_errors;
 	ck_assert_int_eq(madvise(p + 100 * PS, PS, MADV_DONTNEED), 0);
-	wait_removes(rt, removes + 4);
+	wait_applied(rt, false, removes + 4);
 	ck_assert_int_eq(lm_snapshot_read(s, 0, got, len), -EIO);
 	ck_assert_int_eq(lm_snapshot_save(s, lmt_path("dontneed.img"), 0), -EIO);
 	ck_assert_uint_eq(lmt_stats(rt).snapshot_errors, errors + 1);
@@ -808,7 +815,7 @@ START_TEST(app_dontneed_during_save)
 	struct lm_region *r;
 	ck_assert_int_eq(lm_region_create_zero(rt, len, 0, &r), 0);
 	unsigned char *p = lm_region_addr(r), *got = malloc(len);
-	uint64_t seed = 11, removes = lmt_stats(rt).events_remove;
+	uint64_t seed = 11, removes = applied(rt, false);
 	int broke = 0, whole = 0;
 	for (int round = 0; round < 30; round++) {
 		lmt_fill_pattern(p, 0, len);
@@ -821,7 +828,7 @@ START_TEST(app_dontneed_during_save)
 		int rc = lm_snapshot_wait(s);
 		ck_assert_msg(rc == 0 || rc == -EIO, "save: %s", lm_strerror(rc));
 		/* Once the event is applied: broken, or every byte as at the take. */
-		wait_removes(rt, removes + (uint64_t)round + 1);
+		wait_applied(rt, false, removes + (uint64_t)round + 1);
 		rc = lm_snapshot_read(s, 0, got, len);
 		ck_assert_msg(rc == 0 || rc == -EIO, "read: %s", lm_strerror(rc));
 		if (rc == 0) {
@@ -841,6 +848,45 @@ START_TEST(app_dontneed_during_save)
 	 */
 	ck_assert_msg(broke > 0 && whole > 0, "%d rounds broke, %d stayed whole", broke, whole);
 	free(got);
+	ck_assert_int_eq(lm_runtime_close(rt), 0);
+}
+END_TEST
+
+/*
+ * munmap(2) of region pages by the application under a live snapshot:
+ * a page the snapshot already has keeps its old contents in it; a
+ * written page it still lacked breaks it (-EIO).
+ */
+START_TEST(app_munmap_breaks_snapshot)
+{
+	struct lm_runtime *rt = lmt_open(MODE(_i));
+	size_t npages = 256, len = npages * PS;
+	struct lm_region *r;
+	ck_assert_int_eq(lm_region_create_zero(rt, len, 0, &r), 0);
+	unsigned char *p = lm_region_addr(r);
+	ck_assert_int_eq(lm_region_advise(r, 0, len, LM_ADV_RANDOM), 0);
+	memset(p, 0x5a, len);
+	unsigned char *want = malloc(len);
+	memset(want, 0x5a, len);
+	uint64_t unmaps = applied(rt, true);
+	struct lm_snapshot *s;
+	ck_assert_int_eq(lm_snapshot_take(r, 0, &s), 0);
+	/* Page 1 written after the take (preserved with its block), then unmapped. */
+	p[PS] = 1;
+	ck_assert_int_eq(munmap(p + PS, PS), 0);
+	wait_applied(rt, true, unmaps + 1);
+	unsigned char *got = read_all(s);
+	ck_assert(memcmp(got, want, len) == 0);
+	free(got);
+	/* Page 200: written before the take and never preserved. */
+	ck_assert_int_eq(munmap(p + 200 * PS, PS), 0);
+	wait_applied(rt, true, unmaps + 2);
+	got = malloc(len);
+	ck_assert_int_eq(lm_snapshot_read(s, 0, got, len), -EIO);
+	ck_assert_int_eq(p[199 * PS], 0x5a);
+	ck_assert_int_eq(lm_snapshot_release(s), 0);
+	free(got);
+	free(want);
 	ck_assert_int_eq(lm_runtime_close(rt), 0);
 }
 END_TEST
@@ -873,6 +919,7 @@ static Suite *suite(void)
 	tcase_add_loop_test(tc, app_dontneed_breaks_snapshot, 0, 2);
 	tcase_add_loop_test(tc, app_dontneed_under_eviction, 0, 2);
 	tcase_add_loop_test(tc, app_dontneed_during_save, 0, 2);
+	tcase_add_loop_test(tc, app_munmap_breaks_snapshot, 0, 2);
 	suite_add_tcase(s, tc);
 	return s;
 }
