@@ -712,6 +712,24 @@ static void wait_applied(struct lm_runtime *rt, bool unmap, uint64_t n)
 }
 
 /*
+ * A zero region of len bytes, its first written bytes set to 0x5a; *want:
+ * what it holds.  Random advice: readahead would fill untouched pages
+ * too, and without write tracking a filled page may have been written.
+ */
+static unsigned char *written_region(struct lm_runtime *rt, size_t len, size_t written,
+				     struct lm_region **r, unsigned char **want)
+{
+	ck_assert_int_eq(lm_region_create_zero(rt, len, 0, r), 0);
+	unsigned char *p = lm_region_addr(*r);
+	ck_assert_int_eq(lm_region_advise(*r, 0, len, LM_ADV_RANDOM), 0);
+	memset(p, 0x5a, written);
+	*want = calloc(1, len);
+	ck_assert_ptr_nonnull(*want);
+	memset(*want, 0x5a, written);
+	return p;
+}
+
+/*
  * The application's own madvise(MADV_DONTNEED) of pages a live snapshot
  * still needs: the kernel discards them before the runtime hears of it,
  * so the snapshot breaks (-EIO) instead of keeping what the pages refill
@@ -723,17 +741,9 @@ START_TEST(app_dontneed_breaks_snapshot)
 	struct lm_runtime *rt = lmt_open(MODE(_i));
 	size_t npages = 256, len = npages * PS;
 	struct lm_region *r;
-	ck_assert_int_eq(lm_region_create_zero(rt, len, 0, &r), 0);
-	unsigned char *p = lm_region_addr(r);
-	/*
-	 * Pages 0-127 written; 128-255 never touched (the source's zeros).
-	 * Random advice: readahead would fill untouched pages too, and
-	 * without write tracking a filled page may have been written.
-	 */
-	ck_assert_int_eq(lm_region_advise(r, 0, len, LM_ADV_RANDOM), 0);
-	memset(p, 0x5a, len / 2);
-	unsigned char *want = calloc(1, len), *got = malloc(len);
-	memset(want, 0x5a, len / 2);
+	unsigned char *want, *got = malloc(len);
+	/* Pages 0-127 written; 128-255 never touched (the source's zeros). */
+	unsigned char *p = written_region(rt, len, len / 2, &r, &want);
 	struct lm_snapshot *s;
 	uint64_t removes = applied(rt, false);
 	ck_assert_int_eq(lm_snapshot_take(r, 0, &s), 0);
@@ -860,14 +870,10 @@ END_TEST
 START_TEST(app_munmap_breaks_snapshot)
 {
 	struct lm_runtime *rt = lmt_open(MODE(_i));
-	size_t npages = 256, len = npages * PS;
+	size_t len = 256 * PS;
 	struct lm_region *r;
-	ck_assert_int_eq(lm_region_create_zero(rt, len, 0, &r), 0);
-	unsigned char *p = lm_region_addr(r);
-	ck_assert_int_eq(lm_region_advise(r, 0, len, LM_ADV_RANDOM), 0);
-	memset(p, 0x5a, len);
-	unsigned char *want = malloc(len);
-	memset(want, 0x5a, len);
+	unsigned char *want;
+	unsigned char *p = written_region(rt, len, len, &r, &want);
 	uint64_t unmaps = applied(rt, true);
 	struct lm_snapshot *s;
 	ck_assert_int_eq(lm_snapshot_take(r, 0, &s), 0);
