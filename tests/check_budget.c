@@ -606,11 +606,8 @@ START_TEST(free_summary)
 	ck_assert_int_eq(lmt_check_pattern(lm_region_addr(m), 0, 64 * PS), -1);
 	memset(lm_region_addr(z), 1, 32 * PS);
 	/* A page's state is counted just after its install wakes the toucher: let it settle. */
-	struct lm_stats st = lmt_stats(rt);
-	for (int i = 0; i < 1000 && (st.resident_dirty != 32 || st.resident_clean != 64); i++) {
-		usleep(1000);
-		st = lmt_stats(rt);
-	}
+	struct lm_stats st;
+	(void)LMT_WAIT_UNTIL((st = lmt_stats(rt)).resident_dirty == 32 && st.resident_clean == 64, 1);
 	ck_assert_uint_eq(st.resident_clean, 64);
 	ck_assert_uint_eq(st.resident_dirty, 32);
 	struct lm_free f;

@@ -80,21 +80,17 @@ static uint64_t stat_at(const struct lm_stats *st, size_t off)
 
 /*
  * Events are counted by the thread that reads them, just after the
- * kernel lets the application's call return: poll for a little while.
+ * kernel lets the application's call return: wait for the count, and
+ * return the last one read, for the caller to assert on.
  */
-static uint64_t wait_stat(struct lm_runtime *rt, size_t off, uint64_t want, bool at_least,
-			  int ms)
+static uint64_t wait_stat(struct lm_runtime *rt, size_t off, uint64_t want)
 {
-	for (int t = 0;; t++) {
-		struct lm_stats st = lmt_stats(rt);
-		uint64_t v = stat_at(&st, off);
-		if ((at_least && v >= want) || (!at_least && v <= want) || t >= ms)
-			return v;
-		usleep(1000);
-	}
+	struct lm_stats st;
+	uint64_t v;
+	(void)LMT_WAIT_UNTIL((st = lmt_stats(rt), v = stat_at(&st, off)) >= want, 3);
+	return v;
 }
-#define WAIT_GE(rt, f, v) wait_stat(rt, offsetof(struct lm_stats, f), v, true, 3000)
-#define WAIT_LE(rt, f, v, ms) wait_stat(rt, offsetof(struct lm_stats, f), v, false, ms)
+#define WAIT_GE(rt, f, v) wait_stat(rt, offsetof(struct lm_stats, f), v)
 
 /* An address range nobody uses, for MREMAP_FIXED. */
 static unsigned char *reserve(size_t len)

@@ -222,6 +222,14 @@ START_TEST(parked_fault_survives_failed_owner)
 }
 END_TEST
 
+static uint64_t latency_entries(struct lm_stats st)
+{
+	uint64_t sum = 0;
+	for (int i = 0; i < LM_LAT_BUCKETS; i++)
+		sum += st.fill_latency[i];
+	return sum;
+}
+
 /* Fill latencies land in the histogram, one entry per fill. */
 START_TEST(latency_histogram_counts_fills)
 {
@@ -237,16 +245,8 @@ START_TEST(latency_histogram_counts_fills)
 	 * thread, so the last entry may land a moment after the access.
 	 */
 	struct lm_stats st;
-	uint64_t sum = 0;
-	for (int tries = 0; tries < 1000 && sum < 64; tries++) {
-		st = lmt_stats(rt);
-		sum = 0;
-		for (int i = 0; i < LM_LAT_BUCKETS; i++)
-			sum += st.fill_latency[i];
-		if (sum < 64)
-			usleep(1000);
-	}
-	ck_assert_uint_eq(sum, 64);
+	(void)LMT_WAIT_UNTIL(latency_entries(st = lmt_stats(rt)) >= 64, 1);
+	ck_assert_uint_eq(latency_entries(st), 64);
 	ck_assert_uint_gt(st.fill_ns_total, 0);
 	lm_runtime_close(rt);
 }

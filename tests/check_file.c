@@ -870,7 +870,6 @@ END_TEST
 #define BAD_PAGE 5
 
 struct fusefs {
-	int ok;
 	pid_t server;
 	int fd;			/* the file, open for reading */
 };
@@ -1000,27 +999,43 @@ static void fuse_serve(int dev, size_t size, size_t bad_start, size_t bad_end)
 	}
 }
 
-/* Mounts the file system in a private mount namespace; .ok = 0 when FUSE is not available here. */
+/* Mounts a FUSE file system served through *dev on dir: 0, or -errno. */
+static int fuse_mount(const char *dir, int *dev)
+{
+	*dev = open("/dev/fuse", O_RDWR | O_CLOEXEC);
+	if (*dev < 0)
+		return -errno;
+	char opts[128];
+	snprintf(opts, sizeof(opts), "fd=%d,rootmode=40000,user_id=0,group_id=0", *dev);
+	if (mount("lazymem-test", dir, "fuse", MS_NOSUID | MS_NODEV, opts) < 0) {
+		int err = errno;
+		close(*dev);
+		*dev = -1;
+		return -err;
+	}
+	return 0;
+}
+
+/* main's try (lmt_require_mount): the descriptor closes as its child exits. */
+static int fuse_mount_try(const char *dir)
+{
+	int dev;
+	return fuse_mount(dir, &dev);
+}
+
+/* Mounts the file system in a private mount namespace (main made sure FUSE works here). */
 static struct fusefs fuse_start(void)
 {
 	const size_t PS = ps();
-	struct fusefs fs = { 0, -1, -1 };
+	struct fusefs fs = { -1, -1 };
 	if (unshare(CLONE_NEWNS) == 0)
 		mount(NULL, "/", NULL, MS_REC | MS_PRIVATE, NULL);
-	int dev = open("/dev/fuse", O_RDWR | O_CLOEXEC);
-	if (dev < 0) {
-		printf("NOTE: no /dev/fuse (%s): FUSE read-error test not run\n", strerror(errno));
-		return fs;
-	}
 	char dir[] = "/tmp/lazymem-fuse-XXXXXX";
 	ck_assert_ptr_nonnull(mkdtemp(dir));
-	char opts[128];
-	snprintf(opts, sizeof(opts), "fd=%d,rootmode=40000,user_id=0,group_id=0", dev);
-	if (mount("lazymem-test", dir, "fuse", MS_NOSUID | MS_NODEV, opts) < 0) {
-		printf("NOTE: cannot mount FUSE (%s): FUSE read-error test not run\n", strerror(errno));
+	int dev, rc = fuse_mount(dir, &dev);
+	if (rc < 0) {
 		rmdir(dir);
-		close(dev);
-		return fs;
+		ck_abort_msg("mount a FUSE file system on %s: %s", dir, strerror(-rc));
 	}
 	pid_t pid = fork();
 	ck_assert_int_ge(pid, 0);
@@ -1037,7 +1052,6 @@ static struct fusefs fuse_start(void)
 	umount2(dir, MNT_DETACH);
 	rmdir(dir);
 	ck_assert_msg(fs.fd >= 0, "open %s: %s", path, strerror(err));
-	fs.ok = 1;
 
 	/* The premise: page BAD_PAGE fails, its neighbours read, a read across it is short. */
 	unsigned char *buf = malloc(2 * PS);
@@ -1083,8 +1097,6 @@ START_TEST(read_error_mid_file_sequential_scan)
 {
 	const size_t PS = ps();
 	struct fusefs fs = fuse_start();
-	if (!fs.ok)
-		return;
 	lmt_install_sigbus();
 	struct lm_runtime *rt = open_io(mode_of(_i), LM_IO_PREAD);
 	struct lm_region *r = file_region(rt, fs.fd, 0, FUSE_PAGES * PS);
@@ -1109,8 +1121,6 @@ START_TEST(read_error_in_readahead_only)
 {
 	const size_t PS = ps();
 	struct fusefs fs = fuse_start();
-	if (!fs.ok)
-		return;
 	lmt_install_sigbus();
 	struct lm_runtime *rt = open_io(mode_of(_i), LM_IO_PREAD);
 	struct lm_region *r = file_region(rt, fs.fd, 0, FUSE_PAGES * PS);
@@ -1411,5 +1421,7 @@ static Suite *file_suite(void)
 int main(void)
 {
 	lmt_require_uffd();
+	/* The read-error tests serve a file of their own through FUSE. */
+	lmt_require_mount("a FUSE file system through /dev/fuse", fuse_mount_try);
 	return lmt_run(file_suite());
 }

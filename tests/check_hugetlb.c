@@ -100,8 +100,7 @@ START_TEST(zero_pages)
 	ck_assert_int_eq(lm_region_advise(r, HPS, 2 * HPS, LM_ADV_DONTNEED), 0);
 	ck_assert_uint_eq(lmt_stats(rt).resident_pages, 2);
 	ck_assert_int_eq(lm_region_advise(r, HPS, 2 * HPS, LM_ADV_WILLNEED), 0);
-	for (int i = 0; i < 2000 && lmt_stats(rt).resident_pages < 4; i++)
-		usleep(1000);
+	(void)LMT_WAIT_UNTIL(lmt_stats(rt).resident_pages >= 4, 2);
 	ck_assert_uint_eq(lmt_stats(rt).resident_pages, 4);
 	ck_assert_uint_ge(lmt_stats(rt).prefetch_pages, 2);
 	ck_assert_int_eq(lm_region_destroy(r), 0);

@@ -200,15 +200,16 @@ START_TEST(sparse_terabyte_region)
 }
 END_TEST
 
+static uint64_t stat_at(struct lm_runtime *rt, size_t off)
+{
+	struct lm_stats st = lmt_stats(rt);
+	return *(uint64_t *)((char *)&st + off);
+}
+
 static void wait_stat(struct lm_runtime *rt, size_t off, uint64_t want)
 {
-	for (int i = 0; i < 5000; i++) {
-		struct lm_stats st = lmt_stats(rt);
-		if (*(uint64_t *)((char *)&st + off) >= want)
-			return;
-		usleep(1000);
-	}
-	ck_abort_msg("stat at %zu never reached %llu", off, (unsigned long long)want);
+	ck_assert_msg(LMT_WAIT_UNTIL(stat_at(rt, off) >= want, 5), "stat at %zu never reached %llu",
+		      off, (unsigned long long)want);
 }
 
 START_TEST(advice_random_and_sequential)

@@ -191,10 +191,13 @@ static inline void consistency(struct lm_runtime *rt, struct lm_region *r, const
 	}
 	int rc = lm_snapshot_wait(s);
 	ck_assert_msg(rc == 0, "lm_snapshot_wait: %s", lm_strerror(rc));
-	sleep_ms(50);
+	/* And after the save: the region must take writes once it is done. */
+	uint64_t at_saved = atomic_load(&l.writes);
+	bool went_on = LMT_WAIT_UNTIL(atomic_load(&l.writes) > at_saved + 1000, 5);
 	load_stop(&l, th);
-	ck_assert_msg(atomic_load(&l.writes) > at_take + 1000, "the load did not go on (%llu writes)",
-		      (unsigned long long)(atomic_load(&l.writes) - at_take));
+	ck_assert_msg(went_on, "the load did not go on after the save (%llu writes since the take, "
+		      "%llu since the save)", (unsigned long long)(atomic_load(&l.writes) - at_take),
+		      (unsigned long long)(atomic_load(&l.writes) - at_saved));
 	unsigned char *snap = read_all(s);
 	for (size_t p = 0; p < npages; p++)
 		check_bracket(&l, snap, p, lo[p], hi[p]);

@@ -1,5 +1,5 @@
 /* SPDX-License-Identifier: MIT */
-/* Helpers shared by the Check test programs: skipping, SIGBUS capture, files, runners. */
+/* Helpers shared by the Check test programs: skipping, waiting, SIGBUS capture, files, runners. */
 #ifndef LM_TESTUTIL_H
 #define LM_TESTUTIL_H
 
@@ -13,6 +13,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mount.h>
+#include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -38,6 +40,36 @@ static inline double lmt_now(void)
 	return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
 }
 
+/*
+ * How much longer than usual things may take: CK_TIMEOUT_MULTIPLIER,
+ * which stretches Check's timeouts and run-test.sh's (sanitizer builds
+ * set it), stretches the tests' own deadlines too.
+ */
+static inline double lmt_time_scale(void)
+{
+	const char *m = getenv("CK_TIMEOUT_MULTIPLIER");
+	char *end;
+	double v = m ? strtod(m, &end) : 0;
+	return m && end != m && v > 0 ? v : 1;
+}
+
+/*
+ * Waits for what a test is about to assert: evaluates cond every
+ * millisecond until it holds or secs seconds (times lmt_time_scale)
+ * have passed, and yields its last value.  A fixed sleep before the
+ * assertion would fail on a slow machine and waste time on a fast one.
+ * Only for something that must happen: that something does not happen
+ * can only be watched for a bounded time, which the test says.
+ */
+#define LMT_WAIT_UNTIL(cond, secs)                                                              \
+	({                                                                                      \
+		double lmt_end_ = lmt_now() + (double)(secs) * lmt_time_scale();                \
+		bool lmt_ok_;                                                                   \
+		while (!(lmt_ok_ = (cond)) && lmt_now() < lmt_end_)                             \
+			usleep(1000);                                                           \
+		lmt_ok_;                                                                        \
+	})
+
 /* Exit 77 (skip) with a reason when no userfaultfd can be had at all. */
 static inline void lmt_require_uffd(void)
 {
@@ -48,6 +80,50 @@ static inline void lmt_require_uffd(void)
 		exit(LMT_SKIP);
 	}
 	lm_runtime_close(rt);
+}
+
+/*
+ * Exit 77 (skip) with a reason unless what is named can be mounted here:
+ * do_mount mounts it on the empty directory it is given and returns 0 or
+ * -errno.  For main(), before Check runs: a test that exits 77 itself is
+ * reported as an error, not a skip; once this passed, a test that cannot
+ * mount fails.  The try runs in a child, so that what do_mount opened (a
+ * /dev/fuse descriptor) goes with it, and is unmounted at once.
+ */
+static inline void lmt_require_mount(const char *what, int (*do_mount)(const char *dir))
+{
+	fflush(stdout);
+	pid_t pid = fork();
+	if (pid < 0) {
+		printf("FAIL: fork: %s\n", strerror(errno));
+		exit(EXIT_FAILURE);
+	}
+	if (pid == 0) {
+		char dir[] = "/tmp/lazymem-mount-XXXXXX";
+		int rc = mkdtemp(dir) ? do_mount(dir) : -errno;
+		if (rc == 0)
+			umount2(dir, MNT_DETACH);
+		rmdir(dir);
+		_exit(-rc);
+	}
+	int st;
+	while (waitpid(pid, &st, 0) < 0 && errno == EINTR)
+		;
+	if (!WIFEXITED(st)) {
+		printf("FAIL: the try to mount %s died (status %#x)\n", what, st);
+		exit(EXIT_FAILURE);
+	}
+	if (WEXITSTATUS(st) == 0)
+		return;
+	printf("SKIP: cannot mount %s: %s%s\n", what, strerror(WEXITSTATUS(st)),
+	       geteuid() ? " (run as root)" : "");
+	exit(LMT_SKIP);
+}
+
+/* A do_mount for lmt_require_mount, and the tests: a 64 KiB tmpfs, to fill up. */
+static inline int lmt_mount_small_tmpfs(const char *dir)
+{
+	return mount("tmpfs", dir, "tmpfs", 0, "size=64k") < 0 ? -errno : 0;
 }
 
 /* Options for the given mode that ignore LAZYMEM_* variables: tests tweak them, then open. */
