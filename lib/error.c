@@ -1,9 +1,12 @@
 /* SPDX-License-Identifier: MIT */
-/* Error messages and the library version. */
+/* Error messages, the library version, and the debug build's report of a broken invariant. */
 #include "internal.h"
 
 #include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 /*
  * Messages are for the errors lazymem returns, worded for its callers;
@@ -50,3 +53,23 @@ const char *lm_version(void)
 {
 	return PACKAGE_VERSION;
 }
+
+#ifdef LM_DEBUG
+/*
+ * A debug build stops at the first broken invariant, where it broke: the
+ * state after it is already wrong, and every later symptom would point
+ * elsewhere.  Only ever compiled into debug builds (LM__ASSERT).  Written
+ * with write(2), which is async-signal-safe: the check may fail in a
+ * SIGBUS handler.
+ */
+void lm__assert_fail(const char *expr, const char *file, int line, const char *func)
+{
+	char buf[512];
+	int n = snprintf(buf, sizeof(buf), "lazymem: %s:%d: %s: invariant broken: %s\n", file, line,
+			 func, expr);
+	if (n > 0 && write(STDERR_FILENO, buf, (size_t)n < sizeof(buf) ? (size_t)n : sizeof(buf) - 1) < 0) {
+		/* Nothing more to do: the abort below is the report. */
+	}
+	abort();
+}
+#endif

@@ -167,12 +167,6 @@ const char *lm__swap_dir(const struct lm_runtime *rt)
 	return dir && *dir ? dir : "/tmp";
 }
 
-void lm__slot_release(struct lm_runtime *rt, uint64_t v)
-{
-	if (LM_PTE_HAS_SLOT(v) && rt->swap_ok)
-		lm__swap_free(&rt->swap, LM_PTE_SLOT(v));
-}
-
 /* ---- choosing victims ---------------------------------------------------- */
 
 static uintptr_t addr_of(struct lm_region *r, uint64_t pgno)
@@ -232,8 +226,7 @@ static int select_one(lm__pte *e, uint64_t pgno, void *arg)
 			 * next write (a fault; async: the next scan) marks it
 			 * referenced again.  Reads stay invisible.
 			 */
-			if (atomic_compare_exchange_strong(e, &v, v & ~LM_PTE_REF) &&
-			    s == LM_PS_DIRTY && !b->r->rt->wp_async) {
+			if (lm__pte_ref(e, &v, false) && s == LM_PS_DIRTY && !b->r->rt->wp_async) {
 				if (c->wp_end != pgno || c->wp_end == c->wp_first) {
 					reprotect(c);
 					c->wp_first = pgno;
@@ -241,11 +234,11 @@ static int select_one(lm__pte *e, uint64_t pgno, void *arg)
 				c->wp_end = pgno + 1;
 			}
 		} else if (!once && s == LM_PS_DIRTY && c->prefer_clean) {
-			atomic_compare_exchange_strong(e, &v, v | LM_PTE_REF);
-		} else if (atomic_compare_exchange_strong(e, &v, (uint64_t)LM_PS_EVICTING)) {
+			lm__pte_ref(e, &v, true);
+		} else if (lm__pte_claim(e, LM__ST(s), LM_PS_EVICTING, &v)) {
 			b->pg[b->n] = pgno;
 			b->e[b->n] = e;
-			b->prev[b->n] = v & ~(LM_PTE_WAITERS | LM_PTE_REF);
+			b->prev[b->n] = v & ~LM_PTE_REF;
 			b->slot[b->n] = UINT64_MAX;
 			b->res[b->n] = R_STAGED;
 			b->n++;
@@ -304,31 +297,8 @@ static void select_victims(struct lm_runtime *rt, struct lm__rtable *t, struct b
 static void mark_written(struct lm_region *r, uint64_t pgno)
 {
 	lm__pte *e = lm__pt_get(&r->pt, pgno, false);
-	if (!e)
-		return;
-	uint64_t v = atomic_load_explicit(e, memory_order_acquire);
-	for (;;) {
-		unsigned s = LM_PTE_STATE(v);
-		if (s == LM_PS_CLEAN) {
-			if (!atomic_compare_exchange_weak(e, &v, (uint64_t)LM_PS_DIRTY | LM_PTE_REF))
-				continue;
-			lm__dirty_add(r, 1);
-			lm__slot_release(r->rt, v);
-			return;
-		}
-		/* Written again: referenced, for the clock. */
-		if (s == LM_PS_DIRTY && !(v & LM_PTE_REF)) {
-			if (!atomic_compare_exchange_weak(e, &v, v | LM_PTE_REF))
-				continue;
-			return;
-		}
-		/* Held by a filler or the evictor: the holder settles it dirty (settle, finish). */
-		if ((s == LM_PS_FILLING || s == LM_PS_EVICTING) && !(v & LM_PTE_WRITTEN)) {
-			if (!atomic_compare_exchange_weak(e, &v, v | LM_PTE_WRITTEN))
-				continue;
-		}
-		return;
-	}
+	if (e)
+		lm__pte_mark_written(r, e);
 }
 
 /*
@@ -392,46 +362,14 @@ static bool same_as_source(struct lm_region *r, uint64_t pgno, const unsigned ch
 }
 
 /*
- * Settles a claimed page.  A page the application dropped meanwhile (its
- * REMOVE or UNMAP event marked it) reads from the source again instead.
+ * Settles a claimed page (pte.c judges a drop that came meanwhile).
  * Returns true when the page ended up dropped.
  */
-static bool finish(struct lm_region *r, lm__pte *e, uint64_t pgno, uint64_t val)
+static bool finish(struct lm_region *r, lm__pte *e, uint64_t pgno, uint64_t prev, uint64_t val,
+		   unsigned how)
 {
-	uint64_t old = atomic_load_explicit(e, memory_order_acquire);
-	for (;;) {
-		uint64_t nv = (old & LM_PTE_DROP) ? (uint64_t)LM_PS_MISSING : val;
-		/* Given back clean, but a scan saw it written meanwhile (async tracking). */
-		bool written = (old & LM_PTE_WRITTEN) && LM_PTE_STATE(nv) == LM_PS_CLEAN;
-		if (written)
-			nv = (uint64_t)LM_PS_DIRTY | LM_PTE_REF;
-		if (atomic_compare_exchange_weak_explicit(e, &old, nv, memory_order_acq_rel,
-							  memory_order_acquire)) {
-			if (written) {
-				lm__dirty_add(r, 1);
-				lm__slot_release(r->rt, val);
-			}
-			if (old & LM_PTE_WAITERS)
-				lm__uffd_wake(r->rt->ufd, addr_of(r, pgno), (size_t)r->rt->page_size);
-			return (old & LM_PTE_DROP) != 0;
-		}
-	}
-}
-
-/*
- * Accounts a claimed page that the application dropped while the evictor
- * held it: forget (region.c) only marked it, since it did not own it.
- */
-static void dropped(struct lm_region *r, uint64_t pgno, uint64_t prev)
-{
-	/* What the page was before the claim: a snapshot that lacked those contents has lost them. */
-	const struct lm__snapset *set = atomic_load_explicit(&r->snaps, memory_order_acquire);
-	if (set && lm__contents_lost(prev))
-		lm__snap_lost(set, pgno);
-	lm__resident_add(r, -1);
-	if (LM_PTE_STATE(prev) == LM_PS_DIRTY)
-		lm__dirty_add(r, -1);
-	lm__slot_release(r->rt, prev);
+	return (lm__pte_settle_counted(r, e, pgno, prev, prev, val, how) &
+		LM__SETTLED_DROPPED) != 0;
 }
 
 /* Gives every claimed page back, unchanged. */
@@ -440,8 +378,7 @@ static void give_back(struct lm_runtime *rt, struct batch *b)
 	for (unsigned i = 0; i < b->n; i++) {
 		if (b->slot[i] != UINT64_MAX)
 			lm__swap_free(&rt->swap, b->slot[i]);
-		if (finish(b->r, b->e[i], b->pg[i], b->prev[i]))
-			dropped(b->r, b->pg[i], b->prev[i]);
+		finish(b->r, b->e[i], b->pg[i], b->prev[i], b->prev[i], 0);
 	}
 	b->n = 0;
 }
@@ -607,15 +544,14 @@ static int write_back(struct lm_runtime *rt, struct batch *b, struct lm__filler 
 	return err;
 }
 
-/* Settles every page of the batch and counts what happened. */
+/* Settles every page of the batch and counts what happened (the page counters follow from the settles, pte.c). */
 static long settle_batch(struct lm_runtime *rt, struct batch *b)
 {
 	struct lm_region *r = b->r;
 	long evicted = 0;
 	for (unsigned i = 0; i < b->n; i++) {
 		uint64_t prev = b->prev[i];
-		bool was_dirty = LM_PTE_STATE(prev) == LM_PS_DIRTY;
-		bool dirty = was_dirty || b->slot[i] != UINT64_MAX;
+		bool dirty = LM_PTE_STATE(prev) == LM_PS_DIRTY || b->slot[i] != UINT64_MAX;
 		uint64_t val;
 		switch (b->res[i]) {
 		case R_BACK:
@@ -624,23 +560,23 @@ static long settle_batch(struct lm_runtime *rt, struct batch *b)
 			/* A write-protected DIRTY page is fine: its next write unprotects it. */
 			if (b->slot[i] != UINT64_MAX)
 				lm__swap_free(&rt->swap, b->slot[i]);
-			if (finish(r, b->e[i], b->pg[i], prev))
-				dropped(r, b->pg[i], prev);
+			finish(r, b->e[i], b->pg[i], prev, prev, 0);
 			continue;
 		case R_WB_DONE:
-			if (finish(r, b->e[i], b->pg[i], (uint64_t)LM_PS_CLEAN))
-				dropped(r, b->pg[i], prev);
-			else
-				lm__dirty_add(r, -1);
+			finish(r, b->e[i], b->pg[i], prev, (uint64_t)LM_PS_CLEAN, 0);
 			continue;
 		case R_GONE:
+			/* The move found it gone: the application dropped it, judged as such. */
 			if (b->slot[i] != UINT64_MAX)
 				lm__swap_free(&rt->swap, b->slot[i]);
-			finish(r, b->e[i], b->pg[i], (uint64_t)LM_PS_MISSING);
-			dropped(r, b->pg[i], prev);
+			finish(r, b->e[i], b->pg[i], prev, (uint64_t)LM_PS_MISSING, LM__SETTLE_GONE);
 			continue;
 		}
-		/* Staged: out of the region now. */
+		/*
+		 * Staged: out of the region now.  A page written since its
+		 * scan (asynchronous tracking) leaves its old slot for the new
+		 * one; a clean one with a slot keeps it (the swap cache).
+		 */
 		if (b->slot[i] != UINT64_MAX)
 			val = LM_PS_SWAPPED | LM_PTE_WITH_SLOT(b->slot[i]);
 		else if (LM_PTE_HAS_SLOT(prev))
@@ -648,21 +584,12 @@ static long settle_batch(struct lm_runtime *rt, struct batch *b)
 		else
 			val = LM_PS_MISSING;
 		val |= LM_PTE_EVICTED | lm__evict_stamp(rt);
-		if (finish(r, b->e[i], b->pg[i], val)) {
+		if (finish(r, b->e[i], b->pg[i], prev, val, 0)) {
 			/* Dropped while it was being written: the slot holds nothing wanted. */
 			if (b->slot[i] != UINT64_MAX)
 				lm__swap_free(&rt->swap, b->slot[i]);
-			dropped(r, b->pg[i], prev);
 			continue;
 		}
-		lm__resident_add(r, -1);
-		if (was_dirty)
-			lm__dirty_add(r, -1);
-		/* A clean page written after all (async tracking) leaves its old slot for the new one. */
-		if (b->slot[i] != UINT64_MAX && LM_PTE_HAS_SLOT(prev))
-			lm__slot_release(rt, prev);
-		if (LM_PTE_STATE(val) == LM_PS_SWAPPED)
-			lm__swapped_add(r, 1);
 		if (b->slot[i] == UINT64_MAX && LM_PTE_HAS_SLOT(prev))
 			LM__STAT_ADD(rt, swap_cache_hits, 1);
 		if (dirty)
@@ -991,12 +918,11 @@ static int select_dirty(lm__pte *e, uint64_t pgno, void *arg)
 	struct wb_sel *c = arg;
 	struct batch *b = c->b;
 	c->next = pgno + 1;
-	uint64_t v = atomic_load_explicit(e, memory_order_acquire);
-	if (LM_PTE_STATE(v) == LM_PS_DIRTY &&
-	    atomic_compare_exchange_strong(e, &v, (uint64_t)LM_PS_EVICTING)) {
+	uint64_t v;
+	if (lm__pte_claim(e, LM__ST(LM_PS_DIRTY), LM_PS_EVICTING, &v)) {
 		b->pg[b->n] = pgno;
 		b->e[b->n] = e;
-		b->prev[b->n] = v & ~LM_PTE_WAITERS;
+		b->prev[b->n] = v;
 		b->slot[b->n] = UINT64_MAX;
 		b->res[b->n] = R_WB;
 		b->n++;

@@ -20,84 +20,7 @@ static inline uintptr_t page_addr(struct lm_region *r, uint64_t pgno)
 	return r->start + (pgno << r->rt->page_shift);
 }
 
-/*
- * Moves a page its owner holds (FILLING) to a settled state; if a fault
- * was parked on it meanwhile, wakes the parked threads so they replay
- * the access against the new state.
- */
-uint64_t lm__settle(struct lm_region *r, lm__pte *e, uint64_t pgno, uint64_t val, int ufd)
-{
-	uint64_t old = atomic_exchange_explicit(e, val, memory_order_acq_rel);
-	/*
-	 * Async tracking: a scan found the page written while this thread
-	 * held it, and protected it again, so the write is recorded here or
-	 * nowhere.  (A page that was not installed cannot have been written:
-	 * then the flag is simply dropped with the state put back.)
-	 */
-	if ((old & LM_PTE_WRITTEN) && LM_PTE_STATE(val) == LM_PS_CLEAN &&
-	    atomic_compare_exchange_strong(e, &val, (uint64_t)LM_PS_DIRTY | LM_PTE_REF)) {
-		lm__dirty_add(r, 1);
-		lm__slot_release(r->rt, val);
-	}
-	if (old & LM_PTE_WAITERS)
-		lm__uffd_wake(ufd, page_addr(r, pgno), (size_t)r->rt->page_size);
-	return old;
-}
-
-#define ST(s) (1u << (s))
-
-/*
- * Claims a page for filling if its state is one of accept (ST() bits).
- * On a missing fault a page the table calls resident is accepted too:
- * the application may have dropped it (its REMOVE event still in
- * flight), and if it is in fact present the install reports EEXIST and
- * the old state is put back.
- */
-static bool claim(lm__pte *e, unsigned accept, uint64_t *prev)
-{
-	uint64_t v = atomic_load_explicit(e, memory_order_acquire);
-	for (;;) {
-		if (!(accept & ST(LM_PTE_STATE(v))))
-			return false;
-		if (atomic_compare_exchange_weak_explicit(e, &v, (uint64_t)LM_PS_FILLING,
-							  memory_order_acq_rel,
-							  memory_order_acquire)) {
-			*prev = v & ~LM_PTE_WAITERS;
-			return true;
-		}
-	}
-}
-
-#define FAULT_ACCEPT (ST(LM_PS_MISSING) | ST(LM_PS_SWAPPED) | ST(LM_PS_CLEAN) | ST(LM_PS_DIRTY))
-
-/*
- * Claims the faulting page, or parks the fault on it when someone else
- * owns it (its owner wakes the fault on settling).  Parking is a CAS on
- * the very state seen, so an owner that settled meanwhile (perhaps back to
- * MISSING, when its install failed) makes the CAS fail and the claim is
- * tried again: a fault is never dropped between the two.  Returns true
- * when the page was claimed; false when parked or poisoned.
- */
-static bool claim_or_park(struct lm_region *r, lm__pte *e, uint64_t *prev, bool *poisoned)
-{
-	for (;;) {
-		if (claim(e, FAULT_ACCEPT, prev))
-			return true;
-		uint64_t v = atomic_load_explicit(e, memory_order_acquire);
-		unsigned s = LM_PTE_STATE(v);
-		if (s == LM_PS_POISON) {
-			*poisoned = true;
-			return false;
-		}
-		if (s != LM_PS_FILLING && s != LM_PS_EVICTING)
-			continue;	/* settled meanwhile: claim again */
-		if ((v & LM_PTE_WAITERS) ||
-		    atomic_compare_exchange_strong(e, &v, v | LM_PTE_WAITERS)) {
-			LM__STAT_ADD(r->rt, faults_parked, 1);
-			return false;
-		}
-	}
-}
+#define FAULT_ACCEPT (LM__ST(LM_PS_MISSING) | LM__ST(LM_PS_SWAPPED) | LM__ST(LM_PS_CLEAN) | LM__ST(LM_PS_DIRTY))
 
 /* The readahead window for a fault at pgno, from advice and the access pattern. */
 static unsigned window(struct lm_region *r, uint64_t pgno)
@@ -275,19 +198,15 @@ static void count_fill(struct lm_runtime *rt, int kind, long n)
 }
 
 /*
- * Counts n pages filled (fresh of them newly resident).  A fault's pages
- * after the first, and all of an asynchronous readahead's, are readahead;
- * advice's are prefetch.  Either kind of readahead moves the sequential
- * marker to where the fill ended.
+ * Counts n pages filled.  A fault's pages after the first, and all of an
+ * asynchronous readahead's, are readahead; advice's are prefetch.  Either
+ * kind of readahead moves the sequential marker to where the fill ended.
+ * Counted before the install, which wakes the faulting thread: when its
+ * access completes the statistics already include it.
  */
-static void account(struct lm_region *r, int kind, unsigned n, unsigned fresh, unsigned flags,
-		    uint64_t pgno)
+static void account(struct lm_region *r, int kind, unsigned n, unsigned flags, uint64_t pgno)
 {
 	struct lm_runtime *rt = r->rt;
-	lm__resident_add(r, fresh);
-	/* Swapped pages are all fresh: no longer swapped once counted resident. */
-	if (kind < 0)
-		lm__swapped_add(r, -(int64_t)fresh);
 	count_fill(rt, kind, n);
 	if (flags & LM_FILL_PREFETCH) {
 		LM__STAT_ADD(rt, prefetch_pages, n);
@@ -299,12 +218,9 @@ static void account(struct lm_region *r, int kind, unsigned n, unsigned fresh, u
 
 /* Takes back what account() counted for n pages of which only installed were installed. */
 static void unaccount(struct lm_region *r, int kind, unsigned n, unsigned installed,
-		      unsigned fresh, unsigned flags)
+		      unsigned flags)
 {
 	struct lm_runtime *rt = r->rt;
-	lm__resident_add(r, -(int64_t)fresh);
-	if (kind < 0)
-		lm__swapped_add(r, fresh);
 	count_fill(rt, kind, -(long)(n - installed));
 	if (flags & LM_FILL_PREFETCH)
 		LM__STAT_SUB(rt, prefetch_pages, n - installed);
@@ -314,59 +230,316 @@ static void unaccount(struct lm_region *r, int kind, unsigned n, unsigned instal
 		LM__STAT_SUB(rt, readahead_pages, (n - 1) - (installed ? installed - 1 : 0));
 }
 
-/* Poisons page pgno (its toucher gets SIGBUS) and records it. */
-static void poison(struct lm_region *r, lm__pte *e, uint64_t pgno, int ufd)
+/* Poisons page pgno (its toucher gets SIGBUS) and records it; a held page settles POISON. */
+static void poison(struct lm_region *r, lm__pte *e, uint64_t pgno, uint64_t prev, uint64_t counted,
+		   int ufd)
 {
 	struct lm_runtime *rt = r->rt;
 	/* Counted first: the poison wakes the toucher, whose SIGBUS may read the stats. */
 	LM__STAT_ADD(rt, sigbus_raised, 1);
-	int rc = lm__uffd_poison(ufd, page_addr(r, pgno), (size_t)rt->page_size);
-	if (rc < 0 && rc != -EEXIST) {
-		lm__log(rt, 1, "cannot poison page %llu: %s", (unsigned long long)pgno,
-			lm_strerror(rc));
-		/* Still wake the toucher: a refault beats a hang. */
-		lm__uffd_wake(ufd, page_addr(r, pgno), (size_t)rt->page_size);
+	if (ufd >= 0) {
+		int rc = lm__uffd_poison(ufd, page_addr(r, pgno), (size_t)rt->page_size);
+		if (rc < 0 && rc != -EEXIST) {
+			lm__log(rt, 1, "cannot poison page %llu: %s", (unsigned long long)pgno,
+				lm_strerror(rc));
+			/* Still wake the toucher: a refault beats a hang. */
+			lm__uffd_wake(ufd, page_addr(r, pgno), (size_t)rt->page_size);
+		}
 	}
 	if (e)
-		lm__settle(r, e, pgno, LM_PS_POISON, ufd);
+		lm__pte_settle_counted(r, e, pgno, prev, counted, LM_PS_POISON, 0);
 }
 
 /*
- * The settled value of a page just installed.  Written pages (and every
- * page while nothing tracks writes) are DIRTY; a page installed
- * write-protected is CLEAN and keeps the swap slot it came from, if any,
- * as the swap cache.  A refault soon after the eviction earns the
- * clock's second chance (see lm__refault_hot).
+ * What the counters count a page as once installed (the settled value
+ * without the clock's bit).  Written pages (and every page while nothing
+ * tracks writes) are DIRTY; a page installed write-protected is CLEAN
+ * and keeps the swap slot it came from, if any, as the swap cache.
  */
-static uint64_t installed_value(struct lm_runtime *rt, uint64_t prev, bool clean)
+static uint64_t planned_value(uint64_t prev, bool clean)
 {
 	uint64_t v = clean ? LM_PS_CLEAN : LM_PS_DIRTY;
 	if (clean && LM_PTE_STATE(prev) == LM_PS_SWAPPED)
 		v |= prev & ~((1ull << LM_PTE_AUX_SHIFT) - 1);
+	return v;
+}
+
+/* The settled value of a page just installed: a refault soon after the eviction earns the clock's second chance (see lm__refault_hot). */
+static uint64_t installed_value(struct lm_runtime *rt, uint64_t prev, bool clean)
+{
+	uint64_t v = planned_value(prev, clean);
 	if ((prev & LM_PTE_EVICTED) && lm__refault_hot(rt, prev))
 		v |= LM_PTE_REF;
 	return v;
 }
 
-/* Counts the move of an installed page from prev to val (dirty pages, swapped pages, slots). */
-static void transition(struct lm_region *r, uint64_t prev, uint64_t val)
+/*
+ * One fill in progress: the pages claimed (the filler's arrays, not the
+ * stack: this may run on a small signal stack), where their contents
+ * are, and how they are to be installed.
+ */
+struct fill {
+	struct lm__filler *f;
+	struct lm_region *r;
+	uint64_t pgno;
+	unsigned n;		/* pages held: ents[0..n), prev[0..n) */
+	unsigned flags;
+	int kind;		/* the source's kind, or -1: swap slots */
+	int ufd;
+	bool fault;
+	bool wp, wp_rest;	/* the first page's protection, the others' */
+	bool zeropage;
+	const unsigned char *src;
+};
+
+/* Whether page i is installed write-protected (so settles CLEAN). */
+static inline bool fill_clean(const struct fill *x, unsigned i)
 {
-	unsigned ps = LM_PTE_STATE(prev), vs = LM_PTE_STATE(val);
-	/* (Swapped pages are counted by account(), before the install.) */
-	if ((ps == LM_PS_DIRTY) != (vs == LM_PS_DIRTY))
-		lm__dirty_add(r, vs == LM_PS_DIRTY ? 1 : -1);
-	if (LM_PTE_HAS_SLOT(prev) && !LM_PTE_HAS_SLOT(val))
-		lm__slot_release(r->rt, prev);
-	if (prev & LM_PTE_EVICTED)
-		LM__STAT_ADD(r->rt, refaults, 1);
+	return i ? x->wp_rest : x->wp;
+}
+
+/* Page i's value as the counters count it once the install was planned. */
+static inline uint64_t fill_counted(const struct fill *x, unsigned i)
+{
+	return planned_value(x->f->prev[i], fill_clean(x, i));
+}
+
+/* Gives pages [from, to) back unfilled; counted: the counters moved ahead already. */
+static void fill_release(struct fill *x, unsigned from, unsigned to, bool counted)
+{
+	for (unsigned i = from; i < to; i++)
+		lm__pte_settle_counted(x->r, x->f->ents[i], x->pgno + i, x->f->prev[i],
+				       counted ? fill_counted(x, i) : x->f->prev[i], x->f->prev[i], 0);
+}
+
+/*
+ * Claims the readahead pages after the first (already held): contiguous
+ * pages like the first only, as many as the window, the stage and (for
+ * a file) the file as last seen allow.
+ */
+static void fill_claim_window(struct fill *x, unsigned want)
+{
+	struct lm_region *r = x->r;
+	struct lm_runtime *rt = r->rt;
+	size_t ps = (size_t)rt->page_size;
+	bool from_swap = x->kind < 0;
+	unsigned n = want ? want : window(r, x->pgno);
+	if (n > r->npages - x->pgno)
+		n = (unsigned)(r->npages - x->pgno);
+	if (n > x->f->stage_len / ps)
+		n = (unsigned)(x->f->stage_len / ps);
+	if (r->kind == LM_SOURCE_FILE && n > 1 && !from_swap) {
+		/* Do not read ahead past the end of the file as last seen. */
+		uint64_t fsize = atomic_load_explicit(&r->fsize, memory_order_relaxed);
+		uint64_t off = r->foff + ((x->pgno + r->src_shift) << rt->page_shift);
+		uint64_t avail = fsize > off ? (fsize - off + ps - 1) / ps : 1;
+		if (n > avail)
+			n = avail ? (unsigned)avail : 1;
+	}
+	unsigned accept = from_swap ? LM__ST(LM_PS_SWAPPED) : LM__ST(LM_PS_MISSING);
+	x->n = 1;
+	while (x->n < n) {
+		lm__pte *e = lm__pt_get(&r->pt, x->pgno + x->n, true);
+		if (!e || !lm__pte_claim(e, accept, LM_PS_FILLING, &x->f->prev[x->n]))
+			break;
+		x->f->ents[x->n++] = e;
+	}
+}
+
+/*
+ * Reads the held pages' contents into x->src.  On failure (past the end
+ * of the file, a read error, a damaged page) every page is settled: the
+ * faulting page is poisoned (SIGBUS for it alone), the others go back.
+ * Returns the pages with contents, or -errno.
+ */
+static long fill_read(struct fill *x)
+{
+	struct lm__filler *f = x->f;
+	struct lm_region *r = x->r;
+	struct lm_runtime *rt = r->rt;
+	bool from_swap = x->kind < 0;
+	long avail = from_swap ? read_swap(f, rt, f->prev, x->n, &x->src)
+			       : lm__source_read(f, r, x->pgno, x->n, &x->src);
+	if (avail < 0 && x->n > 1 && !from_swap && r->kind != LM_SOURCE_IMAGE) {
+		/*
+		 * The batch failed, maybe only in its readahead part: a bad
+		 * block further on must not cost the faulting page, so read
+		 * that page alone before giving up on it.
+		 */
+		fill_release(x, 1, x->n, false);
+		x->n = 1;
+		avail = lm__source_read(f, r, x->pgno, 1, &x->src);
+	}
+	if (avail > 0) {
+		fill_release(x, (unsigned)avail, x->n, false);
+		x->n = (unsigned)avail;
+		return avail;
+	}
+	/* Past the end of the file, or a read error: SIGBUS for this page only. */
+	fill_release(x, 1, x->n, false);
+	x->n = 1;
+	uint64_t prev0 = f->prev[0];
+	if (from_swap && avail < 0) {
+		/* Its only copy is unreadable: the page is lost, and says so on every touch. */
+		poison(r, f->ents[0], x->pgno, prev0, prev0, x->fault ? x->ufd : -1);
+	} else if (x->fault) {
+		if (x->kind == LM_SOURCE_IMAGE)
+			LM__STAT_ADD(rt, image_errors, 1);
+		poison(r, f->ents[0], x->pgno, prev0, prev0, x->ufd);
+	} else {
+		lm__pte_settle(r, f->ents[0], x->pgno, prev0, prev0);
+	}
+	return avail < 0 ? avail : -ENXIO;
+}
+
+/*
+ * Decides how the pages are installed.  While writes are tracked (a
+ * budget or a shared region needs to know which pages are dirty), pages
+ * not being written are installed write-protected: their first write
+ * faults and marks them dirty.
+ *
+ * While a snapshot is live every page is installed write-protected (its
+ * first write must preserve it first, snapshot.c), except the page of a
+ * write fault: the write is what the fault is for, so the contents just
+ * read are preserved here and that page alone is installed writable,
+ * before the rest of the window.  A stale fault on a page the table
+ * calls resident (found by review) stays protected: what it holds is not
+ * the source's, so nothing can be preserved from the stage, and its write
+ * replays as a write-protect fault, which preserves the real contents.
+ *
+ * The shared zero page only while nothing tracks writes: mapping it and
+ * protecting it are two steps, and a write between them (the first wakes
+ * the toucher) would go unseen.  Tracked, zeros are copied in
+ * write-protected, in one step.
+ */
+static void fill_plan(struct fill *x)
+{
+	struct lm_region *r = x->r;
+	struct lm_runtime *rt = r->rt;
+	bool track = atomic_load_explicit(&rt->track, memory_order_relaxed);
+	const struct lm__snapset *snaps = atomic_load_explicit(&r->snaps, memory_order_acquire);
+	unsigned st0 = LM_PTE_STATE(x->f->prev[0]);
+	bool staged0 = st0 == LM_PS_MISSING || st0 == LM_PS_SWAPPED;
+	x->wp = (track || snaps) && !((x->flags & LM_FILL_WRITE) && (!snaps || staged0));
+	x->wp_rest = snaps || x->wp;
+	if (snaps && !x->wp) {
+		const unsigned char *d0 = st0 == LM_PS_MISSING && lm__source_immutable(r) ? NULL
+											 : x->src;
+		lm__snap_preserve(x->f, r, snaps, &x->pgno, &d0, 1);
+	}
+	x->zeropage = x->kind == LM_SOURCE_ZERO && !track && !snaps && !rt->huge &&
+		      !(x->flags & (LM_FILL_WRITE | LM_FILL_PREFETCH));
+}
+
+/*
+ * EEXIST at page `at`: present already, usually a second thread's fault
+ * on a page just filled (each faulting thread queues its own message).
+ * Resident as before, or newly by another path; not a fill.  Its write
+ * protection is unknown: count it dirty.
+ */
+static void fill_exists(struct fill *x, unsigned at)
+{
+	struct lm_runtime *rt = x->r->rt;
+	LM__STAT_ADD(rt, copy_eexist, 1);
+	if (at == 0 && x->fault)
+		LM__STAT_ADD(rt, faults_dup, 1);
+	uint64_t prev = x->f->prev[at];
+	unsigned s = LM_PTE_STATE(prev);
+	uint64_t keep = s == LM_PS_MISSING || s == LM_PS_SWAPPED ? installed_value(rt, prev, false)
+								 : prev;
+	lm__pte_settle_counted(x->r, x->f->ents[at], x->pgno + at, prev, fill_counted(x, at), keep,
+			       LM__SETTLE_INSTALLED);
+	lm__uffd_wake(x->ufd, page_addr(x->r, x->pgno + at), (size_t)rt->page_size);
+}
+
+/*
+ * Installs the held pages, settling each as it lands.  EEXIST at a page
+ * means another path populated it: keep going after it.  Returns the
+ * pages installed; *err gets the error that stopped it, if any.
+ */
+static unsigned fill_install(struct fill *x, long *err)
+{
+	struct lm_region *r = x->r;
+	struct lm_runtime *rt = r->rt;
+	struct lm__filler *f = x->f;
+	size_t ps = (size_t)rt->page_size;
+	unsigned at = 0, installed = 0;
+	while (at < x->n) {
+		size_t done = 0;
+		/* A write fault under a snapshot: its page alone, writable; then the rest. */
+		bool wpc = fill_clean(x, at);
+		unsigned lim = (!at && x->wp_rest != x->wp) ? 1 : x->n;
+		int rc = x->zeropage
+				 ? lm__uffd_zeropage(x->ufd, page_addr(r, x->pgno + at),
+						     (x->n - at) * ps, &done)
+				 : lm__uffd_copy(x->ufd, page_addr(r, x->pgno + at),
+						 x->src + (size_t)at * ps, (lim - at) * ps, wpc, &done);
+		unsigned ok = (unsigned)(done / ps);
+		for (unsigned i = at; i < at + ok; i++) {
+			if (f->prev[i] & LM_PTE_EVICTED)
+				LM__STAT_ADD(rt, refaults, 1);
+			lm__pte_settle_counted(r, f->ents[i], x->pgno + i, f->prev[i],
+					       fill_counted(x, i),
+					       installed_value(rt, f->prev[i], wpc),
+					       LM__SETTLE_INSTALLED);
+		}
+		installed += ok;
+		at += ok;
+		if (rc == 0 && at < x->n)
+			continue;
+		if (rc == 0)
+			break;
+		if (ok && rc != -EEXIST)
+			LM__STAT_ADD(rt, copy_partial, 1);
+		if (rc == -EEXIST) {
+			fill_exists(x, at);
+			at++;
+			continue;
+		}
+		if (rc == -EAGAIN)
+			LM__STAT_ADD(rt, copy_eagain, 1);
+		/*
+		 * The install must lie within one mapping: a readahead window
+		 * that crosses a hole the application unmapped fails whole
+		 * (ENOENT).  The faulting page alone may still be fine.
+		 */
+		if (at == 0 && x->n > 1 && rc != -EAGAIN && rc != -ESRCH) {
+			fill_release(x, 1, x->n, true);
+			unaccount(r, x->kind, x->n, 1, x->flags);
+			x->n = 1;
+			continue;
+		}
+		/*
+		 * EAGAIN: the address space is changing (mremap, fork) and an
+		 * event we must read may be pending, so never retry here: put
+		 * the pages back and wake the toucher, whose access replays.
+		 * ENOENT/ESRCH: unmapped, or the process is gone: wake it too.
+		 * Anything else cannot be filled: SIGBUS for the faulting page.
+		 * Either way the faulting thread is answered, never left asleep.
+		 */
+		bool sigbus = at == 0 && x->fault && rc != -EAGAIN && rc != -ENOENT && rc != -ESRCH;
+		if (sigbus) {
+			poison(r, f->ents[0], x->pgno, f->prev[0], fill_counted(x, 0), x->ufd);
+			fill_release(x, 1, x->n, true);
+		} else {
+			fill_release(x, at, x->n, true);
+		}
+		if (at == 0 && x->fault && !sigbus)
+			lm__uffd_wake(x->ufd, page_addr(r, x->pgno), ps);
+		*err = rc;
+		break;
+	}
+	return installed;
 }
 
 long lm__fill(struct lm__filler *f, struct lm_region *r, uint64_t pgno, unsigned want,
 	      unsigned flags, int ufd)
 {
 	struct lm_runtime *rt = r->rt;
-	size_t ps = (size_t)rt->page_size;
-	bool fault = !(flags & (LM_FILL_PREFETCH | LM_FILL_AHEAD));
+	struct fill x = {
+		.f = f, .r = r, .pgno = pgno, .flags = flags, .ufd = ufd,
+		.fault = !(flags & (LM_FILL_PREFETCH | LM_FILL_AHEAD)),
+	};
 	if (flags & LM_FILL_AHEAD) {
 		/* Readahead is a bet: not one worth evicting for. */
 		uint64_t b = atomic_load_explicit(&rt->budget, memory_order_relaxed);
@@ -379,237 +552,43 @@ long lm__fill(struct lm__filler *f, struct lm_region *r, uint64_t pgno, unsigned
 	uint64_t t0 = lm__now_ns();
 	lm__pte *e0 = lm__pt_get(&r->pt, pgno, true);
 	if (!e0) {
-		if (fault)
-			poison(r, NULL, pgno, ufd);
+		if (x.fault)
+			poison(r, NULL, pgno, 0, 0, ufd);
 		return -ENOMEM;
 	}
-	uint64_t prev0;
-	bool poisoned = false;
-	if (fault ? !claim_or_park(r, e0, &prev0, &poisoned)
-		  : !claim(e0, ST(LM_PS_MISSING) | ST(LM_PS_SWAPPED), &prev0)) {
+	int c = x.fault ? lm__pte_claim_or_park(e0, FAULT_ACCEPT, true, &f->prev[0])
+			: lm__pte_claim(e0, LM__ST(LM_PS_MISSING) | LM__ST(LM_PS_SWAPPED), LM_PS_FILLING,
+					&f->prev[0]) ? LM__PTE_CLAIMED : LM__PTE_REFUSED;
+	if (c == LM__PTE_PARKED)
+		LM__STAT_ADD(rt, faults_parked, 1);
+	if (c != LM__PTE_CLAIMED) {
 		/* Already poisoned: answer the fault with the poison again, not counted twice. */
-		if (poisoned)
-			poison(r, NULL, pgno, ufd), LM__STAT_SUB(rt, sigbus_raised, 1);
+		if (c == LM__PTE_POISONED)
+			poison(r, NULL, pgno, 0, 0, ufd), LM__STAT_SUB(rt, sigbus_raised, 1);
 		return 0;
 	}
-	if (r->kind == LM_SOURCE_IMAGE && fault)
+	f->ents[0] = e0;
+	if (r->kind == LM_SOURCE_IMAGE && x.fault)
 		LM__STAT_ADD(rt, restore_faults, 1);
 	/* A swapped page reads its slot, and its readahead takes swapped neighbours only. */
-	bool from_swap = LM_PTE_STATE(prev0) == LM_PS_SWAPPED;
-	int kind = from_swap ? -1 : r->kind;
-
-	/* Claim the readahead pages: contiguous pages like the first only. */
-	unsigned n = want ? want : window(r, pgno);
-	if (n > r->npages - pgno)
-		n = (unsigned)(r->npages - pgno);
-	if (n > f->stage_len / ps)
-		n = (unsigned)(f->stage_len / ps);
-	if (r->kind == LM_SOURCE_FILE && n > 1 && !from_swap) {
-		/* Do not read ahead past the end of the file as last seen. */
-		uint64_t fsize = atomic_load_explicit(&r->fsize, memory_order_relaxed);
-		uint64_t off = r->foff + ((pgno + r->src_shift) << rt->page_shift);
-		uint64_t avail = fsize > off ? (fsize - off + ps - 1) / ps : 1;
-		if (n > avail)
-			n = avail ? (unsigned)avail : 1;
-	}
-	/* The filler's arrays, not the stack: this may run on a small signal stack. */
-	lm__pte **ents = f->ents;
-	uint64_t *prev = f->prev;
-	ents[0] = e0;
-	prev[0] = prev0;
-	unsigned claimed = 1;
-	unsigned accept = from_swap ? ST(LM_PS_SWAPPED) : ST(LM_PS_MISSING);
-	while (claimed < n) {
-		lm__pte *e = lm__pt_get(&r->pt, pgno + claimed, true);
-		if (!e || !claim(e, accept, &prev[claimed]))
-			break;
-		ents[claimed++] = e;
-	}
-	n = claimed;
-
-	const unsigned char *src = NULL;
-	long avail = from_swap ? read_swap(f, rt, prev, n, &src) : lm__source_read(f, r, pgno, n, &src);
-	if (avail < 0 && n > 1 && !from_swap && r->kind != LM_SOURCE_IMAGE) {
-		/*
-		 * The batch failed, maybe only in its readahead part: a bad
-		 * block further on must not cost the faulting page, so read
-		 * that page alone before giving up on it.
-		 */
-		for (unsigned i = 1; i < n; i++)
-			lm__settle(r, ents[i], pgno + i, prev[i], ufd);
-		n = 1;
-		avail = lm__source_read(f, r, pgno, 1, &src);
-	}
-	if (avail <= 0) {
-		/* Past the end of the file, or a read error: SIGBUS for this page only. */
-		for (unsigned i = 1; i < n; i++)
-			lm__settle(r, ents[i], pgno + i, prev[i], ufd);
-		if (from_swap && avail < 0) {
-			/* Its only copy is unreadable: the page is lost, and says so on every touch. */
-			lm__swapped_add(r, -1);
-			lm__slot_release(rt, prev0);
-			if (fault) {
-				poison(r, e0, pgno, ufd);
-			} else {
-				LM__STAT_ADD(rt, sigbus_raised, 1);
-				lm__settle(r, e0, pgno, LM_PS_POISON, ufd);
-			}
-		} else if (fault) {
-			if (kind == LM_SOURCE_IMAGE)
-				LM__STAT_ADD(rt, image_errors, 1);
-			poison(r, e0, pgno, ufd);
-		} else {
-			lm__settle(r, e0, pgno, prev0, ufd);
-		}
-		return avail < 0 ? avail : -ENXIO;
-	}
-	for (unsigned i = (unsigned)avail; i < n; i++)
-		lm__settle(r, ents[i], pgno + i, prev[i], ufd);
-	n = (unsigned)avail;
-
+	x.kind = LM_PTE_STATE(f->prev[0]) == LM_PS_SWAPPED ? -1 : r->kind;
+	fill_claim_window(&x, want);
+	long avail = fill_read(&x);
+	if (avail < 0)
+		return avail;
+	fill_plan(&x);
 	/*
-	 * Accounted before the install, which wakes the faulting thread: when
-	 * its access completes the counters already include it.  What does not
-	 * get installed is taken back below.
+	 * Counted before the install, which wakes the faulting thread: when
+	 * its access completes the counters already include it.  What does
+	 * not get installed is taken back by its settle.
 	 */
-	unsigned fresh = 0;
-	for (unsigned i = 0; i < n; i++) {
-		unsigned s = LM_PTE_STATE(prev[i]);
-		fresh += s == LM_PS_MISSING || s == LM_PS_SWAPPED;
-	}
-	account(r, kind, n, fresh, flags, pgno);
-
-	/*
-	 * Install.  While writes are tracked (a budget or a shared region
-	 * needs to know which pages are dirty), pages not being written are
-	 * installed write-protected: their first write faults and marks them
-	 * dirty.  Untracked read faults on zero-source pages map the shared
-	 * zero page (no memory until written).  EEXIST at a page means another
-	 * path populated it: keep going after it.
-	 */
-	bool track = atomic_load_explicit(&rt->track, memory_order_relaxed);
-	/*
-	 * While a snapshot is live every page is installed write-protected
-	 * (its first write must preserve it first, snapshot.c), except the
-	 * page of a write fault: the write is what the fault is for, so the
-	 * contents just read are preserved here and that page alone is
-	 * installed writable, before the rest of the window.
-	 */
-	const struct lm__snapset *snaps = atomic_load_explicit(&r->snaps, memory_order_acquire);
-	/*
-	 * A stale fault on a page the table calls resident (found by review)
-	 * stays protected: what it holds is not the source's, so nothing can
-	 * be preserved from the stage, and its write replays as a
-	 * write-protect fault, which preserves the real contents.
-	 */
-	unsigned st0 = LM_PTE_STATE(prev0);
-	bool staged0 = st0 == LM_PS_MISSING || st0 == LM_PS_SWAPPED;
-	bool wp = (track || snaps) && !((flags & LM_FILL_WRITE) && (!snaps || staged0));
-	bool wp_rest = snaps || wp;
-	if (snaps && !wp) {
-		const unsigned char *d0 = st0 == LM_PS_MISSING && lm__source_immutable(r) ? NULL : src;
-		lm__snap_preserve(f, r, snaps, &pgno, &d0, 1);
-	}
-	/*
-	 * The shared zero page only while nothing tracks writes: mapping it
-	 * and protecting it are two steps, and a write between them (the
-	 * first wakes the toucher) would go unseen.  Tracked, zeros are
-	 * copied in write-protected, in one step.
-	 */
-	bool zeropage = kind == LM_SOURCE_ZERO && !track && !snaps && !rt->huge &&
-			!(flags & (LM_FILL_WRITE | LM_FILL_PREFETCH));
-	unsigned at = 0, installed = 0, fresh_done = 0;
+	account(r, x.kind, x.n, flags, pgno);
+	for (unsigned i = 0; i < x.n; i++)
+		lm__pte_count(r, f->prev[i], fill_counted(&x, i));
 	long ret = 0;
-	while (at < n) {
-		size_t done = 0;
-		/* A write fault under a snapshot: its page alone, writable; then the rest. */
-		bool wpc = at ? wp_rest : wp;
-		unsigned lim = (!at && wp_rest != wp) ? 1 : n;
-		int rc = zeropage ? lm__uffd_zeropage(ufd, page_addr(r, pgno + at), (n - at) * ps, &done)
-				  : lm__uffd_copy(ufd, page_addr(r, pgno + at), src + (size_t)at * ps,
-						  (lim - at) * ps, wpc, &done);
-		unsigned ok = (unsigned)(done / ps);
-		bool clean = wpc;
-		for (unsigned i = at; i < at + ok; i++) {
-			unsigned s = LM_PTE_STATE(prev[i]);
-			fresh_done += s == LM_PS_MISSING || s == LM_PS_SWAPPED;
-			uint64_t val = installed_value(rt, prev[i], clean);
-			transition(r, prev[i], val);
-			lm__settle(r, ents[i], pgno + i, val, ufd);
-		}
-		installed += ok;
-		at += ok;
-		if (rc == 0 && at < n)
-			continue;
-		if (rc == 0)
-			break;
-		if (ok && rc != -EEXIST)
-			LM__STAT_ADD(rt, copy_partial, 1);
-		if (rc == -EEXIST) {
-			/*
-			 * Present already: usually a second thread's fault on a page
-			 * just filled (each faulting thread queues its own message).
-			 * Resident as before, or newly by another path; not a fill.
-			 * Its write protection is unknown: count it dirty.
-			 */
-			LM__STAT_ADD(rt, copy_eexist, 1);
-			if (at == 0 && fault)
-				LM__STAT_ADD(rt, faults_dup, 1);
-			uint64_t keep = prev[at];
-			unsigned s = LM_PTE_STATE(keep);
-			if (s == LM_PS_MISSING || s == LM_PS_SWAPPED) {
-				keep = installed_value(rt, keep, false);
-				transition(r, prev[at], keep);
-				fresh_done++;
-			}
-			lm__settle(r, ents[at], pgno + at, keep, ufd);
-			lm__uffd_wake(ufd, page_addr(r, pgno + at), ps);
-			at++;
-			continue;
-		}
-		if (rc == -EAGAIN)
-			LM__STAT_ADD(rt, copy_eagain, 1);
-		/*
-		 * The install must lie within one mapping: a readahead window
-		 * that crosses a hole the application unmapped fails whole
-		 * (ENOENT).  The faulting page alone may still be fine.
-		 */
-		if (at == 0 && n > 1 && rc != -EAGAIN && rc != -ESRCH) {
-			for (unsigned i = 1; i < n; i++)
-				lm__settle(r, ents[i], pgno + i, prev[i], ufd);
-			unsigned s0 = LM_PTE_STATE(prev[0]);
-			unsigned fresh0 = s0 == LM_PS_MISSING || s0 == LM_PS_SWAPPED;
-			unaccount(r, kind, n, 1, fresh - fresh0, flags);
-			fresh = fresh0;
-			n = 1;
-			continue;
-		}
-		/*
-		 * EAGAIN: the address space is changing (mremap, fork) and an
-		 * event we must read may be pending, so never retry here: put
-		 * the pages back and wake the toucher, whose access replays.
-		 * ENOENT/ESRCH: unmapped, or the process is gone: wake it too.
-		 * Anything else cannot be filled: SIGBUS for the faulting page.
-		 * Either way the faulting thread is answered, never left asleep.
-		 */
-		bool sigbus = at == 0 && fault && rc != -EAGAIN && rc != -ENOENT && rc != -ESRCH;
-		for (unsigned i = at; i < n; i++) {
-			if (i == 0 && sigbus) {
-				if (from_swap) {
-					lm__swapped_add(r, -1);
-					lm__slot_release(rt, prev0);
-				}
-				poison(r, ents[0], pgno, ufd);
-			} else
-				lm__settle(r, ents[i], pgno + i, prev[i], ufd);
-		}
-		if (at == 0 && fault && !sigbus)
-			lm__uffd_wake(ufd, page_addr(r, pgno), ps);
-		ret = rc;
-		break;
-	}
-	if (installed < n || fresh_done < fresh)
-		unaccount(r, kind, n, installed, fresh - fresh_done, flags);
+	unsigned installed = fill_install(&x, &ret);
+	if (installed < x.n)
+		unaccount(r, x.kind, x.n, installed, flags);
 	if (installed) {
 		lm__stats_latency(rt, lm__now_ns() - t0);
 		lm__evict_check(rt);
@@ -623,73 +602,67 @@ void lm__wp_fault(struct lm__filler *f, struct lm_region *r, uint64_t pgno, uint
 	struct lm_runtime *rt = r->rt;
 	size_t ps = (size_t)rt->page_size;
 	lm__pte *e = lm__pt_get(&r->pt, pgno, false);
-	uint64_t v = e ? atomic_load_explicit(e, memory_order_acquire) : 0;
-	for (;;) {
-		unsigned s = LM_PTE_STATE(v);
-		if (!e || s == LM_PS_MISSING || s == LM_PS_SWAPPED || s == LM_PS_POISON) {
-			/*
-			 * Moved out or dropped since: the write replays as a
-			 * missing fault.  Should the page still be mapped all the
-			 * same, lifting the protection lets the write through
-			 * rather than fault for ever.
-			 */
-			if (lm__uffd_writeprotect(ufd, addr & ~(ps - 1), ps, false) < 0)
-				lm__uffd_wake(ufd, addr, ps);
-			return;
-		}
-		if (s == LM_PS_FILLING || s == LM_PS_EVICTING) {
-			/* Being evicted or written back: wait, the owner wakes the page. */
-			if (!park) {
-				sched_yield();
-				return;
-			}
-			if ((v & LM_PTE_WAITERS) ||
-			    atomic_compare_exchange_weak(e, &v, v | LM_PTE_WAITERS)) {
-				LM__STAT_ADD(rt, faults_parked, 1);
-				return;
-			}
-			continue;
-		}
+	uint64_t prev = 0;
+	/*
+	 * CLEAN or DIRTY pages are held (FILLING) while their protection is
+	 * lifted: otherwise a writeback could claim the page in between,
+	 * protect and write it, settle it CLEAN, and then this unprotect
+	 * would leave a clean page writable, its next write unseen and lost
+	 * on eviction (found by review).  DIRTY pages come here when a racing
+	 * fault marked them first, or when the clock hand protected them
+	 * again.
+	 */
+	int c = e ? lm__pte_claim_or_park(e, LM__ST(LM_PS_CLEAN) | LM__ST(LM_PS_DIRTY), park, &prev)
+		  : LM__PTE_REFUSED;
+	switch (c) {
+	case LM__PTE_PARKED:
+		/* Being evicted or written back: the holder wakes the page. */
+		LM__STAT_ADD(rt, faults_parked, 1);
+		return;
+	case LM__PTE_BUSY:
+		sched_yield();
+		return;
+	case LM__PTE_CLAIMED:
+		break;
+	default:
 		/*
-		 * CLEAN or DIRTY.  The page is held (FILLING) while its
-		 * protection is lifted: otherwise a writeback could claim it in
-		 * between, protect and write it, settle it CLEAN, and then this
-		 * unprotect would leave a clean page writable, its next write
-		 * unseen and lost on eviction (found by review).  DIRTY pages
-		 * come here when a racing fault marked them first, or when the
-		 * clock hand protected them again.
+		 * Moved out or dropped since: the write replays as a missing
+		 * fault.  Should the page still be mapped all the same, lifting
+		 * the protection lets the write through rather than fault for
+		 * ever.
 		 */
-		if (!atomic_compare_exchange_weak(e, &v, (uint64_t)LM_PS_FILLING))
-			continue;
-		uint64_t prev = v & ~LM_PTE_WAITERS;
-		/*
-		 * A snapshot lacks the page: its contents are preserved (with its
-		 * neighbours') before the write may go through.  Without a
-		 * staging buffer (signal mode, the pool empty) the write replays.
-		 */
-		const struct lm__snapset *snaps = atomic_load_explicit(&r->snaps, memory_order_acquire);
-		bool lifted = false;
-		if (snaps && lm__snap_needs(snaps, pgno)) {
-			if (!f) {
-				lm__settle(r, e, pgno, prev, ufd);
-				sched_yield();
-				return;
-			}
-			lifted = lm__snap_cow(f, r, snaps, pgno, prev);
-		}
-		if (s == LM_PS_CLEAN)
-			lm__dirty_add(r, 1);
-		/* Lifting the protection wakes the writer; an event pending (EAGAIN): it faults again. */
-		int rc = lifted ? 0 : lm__uffd_writeprotect(ufd, addr & ~(ps - 1), ps, false);
-		/* Written: referenced for the clock.  A clean page's slot is stale now. */
-		uint64_t old = atomic_exchange_explicit(e, (uint64_t)LM_PS_DIRTY | LM_PTE_REF,
-							memory_order_acq_rel);
-		if (s == LM_PS_CLEAN)
-			lm__slot_release(rt, prev);
-		if (rc < 0 || (old & LM_PTE_WAITERS))
-			lm__uffd_wake(ufd, addr & ~(ps - 1), ps);
+		if (lm__uffd_writeprotect(ufd, addr & ~(ps - 1), ps, false) < 0)
+			lm__uffd_wake(ufd, addr, ps);
 		return;
 	}
+	/*
+	 * A snapshot lacks the page: its contents are preserved (with its
+	 * neighbours') before the write may go through.  Without a staging
+	 * buffer (signal mode, the pool empty) the write replays.
+	 */
+	const struct lm__snapset *snaps = atomic_load_explicit(&r->snaps, memory_order_acquire);
+	int lifted = 0;
+	if (snaps && lm__snap_needs(snaps, pgno)) {
+		if (!f) {
+			lm__pte_settle(r, e, pgno, prev, prev);
+			sched_yield();
+			return;
+		}
+		lifted = lm__snap_cow(f, r, snaps, pgno, prev);
+		if (lifted < 0) {
+			/* The page was gone (settled as such): the write replays as a missing fault. */
+			lm__uffd_wake(ufd, addr & ~(ps - 1), ps);
+			return;
+		}
+	}
+	/* Written: referenced for the clock, and counted dirty before the write goes through. */
+	uint64_t val = (uint64_t)LM_PS_DIRTY | LM_PTE_REF;
+	lm__pte_count(r, prev, val);
+	/* Lifting the protection wakes the writer; an event pending (EAGAIN): it faults again. */
+	int rc = lifted ? 0 : lm__uffd_writeprotect(ufd, addr & ~(ps - 1), ps, false);
+	int st = lm__pte_settle_counted(r, e, pgno, prev, val, val, 0);
+	if (rc < 0 && !(st & LM__SETTLED_WOKE))
+		lm__uffd_wake(ufd, addr & ~(ps - 1), ps);
 }
 
 /*

@@ -20,6 +20,21 @@
 #define LM__ARRAY_SIZE(a) (sizeof(a) / sizeof((a)[0]))
 
 /*
+ * Invariants are checked where they are enforced.  A debug build
+ * (./configure --enable-debug) aborts with the broken one's text when
+ * one fails; a release build compiles the check away, since the library
+ * never aborts the application's process.
+ */
+#ifdef LM_DEBUG
+void lm__assert_fail(const char *expr, const char *file, int line, const char *func)
+	__attribute__((noreturn));
+#define LM__ASSERT(x) \
+	(LM__LIKELY(x) ? (void)0 : lm__assert_fail(#x, __FILE__, __LINE__, __func__))
+#else
+#define LM__ASSERT(x) ((void)sizeof(!(x)))
+#endif
+
+/*
  * Public functions never change errno (lazymem.h promises it), though the
  * syscalls under them do: each entry point declares LM__KEEP_ERRNO, which
  * puts errno back however the function returns.
@@ -84,6 +99,7 @@ enum {
 	LM_PS_SWAPPED = 4,	/* only copy is in a swap slot (aux) */
 	LM_PS_EVICTING = 5,	/* being written out */
 	LM_PS_POISON = 6,	/* could not be filled: touching it raises SIGBUS */
+	LM_PS_NSTATES
 };
 
 #define LM_PTE_STATE_MASK 0xfull
@@ -137,6 +153,76 @@ lm__pte *lm__pt_get(struct lm__ptable *pt, uint64_t pgno, bool create);
 /* Calls fn for every allocated entry in [first, last]; stops when fn returns non-zero. */
 int lm__pt_walk(struct lm__ptable *pt, uint64_t first, uint64_t last,
 		int (*fn)(lm__pte *e, uint64_t pgno, void *arg), void *arg);
+
+/* ---- pte.c: the page-state machine, the only code that changes an entry ---- */
+
+/* A set of page states, as claims accept them. */
+#define LM__ST(s) (1u << (s))
+
+/* Whether the state machine lets an entry go from state `from` to state `to`. */
+bool lm__pte_legal(unsigned from, unsigned to);
+/*
+ * Claims a page: moves its entry from a state in accept (bits 1 << state)
+ * to `to` (LM_PS_FILLING or LM_PS_EVICTING), if the table allows it.
+ * The caller then holds the page until it settles it; *prev gets the
+ * settled value it had.
+ */
+bool lm__pte_claim(lm__pte *e, unsigned accept, unsigned to, uint64_t *prev);
+enum {
+	LM__PTE_CLAIMED,	/* held now: settle it */
+	LM__PTE_PARKED,		/* held by someone else, who wakes the fault on settling */
+	LM__PTE_BUSY,		/* held by someone else (no parking asked for) */
+	LM__PTE_POISONED,	/* poisoned, and not accepted */
+	LM__PTE_REFUSED,	/* settled in a state not accepted */
+};
+/* Claims (FILLING) a page for a fault, or parks the fault on it while someone else holds it. */
+int lm__pte_claim_or_park(lm__pte *e, unsigned accept, bool park, uint64_t *prev);
+/* lm__pte_settle_counted's how: */
+#define LM__SETTLE_INSTALLED 1u	/* the holder just installed the page: a drop leaves it resident */
+#define LM__SETTLE_GONE 2u	/* the holder found the page gone: judged as a drop */
+/* Its results (bits): */
+#define LM__SETTLED_DROPPED 1	/* the page was dropped while held: it settled MISSING (or as installed) */
+#define LM__SETTLED_WOKE 2	/* faults were parked on it, and were woken */
+/*
+ * The one way out of FILLING and EVICTING: gives a held page its settled
+ * value val, applies what happened while it was held (WRITTEN: a clean
+ * page settles dirty; DROP, or how's GONE: judged once, see pte.c) and
+ * wakes the faults parked on it.  prev is what the page was when claimed;
+ * counted what the counters count it as (prev, unless the holder moved
+ * them ahead with lm__pte_count).  -EINVAL, entry unchanged, when the
+ * page is not held or val is not a legal next state.
+ */
+int lm__pte_settle_counted(struct lm_region *r, lm__pte *e, uint64_t pgno, uint64_t prev,
+			   uint64_t counted, uint64_t val, unsigned how);
+int lm__pte_settle(struct lm_region *r, lm__pte *e, uint64_t pgno, uint64_t prev, uint64_t val);
+/*
+ * Moves the counters of a page from settled value from to settled value
+ * to (resident, dirty, swapped; its swap slot is the settle's business).
+ * Called by the transitions above; a fill calls it itself before an
+ * install wakes the faulting thread, so that its access completes with
+ * the counters already right, and settles with counted = to.
+ */
+void lm__pte_count(struct lm_region *r, uint64_t from, uint64_t to);
+/* A write was seen (asynchronous tracking): CLEAN becomes DIRTY, a held page is marked WRITTEN.  1 if changed. */
+int lm__pte_mark_written(struct lm_region *r, lm__pte *e);
+/* The clock's referenced bit of a resident page whose value was *v: CAS, false when it changed. */
+bool lm__pte_ref(lm__pte *e, uint64_t *v, bool set);
+/*
+ * The application dropped page pgno: a settled page becomes MISSING (the
+ * drop judged now), a held one is marked for its holder.  Returns 1 when
+ * a resident page went.
+ */
+int lm__pte_forget(struct lm_region *r, lm__pte *e, uint64_t pgno);
+/*
+ * mremap moved a page to another region: its value goes from e to the
+ * fresh entry d (NULL: out of memory, the page is lost as if unmapped).
+ * -EBUSY while the page is held: the caller waits and retries.
+ */
+int lm__pte_move(struct lm_region *from, lm__pte *e, struct lm_region *to, lm__pte *d);
+/* A fork() child's entry: the holders did not follow it into the child. */
+void lm__pte_fork_reset(lm__pte *e);
+/* The region is being freed: its slots and counters go. */
+void lm__pte_release_table(struct lm_region *r);
 
 /* ---- stats.c ---------------------------------------------------------- */
 
@@ -356,8 +442,6 @@ uint64_t lm__evict_stamp(struct lm_runtime *rt);
 bool lm__refault_hot(struct lm_runtime *rt, uint64_t prev);
 /* Where the runtime's files go: lm_options.swap_dir, else $TMPDIR, else /tmp. */
 const char *lm__swap_dir(const struct lm_runtime *rt);
-/* Frees the swap slot an entry value carries, if any. */
-void lm__slot_release(struct lm_runtime *rt, uint64_t v);
 
 /* ---- snapshot.c: copy-on-write snapshots --------------------------------- */
 
@@ -401,9 +485,10 @@ void lm__snap_preserve(struct lm__filler *f, struct lm_region *r, const struct l
 /*
  * A write hit page pgno (held by the caller, its value before prev)
  * while a snapshot lacks it: preserves it and its neighbours in one round
- * trip and lifts their protection.  Returns true when pgno's was lifted.
+ * trip and lifts their protection.  Returns 1 when pgno's was lifted, 0
+ * when not, -1 when pgno was gone (dropped): then it is settled already.
  */
-bool lm__snap_cow(struct lm__filler *f, struct lm_region *r, const struct lm__snapset *set,
+int lm__snap_cow(struct lm__filler *f, struct lm_region *r, const struct lm__snapset *set,
 		  uint64_t pgno, uint64_t prev);
 /* Before dont-need advice drops [first, first + count): preserves what snapshots lack. */
 void lm__snap_before_drop(struct lm_region *r, uint64_t first, uint64_t count);
@@ -656,11 +741,6 @@ void lm__wait_settled(struct lm_region *r, uint64_t first, uint64_t count);
  */
 void lm__wp_fault(struct lm__filler *f, struct lm_region *r, uint64_t pgno, uintptr_t addr,
 		  int ufd, bool park);
-/*
- * Gives a page its owner holds its settled value val and wakes the faults
- * parked on it meanwhile.  Returns the value it replaced.
- */
-uint64_t lm__settle(struct lm_region *r, lm__pte *e, uint64_t pgno, uint64_t val, int ufd);
 /*
  * The source's contents of pages [pgno, pgno + n) at *src: the number of
  * pages with data, 0 past the end of the file, or -errno.

@@ -196,21 +196,10 @@ static struct lm_region *region_alloc(struct lm_runtime *rt, size_t len)
 	return r;
 }
 
-static int release_one(lm__pte *e, uint64_t pgno, void *arg)
-{
-	(void)pgno;
-	lm__slot_release(arg, atomic_load(e));
-	return 0;
-}
-
 static void region_free(struct lm_region *r)
 {
 	/* Its slots go back to the swap file, its pages out of the budget. */
-	if (r->rt->swap_ok)
-		lm__pt_walk(&r->pt, 0, r->npages - 1, release_one, r->rt);
-	atomic_fetch_sub(r->rt->nres, atomic_load(&r->resident));
-	atomic_fetch_sub(r->rt->ndirty, atomic_load(&r->dirty));
-	LM__STAT_SUB(r->rt, swapped_pages, atomic_load(&r->swapped));
+	lm__pte_release_table(r);
 	lm__pt_destroy(&r->pt);
 	LM__STAT_SUB(r->rt, metadata_bytes, sizeof(*r));
 	if (r->fd >= 0 && !r->parent)
@@ -557,52 +546,15 @@ static void set_pattern(struct lm_region *r, uint64_t first, uint64_t last, int 
 }
 
 struct forget_ctx {
-	struct lm_runtime *rt;
 	struct lm_region *r;
 	uint64_t dropped;
-	const struct lm__snapset *snaps;	/* the live snapshots, read under lm__read_lock */
 };
 
 static int forget_one(lm__pte *e, uint64_t pgno, void *arg)
 {
 	struct forget_ctx *c = arg;
-	uint64_t v = atomic_load(e);
-	/*
-	 * The kernel has discarded the page already: a live snapshot that
-	 * still needed its contents cannot be exact any more, and says so
-	 * rather than save what the page refills with.  (A page the evictor
-	 * holds only gets the mark below: the evictor knows what it was, and
-	 * breaks the snapshots when it sees the mark.)
-	 */
-	if (c->snaps && lm__contents_lost(v))
-		lm__snap_lost(c->snaps, pgno);
-	for (;;) {
-		unsigned s = LM_PTE_STATE(v);
-		/*
-		 * A page being filled settles by itself; a refault heals a stale
-		 * state.  A page being evicted belongs to the evictor, which
-		 * drops it instead of keeping it when it sees the mark.
-		 */
-		if (s == LM_PS_EVICTING) {
-			if (atomic_compare_exchange_weak(e, &v, v | LM_PTE_DROP))
-				return 0;
-			continue;
-		}
-		if (s != LM_PS_CLEAN && s != LM_PS_DIRTY && s != LM_PS_POISON && s != LM_PS_SWAPPED)
-			return 0;
-		if (atomic_compare_exchange_weak(e, &v, (uint64_t)LM_PS_MISSING)) {
-			if (s == LM_PS_CLEAN || s == LM_PS_DIRTY) {
-				lm__resident_add(c->r, -1);
-				c->dropped++;
-			}
-			if (s == LM_PS_DIRTY)
-				lm__dirty_add(c->r, -1);
-			if (s == LM_PS_SWAPPED)
-				lm__swapped_add(c->r, -1);
-			lm__slot_release(c->rt, v);
-			return 0;
-		}
-	}
+	c->dropped += (uint64_t)lm__pte_forget(c->r, e, pgno);
+	return 0;
 }
 
 /*
@@ -620,7 +572,7 @@ void lm__region_forget(struct lm_region *r, uintptr_t start, uintptr_t end, bool
 	uint64_t first = (start - r->start) >> r->rt->page_shift;
 	uint64_t last = (end - 1 - r->start) >> r->rt->page_shift;
 	int idx = lm__read_lock(r->rt);
-	struct forget_ctx c = { r->rt, r, 0, atomic_load(&r->snaps) };
+	struct forget_ctx c = { r, 0 };
 	lm__pt_walk(&r->pt, first, last, forget_one, &c);
 	lm__read_unlock(r->rt, idx);
 	if (dropped)
@@ -655,64 +607,32 @@ struct move_ctx {
 	uint64_t first;
 };
 
-/* Hands one page's state, and its swap slot, to the alias region. */
+/*
+ * Hands one page's state, and its swap slot, to the alias region.  A page
+ * held meanwhile is waited for: one the evictor claimed after
+ * lm__wait_settled has not moved out yet (that needs ev_lock, which the
+ * caller holds), and the kernel has just moved it to the alias, so the
+ * evictor gives it back when it cannot take the lock; a fill that claimed
+ * it after the wait fails its install at the old address and puts it
+ * back (a swapped page keeps its slot), or installed before the move and
+ * settles it resident.
+ */
 static int move_state(lm__pte *e, uint64_t pgno, void *arg)
 {
 	struct move_ctx *c = arg;
-	uint64_t v;
-	unsigned s;
 	for (;;) {
-		v = atomic_load(e);
-		s = LM_PTE_STATE(v);
-		/*
-		 * A page the evictor claimed after lm__wait_settled has not
-		 * moved out yet (that needs ev_lock, which the caller holds),
-		 * and the kernel has just moved it to the alias: the evictor
-		 * gives it back when it cannot take the lock, so wait for that.
-		 */
-		if (s == LM_PS_EVICTING || s == LM_PS_FILLING) {
-			/*
-			 * Likewise a fill that claimed the page after the wait:
-			 * its install at the old address fails now and it puts
-			 * the page back (a swapped page keeps its slot), or it
-			 * installed before the move and settles it resident.
-			 */
+		unsigned s = LM_PTE_STATE(atomic_load(e));
+		if (s == LM_PS_MISSING)
+			return 0;
+		if (s == LM_PS_FILLING || s == LM_PS_EVICTING) {
 			sched_yield();
 			continue;
 		}
-		if (s != LM_PS_CLEAN && s != LM_PS_DIRTY && s != LM_PS_POISON && s != LM_PS_SWAPPED)
+		/* No destination entry (out of memory): the page is lost to the runtime, as if unmapped. */
+		lm__pte *d = lm__pt_get(&c->to->pt, pgno - c->first, true);
+		if (lm__pte_move(c->from, e, c->to, d) != -EBUSY)
 			return 0;
-		/* The old entry no longer owns anything: forget must not free the slot. */
-		if (atomic_compare_exchange_weak(e, &v, (uint64_t)LM_PS_MISSING))
-			break;
 	}
-	v &= ~LM_PTE_WAITERS;
-	lm__pte *d = lm__pt_get(&c->to->pt, pgno - c->first, true);
-	if (!d) {
-		/* Out of memory: the page is lost to the runtime, as if unmapped. */
-		if (s == LM_PS_CLEAN || s == LM_PS_DIRTY)
-			lm__resident_add(c->from, -1);
-		if (s == LM_PS_DIRTY)
-			lm__dirty_add(c->from, -1);
-		if (s == LM_PS_SWAPPED)
-			lm__swapped_add(c->from, -1);
-		lm__slot_release(c->from->rt, v);
-		return 0;
-	}
-	atomic_store(d, v);
-	if (s == LM_PS_CLEAN || s == LM_PS_DIRTY) {
-		lm__resident_add(c->to, 1);
-		lm__resident_add(c->from, -1);
-	}
-	if (s == LM_PS_DIRTY) {
-		lm__dirty_add(c->to, 1);
-		lm__dirty_add(c->from, -1);
-	}
-	if (s == LM_PS_SWAPPED) {
-		lm__swapped_add(c->to, 1);
-		lm__swapped_add(c->from, -1);
-	}
-	return 0;
 }
 
 /*

@@ -222,12 +222,7 @@ static int reset_filling(lm__pte *e, uint64_t pgno, void *arg)
 {
 	(void)pgno;
 	(void)arg;
-	uint64_t v = atomic_load(e);
-	if (LM_PTE_STATE(v) == LM_PS_FILLING)
-		atomic_store(e, (uint64_t)LM_PS_MISSING);
-	/* A writeback the parent had under way: the page is still mapped, and written. */
-	else if (LM_PTE_STATE(v) == LM_PS_EVICTING)
-		atomic_store(e, (uint64_t)LM_PS_DIRTY);
+	lm__pte_fork_reset(e);
 	return 0;
 }
 

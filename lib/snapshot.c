@@ -231,11 +231,7 @@ void lm__snap_preserve(struct lm__filler *f, struct lm_region *r, const struct l
 /* A held resident page loses its protection: it settles DIRTY, its writes unseen from now on. */
 static void release_unprotected(struct lm_region *r, lm__pte *e, uint64_t pgno, uint64_t prev)
 {
-	if (LM_PTE_STATE(prev) == LM_PS_CLEAN) {
-		lm__dirty_add(r, 1);
-		lm__slot_release(r->rt, prev);
-	}
-	lm__settle(r, e, pgno, (uint64_t)LM_PS_DIRTY | (prev & LM_PTE_REF), r->rt->ufd);
+	lm__pte_settle(r, e, pgno, prev, (uint64_t)LM_PS_DIRTY | (prev & LM_PTE_REF));
 }
 
 /*
@@ -283,8 +279,8 @@ static unsigned read_resident(struct lm_region *r, uint64_t first, unsigned n, u
 	return (unsigned)(got / ps);
 }
 
-bool lm__snap_cow(struct lm__filler *f, struct lm_region *r, const struct lm__snapset *set,
-		  uint64_t pgno, uint64_t prev)
+int lm__snap_cow(struct lm__filler *f, struct lm_region *r, const struct lm__snapset *set,
+		 uint64_t pgno, uint64_t prev)
 {
 	struct lm_runtime *rt = r->rt;
 	size_t ps = (size_t)rt->page_size;
@@ -308,15 +304,10 @@ bool lm__snap_cow(struct lm__filler *f, struct lm_region *r, const struct lm__sn
 		if (i == me)
 			continue;
 		lm__pte *e = lm__pt_get(&r->pt, base + i, false);
-		if (!e)
-			continue;
-		uint64_t v = atomic_load_explicit(e, memory_order_acquire);
-		unsigned s = LM_PTE_STATE(v);
-		if ((s != LM_PS_CLEAN && s != LM_PS_DIRTY) || !lm__snap_needs(set, base + i) ||
-		    !atomic_compare_exchange_strong(e, &v, (uint64_t)LM_PS_FILLING))
+		if (!e || !lm__snap_needs(set, base + i) ||
+		    !lm__pte_claim(e, LM__ST(LM_PS_CLEAN) | LM__ST(LM_PS_DIRTY), LM_PS_FILLING, &pv[i]))
 			continue;
 		ents[i] = e;
-		pv[i] = v & ~LM_PTE_WAITERS;
 		held |= 1ull << i;
 	}
 	/*
@@ -348,23 +339,19 @@ bool lm__snap_cow(struct lm__filler *f, struct lm_region *r, const struct lm__sn
 	}
 	/*
 	 * A page that could not be read is not there: the application dropped
-	 * it itself, and its event found the page held here, so it is judged
-	 * here.  The written page leaves the snapshots that lack it broken,
-	 * never wrong; so does a neighbour whose contents were not its
-	 * source's, which is then given back.
+	 * it itself.  It settles as gone, which judges the drop (pte.c): the
+	 * snapshots that lacked contents its source does not have break,
+	 * never wrong.  The written page too: its write replays as a missing
+	 * fault.
 	 */
-	for (unsigned i = 0; i < cnt; i++)
-		if ((failed & (1ull << i)) && (i == me || lm__contents_lost(pv[i])))
-			lm__snap_lost(set, base + i);
 	unsigned n = 0;
 	for (unsigned i = 0; i < cnt; i++) {
 		if (!(held & (1ull << i)))
 			continue;
 		if (failed & (1ull << i)) {
-			if (i != me) {
-				lm__settle(r, ents[i], base + i, pv[i], r->rt->ufd);
-				held &= ~(1ull << i);
-			}
+			lm__pte_settle_counted(r, ents[i], base + i, pv[i], pv[i], pv[i],
+					       LM__SETTLE_GONE);
+			held &= ~(1ull << i);
 			continue;
 		}
 		pgs[n] = base + i;
@@ -377,7 +364,9 @@ bool lm__snap_cow(struct lm__filler *f, struct lm_region *r, const struct lm__sn
 	for (unsigned x = 0; x < cnt; x++)
 		if ((held & (1ull << x)) && x != me)
 			release_unprotected(r, ents[x], base + x, pv[x]);
-	return (lifted >> me) & 1;
+	if (!(held & (1ull << me)))
+		return -1;
+	return (int)((lifted >> me) & 1);
 }
 
 /* ---- holding pages to read their current contents -------------------------- */
@@ -404,28 +393,25 @@ static uint64_t hold_pages(struct lm_region *r, const uint64_t *pg, unsigned n, 
 			lm__pte *e = lm__pt_get(&r->pt, pg[i], create);
 			if (!e)
 				continue;	/* never touched: its source's, which cannot change */
-			uint64_t v = atomic_load_explicit(e, memory_order_acquire);
-			for (;;) {
-				unsigned s = LM_PTE_STATE(v);
-				if (s == LM_PS_FILLING || s == LM_PS_EVICTING) {
-					busy = true;
-					break;
-				}
-				if (!every && (s == LM_PS_POISON || (s == LM_PS_MISSING && !create)))
-					break;
-				if (atomic_compare_exchange_weak(e, &v, (uint64_t)LM_PS_FILLING)) {
-					ents[i] = e;
-					prev[i] = v & ~LM_PTE_WAITERS;
-					held |= 1ull << i;
-					break;
-				}
+			unsigned accept = LM__ST(LM_PS_MISSING) | LM__ST(LM_PS_CLEAN) |
+					  LM__ST(LM_PS_DIRTY) | LM__ST(LM_PS_SWAPPED);
+			if (every)
+				accept |= LM__ST(LM_PS_POISON);
+			else if (!create)
+				accept &= ~LM__ST(LM_PS_MISSING);
+			int c = lm__pte_claim_or_park(e, accept, false, &prev[i]);
+			if (c == LM__PTE_BUSY) {
+				busy = true;
+			} else if (c == LM__PTE_CLAIMED) {
+				ents[i] = e;
+				held |= 1ull << i;
 			}
 		}
 		if (!busy)
 			return held;
 		for (unsigned i = 0; i < n; i++)
 			if (held & (1ull << i))
-				lm__settle(r, ents[i], pg[i], prev[i], r->rt->ufd);
+				lm__pte_settle(r, ents[i], pg[i], prev[i], prev[i]);
 		/*
 		 * In a read section the caller must leave it before it waits:
 		 * the holder may wait for an event whose handler waits for the
@@ -576,19 +562,21 @@ static int location_contents(struct lm__filler *f, struct lm_snapshot *s, uint64
 
 /*
  * A held resident page that cannot be read is not there: the application
- * dropped it while it was held here, and its event left it to the
- * holder.  The snapshots that lacked contents its source does not have
- * break, as the event would have broken them (buf is scratch).  Swapped
- * pages are not read from the region, so they are not judged here.
+ * dropped it while it was held here.  Returns those pages, which settle
+ * as gone (the drop judged there, pte.c).  Swapped pages are not read
+ * from the region, so they are not judged here (buf is scratch).
  */
-static void judge_gone(struct lm_region *r, uint64_t first, unsigned n, uint64_t held,
-		       const uint64_t *prev, unsigned char *buf)
+static uint64_t find_gone(struct lm_region *r, uint64_t first, unsigned n, uint64_t held,
+			  const uint64_t *prev, unsigned char *buf)
 {
-	const struct lm__snapset *set = atomic_load_explicit(&r->snaps, memory_order_acquire);
-	for (unsigned i = 0; set && i < n; i++)
-		if ((held & (1ull << i)) && LM_PTE_STATE(prev[i]) != LM_PS_SWAPPED &&
-		    lm__contents_lost(prev[i]) && read_resident(r, first + i, 1, buf) != 1)
-			lm__snap_lost(set, first + i);
+	uint64_t gone = 0;
+	for (unsigned i = 0; i < n; i++) {
+		unsigned st = LM_PTE_STATE(prev[i]);
+		if ((held & (1ull << i)) && (st == LM_PS_CLEAN || st == LM_PS_DIRTY) &&
+		    read_resident(r, first + i, 1, buf) != 1)
+			gone |= 1ull << i;
+	}
+	return gone;
 }
 
 /*
@@ -619,13 +607,12 @@ static int view_batch(struct lm__filler *f, struct lm_snapshot *s, uint64_t firs
 	for (unsigned i = 0; i < n; i++)
 		if ((held & (1ull << i)) && (m[i] = map_get(s, first + i))) {
 			/* Preserved between the look and the hold. */
-			lm__settle(r, ents[i], first + i, prev[i], r->rt->ufd);
+			lm__pte_settle(r, ents[i], first + i, prev[i], prev[i]);
 			held &= ~(1ull << i);
 			fromloc |= 1ull << i;
 		}
 	int rc = current_contents(f, r, first, n, all & ~fromloc, held, prev, buf);
-	if (rc == -EIO)
-		judge_gone(r, first, n, held & ~fromloc, prev, buf);
+	uint64_t gone = rc == -EIO ? find_gone(r, first, n, held & ~fromloc, prev, buf) : 0;
 	for (unsigned i = 0; i < n && !rc; i++)
 		if (fromloc & (1ull << i))
 			rc = location_contents(f, s, first + i, m[i], buf + (size_t)i * ps);
@@ -678,7 +665,8 @@ static int view_batch(struct lm__filler *f, struct lm_snapshot *s, uint64_t firs
 		if (lift & (1ull << i))
 			release_unprotected(r, ents[i], first + i, prev[i]);
 		else if (held & (1ull << i))
-			lm__settle(r, ents[i], first + i, prev[i], rt->ufd);
+			lm__pte_settle_counted(r, ents[i], first + i, prev[i], prev[i], prev[i],
+					       (gone & (1ull << i)) ? LM__SETTLE_GONE : 0);
 	}
 	return rc;
 }
@@ -1228,7 +1216,7 @@ void lm__snap_before_drop(struct lm_region *r, uint64_t first, uint64_t count)
 						for (unsigned x = 0; x < set->n; x++)
 							if (!map_get(set->s[x], pg + i))
 								snap_break(set->s[x], rc);
-					lm__settle(r, ents[i], pg + i, prev[i], rt->ufd);
+					lm__pte_settle(r, ents[i], pg + i, prev[i], prev[i]);
 				}
 		}
 		lm__read_unlock(rt, idx);
@@ -1281,7 +1269,7 @@ static int rollback_batch(struct lm__filler *f, struct lm_snapshot *s, const uin
 		/* Out of memory for the page table. */
 		for (unsigned i = 0; i < n; i++)
 			if (held & (1ull << i))
-				lm__settle(r, ents[i], pg[i], prev[i], r->rt->ufd);
+				lm__pte_settle(r, ents[i], pg[i], prev[i], prev[i]);
 		return -ENOMEM;
 	}
 	int rc = 0;
@@ -1320,11 +1308,11 @@ static int rollback_batch(struct lm__filler *f, struct lm_snapshot *s, const uin
 	lm__read_unlock(rt, idx);
 	for (unsigned i = 0; i < n; i++)
 		if (same & (1ull << i))
-			lm__settle(r, ents[i], pg[i], prev[i], r->rt->ufd);
+			lm__pte_settle(r, ents[i], pg[i], prev[i], prev[i]);
 	if (rc) {
 		for (unsigned i = 0; i < n; i++)
 			if (!(same & (1ull << i)))
-				lm__settle(r, ents[i], pg[i], prev[i], r->rt->ufd);
+				lm__pte_settle(r, ents[i], pg[i], prev[i], prev[i]);
 		return rc;
 	}
 	/*
@@ -1384,24 +1372,20 @@ static int rollback_batch(struct lm__filler *f, struct lm_snapshot *s, const uin
 			at++;
 		}
 	}
+	/*
+	 * Settled as what they are now.  The drops above marked the held
+	 * pages (their events found them held): settling judges those drops,
+	 * which break nothing, since what other snapshots lacked was
+	 * preserved first; a page installed since stays resident.
+	 */
 	for (unsigned i = 0; i < n; i++) {
 		if (!(put & (1ull << i)))
 			continue;
-		unsigned st = LM_PTE_STATE(prev[i]);
-		if (st == LM_PS_SWAPPED)
-			lm__swapped_add(r, -1);
-		lm__slot_release(rt, prev[i]);
-		if (st == LM_PS_DIRTY)
-			lm__dirty_add(r, -1);
-		if (st == LM_PS_CLEAN || st == LM_PS_DIRTY)
-			lm__resident_add(r, -1);
-		if (installed & (1ull << i)) {
-			lm__resident_add(r, 1);
-			lm__dirty_add(r, 1);
-			lm__settle(r, ents[i], pg[i], LM_PS_DIRTY, rt->ufd);
-		} else {
-			lm__settle(r, ents[i], pg[i], LM_PS_MISSING, rt->ufd);
-		}
+		if (installed & (1ull << i))
+			lm__pte_settle_counted(r, ents[i], pg[i], prev[i], prev[i], LM_PS_DIRTY,
+					       LM__SETTLE_INSTALLED);
+		else
+			lm__pte_settle(r, ents[i], pg[i], prev[i], LM_PS_MISSING);
 	}
 	LM__STAT_ADD(rt, snapshot_rollback_pages, __builtin_popcountll(put));
 	lm__evict_check(rt);

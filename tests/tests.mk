@@ -4,6 +4,7 @@ LM_CHECKS = \
 	tests/check_runtime \
 	tests/check_region \
 	tests/check_pagetable \
+	tests/check_pte \
 	tests/check_fault \
 	tests/check_file \
 	tests/check_events \
@@ -18,7 +19,7 @@ LM_CHECKS = \
 
 check_PROGRAMS += $(LM_CHECKS)
 TESTS += $(LM_CHECKS)
-EXTRA_DIST += tests/testutil.h tests/procutil.h tests/tests.mk
+EXTRA_DIST += tests/testutil.h tests/procutil.h tests/snaputil.h tests/tests.mk
 
 tests_check_runtime_SOURCES = tests/check_runtime.c tests/testutil.h
 tests_check_runtime_CFLAGS = $(TEST_CFLAGS)
@@ -32,6 +33,11 @@ tests_check_region_LDADD = $(TEST_LIBS)
 tests_check_pagetable_SOURCES = tests/check_pagetable.c lib/pagetable.c
 tests_check_pagetable_CFLAGS = $(TEST_CFLAGS)
 tests_check_pagetable_LDADD = $(CHECK_LIBS)
+
+# The page-state machine is internal: its unit test compiles the library in.
+tests_check_pte_SOURCES = tests/check_pte.c tests/testutil.h $(lib_liblazymem_la_SOURCES)
+tests_check_pte_CFLAGS = $(TEST_CFLAGS) $(URING_CFLAGS) $(CAP_CFLAGS)
+tests_check_pte_LDADD = $(CHECK_LIBS) $(URING_LIBS) $(CAP_LIBS)
 
 tests_check_fault_SOURCES = tests/check_fault.c tests/testutil.h
 tests_check_fault_CFLAGS = $(TEST_CFLAGS)
