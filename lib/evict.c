@@ -16,7 +16,7 @@
 #include <unistd.h>
 
 /*
- * How a page leaves, without ever losing a write (DESIGN invariant 2):
+ * How a page leaves, without ever losing a write (docs/DESIGN.md, invariant 2):
  *
  *  1. The evictor claims it: CLEAN or DIRTY -> EVICTING, a CAS.  From
  *     here a fault on the page parks (thread mode) or replays (signal

@@ -18,7 +18,7 @@
 
 /*
  * The staging buffer is private anonymous memory, never a region: the
- * handler must not fault on registered memory (DESIGN invariant 1), so
+ * handler must not fault on registered memory (docs/DESIGN.md, invariant 1), so
  * the kernel reads into it and UFFDIO_COPY copies from it.
  */
 int lm__filler_init(struct lm__filler *f, struct lm_runtime *rt, bool want_ring)

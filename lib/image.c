@@ -37,7 +37,7 @@
  * size only at the end, and pages arrive in any order (a snapshot saver
  * preserves pages as the application first writes them).
  *
- * Crash safety (DESIGN invariant 7): the writer writes a temporary file
+ * Crash safety (docs/DESIGN.md, invariant 7): the writer writes a temporary file
  * in the target's directory, fsyncs it, renames it over the target and
  * fsyncs the directory; a crash leaves the old image or none, and a
  * temporary file nobody will take for an image (its header is written

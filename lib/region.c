@@ -340,7 +340,7 @@ static int create(struct lm_runtime *rt, size_t length, unsigned flags, int kind
 	}
 	/*
 	 * A memory source inside a region would make the handler fault on
-	 * registered memory while it copies (DESIGN invariant 1): refuse it.
+	 * registered memory while it copies (docs/DESIGN.md, invariant 1): refuse it.
 	 * Checked before rt->lock: the check takes the process-wide lock of
 	 * all runtimes, which fork() takes before each runtime's lock.
 	 */

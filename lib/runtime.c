@@ -280,7 +280,7 @@ void lm__epoch_wait(struct lm__epoch *e)
 /*
  * Every runtime of the process, so that a memory source inside any of
  * their regions is refused: the handler would fault on registered memory
- * while copying (DESIGN invariant 1), and a signal-mode or user-mode-only
+ * while copying (docs/DESIGN.md, invariant 1), and a signal-mode or user-mode-only
  * runtime's unfilled page would even make the copy fail with EFAULT.
  */
 static pthread_mutex_t all_lock = PTHREAD_MUTEX_INITIALIZER;

@@ -18,7 +18,7 @@
  * What a snapshot is.  Its view of page p is map[p] when that is set
  * (where p's contents went when p first changed after the take), and
  * otherwise the region's current contents of p, which have not changed
- * since.  The one rule that keeps the view exact (DESIGN invariant 6):
+ * since.  The one rule that keeps the view exact (docs/DESIGN.md, invariant 6):
  * a page's contents change only on paths that, holding the page
  * (FILLING), first preserve it for every live snapshot that lacks it:
  *

@@ -219,7 +219,7 @@ static void *writer_main(void *arg)
 }
 
 /*
- * DESIGN invariant 2 under fire: 8 writer threads on a region 3x the
+ * Invariant 2 of docs/DESIGN.md under fire: 8 writer threads on a region 3x the
  * budget while the evictor runs flat out; every page holds its last
  * write.  LAZYMEM_TORTURE_SECONDS makes it longer (scripts/stress.sh).
  */

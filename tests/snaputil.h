@@ -168,7 +168,7 @@ static inline void check_image_equals(struct lm_runtime *rt, const char *path, c
 }
 
 /*
- * The heart of it (DESIGN invariant 6): 8 writers flat out before,
+ * The heart of it (docs/DESIGN.md, invariant 6): 8 writers flat out before,
  * during and after the take and through the save; the snapshot's reads
  * and its image hold every page as it was when the take returned.
  */
