@@ -88,6 +88,40 @@ struct lm__range {
 int lm__uffd_scan_written(int pagemap_fd, uintptr_t start, uintptr_t end,
 			  struct lm__range *out, unsigned n, uintptr_t *next);
 
+/* ---- checksum.c: hashes of metadata, sums of data pages --------------- */
+
+uint64_t lm__hash64(const void *p, size_t len, uint64_t seed);
+/* A page's 32-bit checksum, never 0 (0 means "none" where sums are kept). */
+uint32_t lm__page_sum(const void *p, size_t len);
+/* A 64-bit hash folded into a 32-bit sum, never 0. */
+uint32_t lm__sum_fold(uint64_t h);
+
+/* ---- epoch.c: read sections for the region table and the event queue --- */
+
+/*
+ * Epochs: a read side of two atomic operations, safe in a signal handler,
+ * and a writer's wait for the readers that might have seen the old state.
+ */
+struct lm__epoch {
+	_Atomic unsigned epoch;
+	_Atomic long readers[2];
+	pthread_mutex_t sync_lock;	/* serializes waiters */
+};
+
+void lm__epoch_init(struct lm__epoch *e);
+void lm__epoch_fini(struct lm__epoch *e);
+int lm__epoch_enter(struct lm__epoch *e);
+void lm__epoch_exit(struct lm__epoch *e, int idx);
+void lm__epoch_wait(struct lm__epoch *e);
+
+/* ---- log.c ------------------------------------------------------------ */
+
+/* Set while a thread runs the SIGBUS handler: nothing there may log (vsnprintf is not async-signal-safe). */
+extern __thread int lm__in_signal __attribute__((tls_model("initial-exec")));
+struct lm_runtime;
+void lm__log(struct lm_runtime *rt, int level, const char *fmt, ...)
+	__attribute__((format(printf, 3, 4)));
+
 /* ---- pagetable.c: the radix tree of page entries --------------------- */
 
 /* Page states; see pagetable.c for who may change which. */
@@ -153,6 +187,38 @@ lm__pte *lm__pt_get(struct lm__ptable *pt, uint64_t pgno, bool create);
 /* Calls fn for every allocated entry in [first, last]; stops when fn returns non-zero. */
 int lm__pt_walk(struct lm__ptable *pt, uint64_t first, uint64_t last,
 		int (*fn)(lm__pte *e, uint64_t pgno, void *arg), void *arg);
+
+/* ---- snapview.c: what each live snapshot still lacks -------------------- */
+
+/*
+ * A snapshot's view of its region: per page, 0 while the snapshot sees
+ * the region's current contents (it lacks its own copy), or where the
+ * page's contents went when it first changed after the take.  A view
+ * that can no longer be exact is broken (err) and lacks nothing.
+ */
+struct lm__snapview {
+	struct lm_runtime *rt;
+	struct lm__ptable map;
+	_Atomic int err;
+};
+
+/* The live snapshots of a region, an immutable array replaced under snap_lock. */
+struct lm__snapset {
+	unsigned n;
+	struct lm__snapview *v[];
+};
+
+uint64_t lm__view_get(struct lm__snapview *v, uint64_t pgno);
+/* Sets an unset entry; false when memory ran out. */
+bool lm__view_set(struct lm__snapview *v, uint64_t pgno, uint64_t val);
+/* Breaks the view with err (the first error stays), counted once. */
+void lm__view_break(struct lm__snapview *v, int err);
+/* True when v is unbroken and has no copy of page pgno. */
+bool lm__view_lacks(struct lm__snapview *v, uint64_t pgno);
+/* True when some live, unbroken snapshot of set has not preserved page pgno. */
+bool lm__snap_needs(const struct lm__snapset *set, uint64_t pgno);
+/* The application discarded page pgno's contents: the snapshots of set that lacked them break (-EIO). */
+void lm__snap_lost(const struct lm__snapset *set, uint64_t pgno);
 
 /* ---- pte.c: the page-state machine, the only code that changes an entry ---- */
 
@@ -380,9 +446,6 @@ struct lm__image {
 
 struct lm__image_writer;
 
-uint64_t lm__hash64(const void *p, size_t len, uint64_t seed);
-/* A page's 32-bit checksum, never 0 (0 means "none" where sums are kept). */
-uint32_t lm__page_sum(const void *p, size_t len);
 /* A data page's checksum as im's version of the format computes it. */
 uint32_t lm__image_page_sum(const struct lm__image *im, const void *p);
 int lm__image_create(const char *path, uint64_t length, size_t page_size,
@@ -445,11 +508,6 @@ const char *lm__swap_dir(const struct lm_runtime *rt);
 
 /* ---- snapshot.c: copy-on-write snapshots --------------------------------- */
 
-/* The live snapshots of a region, an immutable array replaced under snap_lock. */
-struct lm__snapset {
-	unsigned n;
-	struct lm_snapshot *s[];
-};
 
 /* Pages preserved in one write-protect fault at most (the aligned block around it). */
 #define LM__SNAP_BATCH 64
@@ -470,10 +528,6 @@ struct lm__snap_scratch {
 	int64_t idx[LM__SNAP_BATCH];
 };
 
-/* True when some live, unbroken snapshot of set has not preserved page pgno. */
-bool lm__snap_needs(const struct lm__snapset *set, uint64_t pgno);
-/* The application discarded page pgno's contents: the snapshots of set that lacked them break (-EIO). */
-void lm__snap_lost(const struct lm__snapset *set, uint64_t pgno);
 /*
  * Records the current contents of pages pg[0..n) (n <= LM__SNAP_BATCH)
  * for every snapshot of set that lacks them; the caller holds each page.
@@ -573,22 +627,6 @@ struct lm__prefetch {
 	uint64_t first, count;
 	struct lm__prefetch *next;
 };
-
-/*
- * Epochs: a read side of two atomic operations, safe in a signal handler,
- * and a writer's wait for the readers that might have seen the old state.
- */
-struct lm__epoch {
-	_Atomic unsigned epoch;
-	_Atomic long readers[2];
-	pthread_mutex_t sync_lock;	/* serializes waiters */
-};
-
-void lm__epoch_init(struct lm__epoch *e);
-void lm__epoch_fini(struct lm__epoch *e);
-int lm__epoch_enter(struct lm__epoch *e);
-void lm__epoch_exit(struct lm__epoch *e, int idx);
-void lm__epoch_wait(struct lm__epoch *e);
 
 struct lm_runtime {
 	struct lm_options opt;
@@ -704,10 +742,6 @@ static inline void lm__synchronize(struct lm_runtime *rt)
 {
 	lm__epoch_wait(&rt->rcu);
 }
-/* Set while a thread runs the SIGBUS handler: nothing there may log (vsnprintf is not async-signal-safe). */
-extern __thread int lm__in_signal __attribute__((tls_model("initial-exec")));
-void lm__log(struct lm_runtime *rt, int level, const char *fmt, ...)
-	__attribute__((format(printf, 3, 4)));
 
 /* ---- fault.c: filling pages and the handler loop --------------------- */
 

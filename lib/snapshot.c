@@ -62,13 +62,12 @@
 #define SAVE_BATCH LM__SNAP_BATCH
 
 struct lm_snapshot {
+	struct lm__snapview view;	/* first: the live set holds views (snapview.c) */
 	struct lm_region *r;		/* NULL once the region is gone */
 	struct lm_runtime *rt;
 	pid_t pid;			/* the process that took it */
 	size_t len;
 	uint64_t npages;
-	struct lm__ptable map;		/* per page: 0, or where its contents went */
-	_Atomic int err;		/* a page could not be preserved: the snapshot is unusable */
 	/* The background save, guarded by lock. */
 	pthread_mutex_t lock;
 	pthread_cond_t cond;
@@ -104,51 +103,32 @@ static inline uintptr_t addr_of(struct lm_region *r, uint64_t pgno)
 	return r->start + (pgno << r->rt->page_shift);
 }
 
+_Static_assert(offsetof(struct lm_snapshot, view) == 0, "a view is its snapshot");
+
+/* The snapshot whose view the live set holds. */
+static inline struct lm_snapshot *snap_of(struct lm__snapview *v)
+{
+	return (struct lm_snapshot *)v;
+}
+
 static inline uint64_t map_get(struct lm_snapshot *s, uint64_t pgno)
 {
-	lm__pte *m = lm__pt_get(&s->map, pgno, false);
-	return m ? atomic_load_explicit(m, memory_order_acquire) : 0;
+	return lm__view_get(&s->view, pgno);
 }
 
-/* Sets an unset entry; false when memory ran out (the snapshot breaks). */
-static bool map_set(struct lm_snapshot *s, uint64_t pgno, uint64_t val)
+static inline bool map_set(struct lm_snapshot *s, uint64_t pgno, uint64_t val)
 {
-	lm__pte *m = lm__pt_get(&s->map, pgno, true);
-	if (!m)
-		return false;
-	uint64_t zero = 0;
-	atomic_compare_exchange_strong_explicit(m, &zero, val, memory_order_acq_rel,
-						memory_order_acquire);
-	return true;
+	return lm__view_set(&s->view, pgno, val);
 }
 
-static void snap_break(struct lm_snapshot *s, int err)
+static inline void snap_break(struct lm_snapshot *s, int err)
 {
-	int zero = 0;
-	if (atomic_compare_exchange_strong(&s->err, &zero, err))
-		LM__STAT_ADD(s->rt, snapshot_errors, 1);
+	lm__view_break(&s->view, err);
 }
 
-bool lm__snap_needs(const struct lm__snapset *set, uint64_t pgno)
+static inline bool lacks(struct lm_snapshot *s, uint64_t pgno)
 {
-	for (unsigned i = 0; i < set->n; i++) {
-		struct lm_snapshot *s = set->s[i];
-		if (!atomic_load_explicit(&s->err, memory_order_relaxed) && !map_get(s, pgno))
-			return true;
-	}
-	return false;
-}
-
-static bool lacks(struct lm_snapshot *s, uint64_t pgno)
-{
-	return !atomic_load_explicit(&s->err, memory_order_relaxed) && !map_get(s, pgno);
-}
-
-void lm__snap_lost(const struct lm__snapset *set, uint64_t pgno)
-{
-	for (unsigned i = 0; i < set->n; i++)
-		if (lacks(set->s[i], pgno))
-			snap_break(set->s[i], -EIO);
+	return lm__view_lacks(&s->view, pgno);
 }
 
 /* Sets entry val for pgno, or breaks the snapshot (err, or out of memory). */
@@ -173,9 +153,9 @@ void lm__snap_preserve(struct lm__filler *f, struct lm_region *r, const struct l
 	uint64_t need = 0, spill = 0;
 	for (unsigned i = 0; i < n; i++)
 		for (unsigned x = 0; x < set->n; x++)
-			if (lacks(set->s[x], pg[i])) {
+			if (lacks(snap_of(set->v[x]), pg[i])) {
 				need |= 1ull << i;
-				if (data[i] && !atomic_load(&set->s[x]->stream))
+				if (data[i] && !atomic_load(&snap_of(set->v[x])->stream))
 					spill |= 1ull << i;
 			}
 	if (!need)
@@ -194,7 +174,7 @@ void lm__snap_preserve(struct lm__filler *f, struct lm_region *r, const struct l
 		LM__STAT_ADD(rt, snapshot_spilled, k);
 	}
 	for (unsigned x = 0; x < set->n; x++) {
-		struct lm_snapshot *s = set->s[x];
+		struct lm_snapshot *s = snap_of(set->v[x]);
 		struct lm__image_writer *w = atomic_load(&s->stream);
 		uint64_t *pgs = sc->pgs;
 		const unsigned char **ptr = sc->ptr;
@@ -681,7 +661,7 @@ static int check_snap(struct lm_snapshot *s)
 		return -ENXIO;
 	if (getpid() != s->pid)
 		return -ECHILD;
-	int err = atomic_load(&s->err);
+	int err = atomic_load(&s->view.err);
 	return err;
 }
 
@@ -690,16 +670,16 @@ static struct lm__snapset *set_with(const struct lm__snapset *old, struct lm_sna
 				    int *rc)
 {
 	unsigned n = old ? old->n : 0;
-	struct lm__snapset *set = malloc(sizeof(*set) + (n + 1) * sizeof(set->s[0]));
+	struct lm__snapset *set = malloc(sizeof(*set) + (n + 1) * sizeof(set->v[0]));
 	*rc = set ? 0 : -ENOMEM;
 	if (!set)
 		return NULL;
 	set->n = 0;
 	for (unsigned i = 0; i < n; i++)
-		if (old->s[i] != s)
-			set->s[set->n++] = old->s[i];
+		if (snap_of(old->v[i]) != s)
+			set->v[set->n++] = old->v[i];
 	if (add)
-		set->s[set->n++] = s;
+		set->v[set->n++] = &s->view;
 	if (!set->n) {
 		free(set);
 		return NULL;
@@ -753,7 +733,7 @@ static void snap_free(struct lm_snapshot *s)
 		free(s->rbuf);
 	}
 	pthread_mutex_destroy(&s->rlock);
-	lm__pt_destroy(&s->map);
+	lm__pt_destroy(&s->view.map);
 	if (s->img_fd >= 0)
 		close(s->img_fd);
 	pthread_mutex_destroy(&s->lock);
@@ -870,6 +850,7 @@ int lm_snapshot_take(struct lm_region *r, unsigned flags, struct lm_snapshot **o
 		return -ENOMEM;
 	s->r = r;
 	s->rt = rt;
+	s->view.rt = rt;
 	s->pid = getpid();
 	s->len = r->len;
 	s->npages = r->npages;
@@ -877,7 +858,7 @@ int lm_snapshot_take(struct lm_region *r, unsigned flags, struct lm_snapshot **o
 	pthread_mutex_init(&s->lock, NULL);
 	pthread_mutex_init(&s->rlock, NULL);
 	pthread_cond_init(&s->cond, NULL);
-	int rc = lm__pt_init(&s->map, s->npages);
+	int rc = lm__pt_init(&s->view.map, s->npages);
 	pthread_mutex_lock(&rt->lock);
 	if (!rc && r->naliases)
 		rc = -EBUSY;
@@ -972,7 +953,7 @@ int lm_snapshot_read(struct lm_snapshot *s, size_t offset, void *buf, size_t len
 			continue;
 		}
 		if (!rc)
-			rc = atomic_load(&s->err);
+			rc = atomic_load(&s->view.err);
 		if (rc)
 			break;
 		/* Copied out after the pages are let go: buf may itself be lazy memory. */
@@ -1032,7 +1013,7 @@ static void *saver_main(void *arg)
 				continue;
 			}
 			if (!rc)
-				rc = atomic_load(&s->err);
+				rc = atomic_load(&s->view.err);
 			uint64_t now = lm__image_bytes(s->w);
 			LM__STAT_ADD(rt, snapshot_bytes_written, now - written);
 			written = now;
@@ -1214,8 +1195,8 @@ void lm__snap_before_drop(struct lm_region *r, uint64_t first, uint64_t count)
 				if (held & (1ull << i)) {
 					if (rc)
 						for (unsigned x = 0; x < set->n; x++)
-							if (!map_get(set->s[x], pg + i))
-								snap_break(set->s[x], rc);
+							if (!map_get(snap_of(set->v[x]), pg + i))
+								snap_break(snap_of(set->v[x]), rc);
 					lm__pte_settle(r, ents[i], pg + i, prev[i], prev[i]);
 				}
 		}
@@ -1411,7 +1392,7 @@ int lm_snapshot_rollback(struct lm_snapshot *s)
 	struct collect c = { .n = 0, .max = rt->batch, .from = 0 };
 	while (!rc && c.from < s->npages) {
 		c.n = 0;
-		lm__pt_walk(&s->map, c.from, s->npages - 1, collect_one, &c);
+		lm__pt_walk(&s->view.map, c.from, s->npages - 1, collect_one, &c);
 		if (!c.n)
 			break;
 		c.from = c.pg[c.n - 1] + 1;
@@ -1421,7 +1402,7 @@ int lm_snapshot_rollback(struct lm_snapshot *s)
 	free(buf);
 	lm__filler_fini(&f);
 	if (!rc)
-		rc = atomic_load(&s->err);
+		rc = atomic_load(&s->view.err);
 	return rc;
 }
 
@@ -1452,14 +1433,14 @@ void lm__snap_detach_all(struct lm_region *r)
 	if (!set || getpid() != r->rt->pid)
 		return;
 	for (unsigned i = 0; i < set->n; i++)
-		join_saver(set->s[i], true);
+		join_saver(snap_of(set->v[i]), true);
 	pthread_mutex_lock(&r->snap_lock);
 	set = atomic_exchange(&r->snaps, NULL);
 	lm__synchronize(r->rt);
 	for (unsigned i = 0; set && i < set->n; i++) {
-		struct lm_snapshot *s = set->s[i];
+		struct lm_snapshot *s = snap_of(set->v[i]);
 		/* What it held of the region goes now; the handle waits for release. */
-		lm__pt_destroy(&s->map);
+		lm__pt_destroy(&s->view.map);
 		s->r = NULL;
 		LM__STAT_SUB(r->rt, snapshots_live, 1);
 	}
@@ -1473,6 +1454,6 @@ void lm__snap_break_all(struct lm_region *r, int err)
 	int idx = lm__read_lock(r->rt);
 	struct lm__snapset *set = atomic_load(&r->snaps);
 	for (unsigned i = 0; set && i < set->n; i++)
-		snap_break(set->s[i], err);
+		snap_break(snap_of(set->v[i]), err);
 	lm__read_unlock(r->rt, idx);
 }
