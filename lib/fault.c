@@ -697,18 +697,6 @@ long lm__fill_range(struct lm__filler *f, struct lm_region *r, uint64_t first, u
 	return err ? err : total;
 }
 
-/* Waits until no page of [first, first + count) is being filled or evicted by someone else. */
-void lm__wait_settled(struct lm_region *r, uint64_t first, uint64_t count)
-{
-	for (uint64_t pg = first; pg < first + count; pg++) {
-		lm__pte *e = lm__pt_get(&r->pt, pg, false);
-		unsigned s;
-		while (e && ((s = LM_PTE_STATE(atomic_load(e))) == LM_PS_FILLING ||
-			     s == LM_PS_EVICTING))
-			sched_yield();
-	}
-}
-
 /*
  * True while some handler may hold an event (remap, unmap) it has read
  * but not applied: the application's call has returned and its threads

@@ -200,7 +200,24 @@ struct lm__snapview {
 	struct lm_runtime *rt;
 	struct lm__ptable map;
 	_Atomic int err;
+	/*
+	 * The first save's image writer while it runs: pages preserved
+	 * meanwhile go straight into it (written once) instead of into the
+	 * spill file and then the image.  Read in read sections; cleared and
+	 * waited out before the commit.
+	 */
+	struct lm__image_writer *_Atomic stream;
 };
+
+/* A view's entry: where a page's contents went (kind and index). */
+#define MAP_SOURCE 1u	/* the region's immutable source's contents */
+#define MAP_SPILL 2u	/* page IDX of the region's spill file */
+#define MAP_IMAGE 3u	/* data page IDX of the snapshot's first image */
+#define MAP_ZERO 4u	/* zeros */
+#define MAP_KIND(m) ((unsigned)((m) & 7))
+#define MAP_IDX(m) ((m) >> 3)
+#define MAP_MAKE(k, i) (((uint64_t)(i) << 3) | (uint64_t)(k))
+
 
 /* The live snapshots of a region, an immutable array replaced under snap_lock. */
 struct lm__snapset {
@@ -219,6 +236,9 @@ bool lm__view_lacks(struct lm__snapview *v, uint64_t pgno);
 bool lm__snap_needs(const struct lm__snapset *set, uint64_t pgno);
 /* The application discarded page pgno's contents: the snapshots of set that lacked them break (-EIO). */
 void lm__snap_lost(const struct lm__snapset *set, uint64_t pgno);
+/* Every live snapshot of r breaks with err (a part of it moved away, memory ran out). */
+struct lm_region;
+void lm__views_break(struct lm_region *r, int err);
 
 /* ---- pte.c: the page-state machine, the only code that changes an entry ---- */
 
@@ -289,6 +309,8 @@ int lm__pte_move(struct lm_region *from, lm__pte *e, struct lm_region *to, lm__p
 void lm__pte_fork_reset(lm__pte *e);
 /* The region is being freed: its slots and counters go. */
 void lm__pte_release_table(struct lm_region *r);
+/* Waits until no page of [first, first + count) is held by someone else. */
+void lm__pte_wait_settled(struct lm_region *r, uint64_t first, uint64_t count);
 
 /* ---- stats.c ---------------------------------------------------------- */
 
@@ -506,7 +528,7 @@ bool lm__refault_hot(struct lm_runtime *rt, uint64_t prev);
 /* Where the runtime's files go: lm_options.swap_dir, else $TMPDIR, else /tmp. */
 const char *lm__swap_dir(const struct lm_runtime *rt);
 
-/* ---- snapshot.c: copy-on-write snapshots --------------------------------- */
+/* ---- cow.c: preserving pages before they change (snapshot.c: the API) ---- */
 
 
 /* Pages preserved in one write-protect fault at most (the aligned block around it). */
@@ -544,14 +566,18 @@ void lm__snap_preserve(struct lm__filler *f, struct lm_region *r, const struct l
  */
 int lm__snap_cow(struct lm__filler *f, struct lm_region *r, const struct lm__snapset *set,
 		  uint64_t pgno, uint64_t prev);
+/* A held resident page loses its protection: it settles DIRTY, its writes unseen from now on. */
+void lm__cow_release_unprotected(struct lm_region *r, lm__pte *e, uint64_t pgno, uint64_t prev);
+/* Lifts the protection of the pages of mask (bits of [first, first + n)); returns those lifted. */
+uint64_t lm__cow_unprotect(struct lm_region *r, uint64_t first, unsigned n, uint64_t mask);
+/* Reads resident pages through /proc/self/mem, which fails on a missing page instead of faulting; returns the pages read. */
+unsigned lm__cow_read_resident(struct lm_region *r, uint64_t first, unsigned n, unsigned char *buf);
 /* Before dont-need advice drops [first, first + count): preserves what snapshots lack. */
 void lm__snap_before_drop(struct lm_region *r, uint64_t first, uint64_t count);
 /* The region goes: cancels its snapshots' saves and detaches them (they fail with -ENXIO). */
 void lm__snap_detach_all(struct lm_region *r);
-/* Part of the region moved away (mremap): its snapshots cannot follow, they break. */
-void lm__snap_break_all(struct lm_region *r, int err);
 
-/* ---- region.c ---------------------------------------------------------- */
+/* ---- space.c: regions in the address space (region.c: the public calls) -- */
 
 #define LM__ADV_SLOTS 8
 
@@ -560,7 +586,7 @@ struct lm__adv_range {
 	_Atomic int advice;
 };
 
-/* A range of the address space that belongs to a region (see region.c). */
+/* A range of the address space that belongs to a region (see space.c). */
 struct lm__extent {
 	uintptr_t start, end;
 	struct lm_region *r;
@@ -609,13 +635,38 @@ struct lm__rtable {
 
 /* Lookup under lm__read_lock; the region stays valid until lm__read_unlock. */
 struct lm_region *lm__region_find(struct lm_runtime *rt, uintptr_t addr);
+/*
+ * Publishes a new region table (rt->lock held): the current one without
+ * drop's extents, with [cut_start, cut_end) cut out, plus add.  -ENOMEM
+ * leaves the table as it was; the _must form retries until it can.
+ */
+int lm__table_rebuild(struct lm_runtime *rt, struct lm_region *drop, uintptr_t cut_start,
+		      uintptr_t cut_end, const struct lm__extent *add);
+void lm__table_rebuild_must(struct lm_runtime *rt, struct lm_region *drop, uintptr_t cut_start,
+			    uintptr_t cut_end, const struct lm__extent *add);
+/* r's extents within [start, end), malloc'ed (*n of them); NULL when none or out of memory. */
+struct lm__extent *lm__region_extents(struct lm_runtime *rt, struct lm_region *r, uintptr_t start,
+				      uintptr_t end, size_t *n);
+/* True when [start, start + len) overlaps a region of rt (in a read section). */
+bool lm__overlaps_region(struct lm_runtime *rt, uintptr_t start, size_t len);
+/* A region's memory and page table, and its release (slots, counters, descriptors). */
+struct lm_region *lm__region_alloc(struct lm_runtime *rt, size_t len);
+void lm__region_release(struct lm_region *r);
+/* rt->regions, under rt->lock. */
+void lm__region_list_add(struct lm_runtime *rt, struct lm_region *r);
+void lm__region_list_del(struct lm_runtime *rt, struct lm_region *r);
+/* The advice in force at page pgno: the newest range that covers it, else the region's. */
 int lm__region_advice_at(struct lm_region *r, uint64_t pgno);
+void lm__region_set_advice(struct lm_region *r, uint64_t first, uint64_t last, int advice);
+/* The application's events: pages dropped (madvise), unmapped, moved (mremap). */
 void lm__region_forget(struct lm_region *r, uintptr_t start, uintptr_t end, bool dropped);
 void lm__region_unmapped(struct lm_runtime *rt, uintptr_t start, uintptr_t end);
+int lm__region_remap(struct lm_runtime *rt, uintptr_t from, uintptr_t to, size_t len);
+
+/* ---- region.c: the public region calls ---------------------------------- */
+
 /* True when [start, start + len) overlaps a region of any runtime of the process. */
 bool lm__overlaps_any_runtime(uintptr_t start, size_t len);
-bool lm__overlaps_region(struct lm_runtime *rt, uintptr_t start, size_t len);
-int lm__region_remap(struct lm_runtime *rt, uintptr_t from, uintptr_t to, size_t len);
 void lm__region_free_all(struct lm_runtime *rt);
 
 /* ---- runtime.c ------------------------------------------------------- */
@@ -767,7 +818,6 @@ void *lm__handler_main(void *arg);
 void *lm__prefetch_main(void *arg);
 long lm__fill_range(struct lm__filler *f, struct lm_region *r, uint64_t first,
 		    uint64_t count);
-void lm__wait_settled(struct lm_region *r, uint64_t first, uint64_t count);
 /*
  * A write hit a write-protected page: marks it dirty and lifts the
  * protection.  park: a thread-mode fault may wait on a page in

@@ -3,6 +3,7 @@
 #include "internal.h"
 
 #include <errno.h>
+#include <sched.h>
 
 /*
  * Every change of a page entry goes through this file (docs/DESIGN.md,
@@ -346,4 +347,16 @@ void lm__pte_release_table(struct lm_region *r)
 	atomic_store(&r->resident, 0);
 	atomic_store(&r->dirty, 0);
 	atomic_store(&r->swapped, 0);
+}
+
+/* Waits until no page of [first, first + count) is being filled or evicted by someone else. */
+void lm__pte_wait_settled(struct lm_region *r, uint64_t first, uint64_t count)
+{
+	for (uint64_t pg = first; pg < first + count; pg++) {
+		lm__pte *e = lm__pt_get(&r->pt, pg, false);
+		unsigned s;
+		while (e && ((s = LM_PTE_STATE(atomic_load(e))) == LM_PS_FILLING ||
+			     s == LM_PS_EVICTING))
+			sched_yield();
+	}
 }

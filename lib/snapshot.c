@@ -51,14 +51,6 @@
  * or munmap of a region's pages while a snapshot is live (lazymem(7)).
  */
 
-#define MAP_SOURCE 1u	/* the region's immutable source's contents */
-#define MAP_SPILL 2u	/* page IDX of the region's spill file */
-#define MAP_IMAGE 3u	/* data page IDX of the snapshot's first image */
-#define MAP_ZERO 4u	/* zeros */
-#define MAP_KIND(m) ((unsigned)((m) & 7))
-#define MAP_IDX(m) ((m) >> 3)
-#define MAP_MAKE(k, i) (((uint64_t)(i) << 3) | (uint64_t)(k))
-
 #define SAVE_BATCH LM__SNAP_BATCH
 
 struct lm_snapshot {
@@ -78,13 +70,6 @@ struct lm_snapshot {
 	int save_rc;
 	_Atomic bool cancel;
 	struct lm__image_writer *w;
-	/*
-	 * The first save's writer while it runs: pages preserved meanwhile go
-	 * straight into it (written once) instead of into the spill file and
-	 * then the image.  Read in read sections; cleared and waited out
-	 * before the commit.
-	 */
-	struct lm__image_writer *_Atomic stream;
 	bool record;			/* the save running is the first: it records and streams */
 	int img_fd;
 	/*
@@ -129,224 +114,6 @@ static inline void snap_break(struct lm_snapshot *s, int err)
 static inline bool lacks(struct lm_snapshot *s, uint64_t pgno)
 {
 	return lm__view_lacks(&s->view, pgno);
-}
-
-/* Sets entry val for pgno, or breaks the snapshot (err, or out of memory). */
-static void record(struct lm_snapshot *s, uint64_t pgno, uint64_t val, int err)
-{
-	if (err)
-		snap_break(s, err);
-	else if (!map_set(s, pgno, val))
-		snap_break(s, -ENOMEM);
-}
-
-void lm__snap_preserve(struct lm__filler *f, struct lm_region *r, const struct lm__snapset *set,
-		       const uint64_t *pg, const unsigned char *const *data, unsigned n)
-{
-	/* A bit per page below: batches of 64. */
-	for (; n > 64; n -= 64, pg += 64, data += 64)
-		lm__snap_preserve(f, r, set, pg, data, 64);
-	struct lm__snap_scratch *sc = f->snap;
-	struct lm_runtime *rt = r->rt;
-	size_t ps = (size_t)rt->page_size;
-	/* Pages some snapshot lacks; of those with contents, the ones a snapshot not being saved lacks. */
-	uint64_t need = 0, spill = 0;
-	for (unsigned i = 0; i < n; i++)
-		for (unsigned x = 0; x < set->n; x++)
-			if (lacks(snap_of(set->v[x]), pg[i])) {
-				need |= 1ull << i;
-				if (data[i] && !atomic_load(&snap_of(set->v[x])->stream))
-					spill |= 1ull << i;
-			}
-	if (!need)
-		return;
-	/* Copies take consecutive pages of the spill file: one pwritev. */
-	uint64_t k0 = 0;
-	int err = 0;
-	if (spill) {
-		struct iovec *iov = sc->iov;
-		unsigned k = 0;
-		for (unsigned i = 0; i < n; i++)
-			if (spill & (1ull << i))
-				iov[k++] = (struct iovec){ (void *)data[i], ps };
-		k0 = atomic_fetch_add(&r->spill_next, k);
-		err = lm__pwritev_all(r->spill_fd, iov, k, k0 * ps);
-		LM__STAT_ADD(rt, snapshot_spilled, k);
-	}
-	for (unsigned x = 0; x < set->n; x++) {
-		struct lm_snapshot *s = snap_of(set->v[x]);
-		struct lm__image_writer *w = atomic_load(&s->stream);
-		uint64_t *pgs = sc->pgs;
-		const unsigned char **ptr = sc->ptr;
-		int64_t *idx = sc->idx;
-		unsigned m = 0;
-		int werr = 0;
-		/* Being saved: its copies go into the image, in one write. */
-		for (unsigned i = 0; w && i < n; i++)
-			if (data[i] && lacks(s, pg[i])) {
-				pgs[m] = pg[i];
-				ptr[m++] = data[i];
-			}
-		if (m)
-			werr = lm__image_add_run(w, pgs, ptr, m, idx);
-		for (unsigned i = 0, j = 0; i < n; i++) {
-			if (!lacks(s, pg[i]))
-				continue;
-			if (!data[i])
-				record(s, pg[i], MAP_SOURCE, 0);
-			else if (w) {
-				record(s, pg[i],
-				       idx[j] < 0 ? MAP_MAKE(MAP_ZERO, 0) : MAP_MAKE(MAP_IMAGE, idx[j]), werr);
-				j++;
-			} else
-				record(s, pg[i],
-				       MAP_MAKE(MAP_SPILL,
-						k0 + (uint64_t)__builtin_popcountll(spill & ((1ull << i) - 1))),
-				       err);
-		}
-	}
-	LM__STAT_ADD(rt, snapshot_preserved, __builtin_popcountll(need));
-}
-
-/* A held resident page loses its protection: it settles DIRTY, its writes unseen from now on. */
-static void release_unprotected(struct lm_region *r, lm__pte *e, uint64_t pgno, uint64_t prev)
-{
-	lm__pte_settle(r, e, pgno, prev, (uint64_t)LM_PS_DIRTY | (prev & LM_PTE_REF));
-}
-
-/*
- * Lifts the protection of the pages of mask (bits of [first, first + n)),
- * one ioctl per run: each is a TLB shootdown, and one per page cost the
- * saver more than its writes.  Returns the pages whose protection went.
- */
-static uint64_t unprotect(struct lm_region *r, uint64_t first, unsigned n, uint64_t mask)
-{
-	size_t ps = (size_t)r->rt->page_size;
-	uint64_t lifted = 0;
-	for (unsigned i = 0; i < n;) {
-		if (!(mask & (1ull << i))) {
-			i++;
-			continue;
-		}
-		unsigned j = i + 1;
-		while (j < n && (mask & (1ull << j)))
-			j++;
-		if (lm__uffd_writeprotect(r->rt->ufd, addr_of(r, first + i), (size_t)(j - i) * ps,
-					  false) == 0)
-			lifted |= (j - i == 64 ? ~0ull : ((1ull << (j - i)) - 1)) << i;
-		i = j;
-	}
-	return lifted;
-}
-
-/*
- * Reads resident pages [first, first + n) through /proc/self/mem, which
- * fails on a page that is not there instead of faulting: a thread that
- * holds the page must never fault on it.  Returns the pages read.
- */
-static unsigned read_resident(struct lm_region *r, uint64_t first, unsigned n, unsigned char *buf)
-{
-	size_t ps = (size_t)r->rt->page_size, want = (size_t)n * ps, got = 0;
-	while (got < want) {
-		ssize_t k = pread(r->rt->snap_memfd, buf + got, want - got,
-				  (off_t)(addr_of(r, first) + got));
-		if (k < 0 && errno == EINTR)
-			continue;
-		if (k <= 0)
-			break;
-		got += (size_t)k;
-	}
-	return (unsigned)(got / ps);
-}
-
-int lm__snap_cow(struct lm__filler *f, struct lm_region *r, const struct lm__snapset *set,
-		 uint64_t pgno, uint64_t prev)
-{
-	struct lm_runtime *rt = r->rt;
-	size_t ps = (size_t)rt->page_size;
-	unsigned k = (unsigned)(f->stage_len / ps);
-	if (k > LM__SNAP_BATCH)
-		k = LM__SNAP_BATCH;
-	/*
-	 * The aligned block around the page, like a readahead window: its
-	 * neighbours that some snapshot lacks are held and preserved now,
-	 * in the same round trip, and a sequential writer takes one fault
-	 * per block.  Pages in transition are simply left out.
-	 */
-	uint64_t base = pgno - pgno % k, end = base + k < r->npages ? base + k : r->npages;
-	unsigned cnt = (unsigned)(end - base), me = (unsigned)(pgno - base);
-	lm__pte **ents = f->ents;
-	uint64_t *pv = f->prev;
-	uint64_t held = 1ull << me;
-	ents[me] = lm__pt_get(&r->pt, pgno, false);
-	pv[me] = prev;
-	for (unsigned i = 0; i < cnt; i++) {
-		if (i == me)
-			continue;
-		lm__pte *e = lm__pt_get(&r->pt, base + i, false);
-		if (!e || !lm__snap_needs(set, base + i) ||
-		    !lm__pte_claim(e, LM__ST(LM_PS_CLEAN) | LM__ST(LM_PS_DIRTY), LM_PS_FILLING, &pv[i]))
-			continue;
-		ents[i] = e;
-		held |= 1ull << i;
-	}
-	/*
-	 * Contents: a clean page of an immutable source without a swap slot
-	 * is its source's (no copy at all); the others are read in runs.
-	 */
-	bool immut = lm__source_immutable(r);
-	const unsigned char **data = f->snap->data;
-	uint64_t *pgs = f->snap->pg;
-	uint64_t failed = 0;
-	for (unsigned i = 0; i < cnt;) {
-		if (!(held & (1ull << i)) ||
-		    (immut && LM_PTE_STATE(pv[i]) == LM_PS_CLEAN && !LM_PTE_HAS_SLOT(pv[i]))) {
-			data[i] = NULL;
-			i++;
-			continue;
-		}
-		unsigned j = i + 1;
-		while (j < cnt && (held & (1ull << j)) &&
-		       !(immut && LM_PTE_STATE(pv[j]) == LM_PS_CLEAN && !LM_PTE_HAS_SLOT(pv[j])))
-			j++;
-		unsigned got = read_resident(r, base + i, j - i, f->stage + (size_t)i * ps);
-		for (unsigned x = i; x < j; x++) {
-			data[x] = f->stage + (size_t)x * ps;
-			if (x >= i + got)
-				failed |= 1ull << x;
-		}
-		i = j;
-	}
-	/*
-	 * A page that could not be read is not there: the application dropped
-	 * it itself.  It settles as gone, which judges the drop (pte.c): the
-	 * snapshots that lacked contents its source does not have break,
-	 * never wrong.  The written page too: its write replays as a missing
-	 * fault.
-	 */
-	unsigned n = 0;
-	for (unsigned i = 0; i < cnt; i++) {
-		if (!(held & (1ull << i)))
-			continue;
-		if (failed & (1ull << i)) {
-			lm__pte_settle_counted(r, ents[i], base + i, pv[i], pv[i], pv[i],
-					       LM__SETTLE_GONE);
-			held &= ~(1ull << i);
-			continue;
-		}
-		pgs[n] = base + i;
-		data[n] = data[i];
-		n++;
-	}
-	lm__snap_preserve(f, r, set, pgs, data, n);
-	uint64_t lifted = unprotect(r, base, cnt, held);
-	/* A neighbour still protected (the ioctl failed) is DIRTY all the same: its next write lifts it. */
-	for (unsigned x = 0; x < cnt; x++)
-		if ((held & (1ull << x)) && x != me)
-			release_unprotected(r, ents[x], base + x, pv[x]);
-	if (!(held & (1ull << me)))
-		return -1;
-	return (int)((lifted >> me) & 1);
 }
 
 /* ---- holding pages to read their current contents -------------------------- */
@@ -469,7 +236,7 @@ static int current_contents(struct lm__filler *f, struct lm_region *r, uint64_t 
 		       page_class(r, first + j, held & (1ull << j), prev[j]) == c)
 			j++;
 		if (c == C_RESIDENT) {
-			if (read_resident(r, first + i, j - i, dst) != j - i)
+			if (lm__cow_read_resident(r, first + i, j - i, dst) != j - i)
 				return -EIO;
 		} else if (c == C_SWAPPED) {
 			uint64_t slot = LM_PTE_SLOT(prev[i]);
@@ -553,7 +320,7 @@ static uint64_t find_gone(struct lm_region *r, uint64_t first, unsigned n, uint6
 	for (unsigned i = 0; i < n; i++) {
 		unsigned st = LM_PTE_STATE(prev[i]);
 		if ((held & (1ull << i)) && (st == LM_PS_CLEAN || st == LM_PS_DIRTY) &&
-		    read_resident(r, first + i, 1, buf) != 1)
+		    lm__cow_read_resident(r, first + i, 1, buf) != 1)
 			gone |= 1ull << i;
 	}
 	return gone;
@@ -640,10 +407,10 @@ static int view_batch(struct lm__filler *f, struct lm_snapshot *s, uint64_t firs
 			 !lm__snap_needs(set, first + i))
 			lift |= 1ull << i;
 	}
-	lift &= unprotect(r, first, n, lift);
+	lift &= lm__cow_unprotect(r, first, n, lift);
 	for (unsigned i = 0; i < n; i++) {
 		if (lift & (1ull << i))
-			release_unprotected(r, ents[i], first + i, prev[i]);
+			lm__cow_release_unprotected(r, ents[i], first + i, prev[i]);
 		else if (held & (1ull << i))
 			lm__pte_settle_counted(r, ents[i], first + i, prev[i], prev[i], prev[i],
 					       (gone & (1ull << i)) ? LM__SETTLE_GONE : 0);
@@ -1025,7 +792,7 @@ static void *saver_main(void *arg)
 	 * held, so the loop waited for it); stop streaming and wait out the
 	 * preservers that may still hold the writer, then commit.
 	 */
-	if (atomic_exchange(&s->stream, NULL))
+	if (atomic_exchange(&s->view.stream, NULL))
 		lm__synchronize(rt);
 	uint64_t now = lm__image_bytes(s->w);
 	LM__STAT_ADD(rt, snapshot_bytes_written, now - written);
@@ -1075,7 +842,7 @@ int lm_snapshot_save(struct lm_snapshot *s, const char *path, unsigned flags)
 			lm__image_abort(s->w);
 			s->w = NULL;
 		} else {
-			atomic_store(&s->stream, s->w);
+			atomic_store(&s->view.stream, s->w);
 		}
 	}
 	if (!rc) {
@@ -1085,7 +852,7 @@ int lm_snapshot_save(struct lm_snapshot *s, const char *path, unsigned flags)
 		atomic_store(&s->cancel, false);
 		rc = -pthread_create(&s->saver, NULL, saver_main, s);
 		if (rc) {
-			if (atomic_exchange(&s->stream, NULL))
+			if (atomic_exchange(&s->view.stream, NULL))
 				lm__synchronize(s->rt);
 			lm__image_abort(s->w);
 			s->w = NULL;
@@ -1176,7 +943,7 @@ void lm__snap_before_drop(struct lm_region *r, uint64_t first, uint64_t count)
 		/* The pages go all the same: the snapshots that needed them cannot be exact. */
 		free(buf);
 		lm__filler_fini(&f);
-		lm__snap_break_all(r, -ENOMEM);
+		lm__views_break(r, -ENOMEM);
 		return;
 	}
 	pthread_mutex_lock(&r->snap_lock);
@@ -1448,12 +1215,3 @@ void lm__snap_detach_all(struct lm_region *r)
 	free(set);
 }
 
-void lm__snap_break_all(struct lm_region *r, int err)
-{
-	/* In a read section: a release frees the set only after the readers of it left. */
-	int idx = lm__read_lock(r->rt);
-	struct lm__snapset *set = atomic_load(&r->snaps);
-	for (unsigned i = 0; set && i < set->n; i++)
-		snap_break(snap_of(set->v[i]), err);
-	lm__read_unlock(r->rt, idx);
-}

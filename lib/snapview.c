@@ -56,3 +56,13 @@ void lm__snap_lost(const struct lm__snapset *set, uint64_t pgno)
 		if (lm__view_lacks(set->v[i], pgno))
 			lm__view_break(set->v[i], -EIO);
 }
+
+void lm__views_break(struct lm_region *r, int err)
+{
+	/* In a read section: a release frees the set only after the readers of it left. */
+	int idx = lm__read_lock(r->rt);
+	const struct lm__snapset *set = atomic_load(&r->snaps);
+	for (unsigned i = 0; set && i < set->n; i++)
+		lm__view_break(set->v[i], err);
+	lm__read_unlock(r->rt, idx);
+}
