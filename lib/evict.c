@@ -333,35 +333,6 @@ void lm__harvest(struct lm_region *r, uint64_t first, uint64_t last)
 }
 
 /*
- * Async tracking cannot stop a write between its scan and the move, so a
- * page the scan called clean is compared with its source once it is out:
- * exact for zero and memory sources.  Anything else is written.
- */
-static bool same_as_source(struct lm_region *r, uint64_t pgno, const unsigned char *p)
-{
-	size_t ps = (size_t)r->rt->page_size;
-	if (r->kind == LM_SOURCE_ZERO) {
-		for (size_t i = 0; i < ps; i += 8) {
-			uint64_t w;
-			memcpy(&w, p + i, sizeof(w));
-			if (w)
-				return false;
-		}
-		return true;
-	}
-	if (r->kind != LM_SOURCE_MEMORY)
-		return false;
-	uint64_t off = (pgno + r->src_shift) << r->rt->page_shift;
-	size_t have = off >= r->buflen ? 0 : r->buflen - off < ps ? (size_t)(r->buflen - off) : ps;
-	if (have && memcmp(p, r->buf + off, have))
-		return false;
-	for (size_t i = have; i < ps; i++)
-		if (p[i])
-			return false;
-	return true;
-}
-
-/*
  * Settles a claimed page (pte.c judges a drop that came meanwhile).
  * Returns true when the page ended up dropped.
  */
@@ -377,7 +348,7 @@ static void give_back(struct lm_runtime *rt, struct batch *b)
 {
 	for (unsigned i = 0; i < b->n; i++) {
 		if (b->slot[i] != UINT64_MAX)
-			lm__swap_free(&rt->swap, b->slot[i]);
+			lm__store_release(&rt->swap_store, b->slot[i]);
 		finish(b->r, b->e[i], b->pg[i], b->prev[i], b->prev[i], 0);
 	}
 	b->n = 0;
@@ -393,7 +364,7 @@ static void reserve_slots(struct lm_runtime *rt, struct batch *b)
 	for (unsigned i = 0; i < b->n; i++)
 		if ((LM_PTE_STATE(b->prev[i]) == LM_PS_DIRTY || rt->wp_async) && !b->r->shared)
 			need++;
-	unsigned got = need && rt->swap_ok ? lm__swap_alloc(&rt->swap, slots, need) : 0;
+	unsigned got = need && rt->swap_ok ? lm__store_alloc(&rt->swap_store, slots, need) : 0;
 	unsigned k = 0;
 	for (unsigned i = 0; i < b->n; i++) {
 		if (LM_PTE_STATE(b->prev[i]) != LM_PS_DIRTY && !rt->wp_async)
@@ -499,47 +470,35 @@ static void copy_for_writeback(struct lm_runtime *rt, struct batch *b, int memfd
 }
 
 /*
- * Writes the copied pages to the file in one batch (io_uring when the
- * filler has a ring, else pwrite); successes become R_WB_DONE.
+ * Writes the copied pages back to the region's source (its file) in one
+ * batch through the page store; successes become R_WB_DONE.
  */
 static int write_back(struct lm_runtime *rt, struct batch *b, struct lm__filler *f,
 		      unsigned char *buf)
 {
 	size_t ps = (size_t)rt->page_size;
 	struct lm_region *r = b->r;
-	/* The file may have grown since the region last read it: the tail is its now. */
-	struct stat st;
-	uint64_t fsize = atomic_load(&r->fsize);
-	if (fstat(r->fd, &st) == 0 && S_ISREG(st.st_mode) && (uint64_t)st.st_size > fsize) {
-		fsize = (uint64_t)st.st_size;
-		atomic_store(&r->fsize, fsize);
-	}
-	struct lm__io io[EVICT_BATCH];
+	uint64_t keys[EVICT_BATCH];
+	unsigned char *pages[EVICT_BATCH];
 	unsigned at[EVICT_BATCH], n = 0;
+	int res[EVICT_BATCH];
 	for (unsigned i = 0; i < b->n; i++) {
 		if (b->res[i] != R_WB)
 			continue;
-		uint64_t off = r->foff + ((b->pg[i] + r->src_shift) << rt->page_shift);
-		/* The tail past the end of the file is not the file's: it stays out. */
-		size_t len = off >= fsize ? 0 : fsize - off < ps ? (size_t)(fsize - off) : ps;
-		if (!len) {
-			b->res[i] = R_WB_DONE;
-			continue;
-		}
-		io[n] = (struct lm__io){ .buf = buf + (size_t)i * ps, .off = off, .len = (uint32_t)len };
+		keys[n] = b->pg[i] + r->src_shift;
+		pages[n] = buf + (size_t)i * ps;
 		at[n++] = i;
 	}
-	lm__io_batch(f, r->fd, io, n, true);
-	int err = 0;
+	if (!n)
+		return 0;
+	int err = lm__store_write(&r->src, f, keys, pages, n, res);
 	for (unsigned k = 0; k < n; k++) {
-		if (io[k].res == (int)io[k].len) {
+		if (!res[k]) {
 			b->res[at[k]] = R_WB_DONE;
 			LM__STAT_ADD(rt, written_back, 1);
-			continue;
+		} else {
+			LM__STAT_ADD(rt, swap_write_errors, 1);
 		}
-		LM__STAT_ADD(rt, swap_write_errors, 1);
-		if (!err)
-			err = io[k].res < 0 ? io[k].res : -EIO;
 	}
 	return err;
 }
@@ -559,7 +518,7 @@ static long settle_batch(struct lm_runtime *rt, struct batch *b)
 		case R_WB:
 			/* A write-protected DIRTY page is fine: its next write unprotects it. */
 			if (b->slot[i] != UINT64_MAX)
-				lm__swap_free(&rt->swap, b->slot[i]);
+				lm__store_release(&rt->swap_store, b->slot[i]);
 			finish(r, b->e[i], b->pg[i], prev, prev, 0);
 			continue;
 		case R_WB_DONE:
@@ -568,7 +527,7 @@ static long settle_batch(struct lm_runtime *rt, struct batch *b)
 		case R_GONE:
 			/* The move found it gone: the application dropped it, judged as such. */
 			if (b->slot[i] != UINT64_MAX)
-				lm__swap_free(&rt->swap, b->slot[i]);
+				lm__store_release(&rt->swap_store, b->slot[i]);
 			finish(r, b->e[i], b->pg[i], prev, (uint64_t)LM_PS_MISSING, LM__SETTLE_GONE);
 			continue;
 		}
@@ -587,7 +546,7 @@ static long settle_batch(struct lm_runtime *rt, struct batch *b)
 		if (finish(r, b->e[i], b->pg[i], prev, val, 0)) {
 			/* Dropped while it was being written: the slot holds nothing wanted. */
 			if (b->slot[i] != UINT64_MAX)
-				lm__swap_free(&rt->swap, b->slot[i]);
+				lm__store_release(&rt->swap_store, b->slot[i]);
 			continue;
 		}
 		if (b->slot[i] == UINT64_MAX && LM_PTE_HAS_SLOT(prev))
@@ -655,12 +614,19 @@ static long evict_batch(struct lm_runtime *rt, struct batch *b, unsigned want, i
 		copy_for_writeback(rt, b, memfd, rt->wbuf);
 	pthread_mutex_unlock(&rt->ev_lock);
 
-	/* Outside the lock: the pages are out of reach of the application now. */
+	/*
+	 * Outside the lock: the pages are out of reach of the application
+	 * now.  Async tracking cannot stop a write between its scan and the
+	 * move, so a page the scan called clean is compared with its source
+	 * once it is out (exact where the store can tell: zero, memory);
+	 * anything else is written.
+	 */
 	for (unsigned i = 0; rt->wp_async && i < b->n; i++)
 		if (b->res[i] == R_STAGED && LM_PTE_STATE(b->prev[i]) == LM_PS_CLEAN &&
 		    b->slot[i] != UINT64_MAX && !LM_PTE_HAS_SLOT(b->prev[i]) &&
-		    same_as_source(b->r, b->pg[i], rt->estage + (size_t)i * ps)) {
-			lm__swap_free(&rt->swap, b->slot[i]);
+		    lm__store_verify(&b->r->src, b->pg[i] + b->r->src_shift,
+				     rt->estage + (size_t)i * ps)) {
+			lm__store_release(&rt->swap_store, b->slot[i]);
 			b->slot[i] = UINT64_MAX;
 		}
 	unsigned char *pages[EVICT_BATCH];
@@ -672,15 +638,9 @@ static long evict_batch(struct lm_runtime *rt, struct batch *b, unsigned want, i
 			pages[nw] = rt->estage + (size_t)i * ps;
 			slots[nw++] = b->slot[i];
 		}
-	if (nw) {
-		if (lm__swap_write(&rt->swap, &rt->ev_filler, pages, slots, nw, done) < 0)
-			for (unsigned k = 0; k < nw; k++)
-				if (done[k])
-					LM__STAT_ADD(rt, swap_write_errors, 1);
-		for (unsigned k = 0; k < nw; k++)
-			if (!done[k])
-				LM__STAT_ADD(rt, swap_writes, 1);
-	}
+	/* A page whose write failed is held by the swap file, never lost (invariant 10). */
+	if (nw)
+		lm__store_write(&rt->swap_store, &rt->ev_filler, slots, pages, nw, done);
 	/* Durability is lm_region_flush's business: a later read finds the data in the page cache. */
 	if (wb)
 		write_back(rt, b, &rt->ev_filler, rt->wbuf);
@@ -810,6 +770,7 @@ int lm__evict_setup(struct lm_runtime *rt)
 		lm__log(rt, 1, "cannot create a swap file in %s: %s", dir, lm_strerror(rc));
 		goto out;
 	}
+	lm__store_init_swap(&rt->swap_store, rt, &rt->swap);
 	rt->swap.held_pages = rt->nres;
 	rt->swap.used_mirror = &rt->stats->swap_slots_used;
 	rt->swap_ok = true;

@@ -51,152 +51,6 @@ static unsigned window(struct lm_region *r, uint64_t pgno)
 	return win;
 }
 
-static long read_image(struct lm__filler *f, struct lm_region *r, uint64_t pgno, unsigned n);
-
-/*
- * Makes the source's bytes for pages [pgno, pgno + n) available at *src.
- * Returns the number of pages with data (fewer at end of file), 0 when
- * pgno itself is past the end of the file, or -errno on a read error.
- */
-long lm__source_read(struct lm__filler *f, struct lm_region *r, uint64_t pgno, unsigned n,
-		     const unsigned char **src)
-{
-	struct lm_runtime *rt = r->rt;
-	size_t ps = (size_t)rt->page_size;
-	uint64_t off = (pgno + r->src_shift) << rt->page_shift;
-	size_t want = (size_t)n * ps;
-	switch (r->kind) {
-	case LM_SOURCE_ZERO:
-		*src = f->zeros;
-		return n;
-	case LM_SOURCE_MEMORY:
-		if (off + want <= r->buflen) {
-			*src = r->buf + off;
-			return n;
-		}
-		/* The buffer ends inside this batch: stage it with a zero tail. */
-		memset(f->stage, 0, want);
-		if (off < r->buflen)
-			memcpy(f->stage, r->buf + off, (size_t)(r->buflen - off));
-		*src = f->stage;
-		return n;
-	case LM_SOURCE_IMAGE:
-		*src = f->stage;
-		return read_image(f, r, pgno, n);
-	case LM_SOURCE_FILE: {
-		ssize_t got = lm__file_read(f, r->fd, r->foff + off, want);
-		if (got < 0) {
-			LM__STAT_ADD(rt, io_errors, 1);
-			return got;
-		}
-		/* The size as last seen: smaller on a short read, larger if the file grew. */
-		uint64_t end = r->foff + off + (uint64_t)got;
-		if ((size_t)got < want || end > atomic_load_explicit(&r->fsize, memory_order_relaxed))
-			atomic_store_explicit(&r->fsize, end, memory_order_relaxed);
-		if ((size_t)got < want)
-			memset(f->stage + got, 0, want - (size_t)got);
-		*src = f->stage;
-		return (long)(((size_t)got + ps - 1) / ps);
-	}
-	}
-	return -EINVAL;
-}
-
-/*
- * Reads the swap slots of pages [0, n) (their previous entries) into the
- * stage.  Returns the pages read before the first that failed (a read
- * error, or a checksum that does not match: never returned as data), or
- * -EBADMSG when the first page itself failed.
- */
-static long read_swap(struct lm__filler *f, struct lm_runtime *rt, const uint64_t *prev,
-		      unsigned n, const unsigned char **src)
-{
-	uint64_t slots[n];
-	int done[n];
-	for (unsigned i = 0; i < n; i++)
-		slots[i] = LM_PTE_SLOT(prev[i]);
-	lm__swap_read(&rt->swap, f, slots, n, done);
-	*src = f->stage;
-	for (unsigned i = 0; i < n; i++)
-		if (done[i]) {
-			LM__STAT_ADD(rt, swap_read_errors, 1);
-			return i ? (long)i : -EBADMSG;
-		}
-	return n;
-}
-
-/*
- * Image source: pages [pgno, pgno + n) into the stage.  Pages the index
- * lacks are zero (no I/O); stored ones are read in runs of consecutive
- * data pages and checked against their checksums.  Returns the pages good
- * before the first bad one, or -EBADMSG when the first itself is bad.
- * No arrays on the stack: this may run on a small signal stack.
- */
-static long read_image(struct lm__filler *f, struct lm_region *r, uint64_t pgno, unsigned n)
-{
-	struct lm_runtime *rt = r->rt;
-	struct lm__image *im = r->image;
-	size_t ps = (size_t)rt->page_size;
-	uint64_t first = pgno + r->src_shift;
-	/* A damaged index page: the pages it describes cannot be told, SIGBUS for them. */
-	int64_t k = lm__image_find(im, r->fd, first);
-	if (k < 0)
-		return k;
-	for (unsigned i = 0; i < n;) {
-		unsigned char *dst = f->stage + (size_t)i * ps;
-		const struct lm__image_ent *e = lm__image_ent(im, r->fd, (uint64_t)k);
-		if ((uint64_t)k < im->stored && !e)
-			return i ? (long)i : -EBADMSG;
-		if (!e || e->pgno != first + i) {
-			memset(dst, 0, ps);
-			i++;
-			continue;
-		}
-		/* A run of stored pages whose data is contiguous too: one read. */
-		unsigned run = 1;
-		const struct lm__image_ent *x;
-		while (i + run < n && (x = lm__image_ent(im, r->fd, (uint64_t)k + run)) &&
-		       x->pgno == first + i + run && x->data == e->data + run)
-			run++;
-		struct lm__io io = {
-			.buf = dst,
-			.off = im->data_off + (uint64_t)e->data * ps,
-			.len = (uint32_t)(run * ps),
-		};
-		lm__io_batch(f, r->fd, &io, 1, false);
-		LM__STAT_ADD(rt, pread_reads, 1);
-		unsigned ok = io.res > 0 ? (unsigned)((size_t)io.res / ps) : 0;
-		if (ok > run)
-			ok = run;
-		for (unsigned j = 0; j < ok; j++)
-			if (lm__image_page_sum(im, dst + (size_t)j * ps) != e[j].sum) {
-				ok = j;
-				break;
-			}
-		if (ok < run) {
-			/* A damaged page: the good ones before it only (counted when poisoned). */
-			return i + ok ? (long)(i + ok) : -EBADMSG;
-		}
-		i += run;
-		k += run;
-	}
-	return n;
-}
-
-static void count_fill(struct lm_runtime *rt, int kind, long n)
-{
-	if (kind < 0)
-		LM__STAT_ADD(rt, swap_reads, n);
-	else if (kind == LM_SOURCE_IMAGE)
-		LM__STAT_ADD(rt, fills_image, n);
-	else if (kind == LM_SOURCE_ZERO)
-		LM__STAT_ADD(rt, fills_zero, n);
-	else if (kind == LM_SOURCE_MEMORY)
-		LM__STAT_ADD(rt, fills_memory, n);
-	else
-		LM__STAT_ADD(rt, fills_file, n);
-}
-
 /*
  * Counts n pages filled.  A fault's pages after the first, and all of an
  * asynchronous readahead's, are readahead; advice's are prefetch.  Either
@@ -204,10 +58,11 @@ static void count_fill(struct lm_runtime *rt, int kind, long n)
  * Counted before the install, which wakes the faulting thread: when its
  * access completes the statistics already include it.
  */
-static void account(struct lm_region *r, int kind, unsigned n, unsigned flags, uint64_t pgno)
+static void account(struct lm_region *r, struct lm__store *st, unsigned n, unsigned flags,
+		    uint64_t pgno)
 {
 	struct lm_runtime *rt = r->rt;
-	count_fill(rt, kind, n);
+	lm__store_count(st, st->ops->fill_stat, n);
 	if (flags & LM_FILL_PREFETCH) {
 		LM__STAT_ADD(rt, prefetch_pages, n);
 		return;
@@ -217,11 +72,11 @@ static void account(struct lm_region *r, int kind, unsigned n, unsigned flags, u
 }
 
 /* Takes back what account() counted for n pages of which only installed were installed. */
-static void unaccount(struct lm_region *r, int kind, unsigned n, unsigned installed,
+static void unaccount(struct lm_region *r, struct lm__store *st, unsigned n, unsigned installed,
 		      unsigned flags)
 {
 	struct lm_runtime *rt = r->rt;
-	count_fill(rt, kind, -(long)(n - installed));
+	lm__store_count(st, st->ops->fill_stat, -(long)(n - installed));
 	if (flags & LM_FILL_PREFETCH)
 		LM__STAT_SUB(rt, prefetch_pages, n - installed);
 	else if (flags & LM_FILL_AHEAD)
@@ -284,7 +139,7 @@ struct fill {
 	uint64_t pgno;
 	unsigned n;		/* pages held: ents[0..n), prev[0..n) */
 	unsigned flags;
-	int kind;		/* the source's kind, or -1: swap slots */
+	struct lm__store *st;	/* where the contents come from: the source, or the swap file */
 	int ufd;
 	bool fault;
 	bool wp, wp_rest;	/* the first page's protection, the others' */
@@ -322,20 +177,15 @@ static void fill_claim_window(struct fill *x, unsigned want)
 	struct lm_region *r = x->r;
 	struct lm_runtime *rt = r->rt;
 	size_t ps = (size_t)rt->page_size;
-	bool from_swap = x->kind < 0;
+	bool from_swap = x->st == &rt->swap_store;
 	unsigned n = want ? want : window(r, x->pgno);
 	if (n > r->npages - x->pgno)
 		n = (unsigned)(r->npages - x->pgno);
 	if (n > x->f->stage_len / ps)
 		n = (unsigned)(x->f->stage_len / ps);
-	if (r->kind == LM_SOURCE_FILE && n > 1 && !from_swap) {
-		/* Do not read ahead past the end of the file as last seen. */
-		uint64_t fsize = atomic_load_explicit(&r->fsize, memory_order_relaxed);
-		uint64_t off = r->foff + ((x->pgno + r->src_shift) << rt->page_shift);
-		uint64_t avail = fsize > off ? (fsize - off + ps - 1) / ps : 1;
-		if (n > avail)
-			n = avail ? (unsigned)avail : 1;
-	}
+	/* Not past the end of the source as last seen (a file's). */
+	if (n > 1 && !from_swap)
+		n = (unsigned)lm__store_avail(x->st, x->pgno + r->src_shift, n);
 	unsigned accept = from_swap ? LM__ST(LM_PS_SWAPPED) : LM__ST(LM_PS_MISSING);
 	x->n = 1;
 	while (x->n < n) {
@@ -357,10 +207,12 @@ static long fill_read(struct fill *x)
 	struct lm__filler *f = x->f;
 	struct lm_region *r = x->r;
 	struct lm_runtime *rt = r->rt;
-	bool from_swap = x->kind < 0;
-	long avail = from_swap ? read_swap(f, rt, f->prev, x->n, &x->src)
-			       : lm__source_read(f, r, x->pgno, x->n, &x->src);
-	if (avail < 0 && x->n > 1 && !from_swap && r->kind != LM_SOURCE_IMAGE) {
+	bool from_swap = x->st == &rt->swap_store;
+	/* Keys: the swapped pages' slots, or the source's page numbers. */
+	for (unsigned i = 0; i < x->n; i++)
+		f->keys[i] = from_swap ? LM_PTE_SLOT(f->prev[i]) : x->pgno + r->src_shift + i;
+	long avail = lm__store_read(x->st, f, f->keys, x->n, &x->src);
+	if (avail < 0 && x->n > 1 && (x->st->ops->flags & LM__STORE_RETRY_SHORT)) {
 		/*
 		 * The batch failed, maybe only in its readahead part: a bad
 		 * block further on must not cost the faulting page, so read
@@ -368,7 +220,7 @@ static long fill_read(struct fill *x)
 		 */
 		fill_release(x, 1, x->n, false);
 		x->n = 1;
-		avail = lm__source_read(f, r, x->pgno, 1, &x->src);
+		avail = lm__store_read(x->st, f, f->keys, 1, &x->src);
 	}
 	if (avail > 0) {
 		fill_release(x, (unsigned)avail, x->n, false);
@@ -383,8 +235,7 @@ static long fill_read(struct fill *x)
 		/* Its only copy is unreadable: the page is lost, and says so on every touch. */
 		poison(r, f->ents[0], x->pgno, prev0, prev0, x->fault ? x->ufd : -1);
 	} else if (x->fault) {
-		if (x->kind == LM_SOURCE_IMAGE)
-			LM__STAT_ADD(rt, image_errors, 1);
+		lm__store_count(x->st, x->st->ops->err_stat, 1);
 		poison(r, f->ents[0], x->pgno, prev0, prev0, x->ufd);
 	} else {
 		lm__pte_settle(r, f->ents[0], x->pgno, prev0, prev0);
@@ -427,7 +278,7 @@ static void fill_plan(struct fill *x)
 											 : x->src;
 		lm__snap_preserve(x->f, r, snaps, &x->pgno, &d0, 1);
 	}
-	x->zeropage = x->kind == LM_SOURCE_ZERO && !track && !snaps && !rt->huge &&
+	x->zeropage = (x->st->ops->flags & LM__STORE_ZEROS) && !track && !snaps && !rt->huge &&
 		      !(x->flags & (LM_FILL_WRITE | LM_FILL_PREFETCH));
 }
 
@@ -505,7 +356,7 @@ static unsigned fill_install(struct fill *x, long *err)
 		 */
 		if (at == 0 && x->n > 1 && rc != -EAGAIN && rc != -ESRCH) {
 			fill_release(x, 1, x->n, true);
-			unaccount(r, x->kind, x->n, 1, x->flags);
+			unaccount(r, x->st, x->n, 1, x->flags);
 			x->n = 1;
 			continue;
 		}
@@ -568,10 +419,10 @@ long lm__fill(struct lm__filler *f, struct lm_region *r, uint64_t pgno, unsigned
 		return 0;
 	}
 	f->ents[0] = e0;
-	if (r->kind == LM_SOURCE_IMAGE && x.fault)
-		LM__STAT_ADD(rt, restore_faults, 1);
 	/* A swapped page reads its slot, and its readahead takes swapped neighbours only. */
-	x.kind = LM_PTE_STATE(f->prev[0]) == LM_PS_SWAPPED ? -1 : r->kind;
+	x.st = LM_PTE_STATE(f->prev[0]) == LM_PS_SWAPPED ? &rt->swap_store : &r->src;
+	if (x.fault)
+		lm__store_count(&r->src, r->src.ops->fault_stat, 1);
 	fill_claim_window(&x, want);
 	long avail = fill_read(&x);
 	if (avail < 0)
@@ -582,13 +433,13 @@ long lm__fill(struct lm__filler *f, struct lm_region *r, uint64_t pgno, unsigned
 	 * its access completes the counters already include it.  What does
 	 * not get installed is taken back by its settle.
 	 */
-	account(r, x.kind, x.n, flags, pgno);
+	account(r, x.st, x.n, flags, pgno);
 	for (unsigned i = 0; i < x.n; i++)
 		lm__pte_count(r, f->prev[i], fill_counted(&x, i));
 	long ret = 0;
 	unsigned installed = fill_install(&x, &ret);
 	if (installed < x.n)
-		unaccount(r, x.kind, x.n, installed, flags);
+		unaccount(r, x.st, x.n, installed, flags);
 	if (installed) {
 		lm__stats_latency(rt, lm__now_ns() - t0);
 		lm__evict_check(rt);

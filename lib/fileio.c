@@ -28,8 +28,10 @@ int lm__filler_init(struct lm__filler *f, struct lm_runtime *rt, bool want_ring)
 	f->stage_len = (size_t)rt->opt.readahead_max * (size_t)rt->page_size;
 	f->ents = calloc((size_t)rt->opt.readahead_max, sizeof(*f->ents));
 	f->prev = calloc((size_t)rt->opt.readahead_max, sizeof(*f->prev));
+	f->keys = calloc((size_t)rt->opt.readahead_max, sizeof(*f->keys));
+	f->res = calloc((size_t)rt->opt.readahead_max, sizeof(*f->res));
 	f->snap = calloc(1, sizeof(*f->snap));
-	if (!f->ents || !f->prev || !f->snap)
+	if (!f->ents || !f->prev || !f->keys || !f->res || !f->snap)
 		return -ENOMEM;
 	f->stage = mmap(NULL, f->stage_len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS,
 			-1, 0);
@@ -82,9 +84,13 @@ void lm__filler_fini(struct lm__filler *f)
 {
 	free(f->ents);
 	free(f->prev);
+	free(f->keys);
+	free(f->res);
 	free(f->snap);
 	f->ents = NULL;
 	f->prev = NULL;
+	f->keys = NULL;
+	f->res = NULL;
 	f->snap = NULL;
 	if (f->ring) {
 		io_uring_queue_exit(f->ring);

@@ -375,6 +375,8 @@ struct lm__filler {
 	const unsigned char *zeros;	/* readahead_max pages that read as zeros */
 	_Atomic uint64_t **ents;	/* readahead_max entries being filled */
 	uint64_t *prev;			/* and their states before */
+	uint64_t *keys;			/* readahead_max store keys (store.c) */
+	int *res;			/* readahead_max per-page results */
 	struct lm__snap_scratch *snap;	/* the copy-on-write path's arrays (snapshot.c) */
 	_Atomic int busy;	/* pool slots only */
 };
@@ -436,6 +438,59 @@ int lm__swap_write(struct lm__swap *s, struct lm__filler *f, unsigned char *cons
 		   const uint64_t *slots, unsigned n, int *done);
 int lm__swap_read(struct lm__swap *s, struct lm__filler *f, const uint64_t *slots, unsigned n,
 		  int *done);
+
+/* ---- store.c: page stores, behind one interface ------------------------- */
+
+#define LM__STORE_IMMUTABLE 1u	/* its contents never change (zero, memory, image) */
+#define LM__STORE_ZEROS 2u	/* every page reads as zeros: the shared zero page may stand in */
+#define LM__STORE_RETRY_SHORT 4u	/* a failed batch may hide good pages: read the first alone */
+
+struct lm__store;
+
+/* The operations of one kind of store; see store.c for the contract.  NULL: not supported. */
+struct lm__store_ops {
+	const char *name;
+	unsigned flags;
+	size_t fill_stat;	/* offset in struct lm__stats: pages filled from it */
+	size_t err_stat;	/* ...and faults it could not answer (0: none) */
+	size_t fault_stat;	/* ...and faults it answered (0: none) */
+	long (*read)(struct lm__store *s, struct lm__filler *f, const uint64_t *key, unsigned n,
+		     const unsigned char **out);
+	int (*write)(struct lm__store *s, struct lm__filler *f, const uint64_t *key,
+		     unsigned char *const *pages, unsigned n, int *res);
+	unsigned (*alloc)(struct lm__store *s, uint64_t *key, unsigned n);
+	void (*release)(struct lm__store *s, uint64_t key);
+	bool (*verify)(struct lm__store *s, uint64_t key, const unsigned char *page);
+	uint64_t (*avail)(struct lm__store *s, uint64_t key, uint64_t n);
+};
+
+struct lm__store {
+	const struct lm__store_ops *ops;
+	struct lm_runtime *rt;
+	struct lm_region *r;		/* a source: its region (buffer, file, image) */
+	struct lm__swap *swap;		/* the swap store: its file */
+};
+
+void lm__store_init_source(struct lm__store *s, struct lm_region *r);
+void lm__store_init_swap(struct lm__store *s, struct lm_runtime *rt, struct lm__swap *swap);
+/* Reads pages key[0..n) (n at most the stage): pages good before the first bad one, 0 past the end, or -errno. */
+long lm__store_read(struct lm__store *s, struct lm__filler *f, const uint64_t *key, unsigned n,
+		    const unsigned char **out);
+/* Writes page i to key[i]; res[i] its result.  -errno when any failed (a store without writes: -EROFS). */
+int lm__store_write(struct lm__store *s, struct lm__filler *f, const uint64_t *key,
+		    unsigned char *const *pages, unsigned n, int *res);
+/* Reserves up to n keys to write to; returns how many (0: the store is full, or has no writes). */
+unsigned lm__store_alloc(struct lm__store *s, uint64_t *key, unsigned n);
+void lm__store_release(struct lm__store *s, uint64_t key);
+/* Whether the store holds exactly page for key (false when it cannot tell). */
+bool lm__store_verify(struct lm__store *s, uint64_t key, const unsigned char *page);
+/* How many of n pages from key exist, as last seen (at least one). */
+uint64_t lm__store_avail(struct lm__store *s, uint64_t key, uint64_t n);
+/* Adds n to the statistic at offset stat (one of the ops' *_stat; 0: none). */
+void lm__store_count(struct lm__store *s, size_t stat, long n);
+/* Region r's source contents of pages [pgno, pgno + n) (region page numbers): lm__store_read of r->src. */
+long lm__source_read(struct lm__filler *f, struct lm_region *r, uint64_t pgno, unsigned n,
+		     const unsigned char **out);
 
 /* ---- image.c: snapshot images ------------------------------------------- */
 
@@ -535,7 +590,7 @@ const char *lm__swap_dir(const struct lm_runtime *rt);
 #define LM__SNAP_BATCH 64
 
 /* The region's source never changes under it: zero, memory, image. */
-#define lm__source_immutable(r) ((r)->kind != LM_SOURCE_FILE)
+#define lm__source_immutable(r) (((r)->src.ops->flags & LM__STORE_IMMUTABLE) != 0)
 
 /*
  * The arrays of a copy-on-write round trip, in the filler: it may run in
@@ -598,6 +653,7 @@ struct lm_region {
 	size_t len;
 	uint64_t npages;
 	int kind;			/* enum lm_source_kind */
+	struct lm__store src;		/* the source's store: the only way to its contents */
 	const unsigned char *buf;	/* memory source */
 	uint64_t buflen;		/* memory source: bytes of buf (the rest reads as zeros) */
 	int fd;				/* file source, our own dup */
@@ -738,6 +794,7 @@ struct lm_runtime {
 	bool wp_async;			/* ...and the kernel lifts it (LM_DIRTY_ASYNC): harvest with scans */
 	int pagemap_fd;			/* /proc/self/pagemap, for PAGEMAP_SCAN (async tracking) */
 	struct lm__swap swap;
+	struct lm__store swap_store;	/* the swap file as a page store: keys are slots */
 	bool swap_ok;
 	int stage_ufd;			/* a second userfaultfd, no events: the evictor's staging area */
 	unsigned char *estage;		/* EVICT_BATCH pages registered with stage_ufd */
@@ -825,12 +882,6 @@ long lm__fill_range(struct lm__filler *f, struct lm_region *r, uint64_t first,
  */
 void lm__wp_fault(struct lm__filler *f, struct lm_region *r, uint64_t pgno, uintptr_t addr,
 		  int ufd, bool park);
-/*
- * The source's contents of pages [pgno, pgno + n) at *src: the number of
- * pages with data, 0 past the end of the file, or -errno.
- */
-long lm__source_read(struct lm__filler *f, struct lm_region *r, uint64_t pgno, unsigned n,
-		     const unsigned char **src);
 
 /* ---- signal.c: resolution in the faulting thread ---------------------- */
 

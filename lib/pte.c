@@ -102,7 +102,7 @@ static void slot_follow(struct lm_region *r, uint64_t from, uint64_t to)
 {
 	if (LM_PTE_HAS_SLOT(from) &&
 	    (!LM_PTE_HAS_SLOT(to) || LM_PTE_SLOT(to) != LM_PTE_SLOT(from)) && r->rt->swap_ok)
-		lm__swap_free(&r->rt->swap, LM_PTE_SLOT(from));
+		lm__store_release(&r->rt->swap_store, LM_PTE_SLOT(from));
 }
 
 bool lm__pte_claim(lm__pte *e, unsigned accept, unsigned to, uint64_t *prev)
@@ -312,7 +312,7 @@ static int release_slot(lm__pte *e, uint64_t pgno, void *arg)
 	uint64_t v = atomic_exchange_explicit(e, (uint64_t)LM_PS_MISSING, memory_order_acq_rel);
 	LM__ASSERT(!(HELD & LM__ST(LM_PTE_STATE(v))));
 	if (LM_PTE_HAS_SLOT(v))
-		lm__swap_free(&rt->swap, LM_PTE_SLOT(v));
+		lm__store_release(&rt->swap_store, LM_PTE_SLOT(v));
 	return 0;
 }
 

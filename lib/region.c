@@ -99,6 +99,7 @@ static int create(struct lm_runtime *rt, size_t length, unsigned flags, int kind
 	r->buf = buf;
 	r->buflen = length;
 	r->image = im;
+	lm__store_init_source(&r->src, r);
 	if (kind == LM_SOURCE_FILE || image) {
 		r->fd = reopen(fd, &st, shared);
 		r->shared = shared;

@@ -240,11 +240,10 @@ static int current_contents(struct lm__filler *f, struct lm_region *r, uint64_t 
 				return -EIO;
 		} else if (c == C_SWAPPED) {
 			uint64_t slot = LM_PTE_SLOT(prev[i]);
-			int done = 0;
-			lm__swap_read(&rt->swap, f, &slot, 1, &done);
-			if (done)
+			const unsigned char *src = NULL;
+			if (lm__store_read(&rt->swap_store, f, &slot, 1, &src) != 1)
 				return -EIO;
-			memcpy(dst, f->stage, ps);
+			memcpy(dst, src, ps);
 		} else {
 			const unsigned char *src = NULL;
 			long got = lm__source_read(f, r, first + i, j - i, &src);

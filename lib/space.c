@@ -388,6 +388,7 @@ int lm__region_remap(struct lm_runtime *rt, uintptr_t from, uintptr_t to, size_t
 	a->foff = r->foff;
 	atomic_init(&a->fsize, atomic_load(&r->fsize));
 	a->src_shift = r->src_shift + ((from - r->start) >> rt->page_shift);
+	lm__store_init_source(&a->src, a);
 	root->aliases[root->naliases++] = a;
 	/*
 	 * The moved pages keep their contents, so they keep their states.  A

@@ -78,6 +78,7 @@ static void setup(void)
 	lm__epoch_init(&rt->rcu);
 	const char *dir = getenv("TMPDIR");
 	ck_assert_int_eq(lm__swap_open(&rt->swap, dir && *dir ? dir : "/tmp", 64 * PS, PS), 0);
+	lm__store_init_swap(&rt->swap_store, rt, &rt->swap);
 	rt->swap_ok = true;
 	struct lm_region *rs[] = { &fx->r, &fx->r2 };
 	for (int i = 0; i < 2; i++) {
