@@ -1,5 +1,5 @@
 /* SPDX-License-Identifier: MIT */
-/* The fault path: claiming pages, reading their source, installing them, and the handler threads' loop. */
+/* The fill engine: claiming pages, reading them from their store, installing them; first writes; prefetch. */
 #include "internal.h"
 
 #include <errno.h>
@@ -10,10 +10,7 @@
 #include <sys/epoll.h>
 #include <unistd.h>
 
-#define MSG_BATCH 32
-#define RA_START 4
 #define PREFETCH_CHUNK_BYTES ((uint64_t)4 << 20)
-/* epoll tags: 0 stop, 1 the runtime's userfaultfd. */
 
 static inline uintptr_t page_addr(struct lm_region *r, uint64_t pgno)
 {
@@ -42,7 +39,7 @@ static unsigned window(struct lm_region *r, uint64_t pgno)
 	uint64_t next = atomic_load_explicit(&r->ra_next, memory_order_relaxed);
 	unsigned win = atomic_load_explicit(&r->ra_win, memory_order_relaxed);
 	if (pgno == next)
-		win = win < RA_START ? RA_START : win * 2;
+		win = win < LM__RA_START ? LM__RA_START : win * 2;
 	else
 		win = 1;
 	if (win > max)
@@ -291,7 +288,6 @@ static void fill_plan(struct fill *x)
 static void fill_exists(struct fill *x, unsigned at)
 {
 	struct lm_runtime *rt = x->r->rt;
-	LM__STAT_ADD(rt, copy_eexist, 1);
 	if (at == 0 && x->fault)
 		LM__STAT_ADD(rt, faults_dup, 1);
 	uint64_t prev = x->f->prev[at];
@@ -316,16 +312,13 @@ static unsigned fill_install(struct fill *x, long *err)
 	size_t ps = (size_t)rt->page_size;
 	unsigned at = 0, installed = 0;
 	while (at < x->n) {
-		size_t done = 0;
 		/* A write fault under a snapshot: its page alone, writable; then the rest. */
 		bool wpc = fill_clean(x, at);
-		unsigned lim = (!at && x->wp_rest != x->wp) ? 1 : x->n;
-		int rc = x->zeropage
-				 ? lm__uffd_zeropage(x->ufd, page_addr(r, x->pgno + at),
-						     (x->n - at) * ps, &done)
-				 : lm__uffd_copy(x->ufd, page_addr(r, x->pgno + at),
-						 x->src + (size_t)at * ps, (lim - at) * ps, wpc, &done);
-		unsigned ok = (unsigned)(done / ps);
+		unsigned lim = (!at && x->wp_rest != x->wp) ? 1 : x->n, ok = 0;
+		int rc = lm__install(rt, x->ufd, page_addr(r, x->pgno + at),
+				     x->zeropage ? NULL : x->src + (size_t)at * ps,
+				     x->zeropage ? x->n - at : lim - at,
+				     x->zeropage ? LM__INSTALL_ZEROS : wpc ? LM__INSTALL_WP : 0, &ok);
 		for (unsigned i = at; i < at + ok; i++) {
 			if (f->prev[i] & LM_PTE_EVICTED)
 				LM__STAT_ADD(rt, refaults, 1);
@@ -340,15 +333,11 @@ static unsigned fill_install(struct fill *x, long *err)
 			continue;
 		if (rc == 0)
 			break;
-		if (ok && rc != -EEXIST)
-			LM__STAT_ADD(rt, copy_partial, 1);
 		if (rc == -EEXIST) {
 			fill_exists(x, at);
 			at++;
 			continue;
 		}
-		if (rc == -EAGAIN)
-			LM__STAT_ADD(rt, copy_eagain, 1);
 		/*
 		 * The install must lie within one mapping: a readahead window
 		 * that crosses a hole the application unmapped fails whole
@@ -546,184 +535,6 @@ long lm__fill_range(struct lm__filler *f, struct lm_region *r, uint64_t first, u
 		pg += n > 0 ? (uint64_t)n : 1;
 	}
 	return err ? err : total;
-}
-
-/*
- * True while some handler may hold an event (remap, unmap) it has read
- * but not applied: the application's call has returned and its threads
- * may already fault on addresses the runtime does not know yet.
- */
-static bool events_unapplied(struct lm_runtime *rt)
-{
-	return atomic_load_explicit(&rt->ev_unapplied, memory_order_seq_cst) > 0;
-}
-
-int lm__zero_fill(struct lm_runtime *rt, int ufd, uintptr_t addr)
-{
-	size_t done;
-	if (rt->huge)
-		return lm__uffd_copy(ufd, addr, rt->zeros, (size_t)rt->page_size, false, &done);
-	return lm__uffd_zeropage(ufd, addr, (size_t)rt->page_size, &done);
-}
-
-static void handle_fault(struct lm__filler *f, int ufd, const struct uffd_msg *m)
-{
-	struct lm_runtime *rt = f->rt;
-	uintptr_t addr = (uintptr_t)m->arg.pagefault.address & ~((uintptr_t)rt->page_size - 1);
-	bool wp = m->arg.pagefault.flags & UFFD_PAGEFAULT_FLAG_WP;
-	LM__STAT_ADD(rt, faults_thread, 1);
-	if (wp)
-		LM__STAT_ADD(rt, faults_wp, 1);
-	else
-		LM__STAT_ADD(rt, faults_missing, 1);
-	int idx = lm__read_lock(rt);
-	struct lm_region *r = lm__region_find(rt, addr);
-	if (!r && events_unapplied(rt)) {
-		/* Maybe a part just moved by mremap: replay once the event is applied. */
-		LM__STAT_ADD(rt, faults_parked, 1);
-		lm__uffd_wake(ufd, addr, (size_t)rt->page_size);
-	} else if (!r) {
-		/*
-		 * Registered memory we do not know: a region destroyed under
-		 * the fault, or a part the application grew with mremap.  It is
-		 * anonymous memory now; zero-fill it rather than leave the
-		 * thread hanging.
-		 */
-		int rc = lm__zero_fill(rt, ufd, addr);
-		if (rc < 0)
-			lm__uffd_wake(ufd, addr, (size_t)rt->page_size);
-	} else if (wp) {
-		lm__wp_fault(f, r, (addr - r->start) >> rt->page_shift, addr, ufd, true);
-	} else {
-		unsigned flags = (m->arg.pagefault.flags & UFFD_PAGEFAULT_FLAG_WRITE) ? LM_FILL_WRITE : 0;
-		uint64_t pgno = (addr - r->start) >> rt->page_shift;
-		long n = lm__fill(f, r, pgno, 0, flags, ufd);
-		/*
-		 * Failed (unmapped, moved, changing): the fill woke the page at
-		 * the region's address; the thread waits at the message's, which
-		 * differs if the whole region moved meanwhile.  A spare wake is free.
-		 */
-		if (n < 0)
-			lm__uffd_wake(ufd, addr, (size_t)rt->page_size);
-		/*
-		 * Asynchronous readahead, as the kernel does it: the install
-		 * above woke the faulting thread, which now works through its
-		 * window on its own CPU while this one fills the next window.
-		 * A sequential scan then faults once per two windows, and the
-		 * fills overlap the application's work.
-		 */
-		unsigned win = atomic_load_explicit(&r->ra_win, memory_order_relaxed);
-		/*
-		 * (Also asking the kernel to read a file's next windows with
-		 * POSIX_FADV_WILLNEED was measured: slower here, for lazymem and
-		 * for the kernel's own mmap of the same file afterwards.)
-		 */
-		if (n > 1 && win >= RA_START && pgno + (uint64_t)n < r->npages)
-			lm__fill(f, r, pgno + (uint64_t)n, win, flags | LM_FILL_AHEAD, ufd);
-	}
-	lm__read_unlock(rt, idx);
-}
-
-/* The application dropped [start, end) with madvise: the pages come from the source again. */
-static void handle_remove(struct lm_runtime *rt, uintptr_t start, uintptr_t end)
-{
-	int idx = lm__read_lock(rt);
-	struct lm__rtable *t = atomic_load_explicit(&rt->table, memory_order_acquire);
-	for (size_t i = 0; t && i < t->n; i++) {
-		const struct lm__extent *e = &t->e[i];
-		if (start < e->end && e->start < end)
-			lm__region_forget(e->r, e->start > start ? e->start : start,
-					  e->end < end ? e->end : end, true);
-	}
-	lm__read_unlock(rt, idx);
-}
-
-/* Applies one event message, in the order the kernel queued it. */
-static void apply_event(struct lm_runtime *rt, const struct uffd_msg *m)
-{
-	/* Counted once applied: a count that moved tells that its event's effects are visible. */
-	switch (m->event) {
-	case UFFD_EVENT_REMAP:
-		lm__region_remap(rt, (uintptr_t)m->arg.remap.from, (uintptr_t)m->arg.remap.to,
-				 (size_t)m->arg.remap.len);
-		LM__STAT_ADD(rt, events_remap, 1);
-		break;
-	case UFFD_EVENT_REMOVE:
-		handle_remove(rt, (uintptr_t)m->arg.remove.start, (uintptr_t)m->arg.remove.end);
-		LM__STAT_ADD(rt, events_remove, 1);
-		break;
-	case UFFD_EVENT_UNMAP:
-		lm__region_unmapped(rt, (uintptr_t)m->arg.remove.start,
-				    (uintptr_t)m->arg.remove.end);
-		LM__STAT_ADD(rt, events_unmap, 1);
-		break;
-	}
-}
-
-/*
- * Reads and handles every message pending on the userfaultfd.
- *
- * Events are applied in the order the kernel queued them: one system
- * call queues several (mremap: REMAP, then UNMAP of the old range), and
- * two handlers applying them concurrently could forget the moved pages
- * before moving them.  So one handler at a time reads and applies its
- * batch's events under ev_lock; the batch's faults are handled after it
- * is released, in parallel.  Each batch is also one section of the evq
- * epoch, which lm_region_destroy waits out (a section per batch, not per
- * drain, so that steady faults never starve it).
- *
- * No fork waits for this path: the runtime does not ask for fork events
- * (see signal.c), so taking locks or allocating here can never hold up a
- * fork() that itself holds the allocator's locks.
- */
-static void drain(struct lm__filler *f, int ufd)
-{
-	struct lm_runtime *rt = f->rt;
-	struct uffd_msg msgs[MSG_BATCH];
-	for (;;) {
-		int ev = lm__epoch_enter(&rt->evq);
-		/* Counted from before the read until the batch's events are applied. */
-		pthread_mutex_lock(&rt->ev_lock);
-		atomic_fetch_add_explicit(&rt->ev_unapplied, 1, memory_order_seq_cst);
-		ssize_t n = read(ufd, msgs, sizeof(msgs));
-		int err = n < 0 ? errno : 0;
-		size_t count = n > 0 ? (size_t)n / sizeof(msgs[0]) : 0;
-		for (size_t i = 0; i < count; i++)
-			if (msgs[i].event != UFFD_EVENT_PAGEFAULT)
-				apply_event(rt, &msgs[i]);
-		atomic_fetch_sub_explicit(&rt->ev_unapplied, 1, memory_order_seq_cst);
-		pthread_mutex_unlock(&rt->ev_lock);
-		for (size_t i = 0; i < count; i++)
-			if (msgs[i].event == UFFD_EVENT_PAGEFAULT)
-				handle_fault(f, ufd, &msgs[i]);
-		lm__epoch_exit(&rt->evq, ev);
-		if (n < 0 && err == EINTR)
-			continue;
-		if (n < 0 || (size_t)n < sizeof(msgs))
-			return;	/* EAGAIN: drained; anything else: nothing to read */
-	}
-}
-
-void *lm__handler_main(void *arg)
-{
-	struct lm__filler *f = arg;
-	struct lm_runtime *rt = f->rt;
-	sigset_t all;
-	/* Application signals are not ours to take. */
-	sigfillset(&all);
-	pthread_sigmask(SIG_BLOCK, &all, NULL);
-	struct epoll_event evs[8];
-	while (!atomic_load_explicit(&rt->stopping, memory_order_relaxed)) {
-		int n = epoll_wait(rt->epfd, evs, 8, -1);
-		if (n < 0 && errno != EINTR)
-			break;
-		for (int i = 0; i < n; i++) {
-			if (evs[i].data.u64 == 0)
-				return NULL;	/* stop_fd: the runtime is closing */
-			drain(f, rt->ufd);
-		}
-	}
-	return NULL;
 }
 
 void *lm__prefetch_main(void *arg)

@@ -851,11 +851,25 @@ static inline void lm__synchronize(struct lm_runtime *rt)
 	lm__epoch_wait(&rt->rcu);
 }
 
+/* ---- install.c: the one installer ---------------------------------------- */
+
+#define LM__INSTALL_WP 1u	/* write-protected: the first write faults (tracked) */
+#define LM__INSTALL_ZEROS 2u	/* zeros, not write-protected: the shared zero page where there is one */
+/*
+ * Installs the run of n pages at addr (contents at src, or zeros) through
+ * ufd.  0, or -errno with *done the pages installed before the one that
+ * failed: -EEXIST there means present already, -EAGAIN the address space
+ * changing (see install.c).  Async-signal-safe.
+ */
+int lm__install(struct lm_runtime *rt, int ufd, uintptr_t addr, const unsigned char *src,
+		unsigned n, unsigned how, unsigned *done);
+
 /* ---- fault.c: filling pages and the handler loop --------------------- */
 
 #define LM_FILL_WRITE 1u	/* the fault was a write */
 #define LM_FILL_PREFETCH 2u	/* advice, not a fault: never poison, never wait */
 #define LM_FILL_AHEAD 4u	/* asynchronous readahead after a sequential fault */
+#define LM__RA_START 4		/* readahead: the first window of a sequential run */
 
 /*
  * Fills page pgno of r (and readahead pages after it) and installs them
@@ -865,13 +879,6 @@ static inline void lm__synchronize(struct lm_runtime *rt)
  */
 long lm__fill(struct lm__filler *f, struct lm_region *r, uint64_t pgno,
 	      unsigned want, unsigned flags, int ufd);
-/*
- * Maps zeros at page addr of rt's memory, not write-protected: the
- * shared zero page, or a copy where there is none (hugetlb).
- * Async-signal-safe.
- */
-int lm__zero_fill(struct lm_runtime *rt, int ufd, uintptr_t addr);
-void *lm__handler_main(void *arg);
 void *lm__prefetch_main(void *arg);
 long lm__fill_range(struct lm__filler *f, struct lm_region *r, uint64_t first,
 		    uint64_t count);
@@ -882,6 +889,31 @@ long lm__fill_range(struct lm__filler *f, struct lm_region *r, uint64_t first,
  */
 void lm__wp_fault(struct lm__filler *f, struct lm_region *r, uint64_t pgno, uintptr_t addr,
 		  int ufd, bool park);
+
+/* ---- resolve.c: the one resolver both front ends call --------------------- */
+
+/* A fault as a front end decoded it. */
+struct lm__fault {
+	uintptr_t addr;		/* the page's address */
+	bool write;		/* the access was a write */
+	bool wp;		/* a write-protect fault (handler threads know; SIGBUS does not) */
+	bool signal;		/* the faulting thread itself, in a SIGBUS handler */
+};
+enum {
+	LM__RESOLVE_DONE,	/* answered: installed, poisoned, parked, or woken */
+	LM__RESOLVE_REPLAY,	/* nothing to do yet: the access replays */
+	LM__RESOLVE_UNKNOWN,	/* no region of the runtime owns the address */
+	LM__RESOLVE_NOT_OURS,	/* a SIGBUS that is not the runtime's (poison, a child's own) */
+};
+/* Resolves a fault of rt; f: the handler thread's filler (signal mode borrows one). */
+int lm__resolve(struct lm__filler *f, struct lm_runtime *rt, const struct lm__fault *ft);
+/* Registered memory no region of rt owns: replay while an event is pending, else zeros (DONE), or NOT_OURS. */
+int lm__resolve_stray(struct lm_runtime *rt, uintptr_t addr);
+
+/* ---- handler.c: the handler threads (a front end) ---------------------------- */
+
+/* A handler thread: epoll on the runtime's userfaultfd, events applied in order, faults resolved. */
+void *lm__handler_main(void *arg);
 
 /* ---- signal.c: resolution in the faulting thread ---------------------- */
 

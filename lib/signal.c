@@ -59,16 +59,6 @@ static void chain(int sig, siginfo_t *si, void *uc)
 		raise(SIGBUS);
 }
 
-static struct lm__filler *pool_get(struct lm_runtime *rt)
-{
-	for (int i = 0; i < rt->npool; i++) {
-		int z = 0;
-		if (atomic_compare_exchange_strong(&rt->pool[i].busy, &z, 1))
-			return &rt->pool[i];
-	}
-	return NULL;
-}
-
 static bool is_write(void *ucv)
 {
 #if defined(__x86_64__)
@@ -82,124 +72,34 @@ static bool is_write(void *ucv)
 }
 
 /*
- * With UFFD_FEATURE_SIGBUS a write to a write-protected page raises
- * SIGBUS too, with nothing to tell it from a missing page but the page
- * itself: mapped means write-protected.
+ * Decodes the SIGBUS (the address, and from the page-fault error code
+ * whether it was a write) and hands it to the resolver of each
+ * signal-mode runtime in turn, until one owns the address.  Registered
+ * memory none of them owns gets the stray rules (resolve.c); anything
+ * else is not lazymem's SIGBUS and goes to the application's handler.
  */
-static bool mapped(uintptr_t addr, size_t ps)
-{
-	/* One byte: the first base page of the page (a huge one has many). */
-	unsigned char vec = 0;
-	return mincore((void *)(addr & ~(ps - 1)), 1, &vec) == 0 && (vec & 1);
-}
-
 static void on_sigbus(int sig, siginfo_t *si, void *uc)
 {
 	int saved = errno;
 	lm__in_signal++;
 	atomic_fetch_add(&sig_inflight, 1);
 	bool handled = false, owned = false;
-	uintptr_t addr = (uintptr_t)si->si_addr;
 	if (si->si_code == BUS_ADRERR) {
-		for (struct lm_runtime *rt = atomic_load(&sig_list); rt && !handled;
-		     rt = rt->sig_next) {
-			int idx = lm__read_lock(rt);
-			struct lm_region *r = lm__region_find(rt, addr);
-			if (r && atomic_load(&rt->ev_unapplied) > 0) {
-				/*
-				 * An event read but not applied yet (madvise returns
-				 * once it is read): filling now could bring back what
-				 * the application just dropped, a swapped page's old
-				 * contents.  Replay once the event thread is done.
-				 */
-				handled = true;
-				sched_yield();
-			} else if (r) {
-				owned = true;
-				uint64_t pgno = (addr - r->start) >> rt->page_shift;
-				lm__pte *e = lm__pt_get(&r->pt, pgno, false);
-				/*
-				 * A poisoned page's SIGBUS belongs to the application.
-				 * It arrives as BUS_ADRERR too (UFFDIO_POISON markers
-				 * raise a plain SIGBUS on recent kernels), so only the
-				 * page's state tells it from a missing page: without
-				 * this check the access would replay for ever.
-				 */
-				handled = !e || LM_PTE_STATE(atomic_load(e)) != LM_PS_POISON;
-				unsigned s = e ? LM_PTE_STATE(atomic_load(e)) : LM_PS_MISSING;
-				/*
-				 * A write (the error code says so) to a mapped page is a
-				 * write-protect fault.  A read of a mapped page was a
-				 * missing fault that another thread has since filled:
-				 * it just replays.
-				 */
-				bool resident = s == LM_PS_CLEAN || s == LM_PS_DIRTY ||
-						s == LM_PS_EVICTING;
-				bool present = resident && mapped(addr, (size_t)rt->page_size);
-				/*
-				 * A fork() child registers without write
-				 * protection, so a write to a present page is
-				 * never ours there.  Nor, with hugetlb pages, a
-				 * resident one gone: the kernel could not copy a
-				 * shared huge page on write (the pool was empty) or
-				 * gave it back to the parent; it raises SIGBUS, as
-				 * for any private hugetlb memory, and a refill from
-				 * the source would lose the child's contents.
-				 */
-				bool child = rt->ufd_pid != rt->pid;
-				if (child && (present ? is_write(uc) : resident && rt->huge))
-					handled = false;
-				if (handled && present && !is_write(uc)) {
-					LM__STAT_ADD(rt, faults_dup, 1);
-				} else if (handled && present) {
-					/*
-					 * Whatever protected it (dirty tracking, a
-					 * snapshot, one released since, a part moved
-					 * by mremap): lm__wp_fault lifts it; a write
-					 * racing a fill that made the page writable
-					 * meanwhile costs one ioctl.
-					 */
-					LM__STAT_ADD(rt, faults_wp, 1);
-					LM__STAT_ADD(rt, faults_signal, 1);
-					/* A snapshot's copy-on-write needs a staging buffer. */
-					struct lm__filler *f = atomic_load(&r->snaps) ? pool_get(rt) : NULL;
-					lm__wp_fault(f, r, pgno, addr, rt->ufd, false);
-					if (f)
-						atomic_store(&f->busy, 0);
-				} else if (handled) {
-					LM__STAT_ADD(rt, faults_missing, 1);
-					LM__STAT_ADD(rt, faults_signal, 1);
-					struct lm__filler *f = pool_get(rt);
-					long n = 0;
-					if (f) {
-						n = lm__fill(f, r, pgno, 0,
-							     is_write(uc) ? LM_FILL_WRITE : 0,
-							     rt->ufd);
-						atomic_store(&f->busy, 0);
-					}
-					/* Another thread owns the page: let it finish. */
-					if (n == 0)
-						sched_yield();
-				}
-			}
-			lm__read_unlock(rt, idx);
+		uintptr_t addr = (uintptr_t)si->si_addr;
+		for (struct lm_runtime *rt = atomic_load(&sig_list); rt && !owned; rt = rt->sig_next) {
+			struct lm__fault ft = {
+				.addr = addr & ~((uintptr_t)rt->page_size - 1),
+				.write = is_write(uc),
+				.signal = true,
+			};
+			int v = lm__resolve(NULL, rt, &ft);
+			owned = v != LM__RESOLVE_UNKNOWN;
+			handled = v == LM__RESOLVE_DONE || v == LM__RESOLVE_REPLAY;
 		}
-		/*
-		 * An address no region covers may be a part the application
-		 * just moved with mremap, its event not applied yet: replay the
-		 * access.  Or registered memory the runtime no longer tracks (an
-		 * mremap extension): anonymous memory, zero-filled.  Anything
-		 * else is not lazymem's SIGBUS, and neither is a region's
-		 * poisoned page (a hugetlb one would take the zeros).
-		 */
-		for (struct lm_runtime *rt = atomic_load(&sig_list); rt && !handled && !owned;
-		     rt = rt->sig_next) {
-			size_t ps = (size_t)rt->page_size;
-			if (atomic_load(&rt->ev_unapplied) > 0)
-				handled = true;
-			else
-				handled = lm__zero_fill(rt, rt->ufd, addr & ~(ps - 1)) == 0;
-		}
+		for (struct lm_runtime *rt = atomic_load(&sig_list); rt && !owned && !handled;
+		     rt = rt->sig_next)
+			handled = lm__resolve_stray(rt, addr & ~((uintptr_t)rt->page_size - 1)) !=
+				  LM__RESOLVE_NOT_OURS;
 	}
 	atomic_fetch_sub(&sig_inflight, 1);
 	lm__in_signal--;

@@ -1103,10 +1103,9 @@ static int rollback_batch(struct lm__filler *f, struct lm_snapshot *s, const uin
 		while (j < n && (install & (1ull << j)) && pg[j] == pg[j - 1] + 1)
 			j++;
 		for (unsigned at = i; at < j;) {
-			size_t done = 0;
-			int c = lm__uffd_copy(rt->ufd, addr_of(r, pg[at]), buf + (size_t)at * ps,
-					      (size_t)(j - at) * ps, wp, &done);
-			unsigned ok = (unsigned)(done / ps);
+			unsigned ok = 0;
+			int c = lm__install(rt, rt->ufd, addr_of(r, pg[at]), buf + (size_t)at * ps,
+					    j - at, wp ? LM__INSTALL_WP : 0, &ok);
 			for (unsigned x = at; x < at + ok; x++)
 				installed |= 1ull << x;
 			at += ok;
