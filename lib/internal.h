@@ -721,8 +721,6 @@ int lm__region_remap(struct lm_runtime *rt, uintptr_t from, uintptr_t to, size_t
 
 /* ---- region.c: the public region calls ---------------------------------- */
 
-/* True when [start, start + len) overlaps a region of any runtime of the process. */
-bool lm__overlaps_any_runtime(uintptr_t start, size_t len);
 void lm__region_free_all(struct lm_runtime *rt);
 
 /* ---- runtime.c ------------------------------------------------------- */
@@ -779,7 +777,6 @@ struct lm_runtime {
 	struct lm__filler *pool;
 	int npool;
 	struct lm_runtime *_Atomic sig_next;
-	struct lm_runtime *_Atomic fork_next;
 	pid_t pid;			/* the process that opened the runtime */
 	pid_t ufd_pid;			/* the process whose address space ufd serves */
 
@@ -919,9 +916,19 @@ void *lm__handler_main(void *arg);
 
 int lm__signal_attach(struct lm_runtime *rt);
 void lm__signal_detach(struct lm_runtime *rt);
-void lm__fork_follow(struct lm_runtime *rt);
-void lm__signal_atfork_prepare(void);
-void lm__signal_atfork_parent(void);
-void lm__signal_atfork_child(void);
+/* fork() (fork.c): the handler's list kept whole, then reset in the child. */
+void lm__signal_fork_prepare(void);
+void lm__signal_fork_parent(void);
+void lm__signal_fork_child(void);
+/* In a fork() child: the runtime resolves its faults by signal from now on. */
+int lm__signal_adopt_in_child(struct lm_runtime *rt);
+
+/* ---- fork.c: the process's runtimes, and fork() ------------------------------ */
+
+/* Every runtime of the process is registered while open: fork() follows them all. */
+void lm__runtime_register(struct lm_runtime *rt);
+void lm__runtime_unregister(struct lm_runtime *rt);
+/* True when [start, start + len) overlaps a region of any runtime of the process. */
+bool lm__overlaps_any_runtime(uintptr_t start, size_t len);
 
 #endif /* LM_INTERNAL_H */

@@ -210,122 +210,6 @@ static int check_options(struct lm_options *o)
 	return 0;
 }
 
-/*
- * Every runtime of the process, so that a memory source inside any of
- * their regions is refused: the handler would fault on registered memory
- * while copying (docs/DESIGN.md, invariant 1), and a signal-mode or user-mode-only
- * runtime's unfilled page would even make the copy fail with EFAULT.
- */
-static pthread_mutex_t all_lock = PTHREAD_MUTEX_INITIALIZER;
-static struct lm_runtime *all_list;
-
-bool lm__overlaps_any_runtime(uintptr_t start, size_t len)
-{
-	bool hit = false;
-	pthread_mutex_lock(&all_lock);
-	for (struct lm_runtime *rt = all_list; rt && !hit; rt = rt->all_next) {
-		int idx = lm__read_lock(rt);
-		hit = lm__overlaps_region(rt, start, len);
-		lm__read_unlock(rt, idx);
-	}
-	pthread_mutex_unlock(&all_lock);
-	return hit;
-}
-
-/*
- * fork(): the child gets a copy of every runtime with only the forking
- * thread alive.  Taking each runtime's lock around the fork keeps tables
- * and lists whole; in the child, locks and counters that other threads
- * held are reset, and runtimes that follow fork re-register (signal.c).
- */
-static void atfork_prepare(void)
-{
-	pthread_mutex_lock(&all_lock);
-	for (struct lm_runtime *rt = all_list; rt; rt = rt->all_next) {
-		pthread_mutex_lock(&rt->lock);
-		/* Between eviction batches: no page is half moved out in the child. */
-		pthread_mutex_lock(&rt->evict_lock);
-	}
-	lm__report_atfork_prepare();
-	lm__signal_atfork_prepare();
-}
-
-static void atfork_parent(void)
-{
-	lm__signal_atfork_parent();
-	lm__report_atfork_parent();
-	for (struct lm_runtime *rt = all_list; rt; rt = rt->all_next) {
-		LM__STAT_ADD(rt, forks_followed, 1);
-		pthread_mutex_unlock(&rt->evict_lock);
-		pthread_mutex_unlock(&rt->lock);
-	}
-	pthread_mutex_unlock(&all_lock);
-}
-
-static void atfork_child(void)
-{
-	for (struct lm_runtime *rt = all_list; rt; rt = rt->all_next) {
-		/* Private counters first: every write below must miss the parent's page. */
-		lm__report_atfork_child(rt);
-		pthread_mutex_init(&rt->lock, NULL);
-		pthread_mutex_init(&rt->ev_lock, NULL);
-		pthread_mutex_init(&rt->pf_lock, NULL);
-		pthread_cond_init(&rt->pf_cond, NULL);
-		lm__epoch_init(&rt->rcu);
-		lm__epoch_init(&rt->evq);
-		atomic_store(&rt->ev_unapplied, 0);
-		/*
-		 * The parent's threads, prefetcher included, do not exist here:
-		 * nothing to join on close (a prefetcher the child starts is).
-		 */
-		rt->nthreads = 0;
-		rt->pf_started = false;
-		/*
-		 * No evictor either, and the child's pages are its own: no
-		 * budget and no write tracking.  Pages swapped out before the
-		 * fork are read from the shared swap file while the parent has
-		 * not reused their slots (a checksum tells, and the toucher gets
-		 * SIGBUS rather than another page's data).
-		 */
-		pthread_mutex_init(&rt->evict_lock, NULL);
-		pthread_mutex_init(&rt->ev_setup_lock, NULL);
-		rt->ev_started = false;
-		atomic_store(&rt->budget, 0);
-		atomic_store(&rt->track, false);
-		LM__STAT_SET(rt, budget_bytes, 0);
-	}
-	lm__signal_atfork_child();
-	lm__report_atfork_child_reset();
-	pthread_mutex_init(&all_lock, NULL);
-}
-
-static pthread_once_t atfork_once = PTHREAD_ONCE_INIT;
-
-static void atfork_register(void)
-{
-	pthread_atfork(atfork_prepare, atfork_parent, atfork_child);
-}
-
-static void all_add(struct lm_runtime *rt)
-{
-	pthread_once(&atfork_once, atfork_register);
-	pthread_mutex_lock(&all_lock);
-	rt->all_next = all_list;
-	all_list = rt;
-	pthread_mutex_unlock(&all_lock);
-}
-
-static void all_del(struct lm_runtime *rt)
-{
-	pthread_mutex_lock(&all_lock);
-	for (struct lm_runtime **pp = &all_list; *pp; pp = &(*pp)->all_next)
-		if (*pp == rt) {
-			*pp = rt->all_next;
-			break;
-		}
-	pthread_mutex_unlock(&all_lock);
-}
-
 static int start_threads(struct lm_runtime *rt)
 {
 	int n = rt->opt.handler_threads;
@@ -361,51 +245,53 @@ static int epoll_add(int epfd, int fd, uint64_t tag)
 
 static void close_runtime(struct lm_runtime *rt);
 
-int lm_runtime_open(const struct lm_options *user, struct lm_runtime **out)
+/*
+ * The caller's options (a prefix of struct lm_options of any version),
+ * the environment, checked.  *io_required: io_uring was asked for by name
+ * (required), not by default (preferred), which the check then fills in.
+ */
+static int gather_options(const struct lm_options *user, struct lm_options *o, bool *io_required)
 {
-	LM__KEEP_ERRNO;
-	if (!out)
-		return -EINVAL;
-	struct lm_options o;
-	lm_options_init(&o);
+	lm_options_init(o);
 	if (user) {
 		if (user->size < offsetof(struct lm_options, budget) || user->size > 4096)
 			return -EINVAL;
-		memcpy(&o, user, user->size < sizeof(o) ? user->size : sizeof(o));
-		o.size = sizeof(o);
+		memcpy(o, user, user->size < sizeof(*o) ? user->size : sizeof(*o));
+		o->size = sizeof(*o);
 		/* Reserved fields must be zero, so that later versions can give them a meaning. */
-		if (o.reserved32)
+		if (o->reserved32)
 			return -EINVAL;
-		for (size_t i = 0; i < LM__ARRAY_SIZE(o.reserved); i++)
-			if (o.reserved[i])
+		for (size_t i = 0; i < LM__ARRAY_SIZE(o->reserved); i++)
+			if (o->reserved[i])
 				return -EINVAL;
 	}
 	int rc = 0;
-	if (!(o.flags & LM_OPT_NO_ENV))
-		rc = apply_env(&o);
-	/* Asked for by name, io_uring is required; by default it is preferred. */
-	bool io_required = o.io == LM_IO_URING;
-	if (rc == 0)
-		rc = check_options(&o);
-	if (rc < 0)
-		return rc;
+	if (!(o->flags & LM_OPT_NO_ENV))
+		rc = apply_env(o);
+	*io_required = o->io == LM_IO_URING;
+	return rc ? rc : check_options(o);
+}
 
+/* A runtime with its locks and epochs, its stats page, and no descriptor yet. */
+static struct lm_runtime *runtime_new(const struct lm_options *o, int *rc)
+{
 	struct lm_runtime *rt = calloc(1, sizeof(*rt));
-	if (!rt)
-		return -ENOMEM;
-	rt->opt = o;
+	if (!rt) {
+		*rc = -ENOMEM;
+		return NULL;
+	}
+	rt->opt = *o;
 	rt->stats_fd = -1;
-	rt->page_size = o.page_size ? (long)o.page_size : sysconf(_SC_PAGESIZE);
+	rt->page_size = o->page_size ? (long)o->page_size : sysconf(_SC_PAGESIZE);
 	rt->page_shift = (unsigned)__builtin_ctzl((unsigned long)rt->page_size);
-	rt->huge = o.page_size != 0;
+	rt->huge = o->page_size != 0;
 	/* Snapshot and save batches: LM__SNAP_BATCH base pages' worth, at least one page. */
 	rt->batch = rt->huge ? 1 : LM__SNAP_BATCH;
-	if ((rc = lm__stats_init(rt)) < 0) {
+	if ((*rc = lm__stats_init(rt)) < 0) {
 		free(rt);
-		return rc;
+		return NULL;
 	}
-	rt->io_required = io_required;
-	rt->mode = o.mode;
+	rt->mode = o->mode;
 	rt->ufd = rt->epfd = rt->stop_fd = rt->stage_ufd = rt->ev_kick = rt->pagemap_fd =
 		rt->ev_pagemap = rt->snap_memfd = -1;
 	pthread_mutex_init(&rt->ev_setup_lock, NULL);
@@ -419,30 +305,34 @@ int lm_runtime_open(const struct lm_options *user, struct lm_runtime **out)
 	pthread_mutex_init(&rt->pf_lock, NULL);
 	pthread_cond_init(&rt->pf_cond, NULL);
 	atomic_init(&rt->table, NULL);
+	return rt;
+}
 
-	/*
-	 * No fork events: with them the kernel holds a forking thread inside
-	 * clone() until a handler reads the event, while glibc holds the
-	 * allocator's locks and the fork handlers hold the runtime's, so a
-	 * handler that needed either could never read it.  The runtime
-	 * follows fork() itself instead (signal.c): the child takes a
-	 * userfaultfd of its own and fills from its copy of the regions.
-	 */
+/*
+ * The runtime's userfaultfd and what its kernel can do.  No fork events:
+ * with them the kernel holds a forking thread inside clone() until a
+ * handler reads the event, while glibc holds the allocator's locks and
+ * the fork handlers hold the runtime's, so a handler that needed either
+ * could never read it.  The runtime follows fork() itself instead
+ * (fork.c): the child takes a userfaultfd of its own and fills from its
+ * copy of the regions.
+ */
+static int open_uffd(struct lm_runtime *rt)
+{
+	const struct lm_options *o = &rt->opt;
 	uint64_t want = UFFD_FEATURE_EVENT_REMAP | UFFD_FEATURE_EVENT_REMOVE |
 			UFFD_FEATURE_EVENT_UNMAP | UFFD_FEATURE_THREAD_ID | UFFD_FEATURE_POISON |
 			UFFD_FEATURE_PAGEFAULT_FLAG_WP;
 	if (rt->mode == LM_MODE_SIGNAL)
 		want |= UFFD_FEATURE_SIGBUS;
-	if (o.dirty_tracking == LM_DIRTY_ASYNC)
+	if (o->dirty_tracking == LM_DIRTY_ASYNC)
 		want |= UFFD_FEATURE_WP_ASYNC;
 	if (rt->huge)
 		want |= UFFD_FEATURE_WP_HUGETLBFS_SHMEM;
-	rt->ufd = lm__uffd_open(o.uffd_source, want, &rt->origin, &rt->limits,
-				&rt->features);
+	rt->ufd = lm__uffd_open(o->uffd_source, want, &rt->origin, &rt->limits, &rt->features);
 	if (rt->ufd < 0) {
-		rc = rt->ufd;
-		lm__log(rt, 1, "no userfaultfd: %s (limits 0x%x)", lm_strerror(rc), rt->limits);
-		goto fail;
+		lm__log(rt, 1, "no userfaultfd: %s (limits 0x%x)", lm_strerror(rt->ufd), rt->limits);
+		return rt->ufd;
 	}
 	/*
 	 * Hugetlb has no UFFDIO_ZEROPAGE: zeros are copied in, from a page
@@ -451,10 +341,8 @@ int lm_runtime_open(const struct lm_options *user, struct lm_runtime **out)
 	if (rt->huge) {
 		void *z = mmap(NULL, (size_t)rt->page_size, PROT_READ, MAP_PRIVATE | MAP_ANONYMOUS,
 			       -1, 0);
-		if (z == MAP_FAILED) {
-			rc = -ENOMEM;
-			goto fail;
-		}
+		if (z == MAP_FAILED)
+			return -ENOMEM;
 		rt->zeros = z;
 	}
 	/* Write protection of hugetlb pages is a feature of its own (Linux 5.19). */
@@ -469,16 +357,14 @@ int lm_runtime_open(const struct lm_options *user, struct lm_runtime **out)
 	    !(rt->features & UFFD_FEATURE_POISON)) {
 		lm__log(rt, 1, "the kernel lacks %s", rt->mode == LM_MODE_SIGNAL &&
 			!(rt->features & UFFD_FEATURE_SIGBUS) ? "UFFD_FEATURE_SIGBUS" : "UFFDIO_POISON");
-		rc = -EOPNOTSUPP;
-		goto fail;
+		return -EOPNOTSUPP;
 	}
-	if (o.dirty_tracking == LM_DIRTY_ASYNC) {
+	if (o->dirty_tracking == LM_DIRTY_ASYNC) {
 		rt->pagemap_fd = open("/proc/self/pagemap", O_RDONLY | O_CLOEXEC);
 		if (!(rt->features & UFFD_FEATURE_WP_ASYNC) || rt->pagemap_fd < 0) {
 			lm__log(rt, 1, "asynchronous write protection unavailable (WP_ASYNC, "
 				"/proc/self/pagemap)");
-			rc = -EOPNOTSUPP;
-			goto fail;
+			return -EOPNOTSUPP;
 		}
 		rt->wp_async = true;
 	}
@@ -488,29 +374,48 @@ int lm_runtime_open(const struct lm_options *user, struct lm_runtime **out)
 	LM__STAT_SET(rt, mode, rt->mode);
 	lm__log(rt, 3, "userfaultfd origin %d features 0x%llx mode %d", rt->origin,
 		(unsigned long long)rt->features, rt->mode);
+	return 0;
+}
 
+/* The handler threads (and in signal mode the SIGBUS handler), woken through one epoll set. */
+static int start_front_ends(struct lm_runtime *rt)
+{
+	int rc;
 	rt->epfd = epoll_create1(EPOLL_CLOEXEC);
 	rt->stop_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
-	if (rt->epfd < 0 || rt->stop_fd < 0) {
-		rc = -errno;
-		goto fail;
-	}
+	if (rt->epfd < 0 || rt->stop_fd < 0)
+		return -errno;
 	if ((rc = epoll_add(rt->epfd, rt->stop_fd, 0)) < 0 ||
 	    (rc = epoll_add(rt->epfd, rt->ufd, 1)) < 0)
-		goto fail;
+		return rc;
 	if (rt->mode == LM_MODE_SIGNAL) {
 		/* Events (remove, unmap, remap) still come as messages: one thread reads them. */
 		rt->opt.handler_threads = 1;
 		if ((rc = lm__signal_attach(rt)) < 0)
-			goto fail;
-	} else {
-		lm__fork_follow(rt);
+			return rc;
 	}
-	if ((rc = start_threads(rt)) < 0)
+	return start_threads(rt);
+}
+
+int lm_runtime_open(const struct lm_options *user, struct lm_runtime **out)
+{
+	LM__KEEP_ERRNO;
+	if (!out)
+		return -EINVAL;
+	struct lm_options o;
+	bool io_required;
+	int rc = gather_options(user, &o, &io_required);
+	if (rc < 0)
+		return rc;
+	struct lm_runtime *rt = runtime_new(&o, &rc);
+	if (!rt)
+		return rc;
+	rt->io_required = io_required;
+	if ((rc = open_uffd(rt)) < 0 || (rc = start_front_ends(rt)) < 0)
 		goto fail;
-	all_add(rt);
+	lm__runtime_register(rt);
 	if (o.budget && (rc = lm_runtime_set_budget(rt, o.budget)) < 0) {
-		all_del(rt);
+		lm__runtime_unregister(rt);
 		goto fail;
 	}
 	lm__report_start(rt);
@@ -546,7 +451,7 @@ static void close_runtime(struct lm_runtime *rt)
 {
 	/* The daemon first: it must not push a budget to a runtime going away. */
 	lm__report_stop(rt);
-	all_del(rt);
+	lm__runtime_unregister(rt);
 	/* The evictor stops first: nothing is evicted from regions about to go. */
 	lm__evict_shutdown(rt);
 	/* Regions go next, while the handlers still serve faults on them. */

@@ -108,37 +108,6 @@ static void on_sigbus(int sig, siginfo_t *si, void *uc)
 	errno = saved;
 }
 
-/*
- * A fork() child inherits the regions but not the registration (the
- * runtime asks for no fork events: see lm_runtime_open).  So the child
- * takes a userfaultfd of its own and registers its copy of the regions
- * again: pages it inherited stay, pages it did not are filled from the
- * source on its own first touch, from the regions as they were at the
- * fork.  It has no handler threads, so it resolves faults by signal.  No
- * events are enabled in the child: nobody would read them, and
- * munmap/madvise would wait for that forever.
- */
-static int reset_filling(lm__pte *e, uint64_t pgno, void *arg)
-{
-	(void)pgno;
-	(void)arg;
-	lm__pte_fork_reset(e);
-	return 0;
-}
-
-static struct lm_runtime *_Atomic fork_list;	/* runtimes that follow fork() by re-registering */
-
-/* fork(): runtime.c's handlers call these, holding every runtime's lock meanwhile. */
-void lm__signal_atfork_prepare(void)
-{
-	pthread_mutex_lock(&sig_lock);
-}
-
-void lm__signal_atfork_parent(void)
-{
-	pthread_mutex_unlock(&sig_lock);
-}
-
 static int pool_init(struct lm_runtime *rt)
 {
 	long ncpu = sysconf(_SC_NPROCESSORS_ONLN);
@@ -172,66 +141,6 @@ static int take_sigbus_locked(void)
 	return 0;
 }
 
-void lm__signal_atfork_child(void)
-{
-	/* Only the forking thread exists here: nobody is in the handler. */
-	atomic_store(&sig_inflight, 0);
-	for (struct lm_runtime *rt = atomic_load(&fork_list); rt; rt = rt->fork_next) {
-		for (int i = 0; i < rt->npool; i++)
-			atomic_store(&rt->pool[i].busy, 0);
-		int origin;
-		unsigned limits;
-		uint64_t features;
-		int fd = lm__uffd_open(rt->origin,
-				       UFFD_FEATURE_SIGBUS | UFFD_FEATURE_POISON, &origin,
-				       &limits, &features);
-		/* The parent's descriptor number now serves nothing in the child. */
-		close(rt->ufd);
-		rt->ufd = fd;
-		rt->ufd_pid = getpid();
-		if (fd < 0)
-			continue;
-		/*
-		 * A thread-mode runtime has no handler threads in the child:
-		 * the child resolves its faults by signal instead.
-		 */
-		if (rt->mode != LM_MODE_SIGNAL) {
-			rt->mode = LM_MODE_SIGNAL;
-			LM__STAT_SET(rt, mode, LM_MODE_SIGNAL);
-			if (pool_init(rt) < 0 || take_sigbus_locked() < 0)
-				continue;
-			rt->sig_next = atomic_load(&sig_list);
-			atomic_store(&sig_list, rt);
-		}
-		/*
-		 * Snapshots are the parent's: the child registers without write
-		 * protection, and its copy of the spill file's descriptor and
-		 * of /proc/self/mem still point at the parent's.
-		 */
-		if (rt->snap_memfd >= 0)
-			close(rt->snap_memfd);
-		rt->snap_memfd = -1;
-		for (struct lm_region *r = rt->regions; r; r = r->next) {
-			lm__pt_walk(&r->pt, 0, r->npages - 1, reset_filling, NULL);
-			atomic_store(&r->snaps, NULL);
-			if (r->spill_fd >= 0)
-				close(r->spill_fd);
-			r->spill_fd = -1;
-		}
-		struct lm__rtable *t = atomic_load(&rt->table);
-		for (size_t i = 0; t && i < t->n; i++)
-			lm__uffd_register(fd, t->e[i].start, t->e[i].end - t->e[i].start, false);
-	}
-	pthread_mutex_init(&sig_lock, NULL);
-}
-
-/* Called with sig_lock held. */
-static void follow_fork_locked(struct lm_runtime *rt)
-{
-	rt->fork_next = atomic_load(&fork_list);
-	atomic_store(&fork_list, rt);
-}
-
 int lm__signal_attach(struct lm_runtime *rt)
 {
 	int rc = pool_init(rt);
@@ -240,24 +149,11 @@ int lm__signal_attach(struct lm_runtime *rt)
 	pthread_mutex_lock(&sig_lock);
 	rc = take_sigbus_locked();
 	if (rc == 0) {
-		follow_fork_locked(rt);
 		rt->sig_next = atomic_load(&sig_list);
 		atomic_store(&sig_list, rt);
 	}
 	pthread_mutex_unlock(&sig_lock);
 	return rc;
-}
-
-/*
- * Thread mode: without following, a child would lose the registration and
- * read zeros where the source has data; it follows fork() the way signal
- * mode does.
- */
-void lm__fork_follow(struct lm_runtime *rt)
-{
-	pthread_mutex_lock(&sig_lock);
-	follow_fork_locked(rt);
-	pthread_mutex_unlock(&sig_lock);
 }
 
 void lm__signal_detach(struct lm_runtime *rt)
@@ -272,13 +168,6 @@ void lm__signal_detach(struct lm_runtime *rt)
 			break;
 		}
 	}
-	for (struct lm_runtime *_Atomic *pp = &fork_list; atomic_load(pp);
-	     pp = &atomic_load(pp)->fork_next) {
-		if (atomic_load(pp) == rt) {
-			atomic_store(pp, rt->fork_next);
-			break;
-		}
-	}
 	if (listed && --sig_users == 0)
 		sigaction(SIGBUS, &sig_old, NULL);
 	pthread_mutex_unlock(&sig_lock);
@@ -289,4 +178,43 @@ void lm__signal_detach(struct lm_runtime *rt)
 		lm__filler_fini(&rt->pool[i]);
 	free(rt->pool);
 	rt->pool = NULL;
+}
+
+/* fork(): the SIGBUS handler's list stays whole across it (fork.c). */
+void lm__signal_fork_prepare(void)
+{
+	pthread_mutex_lock(&sig_lock);
+}
+
+void lm__signal_fork_parent(void)
+{
+	pthread_mutex_unlock(&sig_lock);
+}
+
+void lm__signal_fork_child(void)
+{
+	/* Only the forking thread exists here: nobody is in the handler. */
+	atomic_store(&sig_inflight, 0);
+	pthread_mutex_init(&sig_lock, NULL);
+}
+
+/*
+ * In a fork() child, where sig_lock is held by fork.c's prepare handler
+ * (the child's copy): a thread-mode runtime has no handler threads
+ * there, so it resolves its faults by signal.
+ */
+int lm__signal_adopt_in_child(struct lm_runtime *rt)
+{
+	for (int i = 0; i < rt->npool; i++)
+		atomic_store(&rt->pool[i].busy, 0);
+	if (rt->mode == LM_MODE_SIGNAL)
+		return 0;
+	rt->mode = LM_MODE_SIGNAL;
+	LM__STAT_SET(rt, mode, LM_MODE_SIGNAL);
+	int rc = pool_init(rt);
+	if (rc < 0 || (rc = take_sigbus_locked()) < 0)
+		return rc;
+	rt->sig_next = atomic_load(&sig_list);
+	atomic_store(&sig_list, rt);
+	return 0;
 }
