@@ -37,10 +37,98 @@ static int reopen(int fd, const struct stat *st, bool rw)
 	return nfd < 0 ? -errno : nfd;
 }
 
+/* The source file's descriptor checks: readable (and writable, shared), a file or a block device. */
+static int check_file(size_t ps, int fd, off_t offset, bool shared, struct stat *st)
+{
+	if (fd < 0)
+		return -EBADF;
+	if (offset < 0 || ((size_t)offset & (ps - 1)))
+		return -EINVAL;
+	int fl = fcntl(fd, F_GETFL);
+	if (fl < 0)
+		return -errno;
+	if ((fl & O_ACCMODE) == O_WRONLY || (fl & O_PATH) ||
+	    (shared && (fl & O_ACCMODE) != O_RDWR))
+		return -EACCES;
+	if (fstat(fd, st) < 0)
+		return -errno;
+	if (!S_ISREG(st->st_mode) && !S_ISBLK(st->st_mode))
+		return -ENODEV;
+	return 0;
+}
+
+/* A file or image region's own descriptor and the file's size as first seen. */
+static int attach_file(struct lm_region *r, int fd, off_t offset, bool shared,
+		       const struct stat *st)
+{
+	r->fd = reopen(fd, st, shared);
+	r->shared = shared;
+	if (r->fd < 0) {
+		int err = r->fd;
+		r->fd = -1;
+		return err;
+	}
+	r->foff = (uint64_t)offset;
+	uint64_t size = (uint64_t)st->st_size;
+	/* A block device's st_size is 0: ask the device. */
+	if (S_ISBLK(st->st_mode) && ioctl(r->fd, BLKGETSIZE64, &size) < 0)
+		size = 0;
+	atomic_init(&r->fsize, size);
+	return 0;
+}
+
+/*
+ * The region's memory, registered with the runtime's userfaultfd.
+ * Hugetlb pages are reserved here, so that a fill never finds the pool
+ * empty: the region fails now with -ENOMEM instead of a thread with
+ * SIGBUS later.  Base pages are not: lazy memory costs nothing until it
+ * is touched.
+ */
+static int map_region(struct lm_runtime *rt, struct lm_region *r, size_t len)
+{
+	int mflags = MAP_PRIVATE | MAP_ANONYMOUS;
+	if (rt->huge)
+		mflags |= MAP_HUGETLB | (int)(rt->page_shift << MAP_HUGE_SHIFT);
+	else
+		mflags |= MAP_NORESERVE;
+	void *addr = mmap(NULL, len, PROT_READ | PROT_WRITE, mflags, -1, 0);
+	if (addr == MAP_FAILED)
+		return -errno;
+	r->start = (uintptr_t)addr;
+	int rc = lm__uffd_register(rt->ufd, r->start, len,
+				   (rt->features & UFFD_FEATURE_PAGEFAULT_FLAG_WP) != 0);
+	if (rc < 0) {
+		munmap(addr, len);
+		r->start = 0;
+	}
+	return rc;
+}
+
+/*
+ * Publishes the mapped region in the table.  mmap may have handed out an
+ * address the application just unmapped from another region.  Its
+ * munmap returned once a handler had read the UNMAP event, a moment
+ * before the handler cuts that range out of the table: wait for the event
+ * batches in flight, or a fault here could find the old region, and the
+ * late cut would remove the new one.
+ */
+static int publish(struct lm_runtime *rt, struct lm_region *r, size_t len)
+{
+	if (getpid() == rt->ufd_pid && rt->nthreads)
+		lm__epoch_wait(&rt->evq);
+	pthread_mutex_lock(&rt->lock);
+	struct lm__extent ext = { r->start, r->start + len, r };
+	int rc = lm__table_rebuild(rt, NULL, 0, 0, &ext);
+	if (rc == 0)
+		lm__region_list_add(rt, r);
+	pthread_mutex_unlock(&rt->lock);
+	return rc;
+}
+
 static int create(struct lm_runtime *rt, size_t length, unsigned flags, int kind,
 		  const void *buf, int fd, off_t offset, struct lm_region **out)
 {
-	bool image = kind == LM_SOURCE_IMAGE;
+	bool image = kind == LM_SOURCE_IMAGE, has_file = kind == LM_SOURCE_FILE || image;
 	if (!rt || !out || (!length && !image) || (flags & ~LM_REGION_SHARED) ||
 	    ((flags & LM_REGION_SHARED) && kind != LM_SOURCE_FILE))
 		return -EINVAL;
@@ -49,30 +137,15 @@ static int create(struct lm_runtime *rt, size_t length, unsigned flags, int kind
 	struct stat st;
 	if (kind == LM_SOURCE_MEMORY && !buf)
 		return -EINVAL;
-	if (kind == LM_SOURCE_FILE || image) {
-		if (fd < 0)
-			return -EBADF;
-		if (offset < 0 || ((size_t)offset & (ps - 1)))
-			return -EINVAL;
-		int fl = fcntl(fd, F_GETFL);
-		if (fl < 0)
-			return -errno;
-		if ((fl & O_ACCMODE) == O_WRONLY || (fl & O_PATH) ||
-		    (shared && (fl & O_ACCMODE) != O_RDWR))
-			return -EACCES;
-		if (fstat(fd, &st) < 0)
-			return -errno;
-		if (!S_ISREG(st.st_mode) && !S_ISBLK(st.st_mode))
-			return -ENODEV;
-	}
+	int rc = has_file ? check_file(ps, fd, offset, shared, &st) : 0;
+	if (rc < 0)
+		return rc;
 	/* An image says how long its region is, once its header and index check out. */
 	struct lm__image *im = NULL;
-	if (image) {
-		int rc = lm__image_open(fd, ps, &im);
-		if (rc < 0)
-			return rc;
+	if (image && (rc = lm__image_open(fd, ps, &im)) < 0)
+		return rc;
+	if (image)
 		length = im->length;
-	}
 	if (length > SIZE_MAX - ps) {
 		lm__image_free(im);
 		return -EINVAL;
@@ -89,7 +162,6 @@ static int create(struct lm_runtime *rt, size_t length, unsigned flags, int kind
 			return -EOPNOTSUPP;
 		atomic_store(&rt->track, true);
 	}
-
 	struct lm_region *r = lm__region_alloc(rt, len);
 	if (!r) {
 		lm__image_free(im);
@@ -100,77 +172,23 @@ static int create(struct lm_runtime *rt, size_t length, unsigned flags, int kind
 	r->buflen = length;
 	r->image = im;
 	lm__store_init_source(&r->src, r);
-	if (kind == LM_SOURCE_FILE || image) {
-		r->fd = reopen(fd, &st, shared);
-		r->shared = shared;
-		if (r->fd < 0) {
-			int err = r->fd;
-			r->fd = -1;
-			lm__region_release(r);
-			return err;
-		}
-		r->foff = (uint64_t)offset;
-		uint64_t size = (uint64_t)st.st_size;
-		/* A block device's st_size is 0: ask the device. */
-		if (S_ISBLK(st.st_mode) && ioctl(r->fd, BLKGETSIZE64, &size) < 0)
-			size = 0;
-		atomic_init(&r->fsize, size);
-	}
-	/*
-	 * Hugetlb pages are reserved here, so that a fill never finds the
-	 * pool empty: the region fails now with -ENOMEM instead of a
-	 * thread with SIGBUS later.  Base pages are not: lazy memory costs
-	 * nothing until it is touched.
-	 */
-	int mflags = MAP_PRIVATE | MAP_ANONYMOUS;
-	if (rt->huge)
-		mflags |= MAP_HUGETLB | (int)(rt->page_shift << MAP_HUGE_SHIFT);
-	else
-		mflags |= MAP_NORESERVE;
-	void *addr = mmap(NULL, len, PROT_READ | PROT_WRITE, mflags, -1, 0);
-	if (addr == MAP_FAILED) {
-		int err = -errno;
-		lm__region_release(r);
-		return err;
-	}
-	r->start = (uintptr_t)addr;
-	int rc = lm__uffd_register(rt->ufd, r->start, len,
-				   (rt->features & UFFD_FEATURE_PAGEFAULT_FLAG_WP) != 0);
-	if (rc < 0) {
-		munmap(addr, len);
+	if ((has_file && (rc = attach_file(r, fd, offset, shared, &st)) < 0) ||
+	    (rc = map_region(rt, r, len)) < 0) {
 		lm__region_release(r);
 		return rc;
 	}
 	/*
 	 * A memory source inside a region would make the handler fault on
-	 * registered memory while it copies (docs/DESIGN.md, invariant 1): refuse it.
-	 * Checked before rt->lock: the check takes the process-wide lock of
-	 * all runtimes, which fork() takes before each runtime's lock.
+	 * registered memory while it copies (docs/DESIGN.md, invariant 1):
+	 * refuse it.  Checked before rt->lock: the check takes the
+	 * process-wide lock of all runtimes, which fork() takes before each
+	 * runtime's lock.
 	 */
-	if (kind == LM_SOURCE_MEMORY && lm__overlaps_any_runtime((uintptr_t)buf, length)) {
+	if (kind == LM_SOURCE_MEMORY && lm__overlaps_any_runtime((uintptr_t)buf, length))
+		rc = -EINVAL;
+	if (rc < 0 || (rc = publish(rt, r, len)) < 0) {
 		lm__uffd_unregister(rt->ufd, r->start, len);
-		munmap(addr, len);
-		lm__region_release(r);
-		return -EINVAL;
-	}
-	/*
-	 * mmap may have handed out an address the application just unmapped
-	 * from another region.  Its munmap returned once a handler had read
-	 * the UNMAP event, a moment before the handler cuts that range out of
-	 * the table: wait for the event batches in flight, or a fault here
-	 * could find the old region, and the late cut would remove the new one.
-	 */
-	if (getpid() == rt->ufd_pid && rt->nthreads)
-		lm__epoch_wait(&rt->evq);
-	pthread_mutex_lock(&rt->lock);
-	struct lm__extent ext = { r->start, r->start + len, r };
-	rc = lm__table_rebuild(rt, NULL, 0, 0, &ext);
-	if (rc == 0)
-		lm__region_list_add(rt, r);
-	pthread_mutex_unlock(&rt->lock);
-	if (rc < 0) {
-		lm__uffd_unregister(rt->ufd, r->start, len);
-		munmap(addr, len);
+		munmap((void *)r->start, len);
 		lm__region_release(r);
 		return rc;
 	}

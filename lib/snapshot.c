@@ -994,41 +994,23 @@ static int collect_one(lm__pte *e, uint64_t pgno, void *arg)
 }
 
 /*
- * Puts back the pages of one batch (page numbers pg[], ascending) as the
- * snapshot has them.  Each is held; what other snapshots lack of it is
- * preserved; a resident page is dropped (madvise, outside any read
- * section: madvise waits for a handler to read its event) and, once the
- * event is applied, the snapshot's contents are installed in its place.
- * A page whose snapshot contents are its immutable source's is left
- * missing, to be filled again on its next touch.
+ * The snapshot's contents of the held pages into buf, and what is there
+ * now: a page preserved only as a neighbour of a written one may be
+ * unchanged, and stays (its protection is gone, so only a comparison can
+ * tell: *same).  What is there now is preserved for the other snapshots
+ * that lack it.
  */
-static int rollback_batch(struct lm__filler *f, struct lm_snapshot *s, const uint64_t *pg,
-			  unsigned n, unsigned char *buf, unsigned char *cur)
+static int rollback_read(struct lm__filler *f, struct lm_snapshot *s, const uint64_t *pg,
+			 unsigned n, const uint64_t *prev, unsigned char *buf, unsigned char *cur,
+			 uint64_t *same)
 {
 	struct lm_region *r = s->r;
 	struct lm_runtime *rt = s->rt;
 	size_t ps = (size_t)rt->page_size;
-	lm__pte *ents[SAVE_BATCH];
-	uint64_t prev[SAVE_BATCH];
-	uint64_t all = n == 64 ? ~0ull : (1ull << n) - 1;
-	uint64_t held = hold_pages(r, pg, n, all, true, ents, prev, NULL);
-	if (held != all) {
-		/* Out of memory for the page table. */
-		for (unsigned i = 0; i < n; i++)
-			if (held & (1ull << i))
-				lm__pte_settle(r, ents[i], pg[i], prev[i], prev[i]);
-		return -ENOMEM;
-	}
 	int rc = 0;
-	/*
-	 * The snapshot's contents, and what is there now: a page preserved
-	 * only as a neighbour of a written one may be unchanged, and stays
-	 * (its protection is gone, so only a comparison can tell).  What is
-	 * there now is preserved for the other snapshots that lack it.
-	 */
 	int idx = lm__read_lock(rt);
 	const struct lm__snapset *set = atomic_load(&r->snaps);
-	uint64_t same = 0;
+	*same = 0;
 	for (unsigned i = 0; i < n && !rc; i++) {
 		uint64_t m = map_get(s, pg[i]);
 		unsigned char *want = buf + (size_t)i * ps;
@@ -1045,7 +1027,7 @@ static int rollback_batch(struct lm__filler *f, struct lm_snapshot *s, const uin
 		if (rc)
 			break;
 		if (res && MAP_KIND(m) != MAP_SOURCE && memcmp(cur, want, ps) == 0) {
-			same |= 1ull << i;
+			*same |= 1ull << i;
 			continue;
 		}
 		const unsigned char *d = lm__source_immutable(r) && st == LM_PS_MISSING ? NULL : cur;
@@ -1053,71 +1035,117 @@ static int rollback_batch(struct lm__filler *f, struct lm_snapshot *s, const uin
 			lm__snap_preserve(f, r, set, &pg[i], &d, 1);
 	}
 	lm__read_unlock(rt, idx);
-	for (unsigned i = 0; i < n; i++)
-		if (same & (1ull << i))
-			lm__pte_settle(r, ents[i], pg[i], prev[i], prev[i]);
+	return rc;
+}
+
+/* Calls fn for each run of consecutive pages of mask (bits of pg[0..n)). */
+static int for_runs(const uint64_t *pg, unsigned n, uint64_t mask,
+		    int (*fn)(void *arg, unsigned i, unsigned j), void *arg)
+{
+	int rc = 0;
+	for (unsigned i = 0, j; i < n; i = j) {
+		j = i + 1;
+		if (!(mask & (1ull << i)))
+			continue;
+		while (j < n && (mask & (1ull << j)) && pg[j] == pg[j - 1] + 1)
+			j++;
+		int c = fn(arg, i, j);
+		if (c && !rc)
+			rc = c;
+	}
+	return rc;
+}
+
+struct rollback_run {
+	struct lm_region *r;
+	const uint64_t *pg;
+	const unsigned char *buf;
+	bool wp;
+	uint64_t installed;
+};
+
+static int drop_run(void *arg, unsigned i, unsigned j)
+{
+	struct rollback_run *x = arg;
+	size_t ps = (size_t)x->r->rt->page_size;
+	madvise((void *)addr_of(x->r, x->pg[i]), (size_t)(j - i) * ps, MADV_DONTNEED);
+	return 0;
+}
+
+/*
+ * Installed DIRTY, a run per install: the page differs from its source (a
+ * clean page without a slot would be dropped by the evictor and refilled
+ * from the source).  A page the install found present (EEXIST: someone
+ * mapped it after all) counts as installed; the run goes on after it.
+ */
+static int install_run(void *arg, unsigned i, unsigned j)
+{
+	struct rollback_run *x = arg;
+	struct lm_runtime *rt = x->r->rt;
+	size_t ps = (size_t)rt->page_size;
+	int rc = 0;
+	for (unsigned at = i; at < j;) {
+		unsigned ok = 0;
+		int c = lm__install(rt, rt->ufd, addr_of(x->r, x->pg[at]), x->buf + (size_t)at * ps,
+				    j - at, x->wp ? LM__INSTALL_WP : 0, &ok);
+		for (unsigned k = at; k < at + ok; k++)
+			x->installed |= 1ull << k;
+		at += ok;
+		if (c == 0)
+			break;
+		if (c == -EEXIST)
+			x->installed |= 1ull << at;
+		else if (!rc)
+			rc = c;
+		at++;
+	}
+	return rc;
+}
+
+/*
+ * Puts back the pages of one batch (page numbers pg[], ascending) as the
+ * snapshot has them.  Each is held; what other snapshots lack of it is
+ * preserved; a resident page is dropped (madvise, outside any read
+ * section: madvise waits for a handler to read its event) and, once the
+ * events are applied (the handler must not forget the pages installed
+ * after), the snapshot's contents are installed in its place.  A page
+ * whose snapshot contents are its immutable source's is left missing, to
+ * be filled again on its next touch.
+ */
+static int rollback_batch(struct lm__filler *f, struct lm_snapshot *s, const uint64_t *pg,
+			  unsigned n, unsigned char *buf, unsigned char *cur)
+{
+	struct lm_region *r = s->r;
+	struct lm_runtime *rt = s->rt;
+	lm__pte *ents[SAVE_BATCH];
+	uint64_t prev[SAVE_BATCH];
+	uint64_t all = n == 64 ? ~0ull : (1ull << n) - 1, same = 0;
+	uint64_t held = hold_pages(r, pg, n, all, true, ents, prev, NULL);
+	int rc = held != all ? -ENOMEM : rollback_read(f, s, pg, n, prev, buf, cur, &same);
 	if (rc) {
+		/* Out of memory for the page table, or contents that could not be read. */
 		for (unsigned i = 0; i < n; i++)
-			if (!(same & (1ull << i)))
+			if (held & (1ull << i))
 				lm__pte_settle(r, ents[i], pg[i], prev[i], prev[i]);
 		return rc;
 	}
-	/*
-	 * Drop what is mapped now, a run of consecutive pages per madvise,
-	 * then wait until the events of those drops are applied (the handler
-	 * must not forget the pages installed below).
-	 */
-	uint64_t drop = 0, put = 0, install = 0;
+	uint64_t drop = 0, put = all & ~same, install = 0;
 	for (unsigned i = 0; i < n; i++) {
 		unsigned st = LM_PTE_STATE(prev[i]);
-		if (same & (1ull << i))
+		if (same & (1ull << i)) {
+			lm__pte_settle(r, ents[i], pg[i], prev[i], prev[i]);
 			continue;
-		put |= 1ull << i;
+		}
 		if (st == LM_PS_CLEAN || st == LM_PS_DIRTY || st == LM_PS_POISON)
 			drop |= 1ull << i;
 		if (MAP_KIND(map_get(s, pg[i])) != MAP_SOURCE)
 			install |= 1ull << i;
 	}
-	for (unsigned i = 0, j; i < n; i = j) {
-		j = i + 1;
-		if (!(drop & (1ull << i)))
-			continue;
-		while (j < n && (drop & (1ull << j)) && pg[j] == pg[j - 1] + 1)
-			j++;
-		madvise((void *)addr_of(r, pg[i]), (size_t)(j - i) * ps, MADV_DONTNEED);
-	}
+	struct rollback_run x = { r, pg, buf, atomic_load(&rt->track) || atomic_load(&r->snaps), 0 };
+	for_runs(pg, n, drop, drop_run, &x);
 	if (drop)
 		lm__epoch_wait(&rt->evq);
-	/*
-	 * Installed DIRTY, a run per UFFDIO_COPY: the page differs from its
-	 * source (a clean page without a slot would be dropped by the evictor
-	 * and refilled from the source).  A page the copy did not install
-	 * (EEXIST: someone mapped it after all) is tried alone.
-	 */
-	bool wp = atomic_load(&rt->track) || atomic_load(&r->snaps);
-	uint64_t installed = 0;
-	for (unsigned i = 0, j; i < n; i = j) {
-		j = i + 1;
-		if (!(install & (1ull << i)))
-			continue;
-		while (j < n && (install & (1ull << j)) && pg[j] == pg[j - 1] + 1)
-			j++;
-		for (unsigned at = i; at < j;) {
-			unsigned ok = 0;
-			int c = lm__install(rt, rt->ufd, addr_of(r, pg[at]), buf + (size_t)at * ps,
-					    j - at, wp ? LM__INSTALL_WP : 0, &ok);
-			for (unsigned x = at; x < at + ok; x++)
-				installed |= 1ull << x;
-			at += ok;
-			if (c == 0)
-				break;
-			if (c == -EEXIST)
-				installed |= 1ull << at;
-			else if (!rc)
-				rc = c;
-			at++;
-		}
-	}
+	rc = for_runs(pg, n, install, install_run, &x);
 	/*
 	 * Settled as what they are now.  The drops above marked the held
 	 * pages (their events found them held): settling judges those drops,
@@ -1127,7 +1155,7 @@ static int rollback_batch(struct lm__filler *f, struct lm_snapshot *s, const uin
 	for (unsigned i = 0; i < n; i++) {
 		if (!(put & (1ull << i)))
 			continue;
-		if (installed & (1ull << i))
+		if (x.installed & (1ull << i))
 			lm__pte_settle_counted(r, ents[i], pg[i], prev[i], prev[i], LM_PS_DIRTY,
 					       LM__SETTLE_INSTALLED);
 		else

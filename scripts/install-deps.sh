@@ -7,7 +7,7 @@ set -eu
 
 pkgs="build-essential autoconf automake libtool pkg-config
 liburing-dev libcap-dev check clang libclang-rt-14-dev
-util-linux procps prometheus"
+util-linux procps prometheus python3"
 
 missing=""
 for p in $pkgs; do

@@ -98,4 +98,8 @@ check_PROGRAMS += tests/lmd-load
 tests_lmd_load_SOURCES = tests/lmd-load.c
 tests_lmd_load_LDADD = lib/liblazymem.la
 TESTS += tests/daemon-load.sh
+
+# The layers of lib/ hold: no call runs up, no files call in a circle.
+TESTS += tests/check-layers.sh
+EXTRA_DIST += tests/check-layers.sh
 EXTRA_DIST += tests/daemon-load.sh
