@@ -151,6 +151,8 @@ unsigned lm__cow_read_resident(struct lm_region *r, uint64_t first, unsigned n, 
 int lm__snap_cow(struct lm__filler *f, struct lm_region *r, const struct lm__snapset *set,
 		 uint64_t pgno, uint64_t prev)
 {
+	/* The caller holds the written page: only a holder may preserve and unprotect it. */
+	LM__ASSERT(LM_PTE_STATE(atomic_load(lm__pt_get(&r->pt, pgno, false))) == LM_PS_FILLING);
 	struct lm_runtime *rt = r->rt;
 	size_t ps = (size_t)rt->page_size;
 	unsigned k = (unsigned)(f->stage_len / ps);

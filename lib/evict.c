@@ -633,6 +633,9 @@ static long evict_batch(struct lm_runtime *rt, struct batch *b, unsigned want, i
 	uint64_t slots[EVICT_BATCH];
 	int done[EVICT_BATCH];
 	unsigned nw = 0;
+	/* Invariant 2: a page is written out only once it left the region, whole, into the stage. */
+	for (unsigned i = 0; i < b->n; i++)
+		LM__ASSERT(b->res[i] != R_STAGED || staged(rt, i));
 	for (unsigned i = 0; i < b->n; i++)
 		if (b->res[i] == R_STAGED && b->slot[i] != UINT64_MAX) {
 			pages[nw] = rt->estage + (size_t)i * ps;

@@ -413,6 +413,9 @@ long lm__fill(struct lm__filler *f, struct lm_region *r, uint64_t pgno, unsigned
 	if (x.fault)
 		lm__store_count(&r->src, r->src.ops->fault_stat, 1);
 	fill_claim_window(&x, want);
+	/* The window fits the stage and the region, and every page of it is held. */
+	LM__ASSERT(x.n >= 1 && (size_t)x.n << rt->page_shift <= f->stage_len &&
+		   pgno + x.n <= r->npages);
 	long avail = fill_read(&x);
 	if (avail < 0)
 		return avail;

@@ -153,6 +153,7 @@ static int classify_signal(struct lm_region *r, uint64_t pgno, const struct lm__
 
 int lm__resolve(struct lm__filler *f, struct lm_runtime *rt, const struct lm__fault *ft)
 {
+	LM__ASSERT(!(ft->addr & ((uintptr_t)rt->page_size - 1)) && (ft->signal || f));
 	int verdict = LM__RESOLVE_DONE;
 	int idx = lm__read_lock(rt);
 	struct lm_region *r = lm__region_find(rt, ft->addr);

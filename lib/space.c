@@ -73,6 +73,9 @@ int lm__table_rebuild(struct lm_runtime *rt, struct lm_region *drop, uintptr_t c
 	if (!placed)
 		t->e[k++] = *add;
 	t->n = k;
+	/* What lookups' binary search relies on: sorted, non-empty, never overlapping. */
+	for (size_t i = 0; i < k; i++)
+		LM__ASSERT(t->e[i].start < t->e[i].end && (!i || t->e[i - 1].end <= t->e[i].start));
 	atomic_store_explicit(&rt->table, t, memory_order_release);
 	lm__synchronize(rt);
 	free(rt->spare);
