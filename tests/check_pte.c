@@ -520,6 +520,7 @@ static Suite *pte_suite(void)
 			tcase_add_loop_test_raise_signal(bad, every_illegal_transition, SIGABRT,
 							 (int)i, (int)i + 1);
 	}
+	tcase_add_test_raise_signal(bad, settle_rejects_held_flags, SIGABRT);
 #else
 	tcase_add_loop_test(bad, every_illegal_transition, 0, LM_PS_NSTATES * LM_PS_NSTATES);
 	tcase_add_test(bad, settle_rejects_held_flags);
