@@ -380,12 +380,17 @@ long lm__fill(struct lm__filler *f, struct lm_region *r, uint64_t pgno, unsigned
 		.f = f, .r = r, .pgno = pgno, .flags = flags, .ufd = ufd,
 		.fault = !(flags & (LM_FILL_PREFETCH | LM_FILL_AHEAD)),
 	};
-	if (flags & LM_FILL_AHEAD) {
-		/* Readahead is a bet: not one worth evicting for. */
+	if (flags & (LM_FILL_AHEAD | LM_FILL_WILLNEED)) {
+		/*
+		 * Readahead and will-need advice are bets: not ones worth
+		 * evicting for, nor waiting for the evictor (a will-need that
+		 * waited out the throttle page by page held a region's destroy
+		 * for minutes).
+		 */
 		uint64_t b = atomic_load_explicit(&rt->budget, memory_order_relaxed);
 		if (b && atomic_load_explicit(rt->nres, memory_order_relaxed) +
 			 (int64_t)want >= (int64_t)b)
-			return 0;
+			return (flags & LM_FILL_WILLNEED) ? -ENOSPC : 0;
 	} else {
 		lm__throttle(rt);
 	}
@@ -508,19 +513,16 @@ void lm__wp_fault(struct lm__filler *f, struct lm_region *r, uint64_t pgno, uint
 		lm__uffd_wake(ufd, addr & ~(ps - 1), ps);
 }
 
-/*
- * Fills [first, first + count) in batches of the readahead size: used by
- * will-need (in the background) and populate (synchronously) advice.
- * Returns the pages installed or the first hard error.
- */
-long lm__fill_range(struct lm__filler *f, struct lm_region *r, uint64_t first, uint64_t count)
+/* In batches of the readahead size. */
+long lm__fill_range(struct lm__filler *f, struct lm_region *r, uint64_t first, uint64_t count,
+		    unsigned flags)
 {
 	unsigned max = (unsigned)(f->stage_len >> r->rt->page_shift);
 	long total = 0, err = 0;
 	uint64_t pg = first, end = first + count;
 	while (pg < end) {
 		unsigned want = end - pg < max ? (unsigned)(end - pg) : max;
-		long n = lm__fill(f, r, pg, want, LM_FILL_PREFETCH, r->rt->ufd);
+		long n = lm__fill(f, r, pg, want, LM_FILL_PREFETCH | flags, r->rt->ufd);
 		/*
 		 * The address space is changing: an event is pending that a
 		 * handler must read and apply, and applying it may wait for
@@ -529,8 +531,9 @@ long lm__fill_range(struct lm__filler *f, struct lm_region *r, uint64_t first, u
 		 */
 		if (n == -EAGAIN)
 			return total ? total : n;
-		if (n == -ESRCH)
-			return n;
+		/* The process is gone, or (will-need) the budget is reached: the rest is dropped. */
+		if (n == -ESRCH || n == -ENOSPC)
+			return total ? total : n;
 		/* Past the end of the file is not an error: mmap would not fill it either. */
 		if (n < 0 && n != -ENXIO && !err)
 			err = n == -ENOENT ? -ENOMEM : n;	/* ENOENT: a hole, as madvise says */
@@ -571,12 +574,19 @@ void *lm__prefetch_main(void *arg)
 		uint64_t max = PREFETCH_CHUNK_BYTES >> rt->page_shift ? PREFETCH_CHUNK_BYTES >> rt->page_shift
 								   : 1;
 		uint64_t chunk = p->count < max ? p->count : max;
-		long done = live ? lm__fill_range(&rt->pf_filler, p->r, p->first, chunk) : 0;
+		long done = live ? lm__fill_range(&rt->pf_filler, p->r, p->first, chunk,
+						  LM_FILL_WILLNEED)
+				 : 0;
 		lm__read_unlock(rt, idx);
 		if (done == -EAGAIN) {
 			/* Outside the section now: let the pending event be applied, then retry. */
 			sched_yield();
 			chunk = 0;
+		} else if (done == -ENOSPC || (done >= 0 && done < (long)chunk &&
+					       atomic_load(&rt->budget) &&
+					       atomic_load(rt->nres) >= (int64_t)atomic_load(&rt->budget))) {
+			/* At the budget: the advice is a bet not worth evicting for; the rest is dropped. */
+			chunk = p->count;
 		}
 		pthread_mutex_lock(&rt->pf_lock);
 		if (live && chunk < p->count) {

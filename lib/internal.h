@@ -866,6 +866,7 @@ int lm__install(struct lm_runtime *rt, int ufd, uintptr_t addr, const unsigned c
 #define LM_FILL_WRITE 1u	/* the fault was a write */
 #define LM_FILL_PREFETCH 2u	/* advice, not a fault: never poison, never wait */
 #define LM_FILL_AHEAD 4u	/* asynchronous readahead after a sequential fault */
+#define LM_FILL_WILLNEED 8u	/* with PREFETCH: will-need advice, which never waits for the evictor */
 #define LM__RA_START 4		/* readahead: the first window of a sequential run */
 
 /*
@@ -877,8 +878,13 @@ int lm__install(struct lm_runtime *rt, int ufd, uintptr_t addr, const unsigned c
 long lm__fill(struct lm__filler *f, struct lm_region *r, uint64_t pgno,
 	      unsigned want, unsigned flags, int ufd);
 void *lm__prefetch_main(void *arg);
-long lm__fill_range(struct lm__filler *f, struct lm_region *r, uint64_t first,
-		    uint64_t count);
+/*
+ * Fills [first, first + count) for advice: populate (flags 0: waits for
+ * the evictor like a fault) or will-need (LM_FILL_WILLNEED: stops with
+ * -ENOSPC at the budget).  The pages installed or the first hard error.
+ */
+long lm__fill_range(struct lm__filler *f, struct lm_region *r, uint64_t first, uint64_t count,
+		    unsigned flags);
 /*
  * A write hit a write-protected page: marks it dirty and lifts the
  * protection.  park: a thread-mode fault may wait on a page in

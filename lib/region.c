@@ -398,7 +398,7 @@ static int populate(struct lm_region *r, uint64_t first, uint64_t count)
 	long n;
 	for (;;) {
 		int idx = lm__read_lock(rt);
-		n = lm__fill_range(&f, r, first, count);
+		n = lm__fill_range(&f, r, first, count, 0);
 		/* "Resident when it returns" includes pages other threads were filling. */
 		if (n != -EAGAIN)
 			lm__pte_wait_settled(r, first, count);
