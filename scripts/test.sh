@@ -25,7 +25,10 @@ prefix=$(mktemp -d)
 trap 'rm -rf "$prefix"' EXIT
 make -C "$build" install prefix="$prefix" >/dev/null
 export PKG_CONFIG_PATH="$prefix/lib/pkgconfig"
-pc="pkg-config --define-variable=prefix=$prefix"
+# The installed lazymem.pc names the prefix it was installed to.
+grep -q "^prefix=$prefix\$" "$prefix/lib/pkgconfig/lazymem.pc" ||
+	{ echo "lazymem.pc does not name the install prefix $prefix" >&2; exit 1; }
+pc="pkg-config"
 cc -o "$prefix/demo" demos/lazymem-demo.c $($pc --cflags --libs lazymem) \
 	-Wl,-rpath,"$prefix/lib"
 "$prefix/demo" --quick >/dev/null
