@@ -88,8 +88,29 @@ static void follow_into_child(struct lm_runtime *rt)
  * and lists whole; in the child, locks and counters that other threads
  * held are reset, and every runtime follows the fork (follow_into_child).
  */
+/*
+ * Sections a fork() must not split: between them the parent's pages are
+ * neither what they were nor what they will be, and a child has no one
+ * to finish them (rollback drops a page before it installs the
+ * snapshot's contents).  They hold the gate for reading; fork()'s prepare
+ * handler takes it for writing first, holding nothing else, so a section
+ * that waits for a handler thread never waits for the fork.
+ */
+static pthread_rwlock_t fork_gate = PTHREAD_RWLOCK_INITIALIZER;
+
+void lm__fork_gate_enter(void)
+{
+	pthread_rwlock_rdlock(&fork_gate);
+}
+
+void lm__fork_gate_exit(void)
+{
+	pthread_rwlock_unlock(&fork_gate);
+}
+
 static void atfork_prepare(void)
 {
+	pthread_rwlock_wrlock(&fork_gate);
 	pthread_mutex_lock(&all_lock);
 	for (struct lm_runtime *rt = all_list; rt; rt = rt->all_next) {
 		pthread_mutex_lock(&rt->lock);
@@ -110,6 +131,7 @@ static void atfork_parent(void)
 		pthread_mutex_unlock(&rt->lock);
 	}
 	pthread_mutex_unlock(&all_lock);
+	pthread_rwlock_unlock(&fork_gate);
 }
 
 static void atfork_child(void)
@@ -149,6 +171,7 @@ static void atfork_child(void)
 	lm__signal_fork_child();
 	lm__report_atfork_child_reset();
 	pthread_mutex_init(&all_lock, NULL);
+	pthread_rwlock_init(&fork_gate, NULL);
 }
 
 static pthread_once_t atfork_once = PTHREAD_ONCE_INIT;

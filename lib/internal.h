@@ -143,6 +143,12 @@ enum {
 #define LM_PTE_DROP (1ull << 7)	/* dropped by the application while being evicted */
 #define LM_PTE_WRITTEN (1ull << 8)	/* async tracking: written while being filled */
 #define LM_PTE_AGE_SHIFT 9		/* evicted pages: a 15-bit eviction stamp (refault distance) */
+/*
+ * A held page (FILLING, EVICTING) keeps in its entry the state it was
+ * claimed from, in the age field, and its slot: what a fork() child, where
+ * no holder exists, settles it back to (lm__pte_fork_reset).
+ */
+#define LM_PTE_HELD_FROM(e) ((unsigned)(((e) >> LM_PTE_AGE_SHIFT) & LM_PTE_STATE_MASK))
 #define LM_PTE_AGE_BITS 15
 #define LM_PTE_AGE_MASK (((1ull << LM_PTE_AGE_BITS) - 1) << LM_PTE_AGE_SHIFT)
 #define LM_PTE_AUX_SHIFT 24
@@ -936,5 +942,8 @@ void lm__runtime_register(struct lm_runtime *rt);
 void lm__runtime_unregister(struct lm_runtime *rt);
 /* True when [start, start + len) overlaps a region of any runtime of the process. */
 bool lm__overlaps_any_runtime(uintptr_t start, size_t len);
+/* A section fork() waits for rather than split (see fork.c). */
+void lm__fork_gate_enter(void);
+void lm__fork_gate_exit(void);
 
 #endif /* LM_INTERNAL_H */

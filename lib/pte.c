@@ -113,8 +113,14 @@ bool lm__pte_claim(lm__pte *e, unsigned accept, unsigned to, uint64_t *prev)
 		unsigned s = LM_PTE_STATE(v);
 		if (!(accept & LM__ST(s)) || !lm__pte_legal(s, to))
 			return false;
-		/* Flags of the settled value (REF, EVICTED, age, slot) stay in prev; the claim clears them. */
-		if (atomic_compare_exchange_weak_explicit(e, &v, (uint64_t)to, memory_order_acq_rel,
+		/*
+		 * Flags of the settled value (REF, EVICTED, age) stay in prev;
+		 * the held entry keeps the state it came from and its slot,
+		 * for a fork() child (lm__pte_fork_reset).
+		 */
+		uint64_t held = (uint64_t)to | ((uint64_t)s << LM_PTE_AGE_SHIFT) |
+				(v & ~((1ull << LM_PTE_AUX_SHIFT) - 1));
+		if (atomic_compare_exchange_weak_explicit(e, &v, held, memory_order_acq_rel,
 							  memory_order_acquire)) {
 			*prev = v & ~FLAGS_HELD;
 			return true;
@@ -320,15 +326,16 @@ void lm__pte_fork_reset(lm__pte *e)
 {
 	uint64_t v = atomic_load_explicit(e, memory_order_relaxed);
 	/*
-	 * The child has one thread, so no holder: a page being filled at the
-	 * fork comes from its source again, and one the parent was writing
-	 * back is still mapped, and written.  The child's counters are its
-	 * own copy and stay as they were.
+	 * The child has one thread, so no holder: a held page settles back
+	 * to what it was when claimed, as if the holder had not started (its
+	 * contents are what the child's copy of the page, or of the swap
+	 * slot, holds).  A fill from a swap slot reads that slot again, a
+	 * page being written back is still mapped.  The child's counters are
+	 * its own copy and stay as they were.
 	 */
-	if (LM_PTE_STATE(v) == LM_PS_FILLING)
-		atomic_store_explicit(e, (uint64_t)LM_PS_MISSING, memory_order_relaxed);
-	else if (LM_PTE_STATE(v) == LM_PS_EVICTING)
-		atomic_store_explicit(e, (uint64_t)LM_PS_DIRTY, memory_order_relaxed);
+	if (HELD & LM__ST(LM_PTE_STATE(v)))
+		atomic_store_explicit(e, LM_PTE_HELD_FROM(v) | (v & ~((1ull << LM_PTE_AUX_SHIFT) - 1)),
+				      memory_order_relaxed);
 }
 
 void lm__pte_release_table(struct lm_region *r)

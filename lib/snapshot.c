@@ -1120,6 +1120,11 @@ static int rollback_batch(struct lm__filler *f, struct lm_snapshot *s, const uin
 	lm__pte *ents[SAVE_BATCH];
 	uint64_t prev[SAVE_BATCH];
 	uint64_t all = n == 64 ? ~0ull : (1ull << n) - 1, same = 0;
+	/*
+	 * A fork() child would find a dropped page not yet replaced, and no
+	 * one to replace it: forks wait for the batch (issue 13, bug 2).
+	 */
+	lm__fork_gate_enter();
 	uint64_t held = hold_pages(r, pg, n, all, true, ents, prev, NULL);
 	int rc = held != all ? -ENOMEM : rollback_read(f, s, pg, n, prev, buf, cur, &same);
 	if (rc) {
@@ -1127,6 +1132,7 @@ static int rollback_batch(struct lm__filler *f, struct lm_snapshot *s, const uin
 		for (unsigned i = 0; i < n; i++)
 			if (held & (1ull << i))
 				lm__pte_settle(r, ents[i], pg[i], prev[i], prev[i]);
+		lm__fork_gate_exit();
 		return rc;
 	}
 	uint64_t drop = 0, put = all & ~same, install = 0;
@@ -1161,6 +1167,7 @@ static int rollback_batch(struct lm__filler *f, struct lm_snapshot *s, const uin
 		else
 			lm__pte_settle(r, ents[i], pg[i], prev[i], LM_PS_MISSING);
 	}
+	lm__fork_gate_exit();
 	LM__STAT_ADD(rt, snapshot_rollback_pages, __builtin_popcountll(put));
 	lm__evict_check(rt);
 	return rc;

@@ -383,17 +383,25 @@ START_TEST(move_carries_the_page)
 }
 END_TEST
 
-/* fork(): the child has no holders, so held pages come back settled. */
+/* fork(): the child has no holders, so held pages settle back to what they were when claimed. */
 START_TEST(fork_child_resets_held_pages)
 {
 	struct lm_region *r = &fx->r;
-	lm__pte *f = entry(r, 40), *v = entry(r, 41);
+	lm__pte *f = entry(r, 40), *v = entry(r, 41), *w = entry(r, 42);
 	bring_to(r, f, 40, LM_PS_FILLING);
 	bring_to(r, v, 41, LM_PS_EVICTING);
+	/* A swapped page being read back: the child reads its slot again, not the source. */
+	uint64_t slot, prev;
+	ck_assert_uint_eq(lm__swap_alloc(&fx->rt.swap, &slot, 1), 1);
+	prev = bring_to(r, w, 42, LM_PS_EVICTING);
+	ck_assert_int_ge(lm__pte_settle(r, w, 42, prev, LM_PS_SWAPPED | LM_PTE_WITH_SLOT(slot)), 0);
+	ck_assert(lm__pte_claim(w, LM__ST(LM_PS_SWAPPED), LM_PS_FILLING, &prev));
 	lm__pte_fork_reset(f);
 	lm__pte_fork_reset(v);
+	lm__pte_fork_reset(w);
 	ck_assert_uint_eq(atomic_load(f), LM_PS_MISSING);
-	ck_assert_uint_eq(atomic_load(v), LM_PS_DIRTY);
+	ck_assert_uint_eq(atomic_load(v), LM_PS_CLEAN);
+	ck_assert_uint_eq(atomic_load(w), LM_PS_SWAPPED | LM_PTE_WITH_SLOT(slot));
 }
 END_TEST
 
