@@ -65,6 +65,9 @@ struct batch {
 	int res[EVICT_BATCH];		/* see the R_* values */
 	unsigned scanned;
 	bool wrapped;
+	/* Pages UFFDIO_MOVE refused as not the process's alone (a fork() shared them): unshared after. */
+	uint64_t unshare[EVICT_BATCH];
+	unsigned nunshare;
 };
 
 enum {
@@ -252,6 +255,7 @@ static void select_victims(struct lm_runtime *rt, struct lm__rtable *t, struct b
 			   unsigned want)
 {
 	b->n = 0;
+	b->nunshare = 0;
 	b->scanned = 0;
 	b->wrapped = false;
 	b->r = NULL;
@@ -436,6 +440,8 @@ static void move_out(struct lm_runtime *rt, struct batch *b)
 		b->res[at] = rc == -ENOENT ? R_GONE : R_BACK;
 		if (rc == -EBUSY || rc == -EAGAIN)
 			LM__STAT_ADD(rt, evict_busy, 1);
+		if (rc == -EBUSY)
+			b->unshare[b->nunshare++] = b->pg[at];
 		if (rc == -EAGAIN)
 			for (unsigned k = at + 1; k < b->n; k++)
 				if (b->res[k] == R_STAGED)
@@ -561,6 +567,52 @@ static long settle_batch(struct lm_runtime *rt, struct batch *b)
 }
 
 /*
+ * After a fork(), the parent's pages are no longer its alone (the kernel
+ * marks them shared for copy-on-write) until each is written again, even
+ * long after the child is gone, and UFFDIO_MOVE refuses a page that is
+ * not: read-mostly memory would stay resident for good, over the budget
+ * (issue 13, bug 4).  MADV_POPULATE_WRITE makes such a page the
+ * process's own again without changing a byte: the kernel's write fault
+ * reuses it when no one else maps it, and copies it when a child still
+ * does.  The next pass then moves it.
+ *
+ * Signal mode: the fault of a write-protected page would be a SIGBUS the
+ * populate cannot take, so the page is held, unprotected (it settles
+ * DIRTY: writes go unseen from then on), populated and settled; a held
+ * page that turned out missing gives EFAULT there, never a wait.  Called
+ * in the batch's read section.
+ */
+static void unshare_held(struct lm_runtime *rt, struct batch *b)
+{
+	size_t ps = (size_t)rt->page_size;
+	for (unsigned i = 0; i < b->nunshare; i++) {
+		uint64_t pg = b->unshare[i], prev;
+		lm__pte *e = lm__pt_get(&b->r->pt, pg, false);
+		if (!e || !lm__pte_claim(e, LM__ST(LM_PS_CLEAN) | LM__ST(LM_PS_DIRTY), LM_PS_FILLING,
+					 &prev))
+			continue;
+		lm__uffd_writeprotect(rt->ufd, addr_of(b->r, pg), ps, false);
+		madvise((void *)addr_of(b->r, pg), ps, MADV_POPULATE_WRITE);
+		lm__pte_settle(b->r, e, pg, prev, (uint64_t)LM_PS_DIRTY | (prev & LM_PTE_REF));
+	}
+	b->nunshare = 0;
+}
+
+/*
+ * Thread mode: populated without holding, outside every lock and read
+ * section, since its faults go to the handler threads (a write-protected
+ * page's: a first write, marked dirty; a page dropped meanwhile: a fill),
+ * which must not find the page held by the thread that waits for them.
+ * An address that moved or went since is populated harmlessly: a
+ * populate changes no contents.
+ */
+static void unshare_addrs(struct lm_runtime *rt, const uint64_t *addr, unsigned n)
+{
+	for (unsigned i = 0; i < n; i++)
+		madvise((void *)(uintptr_t)addr[i], (size_t)rt->page_size, MADV_POPULATE_WRITE);
+}
+
+/*
  * One batch: choose, claim, move out, write, settle.  Returns the pages
  * that left memory (or were written back), or -EAGAIN when the event
  * lock was busy and everything was given back.
@@ -651,6 +703,10 @@ static long evict_batch(struct lm_runtime *rt, struct batch *b, unsigned want, i
 	for (unsigned i = 0; i < b->n; i++)
 		if (b->res[i] == R_WB_DONE)
 			n++;
+	if (rt->mode == LM_MODE_SIGNAL)
+		unshare_held(rt, b);
+	for (unsigned i = 0; i < b->nunshare; i++)
+		b->unshare[i] = addr_of(b->r, b->unshare[i]);
 	madvise(rt->estage, (size_t)EVICT_BATCH * ps, MADV_DONTNEED);
 	lm__read_unlock(rt, idx);
 	return n;
@@ -675,6 +731,9 @@ static void evict_round(struct lm_runtime *rt, struct batch *b, int memfd)
 		long n = evict_batch(rt, b, (unsigned)(res - low < EVICT_BATCH ? res - low : EVICT_BATCH),
 				     memfd);
 		pthread_mutex_unlock(&rt->evict_lock);
+		/* The batch left addresses here (thread mode): out of every lock now. */
+		unshare_addrs(rt, b->unshare, b->nunshare);
+		b->nunshare = 0;
 		if (n > 0) {
 			wraps = busy = 0;
 			continue;
