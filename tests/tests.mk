@@ -13,6 +13,7 @@ LM_CHECKS = \
 	tests/check_budget \
 	tests/check_image \
 	tests/check_snapshot \
+	tests/check_fork \
 	tests/check_hugetlb \
 	tests/check_proto \
 	tests/check_daemon
@@ -77,6 +78,11 @@ tests_check_hugetlb_LDADD = $(TEST_LIBS)
 tests_check_snapshot_SOURCES = tests/check_snapshot.c tests/testutil.h tests/snaputil.h
 tests_check_snapshot_CFLAGS = $(TEST_CFLAGS)
 tests_check_snapshot_LDADD = $(TEST_LIBS)
+
+# fork() amid saves, rollbacks and reads, budgets after fork, destroy during prefetch (issue 13).
+tests_check_fork_SOURCES = tests/check_fork.c tests/testutil.h
+tests_check_fork_CFLAGS = $(TEST_CFLAGS)
+tests_check_fork_LDADD = $(TEST_LIBS)
 
 # lazymemd's parser and formatters, without a socket.
 tests_check_proto_SOURCES = tests/check_proto.c tests/testutil.h daemon/proto.c daemon/proto.h
