@@ -6,17 +6,18 @@
 # runs (lost wake-ups, event ordering) are what it is for.  check_budget's
 # torture test (8 writers on a region 3x its budget) runs for
 # $LAZYMEM_TORTURE_SECONDS (default here 30) each round instead of 3.
-# Then lazymemd under 1000 clients and 20 runtimes (tests/lmd-load).
+# check_fork forks amid saves, rollbacks and snapshot reads, round after
+# round.  Then lazymemd under 1000 clients and 20 runtimes (tests/lmd-load).
 set -eu
 cd "$(dirname "$0")/.."
 rounds=${1:-50}
 build=$(./scripts/build.sh)
 make -C "$build" -j"$(nproc)" tests/check_fault tests/check_events tests/check_signal \
-	tests/check_region tests/check_budget tests/check_snapshot tests/lmd-load >&2
+	tests/check_region tests/check_budget tests/check_snapshot tests/check_fork tests/lmd-load >&2
 export LAZYMEM_TORTURE_SECONDS=${LAZYMEM_TORTURE_SECONDS:-30}
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
-for t in check_fault check_events check_signal check_region check_budget check_snapshot; do
+for t in check_fault check_events check_signal check_region check_budget check_snapshot check_fork; do
 	i=0
 	while [ "$i" -lt "$rounds" ]; do
 		i=$((i + 1))
