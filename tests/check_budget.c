@@ -355,6 +355,10 @@ START_TEST(budget_lowered_at_run_time)
 		stamp(base, p, 7);
 	ck_assert_uint_eq(lmt_stats(rt).resident_pages, pages);
 	ck_assert_int_eq(lm_runtime_set_budget(rt, 100), -EINVAL);
+	/* A budget the evictor cannot keep (below 16 pages) is refused, not accepted and crawled under. */
+	ck_assert_int_eq(lm_runtime_set_budget(rt, PS), -EINVAL);
+	ck_assert_int_eq(lm_runtime_set_budget(rt, 15 * PS), -EINVAL);
+	ck_assert_int_eq(lm_runtime_set_budget(rt, 16 * PS), 0);
 	ck_assert_int_eq(lm_runtime_set_budget(NULL, 1 << 20), -EINVAL);
 	ck_assert_int_eq(lm_runtime_set_budget(rt, 512 * PS), 0);
 	struct lm_stats st = lmt_stats(rt);
