@@ -388,6 +388,21 @@ static int dontneed(struct lm_region *r, uintptr_t start, uintptr_t end)
 	return rc;
 }
 
+/*
+ * Populate is what makes a range safe for system calls that write into
+ * it where a fault cannot wait (signal mode, a user-mode-only
+ * userfaultfd): a page installed write-protected for dirty tracking
+ * would still fail such a call with EFAULT.  There the pages are filled
+ * as if written: installed writable, and counted dirty (a budget then
+ * writes them to swap rather than drops them).  A live snapshot keeps
+ * them protected all the same: their first write must preserve them.
+ */
+static unsigned populate_flags(const struct lm_runtime *rt)
+{
+	bool cannot_wait = rt->mode == LM_MODE_SIGNAL || rt->origin == LM_UFFD_SYSCALL_USER;
+	return cannot_wait ? LM_FILL_WRITE : 0;
+}
+
 static int populate(struct lm_region *r, uint64_t first, uint64_t count)
 {
 	struct lm_runtime *rt = r->rt;
@@ -398,7 +413,7 @@ static int populate(struct lm_region *r, uint64_t first, uint64_t count)
 	long n;
 	for (;;) {
 		int idx = lm__read_lock(rt);
-		n = lm__fill_range(&f, r, first, count, 0);
+		n = lm__fill_range(&f, r, first, count, populate_flags(rt));
 		/* "Resident when it returns" includes pages other threads were filling. */
 		if (n != -EAGAIN)
 			lm__pte_wait_settled(r, first, count);

@@ -296,6 +296,43 @@ START_TEST(read_then_write)
 }
 END_TEST
 
+/*
+ * Under a budget writes are tracked, so filled pages are installed
+ * write-protected; in signal mode a system call writing into one fails
+ * with EFAULT instead of waiting.  Populate advice is the documented
+ * remedy: after it, read(2) into every page of the range succeeds, in
+ * every mode (issue 13, claim B).
+ */
+START_TEST(populate_makes_range_safe_for_syscalls)
+{
+	const size_t budget = 256 * PS, pages = 64;
+	struct lm_runtime *rt = open_budget(_i, budget, 0);
+	unsigned char *buf;
+	struct lm_region *r = lmt_memory_region(rt, pages * PS, &buf);
+	unsigned char *base = lm_region_addr(r);
+	ck_assert_int_eq(lm_region_advise(r, 0, pages * PS, LM_ADV_POPULATE), 0);
+	int p[2];
+	ck_assert_int_eq(pipe(p), 0);
+	unsigned char *src = malloc(PS);
+	for (size_t i = 0; i < pages; i++) {
+		memset(src, (int)(i + 1), PS);
+		ck_assert_int_eq(write(p[1], src, PS), (ssize_t)PS);
+		ssize_t n = read(p[0], base + i * PS, PS);
+		ck_assert_msg(n == (ssize_t)PS, "read(2) into populated page %zu: %zd (%s)", i, n,
+			      n < 0 ? strerror(errno) : "short");
+	}
+	for (size_t i = 0; i < pages; i++)
+		ck_assert_msg(base[i * PS] == (unsigned char)(i + 1) &&
+			      base[i * PS + PS - 1] == (unsigned char)(i + 1), "page %zu", i);
+	close(p[0]);
+	close(p[1]);
+	free(src);
+	lm_region_destroy(r);
+	free(buf);
+	lm_runtime_close(rt);
+}
+END_TEST
+
 /* Refaults of a hot set touched between sweeps of cold pages, under one policy. */
 static uint64_t hot_set_refaults(int policy)
 {
@@ -836,6 +873,7 @@ int main(void)
 	tcase_add_loop_test(tc, swap_write_errors_lose_nothing, 0, 4);
 	tcase_add_loop_test(tc, corrupt_swap_raises_sigbus, 0, 4);
 	tcase_add_loop_test(tc, read_then_write, 0, 4);
+	tcase_add_loop_test(tc, populate_makes_range_safe_for_syscalls, 0, 4);
 	tcase_add_test(tc, clock_keeps_hot_pages);
 	suite_add_tcase(s, tc);
 	TCase *sh = tcase_create("shared");
