@@ -1084,6 +1084,7 @@ static int install_run(void *arg, unsigned i, unsigned j)
 	struct lm_runtime *rt = x->r->rt;
 	size_t ps = (size_t)rt->page_size;
 	int rc = 0;
+	unsigned again = 0;
 	for (unsigned at = i; at < j;) {
 		unsigned ok = 0;
 		int c = lm__install(rt, rt->ufd, addr_of(x->r, x->pg[at]), x->buf + (size_t)at * ps,
@@ -1093,6 +1094,17 @@ static int install_run(void *arg, unsigned i, unsigned j)
 		at += ok;
 		if (c == 0)
 			break;
+		/*
+		 * The address space is changing (another thread's madvise,
+		 * say): this thread holds no read section, so the handler can
+		 * read the event; try the page again rather than leave it
+		 * neither as it was nor as the snapshot has it.  Bounded: a
+		 * second of events without a break gives up with the error.
+		 */
+		if (c == -EAGAIN && ++again < 20000) {
+			nanosleep(&(struct timespec){ 0, 50000 }, NULL);
+			continue;
+		}
 		if (c == -EEXIST)
 			x->installed |= 1ull << at;
 		else if (!rc)
