@@ -176,8 +176,10 @@ int lm__resolve(struct lm__filler *f, struct lm_runtime *rt, const struct lm__fa
 			/* What the SIGBUS was, told only now: counted here (a handler thread's, by its front end). */
 			if (verdict == LM__RESOLVE_DONE) {
 				LM__STAT_ADD(rt, faults_signal, 1);
-				LM__STAT_ADD(rt, faults_wp, wp);
-				LM__STAT_ADD(rt, faults_missing, !wp);
+				if (wp)
+					LM__STAT_ADD(rt, faults_wp, 1);
+				else
+					LM__STAT_ADD(rt, faults_missing, 1);
 			}
 		}
 		if (verdict == LM__RESOLVE_DONE && wp)
