@@ -113,6 +113,8 @@ static void atfork_prepare(void)
 	pthread_rwlock_wrlock(&fork_gate);
 	pthread_mutex_lock(&all_lock);
 	for (struct lm_runtime *rt = all_list; rt; rt = rt->all_next) {
+		/* The child must not allocate: what it will need is made now. */
+		lm__signal_fork_prepare_pool(rt);
 		pthread_mutex_lock(&rt->lock);
 		/* Between eviction batches: no page is half moved out in the child. */
 		pthread_mutex_lock(&rt->evict_lock);

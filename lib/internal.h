@@ -932,6 +932,8 @@ void lm__signal_detach(struct lm_runtime *rt);
 void lm__signal_fork_prepare(void);
 void lm__signal_fork_parent(void);
 void lm__signal_fork_child(void);
+/* Before a fork(): the buffers the child's signal mode will need, made in the parent. */
+void lm__signal_fork_prepare_pool(struct lm_runtime *rt);
 /* In a fork() child: the runtime resolves its faults by signal from now on. */
 int lm__signal_adopt_in_child(struct lm_runtime *rt);
 

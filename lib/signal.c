@@ -108,8 +108,11 @@ static void on_sigbus(int sig, siginfo_t *si, void *uc)
 	errno = saved;
 }
 
+/* The staging buffers faulting threads borrow; made once, freed by lm__signal_detach. */
 static int pool_init(struct lm_runtime *rt)
 {
+	if (rt->pool)
+		return 0;
 	long ncpu = sysconf(_SC_NPROCESSORS_ONLN);
 	rt->npool = (int)(ncpu < 1 ? 8 : ncpu * 4 + 4);
 	rt->pool = calloc((size_t)rt->npool, sizeof(*rt->pool));
@@ -196,6 +199,18 @@ void lm__signal_fork_child(void)
 	/* Only the forking thread exists here: nobody is in the handler. */
 	atomic_store(&sig_inflight, 0);
 	pthread_mutex_init(&sig_lock, NULL);
+}
+
+/*
+ * Before a fork(), in the parent: a thread-mode runtime's child will
+ * resolve faults by signal and needs the pool, made here rather than in
+ * the child, where the allocator may not be usable (a malloc that another
+ * thread held at the fork: GCC 12's AddressSanitizer does not lock its
+ * allocator around fork(), and other allocators need not either).
+ */
+void lm__signal_fork_prepare_pool(struct lm_runtime *rt)
+{
+	pool_init(rt);
 }
 
 /*
