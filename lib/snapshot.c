@@ -756,7 +756,7 @@ static void *saver_main(void *arg)
 		rc = -ENOMEM;
 	/* Only the first save's pages are recorded as the image's: MAP_IMAGE names one file. */
 	bool record = s->record;
-	bool zero = r->kind == LM_SOURCE_ZERO;
+	bool zero = (r->src.ops->flags & LM__STORE_ZEROS) != 0;
 	uint64_t written = 0;
 	for (uint64_t pg = 0; !rc && pg < s->npages;) {
 		if (atomic_load_explicit(&s->cancel, memory_order_relaxed)) {
