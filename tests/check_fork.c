@@ -374,7 +374,9 @@ START_TEST(fork_during_rollback)
 	 * would hold up every later round.
 	 */
 	int rounds = budget ? ROLLBACK_ROUNDS_BUDGET : ROLLBACK_ROUNDS;
-	for (int round = 0; round < rounds && !v.wrong; round++) {
+	/* Rounds until a wall-time budget too: a slow machine (a sanitizer build) does fewer, not a timeout. */
+	double end = lmt_now() + 20 * lmt_time_scale();
+	for (int round = 0; round < rounds && !v.wrong && lmt_now() < end; round++) {
 		struct lm_runtime *rt = open_rt(MODE(_i), budget ? npages / 4 * ps : 0);
 		struct lm_region *r = make_region(rt, budget, seed, npages);
 		unsigned char *p = lm_region_addr(r);
