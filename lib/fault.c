@@ -531,9 +531,11 @@ long lm__fill_range(struct lm__filler *f, struct lm_region *r, uint64_t first, u
 		 */
 		if (n == -EAGAIN)
 			return total ? total : n;
-		/* The process is gone, or (will-need) the budget is reached: the rest is dropped. */
-		if (n == -ESRCH || n == -ENOSPC)
-			return total ? total : n;
+		/* Will-need reached the budget: said as such, whatever was filled before. */
+		if (n == -ENOSPC)
+			return n;
+		if (n == -ESRCH)
+			return n;
 		/* Past the end of the file is not an error: mmap would not fill it either. */
 		if (n < 0 && n != -ENXIO && !err)
 			err = n == -ENOENT ? -ENOMEM : n;	/* ENOENT: a hole, as madvise says */
@@ -582,9 +584,7 @@ void *lm__prefetch_main(void *arg)
 			/* Outside the section now: let the pending event be applied, then retry. */
 			sched_yield();
 			chunk = 0;
-		} else if (done == -ENOSPC || (done >= 0 && done < (long)chunk &&
-					       atomic_load(&rt->budget) &&
-					       atomic_load(rt->nres) >= (int64_t)atomic_load(&rt->budget))) {
+		} else if (done == -ENOSPC) {
 			/* At the budget: the advice is a bet not worth evicting for; the rest is dropped. */
 			chunk = p->count;
 		}

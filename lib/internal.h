@@ -887,7 +887,8 @@ void *lm__prefetch_main(void *arg);
 /*
  * Fills [first, first + count) for advice: populate (flags 0: waits for
  * the evictor like a fault) or will-need (LM_FILL_WILLNEED: stops with
- * -ENOSPC at the budget).  The pages installed or the first hard error.
+ * -ENOSPC at the budget, the rest undone).  The pages installed or the
+ * first hard error.
  */
 long lm__fill_range(struct lm__filler *f, struct lm_region *r, uint64_t first, uint64_t count,
 		    unsigned flags);
