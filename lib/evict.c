@@ -762,7 +762,7 @@ static void *evictor_main(void *arg)
 	sigset_t all;
 	sigfillset(&all);
 	pthread_sigmask(SIG_BLOCK, &all, NULL);
-	struct batch *b = calloc(1, sizeof(*b));
+	struct batch *b = lm__calloc(1, sizeof(*b));
 	int memfd = open("/proc/self/mem", O_RDONLY | O_CLOEXEC);
 	while (b && !atomic_load(&rt->ev_stop)) {
 		/* Stuck: look again now and then, since slots and disk space come back. */
@@ -779,7 +779,7 @@ static void *evictor_main(void *arg)
 	}
 	if (memfd >= 0)
 		close(memfd);
-	free(b);
+	lm__free(b);
 	return NULL;
 }
 
@@ -1062,7 +1062,7 @@ int lm__writeback(struct lm_region *r, uint64_t first, uint64_t count)
 	if (getpid() != rt->pid)
 		return -EOPNOTSUPP;
 	size_t ps = (size_t)rt->page_size;
-	struct batch *b = calloc(1, sizeof(*b));
+	struct batch *b = lm__calloc(1, sizeof(*b));
 	unsigned char *buf = mmap(NULL, EVICT_BATCH * ps, PROT_READ | PROT_WRITE,
 				  MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
 	int memfd = open("/proc/self/mem", O_RDONLY | O_CLOEXEC);
@@ -1085,7 +1085,7 @@ int lm__writeback(struct lm_region *r, uint64_t first, uint64_t count)
 	 */
 	pthread_mutex_lock(&rt->lock);
 	size_t na = r->naliases;
-	struct lm_region **al = na ? malloc(na * sizeof(*al)) : NULL;
+	struct lm_region **al = na ? lm__malloc(na * sizeof(*al)) : NULL;
 	if (al)
 		memcpy(al, r->aliases, na * sizeof(*al));
 	else
@@ -1101,7 +1101,7 @@ int lm__writeback(struct lm_region *r, uint64_t first, uint64_t count)
 		err = writeback_region(a, a_first, a_end - a_first, memfd, b, have_f ? &f : NULL,
 				       buf);
 	}
-	free(al);
+	lm__free(al);
 	if (have_f)
 		lm__filler_fini(&f);
 	if (!err && fdatasync(r->fd) < 0)
@@ -1110,7 +1110,7 @@ int lm__writeback(struct lm_region *r, uint64_t first, uint64_t count)
 		close(memfd);
 	if (buf != MAP_FAILED)
 		munmap(buf, EVICT_BATCH * ps);
-	free(b);
+	lm__free(b);
 	return err;
 }
 

@@ -598,7 +598,7 @@ void *lm__prefetch_main(void *arg)
 				rt->pf_tail = &p->next;
 			rt->pf_head = p;
 		} else {
-			free(p);
+			lm__free(p);
 		}
 	}
 	pthread_mutex_unlock(&rt->pf_lock);

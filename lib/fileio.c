@@ -26,11 +26,11 @@ int lm__filler_init(struct lm__filler *f, struct lm_runtime *rt, bool want_ring)
 	memset(f, 0, sizeof(*f));
 	f->rt = rt;
 	f->stage_len = (size_t)rt->opt.readahead_max * (size_t)rt->page_size;
-	f->ents = calloc((size_t)rt->opt.readahead_max, sizeof(*f->ents));
-	f->prev = calloc((size_t)rt->opt.readahead_max, sizeof(*f->prev));
-	f->keys = calloc((size_t)rt->opt.readahead_max, sizeof(*f->keys));
-	f->res = calloc((size_t)rt->opt.readahead_max, sizeof(*f->res));
-	f->snap = calloc(1, sizeof(*f->snap));
+	f->ents = lm__calloc((size_t)rt->opt.readahead_max, sizeof(*f->ents));
+	f->prev = lm__calloc((size_t)rt->opt.readahead_max, sizeof(*f->prev));
+	f->keys = lm__calloc((size_t)rt->opt.readahead_max, sizeof(*f->keys));
+	f->res = lm__calloc((size_t)rt->opt.readahead_max, sizeof(*f->res));
+	f->snap = lm__calloc(1, sizeof(*f->snap));
 	if (!f->ents || !f->prev || !f->keys || !f->res || !f->snap)
 		return -ENOMEM;
 	f->stage = mmap(NULL, f->stage_len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS,
@@ -47,7 +47,7 @@ int lm__filler_init(struct lm__filler *f, struct lm_runtime *rt, bool want_ring)
 	}
 	if (!want_ring)
 		return 0;
-	struct io_uring *ring = calloc(1, sizeof(*ring));
+	struct io_uring *ring = lm__calloc(1, sizeof(*ring));
 	if (!ring)
 		return -ENOMEM;
 	int rc = io_uring_queue_init(RING_DEPTH, ring, 0);
@@ -56,7 +56,7 @@ int lm__filler_init(struct lm__filler *f, struct lm_runtime *rt, bool want_ring)
 		 * io_uring may be disabled (kernel.io_uring_disabled, seccomp):
 		 * pread still works, unless io_uring was asked for by name.
 		 */
-		free(ring);
+		lm__free(ring);
 		if (rt->io_required)
 			return -EOPNOTSUPP;
 		lm__log(rt, 2, "io_uring unavailable (%s), using pread", lm_strerror(rc));
@@ -66,14 +66,14 @@ int lm__filler_init(struct lm__filler *f, struct lm_runtime *rt, bool want_ring)
 	rc = io_uring_register_buffers(ring, &iov, 1);
 	if (rc < 0 && rt->io_required) {
 		io_uring_queue_exit(ring);
-		free(ring);
+		lm__free(ring);
 		return -EOPNOTSUPP;
 	}
 	if (rc < 0) {
 		lm__log(rt, 2, "io_uring buffer registration failed (%s), using pread",
 			lm_strerror(rc));
 		io_uring_queue_exit(ring);
-		free(ring);
+		lm__free(ring);
 		return 0;
 	}
 	f->ring = ring;
@@ -82,11 +82,11 @@ int lm__filler_init(struct lm__filler *f, struct lm_runtime *rt, bool want_ring)
 
 void lm__filler_fini(struct lm__filler *f)
 {
-	free(f->ents);
-	free(f->prev);
-	free(f->keys);
-	free(f->res);
-	free(f->snap);
+	lm__free(f->ents);
+	lm__free(f->prev);
+	lm__free(f->keys);
+	lm__free(f->res);
+	lm__free(f->snap);
 	f->ents = NULL;
 	f->prev = NULL;
 	f->keys = NULL;
@@ -94,7 +94,7 @@ void lm__filler_fini(struct lm__filler *f)
 	f->snap = NULL;
 	if (f->ring) {
 		io_uring_queue_exit(f->ring);
-		free(f->ring);
+		lm__free(f->ring);
 		f->ring = NULL;
 	}
 	if (f->stage) {

@@ -145,7 +145,7 @@ int lm__image_create(const char *path, uint64_t length, size_t page_size,
 {
 	if (!path || !*path || !length || !page_size || !out)
 		return -EINVAL;
-	struct lm__image_writer *w = calloc(1, sizeof(*w));
+	struct lm__image_writer *w = lm__calloc(1, sizeof(*w));
 	if (!w)
 		return -ENOMEM;
 	w->fd = -1;
@@ -153,8 +153,8 @@ int lm__image_create(const char *path, uint64_t length, size_t page_size,
 	w->version = IMAGE_VERSION;
 	w->length = length;
 	w->npages = (length + page_size - 1) / page_size;
-	w->path = strdup(path);
-	w->tmp = malloc(strlen(path) + 16);
+	w->path = lm__strdup(path);
+	w->tmp = lm__malloc(strlen(path) + 16);
 	lm__pt_init(&w->ents, w->npages);
 	if (!w->path || !w->tmp) {
 		lm__image_abort(w);
@@ -165,7 +165,7 @@ int lm__image_create(const char *path, uint64_t length, size_t page_size,
 	w->fd = mkostemp(w->tmp, O_CLOEXEC);
 	if (w->fd < 0) {
 		int err = -errno;
-		free(w->tmp);
+		lm__free(w->tmp);
 		w->tmp = NULL;
 		lm__image_abort(w);
 		return err;
@@ -283,11 +283,11 @@ static int index_one(lm__pte *e, uint64_t pgno, void *arg)
 /* Syncs the directory holding path, so that the rename itself is durable. */
 static int sync_dir(const char *path)
 {
-	char *copy = strdup(path);
+	char *copy = lm__strdup(path);
 	if (!copy)
 		return -ENOMEM;
 	int dfd = open(dirname(copy), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-	free(copy);
+	lm__free(copy);
 	if (dfd < 0)
 		return -errno;
 	int rc = fsync(dfd) < 0 ? -errno : 0;
@@ -304,7 +304,7 @@ int lm__image_commit(struct lm__image_writer *w)
 	size_t ps = w->ps, per = ps / sizeof(struct lm__image_ent);
 	uint64_t ipages = (stored + per - 1) / per;
 	size_t index_bytes = (size_t)(ipages * ps);
-	struct index_fill x = { calloc(1, index_bytes ? index_bytes : 1), 0, stored };
+	struct index_fill x = { lm__calloc(1, index_bytes ? index_bytes : 1), 0, stored };
 	int rc = atomic_load(&w->err);
 	if (!rc && !x.e)
 		rc = -ENOMEM;
@@ -313,7 +313,7 @@ int lm__image_commit(struct lm__image_writer *w)
 	if (!rc && x.n != stored)
 		rc = -EIO;
 	if (rc) {
-		free(x.e);
+		lm__free(x.e);
 		lm__image_abort(w);
 		return rc;
 	}
@@ -321,8 +321,8 @@ int lm__image_commit(struct lm__image_writer *w)
 	unsigned char *index = (unsigned char *)x.e;
 	size_t dir_bytes = (size_t)ipages * sizeof(struct lm__image_dir);
 	size_t dir_padded = (dir_bytes + ps - 1) / ps * ps;
-	struct lm__image_dir *dir = calloc(1, dir_padded ? dir_padded : 1);
-	unsigned char *page = calloc(1, ps);
+	struct lm__image_dir *dir = lm__calloc(1, dir_padded ? dir_padded : 1);
+	unsigned char *page = lm__calloc(1, ps);
 	rc = dir && page ? 0 : -ENOMEM;
 	for (uint64_t i = 0; !rc && i < ipages; i++) {
 		dir[i].first = x.e[i * per].pgno;
@@ -352,15 +352,15 @@ int lm__image_commit(struct lm__image_writer *w)
 		memcpy(page, &h, sizeof(h));
 		rc = write_all(w->fd, page, ps, 0);
 	}
-	free(index);
-	free(dir);
-	free(page);
+	lm__free(index);
+	lm__free(dir);
+	lm__free(page);
 	if (!rc && fsync(w->fd) < 0)
 		rc = -errno;
 	if (!rc && rename(w->tmp, w->path) < 0)
 		rc = -errno;
 	if (!rc) {
-		free(w->tmp);
+		lm__free(w->tmp);
 		w->tmp = NULL;	/* renamed: nothing to remove */
 		rc = sync_dir(w->path);
 	}
@@ -376,10 +376,10 @@ void lm__image_abort(struct lm__image_writer *w)
 		close(w->fd);
 	if (w->tmp)
 		unlink(w->tmp);
-	free(w->tmp);
-	free(w->path);
+	lm__free(w->tmp);
+	lm__free(w->path);
 	lm__pt_destroy(&w->ents);
-	free(w);
+	lm__free(w);
 }
 
 /* ---- reading ----------------------------------------------------------------- */
@@ -417,11 +417,11 @@ int lm__image_open(int fd, size_t page_size, struct lm__image **out)
 	uint64_t padded = (dir_bytes + page_size - 1) / page_size * page_size;
 	if ((uint64_t)st.st_size < h.dir_off + padded)
 		return -EBADMSG;	/* truncated */
-	struct lm__image *im = calloc(1, sizeof(*im));
+	struct lm__image *im = lm__calloc(1, sizeof(*im));
 	if (!im)
 		return -ENOMEM;
-	im->dir = malloc(dir_bytes ? dir_bytes : 1);
-	im->loaded = calloc(ipages ? ipages : 1, 1);
+	im->dir = lm__malloc(dir_bytes ? dir_bytes : 1);
+	im->loaded = lm__calloc(ipages ? ipages : 1, 1);
 	/* The index is read a page at a time into its place here, when first needed. */
 	im->ents_len = ipages * page_size;
 	im->ents = im->ents_len ? mmap(NULL, im->ents_len, PROT_READ | PROT_WRITE,
@@ -468,9 +468,9 @@ void lm__image_free(struct lm__image *im)
 		return;
 	if (im->ents)
 		munmap(im->ents, im->ents_len);
-	free(im->dir);
-	free(im->loaded);
-	free(im);
+	lm__free(im->dir);
+	lm__free(im->loaded);
+	lm__free(im);
 }
 
 /*

@@ -88,6 +88,26 @@ struct lm__range {
 int lm__uffd_scan_written(int pagemap_fd, uintptr_t start, uintptr_t end,
 			  struct lm__range *out, unsigned n, uintptr_t *next);
 
+/* ---- alloc.c: the runtime's own memory -------------------------------- */
+
+/*
+ * An allocator for the runtime's structures other than malloc (the
+ * preload library's, whose malloc serves lazy memory).  calloc takes one
+ * size, already checked for overflow, and returns zeroed memory.
+ */
+struct lm__allocator {
+	void *(*malloc)(size_t n);
+	void *(*calloc)(size_t n);
+	void *(*realloc)(void *p, size_t n);
+	void (*free)(void *p);
+};
+void lm__alloc_set(const struct lm__allocator *a);
+void *lm__malloc(size_t n);
+void *lm__calloc(size_t n, size_t size);
+void *lm__realloc(void *p, size_t n);
+void lm__free(void *p);
+char *lm__strdup(const char *s);
+
 /* ---- checksum.c: hashes of metadata, sums of data pages --------------- */
 
 uint64_t lm__hash64(const void *p, size_t len, uint64_t seed);

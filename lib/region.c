@@ -236,7 +236,7 @@ static void drop_prefetch(struct lm_runtime *rt, struct lm_region *r)
 		struct lm__prefetch *p = *pp;
 		if (p->r == r) {
 			*pp = p->next;
-			free(p);
+			lm__free(p);
 		} else {
 			pp = &p->next;
 		}
@@ -270,7 +270,7 @@ static void destroy_locked(struct lm_runtime *rt, struct lm_region *r)
 	/* Aliases are the application's memory now (it moved them): leave them mapped. */
 	for (size_t i = 0; i < n && !r->parent; i++)
 		munmap((void *)ext[i].start, ext[i].end - ext[i].start);
-	free(ext);
+	lm__free(ext);
 	if (!r->parent) {
 		/* Aliases were never counted: they are parts of their parent. */
 		LM__STAT_SUB(rt, regions_live, 1);
@@ -336,7 +336,7 @@ size_t lm_region_length(const struct lm_region *r)
 static int queue_prefetch(struct lm_runtime *rt, struct lm_region *r, uint64_t first,
 			  uint64_t count)
 {
-	struct lm__prefetch *p = malloc(sizeof(*p));
+	struct lm__prefetch *p = lm__malloc(sizeof(*p));
 	if (!p)
 		return -ENOMEM;
 	p->r = r;
@@ -352,7 +352,7 @@ static int queue_prefetch(struct lm_runtime *rt, struct lm_region *r, uint64_t f
 		if (rc < 0) {
 			lm__filler_fini(&rt->pf_filler);
 			pthread_mutex_unlock(&rt->pf_lock);
-			free(p);
+			lm__free(p);
 			return rc;
 		}
 		rt->pf_started = true;
@@ -381,7 +381,7 @@ static int dontneed(struct lm_region *r, uintptr_t start, uintptr_t end)
 	for (size_t i = 0; i < n; i++)
 		if (madvise((void *)ext[i].start, ext[i].end - ext[i].start, MADV_DONTNEED) < 0 && !rc)
 			rc = -errno;
-	free(ext);
+	lm__free(ext);
 	idx = lm__read_lock(rt);
 	lm__region_forget(r, start, end, true);
 	lm__read_unlock(rt, idx);

@@ -322,7 +322,7 @@ void lm__report_start(struct lm_runtime *rt)
 {
 	if ((rt->opt.flags & LM_OPT_NO_REPORT) || rt->stats_fd < 0)
 		return;
-	struct lm__report *p = calloc(1, sizeof(*p));
+	struct lm__report *p = lm__calloc(1, sizeof(*p));
 	if (!p)
 		return;
 	p->rt = rt;
@@ -330,7 +330,7 @@ void lm__report_start(struct lm_runtime *rt)
 	int rc = lm__socket_path(rt->opt.daemon_socket, 0, p->path, sizeof(p->path));
 	if (rc < 0) {
 		lm__log(rt, 2, "not reporting to lazymemd: no socket path (%s)", lm_strerror(rc));
-		free(p);
+		lm__free(p);
 		return;
 	}
 	memcpy(p->dir, p->path, sizeof(p->dir));
@@ -349,7 +349,7 @@ void lm__report_start(struct lm_runtime *rt)
 	pthread_mutex_unlock(&fd_lock);
 	if (!started) {
 		lm__log(rt, 1, "not reporting to lazymemd: cannot start its thread");
-		free(p);
+		lm__free(p);
 		return;
 	}
 	pthread_setname_np(p->thread, "lazymem-report");
@@ -376,7 +376,7 @@ void lm__report_stop(struct lm_runtime *rt)
 			close(p->ino);
 	}
 	pthread_mutex_unlock(&fd_lock);
-	free(p);
+	lm__free(p);
 }
 
 void lm__report_atfork_prepare(void)

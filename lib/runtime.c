@@ -213,8 +213,8 @@ static int check_options(struct lm_options *o)
 static int start_threads(struct lm_runtime *rt)
 {
 	int n = rt->opt.handler_threads;
-	rt->threads = calloc((size_t)n, sizeof(*rt->threads));
-	rt->fillers = calloc((size_t)n, sizeof(*rt->fillers));
+	rt->threads = lm__calloc((size_t)n, sizeof(*rt->threads));
+	rt->fillers = lm__calloc((size_t)n, sizeof(*rt->fillers));
 	if (!rt->threads || !rt->fillers)
 		return -ENOMEM;
 	for (int i = 0; i < n; i++) {
@@ -275,7 +275,7 @@ static int gather_options(const struct lm_options *user, struct lm_options *o, b
 /* A runtime with its locks and epochs, its stats page, and no descriptor yet. */
 static struct lm_runtime *runtime_new(const struct lm_options *o, int *rc)
 {
-	struct lm_runtime *rt = calloc(1, sizeof(*rt));
+	struct lm_runtime *rt = lm__calloc(1, sizeof(*rt));
 	if (!rt) {
 		*rc = -ENOMEM;
 		return NULL;
@@ -288,7 +288,7 @@ static struct lm_runtime *runtime_new(const struct lm_options *o, int *rc)
 	/* Snapshot and save batches: LM__SNAP_BATCH base pages' worth, at least one page. */
 	rt->batch = rt->huge ? 1 : LM__SNAP_BATCH;
 	if ((*rc = lm__stats_init(rt)) < 0) {
-		free(rt);
+		lm__free(rt);
 		return NULL;
 	}
 	rt->mode = o->mode;
@@ -461,16 +461,16 @@ static void close_runtime(struct lm_runtime *rt)
 	while (rt->pf_head) {
 		struct lm__prefetch *p = rt->pf_head;
 		rt->pf_head = p->next;
-		free(p);
+		lm__free(p);
 	}
 	if (rt->fillers)
 		for (int i = 0; i < rt->opt.handler_threads; i++)
 			lm__filler_fini(&rt->fillers[i]);
 	lm__filler_fini(&rt->pf_filler);
-	free(rt->fillers);
-	free(rt->threads);
-	free(atomic_load(&rt->table));
-	free(rt->spare);
+	lm__free(rt->fillers);
+	lm__free(rt->threads);
+	lm__free(atomic_load(&rt->table));
+	lm__free(rt->spare);
 	if (rt->epfd >= 0)
 		close(rt->epfd);
 	if (rt->stop_fd >= 0)
@@ -494,7 +494,7 @@ static void close_runtime(struct lm_runtime *rt)
 	pthread_mutex_destroy(&rt->pf_lock);
 	pthread_cond_destroy(&rt->pf_cond);
 	lm__stats_fini(rt);
-	free(rt);
+	lm__free(rt);
 }
 
 int lm_runtime_close(struct lm_runtime *rt)

@@ -115,7 +115,7 @@ static int pool_init(struct lm_runtime *rt)
 		return 0;
 	long ncpu = sysconf(_SC_NPROCESSORS_ONLN);
 	rt->npool = (int)(ncpu < 1 ? 8 : ncpu * 4 + 4);
-	rt->pool = calloc((size_t)rt->npool, sizeof(*rt->pool));
+	rt->pool = lm__calloc((size_t)rt->npool, sizeof(*rt->pool));
 	if (!rt->pool)
 		return -ENOMEM;
 	for (int i = 0; i < rt->npool; i++) {
@@ -179,7 +179,7 @@ void lm__signal_detach(struct lm_runtime *rt)
 		sched_yield();
 	for (int i = 0; rt->pool && i < rt->npool; i++)
 		lm__filler_fini(&rt->pool[i]);
-	free(rt->pool);
+	lm__free(rt->pool);
 	rt->pool = NULL;
 }
 

@@ -436,7 +436,7 @@ static struct lm__snapset *set_with(const struct lm__snapset *old, struct lm_sna
 				    int *rc)
 {
 	unsigned n = old ? old->n : 0;
-	struct lm__snapset *set = malloc(sizeof(*set) + (n + 1) * sizeof(set->v[0]));
+	struct lm__snapset *set = lm__malloc(sizeof(*set) + (n + 1) * sizeof(set->v[0]));
 	*rc = set ? 0 : -ENOMEM;
 	if (!set)
 		return NULL;
@@ -447,7 +447,7 @@ static struct lm__snapset *set_with(const struct lm__snapset *old, struct lm_sna
 	if (add)
 		set->v[set->n++] = &s->view;
 	if (!set->n) {
-		free(set);
+		lm__free(set);
 		return NULL;
 	}
 	return set;
@@ -474,7 +474,7 @@ static void publish(struct lm_region *r, struct lm__snapset *set)
 {
 	struct lm__snapset *old = atomic_exchange_explicit(&r->snaps, set, memory_order_seq_cst);
 	lm__synchronize(r->rt);
-	free(old);
+	lm__free(old);
 }
 
 static int open_spill(struct lm_region *r)
@@ -496,7 +496,7 @@ static void snap_free(struct lm_snapshot *s)
 {
 	if (s->rready) {
 		lm__filler_fini(&s->rf);
-		free(s->rbuf);
+		lm__free(s->rbuf);
 	}
 	pthread_mutex_destroy(&s->rlock);
 	lm__pt_destroy(&s->view.map);
@@ -504,7 +504,7 @@ static void snap_free(struct lm_snapshot *s)
 		close(s->img_fd);
 	pthread_mutex_destroy(&s->lock);
 	pthread_cond_destroy(&s->cond);
-	free(s);
+	lm__free(s);
 }
 
 /*
@@ -611,7 +611,7 @@ int lm_snapshot_take(struct lm_region *r, unsigned flags, struct lm_snapshot **o
 	if (!(rt->features & UFFD_FEATURE_PAGEFAULT_FLAG_WP) || rt->wp_async)
 		return -EOPNOTSUPP;
 	uint64_t t0 = lm__now_ns();
-	struct lm_snapshot *s = calloc(1, sizeof(*s));
+	struct lm_snapshot *s = lm__calloc(1, sizeof(*s));
 	if (!s)
 		return -ENOMEM;
 	s->r = r;
@@ -690,7 +690,7 @@ int lm_snapshot_read(struct lm_snapshot *s, size_t offset, void *buf, size_t len
 	bool cached = pthread_mutex_trylock(&s->rlock) == 0;
 	if (cached && !s->rready) {
 		rc = lm__filler_init(&s->rf, rt, false);
-		s->rbuf = rc ? NULL : malloc(rt->batch * ps);
+		s->rbuf = rc ? NULL : lm__malloc(rt->batch * ps);
 		s->rready = !rc && s->rbuf;
 		if (!s->rready)
 			lm__filler_fini(&s->rf);
@@ -700,7 +700,7 @@ int lm_snapshot_read(struct lm_snapshot *s, size_t offset, void *buf, size_t len
 	} else {
 		fp = &own;
 		rc = lm__filler_init(&own, rt, false);
-		tmp = rc ? NULL : malloc(rt->batch * ps);
+		tmp = rc ? NULL : lm__malloc(rt->batch * ps);
 	}
 	if (!tmp && !rc)
 		rc = -ENOMEM;
@@ -732,7 +732,7 @@ int lm_snapshot_read(struct lm_snapshot *s, size_t offset, void *buf, size_t len
 		pg += n;
 	}
 	if (fp == &own) {
-		free(tmp);
+		lm__free(tmp);
 		lm__filler_fini(&own);
 	}
 	if (cached)
@@ -751,7 +751,7 @@ static void *saver_main(void *arg)
 	pthread_sigmask(SIG_BLOCK, &all, NULL);
 	struct lm__filler f;
 	int rc = lm__filler_init(&f, rt, false);
-	unsigned char *buf = rc ? NULL : malloc(rt->batch * ps);
+	unsigned char *buf = rc ? NULL : lm__malloc(rt->batch * ps);
 	if (!rc && !buf)
 		rc = -ENOMEM;
 	/* Only the first save's pages are recorded as the image's: MAP_IMAGE names one file. */
@@ -799,7 +799,7 @@ static void *saver_main(void *arg)
 		rc = lm__image_commit(s->w);
 	else
 		lm__image_abort(s->w);
-	free(buf);
+	lm__free(buf);
 	lm__filler_fini(&f);
 	pthread_mutex_lock(&s->lock);
 	s->w = NULL;
@@ -937,10 +937,10 @@ void lm__snap_before_drop(struct lm_region *r, uint64_t first, uint64_t count)
 		return;
 	struct lm__filler f;
 	memset(&f, 0, sizeof(f));
-	unsigned char *buf = malloc(rt->batch * (size_t)rt->page_size);
+	unsigned char *buf = lm__malloc(rt->batch * (size_t)rt->page_size);
 	if (!buf || lm__filler_init(&f, rt, false) < 0) {
 		/* The pages go all the same: the snapshots that needed them cannot be exact. */
-		free(buf);
+		lm__free(buf);
 		lm__filler_fini(&f);
 		lm__views_break(r, -ENOMEM);
 		return;
@@ -975,7 +975,7 @@ void lm__snap_before_drop(struct lm_region *r, uint64_t first, uint64_t count)
 	}
 	pthread_mutex_unlock(&r->snap_lock);
 	lm__filler_fini(&f);
-	free(buf);
+	lm__free(buf);
 }
 
 struct collect {
@@ -1196,7 +1196,7 @@ int lm_snapshot_rollback(struct lm_snapshot *s)
 	size_t ps = (size_t)rt->page_size;
 	struct lm__filler f;
 	rc = lm__filler_init(&f, rt, false);
-	unsigned char *buf = rc ? NULL : malloc((rt->batch + 1) * ps);
+	unsigned char *buf = rc ? NULL : lm__malloc((rt->batch + 1) * ps);
 	if (!rc && !buf)
 		rc = -ENOMEM;
 	pthread_mutex_lock(&r->snap_lock);
@@ -1211,7 +1211,7 @@ int lm_snapshot_rollback(struct lm_snapshot *s)
 		rc = rollback_batch(&f, s, c.pg, c.n, buf, buf + rt->batch * ps);
 	}
 	pthread_mutex_unlock(&r->snap_lock);
-	free(buf);
+	lm__free(buf);
 	lm__filler_fini(&f);
 	if (!rc)
 		rc = atomic_load(&s->view.err);
@@ -1257,6 +1257,6 @@ void lm__snap_detach_all(struct lm_region *r)
 		LM__STAT_SUB(r->rt, snapshots_live, 1);
 	}
 	pthread_mutex_unlock(&r->snap_lock);
-	free(set);
+	lm__free(set);
 }
 

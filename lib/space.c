@@ -41,7 +41,7 @@ int lm__table_rebuild(struct lm_runtime *rt, struct lm_region *drop, uintptr_t c
 		rt->spare = NULL;
 	} else {
 		size_t cap = (n + 2) * 2 < 16 ? 16 : (n + 2) * 2;
-		t = malloc(sizeof(*t) + cap * sizeof(t->e[0]));
+		t = lm__malloc(sizeof(*t) + cap * sizeof(t->e[0]));
 		if (!t)
 			return -ENOMEM;
 		t->cap = cap;
@@ -78,7 +78,7 @@ int lm__table_rebuild(struct lm_runtime *rt, struct lm_region *drop, uintptr_t c
 		LM__ASSERT(t->e[i].start < t->e[i].end && (!i || t->e[i - 1].end <= t->e[i].start));
 	atomic_store_explicit(&rt->table, t, memory_order_release);
 	lm__synchronize(rt);
-	free(rt->spare);
+	lm__free(rt->spare);
 	rt->spare = old;
 	return 0;
 }
@@ -125,7 +125,7 @@ struct lm__extent *lm__region_extents(struct lm_runtime *rt, struct lm_region *r
 	*count = 0;
 	if (!n)
 		return NULL;
-	struct lm__extent *out = malloc(n * sizeof(*out));
+	struct lm__extent *out = lm__malloc(n * sizeof(*out));
 	if (!out)
 		return NULL;
 	for (size_t i = 0; i < t->n; i++) {
@@ -171,7 +171,7 @@ void lm__region_list_del(struct lm_runtime *rt, struct lm_region *r)
 
 struct lm_region *lm__region_alloc(struct lm_runtime *rt, size_t len)
 {
-	struct lm_region *r = calloc(1, sizeof(*r));
+	struct lm_region *r = lm__calloc(1, sizeof(*r));
 	if (!r)
 		return NULL;
 	r->rt = rt;
@@ -205,8 +205,8 @@ void lm__region_release(struct lm_region *r)
 	pthread_mutex_destroy(&r->snap_lock);
 	if (!r->parent)
 		lm__image_free(r->image);
-	free(r->aliases);
-	free(r);
+	lm__free(r->aliases);
+	lm__free(r);
 }
 
 int lm__region_advice_at(struct lm_region *r, uint64_t pgno)
@@ -371,9 +371,9 @@ int lm__region_remap(struct lm_runtime *rt, uintptr_t from, uintptr_t to, size_t
 	/* A snapshot covers the region's pages where they were: a part moved away breaks it. */
 	lm__views_break(root, -EBUSY);
 	struct lm_region *a = lm__region_alloc(rt, part);
-	struct lm_region **al = realloc(root->aliases, (root->naliases + 1) * sizeof(*al));
+	struct lm_region **al = lm__realloc(root->aliases, (root->naliases + 1) * sizeof(*al));
 	if (!a || !al) {
-		free(a);
+		lm__free(a);
 		if (al)
 			root->aliases = al;
 		rc = -ENOMEM;

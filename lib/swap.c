@@ -89,7 +89,7 @@ void lm__swap_close(struct lm__swap *s)
 		munmap(s->sums, (size_t)s->nslots * sizeof(uint32_t) ?: 1);
 	if (s->held) {
 		for (uint64_t i = 0; i < s->nslots; i++)
-			free(atomic_load(&s->held[i]));
+			lm__free(atomic_load(&s->held[i]));
 		munmap((void *)s->held, (size_t)s->nslots * sizeof(*s->held) ?: 1);
 	}
 	if (s->lock_ok)
@@ -176,7 +176,7 @@ unsigned lm__swap_alloc(struct lm__swap *s, uint64_t *slots, unsigned n)
 	}
 	/* A slot freed while its page was held: its memory goes now, outside signal context. */
 	for (unsigned i = 0; i < keep; i++)
-		free(atomic_exchange(&s->held[slots[i]], NULL));
+		lm__free(atomic_exchange(&s->held[slots[i]], NULL));
 	pthread_mutex_unlock(&s->lock);
 	return keep;
 }
@@ -187,7 +187,7 @@ void lm__swap_free(struct lm__swap *s, uint64_t slot)
 		return;
 	uint64_t bit = 1ull << (slot % 64);
 	s->sums[slot] = 0;
-	/* A held page's memory is freed when the slot is next allocated (free() is not signal-safe). */
+	/* A held page's memory is freed when the slot is next allocated (lm__free() is not signal-safe). */
 	if (atomic_load_explicit(&s->held[slot], memory_order_acquire) && s->held_pages)
 		atomic_fetch_sub_explicit(s->held_pages, 1, memory_order_relaxed);
 	if (atomic_fetch_and_explicit(&s->bitmap[slot / 64], ~bit, memory_order_acq_rel) & bit)
@@ -260,11 +260,11 @@ int lm__swap_write(struct lm__swap *s, struct lm__filler *f, unsigned char *cons
 		 * an allocation failure is waited out, not returned.
 		 */
 		unsigned char *copy;
-		while (!(copy = malloc(s->page_size)))
+		while (!(copy = lm__malloc(s->page_size)))
 			nanosleep(&(struct timespec){ 0, 1000000 }, NULL);
 		memcpy(copy, pages[i], s->page_size);
 		unsigned char *old = atomic_exchange(&s->held[slots[i]], copy);
-		free(old);
+		lm__free(old);
 		if (!old && s->held_pages)
 			atomic_fetch_add(s->held_pages, 1);
 		done[i] = 1;	/* held */
