@@ -6,6 +6,7 @@
 
 #include <errno.h>
 #include <getopt.h>
+#include <limits.h>
 #include <inttypes.h>
 #include <poll.h>
 #include <signal.h>
@@ -14,6 +15,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/un.h>
 #include <time.h>
 #include <unistd.h>
@@ -508,6 +510,158 @@ static int cmd_raw(const char *request)
 	return EX_OK;
 }
 
+/*
+ * The preload library `run` puts in front of the program: $LAZYMEM_PRELOAD,
+ * else the one of the build tree this command was built in, else the
+ * installed one.
+ */
+static int find_preload(char *out, size_t len)
+{
+	const char *env = getenv("LAZYMEM_PRELOAD");
+	if (env && *env) {
+		snprintf(out, len, "%s", env);
+		return access(out, R_OK) == 0 ? 0 : -errno;
+	}
+	char exe[PATH_MAX];
+	ssize_t n = readlink("/proc/self/exe", exe, sizeof(exe) - 1);
+	if (n > 0) {
+		exe[n] = 0;
+		char *slash = strrchr(exe, '/');
+		if (slash)
+			*slash = 0;
+		static const char *const rel[] = { "/../lib/.libs/", "/../../lib/.libs/" };
+		for (size_t i = 0; i < sizeof(rel) / sizeof(rel[0]); i++) {
+			int k = snprintf(out, len, "%s%sliblazymem-preload.so", exe, rel[i]);
+			if (k > 0 && (size_t)k < len && access(out, R_OK) == 0)
+				return 0;
+		}
+	}
+	snprintf(out, len, "%s/liblazymem-preload.so", LM_LIBDIR);
+	return access(out, R_OK) == 0 ? 0 : -errno;
+}
+
+static void run_usage(FILE *f)
+{
+	fprintf(f,
+		"usage: lazymem run [OPTIONS] [--] PROGRAM [ARGS]\n"
+		"  -b, --budget SIZE      resident memory at most (K, M, G, T); default none\n"
+		"  -m, --mode MODE        thread (default) or signal: how faults are resolved\n"
+		"  -s, --swap-dir DIR     where the swap file goes (default $TMPDIR, else /tmp)\n"
+		"  -t, --threshold SIZE   anonymous mmaps this large and up are lazy (default 256K)\n"
+		"      --no-inherit       programs it executes run without lazy memory\n"
+		"      --no-report        do not report to lazymemd\n"
+		"  -q, --quiet            no message when lazy memory cannot be had\n"
+		"      --stats FILE       the runtime's counters, as JSON, to FILE at exit\n"
+		"exit: the program's own status; 125 lazymem failed, 126 cannot execute, 127 not found\n");
+}
+
+/*
+ * lazymem run: executes the program with the preload library and its
+ * settings in the environment; the program replaces this process, so its
+ * status and signals are its own.
+ */
+static int cmd_run(int argc, char **argv)
+{
+	enum { EX_RUN = 125, EX_NOEXEC = 126, EX_NOTFOUND = 127 };
+	enum { NO_INHERIT = 256, NO_REPORT, STATS, HELP };
+	static const struct option longs[] = {
+		{ "budget", required_argument, NULL, 'b' },
+		{ "mode", required_argument, NULL, 'm' },
+		{ "swap-dir", required_argument, NULL, 's' },
+		{ "threshold", required_argument, NULL, 't' },
+		{ "no-inherit", no_argument, NULL, NO_INHERIT },
+		{ "no-report", no_argument, NULL, NO_REPORT },
+		{ "quiet", no_argument, NULL, 'q' },
+		{ "stats", required_argument, NULL, STATS },
+		{ "help", no_argument, NULL, HELP },
+		{ NULL, 0, NULL, 0 },
+	};
+	uint64_t bytes;
+	int opt;
+	optind = 1;
+	while ((opt = getopt_long(argc, argv, "+b:m:s:t:q", longs, NULL)) != -1) {
+		switch (opt) {
+		case 'b':
+			if (parse_size(optarg, &bytes) < 0) {
+				fprintf(stderr, "lazymem: run: --budget %s is not a size\n", optarg);
+				return EX_USAGE;
+			}
+			setenv("LAZYMEM_BUDGET", optarg, 1);
+			break;
+		case 'm':
+			if (strcmp(optarg, "thread") && strcmp(optarg, "signal")) {
+				fprintf(stderr, "lazymem: run: --mode is thread or signal\n");
+				return EX_USAGE;
+			}
+			setenv("LAZYMEM_MODE", optarg, 1);
+			break;
+		case 's': {
+			struct stat st;
+			if (stat(optarg, &st) < 0 || !S_ISDIR(st.st_mode) ||
+			    access(optarg, W_OK | X_OK) < 0) {
+				fprintf(stderr, "lazymem: run: --swap-dir %s: %s\n", optarg,
+					errno && !(stat(optarg, &st) == 0 && !S_ISDIR(st.st_mode))
+						? strerror(errno) : "not a directory");
+				return EX_USAGE;
+			}
+			setenv("LAZYMEM_SWAP_DIR", optarg, 1);
+			break;
+		}
+		case 't':
+			if (parse_size(optarg, &bytes) < 0 || bytes == 0) {
+				fprintf(stderr, "lazymem: run: --threshold %s is not a size\n", optarg);
+				return EX_USAGE;
+			}
+			char num[32];
+			snprintf(num, sizeof(num), "%" PRIu64, bytes);
+			setenv("LAZYMEM_THRESHOLD", num, 1);
+			break;
+		case NO_INHERIT: setenv("LAZYMEM_NO_INHERIT", "1", 1); break;
+		case NO_REPORT: setenv("LAZYMEM_SOCKET", "off", 1); break;
+		case 'q': setenv("LAZYMEM_QUIET", "1", 1); break;
+		case STATS: setenv("LAZYMEM_STATS", optarg, 1); break;
+		case HELP: run_usage(stdout); return EX_OK;
+		default: run_usage(stderr); return EX_USAGE;
+		}
+	}
+	if (optind >= argc) {
+		run_usage(stderr);
+		return EX_USAGE;
+	}
+	if (O.socket && !getenv("LAZYMEM_SOCKET"))
+		setenv("LAZYMEM_SOCKET", O.socket, 1);
+	char lib[PATH_MAX], pre[2 * PATH_MAX];
+	int rc = find_preload(lib, sizeof(lib));
+	if (rc < 0) {
+		fprintf(stderr, "lazymem: run: no preload library (%s: %s); set LAZYMEM_PRELOAD\n",
+			lib, strerror(-rc));
+		return EX_RUN;
+	}
+	const char *old = getenv("LD_PRELOAD");
+	snprintf(pre, sizeof(pre), "%s%s%s", lib, old && *old ? ":" : "", old ? old : "");
+	setenv("LD_PRELOAD", pre, 1);
+	execvp(argv[optind], argv + optind);
+	int err = errno;
+	fprintf(stderr, "lazymem: run: %s: %s\n", argv[optind], strerror(err));
+	return err == ENOENT ? EX_NOTFOUND : EX_NOEXEC;
+}
+
+/* Where "run" is among the arguments, if it is the command: the index, else 0. */
+static int run_index(int argc, char **argv)
+{
+	for (int i = 1; i < argc; i++) {
+		if (!strcmp(argv[i], "--"))
+			return 0;
+		if (argv[i][0] == '-') {
+			if (!strcmp(argv[i], "-S") || !strcmp(argv[i], "--socket"))
+				i++;
+			continue;
+		}
+		return strcmp(argv[i], "run") ? 0 : i;
+	}
+	return 0;
+}
+
 static void usage(FILE *f)
 {
 	fprintf(f,
@@ -518,6 +672,7 @@ static void usage(FILE *f)
 		"  stat PID                     every counter of a process, and its fault latencies\n"
 		"  top [-d SECONDS] [-n COUNT]  ps, refreshed\n"
 		"  budget PID SIZE              set a process's memory budget (0: none); K, M, G, T\n"
+		"  run [OPTIONS] PROGRAM [ARGS] run a program on lazy memory (lazymem run --help)\n"
 		"  metrics                      Prometheus text exposition\n"
 		"  version                      this command's and the daemon's version\n"
 		"options:\n"
@@ -541,7 +696,9 @@ int main(int argc, char **argv)
 	};
 	int opt;
 	char *end;
-	while ((opt = getopt_long(argc, argv, "S:jhbs:c:d:n:V", longs, NULL)) != -1) {
+	/* run takes its own options, and everything after the program is the program's. */
+	int run = run_index(argc, argv);
+	while ((opt = getopt_long(run ? run : argc, argv, "S:jhbs:c:d:n:V", longs, NULL)) != -1) {
 		switch (opt) {
 		case 'S': O.socket = optarg; break;
 		case 'j': O.json = true; break;
@@ -566,6 +723,8 @@ int main(int argc, char **argv)
 		default: usage(stderr); return EX_USAGE;
 		}
 	}
+	if (run)
+		return cmd_run(argc - run, argv + run);
 	if (optind >= argc) {
 		usage(stderr);
 		return EX_USAGE;

@@ -6,8 +6,9 @@
 set -eu
 
 pkgs="build-essential autoconf automake libtool pkg-config
-liburing-dev libcap-dev check clang libclang-rt-14-dev
-util-linux procps prometheus python3"
+liburing-dev libcap-dev libjemalloc-dev check clang libclang-rt-14-dev
+util-linux procps prometheus python3
+sqlite3 redis-server redis-tools"
 
 missing=""
 for p in $pkgs; do

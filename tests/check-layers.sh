@@ -19,6 +19,7 @@ LAYERS = [
     ("resolver", "resolve"),
     ("front ends", "handler signal"),
     ("API", "runtime region snapshot report fork"),
+    ("hosts", "preload"),
 ]
 layer = {}
 for i, (_, names) in enumerate(LAYERS):
