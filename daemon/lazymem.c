@@ -609,7 +609,8 @@ static int cmd_run(int argc, char **argv)
 		}
 		case 't':
 			if (parse_size(optarg, &bytes) < 0 || bytes == 0) {
-				fprintf(stderr, "lazymem: run: --threshold %s is not a size\n", optarg);
+				fprintf(stderr, "lazymem: run: --threshold %s is not a size above 0\n",
+				optarg);
 				return EX_USAGE;
 			}
 			char num[32];
@@ -625,6 +626,7 @@ static int cmd_run(int argc, char **argv)
 		}
 	}
 	if (optind >= argc) {
+		fprintf(stderr, "lazymem: run: no program given\n");
 		run_usage(stderr);
 		return EX_USAGE;
 	}

@@ -657,10 +657,13 @@ static void say(const char *fmt, ...)
 		(void)!write(2, line, (size_t)n < sizeof(line) ? (size_t)n : sizeof(line) - 1);
 }
 
+/* Set once the runtime is open: a failed open says so in one line of our own. */
+static bool opened;
+
 static void log_line(int level, const char *msg, void *arg)
 {
 	(void)arg;
-	if (level <= 1)
+	if (level <= 1 && opened)
 		say("lazymem[%d]: %s\n", (int)getpid(), msg);
 }
 
@@ -782,6 +785,7 @@ __attribute__((constructor)) static void preload_init(void)
 	lm_options_init(&o);
 	o.log = log_line;
 	rc = lm_runtime_open(&o, &rt);
+	opened = rc == 0;
 	if (rc < 0) {
 		lm__alloc_set(NULL);
 		say("lazymem: no lazy memory for this process (%s); it runs as usual\n",

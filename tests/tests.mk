@@ -109,3 +109,21 @@ TESTS += tests/daemon-load.sh
 TESTS += tests/check-layers.sh
 EXTRA_DIST += tests/check-layers.sh
 EXTRA_DIST += tests/daemon-load.sh
+
+# lazymem run and the preload library, with real programs (python3,
+# sqlite3, redis-server, sort) and two helpers of our own: a program that
+# uses memory every way, and a launcher whose seccomp filter refuses
+# userfaultfd.
+check_PROGRAMS += tests/check_run tests/run-victim tests/run-nouffd
+TESTS += tests/check_run
+tests_check_run_SOURCES = tests/check_run.c tests/testutil.h
+tests_check_run_CFLAGS = $(TEST_CFLAGS)
+tests_check_run_LDADD = $(TEST_LIBS)
+# Not sanitized: they run under the preload library, which cannot follow a sanitizer runtime.
+tests_run_victim_SOURCES = tests/run-victim.c
+tests_run_victim_CFLAGS = -std=gnu11 $(WARN_CFLAGS) -pthread
+tests_run_victim_LDFLAGS = -pthread
+tests_run_victim_LDADD = -ldl
+tests_run_nouffd_SOURCES = tests/run-nouffd.c
+tests_run_nouffd_CFLAGS = -std=gnu11 $(WARN_CFLAGS)
+tests_run_nouffd_LDFLAGS =
