@@ -808,7 +808,8 @@ int main(int argc, char **argv)
 	}
 	bool want_swap = swap_bench_selected(b.cfg.only) || dirty_bench_selected(b.cfg.only);
 	bool want_snap = snapshot_bench_selected(b.cfg.only);
-	if (!any && !want_swap && !want_snap)
+	bool want_run = run_bench_selected(b.cfg.only);
+	if (!any && !want_swap && !want_snap && !want_run)
 		die_msg("no measurement matches --only");
 
 	/* Source data: every byte non-zero, so a page filled with zeros cannot pass. */
@@ -910,6 +911,18 @@ int main(int argc, char **argv)
 		int rc = snapshot_bench_run(&sc, sizes, b.cfg.quick ? 1 : 2);
 		if (rc < 0)
 			die("snapshot measurements", rc);
+	}
+	if (want_run) {
+		struct swap_bench_config sc = {
+			.json = b.cfg.json,
+			.verbose = b.cfg.verbose,
+			.runs = b.cfg.runs,
+			.only = b.cfg.only,
+			.dir = pick_dir(&b.cfg),
+		};
+		int rc = run_bench_run(&sc, b.cfg.quick);
+		if (rc < 0)
+			die("run measurements", rc);
 	}
 	if (!b.cfg.json && any) {
 		printf("\nlazymem stats over the whole run:\n");

@@ -3,6 +3,7 @@
 #define _GNU_SOURCE
 #include "lazymem.h"
 #include "swap-bench.h"
+#include "kswap.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -15,7 +16,6 @@
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
-#include <sys/swap.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -65,10 +65,7 @@ static const struct workload workloads[] = {
 struct env {
 	const struct swap_bench_config *c;
 	size_t ps;
-	char swapfile[4096];
-	char cgroup[4096];
-	bool swap_on, cg_made;
-	volatile pid_t child;	/* the kernel side's process while it runs */
+	struct kswap k;		/* the kernel side: swap file, cgroup, its process while it runs */
 };
 
 bool swap_bench_selected(const char *only)
@@ -197,17 +194,6 @@ static double run_lazymem(const struct env *e, const struct workload *w, const u
 	return (double)n / ((double)(t1 - t0) / 1e9);
 }
 
-static int write_file(const char *path, const char *text)
-{
-	int fd = open(path, O_WRONLY | O_CLOEXEC);
-	if (fd < 0)
-		return -errno;
-	ssize_t n = write(fd, text, strlen(text));
-	int err = n < 0 ? -errno : 0;
-	close(fd);
-	return err;
-}
-
 static double run_kernel(const struct env *e, const struct workload *w, const uint32_t *seq,
 			 size_t n)
 {
@@ -223,11 +209,8 @@ static double run_kernel(const struct env *e, const struct workload *w, const ui
 		signal(SIGINT, SIG_DFL);
 		signal(SIGTERM, SIG_DFL);
 		close(pfd[0]);
-		char procs[4200], me[32];
-		snprintf(procs, sizeof(procs), "%s/cgroup.procs", e->cgroup);
-		snprintf(me, sizeof(me), "%d", getpid());
 		double res = -EPERM;
-		if (write_file(procs, me) == 0) {
+		if (kswap_enter(&e->k) == 0) {
 			unsigned char *base = mmap(NULL, pages * e->ps, PROT_READ | PROT_WRITE,
 						   MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
 			if (base != MAP_FAILED) {
@@ -243,7 +226,7 @@ static double run_kernel(const struct env *e, const struct workload *w, const ui
 			_exit(1);
 		_exit(0);
 	}
-	((struct env *)e)->child = pid;
+	((struct env *)e)->k.child = pid;
 	close(pfd[1]);
 	double res = -EIO;
 	if (read(pfd[0], &res, sizeof(res)) != sizeof(res))
@@ -251,88 +234,15 @@ static double run_kernel(const struct env *e, const struct workload *w, const ui
 	close(pfd[0]);
 	int st;
 	waitpid(pid, &st, 0);
-	((struct env *)e)->child = 0;
+	((struct env *)e)->k.child = 0;
 	return res;
 }
 
-/* The kernel side's swap file and memory cgroup; false (with a reason) when this machine cannot. */
+/* The kernel side: a swap file 6x the budget, a cgroup limited to the budget + 2 MiB. */
 static bool setup_kernel(struct env *e)
 {
-	const struct swap_bench_config *c = e->c;
-	snprintf(e->swapfile, sizeof(e->swapfile), "%s/lazymem-bench-%d.swap", c->dir, getpid());
-	snprintf(e->cgroup, sizeof(e->cgroup), "/sys/fs/cgroup/memory/lazymem-bench-%d", getpid());
-	int fd = open(e->swapfile, O_CREAT | O_EXCL | O_WRONLY | O_CLOEXEC, 0600);
-	uint64_t size = c->budget * 6;
-	if (fd < 0 || fallocate(fd, 0, 0, (off_t)size) < 0) {
-		fprintf(stderr, "lazymem-bench: kernel swap file %s: %s\n", e->swapfile, strerror(errno));
-		if (fd >= 0)
-			close(fd);
-		unlink(e->swapfile);
-		return false;
-	}
-	close(fd);
-	char cmd[4300];
-	snprintf(cmd, sizeof(cmd), "mkswap -q '%s' >/dev/null 2>&1", e->swapfile);
-	if (system(cmd) != 0 || swapon(e->swapfile, 0) < 0) {
-		fprintf(stderr, "lazymem-bench: cannot enable the kernel swap file (mkswap/swapon, "
-			"root needed): %s\n", strerror(errno));
-		unlink(e->swapfile);
-		return false;
-	}
-	e->swap_on = true;
-	if (mkdir(e->cgroup, 0755) < 0) {
-		fprintf(stderr, "lazymem-bench: no cgroup-v1 memory controller (%s): %s\n", e->cgroup,
-			strerror(errno));
-		return false;
-	}
-	e->cg_made = true;
-	char path[4200], val[64];
-	snprintf(path, sizeof(path), "%s/memory.limit_in_bytes", e->cgroup);
-	snprintf(val, sizeof(val), "%llu", (unsigned long long)(c->budget + (2u << 20)));
-	if (write_file(path, val) < 0) {
-		fprintf(stderr, "lazymem-bench: cannot set %s\n", path);
-		return false;
-	}
-	return true;
-}
-
-/*
- * The kernel side's swap file and cgroup must not outlive the benchmark,
- * even when it is interrupted: an exit handler and SIGINT/SIGTERM handlers
- * remove them (swapoff, unlink and rmdir are all the teardown needs).
- */
-static struct env *live_env;
-
-static void teardown_kernel(struct env *e);
-
-static void teardown_at_exit(void)
-{
-	if (live_env)
-		teardown_kernel(live_env);
-}
-
-static void teardown_on_signal(int sig)
-{
-	teardown_at_exit();
-	signal(sig, SIG_DFL);
-	raise(sig);
-}
-
-static void teardown_kernel(struct env *e)
-{
-	live_env = NULL;
-	/* Its cgroup cannot go while the child lives, nor the swap file while it is in use. */
-	if (e->child > 0) {
-		kill(e->child, SIGKILL);
-		waitpid(e->child, NULL, 0);
-		e->child = 0;
-	}
-	if (e->cg_made)
-		rmdir(e->cgroup);
-	if (e->swap_on)
-		swapoff(e->swapfile);
-	if (e->swap_on || e->swapfile[0])
-		unlink(e->swapfile);
+	return kswap_setup(&e->k, e->c->dir, e->c->budget * 6, "swap") &&
+	       kswap_set_limit(&e->k, e->c->budget + (2u << 20)) == 0;
 }
 
 int swap_bench_run(const struct swap_bench_config *c)
@@ -340,14 +250,6 @@ int swap_bench_run(const struct swap_bench_config *c)
 	struct env e = { .c = c, .ps = (size_t)sysconf(_SC_PAGESIZE) };
 	if (!swap_bench_selected(c->only))
 		return 0;
-	live_env = &e;
-	static bool registered;
-	if (!registered) {
-		atexit(teardown_at_exit);
-		signal(SIGINT, teardown_on_signal);
-		signal(SIGTERM, teardown_on_signal);
-		registered = true;
-	}
 	bool kernel = setup_kernel(&e);
 	if (!c->json) {
 		printf("\nswap: budget %zu MiB, %s mode, working sets 2x and 4x written once first; %s\n",
@@ -365,7 +267,7 @@ int swap_bench_run(const struct swap_bench_config *c)
 		size_t n = w->pattern == SEQUENTIAL ? 2 * pages : 4 * bpages;
 		uint32_t *seq = sequence(w, pages, n);
 		if (!seq) {
-			teardown_kernel(&e);
+			kswap_teardown(&e.k);
 			return -ENOMEM;
 		}
 		double lv[c->runs], kv[c->runs];
@@ -374,7 +276,7 @@ int swap_bench_run(const struct swap_bench_config *c)
 			lv[r] = run_lazymem(&e, w, seq, n);
 			if (lv[r] < 0) {
 				fprintf(stderr, "lazymem-bench: %s: %s\n", w->name, lm_strerror((int)lv[r]));
-				teardown_kernel(&e);
+				kswap_teardown(&e.k);
 				free(seq);
 				return (int)lv[r];
 			}
@@ -398,7 +300,7 @@ int swap_bench_run(const struct swap_bench_config *c)
 		}
 		fflush(stdout);
 	}
-	teardown_kernel(&e);
+	kswap_teardown(&e.k);
 	return 0;
 }
 

@@ -38,4 +38,8 @@ int dirty_bench_run(const struct swap_bench_config *c, size_t pages);
 bool snapshot_bench_selected(const char *only);
 int snapshot_bench_run(const struct swap_bench_config *c, const size_t *sizes, int nsizes);
 
+/* The run.* measurements (run-bench.c): real programs under lazymem run. */
+bool run_bench_selected(const char *only);
+int run_bench_run(const struct swap_bench_config *c, bool quick);
+
 #endif
