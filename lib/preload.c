@@ -574,6 +574,20 @@ __attribute__((visibility("default"))) int madvise(void *addr, size_t len, int a
 
 /* ---- jemalloc's extents ------------------------------------------------- */
 
+/*
+ * jemalloc calls its hooks with its own locks held, and a region's
+ * creation takes the runtime's.  fork() takes them the other way round:
+ * the runtime's prepare handler (registered after jemalloc's, so it runs
+ * first) takes the runtime's locks, then jemalloc's takes every arena's,
+ * and would wait forever for a thread that holds an arena lock and waits
+ * in a hook for the runtime's.  So fork() first closes this gate (its
+ * prepare handler, registered last, runs before all the others), which
+ * waits for the hooks under way to finish; a hook that finds it closed
+ * does without the runtime, with plain memory, for as long as the fork
+ * takes.
+ */
+static pthread_rwlock_t hook_gate = PTHREAD_RWLOCK_INITIALIZER;
+
 static void *hook_alloc(extent_hooks_t *h, void *new_addr, size_t size, size_t alignment,
 			bool *zero, bool *commit, unsigned arena)
 {
@@ -583,12 +597,16 @@ static void *hook_alloc(extent_hooks_t *h, void *new_addr, size_t size, size_t a
 	if (alignment < page_size)
 		alignment = page_size;
 	struct lm_region *r;
-	if (size <= SIZE_MAX - alignment &&
-	    lm_region_create_zero(rt, size + alignment - page_size, 0, &r) == 0) {
-		uintptr_t a = ((uintptr_t)lm_region_addr(r) + alignment - 1) & ~(alignment - 1);
-		*zero = true;
-		*commit = true;
-		return (void *)a;
+	if (size <= SIZE_MAX - alignment && pthread_rwlock_tryrdlock(&hook_gate) == 0) {
+		int rc = lm_region_create_zero(rt, size + alignment - page_size, 0, &r);
+		pthread_rwlock_unlock(&hook_gate);
+		if (rc == 0) {
+			uintptr_t a = ((uintptr_t)lm_region_addr(r) + alignment - 1) &
+				      ~(alignment - 1);
+			*zero = true;
+			*commit = true;
+			return (void *)a;
+		}
 	}
 	/* No lazy region (metadata, address space): plain memory rather than a failed malloc. */
 	return default_hooks->alloc(h, new_addr, size, alignment, zero, commit, arena);
@@ -638,6 +656,23 @@ static extent_hooks_t lazy_hooks = {
 	.split = hook_split,
 	.merge = hook_merge,
 };
+
+/*
+ * The fork gate, and the mappings' lock, which a child could otherwise
+ * inherit held by a thread it does not have.  Lock order: the gate, the
+ * mappings, the runtime's locks (taken by its own handler next).
+ */
+static void gate_prepare(void)
+{
+	pthread_rwlock_wrlock(&hook_gate);
+	pthread_mutex_lock(&map_lock);
+}
+
+static void gate_after(void)
+{
+	pthread_mutex_unlock(&map_lock);
+	pthread_rwlock_unlock(&hook_gate);
+}
 
 /* ---- start-up ------------------------------------------------------------ */
 
@@ -792,6 +827,8 @@ __attribute__((constructor)) static void preload_init(void)
 		    lm_strerror(rc));
 		return;
 	}
+	/* After the runtime's own: so that its prepare handler runs before the runtime's. */
+	pthread_atfork(gate_prepare, gate_after, gate_after);
 	find_text(&ours[0], (const void *)preload_init);
 	find_text(&ours[1], (const void *)mallocx);
 	/* Every automatic arena's memory is lazy from now on. */
