@@ -116,19 +116,44 @@ void lm__evict_check(struct lm_runtime *rt)
 void lm__throttle(struct lm_runtime *rt)
 {
 	uint64_t b = atomic_load_explicit(&rt->budget, memory_order_relaxed);
-	if (!b || !rt->ev_started ||
+	if (!b || !rt->ev_started || atomic_load_explicit(&rt->ev_paused, memory_order_acquire) ||
 	    atomic_load_explicit(rt->nres, memory_order_relaxed) < (int64_t)b)
 		return;
 	uint64_t t0 = lm__now_ns(), t = t0;
 	kick(rt);
 	while (atomic_load_explicit(rt->nres, memory_order_relaxed) >= (int64_t)b &&
 	       !atomic_load_explicit(&rt->ev_stuck, memory_order_relaxed) &&
+	       !atomic_load_explicit(&rt->ev_paused, memory_order_acquire) &&
 	       t - t0 < THROTTLE_MAX_NS) {
 		nanosleep(&(struct timespec){ 0, 20000 }, NULL);
 		t = lm__now_ns();
 		kick(rt);
 	}
 	LM__STAT_ADD(rt, throttle_ns, t - t0);
+}
+
+/*
+ * A fork() stops eviction between batches (the child must not find a
+ * page half moved out) by holding evict_lock from its prepare handler to
+ * its after handlers.  Meanwhile the thread that forks runs the other
+ * prepare handlers, jemalloc's among them under the preload library,
+ * which take locks living in lazy memory: a fault on one of them that
+ * waited for the evictor would wait for the forking thread itself, a
+ * second at a time (a fork took 47 s under a 1 MiB budget).  So fills do
+ * not wait while eviction is paused; the budget is exceeded by what the
+ * fork touches, and the evictor catches up after it.
+ */
+void lm__evict_pause(struct lm_runtime *rt)
+{
+	atomic_store_explicit(&rt->ev_paused, true, memory_order_release);
+	pthread_mutex_lock(&rt->evict_lock);
+}
+
+void lm__evict_resume(struct lm_runtime *rt)
+{
+	pthread_mutex_unlock(&rt->evict_lock);
+	atomic_store_explicit(&rt->ev_paused, false, memory_order_release);
+	lm__evict_check(rt);
 }
 
 /*

@@ -117,7 +117,7 @@ static void atfork_prepare(void)
 		lm__signal_fork_prepare_pool(rt);
 		pthread_mutex_lock(&rt->lock);
 		/* Between eviction batches: no page is half moved out in the child. */
-		pthread_mutex_lock(&rt->evict_lock);
+		lm__evict_pause(rt);
 	}
 	lm__report_atfork_prepare();
 	lm__signal_fork_prepare();
@@ -129,7 +129,7 @@ static void atfork_parent(void)
 	lm__report_atfork_parent();
 	for (struct lm_runtime *rt = all_list; rt; rt = rt->all_next) {
 		LM__STAT_ADD(rt, forks_followed, 1);
-		pthread_mutex_unlock(&rt->evict_lock);
+		lm__evict_resume(rt);
 		pthread_mutex_unlock(&rt->lock);
 	}
 	pthread_mutex_unlock(&all_lock);
@@ -163,6 +163,7 @@ static void atfork_child(void)
 		 */
 		pthread_mutex_init(&rt->evict_lock, NULL);
 		pthread_mutex_init(&rt->ev_setup_lock, NULL);
+		atomic_store(&rt->ev_paused, false);
 		rt->ev_started = false;
 		atomic_store(&rt->budget, 0);
 		atomic_store(&rt->track, false);

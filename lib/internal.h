@@ -596,6 +596,9 @@ void lm__evict_shutdown(struct lm_runtime *rt);
 void lm__evict_check(struct lm_runtime *rt);
 /* Before a fill: waits while the resident pages are at the budget.  Async-signal-safe. */
 void lm__throttle(struct lm_runtime *rt);
+/* fork()'s prepare and after handlers: eviction stops between batches, and no fill waits for it. */
+void lm__evict_pause(struct lm_runtime *rt);
+void lm__evict_resume(struct lm_runtime *rt);
 /* Async tracking: pages of [first, last] written since protected become DIRTY. */
 void lm__harvest(struct lm_region *r, uint64_t first, uint64_t last);
 /* Writes the dirty pages of [first, first + count) of a shared region to its file. */
@@ -831,6 +834,7 @@ struct lm_runtime {
 	_Atomic unsigned ev_gen;	/* eviction rounds finished */
 	_Atomic uint64_t ev_count;	/* pages evicted, ever: the clock of refault distances */
 	_Atomic bool ev_stuck;		/* the last round ended over the budget */
+	_Atomic bool ev_paused;		/* a fork() holds evict_lock: fills must not wait for the evictor */
 	size_t hand_ext;		/* the clock hand: extent index and page (evictor only) */
 	uint64_t hand_pg;
 
