@@ -11,7 +11,10 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <arpa/inet.h>
+#include <netinet/in.h>
 #include <sys/resource.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -48,7 +51,8 @@ bool run_bench_selected(const char *only)
 {
 	return !only || strstr("run.python.nobudget run.sqlite.nobudget run.sort.nobudget "
 			       "run.python.budget50 run.sqlite.budget50 run.sort.budget50 "
-			       "run.python.budget25 run.sqlite.budget25 run.sort.budget25", only);
+			       "run.python.budget25 run.sqlite.budget25 run.sort.budget25 "
+			       "run.redis.nobudget run.redis.budget50 run.redis.budget25", only);
 }
 
 /* The lazymem command of this build tree, else the one on PATH. */
@@ -224,6 +228,221 @@ static void measure(const struct swap_bench_config *c, const struct program *p, 
 	}
 }
 
+/* ---- redis-server: throughput under redis-benchmark ------------------------ */
+
+/*
+ * redis-server is a service: its figure is the GET throughput
+ * redis-benchmark gets from it over its whole keyspace (requests per
+ * second; the ratio is lazymem / the other side, higher is better), after
+ * the same SETs loaded it.  The client runs outside the cgroup.
+ */
+static int free_port(void)
+{
+	int fd = socket(AF_INET, SOCK_STREAM, 0);
+	struct sockaddr_in a = { .sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
+	socklen_t len = sizeof(a);
+	int port = -1;
+	if (fd >= 0 && bind(fd, (struct sockaddr *)&a, sizeof(a)) == 0 &&
+	    getsockname(fd, (struct sockaddr *)&a, &len) == 0)
+		port = ntohs(a.sin_port);
+	if (fd >= 0)
+		close(fd);
+	return port;
+}
+
+static long vm_hwm_kib(pid_t pid)
+{
+	char path[64], line[256];
+	snprintf(path, sizeof(path), "/proc/%d/status", (int)pid);
+	FILE *f = fopen(path, "re");
+	long v = 0;
+	while (f && fgets(line, sizeof(line), f))
+		if (sscanf(line, "VmHWM: %ld", &v) == 1)
+			break;
+	if (f)
+		fclose(f);
+	return v;
+}
+
+struct redis_result {
+	double rps;
+	long hwm_kib;
+	bool oom, failed;
+};
+
+static struct redis_result redis_session(const char *cmds, int keys, bool quick, bool lazy,
+					 uint64_t budget, struct kswap *k)
+{
+	struct redis_result res = { 0 };
+	int port = free_port();
+	char port_s[16], bud[32];
+	snprintf(port_s, sizeof(port_s), "%d", port);
+	const char *argv[32];
+	int n = 0;
+	if (lazy) {
+		argv[n++] = lazymem_cmd;
+		argv[n++] = "run";
+		argv[n++] = "--no-report";
+		argv[n++] = "--swap-dir";
+		argv[n++] = bench_dir;
+		if (budget) {
+			snprintf(bud, sizeof(bud), "%llu", (unsigned long long)budget);
+			argv[n++] = "--budget";
+			argv[n++] = bud;
+		}
+		argv[n++] = "--";
+	}
+	const char *conf[] = { "redis-server", "--port", port_s, "--bind", "127.0.0.1", "--save", "",
+			       "--appendonly", "no", "--daemonize", "no", "--loglevel", "warning",
+			       NULL };
+	for (int i = 0; conf[i]; i++)
+		argv[n++] = conf[i];
+	argv[n] = NULL;
+	pid_t pid = fork();
+	if (pid < 0) {
+		res.failed = true;
+		return res;
+	}
+	if (pid == 0) {
+		int out = open("/dev/null", O_WRONLY);
+		if (out < 0 || dup2(out, 1) < 0)
+			_exit(126);
+		if (k && kswap_enter(k) < 0)
+			_exit(125);
+		execvp(argv[0], (char *const *)argv);
+		_exit(127);
+	}
+	if (k)
+		k->child = pid;
+	char cmd[PATH_MAX + 256];
+	snprintf(cmd, sizeof(cmd), "redis-cli -p %d ping 2>/dev/null | grep -q PONG", port);
+	uint64_t t0 = now_ns();
+	while (system(cmd) != 0) {
+		if (waitpid(pid, NULL, WNOHANG) == pid || now_ns() - t0 > 20000000000ull) {
+			res.failed = true;
+			goto out;
+		}
+		nanosleep(&(struct timespec){ 0, 20000000 }, NULL);
+	}
+	snprintf(cmd, sizeof(cmd), "redis-cli -p %d --pipe < %s > /dev/null 2>&1", port, cmds);
+	if (system(cmd) != 0) {
+		res.failed = true;
+		goto out;
+	}
+	snprintf(cmd, sizeof(cmd),
+		 "timeout 600 redis-benchmark -p %d -q -n %d -c 8 -r %d -d 1024 -t get --csv 2>/dev/null",
+		 port, quick ? 100000 : 300000, keys);
+	FILE *p = popen(cmd, "r");
+	char line[512];
+	while (p && fgets(line, sizeof(line), p))
+		if (!strncmp(line, "\"GET\",\"", 7))
+			res.rps = strtod(line + 7, NULL);
+	if (p)
+		pclose(p);
+	res.hwm_kib = vm_hwm_kib(pid);
+	if (!res.rps)
+		res.failed = true;
+out:
+	kill(pid, SIGTERM);
+	int st = 0;
+	waitpid(pid, &st, 0);
+	if (k) {
+		k->child = 0;
+		if (res.failed && kswap_oom_killed(k)) {
+			res.oom = true;
+			res.failed = false;
+		}
+	}
+	return res;
+}
+
+static void report_rps(const struct swap_bench_config *c, const char *name, const char *versus,
+		       double l, double v, int oom, int failed, uint64_t limit, long peak)
+{
+	double ratio = v > 0 ? l / v : 0;
+	if (c->json)
+		printf("{\"name\":\"%s\",\"unit\":\"requests_per_s\",\"lazymem\":%.0f,\"%s\":%.0f,"
+		       "\"ratio\":%.3f,\"better\":\"higher\",\"limit_bytes\":%llu,"
+		       "\"peak_rss_bytes\":%ld,\"kernel_oom_kills\":%d,\"failures\":%d}\n",
+		       name, l, versus, v, ratio, (unsigned long long)limit, peak * 1024, oom, failed);
+	else
+		printf("%-34s %12.0f %12.0f %8.2f  %-9s%s\n", name, l, v, ratio, "req/s",
+		       oom || failed ? " (kernel OOM-killed or failed runs: see JSON)" : "");
+	fflush(stdout);
+}
+
+static void measure_redis(const struct swap_bench_config *c, bool quick, struct kswap *k,
+			  bool kernel_ok)
+{
+	if (system("command -v redis-server >/dev/null && command -v redis-benchmark >/dev/null") != 0) {
+		fprintf(stderr, "lazymem-bench: redis-server or redis-benchmark missing; run.redis skipped\n");
+		return;
+	}
+	int keys = quick ? 30000 : 100000;
+	char cmds[PATH_MAX];
+	snprintf(cmds, sizeof(cmds), "%s/lazymem-bench-%d.redis", c->dir, getpid());
+	FILE *f = fopen(cmds, "w");
+	if (!f)
+		return;
+	uint64_t s = 99;
+	char val[1025];
+	for (int i = 0; i < keys; i++) {
+		for (int j = 0; j < 1024; j++)
+			val[j] = (char)('a' + xorshift(&s) % 26);
+		val[1024] = 0;
+		/* redis-benchmark -r names its keys key:%012d. */
+		fprintf(f, "*3\r\n$3\r\nSET\r\n$16\r\nkey:%012d\r\n$1024\r\n%s\r\n", i, val);
+	}
+	fclose(f);
+	struct redis_result base = redis_session(cmds, keys, quick, false, 0, NULL);
+	if (base.failed) {
+		fprintf(stderr, "lazymem-bench: redis-server does not run plainly here; skipped\n");
+		unlink(cmds);
+		return;
+	}
+	long peak = base.hwm_kib;
+	int runs = c->runs;
+	double lv[runs], vv[runs];
+	int nv = 0, failed = 0, oom = 0;
+	if (!c->only || strstr("run.redis.nobudget", c->only)) {
+		for (int r = 0; r < runs; r++) {
+			struct redis_result a = redis_session(cmds, keys, quick, false, 0, NULL);
+			struct redis_result b = redis_session(cmds, keys, quick, true, 0, NULL);
+			vv[r] = a.rps;
+			lv[r] = b.rps;
+			failed += a.failed + b.failed;
+		}
+		report_rps(c, "run.redis.nobudget", "plain", median(lv, runs), median(vv, runs), 0,
+			   failed, 0, peak);
+	}
+	static const int fracs[] = { 50, 25 };
+	for (size_t fi = 0; fi < 2; fi++) {
+		char name[64];
+		snprintf(name, sizeof(name), "run.redis.budget%d", fracs[fi]);
+		if (c->only && !strstr(name, c->only))
+			continue;
+		uint64_t limit = ((uint64_t)peak * 1024 * (uint64_t)fracs[fi] / 100) & ~(uint64_t)4095;
+		bool kok = kernel_ok && kswap_set_limit(k, limit) == 0;
+		kswap_oom_killed(k);
+		nv = failed = oom = 0;
+		for (int r = 0; r < runs; r++) {
+			if (kok) {
+				struct redis_result a = redis_session(cmds, keys, quick, false, 0, k);
+				oom += a.oom;
+				failed += a.failed;
+				if (!a.oom && !a.failed)
+					vv[nv++] = a.rps;
+			}
+			struct redis_result b = redis_session(cmds, keys, quick, true, limit, NULL);
+			lv[r] = b.rps;
+			failed += b.failed;
+		}
+		report_rps(c, name, "kernel", median(lv, runs), nv ? median(vv, nv) : 0, oom, failed,
+			   limit, peak);
+	}
+	unlink(cmds);
+}
+
 static const char py_job[] =
 	"import hashlib, sys\n"
 	"n = int(sys.argv[1])\n"
@@ -289,6 +508,7 @@ int run_bench_run(const struct swap_bench_config *c, bool quick)
 	}
 	for (size_t i = 0; i < sizeof(progs) / sizeof(progs[0]); i++)
 		measure(c, &progs[i], &k, kernel_ok);
+	measure_redis(c, quick, &k, kernel_ok);
 	kswap_teardown(&k);
 	unlink(sql);
 	unlink(lines);
