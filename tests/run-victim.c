@@ -258,12 +258,21 @@ static void on_usr1(int sig)
 	handled++;
 }
 
+/*
+ * Standard signals do not queue: each is sent once the last was handled,
+ * to the main thread, which waits for it with the signal blocked
+ * otherwise (sigsuspend: no wake-up lost between the check and the wait).
+ */
 static void *signaller(void *arg)
 {
-	pid_t pid = *(pid_t *)arg;
+	pthread_t main_thread = *(pthread_t *)arg;
 	for (int i = 0; i < 20; i++) {
-		usleep(1000);
-		kill(pid, SIGUSR1);
+		pthread_kill(main_thread, SIGUSR1);
+		for (int w = 0; handled <= i; w++) {
+			if (w > 100000)
+				FAIL("signal %d was never handled", i);
+			usleep(100);
+		}
 	}
 	return NULL;
 }
@@ -272,11 +281,15 @@ static void signals(void)
 {
 	struct sigaction sa = { .sa_handler = on_usr1 };
 	sigaction(SIGUSR1, &sa, NULL);
-	pid_t me = getpid();
-	pthread_t t;
+	sigset_t block, old;
+	sigemptyset(&block);
+	sigaddset(&block, SIGUSR1);
+	pthread_sigmask(SIG_BLOCK, &block, &old);
+	pthread_t me = pthread_self(), t;
 	pthread_create(&t, NULL, signaller, &me);
 	while (handled < 20)
-		pause();
+		sigsuspend(&old);
+	pthread_sigmask(SIG_SETMASK, &old, NULL);
 	pthread_join(t, NULL);
 	printf("signals %d\n", (int)handled);
 }
