@@ -2,6 +2,7 @@
 /* lazymem run: real programs from Debian on lazy memory, each compared with a plain run of itself. */
 #include "config.h"
 #include "testutil.h"
+#include "run-jobs.h"
 
 #include <check.h>
 #include <fcntl.h>
@@ -297,28 +298,11 @@ END_TEST
 
 /* ---- real programs ------------------------------------------------------- */
 
-static const char py_structure[] =
-	"import hashlib, sys\n"
-	"n = int(sys.argv[1])\n"
-	"d = {}\n"
-	"for i in range(n):\n"
-	"    d['k%07d' % i] = [i, str(i * 7919) * 3, (i % 97, 'v' * (i % 50))]\n"
-	"h = hashlib.sha256()\n"
-	"for rnd in range(2):\n"
-	"    for k, v in d.items():\n"
-	"        h.update(k.encode()); h.update(repr(v).encode())\n"
-	"first = sorted(d, key=lambda k: d[k][1])[:5]\n"
-	"print(len(d), h.hexdigest(), first)\n"
-	"print(sum(v[0] for v in d.values()), sum(len(v[1]) for v in d.values()))\n"
-	"for line in open('/proc/self/status'):\n"
-	"    if line.startswith('VmHWM'):\n"
-	"        print('#', line.strip())\n";
-
 START_TEST(python_structure)
 {
 	/* Debian's python3 itself, not a wrapper (pyenv's shims run a dozen processes). */
 	require("/usr/bin/python3");
-	const char *prog[] = { "/usr/bin/python3", "-c", py_structure, "150000", NULL };
+	const char *prog[] = { "/usr/bin/python3", "-c", LMT_PY_STRUCTURE, "150000", NULL };
 	const char *opts[] = { "--budget", "24M", NULL };
 	both(prog, NULL, opts, 150);
 	/* About 80 MiB of objects through 24 MiB: the peak shows it. */

@@ -116,7 +116,7 @@ EXTRA_DIST += tests/daemon-load.sh
 # userfaultfd.
 check_PROGRAMS += tests/check_run tests/run-victim tests/run-nouffd
 TESTS += tests/check_run
-tests_check_run_SOURCES = tests/check_run.c tests/testutil.h
+tests_check_run_SOURCES = tests/check_run.c tests/testutil.h tests/run-jobs.h
 tests_check_run_CFLAGS = $(TEST_CFLAGS)
 tests_check_run_LDADD = $(TEST_LIBS)
 # Not sanitized: they run under the preload library, which cannot follow a sanitizer runtime.

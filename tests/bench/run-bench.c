@@ -3,6 +3,7 @@
 #define _GNU_SOURCE
 #include "kswap.h"
 #include "swap-bench.h"
+#include "../run-jobs.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -75,6 +76,24 @@ static void find_lazymem(void)
 	snprintf(lazymem_cmd, sizeof(lazymem_cmd), "lazymem");
 }
 
+/* "lazymem run [--budget B] --" and its options, in front of a program's argv; returns the count. */
+static int lazy_prefix(const char **argv, uint64_t budget, char *bud, size_t budlen)
+{
+	int n = 0;
+	argv[n++] = lazymem_cmd;
+	argv[n++] = "run";
+	argv[n++] = "--no-report";
+	argv[n++] = "--swap-dir";
+	argv[n++] = bench_dir;
+	if (budget) {
+		snprintf(bud, budlen, "%llu", (unsigned long long)budget);
+		argv[n++] = "--budget";
+		argv[n++] = bud;
+	}
+	argv[n++] = "--";
+	return n;
+}
+
 struct outcome {
 	double seconds;
 	long maxrss_kib;
@@ -92,19 +111,8 @@ static struct outcome run_once(const struct program *p, bool lazy, uint64_t budg
 	const char *argv[24];
 	char bud[32];
 	int n = 0;
-	if (lazy) {
-		argv[n++] = lazymem_cmd;
-		argv[n++] = "run";
-		argv[n++] = "--no-report";
-		argv[n++] = "--swap-dir";
-		argv[n++] = bench_dir;
-		if (budget) {
-			snprintf(bud, sizeof(bud), "%llu", (unsigned long long)budget);
-			argv[n++] = "--budget";
-			argv[n++] = bud;
-		}
-		argv[n++] = "--";
-	}
+	if (lazy)
+		n = lazy_prefix(argv, budget, bud, sizeof(bud));
 	for (int i = 0; p->argv[i]; i++)
 		argv[n++] = p->argv[i];
 	argv[n] = NULL;
@@ -279,19 +287,8 @@ static struct redis_result redis_session(const char *cmds, int keys, bool quick,
 	snprintf(port_s, sizeof(port_s), "%d", port);
 	const char *argv[32];
 	int n = 0;
-	if (lazy) {
-		argv[n++] = lazymem_cmd;
-		argv[n++] = "run";
-		argv[n++] = "--no-report";
-		argv[n++] = "--swap-dir";
-		argv[n++] = bench_dir;
-		if (budget) {
-			snprintf(bud, sizeof(bud), "%llu", (unsigned long long)budget);
-			argv[n++] = "--budget";
-			argv[n++] = bud;
-		}
-		argv[n++] = "--";
-	}
+	if (lazy)
+		n = lazy_prefix(argv, budget, bud, sizeof(bud));
 	const char *conf[] = { "redis-server", "--port", port_s, "--bind", "127.0.0.1", "--save", "",
 			       "--appendonly", "no", "--daemonize", "no", "--loglevel", "warning",
 			       NULL };
@@ -443,18 +440,6 @@ static void measure_redis(const struct swap_bench_config *c, bool quick, struct 
 	unlink(cmds);
 }
 
-static const char py_job[] =
-	"import hashlib, sys\n"
-	"n = int(sys.argv[1])\n"
-	"d = {}\n"
-	"for i in range(n):\n"
-	"    d['k%07d' % i] = [i, str(i * 7919) * 3, (i % 97, 'v' * (i % 50))]\n"
-	"h = hashlib.sha256()\n"
-	"for rnd in range(2):\n"
-	"    for k, v in d.items():\n"
-	"        h.update(k.encode()); h.update(repr(v).encode())\n"
-	"print(len(d), h.hexdigest(), sorted(d, key=lambda k: d[k][1])[:5])\n";
-
 int run_bench_run(const struct swap_bench_config *c, bool quick)
 {
 	if (!run_bench_selected(c->only))
@@ -489,7 +474,7 @@ int run_bench_run(const struct swap_bench_config *c, bool quick)
 	}
 	fclose(f);
 	const struct program progs[] = {
-		{ "python", { "/usr/bin/python3", "-c", py_job, quick ? "100000" : "300000", NULL }, NULL },
+		{ "python", { "/usr/bin/python3", "-c", LMT_PY_STRUCTURE, quick ? "100000" : "300000", NULL }, NULL },
 		{ "sqlite", { "sqlite3", ":memory:", NULL }, sql },
 		{ "sort", { "sort", "-S", "1G", "-o", "/dev/null", lines, NULL }, NULL },
 	};
