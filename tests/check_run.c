@@ -548,6 +548,98 @@ START_TEST(redis_under_benchmark)
 }
 END_TEST
 
+/* ---- seen and steered by lazymemd ------------------------------------------ */
+
+static long rss_kib(pid_t pid)
+{
+	char path[64], line[256];
+	snprintf(path, sizeof(path), "/proc/%d/status", (int)pid);
+	FILE *f = fopen(path, "r");
+	long v = -1;
+	while (f && fgets(line, sizeof(line), f))
+		if (sscanf(line, "VmRSS: %ld", &v) == 1)
+			break;
+	if (f)
+		fclose(f);
+	return v;
+}
+
+/* lazymem ps lists a program lazymem run started; lazymem budget shrinks it while it runs. */
+START_TEST(ps_and_budget_from_outside)
+{
+	require("/usr/bin/python3");
+	char sock[128], log[128], bin[512];
+	snprintf(sock, sizeof(sock), "%s/lazymemd.sock", dir);
+	snprintf(log, sizeof(log), "%s/lazymemd.log", dir);
+	snprintf(bin, sizeof(bin), "%s/daemon/lazymemd", build());
+	const char *daemon[] = { bin, "-f", "-s", sock, "-l", log, NULL };
+	pid_t d = fork();
+	ck_assert_int_ge(d, 0);
+	if (d == 0) {
+		execv(bin, (char *const *)daemon);
+		_exit(127);
+	}
+	for (double t0 = lmt_now(); access(sock, F_OK) != 0; usleep(10000))
+		ck_assert_msg(lmt_now() - t0 < 10, "lazymemd did not start");
+	setenv("LAZYMEM_SOCKET", sock, 1);
+	/* 64 MiB touched, then it waits: no budget until one comes from outside. */
+	static const char py[] = "import sys, time\n"
+				 "b = bytearray(64 << 20)\n"
+				 "for i in range(0, len(b), 4096): b[i] = 1\n"
+				 "print('ready', flush=True)\n"
+				 "time.sleep(120)\n";
+	char out[128];
+	snprintf(out, sizeof(out), "%s/prog.out", dir);
+	close(open(out, O_WRONLY | O_CREAT | O_TRUNC, 0644));
+	pid_t p = fork();
+	ck_assert_int_ge(p, 0);
+	if (p == 0) {
+		int o = open(out, O_WRONLY | O_CREAT | O_TRUNC, 0644);
+		if (o < 0 || dup2(o, 1) < 0)
+			_exit(126);
+		execl(lazymem, lazymem, "run", "--", "/usr/bin/python3", "-c", py, (char *)NULL);
+		_exit(127);
+	}
+	char cmd[1024], pidword[32];
+	snprintf(pidword, sizeof(pidword), " %d ", (int)p);
+	for (double t0 = lmt_now();; usleep(20000)) {
+		char *o = slurp("prog", "out");
+		bool ready = strstr(o, "ready") != NULL;
+		free(o);
+		if (ready)
+			break;
+		ck_assert_msg(lmt_now() - t0 < 30 * lmt_time_scale(), "the program never got ready");
+	}
+	/* The exec'ed python is the process lazymem run was: the same pid, in the listing. */
+	snprintf(cmd, sizeof(cmd), "%s -S %s ps > %s/ps.out 2>&1", lazymem, sock, dir);
+	bool listed = false;
+	for (double t0 = lmt_now(); !listed && lmt_now() - t0 < 10; usleep(50000)) {
+		ck_assert_int_eq(system(cmd), 0);
+		char *o = slurp("ps", "out");
+		char *line = strstr(o, pidword);
+		listed = line != NULL || !strncmp(o, pidword + 1, strlen(pidword) - 1);
+		free(o);
+	}
+	ck_assert_msg(listed, "lazymem ps does not list pid %d", (int)p);
+	long before = rss_kib(p);
+	ck_assert_msg(before > 64 * 1024, "RSS %ld KiB before the budget", before);
+	snprintf(cmd, sizeof(cmd), "%s -S %s budget %d 8M > %s/budget.out 2>&1", lazymem, sock, (int)p,
+		 dir);
+	int st = system(cmd);
+	char *o = slurp("budget", "out");
+	ck_assert_msg(st == 0, "lazymem budget: status %d: %s", st, o);
+	free(o);
+	long after = rss_kib(p);
+	ck_assert_msg(after < before - 48 * 1024, "RSS %ld KiB before the budget, %ld after", before,
+		      after);
+	kill(p, SIGTERM);
+	waitpid(p, &st, 0);
+	ck_assert_msg(WIFSIGNALED(st) && WTERMSIG(st) == SIGTERM, "status %#x", st);
+	kill(d, SIGTERM);
+	waitpid(d, NULL, 0);
+}
+END_TEST
+
 /* ---- when memory is short -------------------------------------------------- */
 
 /* A budget far below the working set: slower, never wrong. */
@@ -590,6 +682,7 @@ int main(void)
 	tcase_add_test(tc, sqlite_memory_database);
 	tcase_add_test(tc, sort_larger_than_budget);
 	tcase_add_test(tc, redis_under_benchmark);
+	tcase_add_test(tc, ps_and_budget_from_outside);
 	tcase_add_test(tc, budget_below_working_set);
 	tcase_add_test(tc, swap_directory_full);
 	suite_add_tcase(s, tc);
