@@ -155,6 +155,12 @@ struct lm_options {
 #define LM_OPT_NO_ENV (1u << 0)
 /* lm_options.flags: do not report to lazymemd (LAZYMEM_SOCKET=off does the same). */
 #define LM_OPT_NO_REPORT (1u << 1)
+/*
+ * lm_options.flags: do not pin the handler threads, one to each CPU
+ * (thread mode pins them when there is one per CPU the process may run
+ * on; LAZYMEM_PIN=0 does the same).
+ */
+#define LM_OPT_NO_PIN (1u << 2)
 
 /* Sources a region's pages are filled from. */
 enum lm_source_kind {

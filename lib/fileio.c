@@ -25,6 +25,8 @@ int lm__filler_init(struct lm__filler *f, struct lm_runtime *rt, bool want_ring)
 {
 	memset(f, 0, sizeof(*f));
 	f->rt = rt;
+	f->epfd = -1;
+	f->cpu = -1;
 	f->stage_len = (size_t)rt->opt.readahead_max * (size_t)rt->page_size;
 	f->ents = lm__calloc((size_t)rt->opt.readahead_max, sizeof(*f->ents));
 	f->prev = lm__calloc((size_t)rt->opt.readahead_max, sizeof(*f->prev));

@@ -118,7 +118,7 @@ void *lm__handler_main(void *arg)
 	pthread_sigmask(SIG_BLOCK, &all, NULL);
 	struct epoll_event evs[8];
 	while (!atomic_load_explicit(&rt->stopping, memory_order_relaxed)) {
-		int n = epoll_wait(rt->epfd, evs, 8, -1);
+		int n = epoll_wait(f->epfd, evs, 8, -1);
 		if (n < 0 && errno != EINTR)
 			break;
 		for (int i = 0; i < n; i++) {

@@ -405,6 +405,8 @@ struct lm__filler {
 	int *res;			/* readahead_max per-page results */
 	struct lm__snap_scratch *snap;	/* the copy-on-write path's arrays (snapshot.c) */
 	_Atomic int busy;	/* pool slots only */
+	int epfd;		/* a handler thread's own epoll set (handler.c), -1: none */
+	int cpu;		/* the CPU its handler thread runs on, -1: any */
 };
 
 int lm__filler_init(struct lm__filler *f, struct lm_runtime *rt, bool want_ring);

@@ -5,6 +5,8 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <linux/userfaultfd.h>
+#include <pthread.h>
+#include <sched.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -17,6 +19,7 @@
 
 #define DEFAULT_READAHEAD 64
 #define MAX_READAHEAD 1024
+#define LM__PIN_MAX 8		/* handlers pinned one per CPU on at most this many CPUs */
 #define MAX_THREADS 64
 
 int lm_options_init(struct lm_options *opts)
@@ -90,6 +93,26 @@ static int env_size(const char *name, uint64_t *out)
 }
 
 /*
+ * The CPUs this process may run on, at most LM__PIN_MAX of them into
+ * cpus[]; returns how many there are (0 when that cannot be told), or
+ * LM__PIN_MAX + 1 when there are more.
+ */
+static int allowed_cpus(int *cpus)
+{
+	cpu_set_t set;
+	if (sched_getaffinity(0, sizeof(set), &set) < 0)
+		return 0;
+	int n = 0;
+	for (int c = 0; c < CPU_SETSIZE; c++)
+		if (CPU_ISSET(c, &set)) {
+			if (n == LM__PIN_MAX)
+				return n + 1;
+			cpus[n++] = c;
+		}
+	return n;
+}
+
+/*
  * Environment variables fill in what the caller left at its default; a
  * malformed value is an error rather than silently ignored, so a typo in
  * LAZYMEM_MODE does not run the program in a mode nobody asked for.
@@ -134,6 +157,10 @@ static int apply_env(struct lm_options *o)
 		else if (d && *d)
 			o->daemon_socket = d;
 	}
+	int pin = 1;
+	rc = rc ? rc : env_int("LAZYMEM_PIN", 0, 1, &pin);
+	if (!pin)
+		o->flags |= LM_OPT_NO_PIN;
 	rc = rc ? rc : env_int("LAZYMEM_DEBUG", 0, 9, &dbg);
 	if (dbg && !o->log)
 		o->log = stderr_log;
@@ -177,7 +204,7 @@ static int check_options(struct lm_options *o)
 	    o->uffd_source < 0 || o->uffd_source > LM_UFFD_SYSCALL_USER ||
 	    o->handler_threads < 0 || o->handler_threads > MAX_THREADS ||
 	    o->readahead_max < 0 || o->readahead_max > MAX_READAHEAD ||
-	    (o->flags & ~(LM_OPT_NO_ENV | LM_OPT_NO_REPORT)) ||
+	    (o->flags & ~(LM_OPT_NO_ENV | LM_OPT_NO_REPORT | LM_OPT_NO_PIN)) ||
 	    o->evict_policy < 0 || o->evict_policy > LM_EVICT_FIFO ||
 	    o->dirty_tracking < 0 || o->dirty_tracking > LM_DIRTY_ASYNC ||
 	    (o->swap_max && o->swap_max < 4096))
@@ -204,10 +231,17 @@ static int check_options(struct lm_options *o)
 		o->readahead_max = max ? (int)max : 1;
 	}
 	if (!o->handler_threads) {
-		long n = sysconf(_SC_NPROCESSORS_ONLN);
-		o->handler_threads = n < 1 ? 1 : n > 4 ? 4 : (int)n;
+		/* One per CPU the process may run on (a handler pinned to each: see start_threads). */
+		int cpus[LM__PIN_MAX], n = allowed_cpus(cpus);
+		o->handler_threads = n < 1 ? 1 : n > 4 ? 4 : n;
 	}
 	return 0;
+}
+
+static int epoll_add(int epfd, int fd, uint64_t tag)
+{
+	struct epoll_event ev = { .events = EPOLLIN, .data.u64 = tag };
+	return epoll_ctl(epfd, EPOLL_CTL_ADD, fd, &ev) < 0 ? -errno : 0;
 }
 
 static int start_threads(struct lm_runtime *rt)
@@ -217,6 +251,8 @@ static int start_threads(struct lm_runtime *rt)
 	rt->fillers = lm__calloc((size_t)n, sizeof(*rt->fillers));
 	if (!rt->threads || !rt->fillers)
 		return -ENOMEM;
+	for (int i = 0; i < n; i++)
+		rt->fillers[i].epfd = -1;
 	for (int i = 0; i < n; i++) {
 		/* Signal mode's one thread reads events only: it never reads a file. */
 		int rc = lm__filler_init(&rt->fillers[i], rt,
@@ -224,8 +260,44 @@ static int start_threads(struct lm_runtime *rt)
 		if (rc < 0)
 			return rc;
 	}
+	/*
+	 * A fault's round trip is cheapest when the handler runs on the
+	 * faulting thread's CPU: that CPU is awake and about to block, while
+	 * waking another (a halted vCPU, here) costs tens of microseconds.
+	 * The kernel cannot be asked to wake the local handler, so with one
+	 * handler per allowed CPU, each on its CPU, every handler has an
+	 * epoll set of its own and all are woken: the local one runs at once
+	 * and takes the message, the others find nothing.  Measured here on
+	 * two CPUs: random first touches 24-28 us -> 11 us.  With fewer
+	 * handlers than CPUs (or more than 8 CPUs, where waking all would
+	 * cost more than it saves) they share one set and one is woken.
+	 */
+	int cpus[LM__PIN_MAX], ncpu = allowed_cpus(cpus);
+	bool pin = rt->mode == LM_MODE_THREAD && !(rt->opt.flags & LM_OPT_NO_PIN) && ncpu > 1 &&
+		   ncpu <= LM__PIN_MAX && n == ncpu;
 	for (int i = 0; i < n; i++) {
-		int rc = pthread_create(&rt->threads[i], NULL, lm__handler_main, &rt->fillers[i]);
+		struct lm__filler *f = &rt->fillers[i];
+		int rc;
+		f->epfd = rt->epfd;
+		if (pin) {
+			f->epfd = epoll_create1(EPOLL_CLOEXEC);
+			if (f->epfd < 0)
+				return -errno;
+			if ((rc = epoll_add(f->epfd, rt->stop_fd, 0)) < 0 ||
+			    (rc = epoll_add(f->epfd, rt->ufd, 1)) < 0)
+				return rc;
+		}
+		pthread_attr_t attr;
+		pthread_attr_init(&attr);
+		if (pin) {
+			cpu_set_t one;
+			CPU_ZERO(&one);
+			f->cpu = cpus[i];
+			CPU_SET(f->cpu, &one);
+			pthread_attr_setaffinity_np(&attr, sizeof(one), &one);
+		}
+		rc = pthread_create(&rt->threads[i], &attr, lm__handler_main, f);
+		pthread_attr_destroy(&attr);
 		if (rc) {
 			/* Threads already started exit when close signals them. */
 			rt->nthreads = i;
@@ -237,11 +309,6 @@ static int start_threads(struct lm_runtime *rt)
 	return 0;
 }
 
-static int epoll_add(int epfd, int fd, uint64_t tag)
-{
-	struct epoll_event ev = { .events = EPOLLIN, .data.u64 = tag };
-	return epoll_ctl(epfd, EPOLL_CTL_ADD, fd, &ev) < 0 ? -errno : 0;
-}
 
 static void close_runtime(struct lm_runtime *rt);
 
@@ -467,6 +534,9 @@ static void close_runtime(struct lm_runtime *rt)
 		for (int i = 0; i < rt->opt.handler_threads; i++)
 			lm__filler_fini(&rt->fillers[i]);
 	lm__filler_fini(&rt->pf_filler);
+	for (int i = 0; rt->fillers && i < rt->opt.handler_threads; i++)
+		if (rt->fillers[i].epfd >= 0 && rt->fillers[i].epfd != rt->epfd)
+			close(rt->fillers[i].epfd);
 	lm__free(rt->fillers);
 	lm__free(rt->threads);
 	lm__free(atomic_load(&rt->table));
