@@ -695,18 +695,27 @@ static long evict_batch(struct lm_runtime *rt, struct batch *b, unsigned want, i
 	/*
 	 * Outside the lock: the pages are out of reach of the application
 	 * now.  Async tracking cannot stop a write between its scan and the
-	 * move, so a page the scan called clean is compared with its source
-	 * once it is out (exact where the store can tell: zero, memory);
-	 * anything else is written.
+	 * move, so a page the scan called clean is compared, once it is out,
+	 * with where its contents already are: its source, or the swap slot
+	 * it was read from (the swap cache: read back and compared, which
+	 * costs less than writing it again).  Where the store cannot tell
+	 * (a file), the page is written.
 	 */
-	for (unsigned i = 0; rt->wp_async && i < b->n; i++)
-		if (b->res[i] == R_STAGED && LM_PTE_STATE(b->prev[i]) == LM_PS_CLEAN &&
-		    b->slot[i] != UINT64_MAX && !LM_PTE_HAS_SLOT(b->prev[i]) &&
-		    lm__store_verify(&b->r->src, b->pg[i] + b->r->src_shift,
-				     rt->estage + (size_t)i * ps)) {
+	for (unsigned i = 0; rt->wp_async && i < b->n; i++) {
+		if (b->res[i] != R_STAGED || LM_PTE_STATE(b->prev[i]) != LM_PS_CLEAN ||
+		    b->slot[i] == UINT64_MAX)
+			continue;
+		const unsigned char *page = rt->estage + (size_t)i * ps;
+		bool same = LM_PTE_HAS_SLOT(b->prev[i])
+				    ? lm__store_verify(&rt->swap_store, &rt->ev_filler,
+						       LM_PTE_SLOT(b->prev[i]), page)
+				    : lm__store_verify(&b->r->src, &rt->ev_filler,
+						       b->pg[i] + b->r->src_shift, page);
+		if (same) {
 			lm__store_release(&rt->swap_store, b->slot[i]);
 			b->slot[i] = UINT64_MAX;
 		}
+	}
 	unsigned char *pages[EVICT_BATCH];
 	uint64_t slots[EVICT_BATCH];
 	int done[EVICT_BATCH];

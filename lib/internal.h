@@ -488,7 +488,8 @@ struct lm__store_ops {
 		     unsigned char *const *pages, unsigned n, int *res);
 	unsigned (*alloc)(struct lm__store *s, uint64_t *key, unsigned n);
 	void (*release)(struct lm__store *s, uint64_t key);
-	bool (*verify)(struct lm__store *s, uint64_t key, const unsigned char *page);
+	bool (*verify)(struct lm__store *s, struct lm__filler *f, uint64_t key,
+		       const unsigned char *page);
 	uint64_t (*avail)(struct lm__store *s, uint64_t key, uint64_t n);
 };
 
@@ -511,7 +512,8 @@ int lm__store_write(struct lm__store *s, struct lm__filler *f, const uint64_t *k
 unsigned lm__store_alloc(struct lm__store *s, uint64_t *key, unsigned n);
 void lm__store_release(struct lm__store *s, uint64_t key);
 /* Whether the store holds exactly page for key (false when it cannot tell). */
-bool lm__store_verify(struct lm__store *s, uint64_t key, const unsigned char *page);
+bool lm__store_verify(struct lm__store *s, struct lm__filler *f, uint64_t key,
+		      const unsigned char *page);
 /* How many of n pages from key exist, as last seen (at least one). */
 uint64_t lm__store_avail(struct lm__store *s, uint64_t key, uint64_t n);
 /* Adds n to the statistic at offset stat (one of the ops' *_stat; 0: none). */

@@ -819,7 +819,22 @@ __attribute__((constructor)) static void preload_init(void)
 	struct lm_options o;
 	lm_options_init(&o);
 	o.log = log_line;
+	/*
+	 * Writes tracked asynchronously unless LAZYMEM_DIRTY says otherwise:
+	 * a program's heap is written all the time, and a write-protect
+	 * fault per first write cost python under a budget 40% of its time.
+	 * Every region here is zero-filled and private, where the check
+	 * async tracking needs before dropping a page is exact (zeros, or
+	 * the swap slot it came from).  A kernel without WP_ASYNC gets sync.
+	 */
+	const char *dt = getenv("LAZYMEM_DIRTY");
+	if (!dt || !*dt)
+		o.dirty_tracking = LM_DIRTY_ASYNC;
 	rc = lm_runtime_open(&o, &rt);
+	if (rc == -EOPNOTSUPP && o.dirty_tracking == LM_DIRTY_ASYNC) {
+		o.dirty_tracking = LM_DIRTY_SYNC;
+		rc = lm_runtime_open(&o, &rt);
+	}
 	opened = rc == 0;
 	if (rc < 0) {
 		lm__alloc_set(NULL);

@@ -26,7 +26,7 @@
  *    whose write failed must not be given up by the caller.
  *  - release: a key's contents are no longer wanted.
  *  - verify: whether the store holds exactly these contents for a key
- *    (false when it cannot tell cheaply).
+ *    (false when it cannot tell); it may read into the filler's stage.
  *  - avail: how many of n pages from a key exist as last seen, so a
  *    readahead does not run past a file's end.
  *
@@ -68,8 +68,10 @@ static bool is_zero(const unsigned char *p, size_t len)
 	return true;
 }
 
-static bool zero_verify(struct lm__store *s, uint64_t key, const unsigned char *page)
+static bool zero_verify(struct lm__store *s, struct lm__filler *f, uint64_t key,
+			const unsigned char *page)
 {
+	(void)f;
 	(void)key;
 	return is_zero(page, psize(s));
 }
@@ -95,8 +97,10 @@ static long memory_read(struct lm__store *s, struct lm__filler *f, const uint64_
 	return n;
 }
 
-static bool memory_verify(struct lm__store *s, uint64_t key, const unsigned char *page)
+static bool memory_verify(struct lm__store *s, struct lm__filler *f, uint64_t key,
+			  const unsigned char *page)
 {
+	(void)f;
 	struct lm_region *r = s->r;
 	size_t ps = psize(s);
 	uint64_t off = key * ps;
@@ -280,10 +284,23 @@ static void swap_release(struct lm__store *s, uint64_t key)
 	lm__swap_free(s->swap, key);
 }
 
-static bool swap_verify(struct lm__store *s, uint64_t key, const unsigned char *page)
+/*
+ * Exact, never by checksum alone (a 32-bit sum that matched by chance
+ * would drop a write): the sum rules out a changed page without I/O, and
+ * a page whose sum matches is compared with the slot's contents, read
+ * back (usually from the page cache, cheaper than writing it again).
+ */
+static bool swap_verify(struct lm__store *s, struct lm__filler *f, uint64_t key,
+			const unsigned char *page)
 {
+	if (key >= s->swap->nslots)
+		return false;
 	uint32_t sum = s->swap->sums[key];
-	return sum && sum == lm__page_sum(page, psize(s));
+	if (!sum || sum != lm__page_sum(page, psize(s)))
+		return false;
+	int done = -1;
+	return lm__swap_read(s->swap, f, &key, 1, &done) == 0 && !done &&
+	       !memcmp(f->stage, page, psize(s));
 }
 
 /* ---- the stores ----------------------------------------------------------- */
@@ -387,9 +404,10 @@ void lm__store_release(struct lm__store *s, uint64_t key)
 		s->ops->release(s, key);
 }
 
-bool lm__store_verify(struct lm__store *s, uint64_t key, const unsigned char *page)
+bool lm__store_verify(struct lm__store *s, struct lm__filler *f, uint64_t key,
+		      const unsigned char *page)
 {
-	return s->ops->verify && s->ops->verify(s, key, page);
+	return s->ops->verify && s->ops->verify(s, f, key, page);
 }
 
 uint64_t lm__store_avail(struct lm__store *s, uint64_t key, uint64_t n)
