@@ -165,8 +165,8 @@ void lm__evict_resume(struct lm_runtime *rt)
  * memory comes back after about a budget) does not: with a whole budget
  * as the bound, sequential scans 2x the budget paid for second chances
  * they never used (swap.seq.2x.write 164k vs 188k accesses/s) and Zipf
- * writes lost 17%.  The stamp is 15 bits in units of 1/32 of the budget,
- * so it spans a thousand budgets before it wraps (a shorter one made a
+ * writes lost 17%.  The stamp is 12 bits in units of 1/32 of the budget,
+ * so it spans 128 budgets before it wraps (a shorter one made a
  * cyclic scan of two budgets look like a hot refault).
  */
 static uint64_t age_unit(struct lm_runtime *rt)
@@ -262,6 +262,9 @@ static int select_one(lm__pte *e, uint64_t pgno, void *arg)
 				}
 				c->wp_end = pgno + 1;
 			}
+		} else if (!once && LM_PTE_HOT(v)) {
+			/* Read pages leave no trace but refaults: one that keeps coming back is kept longer. */
+			lm__pte_cool(e, &v);
 		} else if (!once && s == LM_PS_DIRTY && c->prefer_clean) {
 			lm__pte_ref(e, &v, true);
 		} else if (lm__pte_claim(e, LM__ST(s), LM_PS_EVICTING, &v)) {
@@ -574,7 +577,7 @@ static long settle_batch(struct lm_runtime *rt, struct batch *b)
 			val = LM_PS_SWAPPED | (prev & ~(((uint64_t)1 << LM_PTE_AUX_SHIFT) - 1));
 		else
 			val = LM_PS_MISSING;
-		val |= LM_PTE_EVICTED | lm__evict_stamp(rt);
+		val |= LM_PTE_EVICTED | lm__evict_stamp(rt) | (prev & LM_PTE_HOT_MASK);
 		if (finish(r, b->e[i], b->pg[i], prev, val, 0)) {
 			/* Dropped while it was being written: the slot holds nothing wanted. */
 			if (b->slot[i] != UINT64_MAX)
@@ -779,7 +782,8 @@ static void evict_round(struct lm_runtime *rt, struct batch *b, int memfd)
 			nanosleep(&(struct timespec){ 0, 50000 }, NULL);
 			continue;
 		}
-		if (b->wrapped && ++wraps > 2)
+		/* A page is taken on the hand's pass after its REF and hot count are spent. */
+		if (b->wrapped && ++wraps > 2 + LM_PTE_HOT_MAX)
 			break;
 	}
 	uint64_t bud = atomic_load(&rt->budget);

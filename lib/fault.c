@@ -120,8 +120,16 @@ static uint64_t planned_value(uint64_t prev, bool clean)
 static uint64_t installed_value(struct lm_runtime *rt, uint64_t prev, bool clean)
 {
 	uint64_t v = planned_value(prev, clean);
-	if ((prev & LM_PTE_EVICTED) && lm__refault_hot(rt, prev))
-		v |= LM_PTE_REF;
+	if ((prev & LM_PTE_EVICTED) && lm__refault_hot(rt, prev)) {
+		/*
+		 * Evicting it was a mistake, most often of a page only read
+		 * (writes are seen, reads are not): kept for the hand's next
+		 * LM_PTE_HOT_MAX passes.  Counting up one per refault instead
+		 * never got past one, since a page is only taken once its count
+		 * is spent.
+		 */
+		v |= LM_PTE_REF | LM_PTE_HOT_MASK;
+	}
 	return v;
 }
 

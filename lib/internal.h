@@ -162,16 +162,28 @@ enum {
 #define LM_PTE_EVICTED (1ull << 6)	/* evicted since its last fill: the next fill is a refault */
 #define LM_PTE_DROP (1ull << 7)	/* dropped by the application while being evicted */
 #define LM_PTE_WRITTEN (1ull << 8)	/* async tracking: written while being filled */
-#define LM_PTE_AGE_SHIFT 9		/* evicted pages: a 15-bit eviction stamp (refault distance) */
+#define LM_PTE_AGE_SHIFT 9		/* evicted pages: a 13-bit eviction stamp (refault distance) */
 /*
  * A held page (FILLING, EVICTING) keeps in its entry the state it was
  * claimed from, in the age field, and its slot: what a fork() child, where
  * no holder exists, settles it back to (lm__pte_fork_reset).
  */
 #define LM_PTE_HELD_FROM(e) ((unsigned)(((e) >> LM_PTE_AGE_SHIFT) & LM_PTE_STATE_MASK))
-#define LM_PTE_AGE_BITS 15
+#define LM_PTE_AGE_BITS 12
 #define LM_PTE_AGE_MASK (((1ull << LM_PTE_AGE_BITS) - 1) << LM_PTE_AGE_SHIFT)
+/*
+ * Resident and evicted pages: the hot count, kept through evictions.  A
+ * page back soon after its eviction gets the maximum; each pass of the
+ * clock hand over it unreferenced takes one off, and it is taken at 0
+ * (evict.c, select_one; fault.c, installed_value).
+ */
+#define LM_PTE_HOT_SHIFT 21
+#define LM_PTE_HOT_MAX 7ull
+#define LM_PTE_HOT_MASK (LM_PTE_HOT_MAX << LM_PTE_HOT_SHIFT)
+#define LM_PTE_HOT(e) ((unsigned)(((e) & LM_PTE_HOT_MASK) >> LM_PTE_HOT_SHIFT))
 #define LM_PTE_AUX_SHIFT 24
+_Static_assert(LM_PTE_AGE_SHIFT + LM_PTE_AGE_BITS <= LM_PTE_HOT_SHIFT &&
+	       LM_PTE_HOT_SHIFT + 3 <= LM_PTE_AUX_SHIFT, "page entry fields overlap");
 #define LM_PTE_STATE(e) ((unsigned)((e) & LM_PTE_STATE_MASK))
 /* The swap slot of a SWAPPED page, or of a CLEAN one that kept it (the swap cache). */
 #define LM_PTE_HAS_SLOT(e) (((e) >> LM_PTE_AUX_SHIFT) != 0)
@@ -319,6 +331,8 @@ void lm__pte_count(struct lm_region *r, uint64_t from, uint64_t to);
 int lm__pte_mark_written(struct lm_region *r, lm__pte *e);
 /* The clock's referenced bit of a resident page whose value was *v: CAS, false when it changed. */
 bool lm__pte_ref(lm__pte *e, uint64_t *v, bool set);
+/* One pass of the hand over a hot, unreferenced resident page: its count goes down by one.  CAS, as above. */
+bool lm__pte_cool(lm__pte *e, uint64_t *v);
 /*
  * The application dropped page pgno: a settled page becomes MISSING (the
  * drop judged now), a held one is marked for its holder.  Returns 1 when

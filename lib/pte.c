@@ -232,7 +232,7 @@ int lm__pte_mark_written(struct lm_region *r, lm__pte *e)
 		unsigned s = LM_PTE_STATE(v);
 		uint64_t nv;
 		if (s == LM_PS_CLEAN)
-			nv = (uint64_t)LM_PS_DIRTY | LM_PTE_REF;
+			nv = (uint64_t)LM_PS_DIRTY | LM_PTE_REF | (v & LM_PTE_HOT_MASK);
 		else if (s == LM_PS_DIRTY && !(v & LM_PTE_REF))
 			nv = v | LM_PTE_REF;	/* written again: referenced, for the clock */
 		else if ((HELD & LM__ST(s)) && !(v & LM_PTE_WRITTEN))
@@ -248,6 +248,13 @@ int lm__pte_mark_written(struct lm_region *r, lm__pte *e)
 		}
 		return 1;
 	}
+}
+
+bool lm__pte_cool(lm__pte *e, uint64_t *v)
+{
+	LM__ASSERT(resident(LM_PTE_STATE(*v)) && LM_PTE_HOT(*v));
+	return atomic_compare_exchange_strong_explicit(e, v, *v - (1ull << LM_PTE_HOT_SHIFT),
+						       memory_order_acq_rel, memory_order_acquire);
 }
 
 bool lm__pte_ref(lm__pte *e, uint64_t *v, bool set)
