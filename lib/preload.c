@@ -73,8 +73,26 @@ static int sys_madvise(void *addr, size_t len, int advice)
 #define EXPORT __attribute__((visibility("default")))
 EXPORT void *pvalloc(size_t n);	/* glibc declares it only for some feature macros */
 
+/*
+ * Each thread's arena gets the lazy hooks at the thread's first
+ * allocation (hook_arena, below), not every arena at start: setting an
+ * arena's hooks creates it, and creating jemalloc's 4 x CPUs arenas up
+ * front, each with its metadata faulted in, cost every program 20 ms.
+ */
+static __thread bool thread_hooked __attribute__((tls_model("initial-exec")));
+static _Atomic bool hooks_ready;
+static void hook_arena(void);
+static void say(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+
+static inline void hooked(void)
+{
+	if (__builtin_expect(!thread_hooked, 0))
+		hook_arena();
+}
+
 EXPORT void *malloc(size_t n)
 {
+	hooked();
 	void *p = mallocx(n ? n : 1, 0);
 	if (!p)
 		errno = ENOMEM;
@@ -94,6 +112,7 @@ EXPORT void *calloc(size_t n, size_t size)
 		return NULL;
 	}
 	size_t total = n * size;
+	hooked();
 	void *p = mallocx(total ? total : 1, MALLOCX_ZERO);
 	if (!p)
 		errno = ENOMEM;
@@ -109,6 +128,7 @@ EXPORT void *realloc(void *p, size_t n)
 		dallocx(p, 0);
 		return NULL;
 	}
+	hooked();
 	void *q = rallocx(p, n, 0);
 	if (!q)
 		errno = ENOMEM;
@@ -117,6 +137,7 @@ EXPORT void *realloc(void *p, size_t n)
 
 static void *aligned(size_t align, size_t n)
 {
+	hooked();
 	void *p = mallocx(n ? n : 1, MALLOCX_ALIGN(align));
 	if (!p)
 		errno = ENOMEM;
@@ -657,6 +678,33 @@ static extent_hooks_t lazy_hooks = {
 	.merge = hook_merge,
 };
 
+/* Arenas whose hooks are set (jemalloc numbers them from 0; past 256, not lazy). */
+#define MAX_ARENAS 256
+static _Atomic uint64_t arena_hooked[MAX_ARENAS / 64];
+
+/* Gives the calling thread's arena the lazy hooks, once per arena. */
+static void hook_arena(void)
+{
+	if (!atomic_load_explicit(&hooks_ready, memory_order_acquire))
+		return;	/* not yet (or never): asked again at the next allocation */
+	thread_hooked = true;
+	unsigned ind;
+	size_t sz = sizeof(ind);
+	if (mallctl("thread.arena", &ind, &sz, NULL, 0) || ind >= MAX_ARENAS)
+		return;
+	uint64_t bit = 1ull << (ind % 64);
+	if (atomic_fetch_or(&arena_hooked[ind / 64], bit) & bit)
+		return;
+	char name[64];
+	extent_hooks_t *old = NULL, *mine = &lazy_hooks;
+	sz = sizeof(old);
+	snprintf(name, sizeof(name), "arena.%u.extent_hooks", ind);
+	int rc = mallctl(name, &old, &sz, &mine, sizeof(mine));
+	if (rc)
+		say("lazymem: cannot set jemalloc's extent hooks of arena %u (%s); its memory is "
+		    "not lazy\n", ind, strerror(rc));
+}
+
 /*
  * The fork gate, and the mappings' lock, which a child could otherwise
  * inherit held by a thread it does not have.  Lock order: the gate, the
@@ -846,19 +894,14 @@ __attribute__((constructor)) static void preload_init(void)
 	pthread_atfork(gate_prepare, gate_after, gate_after);
 	find_text(&ours[0], (const void *)preload_init);
 	find_text(&ours[1], (const void *)mallocx);
-	/* Every automatic arena's memory is lazy from now on. */
-	for (unsigned i = 0; i < n && rc == 0; i++) {
-		char name[64];
-		extent_hooks_t *old = NULL, *mine = &lazy_hooks;
-		sz = sizeof(old);
-		snprintf(name, sizeof(name), "arena.%u.extent_hooks", i);
-		rc = -mallctl(name, &old, &sz, &mine, sizeof(mine));
-		if (!default_hooks)
-			default_hooks = old;
-	}
-	if (rc < 0) {
-		say("lazymem: cannot set jemalloc's extent hooks (%s); the heap is not lazy\n",
+	/* The arenas' memory is lazy from now on: this thread's now, the others' as they are used. */
+	sz = sizeof(default_hooks);
+	if ((rc = -mallctl("arena.0.extent_hooks", &default_hooks, &sz, NULL, 0)) < 0) {
+		say("lazymem: cannot read jemalloc's extent hooks (%s); the heap is not lazy\n",
 		    lm_strerror(rc));
+	} else {
+		atomic_store_explicit(&hooks_ready, true, memory_order_release);
+		hook_arena();
 	}
 	const char *sp = getenv("LAZYMEM_STATS");
 	if (sp && *sp && (stats_path = lm__strdup(sp)))

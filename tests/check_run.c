@@ -212,6 +212,7 @@ START_TEST(victim_everything)
 	char *out = slurp("lazy", "out");
 	ck_assert_msg(strstr(out, "# heap lazy yes"), "malloc'ed memory is not lazy:\n%s", out);
 	ck_assert_msg(strstr(out, "# mmap lazy yes"), "mmap'ed memory is not lazy:\n%s", out);
+	ck_assert_msg(strstr(out, "# threads lazy yes"), "threads' heaps are not lazy:\n%s", out);
 	ck_assert_msg(strstr(out, "# child lazy yes"), "an exec'ed child is not lazy:\n%s", out);
 	free(out);
 	/* 48 MiB of heap through an 8 MiB budget: pages went to swap and came back. */

@@ -201,6 +201,7 @@ struct worker {
 	pthread_t t;
 	int id;
 	uint64_t sum;
+	const char *lazy;	/* whether the thread's heap (its own arena) is lazy */
 };
 
 static void *work(void *arg)
@@ -216,6 +217,8 @@ static void *work(void *arg)
 			v[i] = malloc(l[i]);
 			fill(v[i], l[i], (uint64_t)(i + w->id));
 		}
+		if (round == 0)
+			w->lazy = lazy_at(v[N / 2]);
 		for (int i = 0; i < N; i++) {
 			check(v[i], l[i], (uint64_t)(i + w->id), "thread");
 			w->sum += v[i][l[i] - 1];
@@ -236,11 +239,15 @@ static void threads(void)
 			FAIL("pthread_create");
 	}
 	uint64_t sum = 0;
+	const char *lazy = "yes";
 	for (int i = 0; i < 6; i++) {
 		pthread_join(w[i].t, NULL);
 		sum += w[i].sum;
+		if (strcmp(w[i].lazy, "yes"))
+			lazy = w[i].lazy;
 	}
 	printf("threads %llu\n", (unsigned long long)sum);
+	printf("# threads lazy %s\n", lazy);
 }
 
 /* A signal handler that allocates, run while the program waits (not inside malloc). */
