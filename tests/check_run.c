@@ -235,6 +235,31 @@ START_TEST(victim_no_inherit)
 }
 END_TEST
 
+/*
+ * A thread that exists before the runtime opens (started by another
+ * preloaded library's constructor, which glibc runs first) keeps
+ * allocating through the start-up, loses nothing, and its arena becomes
+ * lazy at its next allocation.
+ */
+START_TEST(thread_before_runtime)
+{
+	char early[512];
+	snprintf(early, sizeof(early), "%s/tests/.libs/librun-early.so", build());
+	ck_assert_msg(access(early, R_OK) == 0, "%s: %s", early, strerror(errno));
+	setenv("LD_PRELOAD", early, 1);
+	const char *prog[] = { victim, "8", NULL };
+	both(prog, NULL, NULL, 60);
+	unsetenv("LD_PRELOAD");
+	char *plain = slurp("plain", "out"), *out = slurp("lazy", "out");
+	ck_assert_msg(strstr(plain, "# early thread: runtime before no, rounds many, lazy no, errors 0"),
+		      "plain run:\n%s", plain);
+	ck_assert_msg(strstr(out, "# early thread: runtime before no, rounds many, lazy yes, errors 0"),
+		      "the early thread under lazymem run:\n%s", out);
+	free(plain);
+	free(out);
+}
+END_TEST
+
 /* A program that lazy memory cannot be had for runs anyway, after one line. */
 START_TEST(no_userfaultfd_runs_plain)
 {
@@ -677,6 +702,7 @@ int main(void)
 	tcase_set_timeout(tc, 400);
 	tcase_add_test(tc, victim_everything);
 	tcase_add_test(tc, victim_no_inherit);
+	tcase_add_test(tc, thread_before_runtime);
 	tcase_add_test(tc, no_userfaultfd_runs_plain);
 	tcase_add_test(tc, status_and_signals_pass_through);
 	tcase_add_test(tc, python_structure);

@@ -16,6 +16,8 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include "lazyat.h"
+
 /*
  * It knows nothing of lazymem: it prints what it computed (the same with
  * and without lazy memory, or check_run fails) and, on lines starting
@@ -59,30 +61,6 @@ static void check(const unsigned char *p, size_t n, uint64_t seed, const char *w
 			FAIL("%s: byte %zu is %u", what, i, p[i]);
 }
 
-/* "yes" when addr is in a mapping registered with a userfaultfd (VmFlags "um"). */
-static const char *lazy_at(const void *addr)
-{
-	FILE *f = fopen("/proc/self/smaps", "re");
-	if (!f)
-		return "unknown";
-	char line[512];
-	bool in = false;
-	const char *ans = "no";
-	uintptr_t a = (uintptr_t)addr;
-	while (fgets(line, sizeof(line), f)) {
-		unsigned long lo, hi;
-		if (sscanf(line, "%lx-%lx ", &lo, &hi) == 2 && strchr(line, '-') < strchr(line, ' ')) {
-			in = a >= lo && a < hi;
-			continue;
-		}
-		if (in && !strncmp(line, "VmFlags:", 8)) {
-			ans = strstr(line, " um") ? "yes" : "no";
-			break;
-		}
-	}
-	fclose(f);
-	return ans;
-}
 
 /* malloc and its relatives, in a structure several times any budget check_run sets. */
 static void heap(size_t total)
@@ -360,5 +338,9 @@ int main(int argc, char **argv)
 	signals();
 	forks(argv[0]);
 	dl();
+	/* Preloaded with librun-early.so: its thread's report (check_run, thread_before_runtime). */
+	void (*early)(void) = (void (*)(void))dlsym(RTLD_DEFAULT, "lmt_early_report");
+	if (early)
+		early();
 	return 0;
 }

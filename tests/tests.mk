@@ -120,10 +120,15 @@ tests_check_run_SOURCES = tests/check_run.c tests/testutil.h tests/run-jobs.h
 tests_check_run_CFLAGS = $(TEST_CFLAGS)
 tests_check_run_LDADD = $(TEST_LIBS)
 # Not sanitized: they run under the preload library, which cannot follow a sanitizer runtime.
-tests_run_victim_SOURCES = tests/run-victim.c
+tests_run_victim_SOURCES = tests/run-victim.c tests/lazyat.h
 tests_run_victim_CFLAGS = -std=gnu11 $(WARN_CFLAGS) -pthread
 tests_run_victim_LDFLAGS = -pthread
 tests_run_victim_LDADD = -ldl
+# Preloaded beside the preload library: a thread that predates the runtime.
+check_LTLIBRARIES = tests/librun-early.la
+tests_librun_early_la_SOURCES = tests/run-early.c tests/lazyat.h
+tests_librun_early_la_CFLAGS = -std=gnu11 $(WARN_CFLAGS) -pthread
+tests_librun_early_la_LDFLAGS = -pthread -module -avoid-version -shared -rpath /nowhere
 tests_run_nouffd_SOURCES = tests/run-nouffd.c
 tests_run_nouffd_CFLAGS = -std=gnu11 $(WARN_CFLAGS)
 tests_run_nouffd_LDFLAGS =
