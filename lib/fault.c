@@ -49,6 +49,27 @@ static unsigned window(struct lm_region *r, uint64_t pgno)
 }
 
 /*
+ * A descending run (each fault the page just below the last fill, as a
+ * buffer written from its end down: sort's line table) gets a window
+ * below the fault, doubling like window()'s; 0 when the fault is not one.
+ * low is the first page of the last fill, read before this fault's.
+ */
+unsigned lm__window_down(struct lm_region *r, uint64_t pgno, uint64_t low)
+{
+	unsigned max = (unsigned)r->rt->opt.readahead_max;
+	if (pgno + 1 != low || !pgno || lm__region_advice_at(r, pgno) == LM_ADV_RANDOM) {
+		atomic_store_explicit(&r->ra_dwin, 0, memory_order_relaxed);
+		return 0;
+	}
+	unsigned win = atomic_load_explicit(&r->ra_dwin, memory_order_relaxed);
+	win = win < LM__RA_START ? LM__RA_START : win * 2;
+	if (win > max)
+		win = max;
+	atomic_store_explicit(&r->ra_dwin, win, memory_order_relaxed);
+	return pgno < win ? (unsigned)pgno : win;
+}
+
+/*
  * Counts n pages filled.  A fault's pages after the first, and all of an
  * asynchronous readahead's, are readahead; advice's are prefetch.  Either
  * kind of readahead moves the sequential marker to where the fill ended.
@@ -66,6 +87,7 @@ static void account(struct lm_region *r, struct lm__store *st, unsigned n, unsig
 	}
 	LM__STAT_ADD(rt, readahead_pages, (flags & LM_FILL_AHEAD) ? n : n - 1);
 	atomic_store_explicit(&r->ra_next, pgno + n, memory_order_relaxed);
+	atomic_store_explicit(&r->ra_low, pgno, memory_order_relaxed);
 }
 
 /* Takes back what account() counted for n pages of which only installed were installed. */

@@ -716,6 +716,8 @@ struct lm_region {
 	struct lm__image *image;	/* image source: the index (owned by the root region) */
 	_Atomic uint64_t ra_next;	/* readahead: page expected next */
 	_Atomic unsigned ra_win;	/* readahead: current window */
+	_Atomic uint64_t ra_low;	/* readahead: first page of the last fill */
+	_Atomic unsigned ra_dwin;	/* readahead: current window of a descending run */
 	_Atomic int advice;		/* region-wide advice */
 	struct lm__adv_range adv[LM__ADV_SLOTS];
 	_Atomic unsigned adv_next;
@@ -923,6 +925,8 @@ int lm__install(struct lm_runtime *rt, int ufd, uintptr_t addr, const unsigned c
  * nothing to do (another thread owns the page, or it is resident), or
  * -errno; a page that cannot be filled is poisoned and counted.
  */
+/* The readahead window below a descending fault at pgno (fault.c); 0: not descending. */
+unsigned lm__window_down(struct lm_region *r, uint64_t pgno, uint64_t low);
 long lm__fill(struct lm__filler *f, struct lm_region *r, uint64_t pgno,
 	      unsigned want, unsigned flags, int ufd);
 void *lm__prefetch_main(void *arg);

@@ -86,6 +86,7 @@ static int resolve_missing(struct lm__filler *f, struct lm_region *r, uint64_t p
 			sched_yield();
 		return LM__RESOLVE_DONE;
 	}
+	uint64_t low = atomic_load_explicit(&r->ra_low, memory_order_relaxed);
 	long n = lm__fill(f, r, pgno, 0, flags, rt->ufd);
 	/*
 	 * Failed (unmapped, moved, changing): the fill woke the page at the
@@ -94,9 +95,13 @@ static int resolve_missing(struct lm__filler *f, struct lm_region *r, uint64_t p
 	 */
 	if (n < 0)
 		wake(rt, ft->addr);
-	unsigned win = atomic_load_explicit(&r->ra_win, memory_order_relaxed);
+	unsigned win = atomic_load_explicit(&r->ra_win, memory_order_relaxed), down;
 	if (n > 1 && win >= LM__RA_START && pgno + (uint64_t)n < r->npages)
 		lm__fill(f, r, pgno + (uint64_t)n, win, flags | LM_FILL_AHEAD, rt->ufd);
+	else if (n == 1 && (down = lm__window_down(r, pgno, low)))
+		/* Pages below, not yet written: installed as any readahead is. */
+		lm__fill(f, r, pgno - down, down, (flags & ~LM_FILL_WRITE) | LM_FILL_AHEAD,
+			 rt->ufd);
 	return LM__RESOLVE_DONE;
 }
 

@@ -340,6 +340,31 @@ START_TEST(readahead_heuristic)
 }
 END_TEST
 
+/* A scan downwards (a buffer filled from its end) grows a window below the fault too (thread mode). */
+START_TEST(readahead_descending)
+{
+	struct lm_runtime *rt = lmt_open(LM_MODE_THREAD);
+	size_t n = 4096;
+	unsigned char *buf;
+	struct lm_region *r = lmt_memory_region(rt, n * PS, &buf);
+	unsigned char *p = lm_region_addr(r);
+	struct lm_stats a = lmt_stats(rt);
+	unsigned sum = 0;
+	for (size_t pg = n; pg-- > 0;)
+		sum += p[pg * PS];
+	struct lm_stats b = lmt_stats(rt);
+	uint64_t faults = b.faults_missing - a.faults_missing;
+	ck_assert_msg(faults < n / 8, "descending scan of %zu pages took %llu faults", n,
+		      (unsigned long long)faults);
+	unsigned want = 0;
+	for (size_t pg = 0; pg < n; pg++)
+		want += buf[pg * PS];
+	ck_assert_uint_eq(sum, want);
+	ck_assert_int_eq(memcmp(p, buf, n * PS), 0);
+	lm_runtime_close(rt);
+}
+END_TEST
+
 START_TEST(advice_willneed_prefetches)
 {
 	struct lm_runtime *rt = lmt_open(mode_of(_i));
@@ -427,6 +452,7 @@ int main(void)
 	tcase_add_test(tc, newest_advice_wins);
 	tcase_add_loop_test(tc, populate_reports_failures, 0, 2);
 	tcase_add_loop_test(tc, readahead_heuristic, 0, 2);
+	tcase_add_test(tc, readahead_descending);
 	tcase_add_loop_test(tc, advice_willneed_prefetches, 0, 2);
 	tcase_add_loop_test(tc, advice_populate_and_dontneed, 0, 2);
 	tcase_add_test(tc, destroy_during_prefetch);
