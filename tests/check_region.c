@@ -362,6 +362,7 @@ START_TEST(readahead_descending)
 	ck_assert_uint_eq(sum, want);
 	ck_assert_int_eq(memcmp(p, buf, n * PS), 0);
 	lm_runtime_close(rt);
+	free(buf);
 }
 END_TEST
 
