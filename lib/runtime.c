@@ -298,6 +298,11 @@ static int start_threads(struct lm_runtime *rt)
 		}
 		rc = pthread_create(&rt->threads[i], &attr, lm__handler_main, f);
 		pthread_attr_destroy(&attr);
+		/* The CPU went from the mask since it was read (a cpuset changed): unpinned, then. */
+		if (rc && pin) {
+			f->cpu = -1;
+			rc = pthread_create(&rt->threads[i], NULL, lm__handler_main, f);
+		}
 		if (rc) {
 			/* Threads already started exit when close signals them. */
 			rt->nthreads = i;
