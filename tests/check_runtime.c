@@ -1,6 +1,9 @@
 /* SPDX-License-Identifier: MIT */
 /* Tests of the runtime: options, environment, userfaultfd origins and limits, stats, errors. */
+#define _GNU_SOURCE 1
 #include "testutil.h"
+#include <dirent.h>
+#include <sched.h>
 
 #include <pwd.h>
 #include <sys/prctl.h>
@@ -19,6 +22,7 @@ static void clear_env(void)
 	unsetenv("LAZYMEM_SWAP_MAX");
 	unsetenv("LAZYMEM_EVICT");
 	unsetenv("LAZYMEM_DIRTY");
+	unsetenv("LAZYMEM_PIN");
 }
 
 START_TEST(options_defaults)
@@ -156,6 +160,7 @@ START_TEST(environment_typos_are_errors)
 		{ "LAZYMEM_MODE", "fast" },	 { "LAZYMEM_THREADS", "0" },
 		{ "LAZYMEM_THREADS", "2x" },	 { "LAZYMEM_READAHEAD", "-1" },
 		{ "LAZYMEM_IO", "aio" },	 { "LAZYMEM_UFFD", "magic" },
+		{ "LAZYMEM_PIN", "2" },
 	};
 	for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
 		clear_env();
@@ -164,6 +169,63 @@ START_TEST(environment_typos_are_errors)
 		int rc = lm_runtime_open(NULL, &rt);
 		ck_assert_msg(rc == -EINVAL, "%s=%s gave %d", bad[i][0], bad[i][1], rc);
 	}
+	clear_env();
+}
+END_TEST
+
+/* Threads of this process whose affinity is one CPU (Cpus_allowed_list without ',' or '-'). */
+static int pinned_threads(void)
+{
+	DIR *d = opendir("/proc/self/task");
+	ck_assert_ptr_nonnull(d);
+	int n = 0;
+	for (struct dirent *t; (t = readdir(d));) {
+		if (t->d_name[0] == '.')
+			continue;
+		char path[300], line[256];
+		snprintf(path, sizeof(path), "/proc/self/task/%s/status", t->d_name);
+		FILE *f = fopen(path, "re");
+		while (f && fgets(line, sizeof(line), f))
+			if (!strncmp(line, "Cpus_allowed_list:", 18))
+				n += !strpbrk(line + 18, ",-");
+		if (f)
+			fclose(f);
+	}
+	closedir(d);
+	return n;
+}
+
+/*
+ * Thread mode pins one handler per CPU the process may run on (2-4 CPUs
+ * here): each on its own CPU.  LM_OPT_NO_PIN and LAZYMEM_PIN=0 leave
+ * them free, as does signal mode.
+ */
+START_TEST(handlers_pinned_one_per_cpu)
+{
+	clear_env();
+	long ncpu = sysconf(_SC_NPROCESSORS_ONLN);
+	cpu_set_t set;
+	ck_assert_int_eq(sched_getaffinity(0, sizeof(set), &set), 0);
+	if (ncpu < 2 || ncpu > 4 || CPU_COUNT(&set) != ncpu) {
+		printf("skipped: pinning is checked on 2-4 CPUs, all allowed\n");
+		return;
+	}
+	int before = pinned_threads();
+	struct lm_options o = lmt_options(LM_MODE_THREAD);
+	struct lm_runtime *rt = lmt_open_opts(&o);
+	ck_assert_uint_eq(lmt_stats(rt).handler_threads, (uint64_t)ncpu);
+	ck_assert_int_eq(pinned_threads() - before, (int)ncpu);
+	lm_runtime_close(rt);
+	o.flags |= LM_OPT_NO_PIN;
+	rt = lmt_open_opts(&o);
+	ck_assert_int_eq(pinned_threads() - before, 0);
+	lm_runtime_close(rt);
+	setenv("LAZYMEM_PIN", "0", 1);
+	o = lmt_options(LM_MODE_THREAD);
+	o.flags &= ~LM_OPT_NO_ENV;
+	rt = lmt_open_opts(&o);
+	ck_assert_int_eq(pinned_threads() - before, 0);
+	lm_runtime_close(rt);
 	clear_env();
 }
 END_TEST
@@ -412,6 +474,7 @@ int main(void)
 	tcase_add_test(tc, options_prefix_of_older_version);
 	tcase_add_test(tc, environment_overrides_defaults);
 	tcase_add_test(tc, environment_typos_are_errors);
+	tcase_add_test(tc, handlers_pinned_one_per_cpu);
 	tcase_add_test(tc, log_callback_is_used);
 	suite_add_tcase(s, tc);
 	tc = tcase_create("uffd");
