@@ -184,6 +184,37 @@ START_TEST(working_set_4x_read)
 }
 END_TEST
 
+/*
+ * The swap cache under both kinds of tracking: pages written once, then
+ * only read, go out and come back, and from the second time out keep
+ * their slot instead of being written again (async: compared with the
+ * slot, byte for byte, once out).
+ */
+START_TEST(swap_cache_for_read_pages)
+{
+	const size_t budget = 256 * PS, pages = 1024;
+	struct lm_runtime *rt = open_budget(_i, budget, 0);
+	struct lm_region *r;
+	ck_assert_int_eq(lm_region_create_zero(rt, pages * PS, 0, &r), 0);
+	unsigned char *base = lm_region_addr(r);
+	for (size_t p = 0; p < pages; p++)
+		stamp(base, p, 1);
+	struct lm_stats a = lmt_stats(rt);
+	for (int pass = 0; pass < 3; pass++)
+		for (size_t p = 0; p < pages; p++)
+			ck_assert_msg(check_stamp(base, p, 1) < 0, "pass %d page %zu", pass, p);
+	struct lm_stats b = lmt_stats(rt);
+	uint64_t out = b.evicted_pages - a.evicted_pages, hits = b.swap_cache_hits - a.swap_cache_hits;
+	ck_assert_uint_gt(out, pages);
+	ck_assert_msg(hits * 2 > out, "%s: %llu of %llu evictions kept their slot",
+		      DIRTY(_i) == LM_DIRTY_SYNC ? "sync" : "async", (unsigned long long)hits,
+		      (unsigned long long)out);
+	ck_assert_uint_eq(b.swap_write_errors, 0);
+	lm_region_destroy(r);
+	lm_runtime_close(rt);
+}
+END_TEST
+
 struct writer {
 	unsigned char *base;
 	size_t pages;
@@ -965,6 +996,7 @@ int main(void)
 	tcase_set_timeout(tc, 120);
 	tcase_add_loop_test(tc, working_set_4x_written, 0, 4);
 	tcase_add_loop_test(tc, working_set_4x_read, 0, 4);
+	tcase_add_loop_test(tc, swap_cache_for_read_pages, 0, 4);
 	tcase_add_loop_test(tc, eight_writers_3x_budget, 0, 4);
 	tcase_add_loop_test(tc, budget_lowered_at_run_time, 0, 4);
 	tcase_add_loop_test(tc, swap_full_goes_over_budget, 0, 4);
