@@ -331,6 +331,11 @@ static void own_after(void)
 	pthread_mutex_unlock(&own_lock);
 }
 
+static void own_child(void)
+{
+	pthread_mutex_init(&own_lock, NULL);
+}
+
 /* ---- who is calling ------------------------------------------------------ */
 
 /*
@@ -722,6 +727,18 @@ static void gate_after(void)
 	pthread_rwlock_unlock(&hook_gate);
 }
 
+/*
+ * In the child the locks are made anew, not unlocked: glibc's rwlock
+ * knows its writer by thread id, the child's thread has another one, and
+ * an unlock there is taken for a reader's, leaving the gate write-locked
+ * for the child's own next fork() (a subshell's subshell hung for ever).
+ */
+static void gate_child(void)
+{
+	pthread_mutex_init(&map_lock, NULL);
+	pthread_rwlock_init(&hook_gate, NULL);
+}
+
 /* ---- start-up ------------------------------------------------------------ */
 
 static bool quiet;
@@ -862,7 +879,7 @@ __attribute__((constructor)) static void preload_init(void)
 		    strerror(rc));
 		return;
 	}
-	pthread_atfork(own_prepare, own_after, own_after);
+	pthread_atfork(own_prepare, own_after, own_child);
 	lm__alloc_set(&own_allocator);
 	struct lm_options o;
 	lm_options_init(&o);
@@ -891,7 +908,7 @@ __attribute__((constructor)) static void preload_init(void)
 		return;
 	}
 	/* After the runtime's own: so that its prepare handler runs before the runtime's. */
-	pthread_atfork(gate_prepare, gate_after, gate_after);
+	pthread_atfork(gate_prepare, gate_after, gate_child);
 	find_text(&ours[0], (const void *)preload_init);
 	find_text(&ours[1], (const void *)mallocx);
 	/* The arenas' memory is lazy from now on: this thread's now, the others' as they are used. */

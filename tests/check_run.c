@@ -333,6 +333,24 @@ START_TEST(status_and_signals_pass_through)
 }
 END_TEST
 
+/*
+ * A fork() in a fork() child: a shell's command substitution inside
+ * another.  The preload library's fork gate, unlocked rather than made
+ * anew in the child, stayed write-locked there, and the grandchild's
+ * fork() waited for ever.
+ */
+START_TEST(fork_in_forked_child)
+{
+	const char *argv[] = { lazymem, "run", "--", "bash", "-c",
+			       "a=$(b=$(echo deep; true); echo \"$b\"; true); echo \"$a\"", NULL };
+	int st = run(argv, NULL, "nested", 30);
+	char *out = slurp("nested", "out");
+	ck_assert_msg(WIFEXITED(st) && WEXITSTATUS(st) == 0 && !strcmp(out, "deep\n"),
+		      "status %#x, output '%s'", st, out);
+	free(out);
+}
+END_TEST
+
 /* ---- real programs ------------------------------------------------------- */
 
 START_TEST(python_structure)
@@ -716,6 +734,7 @@ int main(void)
 	tcase_add_test(tc, thread_before_runtime);
 	tcase_add_test(tc, no_userfaultfd_runs_plain);
 	tcase_add_test(tc, status_and_signals_pass_through);
+	tcase_add_test(tc, fork_in_forked_child);
 	tcase_add_test(tc, python_structure);
 	tcase_add_test(tc, sqlite_memory_database);
 	tcase_add_test(tc, sort_larger_than_budget);
