@@ -148,7 +148,14 @@ struct lm_options {
 	 * $LAZYMEM_PAGE_SIZE.
 	 */
 	uint64_t page_size;
-	uint64_t reserved[2];
+	/*
+	 * The least budget lazymemd's pressure policy may give this runtime
+	 * (see lazymemd(8)); 0: the daemon's default floor.  Budgets the
+	 * application or an operator set are not bounded by it.  Also
+	 * $LAZYMEM_BUDGET_MIN, and `lazymem budget PID --min SIZE` at run time.
+	 */
+	uint64_t budget_min;
+	uint64_t reserved[1];
 };
 
 /* lm_options.flags: ignore LAZYMEM_* environment variables. */
@@ -273,7 +280,9 @@ enum lm_uffd_origin {
 	X(snapshot_pause_ns,	GAUGE,   "ns",      "Time the last lm_snapshot_take took") \
 	X(snapshot_rollback_pages, COUNTER, "pages", "Pages put back by rollbacks") \
 	X(snapshot_errors,	COUNTER, "events",  "Snapshots broken because a page could not be preserved (spill file full, read error)") \
-	X(restore_faults,	COUNTER, "faults",  "Faults on regions restored from images")
+	X(restore_faults,	COUNTER, "faults",  "Faults on regions restored from images") \
+	X(budget_min_bytes,	GAUGE,   "bytes",   "The least budget lazymemd's pressure policy may set (0: the daemon's default)") \
+	X(budget_changes,	COUNTER, "events",  "Times the budget was changed (by the application, lazymem budget or lazymemd's policy)")
 
 /* Fill-latency histogram: bucket i counts fills that took < 2^(i+8) ns (last: all slower). */
 #define LM_LAT_BUCKETS 20
@@ -288,7 +297,7 @@ struct lm_stats {
 };
 #undef LM__STAT_FIELD
 
-#define LM_STATS_VERSION 3
+#define LM_STATS_VERSION 4
 
 /* Output formats of lm_stats_format. */
 enum lm_format {

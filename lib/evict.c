@@ -949,7 +949,8 @@ int lm_runtime_set_budget(struct lm_runtime *rt, uint64_t bytes)
 		if (rc < 0)
 			return rc;
 	}
-	atomic_store(&rt->budget, pages);
+	if (atomic_exchange(&rt->budget, pages) != pages)
+		LM__STAT_ADD(rt, budget_changes, 1);
 	LM__STAT_SET(rt, budget_bytes, pages << rt->page_shift);
 	if (!pages)
 		return 0;

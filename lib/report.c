@@ -180,7 +180,7 @@ static void disconnect(struct lm__report *p, const char *why)
 	pthread_mutex_unlock(&fd_lock);
 }
 
-/* A request from the daemon: "budget BYTES".  The answer: "ok 0" or "error NAME message". */
+/* A request from the daemon: "budget BYTES" or "min BYTES".  The answer: "ok 0" or "error NAME message". */
 static void request(struct lm__report *p, char *line)
 {
 	char reply[256];
@@ -203,6 +203,11 @@ static void request(struct lm__report *p, char *line)
 				 lm_strerror(rc));
 		else
 			snprintf(reply, sizeof(reply), "ok 0\n");
+	} else if (sscanf(line, "min %llu%c", &bytes, &end) == 1) {
+		/* The floor is the daemon's to respect: the runtime only keeps it, where every reader sees it. */
+		LM__STAT_SET(p->rt, budget_min_bytes, bytes);
+		lm__log(p->rt, 2, "lazymemd set the least budget to %llu bytes", bytes);
+		snprintf(reply, sizeof(reply), "ok 0\n");
 	} else {
 		snprintf(reply, sizeof(reply), "error EINVAL unknown request\n");
 	}

@@ -141,6 +141,8 @@ static int apply_env(struct lm_options *o)
 		rc = rc ? rc : env_word("LAZYMEM_EVICT", evicts, 3, &o->evict_policy);
 	if (!o->budget)
 		rc = rc ? rc : env_size("LAZYMEM_BUDGET", &o->budget);
+	if (!o->budget_min)
+		rc = rc ? rc : env_size("LAZYMEM_BUDGET_MIN", &o->budget_min);
 	if (!o->swap_max)
 		rc = rc ? rc : env_size("LAZYMEM_SWAP_MAX", &o->swap_max);
 	if (!o->page_size)
@@ -486,6 +488,7 @@ int lm_runtime_open(const struct lm_options *user, struct lm_runtime **out)
 	if ((rc = open_uffd(rt)) < 0 || (rc = start_front_ends(rt)) < 0)
 		goto fail;
 	lm__runtime_register(rt);
+	LM__STAT_SET(rt, budget_min_bytes, o.budget_min);
 	if (o.budget && (rc = lm_runtime_set_budget(rt, o.budget)) < 0) {
 		lm__runtime_unregister(rt);
 		goto fail;

@@ -18,6 +18,7 @@ static void clear_env(void)
 	unsetenv("LAZYMEM_UFFD");
 	unsetenv("LAZYMEM_DEBUG");
 	unsetenv("LAZYMEM_BUDGET");
+	unsetenv("LAZYMEM_BUDGET_MIN");
 	unsetenv("LAZYMEM_SWAP_DIR");
 	unsetenv("LAZYMEM_SWAP_MAX");
 	unsetenv("LAZYMEM_EVICT");
@@ -81,7 +82,7 @@ START_TEST(open_rejects_bad_options)
 	o.size = 4;
 	ck_assert_int_eq(lm_runtime_open(&o, &rt), -EINVAL);
 	lm_options_init(&o);
-	o.reserved[1] = 1;	/* reserved must be zero: later versions give it meaning */
+	o.reserved[0] = 1;	/* reserved must be zero: later versions give it meaning */
 	ck_assert_int_eq(lm_runtime_open(&o, &rt), -EINVAL);
 	lm_options_init(&o);
 	o.reserved32 = 1;
@@ -150,6 +151,37 @@ START_TEST(environment_overrides_defaults)
 	ck_assert_int_eq(lm_runtime_open(&o, &rt), 0);
 	ck_assert_int_eq(lmt_stats(rt).mode, LM_MODE_THREAD);
 	lm_runtime_close(rt);
+	clear_env();
+}
+END_TEST
+
+/*
+ * The least budget lazymemd's policy may set: from the options, else
+ * LAZYMEM_BUDGET_MIN, published in the statistics; budget_changes counts
+ * each new budget, not each call.
+ */
+START_TEST(budget_min_and_budget_changes)
+{
+	clear_env();
+	struct lm_options o;
+	lm_options_init(&o);
+	o.budget_min = 32 << 20;
+	struct lm_runtime *rt;
+	ck_assert_int_eq(lm_runtime_open(&o, &rt), 0);
+	struct lm_stats st = lmt_stats(rt);
+	ck_assert_uint_eq(st.budget_min_bytes, 32 << 20);
+	ck_assert_uint_eq(st.budget_changes, 0);
+	ck_assert_int_eq(lm_runtime_set_budget(rt, 8 << 20), 0);
+	ck_assert_int_eq(lm_runtime_set_budget(rt, 8 << 20), 0);
+	ck_assert_int_eq(lm_runtime_set_budget(rt, 0), 0);
+	ck_assert_uint_eq(lmt_stats(rt).budget_changes, 2);
+	lm_runtime_close(rt);
+	setenv("LAZYMEM_BUDGET_MIN", "24M", 1);
+	ck_assert_int_eq(lm_runtime_open(NULL, &rt), 0);
+	ck_assert_uint_eq(lmt_stats(rt).budget_min_bytes, 24 << 20);
+	lm_runtime_close(rt);
+	setenv("LAZYMEM_BUDGET_MIN", "lots", 1);
+	ck_assert_int_eq(lm_runtime_open(NULL, &rt), -EINVAL);
 	clear_env();
 }
 END_TEST
@@ -474,6 +506,7 @@ int main(void)
 	tcase_add_test(tc, options_prefix_of_older_version);
 	tcase_add_test(tc, environment_overrides_defaults);
 	tcase_add_test(tc, environment_typos_are_errors);
+	tcase_add_test(tc, budget_min_and_budget_changes);
 	tcase_add_test(tc, handlers_pinned_one_per_cpu);
 	tcase_add_test(tc, log_callback_is_used);
 	suite_add_tcase(s, tc);
