@@ -31,6 +31,7 @@ static struct {
 	bool json, human, bytes;
 	double interval;	/* free -s, top -d */
 	long count;		/* free -c, top -n */
+	const char *min;	/* budget --min */
 } O = { .count = -1 };
 
 static volatile sig_atomic_t interrupted;
@@ -183,17 +184,7 @@ static const char *size_str(uint64_t bytes, char *buf, size_t len)
 	} else if (!O.human) {
 		snprintf(buf, len, "%" PRIu64, bytes / 1024);
 	} else {
-		static const char units[] = "BKMGTPE";
-		double v = (double)bytes;
-		int u = 0;
-		while (v >= 1024 && u < 6) {
-			v /= 1024;
-			u++;
-		}
-		if (!u)
-			snprintf(buf, len, "%" PRIu64 "B", bytes);
-		else
-			snprintf(buf, len, v < 10 ? "%.1f%ci" : "%.0f%ci", v, units[u]);
+		lmd_size_str(bytes, buf, len);
 	}
 	return buf;
 }
@@ -481,19 +472,23 @@ static int cmd_stat(pid_t pid)
 
 /* ---- budget, metrics, version -------------------------------------------------------------- */
 
-static int cmd_budget(pid_t pid, uint64_t bytes)
+/* budget PID SIZE, or min PID SIZE (lazymem budget PID --min SIZE): the least the policy may set. */
+static int cmd_budget(const char *what, pid_t pid, uint64_t bytes)
 {
 	char req[64];
-	snprintf(req, sizeof(req), "budget %d %" PRIu64, (int)pid, bytes);
+	snprintf(req, sizeof(req), "%s %d %" PRIu64, what, (int)pid, bytes);
 	struct reply r;
 	int rc = ask(req, &r);
 	if (rc != EX_OK)
 		return rc;
 	char a[32];
+	bool min = !strcmp(what, "min");
 	if (O.json)
-		printf("{\"pid\":%d,\"budget\":%" PRIu64 "}\n", (int)pid, bytes);
+		printf("{\"pid\":%d,\"%s\":%" PRIu64 "}\n", (int)pid, min ? "budget_min" : "budget",
+		       bytes);
 	else
-		printf("process %d: budget %s%s\n", (int)pid, bytes ? size_str(bytes, a, 32) : "none",
+		printf("process %d: %s %s%s\n", (int)pid, min ? "least budget" : "budget",
+		       bytes ? size_str(bytes, a, 32) : min ? "the daemon's default" : "none",
 		       bytes && !O.human && !O.bytes ? " KiB" : "");
 	free(r.body);
 	return EX_OK;
@@ -674,6 +669,8 @@ static void usage(FILE *f)
 		"  stat PID                     every counter of a process, and its fault latencies\n"
 		"  top [-d SECONDS] [-n COUNT]  ps, refreshed\n"
 		"  budget PID SIZE              set a process's memory budget (0: none); K, M, G, T\n"
+		"  budget PID --min SIZE        the least budget lazymemd's pressure policy may set\n"
+		"  pressure                     what the pressure policy sees, what it did and why\n"
 		"  run [OPTIONS] PROGRAM [ARGS] run a program on lazy memory (lazymem run --help)\n"
 		"  metrics                      Prometheus text exposition\n"
 		"  version                      this command's and the daemon's version\n"
@@ -694,6 +691,7 @@ int main(int argc, char **argv)
 		{ "seconds", required_argument, NULL, 's' }, { "count", required_argument, NULL, 'c' },
 		{ "delay", required_argument, NULL, 'd' },   { "iterations", required_argument, NULL, 'n' },
 		{ "help", no_argument, NULL, 'H' },	     { "version", no_argument, NULL, 'V' },
+		{ "min", required_argument, NULL, 'm' },
 		{ NULL, 0, NULL, 0 },
 	};
 	int opt;
@@ -720,6 +718,7 @@ int main(int argc, char **argv)
 				return EX_USAGE;
 			}
 			break;
+		case 'm': O.min = optarg; break;
 		case 'H': usage(stdout); return EX_OK;
 		case 'V': printf("lazymem %s\n", PACKAGE_VERSION); return EX_OK;
 		default: usage(stderr); return EX_USAGE;
@@ -767,13 +766,18 @@ int main(int argc, char **argv)
 		}
 		return cmd_stat(pid);
 	}
-	if (!strcmp(cmd, "budget") && args == 2) {
-		if (parse_pid(arg[0], &pid) < 0 || parse_size(arg[1], &bytes) < 0) {
-			fprintf(stderr, "lazymem: budget: usage: budget PID SIZE (SIZE like 4096, "
-					"512M, 2G)\n");
+	if (!strcmp(cmd, "pressure") && !args)
+		return cmd_raw("pressure");
+	if (!strcmp(cmd, "budget") && (args == 2 || (args == 1 && O.min))) {
+		uint64_t min = 0;
+		if (parse_pid(arg[0], &pid) < 0 || (args == 2 && parse_size(arg[1], &bytes) < 0) ||
+		    (O.min && parse_size(O.min, &min) < 0)) {
+			fprintf(stderr, "lazymem: budget: usage: budget PID SIZE, or budget PID --min SIZE "
+					"(SIZE like 4096, 512M, 2G)\n");
 			return EX_USAGE;
 		}
-		return cmd_budget(pid, bytes);
+		int rc = O.min ? cmd_budget("min", pid, min) : EX_OK;
+		return rc == EX_OK && args == 2 ? cmd_budget("budget", pid, bytes) : rc;
 	}
 	fprintf(stderr, "lazymem: %s: unknown command or wrong arguments (try --help)\n", cmd);
 	return EX_USAGE;

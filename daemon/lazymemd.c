@@ -1,6 +1,8 @@
 /* SPDX-License-Identifier: MIT */
 /* lazymemd: the daemon runtimes report to, answering the lazymem command over a unix socket. */
 #include "config.h"
+#include "policy.h"
+#include "pressure.h"
 #include "proto.h"
 #include "sockpath.h"
 
@@ -49,12 +51,21 @@
 #define BUDGET_NS (30ull * 1000000000ull)	/* a runtime's budget answer, at most */
 #define MAX_WAITERS 16			/* budget requests queued on one runtime */
 #define STATS_MAP_MAX (1u << 20)
+#ifndef LMD_CONF
+#define LMD_CONF "/etc/lazymem/lazymemd.conf"
+#endif
 
-enum { TAG_LISTEN = 1, TAG_SIGNAL, TAG_TIMER, TAG_CONN };
+enum { TAG_LISTEN = 1, TAG_SIGNAL, TAG_TIMER, TAG_POLICY, TAG_CONN };
+
+#define POLICY_SLOT UINT32_MAX	/* a waiter that is the pressure policy's own request */
+#define MAX_SCOPES 64		/* memory cgroups (and the machine) the policy follows at once */
+#define MAX_ACTIONS 64		/* the policy's recent actions, for lazymem pressure */
+#define SCOPE_NS (2ull * 1000000000ull)	/* how long a runtime's scope is trusted before a new lookup */
 
 struct waiter {
 	uint32_t slot, gen;
 	uint32_t seq;		/* the client's budget request it answers */
+	uint64_t bytes;		/* the budget asked for (policy requests) */
 };
 
 struct conn {
@@ -88,7 +99,45 @@ struct conn {
 	uint64_t wait_deadline;
 	pid_t wait_pid;
 	uint64_t wait_bytes;
+	bool wait_min;		/* the request is min PID BYTES, not budget */
 	char wait_err[200];
+	/* The pressure policy's view of a runtime. */
+	int scope;			/* index in D.scopes this interval; -1: none */
+	int scope_kind;
+	char scope_path[LMD_SCOPE_PATH];
+	uint64_t scope_ns;		/* when scope_kind and scope_path were looked up */
+	uint64_t own;			/* its budget apart from the policy (0: none) */
+	uint64_t applied;		/* the budget the daemon last knew it to have */
+	uint64_t stall_last, stall_ns;	/* fill and throttle time at the last interval */
+	double stall;			/* percent of the last interval spent in them */
+	uint64_t want;			/* what the policy wanted last */
+	int why;			/* and why (enum lmd_why) */
+	bool refused;			/* it refused a policy budget: left alone */
+	uint64_t page_size;		/* of its statistics: budgets are whole pages */
+};
+
+/* A memory cgroup or the machine, as the policy saw it at its last interval. */
+struct scope {
+	struct lmd_scope s;
+	int state;		/* enum lmd_state */
+	int members;
+	uint64_t low, high;
+	uint64_t seen_ns;	/* last interval a runtime lived in it */
+	uint64_t onset_ns;	/* when the current pressure began; 0: none */
+	uint64_t calm_ns;	/* when the last pressure ended; 0: never was any */
+	bool reacted;		/* a lowering since the onset was acknowledged */
+};
+
+struct action {
+	uint64_t wall_ms;	/* CLOCK_REALTIME */
+	pid_t pid;
+	uid_t uid;
+	char name[LMD_NAME_MAX + 1];
+	uint64_t from, to;
+	int why;
+	int state;
+	uint64_t available, low;
+	char scope[64];		/* the end of the scope's path */
 };
 
 static struct {
@@ -107,6 +156,18 @@ static struct {
 	int verbosity;		/* 0 errors and warnings, 1 info, 2 debug */
 	uint64_t served;
 	size_t hint[4];		/* the last reply's length, per kind: the next one's buffer */
+	/* The pressure policy (see lazymemd(8)). */
+	struct lmd_policy_conf conf;
+	const char *conf_path;
+	int ptimerfd;
+	char v1root[64], v2root[64];	/* the memory cgroup mounts; "" when absent */
+	struct scope scopes[MAX_SCOPES];
+	int nscopes;
+	uint64_t policy_ns;		/* the last interval */
+	struct action actions[MAX_ACTIONS];
+	uint64_t nactions;		/* ever: the ring holds the last MAX_ACTIONS */
+	uint64_t lowered, raised, policy_errors;
+	double last_reaction_ms;	/* pressure onset to the first lowering acknowledged */
 } D;
 
 /* ---- logging ------------------------------------------------------------------------ */
@@ -437,6 +498,368 @@ static void reply_formatted(struct conn *c, formatter fn, pid_t pid, size_t *hin
 
 /* ---- requests ---------------------------------------------------------------------------- */
 
+/* ---- the pressure policy ------------------------------------------------------------------- */
+
+/*
+ * Every interval the policy reads the scopes its runtimes live in (the
+ * machine, or the memory cgroup with a limit around them), asks policy.c
+ * what each runtime's budget should be, and sends the budgets that
+ * changed enough to matter.  A runtime has at most one request in flight:
+ * a lowering is answered once its pages are out, and until then the
+ * policy does not pile more on it.
+ */
+
+static const char *scope_name(const struct lmd_scope *s)
+{
+	return s->kind == LMD_SCOPE_SYSTEM ? "the machine" : s->path;
+}
+
+static struct scope *scope_of(const struct conn *rt)
+{
+	return rt->scope >= 0 && rt->scope < D.nscopes ? &D.scopes[rt->scope] : NULL;
+}
+
+static void record(const struct conn *rt, uint64_t from, uint64_t to)
+{
+	const struct scope *sc = scope_of(rt);
+	struct action *a = &D.actions[D.nactions++ % MAX_ACTIONS];
+	struct timespec ts;
+	clock_gettime(CLOCK_REALTIME, &ts);
+	a->wall_ms = (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
+	a->pid = rt->pid;
+	a->uid = rt->uid;
+	snprintf(a->name, sizeof(a->name), "%s", rt->name);
+	a->from = from;
+	a->to = to;
+	a->why = rt->why;
+	a->state = sc ? sc->state : 0;
+	a->available = sc ? sc->s.available : 0;
+	a->low = sc ? sc->low : 0;
+	const char *p = sc ? scope_name(&sc->s) : "?";
+	size_t l = strlen(p);
+	snprintf(a->scope, sizeof(a->scope), "%s", l >= sizeof(a->scope) ? p + l - sizeof(a->scope) + 1 : p);
+}
+
+/* A runtime's answer to the policy's budget. */
+static void policy_answer(struct conn *rt, const struct waiter *w, bool ok, const char *line,
+			  size_t len)
+{
+	uint64_t from = rt->applied;
+	/* ENOSPC: the budget holds, eviction just could not reach it (the swap file is full). */
+	if (!ok && !(len >= 12 && !memcmp(line, "error ENOSPC", 12))) {
+		D.policy_errors++;
+		rt->refused = true;
+		logmsg(1, "runtime %d (%s) refused the budget %llu: %.*s; the policy leaves it alone",
+		       (int)rt->pid, rt->name, (unsigned long long)w->bytes, (int)len, line);
+		return;
+	}
+	rt->applied = w->bytes;
+	struct scope *sc = scope_of(rt);
+	if (w->bytes && (!from || w->bytes < from)) {
+		D.lowered++;
+		if (sc && sc->onset_ns && !sc->reacted) {
+			sc->reacted = true;
+			D.last_reaction_ms = (double)(now_ns() - sc->onset_ns) / 1e6;
+			logmsg(1, "pressure on %s: a budget lowered %.0f ms after it began",
+			       scope_name(&sc->s), D.last_reaction_ms);
+		}
+	} else {
+		D.raised++;
+	}
+	record(rt, from, w->bytes);
+	logmsg(2, "runtime %d (%s): budget %llu -> %llu (%s)%s", (int)rt->pid, rt->name,
+	       (unsigned long long)from, (unsigned long long)w->bytes, lmd_why_name(rt->why),
+	       ok ? "" : ", over it for now");
+}
+
+/* Worth a message: lowerings under pressure to the megabyte, the rest when they move an eighth. */
+static bool worth_sending(const struct conn *rt, uint64_t want)
+{
+	uint64_t have = rt->applied;
+	if (want == have)
+		return false;
+	if (!want || !have)
+		return true;
+	uint64_t diff = want > have ? want - have : have - want;
+	if (want < have && (rt->why == LMD_WHY_LOWER || rt->why == LMD_WHY_FLOOR))
+		return diff >= (1u << 20);
+	return diff >= (1u << 20) && diff >= have / 8;
+}
+
+static void policy_send(struct conn *rt, uint64_t bytes)
+{
+	/* Whole pages, as the runtime keeps it: what it reports back is then what was sent. */
+	uint64_t ps = rt->page_size ? rt->page_size : 4096;
+	bytes = bytes && bytes < ps ? ps : bytes & ~(ps - 1);
+	char line[64];
+	int k = snprintf(line, sizeof(line), "budget %llu\n", (unsigned long long)bytes);
+	if (rt->nwait == MAX_WAITERS || !queue(rt, line, (size_t)k))
+		return;
+	rt->waiters[rt->nwait++] = (struct waiter){ POLICY_SLOT, 0, 0, bytes };
+	watch(rt);
+}
+
+/* Puts each runtime in its scope: looked up again every SCOPE_NS, as processes move between cgroups. */
+static void assign_scopes(uint64_t now)
+{
+	/* Scopes nobody lived in for ten intervals of lookups go. */
+	int keep = 0;
+	for (int i = 0; i < D.nscopes; i++)
+		if (now - D.scopes[i].seen_ns < 5 * SCOPE_NS)
+			D.scopes[keep++] = D.scopes[i];
+	D.nscopes = keep;
+	for (int i = 0; i < D.nscopes; i++)
+		D.scopes[i].members = 0;
+	for (uint32_t i = 0; i < D.nruntimes; i++) {
+		struct conn *c = D.rts[i];
+		c->scope = -1;
+		if (!c->scope_ns || now - c->scope_ns > SCOPE_NS) {
+			struct lmd_scope s;
+			if (lmd_scope_of(c->pid, D.v1root, D.v2root, &s) < 0)
+				continue;	/* gone: its connection closes soon */
+			c->scope_kind = s.kind;
+			memcpy(c->scope_path, s.path, sizeof(c->scope_path));
+			c->scope_ns = now;
+		}
+		int k = 0;
+		while (k < D.nscopes &&
+		       (D.scopes[k].s.kind != c->scope_kind || strcmp(D.scopes[k].s.path, c->scope_path)))
+			k++;
+		if (k == MAX_SCOPES)
+			continue;
+		if (k == D.nscopes) {
+			memset(&D.scopes[k], 0, sizeof(D.scopes[k]));
+			D.scopes[k].s.kind = c->scope_kind;
+			memcpy(D.scopes[k].s.path, c->scope_path, sizeof(c->scope_path));
+			D.nscopes++;
+		}
+		c->scope = k;
+		D.scopes[k].members++;
+		D.scopes[k].seen_ns = now;
+	}
+}
+
+/* The policy's view of one runtime, from its stats page; notices budgets set behind its back. */
+static void member_of(struct conn *c, uint64_t now, struct lmd_member *m)
+{
+	struct lm_stats st;
+	lmd_stats_load(c->page, c->pagelen, &st);
+	uint64_t ps = st.page_size ? st.page_size : 4096;
+	/*
+	 * Nothing in flight and a budget that is not the last one known: the
+	 * application set it.  Pages, not bytes, are compared: the runtime
+	 * keeps its budget in whole pages.
+	 */
+	c->page_size = ps;
+	if (!c->nwait && st.budget_bytes / ps != c->applied / ps)
+		c->own = c->applied = st.budget_bytes;
+	uint64_t x = st.fill_ns_total + st.throttle_ns;
+	c->stall = c->stall_ns && now > c->stall_ns && x >= c->stall_last ?
+			   100.0 * (double)(x - c->stall_last) / (double)(now - c->stall_ns) :
+			   0;
+	c->stall_last = x;
+	c->stall_ns = now;
+	*m = (struct lmd_member){
+		.resident = st.resident_pages * ps,
+		.budget = c->applied,
+		.own = c->own,
+		.floor = st.budget_min_bytes,
+		.stall = c->stall,
+	};
+}
+
+static void policy_scope(struct scope *sc, uint64_t now, double dt)
+{
+	int n = sc->members, k = 0;
+	struct lmd_member *m = calloc((size_t)n, sizeof(*m));
+	struct conn **who = calloc((size_t)n, sizeof(*who));
+	if (!m || !who)
+		goto out;
+	int idx = (int)(sc - D.scopes);
+	for (uint32_t i = 0; i < D.nruntimes && k < n; i++)
+		if (D.rts[i]->scope == idx) {
+			who[k] = D.rts[i];
+			member_of(who[k], now, &m[k]);
+			k++;
+		}
+	lmd_policy_marks(&D.conf, sc->s.limit, &sc->low, &sc->high);
+	/* cgroup v1 has no pressure of its own: the machine's stalls say nothing about it. */
+	double psi = sc->s.kind != LMD_SCOPE_V1 && sc->s.psi.valid ? sc->s.psi.some10 : -1;
+	int prev = sc->state;
+	double calm = prev >= LMD_STATE_PRESSURE ? 0 :
+		      sc->calm_ns ? (double)(now - sc->calm_ns) / 1e9 : 1e9;
+	sc->state = lmd_policy_decide(&D.conf, sc->s.limit, sc->s.available, psi, dt, calm, m,
+				      (size_t)k);
+	if (sc->state >= LMD_STATE_PRESSURE && !sc->onset_ns) {
+		sc->onset_ns = now;
+		sc->reacted = false;
+	} else if (sc->state < LMD_STATE_PRESSURE && sc->onset_ns) {
+		sc->onset_ns = 0;
+		sc->calm_ns = now;
+	}
+	if (sc->state != prev)
+		logmsg(sc->state >= LMD_STATE_PRESSURE ? 1 : 2,
+		       "%s: %s (limit %llu, available %llu, low mark %llu, high %llu)",
+		       scope_name(&sc->s), lmd_state_name(sc->state),
+		       (unsigned long long)sc->s.limit, (unsigned long long)sc->s.available,
+		       (unsigned long long)sc->low, (unsigned long long)sc->high);
+	for (int i = 0; i < k; i++) {
+		struct conn *c = who[i];
+		c->want = m[i].want;
+		c->why = m[i].why;
+		if (D.conf.enabled && !c->refused && !c->nwait && worth_sending(c, c->want))
+			policy_send(c, c->want);
+	}
+out:
+	free(m);
+	free(who);
+}
+
+static void policy_tick(void)
+{
+	uint64_t exp;
+	if (read(D.ptimerfd, &exp, sizeof(exp)) < 0) {
+		/* Nothing to do: the next expiry comes anyway. */
+	}
+	uint64_t now = now_ns();
+	double dt = D.policy_ns ? (double)(now - D.policy_ns) / 1e9 : (double)D.conf.interval_ms / 1e3;
+	D.policy_ns = now;
+	assign_scopes(now);
+	for (int i = 0; i < D.nscopes; i++) {
+		struct scope *sc = &D.scopes[i];
+		if (!sc->members)
+			continue;
+		if (lmd_scope_read(&sc->s) < 0) {
+			/* The cgroup went: its runtimes are looked up again next time. */
+			for (uint32_t j = 0; j < D.nruntimes; j++)
+				if (D.rts[j]->scope == i)
+					D.rts[j]->scope_ns = 0;
+			continue;
+		}
+		policy_scope(sc, now, dt);
+	}
+}
+
+/* A reply written in pieces, its length counted past the buffer's end, like snprintf. */
+struct pout {
+	char *p;
+	size_t len, n;
+};
+
+static void outf(struct pout *o, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void outf(struct pout *o, const char *fmt, ...)
+{
+	va_list ap;
+	va_start(ap, fmt);
+	int k = vsnprintf(o->n < o->len ? o->p + o->n : NULL, o->n < o->len ? o->len - o->n : 0, fmt, ap);
+	va_end(ap);
+	o->n += k > 0 ? (size_t)k : 0;
+}
+
+/* The reply to "pressure": what the policy sees, what it did and why. */
+static int format_pressure(const struct conn *client, char *buf, size_t len)
+{
+	struct pout o = { buf, len, 0 };
+#define OUT(...) outf(&o, __VA_ARGS__)
+	char a[5][24];
+	lmd_size_str(D.conf.low_min, a[0], sizeof(a[0]));
+	lmd_size_str(D.conf.floor, a[1], sizeof(a[1]));
+	OUT("policy %s: every %llu ms; low %.3g%% (at least %s), high %.3g%%, psi %.3g%%, hold %.3gs, "
+	    "floor %s, proactive %s (target %.3g%%, step %.3g%%/s)\n",
+	    D.conf.enabled ? "on" : "off (watching only)", (unsigned long long)D.conf.interval_ms,
+	    D.conf.low_pct, a[0], D.conf.high_pct, D.conf.psi_some, D.conf.hold_s, a[1],
+	    D.conf.proactive ? "on" : "off", D.conf.target, D.conf.step);
+	OUT("budgets lowered %llu, raised %llu, refused %llu; last reaction %.0f ms\n",
+	    (unsigned long long)D.lowered, (unsigned long long)D.raised,
+	    (unsigned long long)D.policy_errors, D.last_reaction_ms);
+	for (int i = 0; i < D.nscopes; i++) {
+		const struct scope *sc = &D.scopes[i];
+		if (!sc->members)
+			continue;
+		lmd_size_str(sc->s.limit, a[0], sizeof(a[0]));
+		lmd_size_str(sc->s.usage, a[1], sizeof(a[1]));
+		lmd_size_str(sc->s.available, a[2], sizeof(a[2]));
+		lmd_size_str(sc->low, a[3], sizeof(a[3]));
+		lmd_size_str(sc->high, a[4], sizeof(a[4]));
+		static const char *const kinds[] = { "", " (cgroup v1)", " (cgroup v2)" };
+		OUT("\nscope %s%s: %s\n", scope_name(&sc->s), kinds[sc->s.kind % 3],
+		    lmd_state_name(sc->state));
+		char psi[24] = "-";
+		if (sc->s.psi.valid)
+			snprintf(psi, sizeof(psi), "%.2f%%", sc->s.psi.some10);
+		OUT("  limit %s  usage %s  available %s  low %s  high %s  psi %s  oom kills %llu\n",
+		    a[0], a[1], a[2], a[3], a[4], psi, (unsigned long long)sc->s.oom_kills);
+		OUT("  %8s %6s %-16s %9s %9s %9s %9s %9s %7s %s\n", "PID", "UID", "NAME", "RESIDENT",
+		    "BUDGET", "OWN", "FLOOR", "WANT", "STALL%", "WHY");
+		for (uint32_t j = 0; j < D.nruntimes; j++) {
+			const struct conn *c = D.rts[j];
+			if (c->scope != i || !may_see(client, c))
+				continue;
+			struct lm_stats st;
+			lmd_stats_load(c->page, c->pagelen, &st);
+			uint64_t ps = st.page_size ? st.page_size : 4096;
+			uint64_t fl = st.budget_min_bytes ? st.budget_min_bytes : D.conf.floor;
+			char r[24], b[24], w[24], f[24], ow[24];
+			lmd_size_str(st.resident_pages * ps, r, sizeof(r));
+			if (st.budget_bytes)
+				lmd_size_str(st.budget_bytes, b, sizeof(b));
+			else
+				snprintf(b, sizeof(b), "-");
+			if (c->own)
+				lmd_size_str(c->own, ow, sizeof(ow));
+			else
+				snprintf(ow, sizeof(ow), "-");
+			lmd_size_str(fl, f, sizeof(f));
+			if (c->want)
+				lmd_size_str(c->want, w, sizeof(w));
+			else
+				snprintf(w, sizeof(w), "-");
+			OUT("  %8d %6u %-16s %9s %9s %9s %9s %9s %7.2f %s%s\n", (int)c->pid,
+			    (unsigned)c->uid, c->name, r, b, ow, f, w, c->stall, lmd_why_name(c->why),
+			    c->refused ? " (refused: left alone)" : "");
+		}
+	}
+	uint64_t first = D.nactions > MAX_ACTIONS ? D.nactions - MAX_ACTIONS : 0;
+	OUT("\nrecent actions (%llu in all):\n", (unsigned long long)D.nactions);
+	for (uint64_t i = first; i < D.nactions; i++) {
+		const struct action *x = &D.actions[i % MAX_ACTIONS];
+		if (client->uid != 0 && client->uid != x->uid)
+			continue;
+		time_t t = (time_t)(x->wall_ms / 1000);
+		struct tm tm;
+		char when[32], f[24], to[24], av[24], lo[24];
+		strftime(when, sizeof(when), "%F %T", localtime_r(&t, &tm));
+		if (x->from)
+			lmd_size_str(x->from, f, sizeof(f));
+		else
+			snprintf(f, sizeof(f), "none");
+		if (x->to)
+			lmd_size_str(x->to, to, sizeof(to));
+		else
+			snprintf(to, sizeof(to), "none");
+		lmd_size_str(x->available, av, sizeof(av));
+		lmd_size_str(x->low, lo, sizeof(lo));
+		OUT("  %s.%03u pid %d (%s) budget %s -> %s: %s; %s %s, available %s, low mark %s\n",
+		    when, (unsigned)(x->wall_ms % 1000), (int)x->pid, x->name, f, to,
+		    lmd_why_name(x->why), x->scope, lmd_state_name(x->state), av, lo);
+	}
+#undef OUT
+	return (int)o.n;
+}
+
+static void pressure(struct conn *c)
+{
+	int need = format_pressure(c, NULL, 0);
+	char *buf = malloc((size_t)need + 1);
+	if (!buf) {
+		reply_error(c, "ENOMEM", "out of memory");
+		return;
+	}
+	format_pressure(c, buf, (size_t)need + 1);
+	reply_body(c, buf, (size_t)need);
+	free(buf);
+}
+
 static void hello(struct conn *c, const struct lmd_request *r)
 {
 	int fd = c->passed_fd;
@@ -479,6 +902,8 @@ static void hello(struct conn *c, const struct lmd_request *r)
 			lmd_stats_load(p, len, &st);
 			c->faults_last = st.faults_missing + st.faults_wp;
 			c->rate_ns = now_ns();
+			c->own = c->applied = st.budget_bytes;
+			c->scope = -1;
 			D.rts[D.nruntimes++] = c;
 			logmsg(2, "runtime %d (%s, uid %u, lazymem %s) registered", (int)c->pid,
 			       c->name, (unsigned)c->uid, c->version);
@@ -516,8 +941,10 @@ static void budget(struct conn *c, const struct lmd_request *r)
 				    (int)r->pid);
 		return;
 	}
+	bool min = r->kind == LMD_REQ_MIN;
 	char line[64];
-	int k = snprintf(line, sizeof(line), "budget %llu\n", (unsigned long long)r->bytes);
+	int k = snprintf(line, sizeof(line), "%s %llu\n", min ? "min" : "budget",
+			 (unsigned long long)r->bytes);
 	c->waiting = 0;
 	c->wait_err[0] = '\0';
 	c->wait_seq++;
@@ -527,8 +954,13 @@ static void budget(struct conn *c, const struct lmd_request *r)
 			continue;
 		if (!queue(rt, line, (size_t)k))
 			continue;
-		rt->waiters[rt->nwait++] = (struct waiter){ c->slot, c->gen, c->wait_seq };
+		rt->waiters[rt->nwait++] = (struct waiter){ c->slot, c->gen, c->wait_seq, r->bytes };
 		c->waiting++;
+		if (!min) {
+			/* The operator's budget is the one the policy gives back when pressure is gone. */
+			rt->own = rt->applied = r->bytes;
+			rt->refused = false;
+		}
 		/* Sent from the event loop: a runtime that fails here must not close under us. */
 		watch(rt);
 	}
@@ -538,9 +970,10 @@ static void budget(struct conn *c, const struct lmd_request *r)
 	}
 	c->wait_pid = r->pid;
 	c->wait_bytes = r->bytes;
+	c->wait_min = min;
 	c->wait_deadline = now_ns() + BUDGET_NS;
-	logmsg(2, "uid %u sets the budget of %d to %llu bytes", (unsigned)c->uid, (int)r->pid,
-	       (unsigned long long)r->bytes);
+	logmsg(2, "uid %u sets the %s of %d to %llu bytes", (unsigned)c->uid,
+	       min ? "least budget" : "budget", (int)r->pid, (unsigned long long)r->bytes);
 }
 
 /* Every runtime asked has answered (or gone, or timed out): the client gets one reply. */
@@ -551,8 +984,8 @@ static void budget_done(struct conn *c)
 			c->closing = true;
 	} else {
 		char body[96];
-		int k = snprintf(body, sizeof(body), "pid %d budget %llu\n", (int)c->wait_pid,
-				 (unsigned long long)c->wait_bytes);
+		int k = snprintf(body, sizeof(body), "pid %d %s %llu\n", (int)c->wait_pid,
+				 c->wait_min ? "min" : "budget", (unsigned long long)c->wait_bytes);
 		reply_body(c, body, (size_t)k);
 	}
 	c->waiting = 0;
@@ -567,6 +1000,10 @@ static void runtime_line(struct conn *c, const char *line, size_t len)
 	}
 	struct waiter w = c->waiters[0];
 	memmove(c->waiters, c->waiters + 1, (size_t)--c->nwait * sizeof(c->waiters[0]));
+	if (w.slot == POLICY_SLOT) {
+		policy_answer(c, &w, len >= 2 && !memcmp(line, "ok", 2), line, len);
+		return;
+	}
 	struct conn *client = conn_at(w.slot, w.gen);
 	if (!client || client->waiting <= 0 || client->wait_seq != w.seq)
 		return;
@@ -594,6 +1031,8 @@ static const char help_text[] =
 	"  json [PID]         the same as one JSON object\n"
 	"  metrics            Prometheus text exposition format\n"
 	"  budget PID BYTES   set a process's memory budget (K, M, G, T suffixes)\n"
+	"  min PID BYTES      the least budget the pressure policy may give it\n"
+	"  pressure           what the pressure policy sees, what it did and why\n"
 	"  version            the daemon's version and protocol\n"
 	"  help               this text\n"
 	"replies: \"ok LENGTH\" and LENGTH bytes, or \"error NAME message\"\n";
@@ -625,7 +1064,11 @@ static void request(struct conn *c, const char *line, size_t len)
 		reply_formatted(c, lmd_format_metrics, 0, &D.hint[3]);
 		break;
 	case LMD_REQ_BUDGET:
+	case LMD_REQ_MIN:
 		budget(c, &r);
+		break;
+	case LMD_REQ_PRESSURE:
+		pressure(c);
 		break;
 	case LMD_REQ_VERSION: {
 		char body[96];
@@ -985,12 +1428,94 @@ static int drop_privileges(uid_t uid, gid_t gid)
 	return 0;
 }
 
+/* ---- settings ---------------------------------------------------------------------------------- */
+
+static const char *set_args[32];
+static int set_count;
+
+/*
+ * The config file (a missing default one is no error: every setting has
+ * a default), then the -o settings over it.  Errors name the file and
+ * line.  The result replaces the settings only when all of it parsed.
+ */
+static int load_conf(const char *const *sets, int n)
+{
+	struct lmd_policy_conf c;
+	lmd_policy_defaults(&c);
+	const char *path = D.conf_path ? D.conf_path : LMD_CONF;
+	int line = 0;
+	const char *why = NULL;
+	int rc = lmd_policy_load(&c, path, &line, &why);
+	if (rc == -ENOENT && !D.conf_path)
+		rc = 0;
+	if (rc < 0) {
+		if (rc == -EINVAL)
+			logmsg(0, "%s:%d: %s", path, line, why);
+		else
+			logmsg(0, "cannot read %s: %s", path, strerror(-rc));
+		return rc;
+	}
+	for (int i = 0; i < n; i++) {
+		char key[64];
+		const char *eq = strchr(sets[i], '=');
+		if (!eq || (size_t)(eq - sets[i]) >= sizeof(key)) {
+			logmsg(0, "-o %s: not KEY=VALUE", sets[i]);
+			return -EINVAL;
+		}
+		memcpy(key, sets[i], (size_t)(eq - sets[i]));
+		key[eq - sets[i]] = '\0';
+		if (lmd_policy_set(&c, key, eq + 1, &why) < 0) {
+			logmsg(0, "-o %s: %s", sets[i], why);
+			return -EINVAL;
+		}
+	}
+	D.conf = c;
+	set_count = n < 32 ? n : 32;
+	for (int i = 0; i < set_count; i++)
+		set_args[i] = sets[i];
+	return 0;
+}
+
+/* The policy looks every interval while it is on, and once a second for lazymem pressure while off. */
+static int arm_policy(void)
+{
+	uint64_t ms = D.conf.enabled ? D.conf.interval_ms : 1000;
+	struct itimerspec its = { { (time_t)(ms / 1000), (long)(ms % 1000) * 1000000 },
+				  { (time_t)(ms / 1000), (long)(ms % 1000) * 1000000 } };
+	return timerfd_settime(D.ptimerfd, 0, &its, NULL);
+}
+
+/* SIGHUP: the settings again, from the file and the same -o settings; kept as they were on error. */
+static void reload_conf(void)
+{
+	if (load_conf(set_args, set_count) < 0) {
+		logmsg(0, "SIGHUP: the settings were not changed");
+		return;
+	}
+	arm_policy();
+	logmsg(2, "SIGHUP: settings reloaded: policy %s, every %llu ms", D.conf.enabled ? "on" : "off",
+	       (unsigned long long)D.conf.interval_ms);
+}
+
+/* Where the memory cgroups are: the v1 memory hierarchy and the v2 one, either or both. */
+static void find_cgroups(void)
+{
+	struct statfs fs;
+	if (statfs("/sys/fs/cgroup/memory", &fs) == 0 && fs.f_type == CGROUP_SUPER_MAGIC)
+		snprintf(D.v1root, sizeof(D.v1root), "/sys/fs/cgroup/memory");
+	if (statfs("/sys/fs/cgroup", &fs) == 0 && fs.f_type == CGROUP2_SUPER_MAGIC)
+		snprintf(D.v2root, sizeof(D.v2root), "/sys/fs/cgroup");
+	else if (statfs("/sys/fs/cgroup/unified", &fs) == 0 && fs.f_type == CGROUP2_SUPER_MAGIC)
+		snprintf(D.v2root, sizeof(D.v2root), "/sys/fs/cgroup/unified");
+}
+
 /* ---- main -------------------------------------------------------------------------------------- */
 
 static void usage(FILE *f)
 {
 	fprintf(f,
 		"usage: lazymemd [-f] [-s SOCKET] [-g GROUP] [-u USER] [-l stderr|syslog|FILE] [-v]\n"
+		"                [-c CONFIG] [-o KEY=VALUE]...\n"
 		"  -f, --foreground   do not detach (logs to stderr unless -l says otherwise)\n"
 		"  -s, --socket PATH  listen on PATH (default: $LAZYMEM_SOCKET, else\n"
 		"                     /run/lazymem/lazymemd.sock for root,\n"
@@ -998,6 +1523,8 @@ static void usage(FILE *f)
 		"  -g, --group GROUP  the socket's group (mode 0660)\n"
 		"  -u, --user USER    run as USER once the socket is bound\n"
 		"  -l, --log WHERE    stderr, syslog, or a file (SIGHUP reopens it)\n"
+		"  -c, --config FILE  the pressure policy's settings (default " LMD_CONF ")\n"
+		"  -o, --set KEY=VALUE  one setting, over the file's (policy=off, proactive=on, ...)\n"
 		"  -v, --verbose      more log (twice: debug)\n"
 		"  -V, --version      print the version and exit\n");
 }
@@ -1072,15 +1599,27 @@ int main(int argc, char **argv)
 		{ "group", required_argument, NULL, 'g' }, { "user", required_argument, NULL, 'u' },
 		{ "log", required_argument, NULL, 'l' }, { "verbose", no_argument, NULL, 'v' },
 		{ "version", no_argument, NULL, 'V' }, { "help", no_argument, NULL, 'H' },
+		{ "config", required_argument, NULL, 'c' }, { "set", required_argument, NULL, 'o' },
 		{ NULL, 0, NULL, 0 },
 	};
+	const char *sets[32];
+	int nsets = 0;
+	lmd_policy_defaults(&D.conf);
 	bool foreground = false, log_set = false;
 	const char *sock = NULL;
 	uid_t uid = (uid_t)-1;
 	gid_t gid = (gid_t)-1, group = (gid_t)-1;
 	int opt;
-	while ((opt = getopt_long(argc, argv, "fs:g:u:l:vV", longs, NULL)) != -1) {
+	while ((opt = getopt_long(argc, argv, "fs:g:u:l:vVc:o:", longs, NULL)) != -1) {
 		switch (opt) {
+		case 'c': D.conf_path = optarg; break;
+		case 'o':
+			if (nsets == 32) {
+				fprintf(stderr, "lazymemd: at most 32 -o settings\n");
+				return 2;
+			}
+			sets[nsets++] = optarg;
+			break;
 		case 'f': foreground = true; break;
 		case 's': sock = optarg; break;
 		case 'g':
@@ -1116,6 +1655,8 @@ int main(int argc, char **argv)
 		usage(stderr);
 		return 2;
 	}
+	if (load_conf(sets, nsets) < 0)
+		return 2;
 	if (!foreground && !log_set)
 		D.log_kind = 1;
 	if (D.log_kind == 2 && D.log_path[0] != '/') {
@@ -1163,14 +1704,16 @@ int main(int argc, char **argv)
 	sigprocmask(SIG_BLOCK, &sigs, NULL);
 	D.sigfd = signalfd(-1, &sigs, SFD_CLOEXEC | SFD_NONBLOCK);
 	D.timerfd = timerfd_create(CLOCK_MONOTONIC, TFD_CLOEXEC | TFD_NONBLOCK);
+	D.ptimerfd = timerfd_create(CLOCK_MONOTONIC, TFD_CLOEXEC | TFD_NONBLOCK);
+	find_cgroups();
 	D.epfd = epoll_create1(EPOLL_CLOEXEC);
 	D.spare_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
 	D.conns = calloc(MAX_CONNS, sizeof(*D.conns));
 	D.gens = calloc(MAX_CONNS, sizeof(*D.gens));
 	D.rts = calloc(MAX_RUNTIMES, sizeof(*D.rts));
 	struct itimerspec its = { { 1, 0 }, { 1, 0 } };
-	if (D.sigfd < 0 || D.timerfd < 0 || D.epfd < 0 || !D.conns || !D.gens || !D.rts ||
-	    timerfd_settime(D.timerfd, 0, &its, NULL) < 0) {
+	if (D.sigfd < 0 || D.timerfd < 0 || D.ptimerfd < 0 || D.epfd < 0 || !D.conns || !D.gens ||
+	    !D.rts || timerfd_settime(D.timerfd, 0, &its, NULL) < 0 || arm_policy() < 0) {
 		logmsg(0, "cannot set up the event loop: %s", strerror(errno));
 		goto out;
 	}
@@ -1181,6 +1724,8 @@ int main(int argc, char **argv)
 	epoll_ctl(D.epfd, EPOLL_CTL_ADD, D.sigfd, &ev);
 	ev.data.u64 = TAG_TIMER;
 	epoll_ctl(D.epfd, EPOLL_CTL_ADD, D.timerfd, &ev);
+	ev.data.u64 = TAG_POLICY;
+	epoll_ctl(D.epfd, EPOLL_CTL_ADD, D.ptimerfd, &ev);
 	logmsg(2, "lazymemd %s listening on %s%s", PACKAGE_VERSION, D.path,
 	       D.own_socket ? "" : " (socket activation)");
 	if (ready >= 0) {
@@ -1207,6 +1752,9 @@ int main(int argc, char **argv)
 			case TAG_TIMER:
 				tick();
 				break;
+			case TAG_POLICY:
+				policy_tick();
+				break;
 			case TAG_SIGNAL: {
 				struct signalfd_siginfo si;
 				while (read(D.sigfd, &si, sizeof(si)) == sizeof(si)) {
@@ -1217,6 +1765,7 @@ int main(int argc, char **argv)
 							       strerror(-r));
 						else
 							logmsg(2, "SIGHUP: log reopened");
+						reload_conf();
 					} else {
 						logmsg(2, "signal %u: stopping", si.ssi_signo);
 						D.stop = true;

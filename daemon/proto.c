@@ -94,6 +94,26 @@ static bool number(const char *s, size_t n, bool suffix, uint64_t max, uint64_t 
 	return true;
 }
 
+int lmd_parse_size(const char *s, uint64_t *out)
+{
+	return number(s, strlen(s), true, UINT64_MAX, out) ? 0 : -EINVAL;
+}
+
+void lmd_size_str(uint64_t bytes, char *buf, size_t len)
+{
+	static const char units[] = "BKMGTPE";
+	double v = (double)bytes;
+	int u = 0;
+	while (v >= 1024 && u < 6) {
+		v /= 1024;
+		u++;
+	}
+	if (!u)
+		snprintf(buf, len, "%lluB", (unsigned long long)bytes);
+	else
+		snprintf(buf, len, v < 10 ? "%.1f%ci" : "%.0f%ci", v, units[u]);
+}
+
 int lmd_parse(const char *line, size_t len, struct lmd_request *req, const char **why)
 {
 	static const char *const bad = "malformed request (try: help)";
@@ -121,6 +141,8 @@ int lmd_parse(const char *line, size_t len, struct lmd_request *req, const char 
 		req->kind = LMD_REQ_VERSION;
 	else if (w.count == 1 && is(&w, 0, "help"))
 		req->kind = LMD_REQ_HELP;
+	else if (w.count == 1 && is(&w, 0, "pressure"))
+		req->kind = LMD_REQ_PRESSURE;
 	else if (w.count == 2 && (is(&w, 0, "stats") || is(&w, 0, "json")) &&
 		 number(w.w[1], w.n[1], false, INT32_MAX, &v) && v > 0) {
 		req->kind = is(&w, 0, "stats") ? LMD_REQ_STATS : LMD_REQ_JSON;
@@ -135,12 +157,14 @@ int lmd_parse(const char *line, size_t len, struct lmd_request *req, const char 
 		req->version_len = w.n[1];
 		req->name = w.w[2];
 		req->name_len = w.n[2];
-	} else if (w.count == 3 && is(&w, 0, "budget") &&
+	} else if (w.count == 3 && (is(&w, 0, "budget") || is(&w, 0, "min")) &&
 		   number(w.w[1], w.n[1], false, INT32_MAX, &v) && v > 0) {
-		req->kind = LMD_REQ_BUDGET;
+		req->kind = is(&w, 0, "budget") ? LMD_REQ_BUDGET : LMD_REQ_MIN;
 		req->pid = (pid_t)v;
 		if (!number(w.w[2], w.n[2], true, UINT64_MAX, &req->bytes)) {
-			*why = "budget: BYTES is a number, with an optional K, M, G or T";
+			*why = req->kind == LMD_REQ_BUDGET ?
+				       "budget: BYTES is a number, with an optional K, M, G or T" :
+				       "min: BYTES is a number, with an optional K, M, G or T";
 			return -EINVAL;
 		}
 	} else {

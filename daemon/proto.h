@@ -13,7 +13,8 @@
  * One request per line, words separated by blanks, at most LMD_LINE_MAX
  * bytes without the newline (see lazymemd(8)):
  *
- *   list | stats [PID] | json [PID] | metrics | budget PID BYTES | version | help
+ *   list | stats [PID] | json [PID] | metrics | budget PID BYTES | min PID BYTES |
+ *   pressure | version | help
  *
  * and, from a runtime registering itself, "hello VERSION NAME" with its
  * stats page attached (SCM_RIGHTS).  A reply is "ok LENGTH" and a newline
@@ -34,12 +35,14 @@ enum lmd_req {
 	LMD_REQ_VERSION,
 	LMD_REQ_HELP,
 	LMD_REQ_HELLO,
+	LMD_REQ_MIN,
+	LMD_REQ_PRESSURE,
 };
 
 struct lmd_request {
 	int kind;		/* enum lmd_req */
-	pid_t pid;		/* stats, json (0: every process), budget */
-	uint64_t bytes;		/* budget: bytes, suffixes K/M/G/T accepted */
+	pid_t pid;		/* stats, json (0: every process), budget, min */
+	uint64_t bytes;		/* budget, min: bytes, suffixes K/M/G/T accepted */
 	const char *version;	/* hello: pointers into the line, not terminated */
 	const char *name;
 	size_t version_len, name_len;
@@ -124,6 +127,12 @@ int lmd_format_metrics(const struct lmd_proc *procs, size_t n, char *buf, size_t
  * snprintf, or -EINVAL.
  */
 int lmd_format_json(const struct lmd_proc *procs, size_t n, char *buf, size_t len);
+
+/* A size as requests and settings spell it: digits, then K, M, G or T.  0 or -EINVAL. */
+int lmd_parse_size(const char *s, uint64_t *out);
+
+/* A size for people: "512B", "1.5Mi", "64Gi". */
+void lmd_size_str(uint64_t bytes, char *buf, size_t len);
 
 /* The label value escaping Prometheus wants (backslash, quote, newline). */
 size_t lmd_escape_label(const char *in, char *out, size_t len);
