@@ -94,6 +94,18 @@ tests_check_daemon_SOURCES = tests/check_daemon.c tests/testutil.h
 tests_check_daemon_CFLAGS = $(TEST_CFLAGS)
 tests_check_daemon_LDADD = $(TEST_LIBS)
 
+# lazymemd's pressure policy: its decisions (policy.c and pressure.c
+# compiled in), and the OOM test: three processes in a memory cgroup too
+# small for them, without the policy and with it.
+check_PROGRAMS += tests/check_pressure tests/pressure-worker
+TESTS += tests/check_pressure
+tests_check_pressure_SOURCES = tests/check_pressure.c tests/testutil.h daemon/policy.c \
+	daemon/policy.h daemon/pressure.c daemon/pressure.h daemon/proto.c daemon/proto.h
+tests_check_pressure_CFLAGS = $(TEST_CFLAGS)
+tests_check_pressure_LDADD = $(TEST_LIBS)
+tests_pressure_worker_SOURCES = tests/pressure-worker.c
+tests_pressure_worker_LDADD = lib/liblazymem.la
+
 # The parser under libFuzzer (clang), for a bounded time.
 TESTS += tests/fuzz-proto.sh
 EXTRA_DIST += tests/fuzz-proto.sh tests/fuzz_proto.c
