@@ -516,6 +516,82 @@ START_TEST(policy_shrinks_instead_of_oom)
 }
 END_TEST
 
+/*
+ * The same with programs that know nothing of lazymem: Debian's python3
+ * under lazymem run, each building 100 MiB of 1 KiB objects at about
+ * 64 MiB/s and checking every one twice.
+ */
+static const char py_job[] =
+	"import sys, time\n"
+	"n, seed = int(sys.argv[1]), int(sys.argv[2])\n"
+	"def obj(i): return (seed << 40 | i).to_bytes(8, 'little') * 128\n"
+	"chunk, t0 = [], time.monotonic()\n"
+	"for i in range(n * 1024):\n"
+	"    chunk.append(obj(i))\n"
+	"    if i % 1024 == 1023:\n"
+	"        d = t0 + (i + 1) / 1024 / 64 - time.monotonic()\n"
+	"        if d > 0: time.sleep(d)\n"
+	"for p in range(2):\n"
+	"    for i, b in enumerate(chunk):\n"
+	"        if b != obj(i): print('wrong', i); sys.exit(3)\n"
+	"print('verified', seed, len(chunk))\n";
+
+static struct outcome three_pythons(void)
+{
+	if (access("/usr/bin/python3", X_OK) < 0)
+		ck_abort_msg("no /usr/bin/python3: scripts/install-deps.sh installs it");
+	char script[128], lazymem[256];
+	snprintf(script, sizeof(script), "%s/job.py", dir);
+	FILE *f = fopen(script, "w");
+	ck_assert_ptr_nonnull(f);
+	fputs(py_job, f);
+	fclose(f);
+	snprintf(lazymem, sizeof(lazymem), "%s/daemon/lazymem", build());
+	static const char *const tags[] = { "py1", "py2", "py3" };
+	pid_t pids[3];
+	for (int i = 0; i < 3; i++) {
+		char seed[8];
+		snprintf(seed, sizeof(seed), "%d", i + 1);
+		const char *argv[] = { lazymem, "run", "--swap-dir", dir, "--", "/usr/bin/python3",
+				       script, "100", seed, NULL };
+		pids[i] = spawn_in_cgroup(tags[i], argv, NULL);
+	}
+	struct outcome o = wait_all(pids, tags, 3, 150);
+	for (int i = 0; i < 3 && !o.other; i++) {
+		char *out = output(tags[i], "out");
+		ck_assert_msg(!*out || strstr(out, "verified"), "%s said: %s", tags[i], out);
+		free(out);
+	}
+	return o;
+}
+
+START_TEST(unmodified_programs_without_policy)
+{
+	start_daemon("policy=off");
+	uint64_t before = cgroup_oom_kills();
+	struct outcome o = three_pythons();
+	ck_assert_msg(o.killed >= 1 && !o.other, "without the policy: %d finished, %d killed, %s",
+		      o.ok, o.killed, o.why);
+	ck_assert_uint_gt(cgroup_oom_kills(), before);
+	printf("python3 without the policy: %d of 3 finished, %d OOM-killed\n", o.ok, o.killed);
+}
+END_TEST
+
+START_TEST(unmodified_programs_with_policy)
+{
+	start_daemon("policy=on");
+	uint64_t before = cgroup_oom_kills();
+	struct outcome o = three_pythons();
+	ck_assert_msg(o.ok == 3, "with the policy: %d finished, %d killed, %s", o.ok, o.killed,
+		      o.why);
+	ck_assert_uint_eq(cgroup_oom_kills(), before);
+	char *rep = pressure_report();
+	ck_assert_msg(strstr(rep, ": lower;"), "no budget lowered: %s", rep);
+	free(rep);
+	printf("python3 with the policy: 3 of 3 finished, 0 OOM-killed\n");
+}
+END_TEST
+
 /* lazymem budget PID --min SIZE: the runtime keeps the floor, where lazymem stat shows it. */
 START_TEST(floor_from_the_command)
 {
@@ -579,6 +655,8 @@ int main(void)
 		tcase_add_test(oom, oom_killer_without_policy);
 		tcase_add_test(oom, policy_shrinks_instead_of_oom);
 		tcase_add_test(oom, floor_from_the_command);
+		tcase_add_test(oom, unmodified_programs_without_policy);
+		tcase_add_test(oom, unmodified_programs_with_policy);
 		suite_add_tcase(s, oom);
 	}
 	SRunner *sr = srunner_create(s);
