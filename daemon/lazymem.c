@@ -405,6 +405,123 @@ static int cmd_top(void)
 	return EX_OK;
 }
 
+/* ---- vmstat ------------------------------------------------------------------------------- */
+
+/* What vmstat shows, summed over processes: counters by the second, and three gauges. */
+struct vm_sample {
+	pid_t pid;
+	uint64_t faults, fills, swapin, swapout, evicts, refaults, budgets;
+};
+
+static struct vm_sample vm_of(const struct lmd_entry *e)
+{
+	const struct lm_stats *st = &e->st;
+	return (struct vm_sample){
+		.pid = e->pid,
+		.faults = st->faults_missing + st->faults_wp,
+		.fills = st->fills_zero + st->fills_memory + st->fills_file + st->fills_image,
+		.swapin = st->swap_reads,
+		.swapout = st->swap_writes,
+		.evicts = st->evicted_pages,
+		.refaults = st->refaults,
+		.budgets = st->budget_changes,
+	};
+}
+
+static int by_vm_pid(const void *a, const void *b)
+{
+	pid_t x = ((const struct vm_sample *)a)->pid, y = ((const struct vm_sample *)b)->pid;
+	return (x > y) - (x < y);
+}
+
+/*
+ * The rates between two samples: only processes in both count, so that
+ * one that starts or exits in between adds neither its whole history nor
+ * a negative rate.
+ */
+static struct vm_sample vm_delta(const struct vm_sample *a, int na, const struct vm_sample *b,
+				 int nb)
+{
+	struct vm_sample d = { 0 };
+	for (int i = 0, j = 0; i < na && j < nb;) {
+		if (a[i].pid < b[j].pid) {
+			i++;
+		} else if (a[i].pid > b[j].pid) {
+			j++;
+		} else {
+#define D(f) d.f += b[j].f >= a[i].f ? b[j].f - a[i].f : 0
+			D(faults); D(fills); D(swapin); D(swapout); D(evicts); D(refaults); D(budgets);
+#undef D
+			i++, j++;
+		}
+	}
+	return d;
+}
+
+/* lazymem vmstat [INTERVAL [COUNT]]: like vmstat(8), a line of rates per interval. */
+static int cmd_vmstat(double delay, long count)
+{
+	struct vm_sample *prev = NULL;
+	int nprev = 0;
+	double tprev = 0;
+	int rc = EX_OK;
+	for (long i = 0; !interrupted && (count < 0 || i <= count); i++) {
+		if (i)
+			nap(delay);
+		if (interrupted)
+			break;
+		struct lmd_entry *e = NULL;
+		int n = 0;
+		if ((rc = fetch(0, &e, &n)) != EX_OK)
+			break;
+		struct timespec ts;
+		clock_gettime(CLOCK_MONOTONIC, &ts);
+		double t = (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+		struct vm_sample *cur = calloc((size_t)n + 1, sizeof(*cur));
+		uint64_t res = 0, swapped = 0, budget = 0;
+		for (int k = 0; k < n; k++) {
+			cur[k] = vm_of(&e[k]);
+			uint64_t ps = e[k].st.page_size ? e[k].st.page_size : 4096;
+			res += e[k].st.resident_pages * ps;
+			swapped += e[k].st.swapped_pages * ps;
+			budget += e[k].st.budget_bytes;
+		}
+		qsort(cur, (size_t)n, sizeof(*cur), by_vm_pid);
+		free(e);
+		if (i) {
+			struct vm_sample d = vm_delta(prev, nprev, cur, n);
+			double dt = t - tprev > 0 ? t - tprev : 1;
+			char a[3][32];
+			if (O.json) {
+				printf("{\"processes\":%d,\"resident\":%" PRIu64 ",\"swapped\":%" PRIu64
+				       ",\"budget\":%" PRIu64 ",\"faults\":%.1f,\"fills\":%.1f,"
+				       "\"swapin\":%.1f,\"swapout\":%.1f,\"evicted\":%.1f,"
+				       "\"refaults\":%.1f,\"budget_changes\":%.1f}\n",
+				       n, res, swapped, budget, (double)d.faults / dt, (double)d.fills / dt,
+				       (double)d.swapin / dt, (double)d.swapout / dt, (double)d.evicts / dt,
+				       (double)d.refaults / dt, (double)d.budgets / dt);
+			} else {
+				if ((i - 1) % 20 == 0)
+					printf("%5s %9s %9s %9s %8s %8s %8s %8s %8s %8s %7s\n", "procs",
+					       "resident", "swapped", "budget", "faults", "fills", "swapin",
+					       "swapout", "evicted", "refaults", "budgets");
+				printf("%5d %9s %9s %9s %8.0f %8.0f %8.0f %8.0f %8.0f %8.0f %7.1f\n", n,
+				       size_str(res, a[0], 32), size_str(swapped, a[1], 32),
+				       budget ? size_str(budget, a[2], 32) : "-", (double)d.faults / dt,
+				       (double)d.fills / dt, (double)d.swapin / dt, (double)d.swapout / dt,
+				       (double)d.evicts / dt, (double)d.refaults / dt, (double)d.budgets / dt);
+			}
+			fflush(stdout);
+		}
+		free(prev);
+		prev = cur;
+		nprev = n;
+		tprev = t;
+	}
+	free(prev);
+	return rc;
+}
+
 /* ---- stat ---------------------------------------------------------------------------------- */
 
 static int cmd_stat(pid_t pid)
@@ -671,6 +788,8 @@ static void usage(FILE *f)
 		"  budget PID SIZE              set a process's memory budget (0: none); K, M, G, T\n"
 		"  budget PID --min SIZE        the least budget lazymemd's pressure policy may set\n"
 		"  pressure                     what the pressure policy sees, what it did and why\n"
+		"  vmstat [INTERVAL [COUNT]]    rates per second like vmstat(8): faults, fills, swap\n"
+		"                               in and out, evictions, refaults, budget changes\n"
 		"  run [OPTIONS] PROGRAM [ARGS] run a program on lazy memory (lazymem run --help)\n"
 		"  metrics                      Prometheus text exposition\n"
 		"  version                      this command's and the daemon's version\n"
@@ -736,7 +855,8 @@ int main(int argc, char **argv)
 	 * a single request is simply interrupted.
 	 */
 	struct sigaction sa = { .sa_handler = on_signal, .sa_flags = SA_RESTART };
-	if (argc > optind && (!strcmp(argv[optind], "top") || !strcmp(argv[optind], "free"))) {
+	if (argc > optind && (!strcmp(argv[optind], "top") || !strcmp(argv[optind], "free") ||
+			      !strcmp(argv[optind], "vmstat"))) {
 		sigaction(SIGINT, &sa, NULL);
 		sigaction(SIGTERM, &sa, NULL);
 	}
@@ -768,6 +888,17 @@ int main(int argc, char **argv)
 	}
 	if (!strcmp(cmd, "pressure") && !args)
 		return cmd_raw("pressure");
+	if (!strcmp(cmd, "vmstat") && args <= 2) {
+		double delay = 1;
+		long count = -1;
+		if ((args >= 1 && (delay = strtod(arg[0], &end), *end || delay <= 0 || delay > 86400)) ||
+		    (args == 2 && (count = strtol(arg[1], &end, 10), *end || count < 1))) {
+			fprintf(stderr, "lazymem: vmstat: usage: vmstat [INTERVAL [COUNT]] (seconds, "
+					"more than 0; count at least 1)\n");
+			return EX_USAGE;
+		}
+		return cmd_vmstat(delay, count);
+	}
 	if (!strcmp(cmd, "budget") && (args == 2 || (args == 1 && O.min))) {
 		uint64_t min = 0;
 		if (parse_pid(arg[0], &pid) < 0 || (args == 2 && parse_size(arg[1], &bytes) < 0) ||

@@ -626,6 +626,47 @@ START_TEST(floor_from_the_command)
 }
 END_TEST
 
+/* lazymem vmstat: per-second rates that follow what a process under a budget does. */
+START_TEST(vmstat_rates)
+{
+	start_daemon("policy=off");
+	char worker[256];
+	snprintf(worker, sizeof(worker), "%s/tests/pressure-worker", build());
+	/* 64 MiB at 64 MiB/s under a 16M budget: a second of fills and evictions, then its checks. */
+	const char *argv[] = { worker, "64", "5", "64", "2", NULL };
+	const char *env[] = { "LAZYMEM_BUDGET", "16M", NULL };
+	pid_t pid = spawn_in_cgroup("w", argv, env);
+	char cmd[512], path[160];
+	snprintf(path, sizeof(path), "%s/vmstat.json", dir);
+	snprintf(cmd, sizeof(cmd), "%s/daemon/lazymem -S %s --json vmstat 0.5 6 >%s 2>&1", build(),
+		 sock, path);
+	ck_assert_int_eq(system(cmd), 0);
+	char *out = slurp(path);
+	double sum[5] = { 0 };
+	static const char *const keys[] = { "\"faults\":", "\"fills\":", "\"swapout\":",
+					    "\"evicted\":", "\"swapin\":" };
+	int lines = 0;
+	for (char *l = out; l && *l; l = strchr(l, '\n'), l = l ? l + 1 : NULL) {
+		lines++;
+		for (int k = 0; k < 5; k++) {
+			const char *v = strstr(l, keys[k]);
+			ck_assert_msg(v != NULL, "no %s in %s", keys[k], l);
+			sum[k] += strtod(v + strlen(keys[k]), NULL);
+		}
+	}
+	ck_assert_msg(lines == 6, "%d lines: %s", lines, out);
+	/* 64 MiB is 16384 pages, filled and most of them evicted, at 2 samples a second. */
+	ck_assert_msg(sum[0] > 0 && sum[1] * 0.5 > 8000 && sum[2] * 0.5 > 8000 && sum[3] * 0.5 > 8000,
+		      "rates do not add up: %s", out);
+	free(out);
+	int st;
+	ck_assert_int_eq(waitpid(pid, &st, 0), pid);
+	ck_assert(WIFEXITED(st) && WEXITSTATUS(st) == 0);
+	snprintf(cmd, sizeof(cmd), "%s/daemon/lazymem -S %s vmstat 0 >/dev/null 2>&1", build(), sock);
+	ck_assert_int_eq(WEXITSTATUS(system(cmd)), 2);
+}
+END_TEST
+
 int main(void)
 {
 	Suite *s = suite_create("pressure");
@@ -655,6 +696,7 @@ int main(void)
 		tcase_add_test(oom, oom_killer_without_policy);
 		tcase_add_test(oom, policy_shrinks_instead_of_oom);
 		tcase_add_test(oom, floor_from_the_command);
+		tcase_add_test(oom, vmstat_rates);
 		tcase_add_test(oom, unmodified_programs_without_policy);
 		tcase_add_test(oom, unmodified_programs_with_policy);
 		suite_add_tcase(s, oom);
