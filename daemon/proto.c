@@ -310,6 +310,39 @@ static void metric(struct out *o, const struct lmd_proc *procs, size_t n, char (
 	}
 }
 
+/* The names of the enums in the statistics, as info metrics' labels carry them. */
+static const char *enum_name(const char *field, uint64_t v)
+{
+	static const char *const modes[] = { "default", "thread", "signal" };
+	static const char *const origins[] = { "none", "dev", "syscall", "user" };
+	if (!strcmp(field, "mode"))
+		return v < 3 ? modes[v] : "unknown";
+	if (!strcmp(field, "uffd_origin"))
+		return v < 4 ? origins[v] : "unknown";
+	return "unknown";
+}
+
+/*
+ * An enum is an info metric: one sample of 1 per process, its value a
+ * label ("mode" for mode, "origin" for uffd_origin), which PromQL can
+ * match on; a number would need the header to read.
+ */
+static void info_metric(struct out *o, const struct lmd_proc *procs, size_t n,
+			char (*labels)[LABEL], const char *name, const char *help, size_t offset)
+{
+	const char *label = !strcmp(name, "uffd_origin") ? "origin" : name;
+	put(o, "# HELP lazymem_%s_info %s, as a label.\n# TYPE lazymem_%s_info gauge\n", name, help,
+	    name);
+	for (size_t i = 0; i < n; i++) {
+		const struct lm_stats *st = procs[i].st;
+		if (st->size < offset + sizeof(uint64_t))
+			continue;
+		uint64_t v;
+		memcpy(&v, (const char *)st + offset, sizeof(v));
+		put(o, "lazymem_%s_info%s,%s=\"%s\"} 1\n", name, labels[i], label, enum_name(name, v));
+	}
+}
+
 /* Each process's labels, escaped once per reply: {pid="..",name=".." without the brace's end. */
 static char (*make_labels(const struct lmd_proc *procs, size_t n))[LABEL]
 {
@@ -381,9 +414,12 @@ int lmd_format_metrics(const struct lmd_proc *procs, size_t n, char *buf, size_t
 	char (*labels)[LABEL] = make_labels(procs, n);
 	if (!labels)
 		return -ENOMEM;
-#define METRIC(name, kind, unit, help) \
-	metric(&o, procs, n, labels, #name, !strcmp(#kind, "COUNTER"), unit, help, \
-	       offsetof(struct lm_stats, name));
+#define METRIC(name, kind, unit, help)                                                     \
+	if (!strcmp(unit, "enum"))                                                         \
+		info_metric(&o, procs, n, labels, #name, help, offsetof(struct lm_stats, name)); \
+	else                                                                               \
+		metric(&o, procs, n, labels, #name, !strcmp(#kind, "COUNTER"), unit, help,  \
+		       offsetof(struct lm_stats, name));
 	LM_STATS_LIST(METRIC)
 #undef METRIC
 	histogram(&o, procs, n, labels);

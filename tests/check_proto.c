@@ -207,6 +207,8 @@ START_TEST(metrics_text)
 	a.fill_ns_total = 1500000000;
 	a.budget_bytes = 1 << 20;
 	b.faults_missing = 7;
+	a.mode = LM_MODE_THREAD;
+	b.uffd_origin = LM_UFFD_SYSCALL_USER;
 	struct lmd_proc procs[2] = {
 		{ .pid = 100, .uid = 0, .name = "app \"one\"\\", .st = &a },
 		{ .pid = 200, .uid = 0, .name = "two\nlines", .st = &b },
@@ -224,6 +226,12 @@ START_TEST(metrics_text)
 	ck_assert_ptr_nonnull(strstr(buf, "} 1.500000000\n"));
 	ck_assert_ptr_nonnull(strstr(buf, "# TYPE lazymem_budget_bytes gauge\n"));
 	ck_assert_ptr_null(strstr(buf, "_bytes_bytes"));
+	/* Enums are info metrics, their value a label; no bare number to decode. */
+	ck_assert_ptr_nonnull(strstr(buf, "# TYPE lazymem_mode_info gauge\n"));
+	ck_assert_ptr_nonnull(strstr(buf, "lazymem_mode_info{pid=\"100\",name=\"app \\\"one\\\"\\\\\",mode=\"thread\"} 1\n"));
+	ck_assert_ptr_nonnull(strstr(buf, "lazymem_uffd_origin_info{pid=\"200\",name=\"two\\nlines\",origin=\"user\"} 1\n"));
+	ck_assert_ptr_null(strstr(buf, "lazymem_mode{"));
+	ck_assert_ptr_null(strstr(buf, "lazymem_uffd_origin{"));
 	ck_assert_ptr_null(strstr(buf, "_total_total"));
 	/* Every metric has HELP and TYPE, in that order, once. */
 	size_t helps = 0, types = 0;
