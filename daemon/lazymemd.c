@@ -30,6 +30,8 @@
 #include <sys/vfs.h>
 #include <sys/timerfd.h>
 #include <sys/un.h>
+#include <netdb.h>
+#include <netinet/in.h>
 #include <syslog.h>
 #include <time.h>
 #include <unistd.h>
@@ -47,6 +49,7 @@
 #define MAX_RUNTIMES 4096		/* runtimes registered at once */
 #define MAX_OUT_TOTAL (256u << 20)	/* bytes of replies waiting in all buffers */
 #define IDLE_NS (300ull * 1000000000ull)	/* a client silent this long is closed */
+#define HTTP_IDLE_NS (10ull * 1000000000ull)	/* an HTTP client gets this long to send its request */
 #define STALL_NS (30ull * 1000000000ull)	/* a reply not drained this long: the client goes */
 #define BUDGET_NS (30ull * 1000000000ull)	/* a runtime's budget answer, at most */
 #define MAX_WAITERS 16			/* budget requests queued on one runtime */
@@ -55,7 +58,7 @@
 #define LMD_CONF "/etc/lazymem/lazymemd.conf"
 #endif
 
-enum { TAG_LISTEN = 1, TAG_SIGNAL, TAG_TIMER, TAG_POLICY, TAG_CONN };
+enum { TAG_LISTEN = 1, TAG_SIGNAL, TAG_TIMER, TAG_POLICY, TAG_HTTP_LISTEN, TAG_CONN };
 
 #define POLICY_SLOT UINT32_MAX	/* a waiter that is the pressure policy's own request */
 #define MAX_SCOPES 64		/* memory cgroups (and the machine) the policy follows at once */
@@ -75,6 +78,11 @@ struct conn {
 	uid_t uid;
 	gid_t gid;
 	bool runtime;
+	bool http;		/* a connection to the HTTP endpoint (/metrics) */
+	bool http_line;		/* its request line is in, headers are being skipped */
+	bool http_eol;		/* the last header byte ended a line */
+	bool http_head;		/* a HEAD request: headers only */
+	size_t http_bytes;	/* header bytes so far */
 	bool discard;		/* skipping the rest of an overlong line */
 	bool closing;		/* close once the reply is out */
 	bool rdhup;		/* the peer shut its side: no more EPOLLRDHUP */
@@ -168,7 +176,28 @@ static struct {
 	uint64_t nactions;		/* ever: the ring holds the last MAX_ACTIONS */
 	uint64_t lowered, raised, policy_errors;
 	double last_reaction_ms;	/* pressure onset to the first lowering acknowledged */
-} D;
+	/* The HTTP endpoint, and the daemon's own counters for /metrics. */
+	int hfd;			/* listening; -1: none */
+	char http_addr[80];
+	uint64_t requests[LMD_REQ_PRESSURE + 1];	/* by enum lmd_req; [0]: HTTP requests */
+	uint64_t refusals[8];		/* by enum refusal */
+} D = { .hfd = -1 };
+
+/* Why the daemon said no, for lazymemd_refusals_total. */
+enum refusal {
+	REF_MALFORMED,		/* EINVAL: a request, a hello, an HTTP request it cannot parse */
+	REF_DENIED,		/* EPERM: another user's process */
+	REF_NO_PROCESS,		/* ESRCH */
+	REF_BUSY,		/* EBUSY: replies or budget requests piled up */
+	REF_RUNTIMES,		/* EMFILE at hello: the runtime table is full */
+	REF_CONNECTIONS,	/* a connection refused: the connection table is full */
+	REF_OTHER,
+	REF_COUNT,
+};
+
+static const char *const refusal_names[REF_COUNT] = {
+	"malformed", "permission", "no_process", "busy", "runtimes_full", "connections_full", "other",
+};
 
 /* ---- logging ------------------------------------------------------------------------ */
 
@@ -338,6 +367,21 @@ static void reply_error(struct conn *c, const char *name, const char *fmt, ...)
 	__attribute__((format(printf, 3, 4)));
 static void reply_error(struct conn *c, const char *name, const char *fmt, ...)
 {
+	D.refusals[!strcmp(name, "EINVAL") ? REF_MALFORMED :
+		   !strcmp(name, "EPERM")  ? REF_DENIED :
+		   !strcmp(name, "ESRCH")  ? REF_NO_PROCESS :
+		   !strcmp(name, "EBUSY")  ? REF_BUSY :
+		   !strcmp(name, "EMFILE") ? REF_RUNTIMES :
+					     REF_OTHER]++;
+	if (c->http) {
+		/* Only the daemon's own troubles reach here: out of memory, too busy. */
+		static const char busy[] = "HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\n"
+					   "Retry-After: 1\r\nConnection: close\r\n\r\n";
+		if (!queue(c, busy, sizeof(busy) - 1))
+			c->closing = true;
+		c->closing = true;
+		return;
+	}
 	char line[300];
 	int k = snprintf(line, sizeof(line), "error %s ", name);
 	va_list ap;
@@ -462,7 +506,7 @@ static void reply_formatted(struct conn *c, formatter fn, pid_t pid, size_t *hin
 	 * second only when it grew), with room in front for the head: the
 	 * buffer becomes the connection's output as it is, no copy.
 	 */
-	enum { HEAD = 32 };
+	enum { HEAD = 192 };
 	size_t cap = *hint + *hint / 4 + 4096;
 	char *buf = malloc(HEAD + cap);
 	int need = buf ? fn(v.procs, v.n, buf + HEAD, cap) : -ENOMEM;
@@ -479,7 +523,14 @@ static void reply_formatted(struct conn *c, formatter fn, pid_t pid, size_t *hin
 	if (need >= 0)
 		*hint = (size_t)need;
 	char head[HEAD];
-	int k = need >= 0 ? snprintf(head, sizeof(head), "ok %d\n", need) : 0;
+	int k = need < 0 ? 0 :
+		c->http ? snprintf(head, sizeof(head),
+				   "HTTP/1.1 200 OK\r\nContent-Type: text/plain; version=0.0.4; "
+				   "charset=utf-8\r\nContent-Length: %d\r\nConnection: close\r\n\r\n",
+				   need) :
+			  snprintf(head, sizeof(head), "ok %d\n", need);
+	if (need >= 0 && c->http && c->http_head)
+		need = 0;	/* HEAD: the length of the body that GET would get, and no body */
 	if (need < 0) {
 		reply_error(c, need == -ENOMEM ? "ENOMEM" : "EOVERFLOW", "the reply does not fit");
 		free(buf);
@@ -860,6 +911,197 @@ static void pressure(struct conn *c)
 	free(buf);
 }
 
+/* ---- the daemon's own metrics, and HTTP for Prometheus ----------------------------------------- */
+
+static void self_metric(struct pout *o, const char *name, const char *type, const char *help)
+{
+	outf(o, "# HELP lazymemd_%s %s\n# TYPE lazymemd_%s %s\n", name, help, name, type);
+}
+
+/* lazymemd_*: the daemon itself and its pressure policy, after the runtimes' counters. */
+static size_t format_self(char *buf, size_t len)
+{
+	struct pout o = { buf, len, 0 };
+	self_metric(&o, "build_info", "gauge", "The daemon's version and protocol, as labels");
+	outf(&o, "lazymemd_build_info{version=\"%s\",protocol=\"%d\"} 1\n", PACKAGE_VERSION,
+	     LMD_PROTOCOL);
+	self_metric(&o, "runtimes", "gauge", "Runtimes registered");
+	outf(&o, "lazymemd_runtimes %u\n", D.nruntimes);
+	self_metric(&o, "connections", "gauge", "Open connections: runtimes, clients and HTTP");
+	outf(&o, "lazymemd_connections %u\n", D.nconns);
+	static const char *const kinds[] = { "http", "list", "stats", "json", "metrics", "budget",
+					     "version", "help", "hello", "min", "pressure" };
+	_Static_assert(sizeof(kinds) / sizeof(kinds[0]) == LMD_REQ_PRESSURE + 1, "a name per kind");
+	self_metric(&o, "requests_total", "counter", "Requests served, by kind");
+	for (int i = 0; i <= LMD_REQ_PRESSURE; i++)
+		outf(&o, "lazymemd_requests_total{kind=\"%s\"} %llu\n", kinds[i],
+		     (unsigned long long)D.requests[i]);
+	self_metric(&o, "refusals_total", "counter", "Requests and connections refused, by reason");
+	for (int i = 0; i < REF_COUNT; i++)
+		outf(&o, "lazymemd_refusals_total{reason=\"%s\"} %llu\n", refusal_names[i],
+		     (unsigned long long)D.refusals[i]);
+	self_metric(&o, "policy_info", "gauge", "The pressure policy's switches, as labels");
+	outf(&o, "lazymemd_policy_info{policy=\"%s\",proactive=\"%s\"} 1\n",
+	     D.conf.enabled ? "on" : "off", D.conf.proactive ? "on" : "off");
+	self_metric(&o, "policy_budgets_lowered_total", "counter",
+		    "Budgets the pressure policy lowered, acknowledged");
+	outf(&o, "lazymemd_policy_budgets_lowered_total %llu\n", (unsigned long long)D.lowered);
+	self_metric(&o, "policy_budgets_raised_total", "counter",
+		    "Budgets the pressure policy raised or lifted, acknowledged");
+	outf(&o, "lazymemd_policy_budgets_raised_total %llu\n", (unsigned long long)D.raised);
+	self_metric(&o, "policy_budgets_refused_total", "counter",
+		    "Budgets of the pressure policy a runtime refused");
+	outf(&o, "lazymemd_policy_budgets_refused_total %llu\n",
+	     (unsigned long long)D.policy_errors);
+	self_metric(&o, "policy_reaction_seconds", "gauge",
+		    "The last time from the onset of pressure to a budget lowered");
+	outf(&o, "lazymemd_policy_reaction_seconds %.3f\n", D.last_reaction_ms / 1000);
+	/* One sample per scope with runtimes; the machine is scope="machine". */
+	static const char *const fams[][3] = {
+		{ "scope_limit_bytes", "gauge", "A scope's memory limit (the machine: MemTotal)" },
+		{ "scope_available_bytes", "gauge", "A scope's memory left, inactive file pages included" },
+		{ "scope_oom_kills_total", "counter", "OOM kills in a scope, as the kernel counts them" },
+		{ "scope_state_info", "gauge", "A scope's state for the pressure policy, as a label" },
+	};
+	for (size_t f = 0; f < sizeof(fams) / sizeof(fams[0]); f++) {
+		self_metric(&o, fams[f][0], fams[f][1], fams[f][2]);
+		for (int i = 0; i < D.nscopes; i++) {
+			const struct scope *sc = &D.scopes[i];
+			if (!sc->members)
+				continue;
+			char esc[2 * LMD_SCOPE_PATH];
+			lmd_escape_label(sc->s.kind == LMD_SCOPE_SYSTEM ? "machine" : sc->s.path, esc,
+					 sizeof(esc));
+			uint64_t v = f == 0 ? sc->s.limit : f == 1 ? sc->s.available : sc->s.oom_kills;
+			if (f == 3)
+				outf(&o, "lazymemd_scope_state_info{scope=\"%s\",state=\"%s\"} 1\n", esc,
+				     lmd_state_name(sc->state));
+			else
+				outf(&o, "lazymemd_%s{scope=\"%s\"} %llu\n", fams[f][0], esc,
+				     (unsigned long long)v);
+		}
+	}
+	return o.n;
+}
+
+/* The metrics request's formatter: every runtime's counters, then the daemon's own. */
+static int metrics_all(const struct lmd_proc *procs, size_t n, char *buf, size_t len)
+{
+	int k = lmd_format_metrics(procs, n, buf, len);
+	if (k < 0)
+		return k;
+	size_t at = (size_t)k < len ? (size_t)k : len;
+	size_t self = format_self(len > at ? buf + at : NULL, len > at ? len - at : 0);
+	if ((size_t)k + self > 0x7fffffff)
+		return -EOVERFLOW;
+	return k + (int)self;
+}
+
+/* A whole small HTTP reply; the connection closes once it is out. */
+static void http_reply(struct conn *c, int code, const char *reason, const char *extra,
+		       const char *body)
+{
+	char buf[512];
+	int k = snprintf(buf, sizeof(buf),
+			 "HTTP/1.1 %d %s\r\nContent-Type: text/plain; charset=utf-8\r\n"
+			 "Content-Length: %zu\r\n%sConnection: close\r\n\r\n%s",
+			 code, reason, strlen(body), extra, c->http_head ? "" : body);
+	if (k < 0 || (size_t)k >= sizeof(buf) || !queue(c, buf, (size_t)k))
+		c->closing = true;
+	c->closing = true;
+}
+
+/*
+ * One request: GET or HEAD of /metrics (what Prometheus scrapes) or of
+ * / (a line saying where the metrics are); HTTP/1.0 and 1.1.  The
+ * headers are read and ignored; every reply closes the connection.
+ */
+static void http_request(struct conn *c, const char *line, size_t len)
+{
+	D.requests[0]++;
+	char method[8], target[LMD_LINE_MAX + 1], version[16];
+	char copy[LMD_LINE_MAX + 1];
+	snprintf(copy, sizeof(copy), "%.*s", (int)len, line);
+	if (sscanf(copy, "%7s %256s %15s", method, target, version) != 3 ||
+	    strncmp(version, "HTTP/1.", 7) || target[0] != '/') {
+		D.refusals[REF_MALFORMED]++;
+		http_reply(c, 400, "Bad Request", "", "malformed request line\n");
+		return;
+	}
+	c->http_head = !strcmp(method, "HEAD");
+	if (strcmp(method, "GET") && !c->http_head) {
+		D.refusals[REF_MALFORMED]++;
+		http_reply(c, 405, "Method Not Allowed", "Allow: GET, HEAD\r\n", "GET or HEAD\n");
+		return;
+	}
+	target[strcspn(target, "?#")] = '\0';
+	if (!strcmp(target, "/metrics")) {
+		reply_formatted(c, metrics_all, 0, &D.hint[3]);
+		c->closing = true;
+	} else if (!strcmp(target, "/")) {
+		http_reply(c, 200, "OK", "", "lazymemd: the metrics are at /metrics\n");
+	} else {
+		http_reply(c, 404, "Not Found", "", "not found: the metrics are at /metrics\n");
+	}
+}
+
+/*
+ * Reads an HTTP request: the request line into c->in (at most a
+ * request line's worth), then the headers, skipped byte by byte up to
+ * the empty line without keeping them, at most 16 KiB.
+ */
+static void http_input(struct conn *c)
+{
+	char skip[1024];
+	while (!c->closing && c->outoff == c->outlen) {
+		char *dst = c->http_line ? skip : c->in + c->nin;
+		size_t room = c->http_line ? sizeof(skip) : sizeof(c->in) - c->nin;
+		ssize_t n = recv(c->fd, dst, room, MSG_DONTWAIT);
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
+			break;
+		if (n <= 0) {
+			conn_close(c, n < 0 ? strerror(errno) : "end of file");
+			return;
+		}
+		c->last_ns = now_ns();
+		const char *p = dst, *end = dst + n;
+		if (!c->http_line) {
+			c->nin += (size_t)n;
+			char *nl = memchr(c->in, '\n', c->nin);
+			if (!nl) {
+				if (c->nin == sizeof(c->in)) {
+					D.refusals[REF_MALFORMED]++;
+					http_reply(c, 414, "URI Too Long", "", "request line too long\n");
+				}
+				continue;
+			}
+			c->http_line = true;
+			c->http_eol = true;
+			p = nl + 1;
+			end = c->in + c->nin;
+			c->nin = (size_t)(nl - c->in);
+			if (c->nin && c->in[c->nin - 1] == '\r')
+				c->nin--;
+		}
+		for (; p < end; p++) {
+			c->http_bytes++;
+			if (*p == '\n' && c->http_eol) {
+				http_request(c, c->in, c->nin);
+				break;
+			}
+			if (*p != '\r')
+				c->http_eol = *p == '\n';
+		}
+		if (!c->closing && c->http_bytes > 16384) {
+			D.refusals[REF_MALFORMED]++;
+			http_reply(c, 431, "Request Header Fields Too Large", "", "headers too large\n");
+		}
+	}
+	flush_out(c);
+}
+
 static void hello(struct conn *c, const struct lmd_request *r)
 {
 	int fd = c->passed_fd;
@@ -1050,6 +1292,8 @@ static void request(struct conn *c, const char *line, size_t len)
 		reply_error(c, "EINVAL", "%s", why);
 		return;
 	}
+	if (r.kind > 0 && r.kind <= LMD_REQ_PRESSURE)
+		D.requests[r.kind]++;
 	switch (r.kind) {
 	case LMD_REQ_LIST:
 		reply_formatted(c, lmd_format_list, 0, &D.hint[0]);
@@ -1061,7 +1305,7 @@ static void request(struct conn *c, const char *line, size_t len)
 		reply_formatted(c, lmd_format_json, r.pid, &D.hint[2]);
 		break;
 	case LMD_REQ_METRICS:
-		reply_formatted(c, lmd_format_metrics, 0, &D.hint[3]);
+		reply_formatted(c, metrics_all, 0, &D.hint[3]);
 		break;
 	case LMD_REQ_BUDGET:
 	case LMD_REQ_MIN:
@@ -1107,6 +1351,10 @@ static void take_fds(struct conn *c, struct msghdr *m)
 /* Reads and serves one request at a time: a reply must be out before the next is read. */
 static void conn_input(struct conn *c)
 {
+	if (c->http) {
+		http_input(c);
+		return;
+	}
 	for (;;) {
 		/* A reply goes out before the next request is read: pipelined lines wait here. */
 		if (c->outoff < c->outlen) {
@@ -1186,10 +1434,10 @@ static void conn_event(struct conn *c, uint32_t events)
 }
 
 /* A listening socket that cannot accept (out of descriptors) must not spin. */
-static void accept_all(void)
+static void accept_all(int lfd, bool http)
 {
 	for (;;) {
-		int fd = accept4(D.lfd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
+		int fd = accept4(lfd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
 		if (fd < 0) {
 			if (errno == EINTR || errno == ECONNABORTED)
 				continue;
@@ -1201,7 +1449,7 @@ static void accept_all(void)
 			 */
 			if ((errno == EMFILE || errno == ENFILE) && D.spare_fd >= 0) {
 				close(D.spare_fd);
-				fd = accept(D.lfd, NULL, NULL);
+				fd = accept(lfd, NULL, NULL);
 				if (fd >= 0)
 					close(fd);
 				D.spare_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
@@ -1212,9 +1460,13 @@ static void accept_all(void)
 			}
 			return;
 		}
-		struct ucred cred;
+		/*
+		 * HTTP peers have no credentials: the operator chose who can
+		 * reach the address, and they see what root sees.
+		 */
+		struct ucred cred = { 0, 0, 0 };
 		socklen_t cl = sizeof(cred);
-		if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &cl) < 0) {
+		if (!http && getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &cl) < 0) {
 			close(fd);
 			continue;
 		}
@@ -1225,7 +1477,12 @@ static void accept_all(void)
 		struct conn *c = D.nconns < MAX_CONNS ? calloc(1, sizeof(*c)) : NULL;
 		if (!c) {
 			static const char full[] = "error EMFILE too many connections\n";
-			if (send(fd, full, sizeof(full) - 1, MSG_DONTWAIT | MSG_NOSIGNAL) < 0) {
+			static const char full_http[] = "HTTP/1.1 503 Service Unavailable\r\n"
+							"Content-Length: 0\r\nConnection: close\r\n\r\n";
+			D.refusals[REF_CONNECTIONS]++;
+			if (send(fd, http ? full_http : full,
+				 http ? sizeof(full_http) - 1 : sizeof(full) - 1,
+				 MSG_DONTWAIT | MSG_NOSIGNAL) < 0) {
 				/* The client learns it from the closed connection anyway. */
 			}
 			close(fd);
@@ -1238,6 +1495,7 @@ static void accept_all(void)
 		c->uid = cred.uid;
 		c->gid = cred.gid;
 		c->passed_fd = -1;
+		c->http = http;
 		c->last_ns = now_ns();
 		struct epoll_event ev = { .events = EPOLLIN | EPOLLRDHUP, .data.u64 = tag_of(c) };
 		if (epoll_ctl(D.epfd, EPOLL_CTL_ADD, fd, &ev) < 0) {
@@ -1282,6 +1540,8 @@ static void tick(void)
 		/* Signed: a flush above may have stamped last_ns after now. */
 		if (c->outoff < c->outlen && (int64_t)(now - c->last_ns) > (int64_t)STALL_NS)
 			conn_close(c, "it stopped reading its reply");
+		else if (c->http && (int64_t)(now - c->last_ns) > (int64_t)HTTP_IDLE_NS)
+			conn_close(c, "an HTTP request not sent in time");
 		else if (!c->runtime && !c->waiting && (int64_t)(now - c->last_ns) > (int64_t)IDLE_NS)
 			conn_close(c, "idle");
 	}
@@ -1298,24 +1558,40 @@ static int activated_socket(void)
 	unsetenv("LISTEN_PID");
 	unsetenv("LISTEN_FDS");
 	unsetenv("LISTEN_FDNAMES");
-	if (atoi(fds) < 1)
-		return -1;
-	int fd = 3, type = 0, acc = 0;
-	socklen_t l = sizeof(type);
-	struct sockaddr_un a;
-	socklen_t al = sizeof(a);
-	if (getsockopt(fd, SOL_SOCKET, SO_TYPE, &type, &l) < 0 || type != SOCK_STREAM ||
-	    getsockopt(fd, SOL_SOCKET, SO_ACCEPTCONN, &acc, &(socklen_t){ sizeof(acc) }) < 0 ||
-	    !acc || getsockname(fd, (struct sockaddr *)&a, &al) < 0 || a.sun_family != AF_UNIX) {
-		logmsg(0, "LISTEN_FDS: descriptor 3 is not a listening unix stream socket");
-		return -2;
+	int n = atoi(fds), unix_fd = -1;
+	if (n < 1 || n > 2) {
+		logmsg(0, "LISTEN_FDS=%s: one unix socket and at most one TCP socket (HTTP)", fds);
+		return n < 1 ? -1 : -2;
 	}
-	fcntl(fd, F_SETFD, FD_CLOEXEC);
-	fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK);
-	if (al > offsetof(struct sockaddr_un, sun_path) && a.sun_path[0])
-		snprintf(D.path, sizeof(D.path), "%.*s",
-			 (int)(al - offsetof(struct sockaddr_un, sun_path)), a.sun_path);
-	return fd;
+	/* The unix one for runtimes and clients, a TCP one (lazymemd-http.socket) for /metrics. */
+	for (int fd = 3; fd < 3 + n; fd++) {
+		int type = 0, acc = 0;
+		socklen_t l = sizeof(type);
+		struct sockaddr_storage ss;
+		socklen_t al = sizeof(ss);
+		if (getsockopt(fd, SOL_SOCKET, SO_TYPE, &type, &l) < 0 || type != SOCK_STREAM ||
+		    getsockopt(fd, SOL_SOCKET, SO_ACCEPTCONN, &acc, &(socklen_t){ sizeof(acc) }) < 0 ||
+		    !acc || getsockname(fd, (struct sockaddr *)&ss, &al) < 0 ||
+		    (ss.ss_family == AF_UNIX ? unix_fd >= 0 : D.hfd >= 0 ||
+		     (ss.ss_family != AF_INET && ss.ss_family != AF_INET6))) {
+			logmsg(0, "LISTEN_FDS: descriptor %d is not a listening unix or TCP stream socket, "
+				  "or a second one of its kind", fd);
+			return -2;
+		}
+		fcntl(fd, F_SETFD, FD_CLOEXEC);
+		fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK);
+		if (ss.ss_family != AF_UNIX) {
+			D.hfd = fd;
+			snprintf(D.http_addr, sizeof(D.http_addr), "socket activation");
+			continue;
+		}
+		unix_fd = fd;
+		struct sockaddr_un *a = (struct sockaddr_un *)&ss;
+		if (al > offsetof(struct sockaddr_un, sun_path) && a->sun_path[0])
+			snprintf(D.path, sizeof(D.path), "%.*s",
+				 (int)(al - offsetof(struct sockaddr_un, sun_path)), a->sun_path);
+	}
+	return unix_fd;
 }
 
 static int mkdirs(const char *path, uid_t uid)
@@ -1387,6 +1663,49 @@ static int listen_on(const char *path, gid_t group, uid_t owner)
 		close(fd);
 		return -1;
 	}
+	return fd;
+}
+
+/*
+ * The HTTP endpoint's socket, on the address the operator gave: an IPv4
+ * or a bracketed IPv6 literal and a port ("127.0.0.1:9187",
+ * "[::1]:9187").  Numbers only: no name lookup in a daemon that starts
+ * before the network may be up.
+ */
+static int listen_http(const char *spec)
+{
+	char host[64], port[16];
+	const char *colon = strrchr(spec, ':');
+	size_t hl = colon ? (size_t)(colon - spec) : 0;
+	if (hl >= 2 && spec[0] == '[' && spec[hl - 1] == ']') {
+		spec++;
+		hl -= 2;
+	}
+	if (!colon || !hl || hl >= sizeof(host) || !colon[1] || strlen(colon + 1) >= sizeof(port)) {
+		logmsg(0, "--http %s: not ADDRESS:PORT (127.0.0.1:9187, [::1]:9187)", spec);
+		return -1;
+	}
+	memcpy(host, spec, hl);
+	host[hl] = '\0';
+	snprintf(port, sizeof(port), "%s", colon + 1);
+	struct addrinfo hints = { .ai_flags = AI_NUMERICHOST | AI_NUMERICSERV | AI_PASSIVE,
+				  .ai_socktype = SOCK_STREAM };
+	struct addrinfo *ai;
+	int rc = getaddrinfo(host, port, &hints, &ai);
+	if (rc) {
+		logmsg(0, "--http %s:%s: %s", host, port, gai_strerror(rc));
+		return -1;
+	}
+	int fd = socket(ai->ai_family, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+	int one = 1;
+	if (fd < 0 || setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one)) < 0 ||
+	    bind(fd, ai->ai_addr, ai->ai_addrlen) < 0 || listen(fd, 128) < 0) {
+		logmsg(0, "cannot listen on %s:%s for HTTP: %s", host, port, strerror(errno));
+		if (fd >= 0)
+			close(fd);
+		fd = -1;
+	}
+	freeaddrinfo(ai);
 	return fd;
 }
 
@@ -1525,6 +1844,7 @@ static void usage(FILE *f)
 		"  -l, --log WHERE    stderr, syslog, or a file (SIGHUP reopens it)\n"
 		"  -c, --config FILE  the pressure policy's settings (default " LMD_CONF ")\n"
 		"  -o, --set KEY=VALUE  one setting, over the file's (policy=off, proactive=on, ...)\n"
+		"      --http ADDR:PORT  serve /metrics over HTTP there (127.0.0.1:9187, [::1]:9187)\n"
 		"  -v, --verbose      more log (twice: debug)\n"
 		"  -V, --version      print the version and exit\n");
 }
@@ -1600,10 +1920,12 @@ int main(int argc, char **argv)
 		{ "log", required_argument, NULL, 'l' }, { "verbose", no_argument, NULL, 'v' },
 		{ "version", no_argument, NULL, 'V' }, { "help", no_argument, NULL, 'H' },
 		{ "config", required_argument, NULL, 'c' }, { "set", required_argument, NULL, 'o' },
+		{ "http", required_argument, NULL, 'p' },
 		{ NULL, 0, NULL, 0 },
 	};
 	const char *sets[32];
 	int nsets = 0;
+	const char *http = NULL;
 	lmd_policy_defaults(&D.conf);
 	bool foreground = false, log_set = false;
 	const char *sock = NULL;
@@ -1613,6 +1935,7 @@ int main(int argc, char **argv)
 	while ((opt = getopt_long(argc, argv, "fs:g:u:l:vVc:o:", longs, NULL)) != -1) {
 		switch (opt) {
 		case 'c': D.conf_path = optarg; break;
+		case 'p': http = optarg; break;
 		case 'o':
 			if (nsets == 32) {
 				fprintf(stderr, "lazymemd: at most 32 -o settings\n");
@@ -1688,6 +2011,11 @@ int main(int argc, char **argv)
 	}
 	if (D.lfd < 0 && (D.lfd = listen_on(D.path, group, uid)) < 0)
 		return 1;
+	if (http && D.hfd < 0) {
+		if ((D.hfd = listen_http(http)) < 0)
+			goto out;
+		snprintf(D.http_addr, sizeof(D.http_addr), "%s", http);
+	}
 	/* As many connections as the hard limit allows. */
 	struct rlimit rl;
 	if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {
@@ -1726,6 +2054,11 @@ int main(int argc, char **argv)
 	epoll_ctl(D.epfd, EPOLL_CTL_ADD, D.timerfd, &ev);
 	ev.data.u64 = TAG_POLICY;
 	epoll_ctl(D.epfd, EPOLL_CTL_ADD, D.ptimerfd, &ev);
+	if (D.hfd >= 0) {
+		ev.data.u64 = TAG_HTTP_LISTEN;
+		epoll_ctl(D.epfd, EPOLL_CTL_ADD, D.hfd, &ev);
+		logmsg(2, "serving /metrics over HTTP on %s", D.http_addr);
+	}
 	logmsg(2, "lazymemd %s listening on %s%s", PACKAGE_VERSION, D.path,
 	       D.own_socket ? "" : " (socket activation)");
 	if (ready >= 0) {
@@ -1747,7 +2080,10 @@ int main(int argc, char **argv)
 			uint64_t tag = evs[i].data.u64;
 			switch (tag & 0xff) {
 			case TAG_LISTEN:
-				accept_all();
+				accept_all(D.lfd, false);
+				break;
+			case TAG_HTTP_LISTEN:
+				accept_all(D.hfd, true);
 				break;
 			case TAG_TIMER:
 				tick();

@@ -17,6 +17,8 @@
 #include <sys/stat.h>
 #include <sys/un.h>
 #include <sys/wait.h>
+#include <arpa/inet.h>
+#include <netinet/in.h>
 #include <time.h>
 
 #define NOBODY 65534
@@ -502,6 +504,163 @@ START_TEST(metrics_promtool)
 }
 END_TEST
 
+/* A TCP port on the loopback that nothing listens on at this moment. */
+static int free_port(void)
+{
+	int fd = socket(AF_INET, SOCK_STREAM, 0);
+	struct sockaddr_in a = { .sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
+	socklen_t al = sizeof(a);
+	ck_assert_int_eq(bind(fd, (struct sockaddr *)&a, sizeof(a)), 0);
+	ck_assert_int_eq(getsockname(fd, (struct sockaddr *)&a, &al), 0);
+	close(fd);
+	return ntohs(a.sin_port);
+}
+
+/* One HTTP request to 127.0.0.1:port; the whole reply, head and body, in out (NUL-terminated). */
+static size_t http_get(int port, const char *request, char *out, size_t len)
+{
+	int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	struct sockaddr_in a = { .sin_family = AF_INET, .sin_port = htons((uint16_t)port),
+				 .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
+	ck_assert_msg(connect(fd, (struct sockaddr *)&a, sizeof(a)) == 0, "connect to port %d: %s",
+		      port, strerror(errno));
+	ck_assert_int_eq(send(fd, request, strlen(request), MSG_NOSIGNAL), (ssize_t)strlen(request));
+	size_t n = 0;
+	for (;;) {
+		struct pollfd p = { fd, POLLIN, 0 };
+		ck_assert_int_eq(poll(&p, 1, 10000), 1);
+		ssize_t k = read(fd, out + n, len - 1 - n);
+		if (k <= 0)
+			break;
+		n += (size_t)k;
+		ck_assert_uint_lt(n, len - 1);
+	}
+	out[n] = '\0';
+	close(fd);
+	return n;
+}
+
+/*
+ * --http: /metrics over HTTP, every runtime's counters and the daemon's
+ * own, promtool-clean; errors as HTTP says them; and Debian's real
+ * Prometheus scraping it, a series read back through its query API.
+ */
+START_TEST(prometheus_scrapes_http)
+{
+	ck_assert_msg(system("command -v prometheus >/dev/null 2>&1") == 0,
+		      "prometheus not installed (scripts/install-deps.sh installs it)");
+	int port = free_port();
+	char addr[32], req[512];
+	snprintf(addr, sizeof(addr), "127.0.0.1:%d", port);
+	const char *extra[] = { "--http", addr, NULL };
+	daemon_pid = start_daemon_args(extra);
+	struct lm_runtime *rt = open_reporting();
+	struct lm_region *r;
+	ck_assert_int_eq(lm_region_create_zero(rt, 1 << 20, 0, &r), 0);
+	memset(lm_region_addr(r), 1, 1 << 20);
+	ck_assert(wait_listed(getpid(), false, 10));
+	static char out[1 << 20];
+	/* The policy puts the runtime in its scope at its next look: within 100 ms. */
+	int scrapes = 0;
+	ck_assert(LMT_WAIT_UNTIL((scrapes++, http_get(port, "GET /metrics HTTP/1.1\r\nHost: x\r\n"
+						     "Accept: text/plain\r\n\r\n", out, sizeof(out)),
+				  strstr(out, "lazymemd_scope_state_info{scope=\"machine\"")), 5));
+	ck_assert_msg(!strncmp(out, "HTTP/1.1 200 OK\r\n", 17), "%.200s", out);
+	ck_assert_ptr_nonnull(strstr(out, "Content-Type: text/plain; version=0.0.4"));
+	char *body = strstr(out, "\r\n\r\n");
+	ck_assert_ptr_nonnull(body);
+	body += 4;
+	char key[96];
+	snprintf(key, sizeof(key), "lazymem_resident_bytes{pid=\"%d\",", (int)getpid());
+	ck_assert_ptr_nonnull(strstr(body, key));
+	ck_assert_ptr_nonnull(strstr(body, "lazymemd_build_info{version=\""));
+	ck_assert_ptr_nonnull(strstr(body, "lazymemd_runtimes 1\n"));
+	snprintf(key, sizeof(key), "lazymemd_requests_total{kind=\"http\"} %d\n", scrapes);
+	ck_assert_ptr_nonnull(strstr(body, key));
+	ck_assert_ptr_nonnull(strstr(body, "lazymem_mode_info{pid="));
+	ck_assert_ptr_nonnull(strstr(body, "lazymemd_scope_state_info{scope=\"machine\",state="));
+	char path[160];
+	snprintf(path, sizeof(path), "%s/http.txt", dir);
+	FILE *f = fopen(path, "w");
+	fputs(body, f);
+	fclose(f);
+	char cmd[512];
+	snprintf(cmd, sizeof(cmd), "promtool check metrics <%s >%s/promtool.out 2>&1", path, dir);
+	ck_assert_msg(system(cmd) == 0, "promtool check metrics failed on the HTTP body");
+	/* What is not a scrape of /metrics. */
+	static const char *const bad[][2] = {
+		{ "GET /nothing HTTP/1.1\r\n\r\n", "HTTP/1.1 404 " },
+		{ "POST /metrics HTTP/1.1\r\n\r\n", "HTTP/1.1 405 " },
+		{ "HELLO\r\n\r\n", "HTTP/1.1 400 " },
+		{ "GET / HTTP/1.0\r\n\r\n", "HTTP/1.1 200 " },
+	};
+	for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+		http_get(port, bad[i][0], out, sizeof(out));
+		ck_assert_msg(!strncmp(out, bad[i][1], strlen(bad[i][1])), "%s: %.80s", bad[i][0], out);
+	}
+	/* HEAD: the length GET would have, no body. */
+	size_t n = http_get(port, "HEAD /metrics HTTP/1.1\r\n\r\n", out, sizeof(out));
+	ck_assert_ptr_nonnull(strstr(out, "Content-Length: "));
+	ck_assert_uint_eq(n, (size_t)(strstr(out, "\r\n\r\n") - out) + 4);
+	/* A request line past 256 bytes. */
+	memset(req, 'a', sizeof(req));
+	memcpy(req, "GET /", 5);
+	req[sizeof(req) - 1] = '\0';
+	http_get(port, req, out, sizeof(out));
+	ck_assert_msg(!strncmp(out, "HTTP/1.1 414 ", 13), "%.80s", out);
+
+	/* The real thing: Prometheus scrapes every 200 ms, then a query for this process. */
+	int pport = free_port();
+	snprintf(path, sizeof(path), "%s/prometheus.yml", dir);
+	f = fopen(path, "w");
+	fprintf(f, "global:\n  scrape_interval: 200ms\n  scrape_timeout: 200ms\n"
+		   "scrape_configs:\n  - job_name: lazymemd\n    static_configs:\n"
+		   "      - targets: ['127.0.0.1:%d']\n", port);
+	fclose(f);
+	pid_t prom = fork();
+	ck_assert_int_ge(prom, 0);
+	if (prom == 0) {
+		char cfg[192], data[192], listen[64], log[192];
+		snprintf(cfg, sizeof(cfg), "--config.file=%s", path);
+		snprintf(data, sizeof(data), "--storage.tsdb.path=%s/tsdb", dir);
+		snprintf(listen, sizeof(listen), "--web.listen-address=127.0.0.1:%d", pport);
+		snprintf(log, sizeof(log), "%s/prometheus.log", dir);
+		int fd = open(log, O_WRONLY | O_CREAT | O_TRUNC, 0644);
+		dup2(fd, 1);
+		dup2(fd, 2);
+		execlp("prometheus", "prometheus", cfg, data, listen, (char *)NULL);
+		_exit(127);
+	}
+	snprintf(req, sizeof(req),
+		 "GET /api/v1/query?query=lazymem_resident_bytes%%7Bpid%%3D%%22%d%%22%%7D HTTP/1.1\r\n"
+		 "Host: 127.0.0.1\r\nConnection: close\r\n\r\n", (int)getpid());
+	bool seen = false;
+	for (double t0 = lmt_now(); !seen && lmt_now() - t0 < 60 * lmt_time_scale();) {
+		usleep(200000);
+		int fd = socket(AF_INET, SOCK_STREAM, 0);
+		struct sockaddr_in a = { .sin_family = AF_INET, .sin_port = htons((uint16_t)pport),
+					 .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
+		bool up = connect(fd, (struct sockaddr *)&a, sizeof(a)) == 0;
+		close(fd);
+		if (!up)
+			continue;
+		http_get(pport, req, out, sizeof(out));
+		seen = strstr(out, "\"status\":\"success\"") && strstr(out, "\"value\":[") &&
+		       strstr(out, "\"1048576\"");
+	}
+	kill(prom, SIGTERM);
+	int st;
+	waitpid(prom, &st, 0);
+	if (!seen) {
+		snprintf(cmd, sizeof(cmd), "tail -5 %s/prometheus.log >&2", dir);
+		ck_assert_int_ge(system(cmd), 0);
+	}
+	ck_assert_msg(seen, "Prometheus never returned this process's resident bytes: %.300s", out);
+	lm_runtime_close(rt);
+	stop_daemon();
+}
+END_TEST
+
 /* One raw request on a fresh connection; the reply's head line in head. */
 static void raw(const char *req, size_t len, char *head, size_t hlen)
 {
@@ -809,23 +968,37 @@ START_TEST(socket_activation)
 	snprintf(a.sun_path, sizeof(a.sun_path), "%s", sock);
 	ck_assert_int_eq(bind(l, (struct sockaddr *)&a, sizeof(a)), 0);
 	ck_assert_int_eq(listen(l, 16), 0);
+	/* And a TCP socket for /metrics, as lazymemd-http.socket passes it: first, to be sorted out. */
+	int port = free_port();
+	int h = socket(AF_INET, SOCK_STREAM, 0);
+	struct sockaddr_in ha = { .sin_family = AF_INET, .sin_port = htons((uint16_t)port),
+				  .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
+	ck_assert_int_eq(bind(h, (struct sockaddr *)&ha, sizeof(ha)), 0);
+	ck_assert_int_eq(listen(h, 16), 0);
 	pid_t pid = fork();
 	ck_assert_int_ge(pid, 0);
 	if (pid == 0) {
 		char bin[256], me[16];
-		dup2(l, 3);
+		int l2 = dup(l);
+		dup2(h, 3);
+		dup2(l2, 4);
 		snprintf(me, sizeof(me), "%d", (int)getpid());
 		setenv("LISTEN_PID", me, 1);
-		setenv("LISTEN_FDS", "1", 1);
+		setenv("LISTEN_FDS", "2", 1);
 		snprintf(bin, sizeof(bin), "%s/daemon/lazymemd", build());
 		/* -s names another path on purpose: the activated socket wins. */
 		execl(bin, bin, "-f", "-l", logpath, "-s", "/nonexistent/x.sock", (char *)NULL);
 		_exit(127);
 	}
 	close(l);
+	close(h);
 	daemon_pid = pid;
 	struct lm_runtime *rt = open_reporting();
 	ck_assert(wait_listed(getpid(), false, 10));
+	static char out[1 << 20];
+	http_get(port, "GET /metrics HTTP/1.0\r\n\r\n", out, sizeof(out));
+	ck_assert_msg(!strncmp(out, "HTTP/1.1 200 OK", 15) && strstr(out, "lazymemd_runtimes 1\n"),
+		      "%.200s", out);
 	ck_assert_int_eq(kill(pid, SIGTERM), 0);
 	int st;
 	ck_assert_int_eq(waitpid(pid, &st, 0), pid);
@@ -1013,6 +1186,7 @@ int main(void)
 	tcase_add_test(tc, budget_refused);
 	tcase_add_test(tc, access_control);
 	tcase_add_test(tc, metrics_promtool);
+	tcase_add_test(tc, prometheus_scrapes_http);
 	tcase_add_test(tc, malformed_clients);
 	tcase_add_test(tc, descriptor_exhaustion);
 	tcase_add_test(tc, signals_and_privileges);
