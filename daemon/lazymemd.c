@@ -180,8 +180,22 @@ static struct {
 	int hfd;			/* listening; -1: none */
 	char http_addr[80];
 	uint64_t requests[LMD_REQ_PRESSURE + 1];	/* by enum lmd_req; [0]: HTTP requests */
-	uint64_t refusals[8];		/* by enum refusal */
+	uint64_t refusals[9];		/* by enum refusal */
+	struct ucount *users[256];	/* connections and runtimes per uid, hashed */
+	uint64_t user_log_ns;		/* the last refusal for a user's limit that was logged */
 } D = { .hfd = -1 };
+
+/*
+ * What one user holds.  The tables are shared (MAX_CONNS, MAX_RUNTIMES),
+ * and a user who filled them would lock every other one out; so each
+ * user but root gets a share (user_connections, user_runtimes in the
+ * settings).  Root is not limited: its processes are the system's.
+ */
+struct ucount {
+	uid_t uid;
+	uint32_t conns, runtimes;
+	struct ucount *next;
+};
 
 /* Why the daemon said no, for lazymemd_refusals_total. */
 enum refusal {
@@ -191,17 +205,73 @@ enum refusal {
 	REF_BUSY,		/* EBUSY: replies or budget requests piled up */
 	REF_RUNTIMES,		/* EMFILE at hello: the runtime table is full */
 	REF_CONNECTIONS,	/* a connection refused: the connection table is full */
+	REF_USER_LIMIT,		/* one user's share of runtimes or connections is used up */
 	REF_OTHER,
 	REF_COUNT,
 };
 
 static const char *const refusal_names[REF_COUNT] = {
-	"malformed", "permission", "no_process", "busy", "runtimes_full", "connections_full", "other",
+	"malformed", "permission", "no_process", "busy", "runtimes_full", "connections_full",
+	"user_limit", "other",
 };
 
 /* ---- logging ------------------------------------------------------------------------ */
 
 static void logmsg(int level, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static uint64_t now_ns(void);
+
+/* The count of uid, made when make is set (NULL when memory is short: then it is not limited). */
+static struct ucount *ucount_of(uid_t uid, bool make)
+{
+	struct ucount **pp = &D.users[uid % 256];
+	for (; *pp; pp = &(*pp)->next)
+		if ((*pp)->uid == uid)
+			return *pp;
+	if (!make)
+		return NULL;
+	*pp = calloc(1, sizeof(**pp));
+	if (*pp)
+		(*pp)->uid = uid;
+	return *pp;
+}
+
+static void ucount_put(uid_t uid, bool conn, bool runtime)
+{
+	struct ucount **pp = &D.users[uid % 256];
+	for (; *pp && (*pp)->uid != uid; pp = &(*pp)->next)
+		;
+	struct ucount *u = *pp;
+	if (!u)
+		return;
+	u->conns -= conn && u->conns;
+	u->runtimes -= runtime && u->runtimes;
+	if (!u->conns && !u->runtimes) {
+		*pp = u->next;
+		free(u);
+	}
+}
+
+/* Whether uid may have one more connection (runtime); counted and logged when not. */
+static bool user_may(uid_t uid, bool runtime)
+{
+	if (uid == 0)
+		return true;
+	struct ucount *u = ucount_of(uid, false);
+	uint32_t have = !u ? 0 : runtime ? u->runtimes : u->conns;
+	uint64_t max = runtime ? D.conf.user_runtimes : D.conf.user_connections;
+	if (have < max)
+		return true;
+	D.refusals[REF_USER_LIMIT]++;
+	uint64_t now = now_ns();
+	if (now - D.user_log_ns > 10000000000ull) {
+		D.user_log_ns = now;
+		logmsg(1, "uid %u has %u %s, its share: refused (user_%s in the settings)",
+		       (unsigned)uid, have, runtime ? "runtimes" : "connections",
+		       runtime ? "runtimes" : "connections");
+	}
+	return false;
+}
+
 static void logmsg(int level, const char *fmt, ...)
 {
 	static const char *const names[] = { "error", "warning", "info", "debug" };
@@ -311,6 +381,8 @@ static void conn_close(struct conn *c, const char *why)
 	free(c->out);
 	D.conns[c->slot] = NULL;
 	D.nconns--;
+	if (!c->http)
+		ucount_put(c->uid, true, c->runtime);
 	free(c);
 }
 
@@ -1110,6 +1182,10 @@ static void hello(struct conn *c, const struct lmd_request *r)
 		reply_error(c, "EALREADY", "this connection already said hello");
 	} else if (fd < 0) {
 		reply_error(c, "EINVAL", "hello needs the runtime's stats page (SCM_RIGHTS)");
+	} else if (!user_may(c->uid, true)) {
+		reply_error(c, "EMFILE", "uid %u has its share of runtimes (%llu)", (unsigned)c->uid,
+			    (unsigned long long)D.conf.user_runtimes);
+		D.refusals[REF_RUNTIMES]--;	/* counted as the user's limit, not the table's */
 	} else if (D.nruntimes >= MAX_RUNTIMES) {
 		reply_error(c, "EMFILE", "too many runtimes");
 	} else {
@@ -1147,6 +1223,9 @@ static void hello(struct conn *c, const struct lmd_request *r)
 			c->own = c->applied = st.budget_bytes;
 			c->scope = -1;
 			D.rts[D.nruntimes++] = c;
+			struct ucount *u = ucount_of(c->uid, true);
+			if (u)
+				u->runtimes++;
 			logmsg(2, "runtime %d (%s, uid %u, lazymem %s) registered", (int)c->pid,
 			       c->name, (unsigned)c->uid, c->version);
 			reply_body(c, "", 0);
@@ -1470,6 +1549,14 @@ static void accept_all(int lfd, bool http)
 			close(fd);
 			continue;
 		}
+		if (!http && !user_may(cred.uid, false)) {
+			static const char mine[] = "error EMFILE this user has its share of connections\n";
+			if (send(fd, mine, sizeof(mine) - 1, MSG_DONTWAIT | MSG_NOSIGNAL) < 0) {
+				/* The client learns it from the closed connection anyway. */
+			}
+			close(fd);
+			continue;
+		}
 		uint32_t slot = 0;
 		if (D.nconns < MAX_CONNS)
 			while (D.conns[slot])
@@ -1505,6 +1592,9 @@ static void accept_all(int lfd, bool http)
 		}
 		D.conns[slot] = c;
 		D.nconns++;
+		struct ucount *u = http ? NULL : ucount_of(c->uid, true);
+		if (u)
+			u->conns++;
 	}
 }
 

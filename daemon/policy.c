@@ -31,6 +31,8 @@ void lmd_policy_defaults(struct lmd_policy_conf *c)
 		.proactive = false,
 		.target = 0.1,
 		.step = 1,
+		.user_runtimes = 1024,
+		.user_connections = 4096,
 	};
 }
 
@@ -106,12 +108,17 @@ int lmd_policy_set(struct lmd_policy_conf *c, const char *key, const char *value
 	} else if (!strcmp(key, "low_min")) {
 		rc = lmd_parse_size(value, &t.low_min);
 		*why = "low_min: a size (K, M, G, T)";
+	} else if (!strcmp(key, "user_runtimes") || !strcmp(key, "user_connections")) {
+		uint64_t *v = key[5] == 'r' ? &t.user_runtimes : &t.user_connections;
+		rc = lmd_parse_size(value, v);
+		rc = rc < 0 || *v < 1 || *v > 16384 ? -EINVAL : 0;
+		*why = "user_runtimes, user_connections: a count, 1 to 16384";
 	} else if (!strcmp(key, "floor")) {
 		rc = lmd_parse_size(value, &t.floor);
 		*why = "floor: a size (K, M, G, T)";
 	} else {
 		*why = "unknown setting (policy, interval, low, high, low_min, psi, hold, floor, "
-		       "proactive, target, step)";
+		       "proactive, target, step, user_runtimes, user_connections)";
 		return -EINVAL;
 	}
 	if (rc < 0)

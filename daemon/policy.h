@@ -7,7 +7,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-/* The settings, as lazymemd.conf spells them (see lazymemd(8) for the reasoning). */
+/* lazymemd.conf's settings, as it spells them (see lazymemd(8) for the reasoning). */
 struct lmd_policy_conf {
 	bool enabled;		/* policy: on */
 	uint64_t interval_ms;	/* interval: how often the scopes are read */
@@ -20,6 +20,9 @@ struct lmd_policy_conf {
 	bool proactive;		/* proactive: offload cold memory while its stalls stay under target */
 	double target;		/* target: the stall (percent of time filling pages) proactive mode aims at */
 	double step;		/* step: percent of a runtime's resident memory offloaded per second */
+	/* Not the policy's, but the daemon's, in the same file: each user's share of its tables. */
+	uint64_t user_runtimes;		/* user_runtimes: runtimes of one uid at most (root: no limit) */
+	uint64_t user_connections;	/* user_connections: connections of one uid at most */
 };
 
 /* The defaults: policy on, reactive only. */

@@ -504,6 +504,83 @@ START_TEST(metrics_promtool)
 }
 END_TEST
 
+/*
+ * Each user but root has a share of the daemon's tables: connections and
+ * runtimes past it are refused, counted and logged, and other users are
+ * not locked out.
+ */
+START_TEST(per_user_shares)
+{
+	static const char *const args[] = { "-g", "65534", "-o", "user_runtimes=2", "-o",
+					    "user_connections=4", NULL };
+	daemon_pid = start_daemon_args(args);
+	pid_t pid = fork();
+	ck_assert_int_ge(pid, 0);
+	if (pid == 0) {
+		if (setgroups(0, NULL) < 0 || setgid(NOBODY) < 0 || setuid(NOBODY) < 0)
+			_exit(20);
+		int fds[5];
+		for (int i = 0; i < 5; i++) {
+			char head[128];
+			fds[i] = connect_to(sock);
+			if (fds[i] < 0 || send(fds[i], "version\n", 8, MSG_NOSIGNAL) != 8)
+				_exit(21);
+			struct pollfd p = { fds[i], POLLIN, 0 };
+			ssize_t n = poll(&p, 1, 5000) == 1 ? read(fds[i], head, sizeof(head) - 1) : -1;
+			if (n <= 0)
+				_exit(22);
+			head[n] = 0;
+			bool refused = strstr(head, "error EMFILE") != NULL;
+			if (refused != (i == 4))
+				_exit(23 + i);
+		}
+		_exit(0);
+	}
+	int st;
+	ck_assert_int_eq(waitpid(pid, &st, 0), pid);
+	ck_assert_msg(WIFEXITED(st) && WEXITSTATUS(st) == 0, "nobody's connections: status %d",
+		      WEXITSTATUS(st));
+	/* Three runtimes of nobody: two are listed, one is refused; root's is not. */
+	struct child c[3];
+	for (int i = 0; i < 3; i++)
+		c[i] = spawn_runtime(1, NOBODY);
+	struct lm_runtime *rt = open_reporting();
+	ck_assert(wait_listed(getpid(), false, 10));
+	char out[1 << 16];
+	int listed = 0;
+	for (double t0 = lmt_now(); lmt_now() - t0 < 2 * lmt_time_scale();) {
+		ck_assert_int_eq(cli(out, sizeof(out), "ps --json"), 0);
+		listed = 0;
+		for (int i = 0; i < 3; i++) {
+			char want[32];
+			snprintf(want, sizeof(want), "\"pid\":%d,", (int)c[i].pid);
+			listed += strstr(out, want) != NULL;
+		}
+		if (listed > 2)
+			break;
+		usleep(50000);
+	}
+	ck_assert_int_eq(listed, 2);
+	ck_assert_int_eq(cli(out, sizeof(out), "metrics"), 0);
+	const char *r = strstr(out, "lazymemd_refusals_total{reason=\"user_limit\"} ");
+	ck_assert_ptr_nonnull(r);
+	ck_assert_int_ge(atoi(r + strlen("lazymemd_refusals_total{reason=\"user_limit\"} ")), 2);
+	/* Last first: a child holds the control pipes of those spawned before it. */
+	for (int i = 2; i >= 0; i--)
+		child_finish(c[i]);
+	lm_runtime_close(rt);
+	stop_daemon();
+	char *log = NULL;
+	size_t ll = 0;
+	FILE *f = fopen(logpath, "r");
+	ck_assert_ptr_nonnull(f);
+	ck_assert_int_gt(getdelim(&log, &ll, 0, f), 0);
+	fclose(f);
+	ck_assert_msg(strstr(log, "uid 65534 has 4 connections, its share"), "%s", log);
+	free(log);
+}
+END_TEST
+
 /* A TCP port on the loopback that nothing listens on at this moment. */
 static int free_port(void)
 {
@@ -1185,6 +1262,7 @@ int main(void)
 	tcase_add_test(tc, budget_from_cli);
 	tcase_add_test(tc, budget_refused);
 	tcase_add_test(tc, access_control);
+	tcase_add_test(tc, per_user_shares);
 	tcase_add_test(tc, metrics_promtool);
 	tcase_add_test(tc, prometheus_scrapes_http);
 	tcase_add_test(tc, malformed_clients);
