@@ -88,6 +88,8 @@ static int ask(const char *request, struct reply *r)
 	memset(r, 0, sizeof(*r));
 	char path[sizeof(((struct sockaddr_un *)0)->sun_path)];
 	int rc = lm__socket_path(O.socket, 1, path, sizeof(path));
+	if (rc == -ENOENT && lm__socket_system_too(O.socket, 1))
+		rc = snprintf(path, sizeof(path), "%s", LM__SOCKET_ROOT) < 0 ? -EINVAL : 0;
 	if (rc < 0) {
 		fprintf(stderr, "lazymem: no socket path: %s (use -S, LAZYMEM_SOCKET or "
 				"XDG_RUNTIME_DIR)\n", strerror(-rc));
@@ -96,7 +98,15 @@ static int ask(const char *request, struct reply *r)
 	int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
 	struct sockaddr_un a = { .sun_family = AF_UNIX };
 	memcpy(a.sun_path, path, strlen(path) + 1);
-	if (fd < 0 || connect(fd, (struct sockaddr *)&a, sizeof(a)) < 0) {
+	int c = fd < 0 ? -1 : connect(fd, (struct sockaddr *)&a, sizeof(a));
+	/* No daemon of the user's own: the system's, which shows each user their processes. */
+	if (c < 0 && fd >= 0 && (errno == ENOENT || errno == ECONNREFUSED) &&
+	    lm__socket_system_too(O.socket, 1)) {
+		snprintf(path, sizeof(path), "%s", LM__SOCKET_ROOT);
+		memcpy(a.sun_path, path, strlen(path) + 1);
+		c = connect(fd, (struct sockaddr *)&a, sizeof(a));
+	}
+	if (c < 0) {
 		int e = errno;
 		if (fd >= 0)
 			close(fd);

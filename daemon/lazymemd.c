@@ -1743,7 +1743,12 @@ static int listen_on(const char *path, gid_t group, uid_t owner)
 		return -1;
 	}
 	D.own_socket = true;
-	if (chmod(path, 0660) < 0 ||
+	/*
+	 * Anyone may connect unless a group is named: each connection's
+	 * credentials decide what it sees and may do, and each user has a
+	 * share of the tables (see lazymemd(8), Limits).
+	 */
+	if (chmod(path, group != (gid_t)-1 ? 0660 : 0666) < 0 ||
 	    ((group != (gid_t)-1 || owner != (uid_t)-1) && chown(path, owner, group) < 0)) {
 		logmsg(0, "cannot set the owner or mode of %s: %s", path, strerror(errno));
 		close(fd);
@@ -1930,7 +1935,8 @@ static void usage(FILE *f)
 		"                     /run/lazymem/lazymemd.sock for root,\n"
 		"                     $XDG_RUNTIME_DIR/lazymem/lazymemd.sock otherwise)\n"
 		"  -g, --group GROUP  the socket's group (mode 0660)\n"
-		"  -u, --user USER    run as USER once the socket is bound\n"
+		"  -u, --user USER    run as USER once the socket is bound (default for root:\n"
+		"                     lazymem if that user exists, else nobody; -u root stays)\n"
 		"  -l, --log WHERE    stderr, syslog, or a file (SIGHUP reopens it)\n"
 		"  -c, --config FILE  the pressure policy's settings (default " LMD_CONF ")\n"
 		"  -o, --set KEY=VALUE  one setting, over the file's (policy=off, proactive=on, ...)\n"
@@ -2070,6 +2076,16 @@ int main(int argc, char **argv)
 	}
 	if (load_conf(sets, nsets) < 0)
 		return 2;
+	/*
+	 * Root only as long as it takes to bind: without -u the daemon
+	 * becomes the lazymem user, else nobody (-u root keeps uid 0, without
+	 * capabilities all the same).  Nothing it does afterwards needs more:
+	 * the pages come with the hellos, /proc/PID/cgroup and the cgroup
+	 * files are readable by all.
+	 */
+	if (uid == (uid_t)-1 && geteuid() == 0 && lookup_user("lazymem", &uid, &gid) < 0 &&
+	    lookup_user("nobody", &uid, &gid) < 0)
+		uid = gid = 65534;
 	if (!foreground && !log_set)
 		D.log_kind = 1;
 	if (D.log_kind == 2 && D.log_path[0] != '/') {

@@ -91,6 +91,9 @@ struct lm__report {
 	struct lm_runtime *rt;
 	char path[sizeof(((struct sockaddr_un *)0)->sun_path)];
 	char dir[sizeof(((struct sockaddr_un *)0)->sun_path)];
+	/* The system daemon's socket, tried after a user's own: "" when there is no second place. */
+	char alt[sizeof(((struct sockaddr_un *)0)->sun_path)];
+	char altdir[sizeof(((struct sockaddr_un *)0)->sun_path)];
 	pthread_t thread;
 	int stop_fd;		/* eventfd: the thread exits when readable */
 	int sock;		/* connected to lazymemd, or -1 */
@@ -143,13 +146,13 @@ static int send_line(struct lm__report *p, const char *line, int fd)
 	return n == (ssize_t)iov.iov_len ? 0 : n < 0 ? -errno : -EIO;
 }
 
-static int try_connect(struct lm__report *p)
+static int try_connect_at(struct lm__report *p, const char *path)
 {
 	char name[40], line[128];
 	own_name(name, sizeof(name));
 	snprintf(line, sizeof(line), "hello %s %s\n", PACKAGE_VERSION, name);
 	struct sockaddr_un a = { .sun_family = AF_UNIX };
-	memcpy(a.sun_path, p->path, strlen(p->path) + 1);
+	memcpy(a.sun_path, path, strlen(path) + 1);
 	pthread_mutex_lock(&fd_lock);
 	int rc = 0, s = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
 	/* Non-blocking: a daemon whose backlog is full is retried, not waited on. */
@@ -167,8 +170,15 @@ static int try_connect(struct lm__report *p)
 	}
 	pthread_mutex_unlock(&fd_lock);
 	if (!rc)
-		lm__log(p->rt, 3, "reporting to lazymemd at %s", p->path);
+		lm__log(p->rt, 3, "reporting to lazymemd at %s", path);
 	return rc;
+}
+
+/* The user's own daemon first, then the system's. */
+static int try_connect(struct lm__report *p)
+{
+	int rc = try_connect_at(p, p->path);
+	return rc < 0 && p->alt[0] ? try_connect_at(p, p->alt) : rc;
 }
 
 static void disconnect(struct lm__report *p, const char *why)
@@ -257,6 +267,19 @@ static int serve(struct lm__report *p)
  * inotify on the socket's directory wakes the thread as soon as the
  * socket appears, so a daemon that starts (or restarts) is found at once.
  */
+static void watch_dir(struct lm__report *p, const char *dir)
+{
+	if (inotify_add_watch(p->ino, dir, IN_CREATE | IN_MOVED_TO | IN_ATTRIB) >= 0)
+		return;
+	char parent[sizeof(p->dir)];
+	memcpy(parent, dir, sizeof(parent));
+	char *slash = strrchr(parent, '/');
+	if (slash && slash != parent) {
+		*slash = '\0';
+		inotify_add_watch(p->ino, parent, IN_CREATE | IN_MOVED_TO);
+	}
+}
+
 static void watch(struct lm__report *p)
 {
 	if (p->ino < 0) {
@@ -266,15 +289,9 @@ static void watch(struct lm__report *p)
 	}
 	if (p->ino < 0)
 		return;
-	if (inotify_add_watch(p->ino, p->dir, IN_CREATE | IN_MOVED_TO | IN_ATTRIB) >= 0)
-		return;
-	char parent[sizeof(p->dir)];
-	memcpy(parent, p->dir, sizeof(parent));
-	char *slash = strrchr(parent, '/');
-	if (slash && slash != parent) {
-		*slash = '\0';
-		inotify_add_watch(p->ino, parent, IN_CREATE | IN_MOVED_TO);
-	}
+	watch_dir(p, p->dir);
+	if (p->alt[0])
+		watch_dir(p, p->altdir);
 }
 
 static void *report_main(void *arg)
@@ -323,6 +340,17 @@ static void *report_main(void *arg)
 	return NULL;
 }
 
+/* The directory a socket is in, for inotify. */
+static void dir_of(const char *path, char *dir)
+{
+	memcpy(dir, path, sizeof(((struct sockaddr_un *)0)->sun_path));
+	char *slash = strrchr(dir, '/');
+	if (slash)
+		*(slash == dir ? slash + 1 : slash) = '\0';
+	else
+		strcpy(dir, ".");
+}
+
 void lm__report_start(struct lm_runtime *rt)
 {
 	if ((rt->opt.flags & LM_OPT_NO_REPORT) || rt->stats_fd < 0)
@@ -333,17 +361,19 @@ void lm__report_start(struct lm_runtime *rt)
 	p->rt = rt;
 	p->sock = p->ino = -1;
 	int rc = lm__socket_path(rt->opt.daemon_socket, 0, p->path, sizeof(p->path));
+	if (lm__socket_system_too(rt->opt.daemon_socket, 0)) {
+		/* A user's own daemon, if there is a place for one; else, or then, the system's. */
+		snprintf(rc == -ENOENT ? p->path : p->alt, sizeof(p->path), "%s", LM__SOCKET_ROOT);
+		rc = rc == -ENOENT ? 0 : rc;
+	}
 	if (rc < 0) {
 		lm__log(rt, 2, "not reporting to lazymemd: no socket path (%s)", lm_strerror(rc));
 		lm__free(p);
 		return;
 	}
-	memcpy(p->dir, p->path, sizeof(p->dir));
-	char *slash = strrchr(p->dir, '/');
-	if (slash)
-		*(slash == p->dir ? slash + 1 : slash) = '\0';
-	else
-		strcpy(p->dir, ".");
+	dir_of(p->path, p->dir);
+	if (p->alt[0])
+		dir_of(p->alt, p->altdir);
 	pthread_mutex_lock(&fd_lock);
 	p->stop_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
 	bool started = p->stop_fd >= 0 && pthread_create(&p->thread, NULL, report_main, p) == 0;

@@ -31,3 +31,9 @@ int lm__socket_path(const char *path, int use_env, char *buf, size_t len)
 	memcpy(buf, tmp, (size_t)n + 1);
 	return 0;
 }
+
+int lm__socket_system_too(const char *path, int use_env)
+{
+	const char *env = use_env ? getenv("LAZYMEM_SOCKET") : NULL;
+	return !(path && *path) && !(env && *env && strcasecmp(env, "off")) && geteuid() != 0;
+}

@@ -16,4 +16,13 @@
  */
 int lm__socket_path(const char *path, int use_env, char *buf, size_t len);
 
+/*
+ * Whether the system daemon's socket (LM__SOCKET_ROOT) is a place to try
+ * after the one lm__socket_path gave, or instead of it when it gave
+ * -ENOENT: for a user who is not root, when neither path nor
+ * $LAZYMEM_SOCKET (when use_env) named one.  A system-wide daemon then
+ * sees every user's processes, each user only their own.
+ */
+int lm__socket_system_too(const char *path, int use_env);
+
 #endif

@@ -5,6 +5,7 @@
 
 #include <dirent.h>
 #include <grp.h>
+#include <pwd.h>
 #include <poll.h>
 #include <stdarg.h>
 #include <stdatomic.h>
@@ -103,8 +104,12 @@ static void setup(void)
 {
 	snprintf(dir, sizeof(dir), "/tmp/lmd-test.XXXXXX");
 	ck_assert_ptr_nonnull(mkdtemp(dir));
-	/* Other users (the access-control test's) must reach the socket inside. */
+	/*
+	 * Other users (the access-control test's) must reach the socket
+	 * inside, and the daemon, which leaves root for nobody, must remove it.
+	 */
 	chmod(dir, 0755);
+	ck_assert_int_eq(chown(dir, NOBODY, NOBODY), 0);
 	snprintf(sock, sizeof(sock), "%s/lazymemd.sock", dir);
 	snprintf(logpath, sizeof(logpath), "%s/lazymemd.log", dir);
 	setenv("LAZYMEM_SOCKET", sock, 1);
@@ -195,7 +200,12 @@ struct child {
 	int ctl;	/* write end: closing it ends the child */
 };
 
-static struct child spawn_runtime(size_t mib, uid_t uid)
+/*
+ * As spawn_runtime; with own_rule, the runtime names no socket and finds
+ * one by the default rule, with XDG_RUNTIME_DIR the test's directory
+ * (where no daemon is).
+ */
+static struct child spawn_runtime_rule(size_t mib, uid_t uid, bool own_rule)
 {
 	int ready[2], ctl[2];
 	ck_assert_int_eq(pipe2(ready, O_CLOEXEC), 0);
@@ -210,8 +220,10 @@ static struct child spawn_runtime(size_t mib, uid_t uid)
 		struct lm_options o;
 		lm_options_init(&o);
 		o.flags = LM_OPT_NO_ENV;
-		o.daemon_socket = sock;
+		o.daemon_socket = own_rule ? NULL : sock;
 		o.swap_max = child_swap_max;
+		if (own_rule)
+			setenv("XDG_RUNTIME_DIR", dir, 1);
 		struct lm_runtime *rt;
 		struct lm_region *r;
 		if (lm_runtime_open(&o, &rt) < 0 || lm_region_create_zero(rt, mib << 20, 0, &r) < 0)
@@ -237,6 +249,11 @@ static struct child spawn_runtime(size_t mib, uid_t uid)
 	ck_assert_int_eq(read(ready[0], &c, 1), 1);
 	close(ready[0]);
 	return (struct child){ pid, ctl[1] };
+}
+
+static struct child spawn_runtime(size_t mib, uid_t uid)
+{
+	return spawn_runtime_rule(mib, uid, false);
 }
 
 static void child_finish(struct child c)
@@ -578,6 +595,98 @@ START_TEST(per_user_shares)
 	fclose(f);
 	ck_assert_msg(strstr(log, "uid 65534 has 4 connections, its share"), "%s", log);
 	free(log);
+}
+END_TEST
+
+/*
+ * A system-wide daemon sees every user's runtimes: one of nobody's, with
+ * no daemon of its own (XDG_RUNTIME_DIR has none), reports to the system
+ * socket, and nobody's lazymem command finds it there too.  The daemon is
+ * the test's own unless one serves the system socket already.
+ */
+START_TEST(system_daemon_for_every_user)
+{
+	static const char sys[] = "/run/lazymem/lazymemd.sock";
+	char saved[sizeof(sock)];
+	memcpy(saved, sock, sizeof(saved));
+	int fd = connect_to(sys);
+	bool ours = fd < 0;
+	if (fd >= 0)
+		close(fd);
+	if (ours) {
+		snprintf(sock, sizeof(sock), "%s", sys);
+		daemon_pid = start_daemon_args(NULL);
+	}
+	struct stat sb;
+	ck_assert_int_eq(stat(sys, &sb), 0);
+	ck_assert_uint_eq(sb.st_mode & 0777, 0666);
+	struct child ch = spawn_runtime_rule(1, NOBODY, true);
+	pid_t pid = ch.pid;
+	char want[64], cmd[512], out[1 << 16];
+	snprintf(want, sizeof(want), "\"pid\":%d,\"uid\":%d,", (int)pid, NOBODY);
+	snprintf(cmd, sizeof(cmd), "%s/daemon/lazymem -S %s --json ps", build(), sys);
+	bool seen = false;
+	for (double t0 = lmt_now(); !seen && lmt_now() - t0 < 10 * lmt_time_scale(); usleep(20000)) {
+		FILE *f = popen(cmd, "r");
+		size_t n = fread(out, 1, sizeof(out) - 1, f);
+		pclose(f);
+		out[n] = 0;
+		seen = strstr(out, want) != NULL;
+	}
+	ck_assert_msg(seen, "nobody's runtime never reached the system daemon: %s", out);
+	/* Nobody's command, without -S: its own socket is not there, the system's is. */
+	pid_t asker = fork();
+	ck_assert_int_ge(asker, 0);
+	if (asker == 0) {
+		if (setgroups(0, NULL) < 0 || setgid(NOBODY) < 0 || setuid(NOBODY) < 0)
+			_exit(20);
+		unsetenv("LAZYMEM_SOCKET");
+		setenv("XDG_RUNTIME_DIR", dir, 1);
+		snprintf(cmd, sizeof(cmd), "%s/daemon/lazymem --json ps", build());
+		FILE *f = popen(cmd, "r");
+		size_t n = fread(out, 1, sizeof(out) - 1, f);
+		int st = pclose(f);
+		out[n] = 0;
+		_exit(st == 0 && strstr(out, want) ? 0 : 21);
+	}
+	int st;
+	ck_assert_int_eq(waitpid(asker, &st, 0), asker);
+	ck_assert_msg(WIFEXITED(st) && WEXITSTATUS(st) == 0, "nobody's lazymem ps: status %#x", st);
+	child_finish(ch);
+	if (ours) {
+		/* Not stop_daemon: an older /run/lazymem of root's keeps nobody from removing the socket. */
+		kill(daemon_pid, SIGTERM);
+		ck_assert_int_eq(waitpid(daemon_pid, &st, 0), daemon_pid);
+		daemon_pid = -1;
+		unlink(sys);
+	}
+	memcpy(sock, saved, sizeof(sock));
+}
+END_TEST
+
+/*
+ * The shipped unit runs the daemon with least privilege: systemd's own
+ * audit rates its exposure at most 1.0 (the unit it replaced: 8.9).
+ */
+START_TEST(unit_is_hardened)
+{
+	ck_assert_msg(system("systemd-analyze --help 2>/dev/null | grep -q -- --offline") == 0,
+		      "systemd-analyze with --offline is needed (Debian 12's systemd has it)");
+	char cmd[512];
+	snprintf(cmd, sizeof(cmd), "systemd-analyze security --offline=yes --threshold=10 "
+		 "%s/daemon/lazymemd.service >%s/analyze.txt 2>&1", build(), dir);
+	int rc = system(cmd);
+	snprintf(cmd, sizeof(cmd), "%s/analyze.txt", dir);
+	FILE *f = fopen(cmd, "r");
+	ck_assert_ptr_nonnull(f);
+	char line[512], overall[512] = "";
+	while (fgets(line, sizeof(line), f))
+		if (strstr(line, "Overall exposure level"))
+			snprintf(overall, sizeof(overall), "%s", line);
+	fclose(f);
+	ck_assert_msg(overall[0], "no exposure level in systemd-analyze's output");
+	ck_assert_msg(rc == 0, "exposure above 1.0: %s", overall);
+	printf("lazymemd.service: %s", overall);
 }
 END_TEST
 
@@ -992,6 +1101,9 @@ START_TEST(signals_and_privileges)
 	char path[160], line[256];
 	FILE *f;
 	ck_assert_msg(unprivileged(daemon_pid), "lazymemd kept capabilities or may regain them");
+	/* Started as root without -u, it does not stay root. */
+	struct passwd *pw = getpwnam("lazymem");
+	ck_assert_int_eq(status_kib(daemon_pid, "Uid:"), pw ? (long)pw->pw_uid : NOBODY);
 	snprintf(path, sizeof(path), "%s.1", logpath);
 	ck_assert_int_eq(rename(logpath, path), 0);
 	ck_assert_int_eq(kill(daemon_pid, SIGHUP), 0);
@@ -1010,6 +1122,19 @@ START_TEST(signals_and_privileges)
 		reopened |= strstr(line, "log reopened") != NULL;
 	fclose(f);
 	ck_assert(reopened);
+
+	/*
+	 * -u root keeps uid 0, without a capability all the same: no
+	 * CAP_DAC_OVERRIDE either, so its socket goes in a directory of root's.
+	 */
+	snprintf(sock, sizeof(sock), "%s/root", dir);
+	ck_assert_int_eq(mkdir(sock, 0755), 0);
+	snprintf(sock, sizeof(sock), "%s/root/lazymemd.sock", dir);
+	static const char *const root[] = { "-u", "root", NULL };
+	daemon_pid = start_daemon_args(root);
+	ck_assert_int_eq(status_kib(daemon_pid, "Uid:"), 0);
+	ck_assert_msg(unprivileged(daemon_pid), "lazymemd -u root kept capabilities");
+	stop_daemon();
 
 	/*
 	 * As another user, it still serves and still removes its socket,
@@ -1263,6 +1388,8 @@ int main(void)
 	tcase_add_test(tc, budget_refused);
 	tcase_add_test(tc, access_control);
 	tcase_add_test(tc, per_user_shares);
+	tcase_add_test(tc, system_daemon_for_every_user);
+	tcase_add_test(tc, unit_is_hardened);
 	tcase_add_test(tc, metrics_promtool);
 	tcase_add_test(tc, prometheus_scrapes_http);
 	tcase_add_test(tc, malformed_clients);
