@@ -9,6 +9,7 @@
 #include <limits.h>
 #include <inttypes.h>
 #include <poll.h>
+#include <pwd.h>
 #include <signal.h>
 #include <stdbool.h>
 #include <stdio.h>
@@ -52,6 +53,12 @@ struct reply {
 static int die_daemon(const char *path, const char *what, int err)
 {
 	fprintf(stderr, "lazymem: %s %s: %s\n", what, path, strerror(err));
+	/* A daemon that is there but not ours to ask is not a missing daemon. */
+	if (err == EACCES || err == EPERM) {
+		fprintf(stderr, "lazymem: lazymemd runs, but its socket is not open to you "
+				"(lazymemd -g GROUP names who may connect)\n");
+		return EX_REFUSED;
+	}
 	if (err == ENOENT || err == ECONNREFUSED)
 		fprintf(stderr, "lazymem: is lazymemd running? (start it with: lazymemd)\n");
 	return EX_DAEMON;
@@ -249,33 +256,49 @@ static void sum_free(const struct lmd_entry *e, int n, struct lm_free *t)
 		struct lm_free f;
 		if (lm_stats_free(&e[i].st, &f) < 0)
 			continue;
-		t->total += f.total;
+		/* One process without a budget leaves the sum unbounded too. */
+#define ADD(x) t->x = t->x == LM_UNLIMITED || f.x == LM_UNLIMITED ? LM_UNLIMITED : t->x + f.x
+		ADD(total);
+		ADD(free);
+		ADD(available);
+#undef ADD
 		t->used += f.used;
-		t->free += f.free;
 		t->buff_cache += f.buff_cache;
-		t->available += f.available;
 		t->swap_total += f.swap_total;
 		t->swap_used += f.swap_used;
 		t->swap_free += f.swap_free;
 	}
 }
 
+/* A size, or "unlimited" (JSON: null) for what no budget bounds. */
+static const char *bound_str(uint64_t v, char *buf, size_t len)
+{
+	if (v == LM_UNLIMITED)
+		return O.json ? "null" : "unlimited";
+	if (O.json) {
+		snprintf(buf, len, "%" PRIu64, v);
+		return buf;
+	}
+	return size_str(v, buf, len);
+}
+
 static void print_free(const struct lm_free *t, int n)
 {
+	char a[6][32];
 	if (O.json) {
-		printf("{\"processes\":%d,\"total\":%" PRIu64 ",\"used\":%" PRIu64 ",\"free\":%" PRIu64
-		       ",\"buff_cache\":%" PRIu64 ",\"available\":%" PRIu64 ",\"swap_total\":%" PRIu64
+		printf("{\"processes\":%d,\"total\":%s,\"used\":%" PRIu64 ",\"free\":%s"
+		       ",\"buff_cache\":%" PRIu64 ",\"available\":%s,\"swap_total\":%" PRIu64
 		       ",\"swap_used\":%" PRIu64 ",\"swap_free\":%" PRIu64 "}\n",
-		       n, t->total, t->used, t->free, t->buff_cache, t->available, t->swap_total,
-		       t->swap_used, t->swap_free);
+		       n, bound_str(t->total, a[0], 32), t->used, bound_str(t->free, a[1], 32),
+		       t->buff_cache, bound_str(t->available, a[2], 32), t->swap_total, t->swap_used,
+		       t->swap_free);
 		return;
 	}
-	char a[6][32];
 	printf("%-6s %12s %12s %12s %12s %12s\n", "", "total", "used", "free", "buff/cache",
 	       "available");
-	printf("%-6s %12s %12s %12s %12s %12s\n", "Lazy:", size_str(t->total, a[0], 32),
-	       size_str(t->used, a[1], 32), size_str(t->free, a[2], 32),
-	       size_str(t->buff_cache, a[3], 32), size_str(t->available, a[4], 32));
+	printf("%-6s %12s %12s %12s %12s %12s\n", "Lazy:", bound_str(t->total, a[0], 32),
+	       size_str(t->used, a[1], 32), bound_str(t->free, a[2], 32),
+	       size_str(t->buff_cache, a[3], 32), bound_str(t->available, a[4], 32));
 	printf("%-6s %12s %12s %12s\n", "Swap:", size_str(t->swap_total, a[0], 32),
 	       size_str(t->swap_used, a[1], 32), size_str(t->swap_free, a[2], 32));
 }
@@ -349,12 +372,18 @@ static void print_ps(const struct lmd_entry *e, int n)
 		printf("]}\n");
 		return;
 	}
-	printf("%7s %-16s %7s %10s %10s %10s %10s %10s\n", "PID", "NAME", "REGIONS", "RESIDENT",
-	       "DIRTY", "SWAPPED", "FAULTS/S", "BUDGET");
+	printf("%7s %-10s %-16s %7s %10s %10s %10s %10s %10s\n", "PID", "USER", "NAME", "REGIONS",
+	       "RESIDENT", "DIRTY", "SWAPPED", "FAULTS/S", "BUDGET");
 	for (int i = 0; i < n; i++) {
-		char a[4][32];
-		printf("%7d %-16.16s %7" PRIu64 " %10s %10s %10s %10.0f %10s\n", (int)e[i].pid,
-		       e[i].name, e[i].st.regions_live,
+		char a[4][32], user[16];
+		/* As ps(1): the name when there is one, else the number. */
+		struct passwd *pw = getpwuid(e[i].uid);
+		if (pw)
+			snprintf(user, sizeof(user), "%.10s", pw->pw_name);
+		else
+			snprintf(user, sizeof(user), "%u", (unsigned)e[i].uid);
+		printf("%7d %-10s %-16.16s %7" PRIu64 " %10s %10s %10s %10.0f %10s\n", (int)e[i].pid,
+		       user, e[i].name, e[i].st.regions_live,
 		       size_str(pages(&e[i], e[i].st.resident_pages), a[0], 32),
 		       size_str(pages(&e[i], e[i].st.resident_dirty), a[1], 32),
 		       size_str(pages(&e[i], e[i].st.swapped_pages), a[2], 32), e[i].faults_per_s,
@@ -874,7 +903,7 @@ int main(int argc, char **argv)
 	int args = argc - optind - 1;
 	char **arg = argv + optind + 1;
 	pid_t pid;
-	uint64_t bytes;
+	uint64_t bytes = 0;
 	if (!strcmp(cmd, "free") && !args)
 		return cmd_free();
 	if (!strcmp(cmd, "ps") && !args)
@@ -917,6 +946,15 @@ int main(int argc, char **argv)
 					"(SIZE like 4096, 512M, 2G)\n");
 			return EX_USAGE;
 		}
+		/* 0.5 is not 0: it must not lift the budget by rounding down to it. */
+		const char *sz[2] = { args == 2 ? arg[1] : NULL, O.min };
+		uint64_t val[2] = { bytes, min };
+		for (int k = 0; k < 2; k++)
+			if (sz[k] && !val[k] && strpbrk(sz[k], "123456789")) {
+				fprintf(stderr, "lazymem: budget: %s is less than a byte; 0 (exactly) %s\n",
+					sz[k], k ? "leaves the floor to the daemon" : "lifts the budget");
+				return EX_USAGE;
+			}
 		int rc = O.min ? cmd_budget("min", pid, min) : EX_OK;
 		return rc == EX_OK && args == 2 ? cmd_budget("budget", pid, bytes) : rc;
 	}

@@ -1360,7 +1360,8 @@ static const char help_text[] =
 
 static void request(struct conn *c, const char *line, size_t len)
 {
-	if (c->runtime) {
+	/* From a runtime, a line is an answer, but a second hello is a request to refuse. */
+	if (c->runtime && !(len >= 6 && !memcmp(line, "hello ", 6))) {
 		runtime_line(c, line, len);
 		return;
 	}

@@ -310,18 +310,6 @@ static void metric(struct out *o, const struct lmd_proc *procs, size_t n, char (
 	}
 }
 
-/* The names of the enums in the statistics, as info metrics' labels carry them. */
-static const char *enum_name(const char *field, uint64_t v)
-{
-	static const char *const modes[] = { "default", "thread", "signal" };
-	static const char *const origins[] = { "none", "dev", "syscall", "user" };
-	if (!strcmp(field, "mode"))
-		return v < 3 ? modes[v] : "unknown";
-	if (!strcmp(field, "uffd_origin"))
-		return v < 4 ? origins[v] : "unknown";
-	return "unknown";
-}
-
 /*
  * An enum is an info metric: one sample of 1 per process, its value a
  * label ("mode" for mode, "origin" for uffd_origin), which PromQL can
@@ -339,7 +327,7 @@ static void info_metric(struct out *o, const struct lmd_proc *procs, size_t n,
 			continue;
 		uint64_t v;
 		memcpy(&v, (const char *)st + offset, sizeof(v));
-		put(o, "lazymem_%s_info%s,%s=\"%s\"} 1\n", name, labels[i], label, enum_name(name, v));
+		put(o, "lazymem_%s_info%s,%s=\"%s\"} 1\n", name, labels[i], label, lm__enum_name(name, v));
 	}
 }
 

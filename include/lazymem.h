@@ -282,7 +282,8 @@ enum lm_uffd_origin {
 	X(snapshot_errors,	COUNTER, "events",  "Snapshots broken because a page could not be preserved (spill file full, read error)") \
 	X(restore_faults,	COUNTER, "faults",  "Faults on regions restored from images") \
 	X(budget_min_bytes,	GAUGE,   "bytes",   "The least budget lazymemd's pressure policy may set (0: the daemon's default)") \
-	X(budget_changes,	COUNTER, "events",  "Times the budget was changed (by the application, lazymem budget or lazymemd's policy)")
+	X(budget_changes,	COUNTER, "events",  "Times the budget was changed (by the application, lazymem budget or lazymemd's policy)") \
+	X(swap_file_bytes,	GAUGE,   "bytes",   "Bytes of swap file allocated on disk (it grows as eviction needs it)")
 
 /* Fill-latency histogram: bucket i counts fills that took < 2^(i+8) ns (last: all slower). */
 #define LM_LAT_BUCKETS 20
@@ -317,6 +318,9 @@ struct lm_free {
 	uint64_t total, used, free, buff_cache, available;
 	uint64_t swap_total, swap_used, swap_free;
 };
+
+/* lm_free's total, free and available without a budget: nothing limits them. */
+#define LM_UNLIMITED UINT64_MAX
 
 /* Options. */
 LM_API int lm_options_init(struct lm_options *opts);

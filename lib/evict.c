@@ -51,7 +51,6 @@
  */
 
 #define EVICT_BATCH 256
-#define LM__BUDGET_MIN 16		/* pages: the smallest budget the evictor can keep */
 #define SCAN_MAX 1024			/* entries looked at per batch, at most */
 #define DEFAULT_SWAP_MAX (64ull << 30)
 #define THROTTLE_MAX_NS 1000000000ull	/* a fault waits for the evictor one second at most */
@@ -874,6 +873,7 @@ int lm__evict_setup(struct lm_runtime *rt)
 	lm__store_init_swap(&rt->swap_store, rt, &rt->swap);
 	rt->swap.held_pages = rt->nres;
 	rt->swap.used_mirror = &rt->stats->swap_slots_used;
+	rt->swap.backed_mirror = &rt->stats->swap_file_bytes;
 	rt->swap_ok = true;
 	LM__STAT_SET(rt, swap_slots_total, rt->swap.nslots);
 	if ((rc = lm__filler_init(&rt->ev_filler, rt, rt->opt.io == LM_IO_URING)) < 0)

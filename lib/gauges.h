@@ -4,6 +4,7 @@
 #define LM_GAUGES_H
 
 #include <stdint.h>
+#include <string.h>
 
 #include "lazymem.h"
 
@@ -24,6 +25,22 @@ static inline void lm__gauges_settle(struct lm_stats *st)
 	if (st->resident_dirty > st->resident_pages)
 		st->resident_dirty = st->resident_pages;
 	st->resident_clean = st->resident_pages - st->resident_dirty;
+}
+
+/*
+ * The names of the enums in the statistics (mode, uffd_origin): one table
+ * for lm_stats_format's text and lazymemd's info metrics.  NULL for a
+ * field that is not an enum.
+ */
+static inline const char *lm__enum_name(const char *field, uint64_t v)
+{
+	static const char *const modes[] = { "default", "thread", "signal" };
+	static const char *const origins[] = { "none", "dev", "syscall", "user" };
+	if (!strcmp(field, "mode"))
+		return v < 3 ? modes[v] : "unknown";
+	if (!strcmp(field, "uffd_origin"))
+		return v < 4 ? origins[v] : "unknown";
+	return NULL;
 }
 
 #endif

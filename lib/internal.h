@@ -450,6 +450,7 @@ struct lm__swap {
 	uint64_t nslots;		/* capacity: the maximum size in pages */
 	_Atomic uint64_t used;
 	_Atomic uint64_t *used_mirror;	/* the same count in the stats page, or NULL */
+	_Atomic uint64_t *backed_mirror;	/* backed, in the stats page, or NULL */
 	uint64_t hint;			/* bitmap word to look at first (allocator only) */
 	_Atomic uint64_t *bitmap;	/* 1: slot in use */
 	uint32_t *sums;			/* per-slot checksum of what was written; 0: none */
@@ -781,6 +782,9 @@ struct lm__prefetch {
 	uint64_t first, count;
 	struct lm__prefetch *next;
 };
+
+/* Pages: the smallest budget the evictor can keep (lm_runtime_set_budget refuses less). */
+#define LM__BUDGET_MIN 16
 
 struct lm_runtime {
 	struct lm_options opt;

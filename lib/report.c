@@ -208,7 +208,17 @@ static void request(struct lm__report *p, char *line)
 		int rc = lm_runtime_set_budget(p->rt, bytes);
 		lm__log(p->rt, 2, "lazymemd set the budget to %llu bytes: %s", bytes,
 			rc < 0 ? lm_strerror(rc) : "done");
-		if (rc < 0)
+		uint64_t least = (uint64_t)LM__BUDGET_MIN << p->rt->page_shift;
+		if (rc == -EINVAL && bytes && bytes < least)
+			snprintf(reply, sizeof(reply),
+				 "error EINVAL a budget of %llu bytes is below the least a runtime takes: "
+				 "%d pages, %llu bytes (0 lifts the budget)\n",
+				 bytes, LM__BUDGET_MIN, (unsigned long long)least);
+		else if (rc == -EOPNOTSUPP)
+			snprintf(reply, sizeof(reply),
+				 "error EOPNOTSUPP this runtime takes no budget (huge pages, or a fork() "
+				 "child)\n");
+		else if (rc < 0)
 			snprintf(reply, sizeof(reply), "error %s %s\n", strerrorname_np(-rc),
 				 lm_strerror(rc));
 		else

@@ -32,10 +32,13 @@ int lm_options_init(struct lm_options *opts)
 	return 0;
 }
 
+/* As lazymemd logs: the process, then how much it matters, then the message. */
 static void stderr_log(int level, const char *msg, void *arg)
 {
 	(void)arg;
-	fprintf(stderr, "lazymem[%d]: %s\n", level, msg);
+	static const char *const names[] = { "error", "warning", "info", "debug" };
+	fprintf(stderr, "lazymem[%d]: %s: %s\n", (int)getpid(), names[level < 0 ? 0 : level > 3 ? 3 : level],
+		msg);
 }
 
 static int env_int(const char *name, int lo, int hi, int *out)

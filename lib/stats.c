@@ -79,14 +79,27 @@ int lm_stats_free(const struct lm_stats *st, struct lm_free *f)
 	memset(f, 0, sizeof(*f));
 	f->used = st->resident_dirty * ps;
 	f->buff_cache = st->resident_clean * ps;
-	f->total = st->budget_bytes ? st->budget_bytes : f->used + f->buff_cache;
-	f->free = f->total > f->used + f->buff_cache ? f->total - f->used - f->buff_cache : 0;
-	f->available = f->free + f->buff_cache;
-	if (f->available > f->total)
-		f->available = f->total;
-	f->swap_total = st->swap_slots_total * ps;
+	if (!st->budget_bytes) {
+		/* Without a budget nothing bounds it: not 0 free, as if it were full. */
+		f->total = f->free = f->available = LM_UNLIMITED;
+	} else {
+		f->total = st->budget_bytes;
+		f->free = f->total > f->used + f->buff_cache ? f->total - f->used - f->buff_cache : 0;
+		f->available = f->free + f->buff_cache;
+		if (f->available > f->total)
+			f->available = f->total;
+	}
+	/*
+	 * The swap file as it is on disk (it grows a megabyte at a time as
+	 * eviction needs it), not the most it may grow to; a stats page too
+	 * old to say gives the slots in use.
+	 */
 	f->swap_used = st->swap_slots_used * ps;
-	f->swap_free = f->swap_total - (f->swap_used < f->swap_total ? f->swap_used : f->swap_total);
+	f->swap_total = st->size >= offsetof(struct lm_stats, swap_file_bytes) + sizeof(uint64_t) ?
+				st->swap_file_bytes : f->swap_used;
+	if (f->swap_total < f->swap_used)
+		f->swap_total = f->swap_used;
+	f->swap_free = f->swap_total - f->swap_used;
 	return 0;
 }
 
@@ -110,10 +123,13 @@ int lm_stats_format(const struct lm_stats *st, int format, char *buf, size_t len
 			return rc;
 		put(&o, "%-6s %14s %14s %14s %14s %14s\n", "", "total", "used", "free",
 		    "buff/cache", "available");
-		put(&o, "%-6s %14llu %14llu %14llu %14llu %14llu\n", "Mem:",
-		    (unsigned long long)f.total, (unsigned long long)f.used,
-		    (unsigned long long)f.free, (unsigned long long)f.buff_cache,
-		    (unsigned long long)f.available);
+		char t[3][24];
+		const uint64_t *v[3] = { &f.total, &f.free, &f.available };
+		for (int i = 0; i < 3; i++)
+			snprintf(t[i], sizeof(t[i]), *v[i] == LM_UNLIMITED ? "unlimited" : "%llu",
+				 (unsigned long long)*v[i]);
+		put(&o, "%-6s %14s %14llu %14s %14llu %14s\n", "Mem:", t[0],
+		    (unsigned long long)f.used, t[1], (unsigned long long)f.buff_cache, t[2]);
 		put(&o, "%-6s %14llu %14llu %14llu\n", "Swap:", (unsigned long long)f.swap_total,
 		    (unsigned long long)f.swap_used, (unsigned long long)f.swap_free);
 		return (int)o.need;
@@ -126,6 +142,9 @@ int lm_stats_format(const struct lm_stats *st, int format, char *buf, size_t len
 		;                                                                    \
 	else if (format == LM_FORMAT_JSON)                                           \
 		put(&o, "%s\"%s\":%llu", sep, #name, (unsigned long long)st->name);  \
+	else if (lm__enum_name(#name, st->name))                                     \
+		put(&o, "%-18s %llu (%s)\n", #name, (unsigned long long)st->name,     \
+		    lm__enum_name(#name, st->name));                                 \
 	else                                                                         \
 		put(&o, "%-18s %llu\n", #name, (unsigned long long)st->name);
 	LM_STATS_LIST(FMT)

@@ -119,6 +119,8 @@ static void back(struct lm__swap *s, uint64_t need)
 			grow = (grow / 2 + s->page_size - 1) / s->page_size * s->page_size;
 		if (rc == 0) {
 			s->backed += grow;
+			if (s->backed_mirror)
+				atomic_store_explicit(s->backed_mirror, s->backed, memory_order_relaxed);
 			continue;
 		}
 		/* A filesystem without fallocate: the writes will tell. */

@@ -141,6 +141,17 @@ START_TEST(working_set_4x_written)
 	ck_assert_uint_eq(st.budget_bytes, budget);
 	ck_assert_uint_le(st.resident_pages + st.swapped_pages, pages);
 	ck_assert_uint_le(st.swap_slots_used, st.swap_slots_total);
+	/*
+	 * free's swap is the file as it is: what is in use, and the rest of
+	 * what it grew to (allocation rotates through the file, so it grows
+	 * past the pages in it); not the 64 GiB it may grow to.
+	 */
+	struct lm_free f;
+	ck_assert_int_eq(lm_stats_free(&st, &f), 0);
+	ck_assert_uint_eq(f.swap_total, st.swap_file_bytes);
+	ck_assert_uint_ge(f.swap_total, st.swap_slots_used * PS);
+	ck_assert_uint_lt(f.swap_total, st.swap_slots_total * PS / 64);
+	ck_assert_uint_eq(f.swap_free, f.swap_total - f.swap_used);
 	ck_assert_int_eq(lm_region_destroy(r), 0);
 	st = lmt_stats(rt);
 	ck_assert_uint_eq(st.swap_slots_used, 0);
@@ -500,6 +511,8 @@ START_TEST(swap_full_goes_over_budget)
 	ck_assert_int_eq(lm_stats_free(&st, &f), 0);
 	ck_assert_uint_eq(f.total, budget);
 	ck_assert_uint_eq(f.free, 0);
+	/* The swap file as it is on disk: full here, at its 256-page cap. */
+	ck_assert_uint_eq(st.swap_file_bytes, 256 * PS);
 	ck_assert_uint_eq(f.swap_total, 256 * PS);
 	lm_region_destroy(r);
 	lm_runtime_close(rt);

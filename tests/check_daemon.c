@@ -299,13 +299,17 @@ START_TEST(cli_matches_runtime)
 	ck_assert_int_eq(jnum(out, "processes"), 1);
 	ck_assert_int_eq(jnum(out, "used"), (long long)f.used);
 	ck_assert_int_eq(jnum(out, "buff_cache"), (long long)f.buff_cache);
-	ck_assert_int_eq(jnum(out, "total"), (long long)f.total);
+	/* No budget: nothing bounds total, free and available; not 0 free. */
+	ck_assert_uint_eq(f.total, LM_UNLIMITED);
+	ck_assert_ptr_nonnull(strstr(out, "\"total\":null,"));
+	ck_assert_ptr_nonnull(strstr(out, "\"available\":null,"));
 	/* The text forms too: stat names every counter, free has its rows. */
 	ck_assert_int_eq(cli(out, sizeof(out), "stat %d", (int)getpid()), 0);
 	ck_assert_ptr_nonnull(strstr(out, "restore_faults"));
 	ck_assert_ptr_nonnull(strstr(out, "fill latency"));
 	ck_assert_int_eq(cli(out, sizeof(out), "-h free"), 0);
 	ck_assert_ptr_nonnull(strstr(out, "Lazy:"));
+	ck_assert_ptr_nonnull(strstr(out, "unlimited"));
 	ck_assert_ptr_nonnull(strstr(out, "Swap:"));
 	ck_assert_int_eq(cli(out, sizeof(out), "free -s 0.1 -c 3 --json"), 0);
 	int lines = 0;
@@ -350,6 +354,28 @@ START_TEST(exit_codes)
 	ck_assert_ptr_nonnull(strstr(out, "lazymemd "));
 	ck_assert_int_eq(cli(out, sizeof(out), "ps"), 0);
 	ck_assert_ptr_nonnull(strstr(out, "PID"));
+	ck_assert_ptr_nonnull(strstr(out, "USER"));
+	/* A fraction of a byte is not 0: it must not lift a budget by rounding. */
+	ck_assert_int_eq(cli(out, sizeof(out), "budget 1 0.5"), 2);
+	cli_err(out, sizeof(out));
+	ck_assert_ptr_nonnull(strstr(out, "less than a byte"));
+	ck_assert_int_eq(cli(out, sizeof(out), "budget 1 --min 0.2K"), 1);
+	/* A socket that is there but not open to the user: refused (1), not "no daemon" (3). */
+	pid_t pid = fork();
+	ck_assert_int_ge(pid, 0);
+	if (pid == 0) {
+		if (chmod(sock, 0600) < 0 || chown(sock, 0, 0) < 0 || setgroups(0, NULL) < 0 ||
+		    setgid(NOBODY) < 0 || setuid(NOBODY) < 0)
+			_exit(20);
+		if (cli(out, sizeof(out), "ps") != 1)
+			_exit(21);
+		cli_err(out, sizeof(out));
+		_exit(strstr(out, "not open to you") ? 0 : 22);
+	}
+	int st;
+	ck_assert_int_eq(waitpid(pid, &st, 0), pid);
+	ck_assert_msg(WIFEXITED(st) && WEXITSTATUS(st) == 0, "EACCES: status %#x", st);
+	ck_assert_int_eq(chown(sock, NOBODY, 0), 0);
 	stop_daemon();
 }
 END_TEST
@@ -429,6 +455,10 @@ START_TEST(budget_refused)
 	ck_assert_int_eq(cli(out, sizeof(out), "budget %d 1M", (int)c.pid), 1);
 	cli_err(out, sizeof(out));
 	ck_assert_msg(strstr(out, "No space") || strstr(out, "space"), "%s", out);
+	/* Below the least budget a runtime takes: said in the budget's own words. */
+	ck_assert_int_eq(cli(out, sizeof(out), "budget %d 1", (int)c.pid), 1);
+	cli_err(out, sizeof(out));
+	ck_assert_msg(strstr(out, "below the least a runtime takes: 16 pages"), "%s", out);
 	/* Over budget, counted, nothing lost: the child checks every page as it ends. */
 	ck_assert_int_eq(cli(out, sizeof(out), "stat %d --json", (int)c.pid), 0);
 	ck_assert_int_gt(jnum(out, "over_budget"), 0);
@@ -891,6 +921,24 @@ static int fd_count(pid_t pid)
 	return n;
 }
 
+/* A hello line with a descriptor attached, as a runtime sends its stats page. */
+static void send_hello(int fd, const char *line, int passfd)
+{
+	struct iovec iov = { (void *)line, strlen(line) };
+	union {
+		struct cmsghdr h;
+		char b[CMSG_SPACE(sizeof(int))];
+	} ctl = { 0 };
+	struct msghdr m = { .msg_iov = &iov, .msg_iovlen = 1, .msg_control = ctl.b,
+			    .msg_controllen = sizeof(ctl.b) };
+	struct cmsghdr *c = CMSG_FIRSTHDR(&m);
+	c->cmsg_level = SOL_SOCKET;
+	c->cmsg_type = SCM_RIGHTS;
+	c->cmsg_len = CMSG_LEN(sizeof(int));
+	memcpy(CMSG_DATA(c), &passfd, sizeof(int));
+	ck_assert_int_eq(sendmsg(fd, &m, 0), (ssize_t)iov.iov_len);
+}
+
 /* Garbage, overlong and partial lines, fake hellos, clients that never read or leave mid-reply. */
 START_TEST(malformed_clients)
 {
@@ -959,25 +1007,26 @@ START_TEST(malformed_clients)
 	int bad_fds[3] = { pass[0], unsealed, huge };
 	for (int i = 0; i < nbad; i++) {
 		fd = connect_to(sock);
-		char line[] = "hello 0.3.0 fake\n";
-		struct iovec iov = { line, sizeof(line) - 1 };
-		union {
-			struct cmsghdr h;
-			char b[CMSG_SPACE(sizeof(int))];
-		} ctl = { 0 };
-		struct msghdr m = { .msg_iov = &iov, .msg_iovlen = 1, .msg_control = ctl.b,
-				    .msg_controllen = sizeof(ctl.b) };
-		struct cmsghdr *c = CMSG_FIRSTHDR(&m);
-		c->cmsg_level = SOL_SOCKET;
-		c->cmsg_type = SCM_RIGHTS;
-		c->cmsg_len = CMSG_LEN(sizeof(int));
-		memcpy(CMSG_DATA(c), &bad_fds[i], sizeof(int));
-		ck_assert_int_eq(sendmsg(fd, &m, 0), (ssize_t)iov.iov_len);
+		send_hello(fd, "hello 0.3.0 fake\n", bad_fds[i]);
 		f = fdopen(fd, "r");
 		ck_assert_ptr_nonnull(fgets(head, sizeof(head), f));
 		ck_assert_msg(!strncmp(head, "error EINVAL", 12), "%s", head);
 		fclose(f);
 	}
+	/* A good hello, then a second one on the same connection: EALREADY, as documented. */
+	int page = memfd_create("stats", MFD_CLOEXEC | MFD_ALLOW_SEALING);
+	ck_assert_int_eq(ftruncate(page, 4096), 0);
+	ck_assert_int_eq(fcntl(page, F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_SEAL), 0);
+	fd = connect_to(sock);
+	f = fdopen(fd, "r");
+	for (int i = 0; i < 2; i++) {
+		send_hello(fd, "hello 0.3.0 twice\n", page);
+		ck_assert_ptr_nonnull(fgets(head, sizeof(head), f));
+		ck_assert_msg(!strncmp(head, i ? "error EALREADY" : "ok 0", i ? 14 : 4), "hello %d: %s",
+			      i + 1, head);
+	}
+	fclose(f);
+	close(page);
 	close(pass[0]);
 	close(pass[1]);
 	close(unsealed);

@@ -186,6 +186,34 @@ START_TEST(budget_min_and_budget_changes)
 }
 END_TEST
 
+/* LAZYMEM_DEBUG's lines name the process and the level, as lazymemd's do. */
+START_TEST(debug_log_names_the_process)
+{
+	char path[] = "/tmp/lazymem-log-XXXXXX";
+	int fd = mkstemp(path);
+	ck_assert_int_ge(fd, 0);
+	pid_t pid = fork();
+	ck_assert_int_ge(pid, 0);
+	if (pid == 0) {
+		dup2(fd, 2);
+		clear_env();
+		setenv("LAZYMEM_DEBUG", "1", 1);
+		struct lm_runtime *rt;
+		_exit(lm_runtime_open(NULL, &rt) == 0 && lm_runtime_close(rt) == 0 ? 0 : 1);
+	}
+	int st;
+	ck_assert_int_eq(waitpid(pid, &st, 0), pid);
+	ck_assert(WIFEXITED(st) && WEXITSTATUS(st) == 0);
+	char buf[4096] = "", want[48];
+	ck_assert_int_gt(pread(fd, buf, sizeof(buf) - 1, 0), 0);
+	close(fd);
+	unlink(path);
+	snprintf(want, sizeof(want), "lazymem[%d]: ", (int)pid);
+	ck_assert_msg(!strncmp(buf, want, strlen(want)), "%s", buf);
+	ck_assert_msg(strstr(buf, ": debug: ") || strstr(buf, ": info: "), "%s", buf);
+}
+END_TEST
+
 START_TEST(environment_typos_are_errors)
 {
 	static const char *const bad[][2] = {
@@ -410,7 +438,22 @@ START_TEST(stats_format_text_and_json)
 		 (unsigned long long)st.fills_zero);
 	ck_assert_msg(strstr(txt, line), "text lacks '%s'", line);
 	ck_assert_ptr_nonnull(strstr(txt, "fill_latency_lt_"));
+	/* Enums say their names beside their numbers. */
+	ck_assert_ptr_nonnull(strstr(txt, "mode               1 (thread)\n"));
+	ck_assert_ptr_nonnull(strstr(txt, "uffd_origin        "));
+	ck_assert_ptr_null(strstr(txt, "(unknown)"));
 	free(txt);
+	/* No budget: free has nothing bounding it, not 0 free; no swap file yet. */
+	struct lm_free f;
+	ck_assert_int_eq(lm_stats_free(&st, &f), 0);
+	ck_assert_uint_eq(f.total, LM_UNLIMITED);
+	ck_assert_uint_eq(f.free, LM_UNLIMITED);
+	ck_assert_uint_eq(f.available, LM_UNLIMITED);
+	ck_assert_uint_eq(f.used + f.buff_cache, st.resident_pages * 4096);
+	ck_assert_uint_eq(f.swap_total, 0);
+	char fr[512];
+	ck_assert_int_gt(lm_stats_format(&st, LM_FORMAT_FREE, fr, sizeof(fr)), 0);
+	ck_assert_ptr_nonnull(strstr(fr, "unlimited"));
 
 	char json[8192];
 	need = lm_stats_format(&st, LM_FORMAT_JSON, json, sizeof(json));
@@ -507,6 +550,7 @@ int main(void)
 	tcase_add_test(tc, environment_overrides_defaults);
 	tcase_add_test(tc, environment_typos_are_errors);
 	tcase_add_test(tc, budget_min_and_budget_changes);
+	tcase_add_test(tc, debug_log_names_the_process);
 	tcase_add_test(tc, handlers_pinned_one_per_cpu);
 	tcase_add_test(tc, log_callback_is_used);
 	suite_add_tcase(s, tc);
