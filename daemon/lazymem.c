@@ -346,12 +346,21 @@ static uint64_t pages(const struct lmd_entry *e, uint64_t n)
 	return n * (e->st.page_size ? e->st.page_size : 4096);
 }
 
+/* A name as a JSON string, by the daemon's own writer: control characters and all. */
 static void json_name(const char *s)
 {
-	putchar('"');
-	for (; *s; s++)
-		printf(*s == '"' || *s == '\\' ? "\\%c" : "%c", *s);
-	putchar('"');
+	char buf[8 * LMD_NAME_MAX + 8];
+	size_t k = lmd_json_string(s, buf, sizeof(buf));
+	if (k >= sizeof(buf)) {
+		char *big = malloc(k + 1);
+		if (big) {
+			lmd_json_string(s, big, k + 1);
+			fputs(big, stdout);
+			free(big);
+			return;
+		}
+	}
+	fputs(buf, stdout);
 }
 
 static void print_ps(const struct lmd_entry *e, int n)

@@ -417,20 +417,92 @@ int lmd_format_metrics(const struct lmd_proc *procs, size_t n, char *buf, size_t
 	return (int)o.need;
 }
 
-/* A JSON string: quotes, backslashes and control bytes escaped; other bytes as they are. */
+/* The length of the valid UTF-8 sequence at s (at most n bytes), or 0 when it is not one. */
+static size_t utf8_len(const unsigned char *s, size_t n)
+{
+	unsigned char c = s[0];
+	size_t k = c < 0x80 ? 1 : (c & 0xe0) == 0xc0 ? 2 : (c & 0xf0) == 0xe0 ? 3 :
+		   (c & 0xf8) == 0xf0 ? 4 : 0;
+	if (!k || k > n)
+		return 0;
+	uint32_t cp = k == 1 ? c : c & (0x7f >> k);
+	for (size_t i = 1; i < k; i++) {
+		if ((s[i] & 0xc0) != 0x80)
+			return 0;
+		cp = cp << 6 | (s[i] & 0x3f);
+	}
+	/* Overlong forms, surrogates and past U+10FFFF are not UTF-8. */
+	static const uint32_t least[] = { 0, 0, 0x80, 0x800, 0x10000 };
+	if (cp < least[k] || (cp >= 0xd800 && cp <= 0xdfff) || cp > 0x10ffff)
+		return 0;
+	return k;
+}
+
+size_t lmd_json_string(const char *in, char *out, size_t len)
+{
+	const unsigned char *s = (const unsigned char *)(in ? in : "");
+	size_t n = strlen((const char *)s), o = 0;
+	char esc[8];
+#define EMIT(p, k)                                                         \
+	do {                                                               \
+		for (size_t e_ = 0; e_ < (k); e_++, o++)                   \
+			if (o + 1 < len)                                   \
+				out[o] = (p)[e_];                          \
+	} while (0)
+	EMIT("\"", 1);
+	for (size_t i = 0; i < n;) {
+		unsigned char c = s[i];
+		size_t k = utf8_len(s + i, n - i);
+		if (c == '"' || c == '\\') {
+			esc[0] = '\\';
+			esc[1] = (char)c;
+			EMIT(esc, 2);
+		} else if (c < 0x20 || c == 0x7f) {
+			static const char short_esc[] = "btn\0fr";
+			bool named = c >= '\b' && c <= '\r' && c != 0x0b;
+			if (named) {
+				esc[0] = '\\';
+				esc[1] = short_esc[c - '\b'];
+				EMIT(esc, 2);
+			} else {
+				snprintf(esc, sizeof(esc), "\\u%04x", c);
+				EMIT(esc, 6);
+			}
+		} else if (!k) {
+			/* Not UTF-8 (a name is any bytes): the replacement character, one per byte. */
+			EMIT("\\ufffd", 6);
+			k = 1;
+		} else if (k == 3 && c == 0xe2 && s[i + 1] == 0x80 && (s[i + 2] | 1) == 0xa9) {
+			/* U+2028 and U+2029 are JSON but end a line in JavaScript: escaped. */
+			snprintf(esc, sizeof(esc), "\\u%04x", s[i + 2] == 0xa8 ? 0x2028 : 0x2029);
+			EMIT(esc, 6);
+		} else {
+			EMIT(s + i, k);
+		}
+		i += k ? k : 1;
+	}
+	EMIT("\"", 1);
+#undef EMIT
+	if (len)
+		out[o < len ? o : len - 1] = '\0';
+	return o;
+}
+
+/* A JSON string into a formatter's output. */
 static void json_string(struct out *o, const char *s)
 {
-	put(o, "\"");
-	for (; s && *s; s++) {
-		unsigned char c = (unsigned char)*s;
-		if (c == '"' || c == '\\')
-			put(o, "\\%c", c);
-		else if (c < 0x20 || c == 0x7f)
-			put(o, "\\u%04x", c);
-		else
-			put(o, "%c", c);
+	char small[256];
+	size_t k = lmd_json_string(s, small, sizeof(small));
+	char *buf = k < sizeof(small) ? small : malloc(k + 1);
+	if (!buf) {
+		put(o, "\"\"");
+		return;
 	}
-	put(o, "\"");
+	if (buf != small)
+		lmd_json_string(s, buf, k + 1);
+	put_str(o, buf);
+	if (buf != small)
+		free(buf);
 }
 
 int lmd_format_json(const struct lmd_proc *procs, size_t n, char *buf, size_t len)

@@ -134,6 +134,16 @@ int lmd_parse_size(const char *s, uint64_t *out);
 /* A size for people: "512B", "1.5Mi", "64Gi". */
 void lmd_size_str(uint64_t bytes, char *buf, size_t len);
 
+/*
+ * in as a JSON string, quotes included, into out (len bytes with the
+ * NUL), like snprintf: returns the length needed.  The one JSON string
+ * writer of the daemon and the command: quotes and backslashes escaped,
+ * every control character (U+0000-U+001F, DEL) too (\\n, \\t... or \\u00XX),
+ * U+2028 and U+2029 as \\u escapes, valid UTF-8 as it is, and each byte
+ * that is not UTF-8 as U+FFFD: the result is valid JSON whatever the bytes.
+ */
+size_t lmd_json_string(const char *in, char *out, size_t len);
+
 /* The label value escaping Prometheus wants (backslash, quote, newline). */
 size_t lmd_escape_label(const char *in, char *out, size_t len);
 

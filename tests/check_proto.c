@@ -251,6 +251,62 @@ START_TEST(metrics_text)
 END_TEST
 
 /* JSON: every field, escaped names, balanced, the length needed when truncated. */
+/*
+ * The one JSON string writer: every control character escaped, quotes and
+ * backslashes, U+2028/9; UTF-8 kept, other bytes U+FFFD; and what it
+ * makes of every byte, alone and in a name, is JSON to python's parser.
+ */
+START_TEST(json_strings)
+{
+	char out[512];
+	static const struct {
+		const char *in, *want;
+	} cases[] = {
+		{ "plain", "\"plain\"" },
+		{ "", "\"\"" },
+		{ "q\"b\\s", "\"q\\\"b\\\\s\"" },
+		{ "\b\t\n\f\r", "\"\\b\\t\\n\\f\\r\"" },
+		{ "\x01\x0b\x1f\x7f", "\"\\u0001\\u000b\\u001f\\u007f\"" },
+		{ "caf\xc3\xa9 \xf0\x9f\x98\x80", "\"caf\xc3\xa9 \xf0\x9f\x98\x80\"" },
+		{ "a\xff" "b\xc3", "\"a\\ufffdb\\ufffd\"" },
+		{ "\xc0\xaf", "\"\\ufffd\\ufffd\"" },		/* an overlong slash */
+		{ "\xed\xa0\x80", "\"\\ufffd\\ufffd\\ufffd\"" },	/* a surrogate */
+		{ "x\xe2\x80\xa8y\xe2\x80\xa9", "\"x\\u2028y\\u2029\"" },
+	};
+	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+		size_t k = lmd_json_string(cases[i].in, out, sizeof(out));
+		ck_assert_msg(!strcmp(out, cases[i].want), "case %zu: %s", i, out);
+		ck_assert_uint_eq(k, strlen(cases[i].want));
+	}
+	/* Like snprintf: cut short but terminated, the length needed returned. */
+	char small[4];
+	ck_assert_uint_eq(lmd_json_string("abcdef", small, sizeof(small)), 8);
+	ck_assert_str_eq(small, "\"ab");
+	ck_assert_uint_eq(lmd_json_string(NULL, NULL, 0), 2);
+	/* Every byte, alone and between others, through python's json. */
+	char path[] = "/tmp/lazymem-json-XXXXXX";
+	int fd = mkstemp(path);
+	ck_assert_int_ge(fd, 0);
+	FILE *f = fdopen(fd, "w");
+	fputs("[", f);
+	for (int c = 1; c < 256; c++) {
+		char in[8] = { 'a', (char)c, 'z', (char)c, 0 };
+		lmd_json_string(in, out, sizeof(out));
+		fprintf(f, "%s%s", c > 1 ? "," : "", out);
+	}
+	fputs("]", f);
+	fclose(f);
+	char cmd[256];
+	snprintf(cmd, sizeof(cmd),
+		 "python3 -c 'import json, sys; v = json.load(open(sys.argv[1], encoding=\"utf-8\")); "
+		 "assert len(v) == 255 and v[9] == \"a\\nz\\n\" and v[0x7e] == \"a\\x7fz\\x7f\"' %s",
+		 path);
+	int rc = system(cmd);
+	unlink(path);
+	ck_assert_msg(rc == 0, "python3 did not read the strings back as JSON");
+}
+END_TEST
+
 START_TEST(json_text)
 {
 	struct lm_stats a;
@@ -317,6 +373,7 @@ int main(void)
 	tcase_add_test(tc, requests);
 	tcase_add_test(tc, malformed);
 	tcase_add_test(tc, metrics_text);
+	tcase_add_test(tc, json_strings);
 	tcase_add_test(tc, json_text);
 	tcase_add_test(tc, stats_roundtrip);
 	suite_add_tcase(s, tc);

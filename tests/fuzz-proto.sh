@@ -1,6 +1,7 @@
 #!/bin/sh
 # SPDX-License-Identifier: MIT
-# Builds the libFuzzer harness of lazymemd's request parser with clang and
+# Builds the libFuzzer harness of lazymemd's request parser (and its JSON
+# string writer) with clang and
 # runs it for a bounded time: LAZYMEM_FUZZ_SECONDS (default 20).  Skips (77)
 # only where clang or its fuzzer runtime is missing, saying so.
 set -eu
@@ -25,7 +26,7 @@ if ! "$cc" -g -O1 -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=unde
 	exit 1
 fi
 mkdir "$out/corpus"
-for seed in "list" "stats 1" "budget 2 64M" "metrics" "json" "version" "help" "hello 0.3.0 app" "pid 1
+for seed in "list" "stats 1" "budget 2 64M" "min 3 16M" "pressure" "metrics" "json" "version" "help" "hello 0.3.0 app" "pid 1
 uid 0
 name a
 faults_missing 3
