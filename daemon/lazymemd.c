@@ -695,7 +695,7 @@ static void policy_answer(struct conn *rt, const struct waiter *w, bool ok, cons
 	       ok ? "" : ", over it for now");
 }
 
-/* Worth a message: lowerings under pressure to the megabyte, the rest when they move an eighth. */
+/* Worth a message: lowerings to the megabyte, the rest when they move an eighth. */
 static bool worth_sending(const struct conn *rt, uint64_t want)
 {
 	uint64_t have = rt->applied;
@@ -704,7 +704,9 @@ static bool worth_sending(const struct conn *rt, uint64_t want)
 	if (!want || !have)
 		return true;
 	uint64_t diff = want > have ? want - have : have - want;
-	if (want < have && (rt->why == LMD_WHY_LOWER || rt->why == LMD_WHY_FLOOR))
+	/* Lowerings (and the proactive mode's small steps) to the megabyte. */
+	if (want < have && (rt->why == LMD_WHY_LOWER || rt->why == LMD_WHY_FLOOR ||
+			    rt->why == LMD_WHY_PROACTIVE))
 		return diff >= (1u << 20);
 	return diff >= (1u << 20) && diff >= have / 8;
 }

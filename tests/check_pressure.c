@@ -324,7 +324,7 @@ static void start_daemon(const char *policy)
 		snprintf(conf, sizeof(conf), "%s/none.conf", dir);
 		close(open(conf, O_CREAT | O_WRONLY | O_CLOEXEC, 0644));
 		execl(bin, bin, "-f", "-s", sock, "-l", logpath, "-v", "-v", "-c", conf, "-o", policy,
-		      "-o", "hold=1", (char *)NULL);
+		      "-o", "hold=1", "-o", "step=20", (char *)NULL);
 		_exit(127);
 	}
 	ck_assert_msg(LMT_WAIT_UNTIL(access(sock, F_OK) == 0, 10), "lazymemd did not start");
@@ -626,6 +626,38 @@ START_TEST(floor_from_the_command)
 }
 END_TEST
 
+/*
+ * Proactive mode: an idle process (no fills, no stalls) has its memory
+ * offloaded step by step, down to its floor, with nothing short; its
+ * data all there when it checks.
+ */
+START_TEST(proactive_offloads_idle_memory)
+{
+	start_daemon("proactive=on");
+	/* start_daemon sets step=20: twenty percent a second, so that the test is short. */
+	char worker[256];
+	snprintf(worker, sizeof(worker), "%s/tests/pressure-worker", build());
+	const char *argv[] = { worker, "48", "7", "0", "4", NULL };
+	const char *env[] = { "LAZYMEM_BUDGET_MIN", "20M", NULL };
+	pid_t pid = spawn_in_cgroup("w", argv, env);
+	static const char *const tags[] = { "w" };
+	struct outcome o = wait_all(&pid, tags, 1, 60);
+	ck_assert_msg(o.ok == 1, "the worker: %s", o.why);
+	char *out = output("w", "out");
+	const char *b = strstr(out, ", budget ");
+	const char *e = strstr(out, "evicted ");
+	ck_assert_msg(b && e, "%s", out);
+	uint64_t budget = strtoull(b + 9, NULL, 10), evicted = strtoull(e + 8, NULL, 10);
+	/* 48 MiB idle for 4 s at 20 %/s: at its 20M floor, or on the way there. */
+	ck_assert_msg(budget >= 20 * MiB && budget <= 32 * MiB && evicted > 0,
+		      "not offloaded: %s", out);
+	free(out);
+	char *rep = pressure_report();
+	ck_assert_msg(strstr(rep, ": proactive;") || strstr(rep, ": floor;"), "%s", rep);
+	free(rep);
+}
+END_TEST
+
 /* lazymem vmstat: per-second rates that follow what a process under a budget does. */
 START_TEST(vmstat_rates)
 {
@@ -697,6 +729,7 @@ int main(void)
 		tcase_add_test(oom, policy_shrinks_instead_of_oom);
 		tcase_add_test(oom, floor_from_the_command);
 		tcase_add_test(oom, vmstat_rates);
+		tcase_add_test(oom, proactive_offloads_idle_memory);
 		tcase_add_test(oom, unmodified_programs_without_policy);
 		tcase_add_test(oom, unmodified_programs_with_policy);
 		suite_add_tcase(s, oom);
