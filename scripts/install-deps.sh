@@ -2,13 +2,14 @@
 # SPDX-License-Identifier: MIT
 # Installs the Debian packages lazymem needs to build, test and benchmark.
 # Idempotent: packages already present are left alone, and nothing is done
-# (not even an apt-get update) when everything is installed.
+# (not even an apt-get update) when everything is installed.  systemd is
+# for systemd-analyze, which audits the shipped unit; nothing is started.
 set -eu
 
 pkgs="build-essential autoconf automake libtool pkg-config
 liburing-dev libcap-dev libjemalloc-dev check clang libclang-rt-14-dev
 util-linux procps prometheus python3
-sqlite3 redis-server redis-tools"
+sqlite3 redis-server redis-tools systemd"
 
 missing=""
 for p in $pkgs; do
