@@ -570,7 +570,8 @@ START_TEST(per_user_shares)
 		for (int i = 0; i < 5; i++) {
 			char head[128];
 			fds[i] = connect_to(sock);
-			if (fds[i] < 0 || send(fds[i], "version\n", 8, MSG_NOSIGNAL) != 8)
+			/* The one past the share is told so and closed at once: it may not take a request. */
+			if (fds[i] < 0 || (send(fds[i], "version\n", 8, MSG_NOSIGNAL) != 8 && i < 4))
 				_exit(21);
 			struct pollfd p = { fds[i], POLLIN, 0 };
 			ssize_t n = poll(&p, 1, 5000) == 1 ? read(fds[i], head, sizeof(head) - 1) : -1;
