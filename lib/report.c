@@ -74,6 +74,12 @@ void lm__stats_fini(struct lm_runtime *rt)
 
 #define BACKOFF_MIN_MS 50
 #define BACKOFF_MAX_MS 2000
+/*
+ * After the daemon refused the hello (its tables, or this user's share of
+ * them, are full): hang up, so as not to hold a connection the user's
+ * other programs may need, and ask again this much later.
+ */
+#define REFUSED_MS 30000
 
 /*
  * fork() copies every descriptor, and the daemon knows a runtime by its
@@ -100,6 +106,7 @@ struct lm__report {
 	int ino;		/* inotify on the socket's directory (or its parent), or -1 */
 	uint64_t connected_ns;	/* when the current connection was made, 0: none */
 	bool in_child;		/* a fork() copy: its descriptors and thread are the parent's */
+	bool refused;		/* the daemon refused the hello: wait REFUSED_MS before the next */
 	size_t skip;		/* bytes of a reply's body still to pass over */
 	size_t nin;
 	char in[LM__REPORT_LINE + 1];
@@ -198,9 +205,13 @@ static void request(struct lm__report *p, char *line)
 	char end;
 	if (!strncmp(line, "ok ", 3) || !strncmp(line, "error ", 6)) {
 		/* The answer to hello: an ok's body is passed over, an error logged. */
-		if (line[0] == 'e')
-			lm__log(p->rt, 1, "lazymemd refused this runtime: %s", line + 6);
-		else if (sscanf(line + 3, "%llu%c", &bytes, &end) == 1)
+		if (line[0] == 'e') {
+			lm__log(p->rt, 1, "lazymemd refused this runtime: %s; asking again in %d s",
+				line + 6, REFUSED_MS / 1000);
+			p->refused = true;
+			disconnect(p, "refused");
+			return;
+		} else if (sscanf(line + 3, "%llu%c", &bytes, &end) == 1)
 			p->skip = bytes;
 		return;
 	}
@@ -336,6 +347,13 @@ static void *report_main(void *arg)
 		if (p->sock >= 0) {
 			if (fds[1].revents && serve(p) < 0)
 				backoff = backoff * 2 > BACKOFF_MAX_MS ? BACKOFF_MAX_MS : backoff * 2;
+			if (p->refused) {
+				/* No inotify shortcut either: the socket is there, the daemon said no. */
+				p->refused = false;
+				struct pollfd stop = { p->stop_fd, POLLIN, 0 };
+				if (poll(&stop, 1, REFUSED_MS) > 0)
+					break;
+			}
 			continue;
 		}
 		if (rc > 0 && fds[1].revents) {

@@ -609,6 +609,14 @@ START_TEST(per_user_shares)
 		usleep(50000);
 	}
 	ck_assert_int_eq(listed, 2);
+	/*
+	 * The refused one hung up: connections are root's runtime, nobody's
+	 * two and this query's, not a fifth held for nothing.
+	 */
+	ck_assert_msg(LMT_WAIT_UNTIL(cli(out, sizeof(out), "metrics") == 0 &&
+					     strstr(out, "\nlazymemd_connections 4\n"),
+				     5),
+		      "%s", strstr(out, "lazymemd_connections") ?: out);
 	ck_assert_int_eq(cli(out, sizeof(out), "metrics"), 0);
 	const char *r = strstr(out, "lazymemd_refusals_total{reason=\"user_limit\"} ");
 	ck_assert_ptr_nonnull(r);
