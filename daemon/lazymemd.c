@@ -133,6 +133,8 @@ struct scope {
 	uint64_t seen_ns;	/* last interval a runtime lived in it */
 	uint64_t onset_ns;	/* when the current pressure began; 0: none */
 	uint64_t calm_ns;	/* when the last pressure ended; 0: never was any */
+	uint64_t last_available;	/* at the previous look; 0: none yet */
+	double fall;		/* how fast available memory fell lately, bytes a second (smoothed) */
 	bool reacted;		/* a lowering since the onset was acknowledged */
 };
 
@@ -813,7 +815,14 @@ static void policy_scope(struct scope *sc, uint64_t now, double dt)
 	int prev = sc->state;
 	double calm = prev >= LMD_STATE_PRESSURE ? 0 :
 		      sc->calm_ns ? (double)(now - sc->calm_ns) / 1e9 : 1e9;
-	sc->state = lmd_policy_decide(&D.conf, sc->s.limit, sc->s.available, psi, dt, calm, m,
+	/* The fall, halved each look: one jump counts, a steady climb counts fully. */
+	if (sc->last_available && dt > 0) {
+		double f = ((double)sc->last_available - (double)sc->s.available) / dt;
+		sc->fall = sc->fall / 2 + (f > 0 ? f : 0) / 2;
+	}
+	sc->last_available = sc->s.available;
+	uint64_t ahead = lmd_policy_ahead(&D.conf, sc->s.available, sc->fall);
+	sc->state = lmd_policy_decide(&D.conf, sc->s.limit, sc->s.available, ahead, psi, dt, calm, m,
 				      (size_t)k);
 	if (sc->state >= LMD_STATE_PRESSURE && !sc->onset_ns) {
 		sc->onset_ns = now;
@@ -914,6 +923,11 @@ static int format_pressure(const struct conn *client, char *buf, size_t len)
 			snprintf(psi, sizeof(psi), "%.2f%%", sc->s.psi.some10);
 		OUT("  limit %s  usage %s  available %s  low %s  high %s  psi %s  oom kills %llu\n",
 		    a[0], a[1], a[2], a[3], a[4], psi, (unsigned long long)sc->s.oom_kills);
+		lmd_size_str((uint64_t)sc->fall, a[0], sizeof(a[0]));
+		OUT("  falling %s/s, %.3gs ahead: taken as available %s\n", a[0], D.conf.lookahead_s,
+		    (lmd_size_str(lmd_policy_ahead(&D.conf, sc->s.available, sc->fall), a[1],
+				  sizeof(a[1])),
+		     a[1]));
 		OUT("  %8s %6s %-16s %9s %9s %9s %9s %9s %7s %s\n", "PID", "UID", "NAME", "RESIDENT",
 		    "BUDGET", "OWN", "FLOOR", "WANT", "STALL%", "WHY");
 		for (uint32_t j = 0; j < D.nruntimes; j++) {

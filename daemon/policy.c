@@ -27,6 +27,7 @@ void lmd_policy_defaults(struct lmd_policy_conf *c)
 		.low_min = 32ull << 20,
 		.psi_some = 40,
 		.hold_s = 5,
+		.lookahead_s = 0.5,
 		.floor = 16ull << 20,
 		.proactive = false,
 		.target = 0.1,
@@ -98,6 +99,9 @@ int lmd_policy_set(struct lmd_policy_conf *c, const char *key, const char *value
 	} else if (!strcmp(key, "hold")) {
 		rc = parse_number(value, 0, 3600, false, &t.hold_s);
 		*why = "hold: seconds, 0 to 3600";
+	} else if (!strcmp(key, "lookahead")) {
+		rc = parse_number(value, 0, 60, false, &t.lookahead_s);
+		*why = "lookahead: seconds, 0 to 60";
 	} else if (!strcmp(key, "target")) {
 		rc = parse_number(value, 0.001, 50, true, &t.target);
 		*why = "target: a percentage of time, 0.001 to 50";
@@ -117,8 +121,8 @@ int lmd_policy_set(struct lmd_policy_conf *c, const char *key, const char *value
 		rc = lmd_parse_size(value, &t.floor);
 		*why = "floor: a size (K, M, G, T)";
 	} else {
-		*why = "unknown setting (policy, interval, low, high, low_min, psi, hold, floor, "
-		       "proactive, target, step, user_runtimes, user_connections)";
+		*why = "unknown setting (policy, interval, low, high, low_min, psi, hold, lookahead, "
+		       "floor, proactive, target, step, user_runtimes, user_connections)";
 		return -EINVAL;
 	}
 	if (rc < 0)
@@ -191,6 +195,12 @@ const char *lmd_state_name(int state)
 	return state >= 0 && state < (int)(sizeof(names) / sizeof(names[0])) ? names[state] : "?";
 }
 
+uint64_t lmd_policy_ahead(const struct lmd_policy_conf *c, uint64_t available, double fall)
+{
+	double ahead = fall > 0 ? fall * c->lookahead_s : 0;
+	return ahead >= (double)available ? 0 : available - (uint64_t)ahead;
+}
+
 void lmd_policy_marks(const struct lmd_policy_conf *c, uint64_t limit, uint64_t *low,
 		      uint64_t *high)
 {
@@ -252,19 +262,22 @@ static uint64_t water_level(const struct lmd_member *m, size_t n, const uint64_t
 }
 
 int lmd_policy_decide(const struct lmd_policy_conf *c, uint64_t limit, uint64_t available,
-		      double psi, double dt, double calm, struct lmd_member *m, size_t n)
+		      uint64_t ahead, double psi, double dt, double calm, struct lmd_member *m,
+		      size_t n)
 {
 	uint64_t low, high;
 	lmd_policy_marks(c, limit, &low, &high);
+	if (ahead > available)
+		ahead = available;
 	/*
 	 * Stalls count only while memory is short too: with plenty available
 	 * they come from elsewhere (a cgroup's own limit, I/O), and lowering
 	 * budgets would not help.
 	 */
-	bool psi_hot = psi >= 0 && c->psi_some > 0 && psi >= c->psi_some && available < high;
-	int state = available < low || psi_hot ? LMD_STATE_PRESSURE :
-		    available < high	    ? LMD_STATE_WATCH :
-						      LMD_STATE_OK;
+	bool psi_hot = psi >= 0 && c->psi_some > 0 && psi >= c->psi_some && ahead < high;
+	int state = ahead < low || psi_hot ? LMD_STATE_PRESSURE :
+		    ahead < high	? LMD_STATE_WATCH :
+					  LMD_STATE_OK;
 	if (!n)
 		return state;
 	uint64_t fl_small[64], *fl = n <= 64 ? fl_small : malloc(n * sizeof(*fl));
@@ -276,7 +289,12 @@ int lmd_policy_decide(const struct lmd_policy_conf *c, uint64_t limit, uint64_t 
 		m[i].why = LMD_WHY_NONE;
 	}
 	if (state == LMD_STATE_PRESSURE) {
-		/* Back to the middle of the marks, not just over the low one: no pumping at the mark. */
+		/*
+		 * Back to the middle of the marks, not just over the low one: no
+		 * pumping at the mark.  Measured from what is available now: a
+		 * scope that is only falling fast has nothing to give back yet,
+		 * and its runtimes are held where they are.
+		 */
 		uint64_t mid = low + (high - low) / 2;
 		uint64_t need = mid > available ? mid - available : 0;
 		if (psi_hot && need < limit / 50)
@@ -284,9 +302,9 @@ int lmd_policy_decide(const struct lmd_policy_conf *c, uint64_t limit, uint64_t 
 		uint64_t total = 0;
 		for (size_t i = 0; i < n; i++)
 			total += m[i].resident > fl[i] ? m[i].resident - fl[i] : 0;
-		if (total <= need)
+		if (need && total <= need)
 			state = LMD_STATE_EXHAUSTED;
-		uint64_t level = total <= need ? 0 : water_level(m, n, fl, need);
+		uint64_t level = !need ? UINT64_MAX : total <= need ? 0 : water_level(m, n, fl, need);
 		for (size_t i = 0; i < n; i++) {
 			uint64_t rec = m[i].resident > fl[i] ? m[i].resident - fl[i] : 0;
 			/* Those above the level come down to it; the rest may not grow. */
@@ -299,7 +317,7 @@ int lmd_policy_decide(const struct lmd_policy_conf *c, uint64_t limit, uint64_t 
 			}
 		}
 	} else if (state == LMD_STATE_WATCH || calm < c->hold_s) {
-		uint64_t share = (available - low) / n;
+		uint64_t share = ahead > low ? (ahead - low) / n : 0;
 		for (size_t i = 0; i < n; i++) {
 			uint64_t w = m[i].resident + share;
 			m[i].want = w > fl[i] ? w : fl[i];

@@ -16,6 +16,7 @@ struct lmd_policy_conf {
 	uint64_t low_min;	/* low_min: the low mark is at least this many bytes */
 	double psi_some;	/* psi: PSI some avg10 (percent) counted as pressure when memory is short too */
 	double hold_s;		/* hold: seconds without pressure before the policy's budgets go */
+	double lookahead_s;	/* lookahead: seconds of the scope's recent fall taken off what is available */
 	uint64_t floor;		/* floor: the least budget of a runtime that names none */
 	bool proactive;		/* proactive: offload cold memory while its stalls stay under target */
 	double target;		/* target: the stall (percent of time filling pages) proactive mode aims at */
@@ -77,7 +78,9 @@ const char *lmd_state_name(int state);
 
 /*
  * Decides the budgets of the n runtimes of one scope whose limit is
- * limit bytes with available bytes left and PSI some avg10 psi (percent;
+ * limit bytes with available bytes left (ahead: as lmd_policy_ahead
+ * projects it, which sets the state and the shares of growth, while
+ * what must be taken back comes from available) and PSI some avg10 psi (percent;
  * negative: unknown), over an interval of dt seconds, calm seconds after
  * its last pressure.  Fills in every member's want and why; returns the
  * scope's enum lmd_state.
@@ -94,7 +97,17 @@ const char *lmd_state_name(int state);
  * everything grow back at once.
  */
 int lmd_policy_decide(const struct lmd_policy_conf *c, uint64_t limit, uint64_t available,
-		      double psi, double dt, double calm, struct lmd_member *m, size_t n);
+		      uint64_t ahead, double psi, double dt, double calm, struct lmd_member *m,
+		      size_t n);
+
+/*
+ * What the policy takes as available: available less lookahead seconds
+ * of the scope's recent fall (bytes a second, as the daemon smooths it).
+ * Processes filling a cgroup at 200 MB/s take 20 MB between two looks
+ * and more while their runtimes evict; so a scope falling fast is under
+ * pressure before it reaches the low mark, not after.
+ */
+uint64_t lmd_policy_ahead(const struct lmd_policy_conf *c, uint64_t available, double fall);
 
 /* The low and high marks of a scope of limit bytes. */
 void lmd_policy_marks(const struct lmd_policy_conf *c, uint64_t limit, uint64_t *low,

@@ -170,19 +170,29 @@ int lmd_scope_read(struct lmd_scope *s)
 	if (s->kind == LMD_SCOPE_SYSTEM)
 		return read_system(s);
 	bool v1 = s->kind == LMD_SCOPE_V1;
-	uint64_t limit, usage, inactive = 0;
+	uint64_t limit, usage, inactive = 0, dirty = 0, writeback = 0;
 	int rc = number_at(s->path, v1 ? "memory.limit_in_bytes" : "memory.max", &limit);
 	if (!rc)
 		rc = number_at(s->path, v1 ? "memory.usage_in_bytes" : "memory.current", &usage);
 	if (rc < 0)
 		return rc == -ENOENT ? -ESRCH : rc;
 	char buf[8192];
-	if (slurp_at(s->path, "memory.stat", buf, sizeof(buf)) > 0)
+	if (slurp_at(s->path, "memory.stat", buf, sizeof(buf)) > 0) {
 		keyed(buf, v1 ? "total_inactive_file" : "inactive_file", &inactive);
+		keyed(buf, v1 ? "total_dirty" : "file_dirty", &dirty);
+		keyed(buf, v1 ? "total_writeback" : "file_writeback", &writeback);
+	}
 	s->limit = limit;
 	s->usage = usage;
-	/* Clean file pages the kernel drops before it kills: usage that is not really in use. */
+	/*
+	 * Clean file pages the kernel drops before it kills: usage that is
+	 * not really in use.  Dirty ones and those under writeback are not
+	 * that (a swap file's fresh writes are such pages): they must reach
+	 * the disk first, and a cgroup can run out while they do.
+	 */
 	uint64_t free = limit > usage ? limit - usage : 0;
+	uint64_t unclean = dirty + writeback;
+	inactive = inactive > unclean ? inactive - unclean : 0;
 	s->available = free + (inactive < usage ? inactive : usage);
 	if (s->available > limit)
 		s->available = limit;

@@ -142,7 +142,7 @@ START_TEST(pressure_takes_from_the_largest_first)
 	struct lmd_member m[3] = {
 		{ .resident = 300 * MiB }, { .resident = 100 * MiB }, { .resident = 20 * MiB },
 	};
-	int st = lmd_policy_decide(&c, 1000 * MiB, 10 * MiB, -1, 0.1, 1e9, m, 3);
+	int st = lmd_policy_decide(&c, 1000 * MiB, 10 * MiB, 10 * MiB, -1, 0.1, 1e9, m, 3);
 	ck_assert_int_eq(st, LMD_STATE_PRESSURE);
 	/* The largest gives it all: down to its floor (16M) plus the level, 119M. */
 	ck_assert_uint_eq(m[0].want, 135 * MiB);
@@ -157,7 +157,7 @@ START_TEST(pressure_takes_from_the_largest_first)
 		{ .resident = 200 * MiB }, { .resident = 180 * MiB, .floor = 150 * MiB },
 		{ .resident = 20 * MiB },
 	};
-	st = lmd_policy_decide(&c, 1000 * MiB, 0, -1, 0.1, 1e9, n, 3);
+	st = lmd_policy_decide(&c, 1000 * MiB, 0, 0, -1, 0.1, 1e9, n, 3);
 	ck_assert_int_eq(st, LMD_STATE_PRESSURE);
 	uint64_t taken = 0;
 	for (int i = 0; i < 3; i++)
@@ -167,9 +167,24 @@ START_TEST(pressure_takes_from_the_largest_first)
 	ck_assert_uint_ge(n[1].want, 150 * MiB);
 	ck_assert_uint_lt(n[0].want, n[0].resident);
 
+	/*
+	 * Plenty left but falling fast (projected under the low mark): nothing
+	 * to take back yet, so nobody is lowered, and nobody grows.
+	 */
+	struct lmd_member q[2] = { { .resident = 200 * MiB }, { .resident = 10 * MiB } };
+	st = lmd_policy_decide(&c, 1000 * MiB, 300 * MiB, 50 * MiB, -1, 0.1, 1e9, q, 2);
+	ck_assert_int_eq(st, LMD_STATE_PRESSURE);
+	ck_assert_uint_eq(q[0].want, 200 * MiB);
+	ck_assert_int_eq(q[0].why, LMD_WHY_CAP);
+	ck_assert_uint_eq(q[1].want, 16 * MiB);
+	/* Falling, between the marks ahead: the shares come from what is projected. */
+	st = lmd_policy_decide(&c, 1000 * MiB, 600 * MiB, 160 * MiB, -1, 0.1, 1e9, q, 2);
+	ck_assert_int_eq(st, LMD_STATE_WATCH);
+	ck_assert_uint_eq(q[0].want, 230 * MiB);
+
 	/* Not enough above the floors: everyone at its floor, the scope exhausted. */
 	struct lmd_member e[2] = { { .resident = 20 * MiB }, { .resident = 10 * MiB } };
-	st = lmd_policy_decide(&c, 1000 * MiB, 0, -1, 0.1, 1e9, e, 2);
+	st = lmd_policy_decide(&c, 1000 * MiB, 0, 0, -1, 0.1, 1e9, e, 2);
 	ck_assert_int_eq(st, LMD_STATE_EXHAUSTED);
 	ck_assert_uint_eq(e[0].want, 16 * MiB);
 	ck_assert_uint_eq(e[1].want, 16 * MiB);
@@ -185,7 +200,7 @@ START_TEST(watch_hold_and_release)
 		{ .resident = 300 * MiB }, { .resident = 100 * MiB },
 		{ .resident = 10 * MiB, .own = 25 * MiB, .budget = 25 * MiB },
 	};
-	int st = lmd_policy_decide(&c, 1000 * MiB, 160 * MiB, -1, 0.1, 1e9, m, 3);
+	int st = lmd_policy_decide(&c, 1000 * MiB, 160 * MiB, 160 * MiB, -1, 0.1, 1e9, m, 3);
 	ck_assert_int_eq(st, LMD_STATE_WATCH);
 	ck_assert_uint_eq(m[0].want, 320 * MiB);
 	ck_assert_uint_eq(m[1].want, 120 * MiB);
@@ -195,25 +210,34 @@ START_TEST(watch_hold_and_release)
 
 	/* Plenty available, but pressure ended a moment ago: still held. */
 	struct lmd_member k = { .resident = 100 * MiB, .budget = 100 * MiB };
-	st = lmd_policy_decide(&c, 1000 * MiB, 600 * MiB, -1, 0.1, 1, &k, 1);
+	st = lmd_policy_decide(&c, 1000 * MiB, 600 * MiB, 600 * MiB, -1, 0.1, 1, &k, 1);
 	ck_assert_int_eq(st, LMD_STATE_OK);
 	ck_assert_uint_eq(k.want, 600 * MiB);
 	/* Calm for the hold time: the policy's budget goes, its own comes back. */
-	st = lmd_policy_decide(&c, 1000 * MiB, 600 * MiB, -1, 0.1, c.hold_s, &k, 1);
+	st = lmd_policy_decide(&c, 1000 * MiB, 600 * MiB, 600 * MiB, -1, 0.1, c.hold_s, &k, 1);
 	ck_assert_uint_eq(k.want, 0);
 	ck_assert_int_eq(k.why, LMD_WHY_RELEASE);
 	k.own = 80 * MiB;
-	st = lmd_policy_decide(&c, 1000 * MiB, 600 * MiB, -1, 0.1, c.hold_s, &k, 1);
+	st = lmd_policy_decide(&c, 1000 * MiB, 600 * MiB, 600 * MiB, -1, 0.1, c.hold_s, &k, 1);
 	ck_assert_uint_eq(k.want, 80 * MiB);
+
+	/* A scope falling 200 MiB/s is taken half a second ahead: 100 MiB less. */
+	ck_assert_uint_eq(lmd_policy_ahead(&c, 300 * MiB, 200.0 * MiB), 200 * MiB);
+	ck_assert_uint_eq(lmd_policy_ahead(&c, 50 * MiB, 200.0 * MiB), 0);
+	ck_assert_uint_eq(lmd_policy_ahead(&c, 50 * MiB, -1), 50 * MiB);
+	const char *why;
+	ck_assert_int_eq(lmd_policy_set(&c, "lookahead", "2", &why), 0);
+	ck_assert_uint_eq(lmd_policy_ahead(&c, 300 * MiB, 100.0 * MiB), 100 * MiB);
+	c = conf();
 
 	/* PSI counts while memory is short too, not with plenty available. */
 	struct lmd_member p = { .resident = 100 * MiB };
-	ck_assert_int_eq(lmd_policy_decide(&c, 1000 * MiB, 600 * MiB, 90, 0.1, 1e9, &p, 1),
+	ck_assert_int_eq(lmd_policy_decide(&c, 1000 * MiB, 600 * MiB, 600 * MiB, 90, 0.1, 1e9, &p, 1),
 			 LMD_STATE_OK);
-	ck_assert_int_eq(lmd_policy_decide(&c, 1000 * MiB, 200 * MiB, 90, 0.1, 1e9, &p, 1),
+	ck_assert_int_eq(lmd_policy_decide(&c, 1000 * MiB, 200 * MiB, 200 * MiB, 90, 0.1, 1e9, &p, 1),
 			 LMD_STATE_PRESSURE);
 	ck_assert_uint_lt(p.want, 100 * MiB);
-	ck_assert_int_eq(lmd_policy_decide(&c, 1000 * MiB, 200 * MiB, 5, 0.1, 1e9, &p, 1),
+	ck_assert_int_eq(lmd_policy_decide(&c, 1000 * MiB, 200 * MiB, 200 * MiB, 5, 0.1, 1e9, &p, 1),
 			 LMD_STATE_WATCH);
 }
 END_TEST
@@ -225,22 +249,22 @@ START_TEST(proactive_offloads_and_backs_off)
 	c.step = 10;
 	/* Quiet (stall under target): a tenth of its memory per second, one second. */
 	struct lmd_member m = { .resident = 200 * MiB, .stall = 0 };
-	int st = lmd_policy_decide(&c, 1000 * MiB, 800 * MiB, -1, 1, 1e9, &m, 1);
+	int st = lmd_policy_decide(&c, 1000 * MiB, 800 * MiB, 800 * MiB, -1, 1, 1e9, &m, 1);
 	ck_assert_int_eq(st, LMD_STATE_OK);
 	ck_assert_uint_eq(m.want, 180 * MiB);
 	ck_assert_int_eq(m.why, LMD_WHY_PROACTIVE);
 	/* Stalling: backs off, four times as fast. */
 	m = (struct lmd_member){ .resident = 180 * MiB, .budget = 180 * MiB, .stall = 5 };
-	lmd_policy_decide(&c, 1000 * MiB, 800 * MiB, -1, 1, 1e9, &m, 1);
+	lmd_policy_decide(&c, 1000 * MiB, 800 * MiB, 800 * MiB, -1, 1, 1e9, &m, 1);
 	ck_assert_uint_gt(m.want, 180 * MiB);
 	ck_assert_int_eq(m.why, LMD_WHY_BACKOFF);
 	/* Between target and twice target: held where it is. */
 	m = (struct lmd_member){ .resident = 180 * MiB, .budget = 180 * MiB, .stall = 0.15 };
-	lmd_policy_decide(&c, 1000 * MiB, 800 * MiB, -1, 1, 1e9, &m, 1);
+	lmd_policy_decide(&c, 1000 * MiB, 800 * MiB, 800 * MiB, -1, 1, 1e9, &m, 1);
 	ck_assert_uint_eq(m.want, 180 * MiB);
 	/* Never below the floor. */
 	m = (struct lmd_member){ .resident = 17 * MiB, .budget = 17 * MiB };
-	lmd_policy_decide(&c, 1000 * MiB, 800 * MiB, -1, 1, 1e9, &m, 1);
+	lmd_policy_decide(&c, 1000 * MiB, 800 * MiB, 800 * MiB, -1, 1, 1e9, &m, 1);
 	ck_assert_uint_eq(m.want, 16 * MiB);
 	ck_assert_int_eq(m.why, LMD_WHY_FLOOR);
 }
@@ -494,8 +518,8 @@ START_TEST(policy_shrinks_instead_of_oom)
 	ck_assert_msg(strtoull(b + 9, NULL, 10) == 0, "worker 1's budget was not lifted: %s", w1);
 	free(w1);
 	char *rep = pressure_report();
-	ck_assert_msg(strstr(rep, ": lower;"), "no budget lowered: %s", rep);
-	ck_assert_msg(strstr(rep, "-> none: release;"), "no budget released: %s", rep);
+	ck_assert_msg(strstr(rep, ": lower;"), "no budget lowered: %.3000s", rep);
+	ck_assert_msg(strstr(rep, "-> none: release;"), "no budget released: %.3000s", rep);
 	/* Never below worker 1's floor. */
 	char key[32];
 	snprintf(key, sizeof(key), "pid %d (", (int)p1);
@@ -508,7 +532,7 @@ START_TEST(policy_shrinks_instead_of_oom)
 	}
 	char *log = slurp(logpath);
 	const char *r = strstr(log, "a budget lowered ");
-	ck_assert_msg(r, "no reaction logged: %s", log);
+	ck_assert_msg(r, "no reaction logged: %.3000s", log);
 	printf("with the policy: 3 of 3 finished, 0 OOM-killed; first reaction: %.*s\n",
 	       (int)strcspn(r + 17, "\n"), r + 17);
 	free(log);
@@ -586,7 +610,7 @@ START_TEST(unmodified_programs_with_policy)
 		      o.why);
 	ck_assert_uint_eq(cgroup_oom_kills(), before);
 	char *rep = pressure_report();
-	ck_assert_msg(strstr(rep, ": lower;"), "no budget lowered: %s", rep);
+	ck_assert_msg(strstr(rep, ": lower;"), "no budget lowered: %.3000s", rep);
 	free(rep);
 	printf("python3 with the policy: 3 of 3 finished, 0 OOM-killed\n");
 }
@@ -653,7 +677,7 @@ START_TEST(proactive_offloads_idle_memory)
 		      "not offloaded: %s", out);
 	free(out);
 	char *rep = pressure_report();
-	ck_assert_msg(strstr(rep, ": proactive;") || strstr(rep, ": floor;"), "%s", rep);
+	ck_assert_msg(strstr(rep, ": proactive;") || strstr(rep, ": floor;"), "%.3000s", rep);
 	free(rep);
 }
 END_TEST
