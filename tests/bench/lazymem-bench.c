@@ -81,6 +81,7 @@ struct config {
 	const char *dir;
 	size_t budget;		/* swap measurements; 0: default */
 	bool verbose;
+	bool busy;		/* a thread spins meanwhile: no CPU goes idle */
 };
 
 struct bench {
@@ -99,6 +100,7 @@ struct bench {
 	struct lm_runtime *rt[2];	/* [0] thread mode, [1] signal mode */
 	struct lm_region **regions;	/* NREGIONS slots for regions.create */
 	void **maps;		/* NREGIONS slots for its kernel side */
+	double floor[3];	/* ns per page, by FLOOR_*: 0 when not measured */
 };
 
 static void die(const char *what, int err)
@@ -182,13 +184,15 @@ static void usage(FILE *f)
 		"  --dir PATH         directory of the temporary file (default $TMPDIR or /var/tmp)\n"
 		"  --budget BYTES     memory budget of the swap.* measurements (default 32M, quick 8M)\n"
 		"  --verbose          eviction statistics of each swap.* run, each snapshot run's\n"
-		"                     figures, on stderr\n");
+		"                     figures, on stderr\n"
+		"  --busy             a thread spins all along, so that no CPU goes idle (the\n"
+		"                     floor and first_touch.rand.* with the other CPU busy)\n");
 }
 
 static void parse_args(int argc, char **argv, struct config *c)
 {
 	enum { O_JSON = 256, O_RUNS, O_SIZE, O_RSIZE, O_MODE, O_THREADS, O_RA, O_ONLY,
-	       O_QUICK, O_DIR, O_HELP, O_BUDGET, O_VERBOSE };
+	       O_QUICK, O_DIR, O_HELP, O_BUDGET, O_VERBOSE, O_BUSY };
 	static const struct option opts[] = {
 		{ "json", no_argument, NULL, O_JSON },
 		{ "runs", required_argument, NULL, O_RUNS },
@@ -203,6 +207,7 @@ static void parse_args(int argc, char **argv, struct config *c)
 		{ "help", no_argument, NULL, O_HELP },
 		{ "budget", required_argument, NULL, O_BUDGET },
 		{ "verbose", no_argument, NULL, O_VERBOSE },
+		{ "busy", no_argument, NULL, O_BUSY },
 		{ NULL, 0, NULL, 0 },
 	};
 	memset(c, 0, sizeof(*c));
@@ -253,6 +258,9 @@ static void parse_args(int argc, char **argv, struct config *c)
 			break;
 		case O_VERBOSE:
 			c->verbose = true;
+			break;
+		case O_BUSY:
+			c->busy = true;
 			break;
 		case O_HELP:
 			usage(stdout);
@@ -650,20 +658,27 @@ double median(double *v, int n)
 	return n % 2 ? v[n / 2] : (v[n / 2 - 1] + v[n / 2]) / 2;
 }
 
+/* floor: the mechanism's own cost for the same touches (ns per page), 0: none to compare. */
 static void report(const struct bench *b, const char *name, const char *unit, double lm,
-		   double kern, double target)
+		   double kern, double target, double floor)
 {
 	double ratio = kern > 0 ? lm / kern : 0;
 	if (b->cfg.json) {
+		char fl[32] = "";
+		if (floor > 0)
+			snprintf(fl, sizeof(fl), ",\"floor\":%.3f", lm / floor);
 		printf("{\"name\":\"%s\",\"unit\":\"%s\",\"lazymem\":%.2f,\"kernel\":%.2f,"
-		       "\"ratio\":%.3f}\n", name, unit, lm, kern, ratio);
+		       "\"ratio\":%.3f%s%s}\n", name, unit, lm, kern, ratio, fl,
+		       b->cfg.busy ? ",\"busy\":true" : "");
 	} else {
-		char tgt[32] = "";
+		char tgt[32] = "", fl[32] = "";
 		if (target > 0)
 			snprintf(tgt, sizeof(tgt), "<=%.1f %s", target,
 				 ratio <= target ? "ok" : "MISS");
+		if (floor > 0)
+			snprintf(fl, sizeof(fl), "floor x%.2f ", lm / floor);
 		const char *u = strcmp(unit, "ns_per_page") ? "us/region" : "ns/page";
-		printf("%-34s %12.1f %12.1f %8.2f  %-9s %s\n", name, lm, kern, ratio, u, tgt);
+		printf("%-34s %12.1f %12.1f %8.2f  %-9s %s%s\n", name, lm, kern, ratio, u, fl, tgt);
 	}
 	fflush(stdout);
 }
@@ -687,8 +702,44 @@ static void run_measure(struct bench *b, const struct measure *m, int mode)
 			lv[i] = run_lazymem(b, m, rt);
 		}
 	}
+	/* Random first touches of zero or memory pages, against the bare mechanism in the same mode. */
+	double floor = m->access == RAND && m->source != SRC_FILE && !m->read ?
+			       b->floor[mode == LM_MODE_SIGNAL ? FLOOR_SIGNAL : FLOOR_THREAD_PINNED] :
+			       0;
 	report(b, name, m->access == REGIONS ? "us_per_region" : "ns_per_page", median(lv, runs),
-	       median(kv, runs), m->target);
+	       median(kv, runs), m->target, floor);
+}
+
+static const char floor_names[] = "floor.rand.thread floor.rand.thread.unpinned floor.rand.signal";
+
+/*
+ * The floor: the same random first-touch writes as first_touch.rand.zero,
+ * with a minimal handler (floor-bench.c), beside the kernel's anonymous
+ * first touch, interleaved.  floor.rand.thread has the handler pinned to
+ * the toucher's CPU (what a handler on the right CPU costs), .unpinned
+ * leaves both to the scheduler, .signal copies in a SIGBUS handler.
+ */
+static void run_floor(struct bench *b)
+{
+	static const char *const names[] = { "floor.rand.thread", "floor.rand.thread.unpinned",
+					     "floor.rand.signal" };
+	const struct measure *zero = NULL;
+	for (size_t i = 0; i < NMEASURES; i++)
+		if (!strcmp(measures[i].name, "first_touch.rand.zero"))
+			zero = &measures[i];
+	for (int k = FLOOR_THREAD_PINNED; k <= FLOOR_SIGNAL; k++) {
+		int runs = b->cfg.runs;
+		double kv[runs], fv[runs];
+		for (int i = 0; i < runs; i++) {
+			kv[i] = run_kernel(b, zero);
+			fv[i] = floor_rand(k, b->perm, b->rand_pages, b->shift);
+			if (fv[i] < 0)
+				die("the floor's userfaultfd", (int)fv[i]);
+		}
+		b->floor[k] = median(fv, runs);
+		if (!b->cfg.only || strstr(names[k], b->cfg.only))
+			report(b, names[k], "ns_per_page", b->floor[k], median(kv, runs), 0, 0);
+	}
 }
 
 static bool selected(const struct bench *b, const struct measure *m, int mode)
@@ -752,6 +803,9 @@ static void print_header(const struct bench *b)
 	       "precomputed)\n", (b->seq_pages << b->shift) >> 20,
 	       (b->rand_pages << b->shift) >> 20);
 	printf("  touch: write 1 byte per page (zero, memory), read 1 byte per page (file, *.read)\n");
+	printf("  floor: a minimal handler, one UFFDIO_COPY per fault (thread: pinned to the "
+	       "toucher's CPU; signal: in a SIGBUS handler); rand zero/memory show x floor%s\n",
+	       b->cfg.busy ? "; --busy: a thread spins all along" : "");
 	printf("  kernel: anonymous mmap with MADV_NOHUGEPAGE (4 KiB pages; THP would be faster); "
 	       "file: mmap MAP_PRIVATE of the same file\n");
 	if (b->fd >= 0)
@@ -806,6 +860,16 @@ int main(int argc, char **argv)
 			want_file |= m->source == SRC_FILE;
 		}
 	}
+	/* The floor: asked for, or needed as the second ratio of the random first touches. */
+	bool want_floor = !b.cfg.only || strstr(floor_names, b.cfg.only);
+	for (size_t i = 0; i < NMEASURES; i++)
+		for (int mode = LM_MODE_THREAD; mode <= LM_MODE_SIGNAL; mode++)
+			want_floor |= (b.cfg.modes & (mode == LM_MODE_THREAD ? MODE_THREAD_BIT :
+									 MODE_SIGNAL_BIT)) &&
+				      selected(&b, &measures[i], mode) && measures[i].access == RAND &&
+				      measures[i].source != SRC_FILE && !measures[i].read;
+	want_rand |= want_floor;
+	any |= want_floor;
 	bool want_swap = swap_bench_selected(b.cfg.only) || dirty_bench_selected(b.cfg.only);
 	bool want_snap = snapshot_bench_selected(b.cfg.only);
 	bool want_run = run_bench_selected(b.cfg.only);
@@ -867,6 +931,10 @@ int main(int argc, char **argv)
 		fprintf(stderr, "lazymem-bench: warning: file.cold numbers may not be cold (%s)\n",
 			b.dir_tmpfs ? "file on tmpfs" : "drop_caches not writable");
 
+	if (b.cfg.busy)
+		busy_start();
+	if (want_floor)
+		run_floor(&b);
 	for (size_t i = 0; i < NMEASURES; i++) {
 		if (b.cfg.modes & MODE_THREAD_BIT)
 			run_measure(&b, &measures[i], LM_MODE_THREAD);
@@ -924,6 +992,7 @@ int main(int argc, char **argv)
 		if (rc < 0)
 			die("run measurements", rc);
 	}
+	busy_stop();
 	if (!b.cfg.json && any) {
 		printf("\nlazymem stats over the whole run:\n");
 		if (b.rt[0])

@@ -25,6 +25,19 @@ bool drop_caches(void);
 /* Sorts v. */
 double median(double *v, int n);
 
+/*
+ * The mechanism's floor (floor-bench.c): nanoseconds per random
+ * first-touch write of npages pages (page size 1 << shift, in the order
+ * perm) with a minimal single-thread handler doing one UFFDIO_COPY per
+ * fault, pinned to the toucher's CPU or not, or with the copy done in a
+ * SIGBUS handler; a negative errno when userfaultfd is not to be had.
+ */
+enum { FLOOR_THREAD_PINNED, FLOOR_THREAD_UNPINNED, FLOOR_SIGNAL };
+double floor_rand(int kind, const uint32_t *perm, size_t npages, unsigned shift);
+/* --busy: a thread spinning, so that no CPU goes idle, from start to stop. */
+void busy_start(void);
+void busy_stop(void);
+
 /* True when some swap measurement's name contains only (or only is NULL). */
 bool swap_bench_selected(const char *only);
 /* Runs the selected swap measurements; 0 or a negative errno. */
