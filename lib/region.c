@@ -382,6 +382,15 @@ static int dontneed(struct lm_region *r, uintptr_t start, uintptr_t end)
 		if (madvise((void *)ext[i].start, ext[i].end - ext[i].start, MADV_DONTNEED) < 0 && !rc)
 			rc = -errno;
 	lm__free(ext);
+	/*
+	 * madvise returns once a handler has read the REMOVE event, a moment
+	 * before the handler applies it: applied after the caller's next
+	 * fill (a will-need right after), it would forget pages installed
+	 * since, leaving them mapped but counted out.  So the batches in
+	 * flight are waited out, as a rollback's drops and a destroy do.
+	 */
+	if (getpid() == rt->ufd_pid)
+		lm__epoch_wait(&rt->evq);
 	idx = lm__read_lock(rt);
 	lm__region_forget(r, start, end, true);
 	lm__read_unlock(rt, idx);
