@@ -346,20 +346,16 @@ static uint64_t pages(const struct lmd_entry *e, uint64_t n)
 	return n * (e->st.page_size ? e->st.page_size : 4096);
 }
 
-/* A name as a JSON string, by the daemon's own writer: control characters and all. */
+/*
+ * A name or version as a JSON string, by the daemon's own writer:
+ * control characters and all.  Both are at most 32 bytes (LMD_NAME_MAX,
+ * LMD_VERSION_MAX), and a byte takes 6 at most escaped.
+ */
 static void json_name(const char *s)
 {
-	char buf[8 * LMD_NAME_MAX + 8];
-	size_t k = lmd_json_string(s, buf, sizeof(buf));
-	if (k >= sizeof(buf)) {
-		char *big = malloc(k + 1);
-		if (big) {
-			lmd_json_string(s, big, k + 1);
-			fputs(big, stdout);
-			free(big);
-			return;
-		}
-	}
+	_Static_assert(LMD_VERSION_MAX <= LMD_NAME_MAX, "versions fit the names' buffer");
+	char buf[6 * LMD_NAME_MAX + 3];
+	lmd_json_string(s, buf, sizeof(buf));
 	fputs(buf, stdout);
 }
 

@@ -874,27 +874,11 @@ static void policy_tick(void)
 	}
 }
 
-/* A reply written in pieces, its length counted past the buffer's end, like snprintf. */
-struct pout {
-	char *p;
-	size_t len, n;
-};
-
-static void outf(struct pout *o, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-static void outf(struct pout *o, const char *fmt, ...)
-{
-	va_list ap;
-	va_start(ap, fmt);
-	int k = vsnprintf(o->n < o->len ? o->p + o->n : NULL, o->n < o->len ? o->len - o->n : 0, fmt, ap);
-	va_end(ap);
-	o->n += k > 0 ? (size_t)k : 0;
-}
-
 /* The reply to "pressure": what the policy sees, what it did and why. */
 static int format_pressure(const struct conn *client, char *buf, size_t len)
 {
-	struct pout o = { buf, len, 0 };
-#define OUT(...) outf(&o, __VA_ARGS__)
+	struct lmd_out o = { buf, len, 0 };
+#define OUT(...) lmd_put(&o, __VA_ARGS__)
 	char a[5][24];
 	lmd_size_str(D.conf.low_min, a[0], sizeof(a[0]));
 	lmd_size_str(D.conf.floor, a[1], sizeof(a[1]));
@@ -983,7 +967,7 @@ static int format_pressure(const struct conn *client, char *buf, size_t len)
 		    lmd_why_name(x->why), x->scope, lmd_state_name(x->state), av, lo);
 	}
 #undef OUT
-	return (int)o.n;
+	return (int)o.need;
 }
 
 static void pressure(struct conn *c)
@@ -1001,49 +985,49 @@ static void pressure(struct conn *c)
 
 /* ---- the daemon's own metrics, and HTTP for Prometheus ----------------------------------------- */
 
-static void self_metric(struct pout *o, const char *name, const char *type, const char *help)
+static void self_metric(struct lmd_out *o, const char *name, const char *type, const char *help)
 {
-	outf(o, "# HELP lazymemd_%s %s\n# TYPE lazymemd_%s %s\n", name, help, name, type);
+	lmd_put(o, "# HELP lazymemd_%s %s\n# TYPE lazymemd_%s %s\n", name, help, name, type);
 }
 
 /* lazymemd_*: the daemon itself and its pressure policy, after the runtimes' counters. */
 static size_t format_self(char *buf, size_t len)
 {
-	struct pout o = { buf, len, 0 };
+	struct lmd_out o = { buf, len, 0 };
 	self_metric(&o, "build_info", "gauge", "The daemon's version and protocol, as labels");
-	outf(&o, "lazymemd_build_info{version=\"%s\",protocol=\"%d\"} 1\n", PACKAGE_VERSION,
+	lmd_put(&o, "lazymemd_build_info{version=\"%s\",protocol=\"%d\"} 1\n", PACKAGE_VERSION,
 	     LMD_PROTOCOL);
 	self_metric(&o, "runtimes", "gauge", "Runtimes registered");
-	outf(&o, "lazymemd_runtimes %u\n", D.nruntimes);
+	lmd_put(&o, "lazymemd_runtimes %u\n", D.nruntimes);
 	self_metric(&o, "connections", "gauge", "Open connections: runtimes, clients and HTTP");
-	outf(&o, "lazymemd_connections %u\n", D.nconns);
+	lmd_put(&o, "lazymemd_connections %u\n", D.nconns);
 	static const char *const kinds[] = { "http", "list", "stats", "json", "metrics", "budget",
 					     "version", "help", "hello", "min", "pressure" };
 	_Static_assert(sizeof(kinds) / sizeof(kinds[0]) == LMD_REQ_PRESSURE + 1, "a name per kind");
 	self_metric(&o, "requests_total", "counter", "Requests served, by kind");
 	for (int i = 0; i <= LMD_REQ_PRESSURE; i++)
-		outf(&o, "lazymemd_requests_total{kind=\"%s\"} %llu\n", kinds[i],
+		lmd_put(&o, "lazymemd_requests_total{kind=\"%s\"} %llu\n", kinds[i],
 		     (unsigned long long)D.requests[i]);
 	self_metric(&o, "refusals_total", "counter", "Requests and connections refused, by reason");
 	for (int i = 0; i < REF_COUNT; i++)
-		outf(&o, "lazymemd_refusals_total{reason=\"%s\"} %llu\n", refusal_names[i],
+		lmd_put(&o, "lazymemd_refusals_total{reason=\"%s\"} %llu\n", refusal_names[i],
 		     (unsigned long long)D.refusals[i]);
 	self_metric(&o, "policy_info", "gauge", "The pressure policy's switches, as labels");
-	outf(&o, "lazymemd_policy_info{policy=\"%s\",proactive=\"%s\"} 1\n",
+	lmd_put(&o, "lazymemd_policy_info{policy=\"%s\",proactive=\"%s\"} 1\n",
 	     D.conf.enabled ? "on" : "off", D.conf.proactive ? "on" : "off");
 	self_metric(&o, "policy_budgets_lowered_total", "counter",
 		    "Budgets the pressure policy lowered, acknowledged");
-	outf(&o, "lazymemd_policy_budgets_lowered_total %llu\n", (unsigned long long)D.lowered);
+	lmd_put(&o, "lazymemd_policy_budgets_lowered_total %llu\n", (unsigned long long)D.lowered);
 	self_metric(&o, "policy_budgets_raised_total", "counter",
 		    "Budgets the pressure policy raised or lifted, acknowledged");
-	outf(&o, "lazymemd_policy_budgets_raised_total %llu\n", (unsigned long long)D.raised);
+	lmd_put(&o, "lazymemd_policy_budgets_raised_total %llu\n", (unsigned long long)D.raised);
 	self_metric(&o, "policy_budgets_refused_total", "counter",
 		    "Budgets of the pressure policy a runtime refused");
-	outf(&o, "lazymemd_policy_budgets_refused_total %llu\n",
+	lmd_put(&o, "lazymemd_policy_budgets_refused_total %llu\n",
 	     (unsigned long long)D.policy_errors);
 	self_metric(&o, "policy_reaction_seconds", "gauge",
 		    "The last time from the onset of pressure to a budget lowered");
-	outf(&o, "lazymemd_policy_reaction_seconds %.3f\n", D.last_reaction_ms / 1000);
+	lmd_put(&o, "lazymemd_policy_reaction_seconds %.3f\n", D.last_reaction_ms / 1000);
 	/* One sample per scope with runtimes; the machine is scope="machine". */
 	static const char *const fams[][3] = {
 		{ "scope_limit_bytes", "gauge", "A scope's memory limit (the machine: MemTotal)" },
@@ -1062,14 +1046,14 @@ static size_t format_self(char *buf, size_t len)
 					 sizeof(esc));
 			uint64_t v = f == 0 ? sc->s.limit : f == 1 ? sc->s.available : sc->s.oom_kills;
 			if (f == 3)
-				outf(&o, "lazymemd_scope_state_info{scope=\"%s\",state=\"%s\"} 1\n", esc,
+				lmd_put(&o, "lazymemd_scope_state_info{scope=\"%s\",state=\"%s\"} 1\n", esc,
 				     lmd_state_name(sc->state));
 			else
-				outf(&o, "lazymemd_%s{scope=\"%s\"} %llu\n", fams[f][0], esc,
+				lmd_put(&o, "lazymemd_%s{scope=\"%s\"} %llu\n", fams[f][0], esc,
 				     (unsigned long long)v);
 		}
 	}
-	return o.n;
+	return o.need;
 }
 
 /* The metrics request's formatter: every runtime's counters, then the daemon's own. */

@@ -193,10 +193,6 @@ size_t lmd_escape_label(const char *in, char *out, size_t len)
 	return o;
 }
 
-struct out {
-	char *buf;
-	size_t len, need;
-};
 
 #define LABEL 320	/* {pid="..",name=".." with the name escaped: at most 32 bytes, doubled */
 
@@ -205,7 +201,7 @@ struct out {
  * memcpy and a hand-rolled conversion, printf only where a format earns
  * its cost.  The output stays NUL-terminated however far it is cut.
  */
-static void put_mem(struct out *o, const char *s, size_t k)
+static void put_mem(struct lmd_out *o, const char *s, size_t k)
 {
 	if (o->need < o->len) {
 		size_t room = o->len - o->need - 1, c = k < room ? k : room;
@@ -217,12 +213,12 @@ static void put_mem(struct out *o, const char *s, size_t k)
 
 #define put_lit(o, s) put_mem(o, s, sizeof(s) - 1)
 
-static void put_str(struct out *o, const char *s)
+static void put_str(struct lmd_out *o, const char *s)
 {
 	put_mem(o, s, strlen(s));
 }
 
-static void put_u64(struct out *o, uint64_t v)
+static void put_u64(struct lmd_out *o, uint64_t v)
 {
 	char d[20];
 	int i = 20;
@@ -234,7 +230,7 @@ static void put_u64(struct out *o, uint64_t v)
 }
 
 /* Nanoseconds as seconds, exactly: integer part, a point, nine digits. */
-static void put_seconds(struct out *o, uint64_t ns)
+static void put_seconds(struct lmd_out *o, uint64_t ns)
 {
 	put_u64(o, ns / 1000000000u);
 	char f[10] = ".";
@@ -244,8 +240,7 @@ static void put_seconds(struct out *o, uint64_t ns)
 	put_mem(o, f, 10);
 }
 
-static void put(struct out *o, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-static void put(struct out *o, const char *fmt, ...)
+void lmd_put(struct lmd_out *o, const char *fmt, ...)
 {
 	va_list ap;
 	va_start(ap, fmt);
@@ -254,6 +249,15 @@ static void put(struct out *o, const char *fmt, ...)
 	va_end(ap);
 	if (n > 0)
 		o->need += (size_t)n;
+}
+
+/* The field at offset of a stats struct, when its size covers it (an older runtime's may not). */
+static bool field_at(const struct lm_stats *st, size_t offset, uint64_t *v)
+{
+	if (st->size < offset + sizeof(uint64_t))
+		return false;
+	memcpy(v, (const char *)st + offset, sizeof(*v));
+	return true;
 }
 
 static bool ends_with(const char *s, size_t n, const char *suffix)
@@ -266,7 +270,7 @@ static bool ends_with(const char *s, size_t n, const char *suffix)
  * A sample in base units: memory in bytes, time in seconds; the metric's
  * name says the unit, counters end in _total.
  */
-static void metric(struct out *o, const struct lmd_proc *procs, size_t n, char (*labels)[LABEL],
+static void metric(struct lmd_out *o, const struct lmd_proc *procs, size_t n, char (*labels)[LABEL],
 		   const char *name, bool counter, const char *unit, const char *help, size_t offset)
 {
 	bool pages = !strcmp(unit, "pages"), ns = !strcmp(unit, "ns"), bytes = !strcmp(unit, "bytes");
@@ -292,13 +296,12 @@ static void metric(struct out *o, const struct lmd_proc *procs, size_t n, char (
 			     pages ? "_pages" : ns ? "_seconds" : "";
 	snprintf(full, sizeof(full), "lazymem_%.*s%s%s", (int)nl, name, suffix,
 		 counter ? "_total" : max ? "_max" : "");
-	put(o, "# HELP %s %s.\n# TYPE %s %s\n", full, help, full, counter ? "counter" : "gauge");
+	lmd_put(o, "# HELP %s %s.\n# TYPE %s %s\n", full, help, full, counter ? "counter" : "gauge");
 	for (size_t i = 0; i < n; i++) {
 		const struct lm_stats *st = procs[i].st;
-		if (st->size < offset + sizeof(uint64_t))
-			continue;
 		uint64_t v;
-		memcpy(&v, (const char *)st + offset, sizeof(v));
+		if (!field_at(st, offset, &v))
+			continue;
 		put_str(o, full);
 		put_str(o, labels[i]);
 		put_lit(o, "} ");
@@ -315,19 +318,17 @@ static void metric(struct out *o, const struct lmd_proc *procs, size_t n, char (
  * label ("mode" for mode, "origin" for uffd_origin), which PromQL can
  * match on; a number would need the header to read.
  */
-static void info_metric(struct out *o, const struct lmd_proc *procs, size_t n,
+static void info_metric(struct lmd_out *o, const struct lmd_proc *procs, size_t n,
 			char (*labels)[LABEL], const char *name, const char *help, size_t offset)
 {
 	const char *label = !strcmp(name, "uffd_origin") ? "origin" : name;
-	put(o, "# HELP lazymem_%s_info %s, as a label.\n# TYPE lazymem_%s_info gauge\n", name, help,
+	lmd_put(o, "# HELP lazymem_%s_info %s, as a label.\n# TYPE lazymem_%s_info gauge\n", name, help,
 	    name);
 	for (size_t i = 0; i < n; i++) {
-		const struct lm_stats *st = procs[i].st;
-		if (st->size < offset + sizeof(uint64_t))
-			continue;
 		uint64_t v;
-		memcpy(&v, (const char *)st + offset, sizeof(v));
-		put(o, "lazymem_%s_info%s,%s=\"%s\"} 1\n", name, labels[i], label, lm__enum_name(name, v));
+		if (!field_at(procs[i].st, offset, &v))
+			continue;
+		lmd_put(o, "lazymem_%s_info%s,%s=\"%s\"} 1\n", name, labels[i], label, lm__enum_name(name, v));
 	}
 }
 
@@ -348,7 +349,7 @@ static char (*make_labels(const struct lmd_proc *procs, size_t n))[LABEL]
  * holds fills shorter than 2^(b+8) ns, so its cumulative count is the
  * bucket le="2^(b+8)/1e9"; the last bucket is +Inf.
  */
-static void histogram(struct out *o, const struct lmd_proc *procs, size_t n,
+static void histogram(struct lmd_out *o, const struct lmd_proc *procs, size_t n,
 		      char (*labels)[LABEL])
 {
 	static const char name[] = "lazymem_fill_latency_seconds";
@@ -356,7 +357,7 @@ static void histogram(struct out *o, const struct lmd_proc *procs, size_t n,
 	for (int b = 0; b < LM_LAT_BUCKETS - 1; b++)
 		snprintf(le[b], sizeof(le[b]), ",le=\"%.9g\"} ", (double)(1ull << (b + 8)) / 1e9);
 	snprintf(le[LM_LAT_BUCKETS - 1], sizeof(le[0]), ",le=\"+Inf\"} ");
-	put(o, "# HELP %s Time from fault to install, per fill.\n# TYPE %s histogram\n", name, name);
+	lmd_put(o, "# HELP %s Time from fault to install, per fill.\n# TYPE %s histogram\n", name, name);
 	for (size_t i = 0; i < n; i++) {
 		const struct lm_stats *st = procs[i].st;
 		uint64_t sum = 0;
@@ -381,14 +382,14 @@ static void histogram(struct out *o, const struct lmd_proc *procs, size_t n,
 }
 
 /* The arguments of a formatter checked, and its output started empty. */
-static int begin(const struct lmd_proc *procs, size_t n, char *buf, size_t len, struct out *o)
+static int begin(const struct lmd_proc *procs, size_t n, char *buf, size_t len, struct lmd_out *o)
 {
 	if ((n && !procs) || (len && !buf))
 		return -EINVAL;
 	for (size_t i = 0; i < n; i++)
 		if (!procs[i].st)
 			return -EINVAL;
-	*o = (struct out){ buf, len, 0 };
+	*o = (struct lmd_out){ buf, len, 0 };
 	if (len)
 		buf[0] = '\0';
 	return 0;
@@ -396,7 +397,7 @@ static int begin(const struct lmd_proc *procs, size_t n, char *buf, size_t len, 
 
 int lmd_format_metrics(const struct lmd_proc *procs, size_t n, char *buf, size_t len)
 {
-	struct out o;
+	struct lmd_out o;
 	if (begin(procs, n, buf, len, &o) < 0)
 		return -EINVAL;
 	char (*labels)[LABEL] = make_labels(procs, n);
@@ -438,87 +439,61 @@ static size_t utf8_len(const unsigned char *s, size_t n)
 	return k;
 }
 
-size_t lmd_json_string(const char *in, char *out, size_t len)
+/* in as a JSON string, appended to o (see lmd_json_string). */
+static void json_put(struct lmd_out *o, const char *in)
 {
 	const unsigned char *s = (const unsigned char *)(in ? in : "");
-	size_t n = strlen((const char *)s), o = 0;
-	char esc[8];
-#define EMIT(p, k)                                                         \
-	do {                                                               \
-		for (size_t e_ = 0; e_ < (k); e_++, o++)                   \
-			if (o + 1 < len)                                   \
-				out[o] = (p)[e_];                          \
-	} while (0)
-	EMIT("\"", 1);
+	size_t n = strlen((const char *)s);
+	put_lit(o, "\"");
 	for (size_t i = 0; i < n;) {
 		unsigned char c = s[i];
 		size_t k = utf8_len(s + i, n - i);
 		if (c == '"' || c == '\\') {
-			esc[0] = '\\';
-			esc[1] = (char)c;
-			EMIT(esc, 2);
+			char esc[2] = { '\\', (char)c };
+			put_mem(o, esc, 2);
+		} else if (c >= '\b' && c <= '\r' && c != 0x0b) {
+			char esc[2] = { '\\', "btn\0fr"[c - '\b'] };
+			put_mem(o, esc, 2);
 		} else if (c < 0x20 || c == 0x7f) {
-			static const char short_esc[] = "btn\0fr";
-			bool named = c >= '\b' && c <= '\r' && c != 0x0b;
-			if (named) {
-				esc[0] = '\\';
-				esc[1] = short_esc[c - '\b'];
-				EMIT(esc, 2);
-			} else {
-				snprintf(esc, sizeof(esc), "\\u%04x", c);
-				EMIT(esc, 6);
-			}
+			lmd_put(o, "\\u%04x", c);
 		} else if (!k) {
 			/* Not UTF-8 (a name is any bytes): the replacement character, one per byte. */
-			EMIT("\\ufffd", 6);
+			put_lit(o, "\\ufffd");
 			k = 1;
 		} else if (k == 3 && c == 0xe2 && s[i + 1] == 0x80 && (s[i + 2] | 1) == 0xa9) {
 			/* U+2028 and U+2029 are JSON but end a line in JavaScript: escaped. */
-			snprintf(esc, sizeof(esc), "\\u%04x", s[i + 2] == 0xa8 ? 0x2028 : 0x2029);
-			EMIT(esc, 6);
+			lmd_put(o, "\\u%04x", s[i + 2] == 0xa8 ? 0x2028 : 0x2029);
 		} else {
-			EMIT(s + i, k);
+			put_mem(o, (const char *)s + i, k);
 		}
 		i += k ? k : 1;
 	}
-	EMIT("\"", 1);
-#undef EMIT
-	if (len)
-		out[o < len ? o : len - 1] = '\0';
-	return o;
+	put_lit(o, "\"");
 }
 
-/* A JSON string into a formatter's output. */
-static void json_string(struct out *o, const char *s)
+size_t lmd_json_string(const char *in, char *out, size_t len)
 {
-	char small[256];
-	size_t k = lmd_json_string(s, small, sizeof(small));
-	char *buf = k < sizeof(small) ? small : malloc(k + 1);
-	if (!buf) {
-		put(o, "\"\"");
-		return;
-	}
-	if (buf != small)
-		lmd_json_string(s, buf, k + 1);
-	put_str(o, buf);
-	if (buf != small)
-		free(buf);
+	struct lmd_out o = { out, len, 0 };
+	if (len)
+		out[0] = '\0';
+	json_put(&o, in);
+	return o.need;
 }
 
 int lmd_format_json(const struct lmd_proc *procs, size_t n, char *buf, size_t len)
 {
-	struct out o;
+	struct lmd_out o;
 	if (begin(procs, n, buf, len, &o) < 0)
 		return -EINVAL;
-	put(&o, "{\"processes\":[");
+	lmd_put(&o, "{\"processes\":[");
 	for (size_t i = 0; i < n; i++) {
 		const struct lm_stats *st = procs[i].st;
-		put(&o, "%s{\"pid\":%d,\"uid\":%u,\"name\":", i ? "," : "", (int)procs[i].pid,
+		lmd_put(&o, "%s{\"pid\":%d,\"uid\":%u,\"name\":", i ? "," : "", (int)procs[i].pid,
 		    (unsigned)procs[i].uid);
-		json_string(&o, procs[i].name ? procs[i].name : "");
-		put(&o, ",\"version\":");
-		json_string(&o, procs[i].version ? procs[i].version : "");
-		put(&o, ",\"runtimes\":%d,\"faults_per_s\":%.1f,\"stats\":{",
+		json_put(&o, procs[i].name ? procs[i].name : "");
+		lmd_put(&o, ",\"version\":");
+		json_put(&o, procs[i].version ? procs[i].version : "");
+		lmd_put(&o, ",\"runtimes\":%d,\"faults_per_s\":%.1f,\"stats\":{",
 		    procs[i].runtimes > 0 ? procs[i].runtimes : 1, procs[i].faults_per_s);
 		const char *sep = "";
 		/* Fields past the end of an older client's struct are left out, not invented. */
@@ -540,7 +515,7 @@ int lmd_format_json(const struct lmd_proc *procs, size_t n, char *buf, size_t le
 		}
 		put_lit(&o, "]}}");
 	}
-	put(&o, "]}");
+	lmd_put(&o, "]}");
 	if (o.need > 0x7fffffff)
 		return -EOVERFLOW;
 	return (int)o.need;
@@ -615,29 +590,29 @@ void lmd_stats_add(struct lm_stats *sum, const struct lm_stats *one)
 }
 
 /* Names travel as one word: anything else becomes '_' (runtimes send them so already). */
-static void word(struct out *o, const char *s)
+static void word(struct lmd_out *o, const char *s)
 {
 	if (!s || !*s) {
-		put(o, "?");
+		lmd_put(o, "?");
 		return;
 	}
 	for (; *s; s++)
-		put(o, "%c", *s > ' ' && *s <= '~' ? *s : '_');
+		lmd_put(o, "%c", *s > ' ' && *s <= '~' ? *s : '_');
 }
 
 int lmd_format_stats(const struct lmd_proc *procs, size_t n, char *buf, size_t len)
 {
-	struct out o;
+	struct lmd_out o;
 	if (begin(procs, n, buf, len, &o) < 0)
 		return -EINVAL;
 	for (size_t i = 0; i < n; i++) {
 		const struct lmd_proc *p = &procs[i];
 		const struct lm_stats *st = p->st;
-		put(&o, "pid %d\nuid %u\nname ", (int)p->pid, (unsigned)p->uid);
+		lmd_put(&o, "pid %d\nuid %u\nname ", (int)p->pid, (unsigned)p->uid);
 		word(&o, p->name);
-		put(&o, "\nversion ");
+		lmd_put(&o, "\nversion ");
 		word(&o, p->version);
-		put(&o, "\nruntimes %d\nfaults_per_s %.1f\n", p->runtimes > 0 ? p->runtimes : 1,
+		lmd_put(&o, "\nruntimes %d\nfaults_per_s %.1f\n", p->runtimes > 0 ? p->runtimes : 1,
 		    p->faults_per_s);
 #define LINE(name, kind, unit, help)                                                \
 		if (offsetof(struct lm_stats, name) + sizeof(uint64_t) <= st->size) { \
@@ -661,22 +636,22 @@ int lmd_format_stats(const struct lmd_proc *procs, size_t n, char *buf, size_t l
 
 int lmd_format_list(const struct lmd_proc *procs, size_t n, char *buf, size_t len)
 {
-	struct out o;
+	struct lmd_out o;
 	if (begin(procs, n, buf, len, &o) < 0)
 		return -EINVAL;
-	put(&o, "%7s %6s %7s %14s %14s %14s %14s %10s %s\n", "PID", "UID", "REGIONS", "RESIDENT",
+	lmd_put(&o, "%7s %6s %7s %14s %14s %14s %14s %10s %s\n", "PID", "UID", "REGIONS", "RESIDENT",
 	    "DIRTY", "SWAPPED", "BUDGET", "FAULTS/S", "NAME");
 	for (size_t i = 0; i < n; i++) {
 		const struct lm_stats *st = procs[i].st;
 		unsigned long long ps = st->page_size ? st->page_size : 4096;
-		put(&o, "%7d %6u %7llu %14llu %14llu %14llu %14llu %10.1f ", (int)procs[i].pid,
+		lmd_put(&o, "%7d %6u %7llu %14llu %14llu %14llu %14llu %10.1f ", (int)procs[i].pid,
 		    (unsigned)procs[i].uid, (unsigned long long)st->regions_live,
 		    (unsigned long long)st->resident_pages * ps,
 		    (unsigned long long)st->resident_dirty * ps,
 		    (unsigned long long)st->swapped_pages * ps, (unsigned long long)st->budget_bytes,
 		    procs[i].faults_per_s);
 		word(&o, procs[i].name);
-		put(&o, "\n");
+		lmd_put(&o, "\n");
 	}
 	if (o.need > 0x7fffffff)
 		return -EOVERFLOW;

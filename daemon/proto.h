@@ -128,6 +128,18 @@ int lmd_format_metrics(const struct lmd_proc *procs, size_t n, char *buf, size_t
  */
 int lmd_format_json(const struct lmd_proc *procs, size_t n, char *buf, size_t len);
 
+/*
+ * A reply built in pieces into a caller's buffer of len bytes: need
+ * counts what the whole reply takes, past the end of the buffer too, like
+ * snprintf, and what fits stays NUL-terminated.
+ */
+struct lmd_out {
+	char *buf;
+	size_t len, need;
+};
+
+void lmd_put(struct lmd_out *o, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
 /* A size as requests and settings spell it: digits, then K, M, G or T.  0 or -EINVAL. */
 int lmd_parse_size(const char *s, uint64_t *out);
 
