@@ -171,6 +171,7 @@ static struct {
 	const char *conf_path;
 	int ptimerfd;
 	char v1root[64], v2root[64];	/* the memory cgroup mounts; "" when absent */
+	uint64_t mem_total;		/* the machine's memory: a cgroup limit under it is a limit */
 	struct scope scopes[MAX_SCOPES];
 	int nscopes;
 	uint64_t policy_ns;		/* the last interval */
@@ -742,7 +743,7 @@ static void assign_scopes(uint64_t now)
 		c->scope = -1;
 		if (!c->scope_ns || now - c->scope_ns > SCOPE_NS) {
 			struct lmd_scope s;
-			if (lmd_scope_of(c->pid, D.v1root, D.v2root, &s) < 0)
+			if (lmd_scope_find(c->pid, D.v1root, D.v2root, D.mem_total, &s) < 0)
 				continue;	/* gone: its connection closes soon */
 			c->scope_kind = s.kind;
 			memcpy(c->scope_path, s.path, sizeof(c->scope_path));
@@ -1912,9 +1913,10 @@ static void reload_conf(void)
 	       (unsigned long long)D.conf.interval_ms);
 }
 
-/* Where the memory cgroups are: the v1 memory hierarchy and the v2 one, either or both. */
+/* Where the memory cgroups are (the v1 memory hierarchy, the v2 one, either or both), and the memory they divide. */
 static void find_cgroups(void)
 {
+	D.mem_total = (uint64_t)sysconf(_SC_PHYS_PAGES) * (uint64_t)sysconf(_SC_PAGESIZE);
 	struct statfs fs;
 	if (statfs("/sys/fs/cgroup/memory", &fs) == 0 && fs.f_type == CGROUP_SUPER_MAGIC)
 		snprintf(D.v1root, sizeof(D.v1root), "/sys/fs/cgroup/memory");

@@ -233,14 +233,11 @@ static bool limited_ancestor(const char *root, const char *rel, int kind, uint64
 	}
 }
 
-int lmd_scope_of(pid_t pid, const char *v1root, const char *v2root, struct lmd_scope *out)
+int lmd_scope_find(pid_t pid, const char *v1root, const char *v2root, uint64_t total,
+		   struct lmd_scope *out)
 {
 	memset(out, 0, sizeof(*out));
 	out->kind = LMD_SCOPE_SYSTEM;
-	int rc = read_system(out);
-	if (rc < 0)
-		return rc;
-	uint64_t total = out->limit;
 	char path[64], buf[4096], v1[LMD_SCOPE_PATH], v2[LMD_SCOPE_PATH];
 	snprintf(path, sizeof(path), "/proc/%d/cgroup", (int)pid);
 	ssize_t n = slurp(path, buf, sizeof(buf));
@@ -248,11 +245,8 @@ int lmd_scope_of(pid_t pid, const char *v1root, const char *v2root, struct lmd_s
 		return n == -ENOENT ? -ESRCH : (int)n;
 	if (lmd_cgroup_parse(buf, v1, sizeof(v1), v2, sizeof(v2)) < 0)
 		return 0;
-	struct lmd_scope s = { 0 };
-	if (limited_ancestor(v1root, v1, LMD_SCOPE_V1, total, &s) ||
-	    limited_ancestor(v2root, v2, LMD_SCOPE_V2, total, &s)) {
-		if (lmd_scope_read(&s) == 0)
-			*out = s;
-	}
+	if (!limited_ancestor(v1root, v1, LMD_SCOPE_V1, total, out) &&
+	    !limited_ancestor(v2root, v2, LMD_SCOPE_V2, total, out))
+		out->kind = LMD_SCOPE_SYSTEM;
 	return 0;
 }

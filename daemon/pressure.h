@@ -53,12 +53,15 @@ struct lmd_scope {
 int lmd_cgroup_parse(const char *text, char *v1, size_t v1len, char *v2, size_t v2len);
 
 /*
- * The scope of process pid: walks up from its cgroup (under the v1
+ * Which scope process pid is in: walks up from its cgroup (under the v1
  * memory mount at v1root and the v2 mount at v2root) to the first one
- * with a limit below the machine's memory, and reads it; the machine
- * when there is none.  Returns 0 or -errno (-ESRCH: the process is gone).
+ * with a limit below total (the machine's memory); the machine when
+ * there is none.  Sets kind and path only: lmd_scope_read reads the
+ * figures, once per scope however many processes share it.  Returns 0
+ * or -errno (-ESRCH: the process is gone).
  */
-int lmd_scope_of(pid_t pid, const char *v1root, const char *v2root, struct lmd_scope *out);
+int lmd_scope_find(pid_t pid, const char *v1root, const char *v2root, uint64_t total,
+		   struct lmd_scope *out);
 
 /* Reads a scope's figures again (its kind and path kept).  Returns 0 or -errno. */
 int lmd_scope_read(struct lmd_scope *s);

@@ -58,13 +58,16 @@ START_TEST(psi_meminfo_cgroup_parsing)
 	ck_assert_int_eq(lmd_cgroup_parse("4:memory:/a-very-long-cgroup-name\n", v1, 8, v2, 8),
 			 -ENOENT);
 
-	/* This process's own scope: the machine's figures at least. */
+	/* This process's scope: the machine (no limit below its memory), then read. */
 	struct lmd_scope s;
-	ck_assert_int_eq(lmd_scope_of(getpid(), "/sys/fs/cgroup/memory", "/sys/fs/cgroup/unified",
-				      &s), 0);
+	uint64_t mem = (uint64_t)sysconf(_SC_PHYS_PAGES) * (uint64_t)sysconf(_SC_PAGESIZE);
+	ck_assert_int_eq(lmd_scope_find(getpid(), "/sys/fs/cgroup/memory", "/sys/fs/cgroup/unified",
+					mem, &s), 0);
+	ck_assert_int_eq(s.kind, LMD_SCOPE_SYSTEM);
+	ck_assert_int_eq(lmd_scope_read(&s), 0);
 	ck_assert_uint_gt(s.limit, 0);
 	ck_assert_uint_le(s.available, s.limit);
-	ck_assert_int_eq(lmd_scope_of(999999999, "", "", &s), -ESRCH);
+	ck_assert_int_eq(lmd_scope_find(999999999, "", "", mem, &s), -ESRCH);
 }
 END_TEST
 
