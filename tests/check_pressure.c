@@ -699,6 +699,63 @@ START_TEST(proactive_offloads_idle_memory)
 }
 END_TEST
 
+/*
+ * The settings reach the daemon: a bad file or -o stops it at start
+ * (status 2, the file and line named); SIGHUP reads the file again, and
+ * keeps the settings it has when the new file is bad.
+ */
+START_TEST(settings_file_and_sighup)
+{
+	char bin[256], conf[128], cmd[700];
+	snprintf(bin, sizeof(bin), "%s/daemon/lazymemd", build());
+	/* The daemon leaves root: SIGHUP reads the file as nobody, as it would /etc/lazymem's. */
+	ck_assert_int_eq(chmod(dir, 0755), 0);
+	snprintf(conf, sizeof(conf), "%s/lazymemd.conf", dir);
+	FILE *f = fopen(conf, "w");
+	fputs("policy = on\nlow 5\n", f);
+	fclose(f);
+	/* Errors at start go to standard error, like usage errors, whatever -l says. */
+	snprintf(cmd, sizeof(cmd), "%s -f -s %s -l %s -c %s 2>%s/start.err", bin, sock, logpath, conf,
+		 dir);
+	ck_assert_int_eq(WEXITSTATUS(system(cmd)), 2);
+	char *log = output("start", "err");
+	ck_assert_msg(strstr(log, "lazymemd.conf:2: not a key = value line"), "%s", log);
+	free(log);
+	snprintf(cmd, sizeof(cmd), "%s -f -s %s -l %s -c %s -o colour=blue", bin, sock, logpath, conf);
+	ck_assert_int_eq(WEXITSTATUS(system(cmd)), 2);
+	f = fopen(conf, "w");
+	fputs("# start quiet\npolicy = off\n", f);
+	fclose(f);
+	daemon_pid = fork();
+	ck_assert_int_ge(daemon_pid, 0);
+	if (daemon_pid == 0) {
+		execl(bin, bin, "-f", "-s", sock, "-l", logpath, "-v", "-v", "-c", conf, (char *)NULL);
+		_exit(127);
+	}
+	ck_assert_msg(LMT_WAIT_UNTIL(access(sock, F_OK) == 0, 10), "lazymemd did not start");
+	char *rep = pressure_report();
+	ck_assert_msg(strstr(rep, "policy off"), "%.300s", rep);
+	free(rep);
+	f = fopen(conf, "w");
+	fputs("policy = on\nproactive = on\n", f);
+	fclose(f);
+	ck_assert_int_eq(kill(daemon_pid, SIGHUP), 0);
+	ck_assert(LMT_WAIT_UNTIL((rep = pressure_report(), strstr(rep, "policy on") &&
+				  strstr(rep, "proactive on")) || (free(rep), false), 5));
+	free(rep);
+	f = fopen(conf, "w");
+	fputs("policy = maybe\n", f);
+	fclose(f);
+	ck_assert_int_eq(kill(daemon_pid, SIGHUP), 0);
+	ck_assert(LMT_WAIT_UNTIL((log = slurp(logpath), strstr(log, "the settings were not changed")) ||
+				 (free(log), false), 5));
+	free(log);
+	rep = pressure_report();
+	ck_assert_msg(strstr(rep, "policy on") && strstr(rep, "proactive on"), "%.300s", rep);
+	free(rep);
+}
+END_TEST
+
 /* lazymem vmstat: per-second rates that follow what a process under a budget does. */
 START_TEST(vmstat_rates)
 {
@@ -770,6 +827,7 @@ int main(void)
 		tcase_add_test(oom, policy_shrinks_instead_of_oom);
 		tcase_add_test(oom, floor_from_the_command);
 		tcase_add_test(oom, vmstat_rates);
+		tcase_add_test(oom, settings_file_and_sighup);
 		tcase_add_test(oom, proactive_offloads_idle_memory);
 		tcase_add_test(oom, unmodified_programs_without_policy);
 		tcase_add_test(oom, unmodified_programs_with_policy);
