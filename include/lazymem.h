@@ -168,6 +168,12 @@ struct lm_options {
  * on; LAZYMEM_PIN=0 does the same).
  */
 #define LM_OPT_NO_PIN (1u << 2)
+/*
+ * lm_options.flags: pinned handler threads never hold their CPU while
+ * faults keep coming elsewhere (LAZYMEM_SPIN=0 does the same); see
+ * lm_runtime_open(3).
+ */
+#define LM_OPT_NO_SPIN (1u << 3)
 
 /* Sources a region's pages are filled from. */
 enum lm_source_kind {
@@ -283,7 +289,9 @@ enum lm_uffd_origin {
 	X(restore_faults,	COUNTER, "faults",  "Faults on regions restored from images") \
 	X(budget_min_bytes,	GAUGE,   "bytes",   "The least budget lazymemd's pressure policy may set (0: the daemon's default)") \
 	X(budget_changes,	COUNTER, "events",  "Times the budget was changed (by the application, lazymem budget or lazymemd's policy)") \
-	X(swap_file_bytes,	GAUGE,   "bytes",   "Bytes of swap file allocated on disk (it grows as eviction needs it)")
+	X(swap_file_bytes,	GAUGE,   "bytes",   "Bytes of swap file allocated on disk (it grows as eviction needs it)") \
+	X(handler_linger_ns,	COUNTER, "ns",      "Time pinned handler threads held their CPU while faults went to other CPUs' handlers") \
+	X(handler_dormant,	COUNTER, "events",  "Times a pinned handler stopped waiting for faults for a while: another task needed its CPU")
 
 /* Fill-latency histogram: bucket i counts fills that took < 2^(i+8) ns (last: all slower). */
 #define LM_LAT_BUCKETS 20
@@ -298,7 +306,7 @@ struct lm_stats {
 };
 #undef LM__STAT_FIELD
 
-#define LM_STATS_VERSION 4
+#define LM_STATS_VERSION 5
 
 /* Output formats of lm_stats_format. */
 enum lm_format {

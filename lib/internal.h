@@ -421,6 +421,8 @@ struct lm__filler {
 	_Atomic int busy;	/* pool slots only */
 	int epfd;		/* a handler thread's own epoll set (handler.c), -1: none */
 	int cpu;		/* the CPU its handler thread runs on, -1: any */
+	uint64_t spin_after;	/* its handler does not linger before this (handler.c) */
+	bool dormant;		/* its handler left the userfaultfd's waiters until spin_after */
 };
 
 int lm__filler_init(struct lm__filler *f, struct lm_runtime *rt, bool want_ring);
@@ -805,6 +807,8 @@ struct lm_runtime {
 	struct lm__filler *fillers;	/* one per handler thread */
 	int nthreads;
 	_Atomic bool stopping;
+	_Atomic uint64_t faults_read;	/* fault messages read: lingering handlers watch it */
+	_Atomic int armed;		/* pinned handlers waiting on the userfaultfd (handler.c) */
 
 	/* Regions: writers hold lock and publish a new table; readers use epochs. */
 	pthread_mutex_t lock;

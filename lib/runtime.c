@@ -166,6 +166,10 @@ static int apply_env(struct lm_options *o)
 	rc = rc ? rc : env_int("LAZYMEM_PIN", 0, 1, &pin);
 	if (!pin)
 		o->flags |= LM_OPT_NO_PIN;
+	int spin = 1;
+	rc = rc ? rc : env_int("LAZYMEM_SPIN", 0, 1, &spin);
+	if (!spin)
+		o->flags |= LM_OPT_NO_SPIN;
 	rc = rc ? rc : env_int("LAZYMEM_DEBUG", 0, 9, &dbg);
 	if (dbg && !o->log)
 		o->log = stderr_log;
@@ -209,7 +213,7 @@ static int check_options(struct lm_options *o)
 	    o->uffd_source < 0 || o->uffd_source > LM_UFFD_SYSCALL_USER ||
 	    o->handler_threads < 0 || o->handler_threads > MAX_THREADS ||
 	    o->readahead_max < 0 || o->readahead_max > MAX_READAHEAD ||
-	    (o->flags & ~(LM_OPT_NO_ENV | LM_OPT_NO_REPORT | LM_OPT_NO_PIN)) ||
+	    (o->flags & ~(LM_OPT_NO_ENV | LM_OPT_NO_REPORT | LM_OPT_NO_PIN | LM_OPT_NO_SPIN)) ||
 	    o->evict_policy < 0 || o->evict_policy > LM_EVICT_FIFO ||
 	    o->dirty_tracking < 0 || o->dirty_tracking > LM_DIRTY_ASYNC ||
 	    (o->swap_max && o->swap_max < 4096))
@@ -291,6 +295,7 @@ static int start_threads(struct lm_runtime *rt)
 			if ((rc = epoll_add(f->epfd, rt->stop_fd, 0)) < 0 ||
 			    (rc = epoll_add(f->epfd, rt->ufd, 1)) < 0)
 				return rc;
+			atomic_fetch_add(&rt->armed, 1);
 		}
 		pthread_attr_t attr;
 		pthread_attr_init(&attr);

@@ -5,7 +5,9 @@
 #include <dirent.h>
 #include <sched.h>
 
+#include <pthread.h>
 #include <pwd.h>
+#include <stdatomic.h>
 #include <sys/prctl.h>
 #include <sys/wait.h>
 
@@ -24,6 +26,7 @@ static void clear_env(void)
 	unsetenv("LAZYMEM_EVICT");
 	unsetenv("LAZYMEM_DIRTY");
 	unsetenv("LAZYMEM_PIN");
+	unsetenv("LAZYMEM_SPIN");
 }
 
 START_TEST(options_defaults)
@@ -220,7 +223,7 @@ START_TEST(environment_typos_are_errors)
 		{ "LAZYMEM_MODE", "fast" },	 { "LAZYMEM_THREADS", "0" },
 		{ "LAZYMEM_THREADS", "2x" },	 { "LAZYMEM_READAHEAD", "-1" },
 		{ "LAZYMEM_IO", "aio" },	 { "LAZYMEM_UFFD", "magic" },
-		{ "LAZYMEM_PIN", "2" },
+		{ "LAZYMEM_PIN", "2" },		 { "LAZYMEM_SPIN", "yes" },
 	};
 	for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
 		clear_env();
@@ -232,6 +235,19 @@ START_TEST(environment_typos_are_errors)
 	clear_env();
 }
 END_TEST
+
+/* Whether this machine has 2-4 CPUs, all allowed: where handlers are pinned and the tests below mean something. */
+static bool pinning_machine(void)
+{
+	long ncpu = sysconf(_SC_NPROCESSORS_ONLN);
+	cpu_set_t set;
+	ck_assert_int_eq(sched_getaffinity(0, sizeof(set), &set), 0);
+	if (ncpu < 2 || ncpu > 4 || CPU_COUNT(&set) != ncpu) {
+		printf("skipped: pinned handlers are checked on 2-4 CPUs, all allowed\n");
+		return false;
+	}
+	return true;
+}
 
 /* Threads of this process whose affinity is one CPU (Cpus_allowed_list without ',' or '-'). */
 static int pinned_threads(void)
@@ -263,13 +279,9 @@ static int pinned_threads(void)
 START_TEST(handlers_pinned_one_per_cpu)
 {
 	clear_env();
-	long ncpu = sysconf(_SC_NPROCESSORS_ONLN);
-	cpu_set_t set;
-	ck_assert_int_eq(sched_getaffinity(0, sizeof(set), &set), 0);
-	if (ncpu < 2 || ncpu > 4 || CPU_COUNT(&set) != ncpu) {
-		printf("skipped: pinning is checked on 2-4 CPUs, all allowed\n");
+	if (!pinning_machine())
 		return;
-	}
+	long ncpu = sysconf(_SC_NPROCESSORS_ONLN);
 	int before = pinned_threads();
 	struct lm_options o = lmt_options(LM_MODE_THREAD);
 	struct lm_runtime *rt = lmt_open_opts(&o);
@@ -287,6 +299,128 @@ START_TEST(handlers_pinned_one_per_cpu)
 	ck_assert_int_eq(pinned_threads() - before, 0);
 	lm_runtime_close(rt);
 	clear_env();
+}
+END_TEST
+
+static void pin_self(int cpu)
+{
+	cpu_set_t one;
+	CPU_ZERO(&one);
+	CPU_SET(cpu, &one);
+	ck_assert_int_eq(sched_setaffinity(0, sizeof(one), &one), 0);
+}
+
+static void unpin_self(void)
+{
+	cpu_set_t all;
+	CPU_ZERO(&all);
+	for (long c = 0; c < sysconf(_SC_NPROCESSORS_ONLN); c++)
+		CPU_SET(c, &all);
+	ck_assert_int_eq(sched_setaffinity(0, sizeof(all), &all), 0);
+}
+
+/* Random first writes to n pages of a fresh zero region, each checked after. */
+static void random_first_writes(struct lm_runtime *rt, size_t n)
+{
+	const size_t PS = (size_t)sysconf(_SC_PAGESIZE);
+	struct lm_region *r;
+	ck_assert_int_eq(lm_region_create_zero(rt, n * PS, 0, &r), 0);
+	unsigned char *p = lm_region_addr(r);
+	/* A stride prime to n visits every page once, out of order. */
+	for (size_t i = 0, pg = 0; i < n; i++, pg = (pg + 769) % n)
+		p[pg * PS + pg % PS] = (unsigned char)(pg | 1);
+	for (size_t pg = 0; pg < n; pg++)
+		ck_assert_uint_eq(p[pg * PS + pg % PS], (unsigned char)(pg | 1));
+	ck_assert_int_eq(lm_region_destroy(r), 0);
+}
+
+static double process_cpu_seconds(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts);
+	return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+/*
+ * A pinned handler woken for another CPU's fault lingers while faults
+ * keep coming (handler_linger_ns counts it) and stops when they stop:
+ * an idle runtime burns no CPU.  LM_OPT_NO_SPIN and LAZYMEM_SPIN=0
+ * turn lingering off.
+ */
+START_TEST(handlers_linger_only_while_faults_come)
+{
+	clear_env();
+	if (!pinning_machine())
+		return;
+	struct lm_options o = lmt_options(LM_MODE_THREAD);
+	struct lm_runtime *rt = lmt_open_opts(&o);
+	random_first_writes(rt, 4096);
+	ck_assert_uint_gt(lmt_stats(rt).handler_linger_ns, 0);
+	/* Idle now: half a second with (almost) nothing on the CPU. */
+	usleep(100 * 1000);
+	double c0 = process_cpu_seconds();
+	uint64_t l0 = lmt_stats(rt).handler_linger_ns;
+	usleep(500 * 1000);
+	ck_assert_msg(process_cpu_seconds() - c0 < 0.05, "an idle runtime used %.3f s of CPU",
+		      process_cpu_seconds() - c0);
+	ck_assert_uint_eq(lmt_stats(rt).handler_linger_ns, l0);
+	lm_runtime_close(rt);
+
+	o.flags |= LM_OPT_NO_SPIN;
+	rt = lmt_open_opts(&o);
+	random_first_writes(rt, 4096);
+	struct lm_stats st = lmt_stats(rt);
+	ck_assert_uint_eq(st.handler_linger_ns, 0);
+	ck_assert_uint_eq(st.handler_dormant, 0);
+	lm_runtime_close(rt);
+
+	setenv("LAZYMEM_SPIN", "0", 1);
+	o = lmt_options(LM_MODE_THREAD);
+	o.flags &= ~LM_OPT_NO_ENV;
+	rt = lmt_open_opts(&o);
+	random_first_writes(rt, 1024);
+	ck_assert_uint_eq(lmt_stats(rt).handler_linger_ns, 0);
+	lm_runtime_close(rt);
+	clear_env();
+}
+END_TEST
+
+static atomic_bool spinning;
+
+static void *spin_main(void *arg)
+{
+	pin_self((int)(intptr_t)arg);
+	while (atomic_load_explicit(&spinning, memory_order_relaxed))
+		;
+	return NULL;
+}
+
+/*
+ * With another task keeping a CPU busy, that CPU's handler leaves the
+ * userfaultfd's waiters for a while (handler_dormant) instead of taking
+ * the task's time; faults are all answered all the same, and a fault
+ * after the busy task stopped is too.
+ */
+START_TEST(handler_goes_dormant_on_a_busy_cpu)
+{
+	clear_env();
+	if (!pinning_machine())
+		return;
+	struct lm_options o = lmt_options(LM_MODE_THREAD);
+	struct lm_runtime *rt = lmt_open_opts(&o);
+	pin_self(0);
+	atomic_store(&spinning, true);
+	pthread_t th;
+	ck_assert_int_eq(pthread_create(&th, NULL, spin_main, (void *)(intptr_t)1), 0);
+	random_first_writes(rt, 8192);
+	atomic_store(&spinning, false);
+	pthread_join(th, NULL);
+	ck_assert_uint_ge(lmt_stats(rt).handler_dormant, 1);
+	/* Pinned to the CPU whose handler may be dormant: answered by the other one, or by it later. */
+	pin_self(1);
+	random_first_writes(rt, 256);
+	unpin_self();
+	lm_runtime_close(rt);
 }
 END_TEST
 
@@ -552,6 +686,8 @@ int main(void)
 	tcase_add_test(tc, budget_min_and_budget_changes);
 	tcase_add_test(tc, debug_log_names_the_process);
 	tcase_add_test(tc, handlers_pinned_one_per_cpu);
+	tcase_add_test(tc, handlers_linger_only_while_faults_come);
+	tcase_add_test(tc, handler_goes_dormant_on_a_busy_cpu);
 	tcase_add_test(tc, log_callback_is_used);
 	suite_add_tcase(s, tc);
 	tc = tcase_create("uffd");
