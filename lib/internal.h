@@ -489,6 +489,7 @@ int lm__swap_read(struct lm__swap *s, struct lm__filler *f, const uint64_t *slot
 #define LM__STORE_IMMUTABLE 1u	/* its contents never change (zero, memory, image) */
 #define LM__STORE_ZEROS 2u	/* every page reads as zeros: the shared zero page may stand in */
 #define LM__STORE_RETRY_SHORT 4u	/* a failed batch may hide good pages: read the first alone */
+#define LM__STORE_AROUND 8u	/* a read costs a device access: a random fault reads a window (fault.c) */
 
 struct lm__store;
 
@@ -926,15 +927,18 @@ int lm__install(struct lm_runtime *rt, int ufd, uintptr_t addr, const unsigned c
 #define LM_FILL_AHEAD 4u	/* asynchronous readahead after a sequential fault */
 #define LM_FILL_WILLNEED 8u	/* with PREFETCH: will-need advice, which never waits for the evictor */
 #define LM__RA_START 4		/* readahead: the first window of a sequential run */
+#define LM__RA_AROUND 32	/* readahead: the window of a random fault on a file (mmap's read-around) */
 
+/* The readahead window below a descending fault at pgno (fault.c); 0: not descending. */
+unsigned lm__window_down(struct lm_region *r, uint64_t pgno, uint64_t low);
+/* The read-around block of a random fault at pgno, in pages (fault.c); 0: none for r. */
+unsigned lm__window_around(struct lm_region *r, uint64_t pgno);
 /*
  * Fills page pgno of r (and readahead pages after it) and installs them
  * through ufd.  Returns the number of pages installed, 0 when there was
  * nothing to do (another thread owns the page, or it is resident), or
  * -errno; a page that cannot be filled is poisoned and counted.
  */
-/* The readahead window below a descending fault at pgno (fault.c); 0: not descending. */
-unsigned lm__window_down(struct lm_region *r, uint64_t pgno, uint64_t low);
 long lm__fill(struct lm__filler *f, struct lm_region *r, uint64_t pgno,
 	      unsigned want, unsigned flags, int ufd);
 void *lm__prefetch_main(void *arg);

@@ -95,13 +95,17 @@ static int resolve_missing(struct lm__filler *f, struct lm_region *r, uint64_t p
 	 */
 	if (n < 0)
 		wake(rt, ft->addr);
-	unsigned win = atomic_load_explicit(&r->ra_win, memory_order_relaxed), down;
+	unsigned win = atomic_load_explicit(&r->ra_win, memory_order_relaxed), down, around;
 	if (n > 1 && win >= LM__RA_START && pgno + (uint64_t)n < r->npages)
 		lm__fill(f, r, pgno + (uint64_t)n, win, flags | LM_FILL_AHEAD, rt->ufd);
 	else if (n == 1 && (down = lm__window_down(r, pgno, low)))
 		/* Pages below, not yet written: installed as any readahead is. */
 		lm__fill(f, r, pgno - down, down, (flags & ~LM_FILL_WRITE) | LM_FILL_AHEAD,
 			 rt->ufd);
+	else if (n > 0 && win == 1 && (around = lm__window_around(r, pgno)) && pgno % around)
+		/* A random fault's read-around block: its pages below the fault, after it. */
+		lm__fill(f, r, pgno - pgno % around, (unsigned)(pgno % around),
+			 (flags & ~LM_FILL_WRITE) | LM_FILL_AHEAD, rt->ufd);
 	return LM__RESOLVE_DONE;
 }
 

@@ -329,8 +329,11 @@ static const struct lm__store_ops file_ops = {
 	.read = file_read,
 	.write = file_write,
 	.avail = file_avail,
-	/* A bad block is often further on: a failed batch is read again page by page. */
-	.flags = LM__STORE_RETRY_SHORT,
+	/*
+	 * A bad block is often further on: a failed batch is read again page
+	 * by page.  A random fault reads its block, as mmap reads around.
+	 */
+	.flags = LM__STORE_RETRY_SHORT | LM__STORE_AROUND,
 };
 
 static const struct lm__store_ops image_ops = {

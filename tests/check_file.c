@@ -243,6 +243,44 @@ START_TEST(contents_random_order)
 }
 END_TEST
 
+/*
+ * A random fault reads its aligned block of 32 pages, as mmap reads
+ * around a fault: in thread mode the whole block (the pages below the
+ * fault right after it), in signal mode from the fault to the block's
+ * end.  The block's pages then read without a fault.  Random advice
+ * reads the faulting page alone.
+ */
+START_TEST(random_fault_reads_its_block)
+{
+	const size_t PS = ps(), flen = 1 * MIB, np = flen / PS;
+	lmt_install_sigbus();
+	struct lm_runtime *rt = lmt_open(mode_of(_i));
+	int fd = lmt_pattern_file(flen);
+	struct lm_region *r = file_region(rt, fd, 0, flen);
+	const unsigned char *p = lm_region_addr(r);
+	ck_assert_uint_ge(np, 128);
+	assert_pattern(p + 37 * PS, 37 * PS, PS, "fault in block 1");
+	uint64_t want = _i ? 64 - 37 : 32;
+	/* The pages below are filled after the faulting thread goes on: wait for them. */
+	for (int i = 0; i < 1000 && lmt_stats(rt).resident_pages < want; i++)
+		usleep(1000);
+	STAT_EQ(rt, resident_pages, want);
+	STAT_EQ(rt, fills_file, want);
+	uint64_t faults = lmt_stats(rt).faults_missing;
+	assert_pattern(p + (64 - want) * PS, (64 - want) * PS, want * PS, "the rest of block 1");
+	STAT_EQ(rt, faults_missing, faults);
+	STAT_EQ(rt, resident_pages, want);
+	/* Random advice: one page per fault. */
+	ck_assert_int_eq(lm_region_advise(r, 96 * PS, 32 * PS, LM_ADV_RANDOM), 0);
+	assert_pattern(p + 100 * PS, 100 * PS, PS, "random advice");
+	usleep(20 * 1000);
+	STAT_EQ(rt, resident_pages, want + 1);
+	ck_assert_int_eq(lm_region_destroy(r), 0);
+	close(fd);
+	lm_runtime_close(rt);
+}
+END_TEST
+
 START_TEST(contents_with_offset)
 {
 	const size_t PS = ps(), flen = 8 * MIB + 1234;
@@ -1369,6 +1407,7 @@ static Suite *file_suite(void)
 	tcase_add_loop_test(tc, contents_sequential, 0, 2);
 	tcase_add_loop_test(tc, block_device_source, 0, 2);
 	tcase_add_loop_test(tc, contents_random_order, 0, 2);
+	tcase_add_loop_test(tc, random_fault_reads_its_block, 0, 2);
 	tcase_add_loop_test(tc, contents_with_offset, 0, 2);
 	tcase_add_loop_test(tc, file_grows_after_create, 0, 2);
 	suite_add_tcase(s, tc);

@@ -43,25 +43,28 @@ struct measure {
 	enum source source;
 	enum cache cache;
 	bool read;
-	double target;		/* ratio to meet, 0: none */
+	double target;		/* ratio to the kernel to meet, 0: none */
+	double floor_target;	/* ratio to the floor to meet (random first writes), 0: none */
 };
 
 /*
  * Zero and memory are written (the kernel's anonymous first-touch cost is
- * a write fault); file pages are read, like a file mapping is used.
+ * a write fault); file pages are read, like a file mapping is used.  The
+ * targets are issue 19's: sequential fills at half the kernel's cost, cold
+ * files at mmap's, random first writes within 1.3x the bare mechanism.
  */
 static const struct measure measures[] = {
-	{ "first_touch.seq.zero", SEQ, SRC_ZERO, CACHE_NONE, false, 1.0 },
-	{ "first_touch.seq.zero.read", SEQ, SRC_ZERO, CACHE_NONE, true, 0 },
-	{ "first_touch.seq.memory", SEQ, SRC_MEMORY, CACHE_NONE, false, 1.0 },
-	{ "first_touch.seq.file.cold", SEQ, SRC_FILE, CACHE_COLD, true, 1.5 },
-	{ "first_touch.seq.file.warm", SEQ, SRC_FILE, CACHE_WARM, true, 0 },
-	{ "first_touch.rand.zero", RAND, SRC_ZERO, CACHE_NONE, false, 3.0 },
-	{ "first_touch.rand.zero.read", RAND, SRC_ZERO, CACHE_NONE, true, 0 },
-	{ "first_touch.rand.memory", RAND, SRC_MEMORY, CACHE_NONE, false, 4.0 },
-	{ "first_touch.rand.file.cold", RAND, SRC_FILE, CACHE_COLD, true, 0 },
-	{ "first_touch.rand.file.warm", RAND, SRC_FILE, CACHE_WARM, true, 0 },
-	{ "regions.create.10000", REGIONS, SRC_ZERO, CACHE_NONE, false, 0 },
+	{ "first_touch.seq.zero", SEQ, SRC_ZERO, CACHE_NONE, false, 0.5, 0 },
+	{ "first_touch.seq.zero.read", SEQ, SRC_ZERO, CACHE_NONE, true, 0, 0 },
+	{ "first_touch.seq.memory", SEQ, SRC_MEMORY, CACHE_NONE, false, 0.5, 0 },
+	{ "first_touch.seq.file.cold", SEQ, SRC_FILE, CACHE_COLD, true, 1.0, 0 },
+	{ "first_touch.seq.file.warm", SEQ, SRC_FILE, CACHE_WARM, true, 0, 0 },
+	{ "first_touch.rand.zero", RAND, SRC_ZERO, CACHE_NONE, false, 0, 1.3 },
+	{ "first_touch.rand.zero.read", RAND, SRC_ZERO, CACHE_NONE, true, 0, 0 },
+	{ "first_touch.rand.memory", RAND, SRC_MEMORY, CACHE_NONE, false, 0, 1.3 },
+	{ "first_touch.rand.file.cold", RAND, SRC_FILE, CACHE_COLD, true, 1.5, 0 },
+	{ "first_touch.rand.file.warm", RAND, SRC_FILE, CACHE_WARM, true, 0, 0 },
+	{ "regions.create.10000", REGIONS, SRC_ZERO, CACHE_NONE, false, 0, 0 },
 };
 
 #define NMEASURES (sizeof(measures) / sizeof(measures[0]))
@@ -660,7 +663,7 @@ double median(double *v, int n)
 
 /* floor: the mechanism's own cost for the same touches (ns per page), 0: none to compare. */
 static void report(const struct bench *b, const char *name, const char *unit, double lm,
-		   double kern, double target, double floor)
+		   double kern, double target, double floor, double floor_target)
 {
 	double ratio = kern > 0 ? lm / kern : 0;
 	if (b->cfg.json) {
@@ -675,7 +678,10 @@ static void report(const struct bench *b, const char *name, const char *unit, do
 		if (target > 0)
 			snprintf(tgt, sizeof(tgt), "<=%.1f %s", target,
 				 ratio <= target ? "ok" : "MISS");
-		if (floor > 0)
+		if (floor > 0 && floor_target > 0)
+			snprintf(fl, sizeof(fl), "floor x%.2f <=%.1f %s ", lm / floor, floor_target,
+				 lm / floor <= floor_target ? "ok" : "MISS");
+		else if (floor > 0)
 			snprintf(fl, sizeof(fl), "floor x%.2f ", lm / floor);
 		const char *u = strcmp(unit, "ns_per_page") ? "us/region" : "ns/page";
 		printf("%-34s %12.1f %12.1f %8.2f  %-9s %s%s\n", name, lm, kern, ratio, u, fl, tgt);
@@ -707,7 +713,7 @@ static void run_measure(struct bench *b, const struct measure *m, int mode)
 			       b->floor[mode == LM_MODE_SIGNAL ? FLOOR_SIGNAL : FLOOR_THREAD_PINNED] :
 			       0;
 	report(b, name, m->access == REGIONS ? "us_per_region" : "ns_per_page", median(lv, runs),
-	       median(kv, runs), m->target, floor);
+	       median(kv, runs), m->target, floor, m->floor_target);
 }
 
 static const char floor_names[] = "floor.rand.thread floor.rand.thread.unpinned floor.rand.signal";
@@ -738,7 +744,7 @@ static void run_floor(struct bench *b)
 		}
 		b->floor[k] = median(fv, runs);
 		if (!b->cfg.only || strstr(names[k], b->cfg.only))
-			report(b, names[k], "ns_per_page", b->floor[k], median(kv, runs), 0, 0);
+			report(b, names[k], "ns_per_page", b->floor[k], median(kv, runs), 0, 0, 0);
 	}
 }
 
