@@ -1,9 +1,7 @@
 /* SPDX-License-Identifier: MIT */
 /* lazymemd: the daemon runtimes report to, answering the lazymem command over a unix socket. */
 #include "config.h"
-#include "policy.h"
-#include "pressure.h"
-#include "proto.h"
+#include "lazymemd.h"
 #include "sockpath.h"
 
 #include <errno.h>
@@ -45,148 +43,13 @@
  * their stats page attached, and the daemon reads the page on each query.
  */
 
-#define MAX_CONNS 16384			/* connections at once; more are told so and closed */
-#define MAX_RUNTIMES 4096		/* runtimes registered at once */
-#define MAX_OUT_TOTAL (256u << 20)	/* bytes of replies waiting in all buffers */
-#define IDLE_NS (300ull * 1000000000ull)	/* a client silent this long is closed */
-#define HTTP_IDLE_NS (10ull * 1000000000ull)	/* an HTTP client gets this long to send its request */
-#define STALL_NS (30ull * 1000000000ull)	/* a reply not drained this long: the client goes */
-#define BUDGET_NS (30ull * 1000000000ull)	/* a runtime's budget answer, at most */
-#define MAX_WAITERS 16			/* budget requests queued on one runtime */
-#define STATS_MAP_MAX (1u << 20)
 #ifndef LMD_CONF
 #define LMD_CONF "/etc/lazymem/lazymemd.conf"
 #endif
 
 enum { TAG_LISTEN = 1, TAG_SIGNAL, TAG_TIMER, TAG_POLICY, TAG_HTTP_LISTEN, TAG_CONN };
 
-#define POLICY_SLOT UINT32_MAX	/* a waiter that is the pressure policy's own request */
-#define MAX_SCOPES 64		/* memory cgroups (and the machine) the policy follows at once */
-#define MAX_ACTIONS 64		/* the policy's recent actions, for lazymem pressure */
-#define SCOPE_NS (2ull * 1000000000ull)	/* how long a runtime's scope is trusted before a new lookup */
-
-struct waiter {
-	uint32_t slot, gen;
-	uint32_t seq;		/* the client's budget request it answers */
-	uint64_t bytes;		/* the budget asked for (policy requests) */
-};
-
-struct conn {
-	int fd;
-	uint32_t slot, gen;
-	pid_t pid;
-	uid_t uid;
-	gid_t gid;
-	bool runtime;
-	bool http;		/* a connection to the HTTP endpoint (/metrics) */
-	bool http_line;		/* its request line is in, headers are being skipped */
-	bool http_eol;		/* the last header byte ended a line */
-	bool http_head;		/* a HEAD request: headers only */
-	size_t http_bytes;	/* header bytes so far */
-	bool discard;		/* skipping the rest of an overlong line */
-	bool closing;		/* close once the reply is out */
-	bool rdhup;		/* the peer shut its side: no more EPOLLRDHUP */
-	uint64_t last_ns;	/* last request, or last progress of a reply */
-	size_t nin;
-	char in[LMD_LINE_MAX + 2];
-	char *out;
-	size_t outlen, outoff;
-	int passed_fd;		/* a descriptor that came with the input, for hello */
-	/* Runtimes. */
-	const void *page;
-	size_t pagelen;
-	char name[LMD_NAME_MAX + 1];
-	char version[LMD_VERSION_MAX + 1];
-	uint64_t faults_last, rate_ns;
-	double rate;
-	struct waiter waiters[MAX_WAITERS];
-	int nwait;
-	/* A client waiting for runtimes to take a budget. */
-	int waiting;
-	uint32_t wait_seq;	/* which budget request is waited on: late answers are dropped */
-	uint64_t wait_deadline;
-	pid_t wait_pid;
-	uint64_t wait_bytes;
-	bool wait_min;		/* the request is min PID BYTES, not budget */
-	char wait_err[200];
-	/* The pressure policy's view of a runtime. */
-	int scope;			/* index in D.scopes this interval; -1: none */
-	int scope_kind;
-	char scope_path[LMD_SCOPE_PATH];
-	uint64_t scope_ns;		/* when scope_kind and scope_path were looked up */
-	uint64_t own;			/* its budget apart from the policy (0: none) */
-	uint64_t applied;		/* the budget the daemon last knew it to have */
-	uint64_t stall_last, stall_ns;	/* fill and throttle time at the last interval */
-	double stall;			/* percent of the last interval spent in them */
-	uint64_t want;			/* what the policy wanted last */
-	int why;			/* and why (enum lmd_why) */
-	bool refused;			/* it refused a policy budget: left alone */
-	uint64_t page_size;		/* of its statistics: budgets are whole pages */
-};
-
-/* A memory cgroup or the machine, as the policy saw it at its last interval. */
-struct scope {
-	struct lmd_scope s;
-	int state;		/* enum lmd_state */
-	int members;
-	uint64_t low, high;
-	uint64_t seen_ns;	/* last interval a runtime lived in it */
-	uint64_t onset_ns;	/* when the current pressure began; 0: none */
-	uint64_t calm_ns;	/* when the last pressure ended; 0: never was any */
-	uint64_t last_available;	/* at the previous look; 0: none yet */
-	double fall;		/* how fast available memory fell lately, bytes a second (smoothed) */
-	bool reacted;		/* a lowering since the onset was acknowledged */
-};
-
-struct action {
-	uint64_t wall_ms;	/* CLOCK_REALTIME */
-	pid_t pid;
-	uid_t uid;
-	char name[LMD_NAME_MAX + 1];
-	uint64_t from, to;
-	int why;
-	int state;
-	uint64_t available, low;
-	char scope[64];		/* the end of the scope's path */
-};
-
-static struct {
-	int epfd, lfd, sigfd, timerfd, spare_fd;
-	bool own_socket;	/* created here (not socket activation): removed on exit */
-	char path[sizeof(((struct sockaddr_un *)0)->sun_path)];
-	struct conn **conns;	/* by slot */
-	struct conn **rts;	/* the runtimes, in no order: what queries walk */
-	uint32_t *gens;
-	uint32_t nconns, nruntimes;
-	size_t out_total;
-	bool stop;
-	int log_kind;		/* 0 stderr, 1 syslog, 2 file */
-	const char *log_path;
-	FILE *log_file;
-	int verbosity;		/* 0 errors and warnings, 1 info, 2 debug */
-	uint64_t served;
-	size_t hint[4];		/* the last reply's length, per kind: the next one's buffer */
-	/* The pressure policy (see lazymemd(8)). */
-	struct lmd_policy_conf conf;
-	const char *conf_path;
-	int ptimerfd;
-	char v1root[64], v2root[64];	/* the memory cgroup mounts; "" when absent */
-	uint64_t mem_total;		/* the machine's memory: a cgroup limit under it is a limit */
-	struct scope scopes[MAX_SCOPES];
-	int nscopes;
-	uint64_t policy_ns;		/* the last interval */
-	struct action actions[MAX_ACTIONS];
-	uint64_t nactions;		/* ever: the ring holds the last MAX_ACTIONS */
-	uint64_t lowered, raised, policy_errors;
-	double last_reaction_ms;	/* pressure onset to the first lowering acknowledged */
-	/* The HTTP endpoint, and the daemon's own counters for /metrics. */
-	int hfd;			/* listening; -1: none */
-	char http_addr[80];
-	uint64_t requests[LMD_REQ_PRESSURE + 1];	/* by enum lmd_req; [0]: HTTP requests */
-	uint64_t refusals[9];		/* by enum refusal */
-	struct ucount *users[256];	/* connections and runtimes per uid, hashed */
-	uint64_t user_log_ns;		/* the last refusal for a user's limit that was logged */
-} D = { .hfd = -1 };
+struct lmd_daemon D = { .hfd = -1 };
 
 /*
  * What one user holds.  The tables are shared (MAX_CONNS, MAX_RUNTIMES),
@@ -200,28 +63,7 @@ struct ucount {
 	struct ucount *next;
 };
 
-/* Why the daemon said no, for lazymemd_refusals_total. */
-enum refusal {
-	REF_MALFORMED,		/* EINVAL: a request, a hello, an HTTP request it cannot parse */
-	REF_DENIED,		/* EPERM: another user's process */
-	REF_NO_PROCESS,		/* ESRCH */
-	REF_BUSY,		/* EBUSY: replies or budget requests piled up */
-	REF_RUNTIMES,		/* EMFILE at hello: the runtime table is full */
-	REF_CONNECTIONS,	/* a connection refused: the connection table is full */
-	REF_USER_LIMIT,		/* one user's share of runtimes or connections is used up */
-	REF_OTHER,
-	REF_COUNT,
-};
-
-static const char *const refusal_names[REF_COUNT] = {
-	"malformed", "permission", "no_process", "busy", "runtimes_full", "connections_full",
-	"user_limit", "other",
-};
-
 /* ---- logging ------------------------------------------------------------------------ */
-
-static void logmsg(int level, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-static uint64_t now_ns(void);
 
 /* The count of uid, made when make is set (NULL when memory is short: then it is not limited). */
 static struct ucount *ucount_of(uid_t uid, bool make)
@@ -265,17 +107,17 @@ static bool user_may(uid_t uid, bool runtime)
 	if (have < max)
 		return true;
 	D.refusals[REF_USER_LIMIT]++;
-	uint64_t now = now_ns();
+	uint64_t now = lmd_now_ns();
 	if (now - D.user_log_ns > 10000000000ull) {
 		D.user_log_ns = now;
-		logmsg(1, "uid %u has %u %s, its share: refused (user_%s in the settings)",
-		       (unsigned)uid, have, runtime ? "runtimes" : "connections",
-		       runtime ? "runtimes" : "connections");
+		lmd_log(1, "uid %u has %u %s, its share: refused (user_%s in the settings)",
+			(unsigned)uid, have, runtime ? "runtimes" : "connections",
+			runtime ? "runtimes" : "connections");
 	}
 	return false;
 }
 
-static void logmsg(int level, const char *fmt, ...)
+void lmd_log(int level, const char *fmt, ...)
 {
 	static const char *const names[] = { "error", "warning", "info", "debug" };
 	if (level > 1 + D.verbosity)
@@ -311,7 +153,7 @@ static int open_log(void)
 	return 0;
 }
 
-static uint64_t now_ns(void)
+uint64_t lmd_now_ns(void)
 {
 	struct timespec ts;
 	clock_gettime(CLOCK_MONOTONIC, &ts);
@@ -332,7 +174,7 @@ static struct conn *conn_at(uint32_t slot, uint32_t gen)
 	return D.conns[slot];
 }
 
-static void watch(struct conn *c)
+void lmd_watch(struct conn *c)
 {
 	/* While a reply is going out, nothing more is read: input cannot pile up. */
 	bool sending = c->outoff < c->outlen;
@@ -347,10 +189,10 @@ static void watch(struct conn *c)
 static void budget_done(struct conn *c);
 static void conn_input(struct conn *c);
 
-static void conn_close(struct conn *c, const char *why)
+void lmd_conn_close(struct conn *c, const char *why)
 {
 	if (c->runtime) {
-		logmsg(2, "runtime %d (%s) gone: %s", (int)c->pid, c->name, why);
+		lmd_log(2, "runtime %d (%s) gone: %s", (int)c->pid, c->name, why);
 		/*
 		 * Clients waiting on this runtime's budget answer get an error;
 		 * their replies go out from the event loop, not from here.
@@ -364,7 +206,7 @@ static void conn_close(struct conn *c, const char *why)
 					 "error ESRCH process %d went away\n", (int)c->pid);
 			if (--w->waiting == 0) {
 				budget_done(w);
-				watch(w);
+				lmd_watch(w);
 			}
 		}
 		for (uint32_t i = 0; i < D.nruntimes; i++)
@@ -374,7 +216,7 @@ static void conn_close(struct conn *c, const char *why)
 			}
 		munmap((void *)c->page, c->pagelen);
 	} else {
-		logmsg(3, "client %d (uid %u) closed: %s", (int)c->pid, (unsigned)c->uid, why);
+		lmd_log(3, "client %d (uid %u) closed: %s", (int)c->pid, (unsigned)c->uid, why);
 	}
 	epoll_ctl(D.epfd, EPOLL_CTL_DEL, c->fd, NULL);
 	close(c->fd);
@@ -390,7 +232,7 @@ static void conn_close(struct conn *c, const char *why)
 }
 
 /* Sends what it can; false when the connection had to go. */
-static bool flush_out(struct conn *c)
+bool lmd_flush_out(struct conn *c)
 {
 	while (c->outoff < c->outlen) {
 		ssize_t n = send(c->fd, c->out + c->outoff, c->outlen - c->outoff,
@@ -400,28 +242,28 @@ static bool flush_out(struct conn *c)
 		if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
 			break;
 		if (n <= 0) {
-			conn_close(c, n < 0 ? strerror(errno) : "send returned 0");
+			lmd_conn_close(c, n < 0 ? strerror(errno) : "send returned 0");
 			return false;
 		}
 		c->outoff += (size_t)n;
 		D.out_total -= (size_t)n;
-		c->last_ns = now_ns();
+		c->last_ns = lmd_now_ns();
 	}
 	if (c->outoff == c->outlen) {
 		free(c->out);
 		c->out = NULL;
 		c->outlen = c->outoff = 0;
 		if (c->closing) {
-			conn_close(c, "done");
+			lmd_conn_close(c, "done");
 			return false;
 		}
 	}
-	watch(c);
+	lmd_watch(c);
 	return true;
 }
 
 /* Appends bytes to the connection's output; a reply past the global cap is refused. */
-static bool queue(struct conn *c, const char *data, size_t len)
+bool lmd_queue(struct conn *c, const char *data, size_t len)
 {
 	if (D.out_total + len > MAX_OUT_TOTAL)
 		return false;
@@ -431,16 +273,14 @@ static bool queue(struct conn *c, const char *data, size_t len)
 	memcpy(p + c->outlen, data, len);
 	/* The stall clock starts when there is something to send, not at the last request. */
 	if (c->outoff == c->outlen)
-		c->last_ns = now_ns();
+		c->last_ns = lmd_now_ns();
 	c->out = p;
 	c->outlen += len;
 	D.out_total += len;
 	return true;
 }
 
-static void reply_error(struct conn *c, const char *name, const char *fmt, ...)
-	__attribute__((format(printf, 3, 4)));
-static void reply_error(struct conn *c, const char *name, const char *fmt, ...)
+void lmd_reply_error(struct conn *c, const char *name, const char *fmt, ...)
 {
 	D.refusals[!strcmp(name, "EINVAL") ? REF_MALFORMED :
 		   !strcmp(name, "EPERM")  ? REF_DENIED :
@@ -452,7 +292,7 @@ static void reply_error(struct conn *c, const char *name, const char *fmt, ...)
 		/* Only the daemon's own troubles reach here: out of memory, too busy. */
 		static const char busy[] = "HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\n"
 					   "Retry-After: 1\r\nConnection: close\r\n\r\n";
-		if (!queue(c, busy, sizeof(busy) - 1))
+		if (!lmd_queue(c, busy, sizeof(busy) - 1))
 			c->closing = true;
 		c->closing = true;
 		return;
@@ -464,26 +304,26 @@ static void reply_error(struct conn *c, const char *name, const char *fmt, ...)
 	vsnprintf(line + k, sizeof(line) - (size_t)k - 1, fmt, ap);
 	va_end(ap);
 	strcat(line, "\n");
-	if (!queue(c, line, strlen(line)))
+	if (!lmd_queue(c, line, strlen(line)))
 		c->closing = true;
 }
 
 /* "ok LENGTH\n" and the body, formatted by fn into one buffer. */
-static void reply_body(struct conn *c, const char *body, size_t len)
+void lmd_reply_body(struct conn *c, const char *body, size_t len)
 {
 	char head[32];
 	int k = snprintf(head, sizeof(head), "ok %zu\n", len);
 	if (D.out_total + (size_t)k + len > MAX_OUT_TOTAL) {
-		reply_error(c, "EBUSY", "the daemon has too many replies in flight; try again");
+		lmd_reply_error(c, "EBUSY", "the daemon has too many replies in flight; try again");
 		return;
 	}
-	if (!queue(c, head, (size_t)k) || !queue(c, body, len))
+	if (!lmd_queue(c, head, (size_t)k) || !lmd_queue(c, body, len))
 		c->closing = true;
 }
 
 /* ---- what a client may see --------------------------------------------------------------- */
 
-static bool may_see(const struct conn *client, const struct conn *rt)
+bool lmd_may_see(const struct conn *client, const struct conn *rt)
 {
 	return client->uid == 0 || client->uid == rt->uid;
 }
@@ -516,7 +356,7 @@ static int gather(const struct conn *client, pid_t pid, struct view *v, bool *de
 		struct conn *c = D.rts[i];
 		if (pid && c->pid != pid)
 			continue;
-		if (!may_see(client, c)) {
+		if (!lmd_may_see(client, c)) {
 			*denied = true;
 			continue;
 		}
@@ -558,21 +398,19 @@ static void view_free(struct view *v)
 	free(v->stats);
 }
 
-typedef int (*formatter)(const struct lmd_proc *, size_t, char *, size_t);
-
-static void reply_formatted(struct conn *c, formatter fn, pid_t pid, size_t *hint)
+void lmd_reply_formatted(struct conn *c, formatter fn, pid_t pid, size_t *hint)
 {
 	struct view v;
 	bool denied;
 	if (gather(c, pid, &v, &denied) < 0) {
-		reply_error(c, "ENOMEM", "out of memory");
+		lmd_reply_error(c, "ENOMEM", "out of memory");
 		return;
 	}
 	if (pid && !v.n) {
 		if (denied)
-			reply_error(c, "EPERM", "process %d belongs to another user", (int)pid);
+			lmd_reply_error(c, "EPERM", "process %d belongs to another user", (int)pid);
 		else
-			reply_error(c, "ESRCH", "no lazymem runtime reports from process %d", (int)pid);
+			lmd_reply_error(c, "ESRCH", "no lazymem runtime reports from process %d", (int)pid);
 		view_free(&v);
 		return;
 	}
@@ -607,10 +445,10 @@ static void reply_formatted(struct conn *c, formatter fn, pid_t pid, size_t *hin
 	if (need >= 0 && c->http && c->http_head)
 		need = 0;	/* HEAD: the length of the body that GET would get, and no body */
 	if (need < 0) {
-		reply_error(c, need == -ENOMEM ? "ENOMEM" : "EOVERFLOW", "the reply does not fit");
+		lmd_reply_error(c, need == -ENOMEM ? "ENOMEM" : "EOVERFLOW", "the reply does not fit");
 		free(buf);
 	} else if (D.out_total + (size_t)k + (size_t)need > MAX_OUT_TOTAL || c->outlen) {
-		reply_error(c, "EBUSY", "the daemon has too many replies in flight; try again");
+		lmd_reply_error(c, "EBUSY", "the daemon has too many replies in flight; try again");
 		free(buf);
 	} else {
 		memcpy(buf + HEAD - k, head, (size_t)k);
@@ -624,571 +462,20 @@ static void reply_formatted(struct conn *c, formatter fn, pid_t pid, size_t *hin
 
 /* ---- requests ---------------------------------------------------------------------------- */
 
-/* ---- the pressure policy ------------------------------------------------------------------- */
-
-/*
- * Every interval the policy reads the scopes its runtimes live in (the
- * machine, or the memory cgroup with a limit around them), asks policy.c
- * what each runtime's budget should be, and sends the budgets that
- * changed enough to matter.  A runtime has at most one request in flight:
- * a lowering is answered once its pages are out, and until then the
- * policy does not pile more on it.
- */
-
-static const char *scope_name(const struct lmd_scope *s)
-{
-	return s->kind == LMD_SCOPE_SYSTEM ? "the machine" : s->path;
-}
-
-static struct scope *scope_of(const struct conn *rt)
-{
-	return rt->scope >= 0 && rt->scope < D.nscopes ? &D.scopes[rt->scope] : NULL;
-}
-
-static void record(const struct conn *rt, uint64_t from, uint64_t to)
-{
-	const struct scope *sc = scope_of(rt);
-	struct action *a = &D.actions[D.nactions++ % MAX_ACTIONS];
-	struct timespec ts;
-	clock_gettime(CLOCK_REALTIME, &ts);
-	a->wall_ms = (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
-	a->pid = rt->pid;
-	a->uid = rt->uid;
-	snprintf(a->name, sizeof(a->name), "%s", rt->name);
-	a->from = from;
-	a->to = to;
-	a->why = rt->why;
-	a->state = sc ? sc->state : 0;
-	a->available = sc ? sc->s.available : 0;
-	a->low = sc ? sc->low : 0;
-	const char *p = sc ? scope_name(&sc->s) : "?";
-	size_t l = strlen(p);
-	snprintf(a->scope, sizeof(a->scope), "%s", l >= sizeof(a->scope) ? p + l - sizeof(a->scope) + 1 : p);
-}
-
-/* A runtime's answer to the policy's budget. */
-static void policy_answer(struct conn *rt, const struct waiter *w, bool ok, const char *line,
-			  size_t len)
-{
-	uint64_t from = rt->applied;
-	/* ENOSPC: the budget holds, eviction just could not reach it (the swap file is full). */
-	if (!ok && !(len >= 12 && !memcmp(line, "error ENOSPC", 12))) {
-		D.policy_errors++;
-		rt->refused = true;
-		logmsg(1, "runtime %d (%s) refused the budget %llu: %.*s; the policy leaves it alone",
-		       (int)rt->pid, rt->name, (unsigned long long)w->bytes, (int)len, line);
-		return;
-	}
-	rt->applied = w->bytes;
-	struct scope *sc = scope_of(rt);
-	if (w->bytes && (!from || w->bytes < from)) {
-		D.lowered++;
-		if (sc && sc->onset_ns && !sc->reacted) {
-			sc->reacted = true;
-			D.last_reaction_ms = (double)(now_ns() - sc->onset_ns) / 1e6;
-			logmsg(1, "pressure on %s: a budget lowered %.0f ms after it began",
-			       scope_name(&sc->s), D.last_reaction_ms);
-		}
-	} else {
-		D.raised++;
-	}
-	record(rt, from, w->bytes);
-	logmsg(2, "runtime %d (%s): budget %llu -> %llu (%s)%s", (int)rt->pid, rt->name,
-	       (unsigned long long)from, (unsigned long long)w->bytes, lmd_why_name(rt->why),
-	       ok ? "" : ", over it for now");
-}
-
-/* Worth a message: lowerings to the megabyte, the rest when they move an eighth. */
-static bool worth_sending(const struct conn *rt, uint64_t want)
-{
-	uint64_t have = rt->applied;
-	if (want == have)
-		return false;
-	if (!want || !have)
-		return true;
-	uint64_t diff = want > have ? want - have : have - want;
-	/* Lowerings (and the proactive mode's small steps) to the megabyte. */
-	if (want < have && (rt->why == LMD_WHY_LOWER || rt->why == LMD_WHY_FLOOR ||
-			    rt->why == LMD_WHY_PROACTIVE))
-		return diff >= (1u << 20);
-	return diff >= (1u << 20) && diff >= have / 8;
-}
-
-static void policy_send(struct conn *rt, uint64_t bytes)
-{
-	/* Whole pages, as the runtime keeps it: what it reports back is then what was sent. */
-	uint64_t ps = rt->page_size ? rt->page_size : 4096;
-	bytes = bytes && bytes < ps ? ps : bytes & ~(ps - 1);
-	char line[64];
-	int k = snprintf(line, sizeof(line), "budget %llu\n", (unsigned long long)bytes);
-	if (rt->nwait == MAX_WAITERS || !queue(rt, line, (size_t)k))
-		return;
-	rt->waiters[rt->nwait++] = (struct waiter){ POLICY_SLOT, 0, 0, bytes };
-	watch(rt);
-}
-
-/* Puts each runtime in its scope: looked up again every SCOPE_NS, as processes move between cgroups. */
-static void assign_scopes(uint64_t now)
-{
-	/* Scopes nobody lived in for ten intervals of lookups go. */
-	int keep = 0;
-	for (int i = 0; i < D.nscopes; i++)
-		if (now - D.scopes[i].seen_ns < 5 * SCOPE_NS)
-			D.scopes[keep++] = D.scopes[i];
-	D.nscopes = keep;
-	for (int i = 0; i < D.nscopes; i++)
-		D.scopes[i].members = 0;
-	for (uint32_t i = 0; i < D.nruntimes; i++) {
-		struct conn *c = D.rts[i];
-		c->scope = -1;
-		if (!c->scope_ns || now - c->scope_ns > SCOPE_NS) {
-			struct lmd_scope s;
-			if (lmd_scope_find(c->pid, D.v1root, D.v2root, D.mem_total, &s) < 0)
-				continue;	/* gone: its connection closes soon */
-			c->scope_kind = s.kind;
-			memcpy(c->scope_path, s.path, sizeof(c->scope_path));
-			c->scope_ns = now;
-		}
-		int k = 0;
-		while (k < D.nscopes &&
-		       (D.scopes[k].s.kind != c->scope_kind || strcmp(D.scopes[k].s.path, c->scope_path)))
-			k++;
-		if (k == MAX_SCOPES)
-			continue;
-		if (k == D.nscopes) {
-			memset(&D.scopes[k], 0, sizeof(D.scopes[k]));
-			D.scopes[k].s.kind = c->scope_kind;
-			memcpy(D.scopes[k].s.path, c->scope_path, sizeof(c->scope_path));
-			D.nscopes++;
-		}
-		c->scope = k;
-		D.scopes[k].members++;
-		D.scopes[k].seen_ns = now;
-	}
-}
-
-/* The policy's view of one runtime, from its stats page; notices budgets set behind its back. */
-static void member_of(struct conn *c, uint64_t now, struct lmd_member *m)
-{
-	struct lm_stats st;
-	lmd_stats_load(c->page, c->pagelen, &st);
-	uint64_t ps = st.page_size ? st.page_size : 4096;
-	/*
-	 * Nothing in flight and a budget that is not the last one known: the
-	 * application set it.  Pages, not bytes, are compared: the runtime
-	 * keeps its budget in whole pages.
-	 */
-	c->page_size = ps;
-	if (!c->nwait && st.budget_bytes / ps != c->applied / ps)
-		c->own = c->applied = st.budget_bytes;
-	uint64_t x = st.fill_ns_total + st.throttle_ns;
-	c->stall = c->stall_ns && now > c->stall_ns && x >= c->stall_last ?
-			   100.0 * (double)(x - c->stall_last) / (double)(now - c->stall_ns) :
-			   0;
-	c->stall_last = x;
-	c->stall_ns = now;
-	*m = (struct lmd_member){
-		.resident = st.resident_pages * ps,
-		.budget = c->applied,
-		.own = c->own,
-		.floor = st.budget_min_bytes,
-		.stall = c->stall,
-	};
-}
-
-static void policy_scope(struct scope *sc, uint64_t now, double dt)
-{
-	int n = sc->members, k = 0;
-	struct lmd_member *m = calloc((size_t)n, sizeof(*m));
-	struct conn **who = calloc((size_t)n, sizeof(*who));
-	if (!m || !who)
-		goto out;
-	int idx = (int)(sc - D.scopes);
-	for (uint32_t i = 0; i < D.nruntimes && k < n; i++)
-		if (D.rts[i]->scope == idx) {
-			who[k] = D.rts[i];
-			member_of(who[k], now, &m[k]);
-			k++;
-		}
-	lmd_policy_marks(&D.conf, sc->s.limit, &sc->low, &sc->high);
-	/* cgroup v1 has no pressure of its own: the machine's stalls say nothing about it. */
-	double psi = sc->s.kind != LMD_SCOPE_V1 && sc->s.psi.valid ? sc->s.psi.some10 : -1;
-	int prev = sc->state;
-	double calm = prev >= LMD_STATE_PRESSURE ? 0 :
-		      sc->calm_ns ? (double)(now - sc->calm_ns) / 1e9 : 1e9;
-	/* The fall, halved each look: one jump counts, a steady climb counts fully. */
-	if (sc->last_available && dt > 0) {
-		double f = ((double)sc->last_available - (double)sc->s.available) / dt;
-		sc->fall = sc->fall / 2 + (f > 0 ? f : 0) / 2;
-	}
-	sc->last_available = sc->s.available;
-	uint64_t ahead = lmd_policy_ahead(&D.conf, sc->s.available, sc->fall);
-	sc->state = lmd_policy_decide(&D.conf, sc->s.limit, sc->s.available, ahead, psi, dt, calm, m,
-				      (size_t)k);
-	if (sc->state >= LMD_STATE_PRESSURE && !sc->onset_ns) {
-		sc->onset_ns = now;
-		sc->reacted = false;
-	} else if (sc->state < LMD_STATE_PRESSURE && sc->onset_ns) {
-		sc->onset_ns = 0;
-		sc->calm_ns = now;
-	}
-	if (sc->state != prev)
-		logmsg(sc->state >= LMD_STATE_PRESSURE ? 1 : 2,
-		       "%s: %s (limit %llu, available %llu, low mark %llu, high %llu)",
-		       scope_name(&sc->s), lmd_state_name(sc->state),
-		       (unsigned long long)sc->s.limit, (unsigned long long)sc->s.available,
-		       (unsigned long long)sc->low, (unsigned long long)sc->high);
-	for (int i = 0; i < k; i++) {
-		struct conn *c = who[i];
-		c->want = m[i].want;
-		c->why = m[i].why;
-		if (D.conf.enabled && !c->refused && !c->nwait && worth_sending(c, c->want))
-			policy_send(c, c->want);
-	}
-out:
-	free(m);
-	free(who);
-}
-
-static void policy_tick(void)
-{
-	uint64_t exp;
-	if (read(D.ptimerfd, &exp, sizeof(exp)) < 0) {
-		/* Nothing to do: the next expiry comes anyway. */
-	}
-	uint64_t now = now_ns();
-	double dt = D.policy_ns ? (double)(now - D.policy_ns) / 1e9 : (double)D.conf.interval_ms / 1e3;
-	D.policy_ns = now;
-	assign_scopes(now);
-	for (int i = 0; i < D.nscopes; i++) {
-		struct scope *sc = &D.scopes[i];
-		if (!sc->members)
-			continue;
-		if (lmd_scope_read(&sc->s) < 0) {
-			/* The cgroup went: its runtimes are looked up again next time. */
-			for (uint32_t j = 0; j < D.nruntimes; j++)
-				if (D.rts[j]->scope == i)
-					D.rts[j]->scope_ns = 0;
-			continue;
-		}
-		policy_scope(sc, now, dt);
-	}
-}
-
-/* The reply to "pressure": what the policy sees, what it did and why. */
-static int format_pressure(const struct conn *client, char *buf, size_t len)
-{
-	struct lmd_out o = { buf, len, 0 };
-#define OUT(...) lmd_put(&o, __VA_ARGS__)
-	char a[5][24];
-	lmd_size_str(D.conf.low_min, a[0], sizeof(a[0]));
-	lmd_size_str(D.conf.floor, a[1], sizeof(a[1]));
-	OUT("policy %s: every %llu ms; low %.3g%% (at least %s), high %.3g%%, psi %.3g%%, hold %.3gs, "
-	    "floor %s, proactive %s (target %.3g%%, step %.3g%%/s)\n",
-	    D.conf.enabled ? "on" : "off (watching only)", (unsigned long long)D.conf.interval_ms,
-	    D.conf.low_pct, a[0], D.conf.high_pct, D.conf.psi_some, D.conf.hold_s, a[1],
-	    D.conf.proactive ? "on" : "off", D.conf.target, D.conf.step);
-	OUT("budgets lowered %llu, raised %llu, refused %llu; last reaction %.0f ms\n",
-	    (unsigned long long)D.lowered, (unsigned long long)D.raised,
-	    (unsigned long long)D.policy_errors, D.last_reaction_ms);
-	for (int i = 0; i < D.nscopes; i++) {
-		const struct scope *sc = &D.scopes[i];
-		if (!sc->members)
-			continue;
-		lmd_size_str(sc->s.limit, a[0], sizeof(a[0]));
-		lmd_size_str(sc->s.usage, a[1], sizeof(a[1]));
-		lmd_size_str(sc->s.available, a[2], sizeof(a[2]));
-		lmd_size_str(sc->low, a[3], sizeof(a[3]));
-		lmd_size_str(sc->high, a[4], sizeof(a[4]));
-		static const char *const kinds[] = { "", " (cgroup v1)", " (cgroup v2)" };
-		OUT("\nscope %s%s: %s\n", scope_name(&sc->s), kinds[sc->s.kind % 3],
-		    lmd_state_name(sc->state));
-		char psi[24] = "-";
-		if (sc->s.psi.valid)
-			snprintf(psi, sizeof(psi), "%.2f%%", sc->s.psi.some10);
-		OUT("  limit %s  usage %s  available %s  low %s  high %s  psi %s  oom kills %llu\n",
-		    a[0], a[1], a[2], a[3], a[4], psi, (unsigned long long)sc->s.oom_kills);
-		lmd_size_str((uint64_t)sc->fall, a[0], sizeof(a[0]));
-		OUT("  falling %s/s, %.3gs ahead: taken as available %s\n", a[0], D.conf.lookahead_s,
-		    (lmd_size_str(lmd_policy_ahead(&D.conf, sc->s.available, sc->fall), a[1],
-				  sizeof(a[1])),
-		     a[1]));
-		OUT("  %8s %6s %-16s %9s %9s %9s %9s %9s %7s %s\n", "PID", "UID", "NAME", "RESIDENT",
-		    "BUDGET", "OWN", "FLOOR", "WANT", "STALL%", "WHY");
-		for (uint32_t j = 0; j < D.nruntimes; j++) {
-			const struct conn *c = D.rts[j];
-			if (c->scope != i || !may_see(client, c))
-				continue;
-			struct lm_stats st;
-			lmd_stats_load(c->page, c->pagelen, &st);
-			uint64_t ps = st.page_size ? st.page_size : 4096;
-			uint64_t fl = st.budget_min_bytes ? st.budget_min_bytes : D.conf.floor;
-			char r[24], b[24], w[24], f[24], ow[24];
-			lmd_size_str(st.resident_pages * ps, r, sizeof(r));
-			if (st.budget_bytes)
-				lmd_size_str(st.budget_bytes, b, sizeof(b));
-			else
-				snprintf(b, sizeof(b), "-");
-			if (c->own)
-				lmd_size_str(c->own, ow, sizeof(ow));
-			else
-				snprintf(ow, sizeof(ow), "-");
-			lmd_size_str(fl, f, sizeof(f));
-			if (c->want)
-				lmd_size_str(c->want, w, sizeof(w));
-			else
-				snprintf(w, sizeof(w), "-");
-			OUT("  %8d %6u %-16s %9s %9s %9s %9s %9s %7.2f %s%s\n", (int)c->pid,
-			    (unsigned)c->uid, c->name, r, b, ow, f, w, c->stall, lmd_why_name(c->why),
-			    c->refused ? " (refused: left alone)" : "");
-		}
-	}
-	uint64_t first = D.nactions > MAX_ACTIONS ? D.nactions - MAX_ACTIONS : 0;
-	OUT("\nrecent actions (%llu in all):\n", (unsigned long long)D.nactions);
-	for (uint64_t i = first; i < D.nactions; i++) {
-		const struct action *x = &D.actions[i % MAX_ACTIONS];
-		if (client->uid != 0 && client->uid != x->uid)
-			continue;
-		time_t t = (time_t)(x->wall_ms / 1000);
-		struct tm tm;
-		char when[32], f[24], to[24], av[24], lo[24];
-		strftime(when, sizeof(when), "%F %T", localtime_r(&t, &tm));
-		if (x->from)
-			lmd_size_str(x->from, f, sizeof(f));
-		else
-			snprintf(f, sizeof(f), "none");
-		if (x->to)
-			lmd_size_str(x->to, to, sizeof(to));
-		else
-			snprintf(to, sizeof(to), "none");
-		lmd_size_str(x->available, av, sizeof(av));
-		lmd_size_str(x->low, lo, sizeof(lo));
-		OUT("  %s.%03u pid %d (%s) budget %s -> %s: %s; %s %s, available %s, low mark %s\n",
-		    when, (unsigned)(x->wall_ms % 1000), (int)x->pid, x->name, f, to,
-		    lmd_why_name(x->why), x->scope, lmd_state_name(x->state), av, lo);
-	}
-#undef OUT
-	return (int)o.need;
-}
-
-static void pressure(struct conn *c)
-{
-	int need = format_pressure(c, NULL, 0);
-	char *buf = malloc((size_t)need + 1);
-	if (!buf) {
-		reply_error(c, "ENOMEM", "out of memory");
-		return;
-	}
-	format_pressure(c, buf, (size_t)need + 1);
-	reply_body(c, buf, (size_t)need);
-	free(buf);
-}
-
-/* ---- the daemon's own metrics, and HTTP for Prometheus ----------------------------------------- */
-
-static void self_metric(struct lmd_out *o, const char *name, const char *type, const char *help)
-{
-	lmd_put(o, "# HELP lazymemd_%s %s\n# TYPE lazymemd_%s %s\n", name, help, name, type);
-}
-
-/* lazymemd_*: the daemon itself and its pressure policy, after the runtimes' counters. */
-static size_t format_self(char *buf, size_t len)
-{
-	struct lmd_out o = { buf, len, 0 };
-	self_metric(&o, "build_info", "gauge", "The daemon's version and protocol, as labels");
-	lmd_put(&o, "lazymemd_build_info{version=\"%s\",protocol=\"%d\"} 1\n", PACKAGE_VERSION,
-	     LMD_PROTOCOL);
-	self_metric(&o, "runtimes", "gauge", "Runtimes registered");
-	lmd_put(&o, "lazymemd_runtimes %u\n", D.nruntimes);
-	self_metric(&o, "connections", "gauge", "Open connections: runtimes, clients and HTTP");
-	lmd_put(&o, "lazymemd_connections %u\n", D.nconns);
-	static const char *const kinds[] = { "http", "list", "stats", "json", "metrics", "budget",
-					     "version", "help", "hello", "min", "pressure" };
-	_Static_assert(sizeof(kinds) / sizeof(kinds[0]) == LMD_REQ_PRESSURE + 1, "a name per kind");
-	self_metric(&o, "requests_total", "counter", "Requests served, by kind");
-	for (int i = 0; i <= LMD_REQ_PRESSURE; i++)
-		lmd_put(&o, "lazymemd_requests_total{kind=\"%s\"} %llu\n", kinds[i],
-		     (unsigned long long)D.requests[i]);
-	self_metric(&o, "refusals_total", "counter", "Requests and connections refused, by reason");
-	for (int i = 0; i < REF_COUNT; i++)
-		lmd_put(&o, "lazymemd_refusals_total{reason=\"%s\"} %llu\n", refusal_names[i],
-		     (unsigned long long)D.refusals[i]);
-	self_metric(&o, "policy_info", "gauge", "The pressure policy's switches, as labels");
-	lmd_put(&o, "lazymemd_policy_info{policy=\"%s\",proactive=\"%s\"} 1\n",
-	     D.conf.enabled ? "on" : "off", D.conf.proactive ? "on" : "off");
-	self_metric(&o, "policy_budgets_lowered_total", "counter",
-		    "Budgets the pressure policy lowered, acknowledged");
-	lmd_put(&o, "lazymemd_policy_budgets_lowered_total %llu\n", (unsigned long long)D.lowered);
-	self_metric(&o, "policy_budgets_raised_total", "counter",
-		    "Budgets the pressure policy raised or lifted, acknowledged");
-	lmd_put(&o, "lazymemd_policy_budgets_raised_total %llu\n", (unsigned long long)D.raised);
-	self_metric(&o, "policy_budgets_refused_total", "counter",
-		    "Budgets of the pressure policy a runtime refused");
-	lmd_put(&o, "lazymemd_policy_budgets_refused_total %llu\n",
-	     (unsigned long long)D.policy_errors);
-	self_metric(&o, "policy_reaction_seconds", "gauge",
-		    "The last time from the onset of pressure to a budget lowered");
-	lmd_put(&o, "lazymemd_policy_reaction_seconds %.3f\n", D.last_reaction_ms / 1000);
-	/* One sample per scope with runtimes; the machine is scope="machine". */
-	static const char *const fams[][3] = {
-		{ "scope_limit_bytes", "gauge", "A scope's memory limit (the machine: MemTotal)" },
-		{ "scope_available_bytes", "gauge", "A scope's memory left, inactive file pages included" },
-		{ "scope_oom_kills_total", "counter", "OOM kills in a scope, as the kernel counts them" },
-		{ "scope_state_info", "gauge", "A scope's state for the pressure policy, as a label" },
-	};
-	for (size_t f = 0; f < sizeof(fams) / sizeof(fams[0]); f++) {
-		self_metric(&o, fams[f][0], fams[f][1], fams[f][2]);
-		for (int i = 0; i < D.nscopes; i++) {
-			const struct scope *sc = &D.scopes[i];
-			if (!sc->members)
-				continue;
-			char esc[2 * LMD_SCOPE_PATH];
-			lmd_escape_label(sc->s.kind == LMD_SCOPE_SYSTEM ? "machine" : sc->s.path, esc,
-					 sizeof(esc));
-			uint64_t v = f == 0 ? sc->s.limit : f == 1 ? sc->s.available : sc->s.oom_kills;
-			if (f == 3)
-				lmd_put(&o, "lazymemd_scope_state_info{scope=\"%s\",state=\"%s\"} 1\n", esc,
-				     lmd_state_name(sc->state));
-			else
-				lmd_put(&o, "lazymemd_%s{scope=\"%s\"} %llu\n", fams[f][0], esc,
-				     (unsigned long long)v);
-		}
-	}
-	return o.need;
-}
-
-/* The metrics request's formatter: every runtime's counters, then the daemon's own. */
-static int metrics_all(const struct lmd_proc *procs, size_t n, char *buf, size_t len)
-{
-	int k = lmd_format_metrics(procs, n, buf, len);
-	if (k < 0)
-		return k;
-	size_t at = (size_t)k < len ? (size_t)k : len;
-	size_t self = format_self(len > at ? buf + at : NULL, len > at ? len - at : 0);
-	if ((size_t)k + self > 0x7fffffff)
-		return -EOVERFLOW;
-	return k + (int)self;
-}
-
-/* A whole small HTTP reply; the connection closes once it is out. */
-static void http_reply(struct conn *c, int code, const char *reason, const char *extra,
-		       const char *body)
-{
-	char buf[512];
-	int k = snprintf(buf, sizeof(buf),
-			 "HTTP/1.1 %d %s\r\nContent-Type: text/plain; charset=utf-8\r\n"
-			 "Content-Length: %zu\r\n%sConnection: close\r\n\r\n%s",
-			 code, reason, strlen(body), extra, c->http_head ? "" : body);
-	if (k < 0 || (size_t)k >= sizeof(buf) || !queue(c, buf, (size_t)k))
-		c->closing = true;
-	c->closing = true;
-}
-
-/*
- * One request: GET or HEAD of /metrics (what Prometheus scrapes) or of
- * / (a line saying where the metrics are); HTTP/1.0 and 1.1.  The
- * headers are read and ignored; every reply closes the connection.
- */
-static void http_request(struct conn *c, const char *line, size_t len)
-{
-	D.requests[0]++;
-	char method[8], target[LMD_LINE_MAX + 1], version[16];
-	char copy[LMD_LINE_MAX + 1];
-	snprintf(copy, sizeof(copy), "%.*s", (int)len, line);
-	if (sscanf(copy, "%7s %256s %15s", method, target, version) != 3 ||
-	    strncmp(version, "HTTP/1.", 7) || target[0] != '/') {
-		D.refusals[REF_MALFORMED]++;
-		http_reply(c, 400, "Bad Request", "", "malformed request line\n");
-		return;
-	}
-	c->http_head = !strcmp(method, "HEAD");
-	if (strcmp(method, "GET") && !c->http_head) {
-		D.refusals[REF_MALFORMED]++;
-		http_reply(c, 405, "Method Not Allowed", "Allow: GET, HEAD\r\n", "GET or HEAD\n");
-		return;
-	}
-	target[strcspn(target, "?#")] = '\0';
-	if (!strcmp(target, "/metrics")) {
-		reply_formatted(c, metrics_all, 0, &D.hint[3]);
-		c->closing = true;
-	} else if (!strcmp(target, "/")) {
-		http_reply(c, 200, "OK", "", "lazymemd: the metrics are at /metrics\n");
-	} else {
-		http_reply(c, 404, "Not Found", "", "not found: the metrics are at /metrics\n");
-	}
-}
-
-/*
- * Reads an HTTP request: the request line into c->in (at most a
- * request line's worth), then the headers, skipped byte by byte up to
- * the empty line without keeping them, at most 16 KiB.
- */
-static void http_input(struct conn *c)
-{
-	char skip[1024];
-	while (!c->closing && c->outoff == c->outlen) {
-		char *dst = c->http_line ? skip : c->in + c->nin;
-		size_t room = c->http_line ? sizeof(skip) : sizeof(c->in) - c->nin;
-		ssize_t n = recv(c->fd, dst, room, MSG_DONTWAIT);
-		if (n < 0 && errno == EINTR)
-			continue;
-		if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
-			break;
-		if (n <= 0) {
-			conn_close(c, n < 0 ? strerror(errno) : "end of file");
-			return;
-		}
-		c->last_ns = now_ns();
-		const char *p = dst, *end = dst + n;
-		if (!c->http_line) {
-			c->nin += (size_t)n;
-			char *nl = memchr(c->in, '\n', c->nin);
-			if (!nl) {
-				if (c->nin == sizeof(c->in)) {
-					D.refusals[REF_MALFORMED]++;
-					http_reply(c, 414, "URI Too Long", "", "request line too long\n");
-				}
-				continue;
-			}
-			c->http_line = true;
-			c->http_eol = true;
-			p = nl + 1;
-			end = c->in + c->nin;
-			c->nin = (size_t)(nl - c->in);
-			if (c->nin && c->in[c->nin - 1] == '\r')
-				c->nin--;
-		}
-		for (; p < end; p++) {
-			c->http_bytes++;
-			if (*p == '\n' && c->http_eol) {
-				http_request(c, c->in, c->nin);
-				break;
-			}
-			if (*p != '\r')
-				c->http_eol = *p == '\n';
-		}
-		if (!c->closing && c->http_bytes > 16384) {
-			D.refusals[REF_MALFORMED]++;
-			http_reply(c, 431, "Request Header Fields Too Large", "", "headers too large\n");
-		}
-	}
-	flush_out(c);
-}
-
 static void hello(struct conn *c, const struct lmd_request *r)
 {
 	int fd = c->passed_fd;
 	c->passed_fd = -1;
 	if (c->runtime) {
-		reply_error(c, "EALREADY", "this connection already said hello");
+		lmd_reply_error(c, "EALREADY", "this connection already said hello");
 	} else if (fd < 0) {
-		reply_error(c, "EINVAL", "hello needs the runtime's stats page (SCM_RIGHTS)");
+		lmd_reply_error(c, "EINVAL", "hello needs the runtime's stats page (SCM_RIGHTS)");
 	} else if (!user_may(c->uid, true)) {
-		reply_error(c, "EMFILE", "uid %u has its share of runtimes (%llu)", (unsigned)c->uid,
-			    (unsigned long long)D.conf.user_runtimes);
+		lmd_reply_error(c, "EMFILE", "uid %u has its share of runtimes (%llu)", (unsigned)c->uid,
+				(unsigned long long)D.conf.user_runtimes);
 		D.refusals[REF_RUNTIMES]--;	/* counted as the user's limit, not the table's */
 	} else if (D.nruntimes >= MAX_RUNTIMES) {
-		reply_error(c, "EMFILE", "too many runtimes");
+		lmd_reply_error(c, "EMFILE", "too many runtimes");
 	} else {
 		/*
 		 * Only a sealed memfd that cannot shrink is mapped: a file
@@ -1209,7 +496,7 @@ static void hello(struct conn *c, const struct lmd_request *r)
 			p = mmap(NULL, len, PROT_READ, MAP_SHARED, fd, 0);
 		}
 		if (p == MAP_FAILED) {
-			reply_error(c, "EINVAL", "the stats page is not a sealed memfd of a stats page");
+			lmd_reply_error(c, "EINVAL", "the stats page is not a sealed memfd of a stats page");
 		} else {
 			c->runtime = true;
 			c->page = p;
@@ -1220,16 +507,16 @@ static void hello(struct conn *c, const struct lmd_request *r)
 			struct lm_stats st;
 			lmd_stats_load(p, len, &st);
 			c->faults_last = st.faults_missing + st.faults_wp;
-			c->rate_ns = now_ns();
+			c->rate_ns = lmd_now_ns();
 			c->own = c->applied = st.budget_bytes;
 			c->scope = -1;
 			D.rts[D.nruntimes++] = c;
 			struct ucount *u = ucount_of(c->uid, true);
 			if (u)
 				u->runtimes++;
-			logmsg(2, "runtime %d (%s, uid %u, lazymem %s) registered", (int)c->pid,
-			       c->name, (unsigned)c->uid, c->version);
-			reply_body(c, "", 0);
+			lmd_log(2, "runtime %d (%s, uid %u, lazymem %s) registered", (int)c->pid,
+				c->name, (unsigned)c->uid, c->version);
+			lmd_reply_body(c, "", 0);
 		}
 	}
 	if (fd >= 0)
@@ -1244,23 +531,23 @@ static void budget(struct conn *c, const struct lmd_request *r)
 		struct conn *rt = D.rts[i];
 		if (rt->pid != r->pid)
 			continue;
-		if (!may_see(c, rt)) {
+		if (!lmd_may_see(c, rt)) {
 			denied = true;
 			continue;
 		}
 		if (rt->nwait == MAX_WAITERS) {
-			reply_error(c, "EBUSY", "process %d has budget requests pending", (int)r->pid);
+			lmd_reply_error(c, "EBUSY", "process %d has budget requests pending", (int)r->pid);
 			return;
 		}
 		found++;
 	}
 	if (!found) {
 		if (denied)
-			reply_error(c, "EPERM", "process %d belongs to another user: not yours to budget",
-				    (int)r->pid);
+			lmd_reply_error(c, "EPERM", "process %d belongs to another user: not yours to budget",
+					(int)r->pid);
 		else
-			reply_error(c, "ESRCH", "no lazymem runtime reports from process %d",
-				    (int)r->pid);
+			lmd_reply_error(c, "ESRCH", "no lazymem runtime reports from process %d",
+					(int)r->pid);
 		return;
 	}
 	bool min = r->kind == LMD_REQ_MIN;
@@ -1272,9 +559,9 @@ static void budget(struct conn *c, const struct lmd_request *r)
 	c->wait_seq++;
 	for (uint32_t i = 0; i < D.nruntimes; i++) {
 		struct conn *rt = D.rts[i];
-		if (rt->pid != r->pid || !may_see(c, rt))
+		if (rt->pid != r->pid || !lmd_may_see(c, rt))
 			continue;
-		if (!queue(rt, line, (size_t)k))
+		if (!lmd_queue(rt, line, (size_t)k))
 			continue;
 		rt->waiters[rt->nwait++] = (struct waiter){ c->slot, c->gen, c->wait_seq, r->bytes };
 		c->waiting++;
@@ -1284,31 +571,31 @@ static void budget(struct conn *c, const struct lmd_request *r)
 			rt->refused = false;
 		}
 		/* Sent from the event loop: a runtime that fails here must not close under us. */
-		watch(rt);
+		lmd_watch(rt);
 	}
 	if (!c->waiting) {
-		reply_error(c, "EBUSY", "could not pass the budget on");
+		lmd_reply_error(c, "EBUSY", "could not pass the budget on");
 		return;
 	}
 	c->wait_pid = r->pid;
 	c->wait_bytes = r->bytes;
 	c->wait_min = min;
-	c->wait_deadline = now_ns() + BUDGET_NS;
-	logmsg(2, "uid %u sets the %s of %d to %llu bytes", (unsigned)c->uid,
-	       min ? "least budget" : "budget", (int)r->pid, (unsigned long long)r->bytes);
+	c->wait_deadline = lmd_now_ns() + BUDGET_NS;
+	lmd_log(2, "uid %u sets the %s of %d to %llu bytes", (unsigned)c->uid,
+		min ? "least budget" : "budget", (int)r->pid, (unsigned long long)r->bytes);
 }
 
 /* Every runtime asked has answered (or gone, or timed out): the client gets one reply. */
 static void budget_done(struct conn *c)
 {
 	if (c->wait_err[0]) {
-		if (!queue(c, c->wait_err, strlen(c->wait_err)))
+		if (!lmd_queue(c, c->wait_err, strlen(c->wait_err)))
 			c->closing = true;
 	} else {
 		char body[96];
 		int k = snprintf(body, sizeof(body), "pid %d %s %llu\n", (int)c->wait_pid,
 				 c->wait_min ? "min" : "budget", (unsigned long long)c->wait_bytes);
-		reply_body(c, body, (size_t)k);
+		lmd_reply_body(c, body, (size_t)k);
 	}
 	c->waiting = 0;
 }
@@ -1317,13 +604,13 @@ static void budget_done(struct conn *c)
 static void runtime_line(struct conn *c, const char *line, size_t len)
 {
 	if (!c->nwait) {
-		logmsg(3, "runtime %d: unexpected line ignored", (int)c->pid);
+		lmd_log(3, "runtime %d: unexpected line ignored", (int)c->pid);
 		return;
 	}
 	struct waiter w = c->waiters[0];
 	memmove(c->waiters, c->waiters + 1, (size_t)--c->nwait * sizeof(c->waiters[0]));
 	if (w.slot == POLICY_SLOT) {
-		policy_answer(c, &w, len >= 2 && !memcmp(line, "ok", 2), line, len);
+		lmd_policy_answer(c, &w, len >= 2 && !memcmp(line, "ok", 2), line, len);
 		return;
 	}
 	struct conn *client = conn_at(w.slot, w.gen);
@@ -1370,40 +657,40 @@ static void request(struct conn *c, const char *line, size_t len)
 	const char *why;
 	D.served++;
 	if (lmd_parse(line, len, &r, &why) < 0) {
-		reply_error(c, "EINVAL", "%s", why);
+		lmd_reply_error(c, "EINVAL", "%s", why);
 		return;
 	}
 	if (r.kind > 0 && r.kind <= LMD_REQ_PRESSURE)
 		D.requests[r.kind]++;
 	switch (r.kind) {
 	case LMD_REQ_LIST:
-		reply_formatted(c, lmd_format_list, 0, &D.hint[0]);
+		lmd_reply_formatted(c, lmd_format_list, 0, &D.hint[0]);
 		break;
 	case LMD_REQ_STATS:
-		reply_formatted(c, lmd_format_stats, r.pid, &D.hint[1]);
+		lmd_reply_formatted(c, lmd_format_stats, r.pid, &D.hint[1]);
 		break;
 	case LMD_REQ_JSON:
-		reply_formatted(c, lmd_format_json, r.pid, &D.hint[2]);
+		lmd_reply_formatted(c, lmd_format_json, r.pid, &D.hint[2]);
 		break;
 	case LMD_REQ_METRICS:
-		reply_formatted(c, metrics_all, 0, &D.hint[3]);
+		lmd_reply_formatted(c, lmd_metrics_all, 0, &D.hint[3]);
 		break;
 	case LMD_REQ_BUDGET:
 	case LMD_REQ_MIN:
 		budget(c, &r);
 		break;
 	case LMD_REQ_PRESSURE:
-		pressure(c);
+		lmd_pressure(c);
 		break;
 	case LMD_REQ_VERSION: {
 		char body[96];
 		int k = snprintf(body, sizeof(body), "lazymemd %s protocol %d pid %d\n",
 				 PACKAGE_VERSION, LMD_PROTOCOL, (int)getpid());
-		reply_body(c, body, (size_t)k);
+		lmd_reply_body(c, body, (size_t)k);
 		break;
 	}
 	case LMD_REQ_HELP:
-		reply_body(c, help_text, sizeof(help_text) - 1);
+		lmd_reply_body(c, help_text, sizeof(help_text) - 1);
 		break;
 	case LMD_REQ_HELLO:
 		hello(c, &r);
@@ -1433,13 +720,13 @@ static void take_fds(struct conn *c, struct msghdr *m)
 static void conn_input(struct conn *c)
 {
 	if (c->http) {
-		http_input(c);
+		lmd_http_input(c);
 		return;
 	}
 	for (;;) {
 		/* A reply goes out before the next request is read: pipelined lines wait here. */
 		if (c->outoff < c->outlen) {
-			if (!flush_out(c))
+			if (!lmd_flush_out(c))
 				return;
 			if (c->outoff < c->outlen)
 				return;
@@ -1457,14 +744,14 @@ static void conn_input(struct conn *c)
 				return;
 			memmove(c->in, c->in + used, c->nin - used);
 			c->nin -= used;
-			c->last_ns = now_ns();
+			c->last_ns = lmd_now_ns();
 			continue;
 		}
 		if (c->nin > LMD_LINE_MAX) {
 			/* Too long to be a request: say so once and skip to its end. */
 			if (!c->discard)
-				reply_error(c, "EINVAL", "request line too long (at most %d bytes)",
-					    LMD_LINE_MAX);
+				lmd_reply_error(c, "EINVAL", "request line too long (at most %d bytes)",
+						LMD_LINE_MAX);
 			if (c->runtime)
 				c->closing = true;
 			c->discard = true;
@@ -1487,12 +774,12 @@ static void conn_input(struct conn *c)
 		if (n > 0 && m.msg_controllen)
 			take_fds(c, &m);
 		if (n <= 0) {
-			conn_close(c, n < 0 ? strerror(errno) : "end of file");
+			lmd_conn_close(c, n < 0 ? strerror(errno) : "end of file");
 			return;
 		}
 		c->nin += (size_t)n;
 	}
-	flush_out(c);
+	lmd_flush_out(c);
 }
 
 static void conn_event(struct conn *c, uint32_t events)
@@ -1501,11 +788,11 @@ static void conn_event(struct conn *c, uint32_t events)
 		c->rdhup = true;
 	/* Gone for good while it waits for runtimes: nothing to answer to. */
 	if ((events & (EPOLLHUP | EPOLLERR)) && c->waiting) {
-		conn_close(c, "hung up");
+		lmd_conn_close(c, "hung up");
 		return;
 	}
 	if (events & EPOLLOUT) {
-		if (!flush_out(c))
+		if (!lmd_flush_out(c))
 			return;
 		conn_input(c);	/* requests that came while the reply went out */
 		return;
@@ -1536,7 +823,7 @@ static void accept_all(int lfd, bool http)
 				D.spare_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
 				if (fd < 0)
 					return;
-				logmsg(1, "out of file descriptors: a connection was refused");
+				lmd_log(1, "out of file descriptors: a connection was refused");
 				continue;
 			}
 			return;
@@ -1585,7 +872,7 @@ static void accept_all(int lfd, bool http)
 		c->gid = cred.gid;
 		c->passed_fd = -1;
 		c->http = http;
-		c->last_ns = now_ns();
+		c->last_ns = lmd_now_ns();
 		struct epoll_event ev = { .events = EPOLLIN | EPOLLRDHUP, .data.u64 = tag_of(c) };
 		if (epoll_ctl(D.epfd, EPOLL_CTL_ADD, fd, &ev) < 0) {
 			close(fd);
@@ -1607,7 +894,7 @@ static void tick(void)
 	if (read(D.timerfd, &exp, sizeof(exp)) < 0) {
 		/* Nothing to do: the next expiry comes anyway. */
 	}
-	uint64_t now = now_ns();
+	uint64_t now = lmd_now_ns();
 	for (uint32_t s = 0; s < MAX_CONNS; s++) {
 		struct conn *c = D.conns[s];
 		if (!c)
@@ -1631,11 +918,11 @@ static void tick(void)
 		}
 		/* Signed: a flush above may have stamped last_ns after now. */
 		if (c->outoff < c->outlen && (int64_t)(now - c->last_ns) > (int64_t)STALL_NS)
-			conn_close(c, "it stopped reading its reply");
+			lmd_conn_close(c, "it stopped reading its reply");
 		else if (c->http && (int64_t)(now - c->last_ns) > (int64_t)HTTP_IDLE_NS)
-			conn_close(c, "an HTTP request not sent in time");
+			lmd_conn_close(c, "an HTTP request not sent in time");
 		else if (!c->runtime && !c->waiting && (int64_t)(now - c->last_ns) > (int64_t)IDLE_NS)
-			conn_close(c, "idle");
+			lmd_conn_close(c, "idle");
 	}
 }
 
@@ -1652,7 +939,7 @@ static int activated_socket(void)
 	unsetenv("LISTEN_FDNAMES");
 	int n = atoi(fds), unix_fd = -1;
 	if (n < 1 || n > 2) {
-		logmsg(0, "LISTEN_FDS=%s: one unix socket and at most one TCP socket (HTTP)", fds);
+		lmd_log(0, "LISTEN_FDS=%s: one unix socket and at most one TCP socket (HTTP)", fds);
 		return n < 1 ? -1 : -2;
 	}
 	/* The unix one for runtimes and clients, a TCP one (lazymemd-http.socket) for /metrics. */
@@ -1666,7 +953,7 @@ static int activated_socket(void)
 		    !acc || getsockname(fd, (struct sockaddr *)&ss, &al) < 0 ||
 		    (ss.ss_family == AF_UNIX ? unix_fd >= 0 : D.hfd >= 0 ||
 		     (ss.ss_family != AF_INET && ss.ss_family != AF_INET6))) {
-			logmsg(0, "LISTEN_FDS: descriptor %d is not a listening unix or TCP stream socket, "
+			lmd_log(0, "LISTEN_FDS: descriptor %d is not a listening unix or TCP stream socket, "
 				  "or a second one of its kind", fd);
 			return -2;
 		}
@@ -1718,7 +1005,7 @@ static int listen_on(const char *path, gid_t group, uid_t owner)
 	snprintf(a.sun_path, sizeof(a.sun_path), "%s", path);
 	int rc = mkdirs(path, owner);
 	if (rc < 0) {
-		logmsg(0, "cannot create the directory of %s: %s", path, strerror(-rc));
+		lmd_log(0, "cannot create the directory of %s: %s", path, strerror(-rc));
 		return -1;
 	}
 	int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
@@ -1726,7 +1013,7 @@ static int listen_on(const char *path, gid_t group, uid_t owner)
 		return -1;
 	/* A socket left by a daemon that died is replaced; a live daemon is not. */
 	if (connect(fd, (struct sockaddr *)&a, sizeof(a)) == 0) {
-		logmsg(0, "another lazymemd already listens on %s", path);
+		lmd_log(0, "another lazymemd already listens on %s", path);
 		close(fd);
 		return -1;
 	}
@@ -1740,7 +1027,7 @@ static int listen_on(const char *path, gid_t group, uid_t owner)
 	rc = bind(fd, (struct sockaddr *)&a, sizeof(a));
 	umask(old);
 	if (rc < 0) {
-		logmsg(0, "cannot bind %s: %s", path, strerror(errno));
+		lmd_log(0, "cannot bind %s: %s", path, strerror(errno));
 		close(fd);
 		return -1;
 	}
@@ -1752,7 +1039,7 @@ static int listen_on(const char *path, gid_t group, uid_t owner)
 	 */
 	if (chmod(path, group != (gid_t)-1 ? 0660 : 0666) < 0 ||
 	    ((group != (gid_t)-1 || owner != (uid_t)-1) && chown(path, owner, group) < 0)) {
-		logmsg(0, "cannot set the owner or mode of %s: %s", path, strerror(errno));
+		lmd_log(0, "cannot set the owner or mode of %s: %s", path, strerror(errno));
 		close(fd);
 		return -1;
 	}
@@ -1779,7 +1066,7 @@ static int listen_http(const char *spec)
 		hl -= 2;
 	}
 	if (!colon || !hl || hl >= sizeof(host) || !colon[1] || strlen(colon + 1) >= sizeof(port)) {
-		logmsg(0, "--http %s: not ADDRESS:PORT (127.0.0.1:9187, [::1]:9187)", spec);
+		lmd_log(0, "--http %s: not ADDRESS:PORT (127.0.0.1:9187, [::1]:9187)", spec);
 		return -1;
 	}
 	memcpy(host, spec, hl);
@@ -1790,14 +1077,14 @@ static int listen_http(const char *spec)
 	struct addrinfo *ai;
 	int rc = getaddrinfo(host, port, &hints, &ai);
 	if (rc) {
-		logmsg(0, "--http %s:%s: %s", host, port, gai_strerror(rc));
+		lmd_log(0, "--http %s:%s: %s", host, port, gai_strerror(rc));
 		return -1;
 	}
 	int fd = socket(ai->ai_family, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
 	int one = 1;
 	if (fd < 0 || setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one)) < 0 ||
 	    bind(fd, ai->ai_addr, ai->ai_addrlen) < 0 || listen(fd, 128) < 0) {
-		logmsg(0, "cannot listen on %s:%s for HTTP: %s", host, port, strerror(errno));
+		lmd_log(0, "cannot listen on %s:%s for HTTP: %s", host, port, strerror(errno));
 		if (fd >= 0)
 			close(fd);
 		fd = -1;
@@ -1824,11 +1111,11 @@ static int drop_privileges(uid_t uid, gid_t gid)
 	if (uid != (uid_t)-1) {
 		/* The log file stays reopenable on SIGHUP by the user the daemon becomes. */
 		if (D.log_kind == 2 && chown(D.log_path, uid, gid) < 0)
-			logmsg(1, "cannot give %s to uid %u: %s", D.log_path, (unsigned)uid,
-			       strerror(errno));
+			lmd_log(1, "cannot give %s to uid %u: %s", D.log_path, (unsigned)uid,
+				strerror(errno));
 		if (setgroups(0, NULL) < 0 || setresgid(gid, gid, gid) < 0 ||
 		    setresuid(uid, uid, uid) < 0) {
-			logmsg(0, "cannot become uid %u: %s", (unsigned)uid, strerror(errno));
+			lmd_log(0, "cannot become uid %u: %s", (unsigned)uid, strerror(errno));
 			return -1;
 		}
 	}
@@ -1838,7 +1125,7 @@ static int drop_privileges(uid_t uid, gid_t gid)
 		cap_free(none);
 	cap_reset_ambient();
 	if (rc < 0 || prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) < 0) {
-		logmsg(0, "cannot drop capabilities: %s", strerror(errno));
+		lmd_log(0, "cannot drop capabilities: %s", strerror(errno));
 		return -1;
 	}
 	return 0;
@@ -1866,22 +1153,22 @@ static int load_conf(const char *const *sets, int n)
 		rc = 0;
 	if (rc < 0) {
 		if (rc == -EINVAL)
-			logmsg(0, "%s:%d: %s", path, line, why);
+			lmd_log(0, "%s:%d: %s", path, line, why);
 		else
-			logmsg(0, "cannot read %s: %s", path, strerror(-rc));
+			lmd_log(0, "cannot read %s: %s", path, strerror(-rc));
 		return rc;
 	}
 	for (int i = 0; i < n; i++) {
 		char key[64];
 		const char *eq = strchr(sets[i], '=');
 		if (!eq || (size_t)(eq - sets[i]) >= sizeof(key)) {
-			logmsg(0, "-o %s: not KEY=VALUE", sets[i]);
+			lmd_log(0, "-o %s: not KEY=VALUE", sets[i]);
 			return -EINVAL;
 		}
 		memcpy(key, sets[i], (size_t)(eq - sets[i]));
 		key[eq - sets[i]] = '\0';
 		if (lmd_policy_set(&c, key, eq + 1, &why) < 0) {
-			logmsg(0, "-o %s: %s", sets[i], why);
+			lmd_log(0, "-o %s: %s", sets[i], why);
 			return -EINVAL;
 		}
 	}
@@ -1905,12 +1192,12 @@ static int arm_policy(void)
 static void reload_conf(void)
 {
 	if (load_conf(set_args, set_count) < 0) {
-		logmsg(0, "SIGHUP: the settings were not changed");
+		lmd_log(0, "SIGHUP: the settings were not changed");
 		return;
 	}
 	arm_policy();
-	logmsg(2, "SIGHUP: settings reloaded: policy %s, every %llu ms", D.conf.enabled ? "on" : "off",
-	       (unsigned long long)D.conf.interval_ms);
+	lmd_log(2, "SIGHUP: settings reloaded: policy %s, every %llu ms", D.conf.enabled ? "on" : "off",
+		(unsigned long long)D.conf.interval_ms);
 }
 
 /* Where the memory cgroups are (the v1 memory hierarchy, the v2 one, either or both), and the memory they divide. */
@@ -2109,13 +1396,13 @@ int main(int argc, char **argv)
 	if (D.lfd < 0) {
 		rc = lm__socket_path(sock, 1, D.path, sizeof(D.path));
 		if (rc < 0) {
-			logmsg(0, "no socket path: %s (use -s, LAZYMEM_SOCKET or XDG_RUNTIME_DIR)",
-			       strerror(-rc));
+			lmd_log(0, "no socket path: %s (use -s, LAZYMEM_SOCKET or XDG_RUNTIME_DIR)",
+				strerror(-rc));
 			return 1;
 		}
 	}
 	if (!foreground && daemonize(&ready) < 0) {
-		logmsg(0, "cannot detach: %s", strerror(errno));
+		lmd_log(0, "cannot detach: %s", strerror(errno));
 		return 1;
 	}
 	if (D.lfd < 0 && (D.lfd = listen_on(D.path, group, uid)) < 0)
@@ -2151,7 +1438,7 @@ int main(int argc, char **argv)
 	struct itimerspec its = { { 1, 0 }, { 1, 0 } };
 	if (D.sigfd < 0 || D.timerfd < 0 || D.ptimerfd < 0 || D.epfd < 0 || !D.conns || !D.gens ||
 	    !D.rts || timerfd_settime(D.timerfd, 0, &its, NULL) < 0 || arm_policy() < 0) {
-		logmsg(0, "cannot set up the event loop: %s", strerror(errno));
+		lmd_log(0, "cannot set up the event loop: %s", strerror(errno));
 		goto out;
 	}
 	struct epoll_event ev = { .events = EPOLLIN };
@@ -2166,10 +1453,10 @@ int main(int argc, char **argv)
 	if (D.hfd >= 0) {
 		ev.data.u64 = TAG_HTTP_LISTEN;
 		epoll_ctl(D.epfd, EPOLL_CTL_ADD, D.hfd, &ev);
-		logmsg(2, "serving /metrics over HTTP on %s", D.http_addr);
+		lmd_log(2, "serving /metrics over HTTP on %s", D.http_addr);
 	}
-	logmsg(2, "lazymemd %s listening on %s%s", PACKAGE_VERSION, D.path,
-	       D.own_socket ? "" : " (socket activation)");
+	lmd_log(2, "lazymemd %s listening on %s%s", PACKAGE_VERSION, D.path,
+		D.own_socket ? "" : " (socket activation)");
 	if (ready >= 0) {
 		char ok = 1;
 		if (write(ready, &ok, 1) < 0) {
@@ -2182,7 +1469,7 @@ int main(int argc, char **argv)
 	while (!D.stop) {
 		int n = epoll_wait(D.epfd, evs, 256, -1);
 		if (n < 0 && errno != EINTR) {
-			logmsg(0, "epoll_wait: %s", strerror(errno));
+			lmd_log(0, "epoll_wait: %s", strerror(errno));
 			break;
 		}
 		for (int i = 0; i < n; i++) {
@@ -2198,7 +1485,7 @@ int main(int argc, char **argv)
 				tick();
 				break;
 			case TAG_POLICY:
-				policy_tick();
+				lmd_policy_tick();
 				break;
 			case TAG_SIGNAL: {
 				struct signalfd_siginfo si;
@@ -2206,13 +1493,13 @@ int main(int argc, char **argv)
 					if (si.ssi_signo == SIGHUP) {
 						int r = open_log();
 						if (r < 0)
-							logmsg(0, "SIGHUP: cannot reopen the log: %s",
-							       strerror(-r));
+							lmd_log(0, "SIGHUP: cannot reopen the log: %s",
+								strerror(-r));
 						else
-							logmsg(2, "SIGHUP: log reopened");
+							lmd_log(2, "SIGHUP: log reopened");
 						reload_conf();
 					} else {
-						logmsg(2, "signal %u: stopping", si.ssi_signo);
+						lmd_log(2, "signal %u: stopping", si.ssi_signo);
 						D.stop = true;
 					}
 				}
@@ -2232,13 +1519,13 @@ out:
 	if (D.conns)
 		for (uint32_t s = 0; s < MAX_CONNS; s++)
 			if (D.conns[s])
-				conn_close(D.conns[s], "the daemon stops");
+				lmd_conn_close(D.conns[s], "the daemon stops");
 	if (D.own_socket && unlink(D.path) < 0)
-		logmsg(1, "cannot remove %s: %s", D.path, strerror(errno));
+		lmd_log(1, "cannot remove %s: %s", D.path, strerror(errno));
 	free(D.conns);
 	free(D.gens);
 	free(D.rts);
-	logmsg(2, "stopped after %llu requests", (unsigned long long)D.served);
+	lmd_log(2, "stopped after %llu requests", (unsigned long long)D.served);
 	if (D.log_file)
 		fclose(D.log_file);
 	return D.stop ? 0 : 1;
