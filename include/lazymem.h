@@ -290,6 +290,7 @@ enum lm_uffd_origin {
 	X(budget_min_bytes,	GAUGE,   "bytes",   "The least budget lazymemd's pressure policy may set (0: the daemon's default)") \
 	X(budget_changes,	COUNTER, "events",  "Times the budget was changed (by the application, lazymem budget or lazymemd's policy)") \
 	X(swap_file_bytes,	GAUGE,   "bytes",   "Bytes of swap file allocated on disk (it grows as eviction needs it)") \
+	X(handler_lingers,	COUNTER, "events",  "Times a pinned handler woken for another CPU's fault lingered instead of sleeping") \
 	X(handler_linger_ns,	COUNTER, "ns",      "Time pinned handler threads held their CPU while faults went to other CPUs' handlers") \
 	X(handler_dormant,	COUNTER, "events",  "Times a pinned handler stopped waiting for faults for a while: another task needed its CPU")
 

@@ -164,6 +164,7 @@ static enum linger_end linger(struct lm__filler *f)
 	uint64_t now = lm__now_ns(), start = now;
 	if (now < f->spin_after)
 		return LINGER_CONTENDED;
+	LM__STAT_ADD(rt, handler_lingers, 1);
 	uint64_t seen = atomic_load_explicit(&rt->faults_read, memory_order_relaxed);
 	uint64_t last = now;
 	long sw = involuntary_switches();
