@@ -762,13 +762,18 @@ START_TEST(vmstat_rates)
 	start_daemon("policy=off");
 	char worker[256];
 	snprintf(worker, sizeof(worker), "%s/tests/pressure-worker", build());
-	/* 64 MiB at 64 MiB/s under a 16M budget: a second of fills and evictions, then its checks. */
-	const char *argv[] = { worker, "64", "5", "64", "2", NULL };
+	/*
+	 * 64 MiB at 16 MiB/s under a 16M budget: four seconds of fills and
+	 * evictions, then its checks.  (At 64 MiB/s half the fills could be
+	 * over before a slow start of the command, under ASan, took its first
+	 * sample.)
+	 */
+	const char *argv[] = { worker, "64", "5", "16", "2", NULL };
 	const char *env[] = { "LAZYMEM_BUDGET", "16M", NULL };
 	pid_t pid = spawn_in_cgroup("w", argv, env);
 	char cmd[512], path[160];
 	snprintf(path, sizeof(path), "%s/vmstat.json", dir);
-	snprintf(cmd, sizeof(cmd), "%s/daemon/lazymem -S %s --json vmstat 0.5 6 >%s 2>&1", build(),
+	snprintf(cmd, sizeof(cmd), "%s/daemon/lazymem -S %s --json vmstat 0.5 14 >%s 2>&1", build(),
 		 sock, path);
 	ck_assert_int_eq(system(cmd), 0);
 	char *out = slurp(path);
@@ -784,7 +789,7 @@ START_TEST(vmstat_rates)
 			sum[k] += strtod(v + strlen(keys[k]), NULL);
 		}
 	}
-	ck_assert_msg(lines == 6, "%d lines: %s", lines, out);
+	ck_assert_msg(lines == 14, "%d lines: %s", lines, out);
 	/* 64 MiB is 16384 pages, filled and most of them evicted, at 2 samples a second. */
 	ck_assert_msg(sum[0] > 0 && sum[1] * 0.5 > 8000 && sum[2] * 0.5 > 8000 && sum[3] * 0.5 > 8000,
 		      "rates do not add up: %s", out);
