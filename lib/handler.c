@@ -106,13 +106,12 @@ static size_t drain(struct lm__filler *f, int ufd)
 		pthread_mutex_unlock(&rt->ev_lock);
 		size_t nf = 0;
 		for (size_t i = 0; i < count; i++)
-			nf += msgs[i].event == UFFD_EVENT_PAGEFAULT;
-		if (nf)
+			if (msgs[i].event == UFFD_EVENT_PAGEFAULT)
+				handle_fault(f, &msgs[i]), nf++;
+		/* Only lingering handlers watch it: a shared line not written per batch otherwise. */
+		if (nf && f->cpu >= 0 && !(rt->opt.flags & LM_OPT_NO_SPIN))
 			atomic_fetch_add_explicit(&rt->faults_read, nf, memory_order_relaxed);
 		faults += nf;
-		for (size_t i = 0; i < count; i++)
-			if (msgs[i].event == UFFD_EVENT_PAGEFAULT)
-				handle_fault(f, &msgs[i]);
 		lm__epoch_exit(&rt->evq, ev);
 		if (n < 0 && err == EINTR)
 			continue;
@@ -232,16 +231,12 @@ void *lm__handler_main(void *arg)
 	bool lingers = f->cpu >= 0 && !(rt->opt.flags & LM_OPT_NO_SPIN);
 	struct epoll_event evs[8];
 	while (!atomic_load_explicit(&rt->stopping, memory_order_relaxed)) {
-		int timeout = -1;
-		if (f->dormant) {
-			uint64_t now = lm__now_ns();
-			if (now >= f->spin_after)
-				rearm(f);
-			else
-				timeout = (int)((f->spin_after - now + 999999) / 1000000);
-			if (f->dormant && timeout < 0)
-				timeout = 1;
-		}
+		uint64_t now = f->dormant ? lm__now_ns() : 0;
+		if (f->dormant && now >= f->spin_after)
+			rearm(f);
+		/* Dormant: back at spin_after (or, if rearming failed, at the next millisecond). */
+		int timeout = !f->dormant ? -1 :
+			      now < f->spin_after ? (int)((f->spin_after - now + 999999) / 1000000) : 1;
 		int n = epoll_wait(f->epfd, evs, 8, timeout);
 		if (n < 0 && errno != EINTR)
 			break;
