@@ -11,6 +11,8 @@
 #include <unistd.h>
 
 #define PREFETCH_CHUNK_BYTES ((uint64_t)4 << 20)
+#define STREAM_UNIT_BYTES ((uint64_t)2 << 20)
+#define STREAM_WINDOWS 8
 
 static inline uintptr_t page_addr(struct lm_region *r, uint64_t pgno)
 {
@@ -38,7 +40,8 @@ static unsigned window(struct lm_region *r, uint64_t pgno)
 	 */
 	uint64_t next = atomic_load_explicit(&r->ra_next, memory_order_relaxed);
 	unsigned win = atomic_load_explicit(&r->ra_win, memory_order_relaxed);
-	if (pgno == next)
+	/* A stream's fills end in any order: its cursor is where the scan goes next. */
+	if (pgno == next || (pgno && pgno == atomic_load_explicit(&r->ra_cursor, memory_order_relaxed)))
 		win = win < LM__RA_START ? LM__RA_START : win * 2;
 	else
 		win = 1;
@@ -245,6 +248,134 @@ static void fill_claim_window(struct fill *x, unsigned want)
 }
 
 /*
+ * Sequential streams.  A scan over lazy memory waits on its filler: it
+ * touches an installed page in about 14 ns, while one UFFDIO_COPY of a
+ * 64-page window costs 0.76 us a page here (the kernel's own first
+ * touch 1.25 us), so one filler, however early it starts, caps a scan at
+ * 0.6x the kernel's cost, and filling one window ahead per fault (the
+ * asynchronous readahead above) left it at 0.95x, the scan and its filler
+ * taking turns.  A stream fills ahead continuously instead: the region's
+ * cursor is the next page to fill and its limit how far the scan may be
+ * outrun (stream_ahead past its last fault); any handler that comes by
+ * takes the next unit from the cursor and fills it window by window:
+ * the faulting thread's handler after the fault's own window, a handler
+ * whose fault message was the scan catching up (it would otherwise wait
+ * on the first one), an idle handler lingering.  Two fillers on two CPUs
+ * fill twice as fast; the scan runs behind them.  Measured on a 1 GiB
+ * scan: writes of zeros 1.17 -> 0.52 us a page, reads 0.34 -> 0.14.
+ *
+ * A unit is the rest of a page table page (2 MiB of base pages), so that
+ * two fillers never install into the same one: they contended for its
+ * lock (5 % of the time in its slow path, 0.67 -> 0.52 us a page).  The
+ * stream stops at its limit: what a scan that stops has cost is at most
+ * the limit and a unit ahead of it, filled for nothing (and never past a
+ * budget: its fills are readahead, which never evicts).
+ */
+
+/* Whether r is still a region of rt (it may have been freed since it was seen).  Under lm__read_lock. */
+static bool region_live(struct lm_runtime *rt, const struct lm_region *r)
+{
+	struct lm__rtable *t = atomic_load_explicit(&rt->table, memory_order_acquire);
+	for (size_t i = 0; t && i < t->n; i++)
+		if (t->e[i].r == r)
+			return true;
+	return false;
+}
+
+/* Fills r's stream windows, one at a time from its cursor, until the cursor reaches its limit. */
+static bool stream_work(struct lm__filler *f, struct lm_region *r)
+{
+	unsigned flags = atomic_load_explicit(&r->ra_flags, memory_order_relaxed);
+	struct lm_runtime *rt = r->rt;
+	unsigned max = (unsigned)rt->opt.readahead_max;
+	bool did = false;
+	while (!atomic_load_explicit(&rt->stopping, memory_order_relaxed)) {
+		uint64_t lim = atomic_load_explicit(&r->ra_limit, memory_order_relaxed);
+		uint64_t c = atomic_load_explicit(&r->ra_cursor, memory_order_relaxed);
+		if (c >= lim || c >= r->npages)
+			break;
+		/* The rest of a page table page (see above), at least a window. */
+		uint64_t unit = STREAM_UNIT_BYTES >> rt->page_shift;
+		uint64_t end = unit > max ? (c / unit + 1) * unit : c + max;
+		if (end < c + max)
+			end = c + max;
+		if (end > r->npages)
+			end = r->npages;
+		if (!atomic_compare_exchange_weak_explicit(&r->ra_cursor, &c, end,
+							   memory_order_relaxed, memory_order_relaxed))
+			continue;
+		for (uint64_t pg = c; pg < end;) {
+			unsigned want = end - pg < max ? (unsigned)(end - pg) : max;
+			long n = lm__fill(f, r, pg, want, flags | LM_FILL_AHEAD, rt->ufd);
+			pg += n > 0 ? (uint64_t)n : want;
+		}
+		did = true;
+	}
+	return did;
+}
+
+/* How far past its last fault a stream fills: two units, at least STREAM_WINDOWS windows. */
+static uint64_t stream_ahead(struct lm_runtime *rt)
+{
+	uint64_t units = 2 * (STREAM_UNIT_BYTES >> rt->page_shift);
+	uint64_t wins = (uint64_t)STREAM_WINDOWS * (uint64_t)rt->opt.readahead_max;
+	return units > wins ? units : wins;
+}
+
+bool lm__stream_fault(struct lm__filler *f, struct lm_region *r, uint64_t pgno, long n,
+		      unsigned flags)
+{
+	struct lm_runtime *rt = r->rt;
+	unsigned max = (unsigned)rt->opt.readahead_max;
+	uint64_t cur = atomic_load_explicit(&r->ra_cursor, memory_order_relaxed);
+	uint64_t lim = atomic_load_explicit(&r->ra_limit, memory_order_relaxed);
+	uint64_t end = pgno + (uint64_t)(n > 0 ? n : 1), ahead = stream_ahead(rt);
+	/*
+	 * In the stream: below its cursor, by at most what it fills ahead
+	 * and the unit it may be in the middle of.  A fault there is the
+	 * scan catching up with the fillers (it waits for a page they hold,
+	 * or takes one they have not reached): its handler joins them.
+	 */
+	bool in = cur && pgno < cur &&
+		  cur - pgno <= ahead + (STREAM_UNIT_BYTES >> rt->page_shift) + max;
+	if (!in) {
+		/* Only a full-window sequential fault starts a stream. */
+		if (n < (long)max || max < LM__RA_START || end >= r->npages ||
+		    atomic_load_explicit(&r->ra_win, memory_order_relaxed) < max)
+			return false;
+		atomic_store_explicit(&r->ra_cursor, end, memory_order_relaxed);
+	}
+	if (end + ahead > lim || !in)
+		atomic_store_explicit(&r->ra_limit, end + ahead, memory_order_relaxed);
+	/* A scan that writes would fault again on the shared zero page, and take a copy then. */
+	atomic_store_explicit(&r->ra_flags, (flags & LM_FILL_WRITE) ? LM_FILL_COPY : 0,
+			      memory_order_relaxed);
+	atomic_store_explicit(&rt->stream, r, memory_order_relaxed);
+	atomic_store_explicit(&rt->stream_work, true, memory_order_release);
+	stream_work(f, r);
+	return true;
+}
+
+bool lm__stream_help(struct lm__filler *f)
+{
+	struct lm_runtime *rt = f->rt;
+	if (!atomic_load_explicit(&rt->stream_work, memory_order_acquire))
+		return false;
+	int idx = lm__read_lock(rt);
+	struct lm_region *r = atomic_load_explicit(&rt->stream, memory_order_relaxed);
+	bool did = false;
+	if (r && region_live(rt, r))
+		did = stream_work(f, r);
+	else
+		atomic_store_explicit(&rt->stream_work, false, memory_order_relaxed);
+	lm__read_unlock(rt, idx);
+	/* Done with it (another fault may have started one since: then it is set again). */
+	if (!did)
+		atomic_store_explicit(&rt->stream_work, false, memory_order_relaxed);
+	return did;
+}
+
+/*
  * Reads the held pages' contents into x->src.  On failure (past the end
  * of the file, a read error, a damaged page) every page is settled: the
  * faulting page is poisoned (SIGBUS for it alone), the others go back.
@@ -327,7 +458,7 @@ static void fill_plan(struct fill *x)
 		lm__snap_preserve(x->f, r, snaps, &x->pgno, &d0, 1);
 	}
 	x->zeropage = (x->st->ops->flags & LM__STORE_ZEROS) && !track && !snaps && !rt->huge &&
-		      !(x->flags & (LM_FILL_WRITE | LM_FILL_PREFETCH));
+		      !(x->flags & (LM_FILL_WRITE | LM_FILL_PREFETCH | LM_FILL_COPY));
 }
 
 /*
@@ -615,10 +746,7 @@ void *lm__prefetch_main(void *arg)
 		pthread_mutex_unlock(&rt->pf_lock);
 		/* The region may have been destroyed since: find it by identity first. */
 		int idx = lm__read_lock(rt);
-		struct lm__rtable *t = atomic_load_explicit(&rt->table, memory_order_acquire);
-		bool live = false;
-		for (size_t i = 0; t && i < t->n && !live; i++)
-			live = t->e[i].r == p->r && t->e[i].r->id == p->id;
+		bool live = region_live(rt, p->r) && p->r->id == p->id;
 		/*
 		 * 4 MiB at a time (at least a page), so that a region's destroy
 		 * (which waits for readers) never waits for a gigabyte of

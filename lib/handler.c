@@ -180,7 +180,11 @@ static enum linger_end linger(struct lm__filler *f)
 			break;
 		}
 		uint64_t c = atomic_load_explicit(&rt->faults_read, memory_order_relaxed);
-		if (c != seen) {
+		if (lm__stream_help(f)) {
+			now = lm__now_ns();
+			last = now;
+			sw = involuntary_switches();
+		} else if (c != seen) {
 			seen = c;
 			last = now;
 		} else if (now - last > LINGER_IDLE_NS) {
@@ -243,7 +247,7 @@ void *lm__handler_main(void *arg)
 		for (int i = 0; i < n; i++) {
 			if (evs[i].data.u64 == 0)
 				return NULL;	/* stop_fd: the runtime is closing */
-			if (!drain(f, rt->ufd) && lingers && linger(f) == LINGER_CONTENDED)
+			if (!drain(f, rt->ufd) && lingers && (lm__stream_help(f), linger(f)) == LINGER_CONTENDED)
 				go_dormant(f);
 		}
 	}

@@ -722,6 +722,9 @@ struct lm_region {
 	_Atomic unsigned ra_win;	/* readahead: current window */
 	_Atomic uint64_t ra_low;	/* readahead: first page of the last fill */
 	_Atomic unsigned ra_dwin;	/* readahead: current window of a descending run */
+	_Atomic uint64_t ra_cursor;	/* a sequential stream: the next window's first page (fault.c) */
+	_Atomic uint64_t ra_limit;	/* and where it stops, until the next fault moves it */
+	_Atomic unsigned ra_flags;	/* and how it fills: LM_FILL_COPY for a scan that writes */
 	_Atomic int advice;		/* region-wide advice */
 	struct lm__adv_range adv[LM__ADV_SLOTS];
 	_Atomic unsigned adv_next;
@@ -810,6 +813,8 @@ struct lm_runtime {
 	_Atomic bool stopping;
 	_Atomic uint64_t faults_read;	/* fault messages read: lingering handlers watch it */
 	_Atomic int armed;		/* pinned handlers waiting on the userfaultfd (handler.c) */
+	struct lm_region *_Atomic stream;	/* the last region a sequential stream ran in (fault.c) */
+	_Atomic bool stream_work;	/* and it may have windows left to fill */
 
 	/* Regions: writers hold lock and publish a new table; readers use epochs. */
 	pthread_mutex_t lock;
@@ -926,9 +931,22 @@ int lm__install(struct lm_runtime *rt, int ufd, uintptr_t addr, const unsigned c
 #define LM_FILL_PREFETCH 2u	/* advice, not a fault: never poison, never wait */
 #define LM_FILL_AHEAD 4u	/* asynchronous readahead after a sequential fault */
 #define LM_FILL_WILLNEED 8u	/* with PREFETCH: will-need advice, which never waits for the evictor */
+#define LM_FILL_COPY 32u	/* zeros are copied, not the shared zero page mapped: a scan that writes */
 #define LM__RA_START 4		/* readahead: the first window of a sequential run */
 #define LM__RA_AROUND 32	/* readahead: the window of a random fault on a file (mmap's read-around) */
 
+/*
+ * Sequential streams (thread mode with two handlers or more, fault.c).
+ * After a fault's fill in a scan at full window, lm__stream_fault fills
+ * ahead, from the region's cursor to a limit past the fault, and other
+ * handlers join in (a fault of the scan that caught up, or an idle
+ * handler through lm__stream_help), so that two CPUs fill at once.
+ * lm__stream_fault returns false when the fault is not one of a stream
+ * (the caller fills ahead as before); lm__stream_help true if it filled.
+ */
+bool lm__stream_fault(struct lm__filler *f, struct lm_region *r, uint64_t pgno, long n,
+		      unsigned flags);
+bool lm__stream_help(struct lm__filler *f);
 /* The readahead window below a descending fault at pgno (fault.c); 0: not descending. */
 unsigned lm__window_down(struct lm_region *r, uint64_t pgno, uint64_t low);
 /* The read-around block of a random fault at pgno, in pages (fault.c); 0: none for r. */

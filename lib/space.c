@@ -191,6 +191,9 @@ struct lm_region *lm__region_alloc(struct lm_runtime *rt, size_t len)
 	atomic_init(&r->ra_win, 0);
 	atomic_init(&r->ra_low, UINT64_MAX);
 	atomic_init(&r->ra_dwin, 0);
+	atomic_init(&r->ra_cursor, 0);
+	atomic_init(&r->ra_limit, 0);
+	atomic_init(&r->ra_flags, 0);
 	return r;
 }
 

@@ -265,6 +265,83 @@ START_TEST(single_handler_thread)
 }
 END_TEST
 
+static size_t resident_pages(const unsigned char *p, size_t pages)
+{
+	static unsigned char vec[8192];
+	ck_assert_uint_le(pages, sizeof(vec));
+	ck_assert_int_eq(mincore((void *)p, pages * PS, vec), 0);
+	size_t n = 0;
+	for (size_t i = 0; i < pages; i++)
+		n += vec[i] & 1;
+	return n;
+}
+
+/*
+ * A sequential scan at full window becomes a stream (thread mode): the
+ * handlers fill windows ahead of it, up to two 2 MiB units past the last
+ * fault, without faults of their own to wait for.  Before streams a
+ * scan had one window filled ahead, whatever it did next.  The stream's
+ * pages hold the source's contents and take the scan's writes.
+ */
+START_TEST(sequential_scan_streams_ahead)
+{
+	enum { PAGES = 8192, WIN = 16, TOUCHED = 64, UNIT = (2u << 20) / PS };
+	struct lm_options o = lmt_options(LM_MODE_THREAD);
+	o.readahead_max = WIN;
+	o.handler_threads = 2;	/* streams need two: on one CPU too */
+	struct lm_runtime *rt = lmt_open_opts(&o);
+	unsigned char *buf = NULL;
+	struct lm_region *r;
+	if (_i) {
+		buf = malloc((size_t)PAGES * PS);
+		lmt_fill_pattern(buf, 0, (size_t)PAGES * PS);
+		ck_assert_int_eq(lm_region_create_memory(rt, buf, (size_t)PAGES * PS, 0, &r), 0);
+	} else {
+		ck_assert_int_eq(lm_region_create_zero(rt, (size_t)PAGES * PS, 0, &r), 0);
+	}
+	unsigned char *p = lm_region_addr(r);
+	for (size_t pg = 0; pg < TOUCHED; pg++)
+		((volatile unsigned char *)p)[pg * PS] = 0xa5;
+	size_t res = 0;
+	(void)LMT_WAIT_UNTIL((res = resident_pages(p, PAGES)) >= TOUCHED + UNIT, 5);
+	ck_assert_uint_ge(res, TOUCHED + UNIT);
+	/* Bounded: two units past the last fault, the unit in progress, a window. */
+	ck_assert_uint_le(res, TOUCHED + 3 * UNIT + WIN);
+	for (size_t pg = TOUCHED; pg < PAGES; pg++)
+		p[pg * PS] = 0xa5;
+	for (size_t pg = 0; pg < PAGES; pg++) {
+		ck_assert_uint_eq(p[pg * PS], 0xa5);
+		unsigned char *page = p + pg * PS;
+		if (_i)
+			ck_assert_int_eq(lmt_check_pattern(page + 1, pg * PS + 1, PS - 1), -1);
+		else
+			for (size_t i = 1; i < PS; i += 511)
+				ck_assert_uint_eq(page[i], 0);
+	}
+	ck_assert_int_eq(lm_region_destroy(r), 0);
+	lm_runtime_close(rt);
+	free(buf);
+}
+END_TEST
+
+/* Regions destroyed while their streams fill ahead: nothing is touched after the destroy. */
+START_TEST(stream_races_destroy)
+{
+	struct lm_options o = lmt_options(LM_MODE_THREAD);
+	o.readahead_max = 16;
+	struct lm_runtime *rt = lmt_open_opts(&o);
+	for (int round = 0; round < 40; round++) {
+		struct lm_region *r;
+		ck_assert_int_eq(lm_region_create_zero(rt, 4096 * PS, 0, &r), 0);
+		volatile unsigned char *p = lm_region_addr(r);
+		for (size_t pg = 0; pg < 48 + (size_t)round; pg++)
+			p[pg * PS] = 1;
+		ck_assert_int_eq(lm_region_destroy(r), 0);
+	}
+	lm_runtime_close(rt);
+}
+END_TEST
+
 int main(void)
 {
 	lmt_require_uffd();
@@ -276,6 +353,8 @@ int main(void)
 	tcase_add_loop_test(tc, threads_hammer_one_page, 0, 2);
 	tcase_add_test(tc, single_handler_thread);
 	tcase_add_test(tc, parked_fault_survives_failed_owner);
+	tcase_add_loop_test(tc, sequential_scan_streams_ahead, 0, 2);
+	tcase_add_test(tc, stream_races_destroy);
 	suite_add_tcase(s, tc);
 	tc = tcase_create("stats");
 	tcase_set_timeout(tc, 30);

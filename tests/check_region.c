@@ -231,8 +231,8 @@ START_TEST(advice_random_and_sequential)
 	ck_assert_uint_eq(b.readahead_pages - a.readahead_pages, 0);
 	/*
 	 * Sequential on the second half: full windows of 16 from the first
-	 * fault; in thread mode the handler also fills the next window
-	 * ahead of the application, so a fault comes once per two windows.
+	 * fault; in thread mode the handlers also fill windows ahead of the
+	 * application (a stream), so faults come once per several windows.
 	 */
 	for (size_t pg = 128; pg < 256; pg++)
 		ck_assert_uint_eq(p[pg * PS + 1], lmt_pattern(pg * PS + 1));
@@ -240,8 +240,8 @@ START_TEST(advice_random_and_sequential)
 	uint64_t faults = c.faults_missing - b.faults_missing;
 	ck_assert_uint_eq(c.fills_memory - b.fills_memory, 128);
 	if (o.mode == LM_MODE_THREAD) {
-		/* A fault may also park on a page the ahead fill holds. */
-		ck_assert_uint_ge(faults, 128 / 32);
+		/* A fault may also park on a page a stream's filler holds. */
+		ck_assert_uint_ge(faults, 1);
 		ck_assert_uint_le(faults, 128 / 16);
 		ck_assert_uint_ge(c.readahead_pages - b.readahead_pages, 128 - 128 / 16);
 	} else {
