@@ -292,7 +292,8 @@ enum lm_uffd_origin {
 	X(swap_file_bytes,	GAUGE,   "bytes",   "Bytes of swap file allocated on disk (it grows as eviction needs it)") \
 	X(handler_lingers,	COUNTER, "events",  "Times a pinned handler woken for another CPU's fault lingered instead of sleeping") \
 	X(handler_linger_ns,	COUNTER, "ns",      "Time pinned handler threads held their CPU while faults went to other CPUs' handlers") \
-	X(handler_dormant,	COUNTER, "events",  "Times a pinned handler stopped waiting for faults for a while: another task needed its CPU")
+	X(handler_dormant,	COUNTER, "events",  "Times a pinned handler stopped waiting for faults for a while: another task needed its CPU") \
+	X(stream_pages,		COUNTER, "pages",   "Pages sequential streams filled ahead of their scans (part of readahead_pages)")
 
 /* Fill-latency histogram: bucket i counts fills that took < 2^(i+8) ns (last: all slower). */
 #define LM_LAT_BUCKETS 20
@@ -307,7 +308,7 @@ struct lm_stats {
 };
 #undef LM__STAT_FIELD
 
-#define LM_STATS_VERSION 5
+#define LM_STATS_VERSION 6
 
 /* Output formats of lm_stats_format. */
 enum lm_format {

@@ -307,6 +307,8 @@ static bool stream_work(struct lm__filler *f, struct lm_region *r)
 		for (uint64_t pg = c; pg < end;) {
 			unsigned want = end - pg < max ? (unsigned)(end - pg) : max;
 			long n = lm__fill(f, r, pg, want, flags | LM_FILL_AHEAD, rt->ufd);
+			if (n > 0)
+				LM__STAT_ADD(rt, stream_pages, (uint64_t)n);
 			pg += n > 0 ? (uint64_t)n : want;
 		}
 		did = true;

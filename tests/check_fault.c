@@ -307,6 +307,7 @@ START_TEST(sequential_scan_streams_ahead)
 	ck_assert_uint_ge(res, TOUCHED + UNIT);
 	/* Bounded: two units past the last fault, the unit in progress, a window. */
 	ck_assert_uint_le(res, TOUCHED + 3 * UNIT + WIN);
+	ck_assert_uint_ge(lmt_stats(rt).stream_pages, UNIT);
 	for (size_t pg = TOUCHED; pg < PAGES; pg++)
 		p[pg * PS] = 0xa5;
 	for (size_t pg = 0; pg < PAGES; pg++) {
