@@ -444,6 +444,51 @@ void lm__io_batch(struct lm__filler *f, int fd, struct lm__io *io, unsigned n, b
  */
 int lm__pwritev_all(int fd, struct iovec *iov, unsigned n, uint64_t off);
 
+/* ---- cluster.c: Redis Cluster routing (the remote page store's) ---------- */
+
+#define LM__CLUSTER_SLOTS 16384
+#define LM__CLUSTER_NODES 64	/* masters a slot map can name */
+#define LM__CLUSTER_GROUP 64	/* pages under one hash tag: one node, one round trip */
+#define LM__SLOT_NONE 0xffffu
+
+/* CRC16 (XMODEM), the cluster's key hash. */
+uint16_t lm__cluster_crc16(const void *buf, size_t len);
+/* A key's slot: its hash tag's (the first non-empty {...}) or the whole key's. */
+unsigned lm__cluster_slot(const void *key, size_t len);
+/* A page's key in namespace ns (see cluster.c); its length, or -ENAMETOOLONG. */
+int lm__cluster_page_key(char *buf, size_t cap, const char *ns, uint64_t pgno);
+
+#define LM__REDIRECT_MOVED 1	/* the slot lives there now: update the map */
+#define LM__REDIRECT_ASK 2	/* this key only, this once, after ASKING */
+struct lm__redirect {
+	int kind;
+	unsigned slot;
+	char host[64];
+	int port;
+};
+/* Parses a MOVED or ASK error reply (len bytes, no terminator needed); -EINVAL if it is neither. */
+int lm__cluster_redirect(const char *err, size_t len, struct lm__redirect *out);
+
+/* Which master serves each slot. */
+struct lm__slotmap {
+	uint16_t node[LM__CLUSTER_SLOTS];	/* index into nodes, LM__SLOT_NONE: unassigned */
+	unsigned nnodes;
+	struct {
+		char host[64];
+		int port;
+	} nodes[LM__CLUSTER_NODES];
+};
+void lm__slotmap_init(struct lm__slotmap *m);
+/* The node's index, added if new; -EINVAL for a bad endpoint, -ENOSPC when the map is full. */
+int lm__slotmap_node_add(struct lm__slotmap *m, const char *host, int port);
+/* Slots [first, last] are served by host:port; its node index or -errno. */
+int lm__slotmap_assign(struct lm__slotmap *m, unsigned first, unsigned last, const char *host,
+		       int port);
+/* The node serving slot, -ENOENT when none does. */
+int lm__slotmap_node(const struct lm__slotmap *m, unsigned slot);
+/* Slots no node serves (a cluster that is not whole). */
+unsigned lm__slotmap_uncovered(const struct lm__slotmap *m);
+
 /* ---- swap.c: the swap file --------------------------------------------- */
 
 struct lm__swap {

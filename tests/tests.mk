@@ -4,6 +4,7 @@ LM_CHECKS = \
 	tests/check_runtime \
 	tests/check_region \
 	tests/check_pagetable \
+	tests/check_cluster \
 	tests/check_pte \
 	tests/check_fault \
 	tests/check_file \
@@ -34,6 +35,11 @@ tests_check_region_LDADD = $(TEST_LIBS)
 tests_check_pagetable_SOURCES = tests/check_pagetable.c lib/pagetable.c
 tests_check_pagetable_CFLAGS = $(TEST_CFLAGS)
 tests_check_pagetable_LDADD = $(CHECK_LIBS)
+
+# Redis Cluster routing is internal and pure: its unit test compiles it in.
+tests_check_cluster_SOURCES = tests/check_cluster.c lib/cluster.c
+tests_check_cluster_CFLAGS = $(TEST_CFLAGS)
+tests_check_cluster_LDADD = $(CHECK_LIBS)
 
 # The page-state machine is internal: its unit test compiles the library in.
 tests_check_pte_SOURCES = tests/check_pte.c tests/testutil.h $(lib_liblazymem_la_SOURCES)
