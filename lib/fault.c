@@ -3,6 +3,7 @@
 #include "internal.h"
 
 #include <errno.h>
+#include <limits.h>
 #include <linux/userfaultfd.h>
 #include <stdlib.h>
 #include <sched.h>
@@ -234,6 +235,14 @@ static void fill_claim_window(struct fill *x, unsigned want)
 		n = (unsigned)(r->npages - x->pgno);
 	if (n > x->f->stage_len / ps)
 		n = (unsigned)(x->f->stage_len / ps);
+	/*
+	 * Not past the region's extent: the application may have unmapped
+	 * a part after it, and a new region may be mapped there now, its
+	 * pages not ours to install (found by review).
+	 */
+	uint64_t ext = lm__region_extent_pages(r, x->pgno);
+	if (n > ext)
+		n = ext ? (unsigned)ext : 1;
 	/* Not past the end of the source as last seen (a file's). */
 	if (n > 1 && !from_swap)
 		n = (unsigned)lm__store_avail(x->st, x->pgno + r->src_shift, n);
@@ -282,16 +291,26 @@ static bool region_live(struct lm_runtime *rt, const struct lm_region *r)
 	return false;
 }
 
-/* Fills r's stream windows, one at a time from its cursor, until the cursor reaches its limit. */
-static bool stream_work(struct lm__filler *f, struct lm_region *r)
+/*
+ * Fills r's stream from its cursor, a unit at a time and window by
+ * window, while the cursor is short of its limit, but never past stop
+ * (the limit as the caller first saw it) or more than units units: the
+ * caller is in a read section (and a handler in its event batch), which
+ * a region's create and destroy wait out, and a scan that keeps moving
+ * the limit would otherwise hold it for the whole scan (found by review:
+ * creates waited up to 1.2 s beside a 4 GiB scan).  Whether it filled.
+ */
+static bool stream_work(struct lm__filler *f, struct lm_region *r, uint64_t stop, unsigned units)
 {
 	unsigned flags = atomic_load_explicit(&r->ra_flags, memory_order_relaxed);
 	struct lm_runtime *rt = r->rt;
 	unsigned max = (unsigned)rt->opt.readahead_max;
 	bool did = false;
-	while (!atomic_load_explicit(&rt->stopping, memory_order_relaxed)) {
+	while (units && !atomic_load_explicit(&rt->stopping, memory_order_relaxed)) {
 		uint64_t lim = atomic_load_explicit(&r->ra_limit, memory_order_relaxed);
 		uint64_t c = atomic_load_explicit(&r->ra_cursor, memory_order_relaxed);
+		if (lim > stop)
+			lim = stop;
 		if (c >= lim || c >= r->npages)
 			break;
 		/* The rest of a page table page (see above), at least a window. */
@@ -309,9 +328,11 @@ static bool stream_work(struct lm__filler *f, struct lm_region *r)
 			long n = lm__fill(f, r, pg, want, flags | LM_FILL_AHEAD, rt->ufd);
 			if (n > 0)
 				LM__STAT_ADD(rt, stream_pages, (uint64_t)n);
-			pg += n > 0 ? (uint64_t)n : want;
+			/* A page resident already: the next one; an error: the rest of the window. */
+			pg += n > 0 ? (uint64_t)n : n == 0 ? 1 : want;
 		}
 		did = true;
+		units--;
 	}
 	return did;
 }
@@ -333,13 +354,16 @@ bool lm__stream_fault(struct lm__filler *f, struct lm_region *r, uint64_t pgno, 
 	uint64_t lim = atomic_load_explicit(&r->ra_limit, memory_order_relaxed);
 	uint64_t end = pgno + (uint64_t)(n > 0 ? n : 1), ahead = stream_ahead(rt);
 	/*
-	 * In the stream: below its cursor, by at most what it fills ahead
-	 * and the unit it may be in the middle of.  A fault there is the
-	 * scan catching up with the fillers (it waits for a page they hold,
-	 * or takes one they have not reached): its handler joins them.
+	 * In the stream: the scan caught up with the fillers, and its
+	 * handler joins them.  Either it waits for a page they hold, below
+	 * the cursor by at most what they fill ahead and the units in
+	 * progress, or it took a page of the unit just claimed before its
+	 * filler did.  Any other fault below the cursor (a page evicted or
+	 * dropped since) is not the scan's.
 	 */
-	bool in = cur && pgno < cur &&
-		  cur - pgno <= ahead + (STREAM_UNIT_BYTES >> rt->page_shift) + max;
+	uint64_t unit = STREAM_UNIT_BYTES >> rt->page_shift;
+	uint64_t band = n > 0 ? unit + max : ahead + 2 * unit + max;
+	bool in = cur && pgno < cur && cur - pgno <= band;
 	if (!in) {
 		/* Only a full-window sequential fault starts a stream. */
 		if (n < (long)max || max < LM__RA_START || end >= r->npages ||
@@ -349,12 +373,17 @@ bool lm__stream_fault(struct lm__filler *f, struct lm_region *r, uint64_t pgno, 
 	}
 	if (end + ahead > lim || !in)
 		atomic_store_explicit(&r->ra_limit, end + ahead, memory_order_relaxed);
-	/* A scan that writes would fault again on the shared zero page, and take a copy then. */
-	atomic_store_explicit(&r->ra_flags, (flags & LM_FILL_WRITE) ? LM_FILL_COPY : 0,
-			      memory_order_relaxed);
+	/*
+	 * A scan that writes is filled writable, as its fault's window is:
+	 * else it would fault again on every page, on the shared zero page
+	 * or, while writes are tracked, on the write protection (found by
+	 * review: 10x slower under a budget).
+	 */
+	atomic_store_explicit(&r->ra_flags, flags & LM_FILL_WRITE, memory_order_relaxed);
 	atomic_store_explicit(&rt->stream, r, memory_order_relaxed);
 	atomic_store_explicit(&rt->stream_work, true, memory_order_release);
-	stream_work(f, r);
+	/* To the limit as it is now: at most what it fills ahead and a unit. */
+	stream_work(f, r, atomic_load_explicit(&r->ra_limit, memory_order_relaxed), UINT_MAX);
 	return true;
 }
 
@@ -363,18 +392,18 @@ bool lm__stream_help(struct lm__filler *f)
 	struct lm_runtime *rt = f->rt;
 	if (!atomic_load_explicit(&rt->stream_work, memory_order_acquire))
 		return false;
-	int idx = lm__read_lock(rt);
-	struct lm_region *r = atomic_load_explicit(&rt->stream, memory_order_relaxed);
-	bool did = false;
-	if (r && region_live(rt, r))
-		did = stream_work(f, r);
-	else
-		atomic_store_explicit(&rt->stream_work, false, memory_order_relaxed);
-	lm__read_unlock(rt, idx);
-	/* Done with it (another fault may have started one since: then it is set again). */
-	if (!did)
-		atomic_store_explicit(&rt->stream_work, false, memory_order_relaxed);
-	return did;
+	/* Cleared first: a fault that starts a stream from now on sets it again. */
+	atomic_store_explicit(&rt->stream_work, false, memory_order_relaxed);
+	bool any = false, did;
+	/* A unit per read section (see stream_work), for as long as there is work. */
+	do {
+		int idx = lm__read_lock(rt);
+		struct lm_region *r = atomic_load_explicit(&rt->stream, memory_order_relaxed);
+		did = r && region_live(rt, r) && stream_work(f, r, UINT64_MAX, 1);
+		lm__read_unlock(rt, idx);
+		any |= did;
+	} while (did);
+	return any;
 }
 
 /*
@@ -460,7 +489,7 @@ static void fill_plan(struct fill *x)
 		lm__snap_preserve(x->f, r, snaps, &x->pgno, &d0, 1);
 	}
 	x->zeropage = (x->st->ops->flags & LM__STORE_ZEROS) && !track && !snaps && !rt->huge &&
-		      !(x->flags & (LM_FILL_WRITE | LM_FILL_PREFETCH | LM_FILL_COPY));
+		      !(x->flags & (LM_FILL_WRITE | LM_FILL_PREFETCH));
 }
 
 /*
@@ -578,6 +607,13 @@ long lm__fill(struct lm__filler *f, struct lm_region *r, uint64_t pgno, unsigned
 	} else {
 		lm__throttle(rt);
 	}
+	/*
+	 * Readahead and advice name pages the table may have given to
+	 * another region since, or that are unmapped: advice says so (a
+	 * hole, as the install's ENOENT would), readahead just stops.
+	 */
+	if (!x.fault && !lm__region_extent_pages(r, pgno))
+		return (flags & LM_FILL_PREFETCH) ? -ENOENT : 0;
 	uint64_t t0 = lm__now_ns();
 	lm__pte *e0 = lm__pt_get(&r->pt, pgno, true);
 	if (!e0) {

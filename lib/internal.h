@@ -769,7 +769,7 @@ struct lm_region {
 	_Atomic unsigned ra_dwin;	/* readahead: current window of a descending run */
 	_Atomic uint64_t ra_cursor;	/* a sequential stream: the next window's first page (fault.c) */
 	_Atomic uint64_t ra_limit;	/* and where it stops, until the next fault moves it */
-	_Atomic unsigned ra_flags;	/* and how it fills: LM_FILL_COPY for a scan that writes */
+	_Atomic unsigned ra_flags;	/* and how it fills: LM_FILL_WRITE for a scan that writes */
 	_Atomic int advice;		/* region-wide advice */
 	struct lm__adv_range adv[LM__ADV_SLOTS];
 	_Atomic unsigned adv_next;
@@ -792,6 +792,12 @@ struct lm__rtable {
 
 /* Lookup under lm__read_lock; the region stays valid until lm__read_unlock. */
 struct lm_region *lm__region_find(struct lm_runtime *rt, uintptr_t addr);
+/*
+ * Pages from pgno to the end of r's extent that holds it, 0 when no
+ * extent of r does (unmapped, or another region's now).  Under
+ * lm__read_lock: what a fill may install without writing past r.
+ */
+uint64_t lm__region_extent_pages(struct lm_region *r, uint64_t pgno);
 /*
  * Publishes a new region table (rt->lock held): the current one without
  * drop's extents, with [cut_start, cut_end) cut out, plus add.  -ENOMEM
@@ -976,7 +982,6 @@ int lm__install(struct lm_runtime *rt, int ufd, uintptr_t addr, const unsigned c
 #define LM_FILL_PREFETCH 2u	/* advice, not a fault: never poison, never wait */
 #define LM_FILL_AHEAD 4u	/* asynchronous readahead after a sequential fault */
 #define LM_FILL_WILLNEED 8u	/* with PREFETCH: will-need advice, which never waits for the evictor */
-#define LM_FILL_COPY 32u	/* zeros are copied, not the shared zero page mapped: a scan that writes */
 #define LM__RA_START 4		/* readahead: the first window of a sequential run */
 #define LM__RA_AROUND 32	/* readahead: the window of a random fault on a file (mmap's read-around) */
 

@@ -114,6 +114,25 @@ struct lm_region *lm__region_find(struct lm_runtime *rt, uintptr_t addr)
 	return NULL;
 }
 
+uint64_t lm__region_extent_pages(struct lm_region *r, uint64_t pgno)
+{
+	struct lm_runtime *rt = r->rt;
+	uintptr_t addr = r->start + (pgno << rt->page_shift);
+	struct lm__rtable *t = atomic_load_explicit(&rt->table, memory_order_acquire);
+	size_t lo = 0, hi = t ? t->n : 0;
+	while (lo < hi) {
+		size_t mid = lo + (hi - lo) / 2;
+		const struct lm__extent *e = &t->e[mid];
+		if (addr < e->start)
+			hi = mid;
+		else if (addr >= e->end)
+			lo = mid + 1;
+		else
+			return e->r == r ? (e->end - addr) >> rt->page_shift : 0;
+	}
+	return 0;
+}
+
 /* The extents of r within [start, end), copied out (caller frees); NULL if none or no memory. */
 struct lm__extent *lm__region_extents(struct lm_runtime *rt, struct lm_region *r, uintptr_t start,
 				      uintptr_t end, size_t *count)
@@ -273,6 +292,9 @@ void lm__region_forget(struct lm_region *r, uintptr_t start, uintptr_t end, bool
 		return;
 	uint64_t first = (start - r->start) >> r->rt->page_shift;
 	uint64_t last = (end - 1 - r->start) >> r->rt->page_shift;
+	/* A stream running here is over: what it would fill next is gone or unwanted. */
+	atomic_store_explicit(&r->ra_cursor, 0, memory_order_relaxed);
+	atomic_store_explicit(&r->ra_limit, 0, memory_order_relaxed);
 	int idx = lm__read_lock(r->rt);
 	struct forget_ctx c = { r, 0 };
 	lm__pt_walk(&r->pt, first, last, forget_one, &c);
