@@ -95,29 +95,9 @@ void lm__table_rebuild_must(struct lm_runtime *rt, struct lm_region *drop,
 		usleep(1000);
 }
 
-struct lm_region *lm__region_find(struct lm_runtime *rt, uintptr_t addr)
+/* The extent of the table holding addr, or NULL. */
+static const struct lm__extent *find_extent(struct lm_runtime *rt, uintptr_t addr)
 {
-	struct lm__rtable *t = atomic_load_explicit(&rt->table, memory_order_acquire);
-	if (!t)
-		return NULL;
-	size_t lo = 0, hi = t->n;
-	while (lo < hi) {
-		size_t mid = lo + (hi - lo) / 2;
-		const struct lm__extent *e = &t->e[mid];
-		if (addr < e->start)
-			hi = mid;
-		else if (addr >= e->end)
-			lo = mid + 1;
-		else
-			return e->r;
-	}
-	return NULL;
-}
-
-uint64_t lm__region_extent_pages(struct lm_region *r, uint64_t pgno)
-{
-	struct lm_runtime *rt = r->rt;
-	uintptr_t addr = r->start + (pgno << rt->page_shift);
 	struct lm__rtable *t = atomic_load_explicit(&rt->table, memory_order_acquire);
 	size_t lo = 0, hi = t ? t->n : 0;
 	while (lo < hi) {
@@ -128,9 +108,22 @@ uint64_t lm__region_extent_pages(struct lm_region *r, uint64_t pgno)
 		else if (addr >= e->end)
 			lo = mid + 1;
 		else
-			return e->r == r ? (e->end - addr) >> rt->page_shift : 0;
+			return e;
 	}
-	return 0;
+	return NULL;
+}
+
+struct lm_region *lm__region_find(struct lm_runtime *rt, uintptr_t addr)
+{
+	const struct lm__extent *e = find_extent(rt, addr);
+	return e ? e->r : NULL;
+}
+
+uint64_t lm__region_extent_pages(struct lm_region *r, uint64_t pgno)
+{
+	uintptr_t addr = r->start + (pgno << r->rt->page_shift);
+	const struct lm__extent *e = find_extent(r->rt, addr);
+	return e && e->r == r ? (e->end - addr) >> r->rt->page_shift : 0;
 }
 
 /* The extents of r within [start, end), copied out (caller frees); NULL if none or no memory. */
