@@ -355,14 +355,14 @@ bool lm__stream_fault(struct lm__filler *f, struct lm_region *r, uint64_t pgno, 
 	uint64_t end = pgno + (uint64_t)(n > 0 ? n : 1), ahead = stream_ahead(rt);
 	/*
 	 * In the stream: the scan caught up with the fillers, and its
-	 * handler joins them.  Either it waits for a page they hold, below
-	 * the cursor by at most what they fill ahead and the units in
-	 * progress, or it took a page of the unit just claimed before its
-	 * filler did.  Any other fault below the cursor (a page evicted or
-	 * dropped since) is not the scan's.
+	 * handler joins them.  It waits for a page they hold, or took one of
+	 * a unit a filler claimed and has not reached yet: below the cursor
+	 * by at most what they fill ahead and the units in progress (one
+	 * per handler).  Pages dropped since do not count: forgetting them
+	 * ended the stream.
 	 */
-	uint64_t unit = STREAM_UNIT_BYTES >> rt->page_shift;
-	uint64_t band = n > 0 ? unit + max : ahead + 2 * unit + max;
+	uint64_t band = ahead + (uint64_t)(rt->nthreads + 1) * (STREAM_UNIT_BYTES >> rt->page_shift) +
+			max;
 	bool in = cur && pgno < cur && cur - pgno <= band;
 	if (!in) {
 		/* Only a full-window sequential fault starts a stream. */
@@ -395,11 +395,13 @@ bool lm__stream_help(struct lm__filler *f)
 	/* Cleared first: a fault that starts a stream from now on sets it again. */
 	atomic_store_explicit(&rt->stream_work, false, memory_order_relaxed);
 	bool any = false, did;
-	/* A unit per read section (see stream_work), for as long as there is work. */
+	/* To the limit as it is, a read section each time (see stream_work), while there is work. */
 	do {
 		int idx = lm__read_lock(rt);
 		struct lm_region *r = atomic_load_explicit(&rt->stream, memory_order_relaxed);
-		did = r && region_live(rt, r) && stream_work(f, r, UINT64_MAX, 1);
+		did = r && region_live(rt, r) &&
+		      stream_work(f, r, atomic_load_explicit(&r->ra_limit, memory_order_relaxed),
+				  UINT_MAX);
 		lm__read_unlock(rt, idx);
 		any |= did;
 	} while (did);

@@ -247,7 +247,14 @@ void *lm__handler_main(void *arg)
 		for (int i = 0; i < n; i++) {
 			if (evs[i].data.u64 == 0)
 				return NULL;	/* stop_fd: the runtime is closing */
-			if (!drain(f, rt->ufd) && lingers && (lm__stream_help(f), linger(f)) == LINGER_CONTENDED)
+			/*
+			 * A stream's work goes on here, outside the batch and its
+			 * read section (a fault's own handler fills only to the
+			 * limit it saw: fault.c, "Sequential streams").
+			 */
+			bool had = drain(f, rt->ufd) != 0;
+			lm__stream_help(f);
+			if (!had && lingers && linger(f) == LINGER_CONTENDED)
 				go_dormant(f);
 		}
 	}
