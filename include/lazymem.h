@@ -174,6 +174,13 @@ struct lm_options {
  * lm_runtime_open(3).
  */
 #define LM_OPT_NO_SPIN (1u << 3)
+/*
+ * lm_options.flags: a sequential scan gets one readahead window filled
+ * ahead of it, never a stream of them (thread mode fills up to two 2 MiB
+ * units ahead of a scan by default; LAZYMEM_STREAM=0 does the same, =1
+ * turns streams back on).  The preload library sets it: see lazymem(7).
+ */
+#define LM_OPT_NO_STREAM (1u << 4)
 
 /* Sources a region's pages are filled from. */
 enum lm_source_kind {

@@ -895,6 +895,14 @@ __attribute__((constructor)) static void preload_init(void)
 	const char *dt = getenv("LAZYMEM_DIRTY");
 	if (!dt || !*dt)
 		o.dirty_tracking = LM_DIRTY_ASYNC;
+	/*
+	 * No streams (LAZYMEM_STREAM=1 turns them on): a program's heap is
+	 * handed out by its allocator and written where it is needed, and
+	 * megabytes filled ahead of a scan would be resident memory the
+	 * program never asked for, counted against its cgroup before a
+	 * budget can hold it.
+	 */
+	o.flags |= LM_OPT_NO_STREAM;
 	rc = lm_runtime_open(&o, &rt);
 	if (rc == -EOPNOTSUPP && o.dirty_tracking == LM_DIRTY_ASYNC) {
 		o.dirty_tracking = LM_DIRTY_SYNC;

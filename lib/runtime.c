@@ -170,6 +170,12 @@ static int apply_env(struct lm_options *o)
 	rc = rc ? rc : env_int("LAZYMEM_SPIN", 0, 1, &spin);
 	if (!spin)
 		o->flags |= LM_OPT_NO_SPIN;
+	int stream = -1;
+	rc = rc ? rc : env_int("LAZYMEM_STREAM", 0, 1, &stream);
+	if (stream == 0)
+		o->flags |= LM_OPT_NO_STREAM;
+	else if (stream == 1)
+		o->flags &= ~LM_OPT_NO_STREAM;
 	rc = rc ? rc : env_int("LAZYMEM_DEBUG", 0, 9, &dbg);
 	if (dbg && !o->log)
 		o->log = stderr_log;
@@ -213,7 +219,8 @@ static int check_options(struct lm_options *o)
 	    o->uffd_source < 0 || o->uffd_source > LM_UFFD_SYSCALL_USER ||
 	    o->handler_threads < 0 || o->handler_threads > MAX_THREADS ||
 	    o->readahead_max < 0 || o->readahead_max > MAX_READAHEAD ||
-	    (o->flags & ~(LM_OPT_NO_ENV | LM_OPT_NO_REPORT | LM_OPT_NO_PIN | LM_OPT_NO_SPIN)) ||
+	    (o->flags & ~(LM_OPT_NO_ENV | LM_OPT_NO_REPORT | LM_OPT_NO_PIN | LM_OPT_NO_SPIN |
+			  LM_OPT_NO_STREAM)) ||
 	    o->evict_policy < 0 || o->evict_policy > LM_EVICT_FIFO ||
 	    o->dirty_tracking < 0 || o->dirty_tracking > LM_DIRTY_ASYNC ||
 	    (o->swap_max && o->swap_max < 4096))

@@ -359,6 +359,32 @@ START_TEST(tracked_write_scan_streams_writable)
 }
 END_TEST
 
+/* LM_OPT_NO_STREAM and LAZYMEM_STREAM=0: a scan gets a window ahead, never a stream. */
+START_TEST(streams_can_be_turned_off)
+{
+	enum { PAGES = 8192, WIN = 16, TOUCHED = 64 };
+	struct lm_options o = lmt_options(LM_MODE_THREAD);
+	o.readahead_max = WIN;
+	o.handler_threads = 2;
+	if (_i) {
+		o.flags &= ~LM_OPT_NO_ENV;
+		setenv("LAZYMEM_STREAM", "0", 1);
+	} else
+		o.flags |= LM_OPT_NO_STREAM;
+	struct lm_runtime *rt = lmt_open_opts(&o);
+	unsetenv("LAZYMEM_STREAM");
+	struct lm_region *r;
+	ck_assert_int_eq(lm_region_create_zero(rt, (size_t)PAGES * PS, 0, &r), 0);
+	unsigned char *p = lm_region_addr(r);
+	for (size_t pg = 0; pg < TOUCHED; pg++)
+		((volatile unsigned char *)p)[pg * PS] = 1;
+	usleep(200 * 1000);
+	ck_assert_uint_le(resident_pages(p, PAGES), TOUCHED + 2 * WIN);
+	ck_assert_uint_eq(lmt_stats(rt).stream_pages, 0);
+	lm_runtime_close(rt);
+}
+END_TEST
+
 /* Regions destroyed while their streams fill ahead: nothing is touched after the destroy. */
 START_TEST(stream_races_destroy)
 {
@@ -391,6 +417,7 @@ int main(void)
 	tcase_add_loop_test(tc, sequential_scan_streams_ahead, 0, 2);
 	tcase_add_test(tc, stream_races_destroy);
 	tcase_add_test(tc, tracked_write_scan_streams_writable);
+	tcase_add_loop_test(tc, streams_can_be_turned_off, 0, 2);
 	suite_add_tcase(s, tc);
 	tc = tcase_create("stats");
 	tcase_set_timeout(tc, 30);
