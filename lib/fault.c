@@ -346,7 +346,7 @@ static uint64_t stream_ahead(struct lm_runtime *rt)
 }
 
 bool lm__stream_fault(struct lm__filler *f, struct lm_region *r, uint64_t pgno, long n,
-		      unsigned flags)
+		      unsigned flags, bool next)
 {
 	struct lm_runtime *rt = r->rt;
 	unsigned max = (unsigned)rt->opt.readahead_max;
@@ -365,9 +365,16 @@ bool lm__stream_fault(struct lm__filler *f, struct lm_region *r, uint64_t pgno, 
 			max;
 	bool in = cur && pgno < cur && cur - pgno <= band;
 	if (!in) {
-		/* Only a full-window sequential fault starts a stream. */
+		/*
+		 * Only a full-window sequential fault starts a stream.  Without
+		 * advice the window reached full size through sequential faults;
+		 * sequential advice gives it at once, so there the fault must
+		 * also be where the last fill ended: random access under that
+		 * advice started a stream at every fault (found by review).
+		 */
 		if (n < (long)max || max < LM__RA_START || end >= r->npages ||
-		    atomic_load_explicit(&r->ra_win, memory_order_relaxed) < max)
+		    atomic_load_explicit(&r->ra_win, memory_order_relaxed) < max ||
+		    (!next && lm__region_advice_at(r, pgno) == LM_ADV_SEQUENTIAL))
 			return false;
 		atomic_store_explicit(&r->ra_cursor, end, memory_order_relaxed);
 	}

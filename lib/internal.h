@@ -991,11 +991,12 @@ int lm__install(struct lm_runtime *rt, int ufd, uintptr_t addr, const unsigned c
  * ahead, from the region's cursor to a limit past the fault, and other
  * handlers join in (a fault of the scan that caught up, or an idle
  * handler through lm__stream_help), so that two CPUs fill at once.
+ * next: the fault is where the last fill ended (or at page 0).
  * lm__stream_fault returns false when the fault is not one of a stream
  * (the caller fills ahead as before); lm__stream_help true if it filled.
  */
 bool lm__stream_fault(struct lm__filler *f, struct lm_region *r, uint64_t pgno, long n,
-		      unsigned flags);
+		      unsigned flags, bool next);
 bool lm__stream_help(struct lm__filler *f);
 /* The readahead window below a descending fault at pgno (fault.c); 0: not descending. */
 unsigned lm__window_down(struct lm_region *r, uint64_t pgno, uint64_t low);

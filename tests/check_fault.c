@@ -385,6 +385,33 @@ START_TEST(streams_can_be_turned_off)
 }
 END_TEST
 
+/*
+ * Sequential advice gives every fault the full window, but random
+ * touches under it are no scan: no stream (each started one of 4 MiB
+ * before review).  A scan under the advice still streams.
+ */
+START_TEST(sequential_advice_streams_scans_only)
+{
+	enum { PAGES = 16384, WIN = 16 };
+	struct lm_options o = lmt_options(LM_MODE_THREAD);
+	o.readahead_max = WIN;
+	o.handler_threads = 2;
+	struct lm_runtime *rt = lmt_open_opts(&o);
+	struct lm_region *r;
+	ck_assert_int_eq(lm_region_create_zero(rt, (size_t)PAGES * PS, 0, &r), 0);
+	ck_assert_int_eq(lm_region_advise(r, 0, (size_t)PAGES * PS, LM_ADV_SEQUENTIAL), 0);
+	volatile unsigned char *p = lm_region_addr(r);
+	for (size_t k = 0; k < 16; k++)
+		p[((k * 7) % 16 * 1000 + 500) * PS] = 1;
+	usleep(100 * 1000);
+	ck_assert_uint_eq(lmt_stats(rt).stream_pages, 0);
+	for (size_t pg = 0; pg < 2048; pg++)
+		p[pg * PS] = 2;
+	ck_assert_uint_gt(lmt_stats(rt).stream_pages, 0);
+	lm_runtime_close(rt);
+}
+END_TEST
+
 /* Regions destroyed while their streams fill ahead: nothing is touched after the destroy. */
 START_TEST(stream_races_destroy)
 {
@@ -418,6 +445,7 @@ int main(void)
 	tcase_add_test(tc, stream_races_destroy);
 	tcase_add_test(tc, tracked_write_scan_streams_writable);
 	tcase_add_loop_test(tc, streams_can_be_turned_off, 0, 2);
+	tcase_add_test(tc, sequential_advice_streams_scans_only);
 	suite_add_tcase(s, tc);
 	tc = tcase_create("stats");
 	tcase_set_timeout(tc, 30);
