@@ -150,3 +150,11 @@ tests_librun_early_la_LDFLAGS = -pthread -module -avoid-version -shared -rpath /
 tests_run_nouffd_SOURCES = tests/run-nouffd.c
 tests_run_nouffd_CFLAGS = -std=gnu11 $(WARN_CFLAGS)
 tests_run_nouffd_LDFLAGS =
+
+# lib/cluster.c's routing against a real Redis Cluster of six servers in
+# network namespaces (scripts/redis-cluster.sh), through cluster-keys.
+check_PROGRAMS += tests/cluster-keys
+tests_cluster_keys_SOURCES = tests/cluster-keys.c lib/cluster.c
+tests_cluster_keys_CFLAGS = $(AM_CFLAGS)
+TESTS += tests/cluster-routing.sh
+EXTRA_DIST += tests/cluster-routing.sh

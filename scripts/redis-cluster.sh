@@ -1,0 +1,121 @@
+#!/bin/sh
+# SPDX-License-Identifier: MIT
+# A Redis Cluster of simulated machines on this one: three masters and
+# three replicas (Debian's redis-server), each in a network namespace of
+# its own, joined by veth pairs to a bridge in a hub namespace, where the
+# clients run (`ip netns exec lmrc-hub ...`).  No traffic leaves the
+# namespaces this script creates.
+#
+# usage: scripts/redis-cluster.sh start DIR   (prints the seed endpoint)
+#        scripts/redis-cluster.sh stop DIR
+#        scripts/redis-cluster.sh status
+# Addresses: hub 10.251.0.1, node i (1-6) 10.251.0.1i, port 7000.
+set -eu
+
+NS=lmrc
+NET=10.251.0
+PORT=7000
+NODES="1 2 3 4 5 6"
+
+die() {
+	echo "redis-cluster: $*" >&2
+	exit 1
+}
+
+# Removes whatever a previous run left, in any state.
+teardown() {
+	dir=$1
+	for i in $NODES; do
+		if [ -n "$dir" ] && [ -f "$dir/n$i/redis.pid" ]; then
+			kill "$(cat "$dir/n$i/redis.pid")" 2>/dev/null || true
+		fi
+	done
+	# Killed servers leave their namespaces with them gone only once they exit.
+	for i in $NODES; do
+		if [ -n "$dir" ] && [ -f "$dir/n$i/redis.pid" ]; then
+			p=$(cat "$dir/n$i/redis.pid")
+			n=0
+			while kill -0 "$p" 2>/dev/null && [ $n -lt 50 ]; do
+				sleep 0.1
+				n=$((n + 1))
+			done
+			kill -9 "$p" 2>/dev/null || true
+			rm -f "$dir/n$i/redis.pid"
+		fi
+		ip netns del "$NS-n$i" 2>/dev/null || true
+	done
+	ip netns del "$NS-hub" 2>/dev/null || true
+}
+
+start() {
+	dir=$1
+	[ "$(id -u)" -eq 0 ] || die "needs root (network namespaces)"
+	command -v ip >/dev/null || die "no ip (iproute2): scripts/install-deps.sh installs it"
+	command -v redis-server >/dev/null || die "no redis-server: scripts/install-deps.sh installs it"
+	mkdir -p "$dir"
+	dir=$(cd "$dir" && pwd)
+	teardown "$dir"
+	ip netns add "$NS-hub"
+	ip -n "$NS-hub" link set lo up
+	ip -n "$NS-hub" link add br0 type bridge
+	ip -n "$NS-hub" addr add "$NET.1/24" dev br0
+	ip -n "$NS-hub" link set br0 up
+	for i in $NODES; do
+		ip netns add "$NS-n$i"
+		ip -n "$NS-n$i" link set lo up
+		ip -n "$NS-hub" link add "v$i" type veth peer name eth0 netns "$NS-n$i"
+		ip -n "$NS-hub" link set "v$i" master br0 up
+		ip -n "$NS-n$i" addr add "$NET.1$i/24" dev eth0
+		ip -n "$NS-n$i" link set eth0 up
+		mkdir -p "$dir/n$i"
+		rm -f "$dir/n$i/nodes.conf"
+		ip netns exec "$NS-n$i" redis-server --bind "$NET.1$i" --port $PORT \
+			--cluster-enabled yes --cluster-config-file "$dir/n$i/nodes.conf" \
+			--cluster-node-timeout 2000 --dir "$dir/n$i" --save "" --appendonly no \
+			--maxmemory-policy noeviction --protected-mode no \
+			--daemonize yes --pidfile "$dir/n$i/redis.pid" --logfile "$dir/n$i/redis.log"
+	done
+	for i in $NODES; do
+		n=0
+		until ip netns exec "$NS-hub" redis-cli -h "$NET.1$i" -p $PORT ping >/dev/null 2>&1; do
+			n=$((n + 1))
+			[ $n -lt 100 ] || die "node $i did not answer (see $dir/n$i/redis.log)"
+			sleep 0.1
+		done
+	done
+	eps=""
+	for i in $NODES; do
+		eps="$eps $NET.1$i:$PORT"
+	done
+	# shellcheck disable=SC2086
+	ip netns exec "$NS-hub" redis-cli --cluster create $eps --cluster-replicas 1 \
+		--cluster-yes >"$dir/create.log" 2>&1 || die "cluster create failed (see $dir/create.log)"
+	n=0
+	for i in $NODES; do
+		until ip netns exec "$NS-hub" redis-cli -h "$NET.1$i" -p $PORT cluster info 2>/dev/null |
+			grep -q '^cluster_state:ok'; do
+			n=$((n + 1))
+			[ $n -lt 200 ] || die "node $i never saw the cluster whole"
+			sleep 0.1
+		done
+	done
+	echo "$NET.11:$PORT"
+}
+
+case "${1:-}" in
+start)
+	[ $# -eq 2 ] || die "usage: $0 start DIR"
+	start "$2"
+	;;
+stop)
+	[ $# -eq 2 ] || die "usage: $0 stop DIR"
+	teardown "$2"
+	;;
+status)
+	ip netns exec "$NS-hub" redis-cli -h "$NET.11" -p $PORT cluster info 2>/dev/null |
+		grep -E '^cluster_(state|known_nodes|size):' || die "not running"
+	;;
+*)
+	die "usage: $0 start DIR | stop DIR | status"
+	;;
+esac
