@@ -1152,15 +1152,26 @@ static bool unprivileged(pid_t pid)
 	return eff && bnd && nnp;
 }
 
+/*
+ * lazymemd listens before it drops its privileges (it binds as root), so
+ * a client may be served a moment before the drop: wait for it.  A
+ * loaded ASan distcheck saw uid 0 right after the socket answered.
+ */
+static void wait_dropped(pid_t pid, long uid)
+{
+	(void)LMT_WAIT_UNTIL(status_kib(pid, "Uid:") == uid && unprivileged(pid), 5);
+}
+
 /* SIGHUP reopens the log; SIGINT stops cleanly; no capabilities left; -u drops the user. */
 START_TEST(signals_and_privileges)
 {
 	start_daemon();
 	char path[160], line[256];
 	FILE *f;
+	struct passwd *pw = getpwnam("lazymem");
+	wait_dropped(daemon_pid, pw ? (long)pw->pw_uid : NOBODY);
 	ck_assert_msg(unprivileged(daemon_pid), "lazymemd kept capabilities or may regain them");
 	/* Started as root without -u, it does not stay root. */
-	struct passwd *pw = getpwnam("lazymem");
 	ck_assert_int_eq(status_kib(daemon_pid, "Uid:"), pw ? (long)pw->pw_uid : NOBODY);
 	snprintf(path, sizeof(path), "%s.1", logpath);
 	ck_assert_int_eq(rename(logpath, path), 0);
@@ -1190,6 +1201,7 @@ START_TEST(signals_and_privileges)
 	snprintf(sock, sizeof(sock), "%s/root/lazymemd.sock", dir);
 	static const char *const root[] = { "-u", "root", NULL };
 	daemon_pid = start_daemon_args(root);
+	wait_dropped(daemon_pid, 0);
 	ck_assert_int_eq(status_kib(daemon_pid, "Uid:"), 0);
 	ck_assert_msg(unprivileged(daemon_pid), "lazymemd -u root kept capabilities");
 	stop_daemon();
@@ -1201,6 +1213,7 @@ START_TEST(signals_and_privileges)
 	snprintf(sock, sizeof(sock), "%s/run/lazymemd.sock", dir);
 	static const char *const user[] = { "-u", "65534", NULL };
 	daemon_pid = start_daemon_args(user);
+	wait_dropped(daemon_pid, NOBODY);
 	ck_assert_int_eq(status_kib(daemon_pid, "Uid:"), NOBODY);
 	ck_assert_msg(unprivileged(daemon_pid), "lazymemd -u kept capabilities or may regain them");
 	/* Its log, created by root, is still its own to reopen. */
