@@ -22,9 +22,15 @@ die() {
 	exit 1
 }
 
-# Removes whatever a previous run left, in any state.
+# Removes whatever a previous run left, in any state.  A server outlives
+# its namespace's name, so every process in a namespace is killed first.
 teardown() {
 	dir=$1
+	for ns in "$NS-hub" $(for i in $NODES; do echo "$NS-n$i"; done); do
+		pids=$(ip netns pids "$ns" 2>/dev/null || true)
+		# shellcheck disable=SC2086
+		[ -z "$pids" ] || kill $pids 2>/dev/null || true
+	done
 	for i in $NODES; do
 		if [ -n "$dir" ] && [ -f "$dir/n$i/redis.pid" ]; then
 			kill "$(cat "$dir/n$i/redis.pid")" 2>/dev/null || true
@@ -42,6 +48,9 @@ teardown() {
 			kill -9 "$p" 2>/dev/null || true
 			rm -f "$dir/n$i/redis.pid"
 		fi
+		pids=$(ip netns pids "$NS-n$i" 2>/dev/null || true)
+		# shellcheck disable=SC2086
+		[ -z "$pids" ] || kill -9 $pids 2>/dev/null || true
 		ip netns del "$NS-n$i" 2>/dev/null || true
 	done
 	ip netns del "$NS-hub" 2>/dev/null || true

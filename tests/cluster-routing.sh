@@ -13,7 +13,7 @@ command -v ip >/dev/null || { echo "SKIP: no ip (iproute2)"; exit 77; }
 command -v redis-server >/dev/null || { echo "SKIP: no redis-server"; exit 77; }
 dir=$(mktemp -d /tmp/lm-cluster.XXXXXX)
 cleanup() {
-	"$top/scripts/redis-cluster.sh" stop "$dir" || true
+	"$top/scripts/redis-cluster.sh" stop "$dir/c" || true
 	rm -rf "$dir"
 }
 trap cleanup EXIT INT TERM
@@ -22,6 +22,7 @@ cli() {
 	ip netns exec lmrc-hub redis-cli "$@"
 }
 seed=10.251.0.11
+NET_PREFIX=10.251.0.
 
 # 1. Slots: ours against CLUSTER KEYSLOT, 256 pages of two namespaces.
 { "$keys" keys swap:1 0 128; "$keys" keys img:orders 1000000 128; } >"$dir/keys"
@@ -53,3 +54,9 @@ while read -r key slot; do
 		{ echo "FAIL: $ans read as $parsed, want moved $slot $own"; exit 1; }
 done <"$dir/keys"
 echo "cluster routing: 256 slots as the cluster computes them, $((n / 16)) writes routed, MOVED read"
+# And the harness leaves nothing behind: no server, no namespace.
+"$top/scripts/redis-cluster.sh" stop "$dir/c"
+if pgrep -f "redis-server $NET_PREFIX" >/dev/null || ip netns list | grep -q '^lmrc-'; then
+	echo "FAIL: redis-cluster.sh stop left servers or namespaces"
+	exit 1
+fi
