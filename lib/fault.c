@@ -3,7 +3,6 @@
 #include "internal.h"
 
 #include <errno.h>
-#include <limits.h>
 #include <linux/userfaultfd.h>
 #include <stdlib.h>
 #include <sched.h>
@@ -197,6 +196,7 @@ struct fill {
 	bool wp, wp_rest;	/* the first page's protection, the others' */
 	bool zeropage;
 	const unsigned char *src;
+	uint64_t ext;		/* pages of r's extent from pgno on, 0: not looked up */
 };
 
 /* Whether page i is installed write-protected (so settles CLEAN). */
@@ -240,9 +240,10 @@ static void fill_claim_window(struct fill *x, unsigned want)
 	 * a part after it, and a new region may be mapped there now, its
 	 * pages not ours to install (found by review).
 	 */
-	uint64_t ext = lm__region_extent_pages(r, x->pgno);
-	if (n > ext)
-		n = ext ? (unsigned)ext : 1;
+	if (n > 1 && !x->ext)
+		x->ext = lm__region_extent_pages(r, x->pgno);
+	if (n > 1 && n > x->ext)
+		n = x->ext ? (unsigned)x->ext : 1;
 	/* Not past the end of the source as last seen (a file's). */
 	if (n > 1 && !from_swap)
 		n = (unsigned)lm__store_avail(x->st, x->pgno + r->src_shift, n);
@@ -281,41 +282,28 @@ static void fill_claim_window(struct fill *x, unsigned want)
  * budget: its fills are readahead, which never evicts).
  */
 
-/* Whether r is still a region of rt (it may have been freed since it was seen).  Under lm__read_lock. */
-static bool region_live(struct lm_runtime *rt, const struct lm_region *r)
-{
-	struct lm__rtable *t = atomic_load_explicit(&rt->table, memory_order_acquire);
-	for (size_t i = 0; t && i < t->n; i++)
-		if (t->e[i].r == r)
-			return true;
-	return false;
-}
-
 /*
  * Fills r's stream from its cursor, a unit at a time and window by
- * window, while the cursor is short of its limit, but never past stop
- * (the limit as the caller first saw it) or more than units units: the
- * caller is in a read section (and a handler in its event batch), which
- * a region's create and destroy wait out, and a scan that keeps moving
- * the limit would otherwise hold it for the whole scan (found by review:
- * creates waited up to 1.2 s beside a 4 GiB scan).  Whether it filled.
+ * window, up to the limit as it was on entry: the caller is in a read
+ * section (and a handler in its event batch), which a region's create
+ * and destroy wait out, and a scan that keeps moving the limit would
+ * otherwise hold it for the whole scan (found by review: creates waited
+ * up to 1.2 s beside a 4 GiB scan).  Whether it filled.
  */
-static bool stream_work(struct lm__filler *f, struct lm_region *r, uint64_t stop, unsigned units)
+static bool stream_work(struct lm__filler *f, struct lm_region *r)
 {
 	unsigned flags = atomic_load_explicit(&r->ra_flags, memory_order_relaxed);
 	struct lm_runtime *rt = r->rt;
 	unsigned max = (unsigned)rt->opt.readahead_max;
+	uint64_t lim = atomic_load_explicit(&r->ra_limit, memory_order_relaxed);
+	uint64_t unit = STREAM_UNIT_BYTES >> rt->page_shift;
 	bool did = false;
-	while (units && !atomic_load_explicit(&rt->stopping, memory_order_relaxed)) {
-		uint64_t lim = atomic_load_explicit(&r->ra_limit, memory_order_relaxed);
+	while (!atomic_load_explicit(&rt->stopping, memory_order_relaxed)) {
 		uint64_t c = atomic_load_explicit(&r->ra_cursor, memory_order_relaxed);
-		if (lim > stop)
-			lim = stop;
 		if (c >= lim || c >= r->npages)
 			break;
 		/* The rest of a page table page (see above), at least a window. */
-		uint64_t unit = STREAM_UNIT_BYTES >> rt->page_shift;
-		uint64_t end = unit > max ? (c / unit + 1) * unit : c + max;
+		uint64_t end = (c / unit + 1) * unit;
 		if (end < c + max)
 			end = c + max;
 		if (end > r->npages)
@@ -332,7 +320,6 @@ static bool stream_work(struct lm__filler *f, struct lm_region *r, uint64_t stop
 			pg += n > 0 ? (uint64_t)n : n == 0 ? 1 : want;
 		}
 		did = true;
-		units--;
 	}
 	return did;
 }
@@ -349,6 +336,9 @@ bool lm__stream_fault(struct lm__filler *f, struct lm_region *r, uint64_t pgno, 
 		      unsigned flags, bool next)
 {
 	struct lm_runtime *rt = r->rt;
+	/* Another handler must be there to fill beside this one; and streams may be off. */
+	if (rt->nthreads < 2 || (rt->opt.flags & LM_OPT_NO_STREAM))
+		return false;
 	unsigned max = (unsigned)rt->opt.readahead_max;
 	uint64_t cur = atomic_load_explicit(&r->ra_cursor, memory_order_relaxed);
 	uint64_t lim = atomic_load_explicit(&r->ra_limit, memory_order_relaxed);
@@ -366,15 +356,13 @@ bool lm__stream_fault(struct lm__filler *f, struct lm_region *r, uint64_t pgno, 
 	bool in = cur && pgno < cur && cur - pgno <= band;
 	if (!in) {
 		/*
-		 * Only a full-window sequential fault starts a stream.  Without
-		 * advice the window reached full size through sequential faults;
-		 * sequential advice gives it at once, so there the fault must
-		 * also be where the last fill ended: random access under that
-		 * advice started a stream at every fault (found by review).
+		 * Only a full-window fault where the last fill (or a stream)
+		 * ended starts one.  The full window alone is not enough:
+		 * sequential advice gives it to every fault, and random access
+		 * under that advice started a stream at each (found by review).
 		 */
-		if (n < (long)max || max < LM__RA_START || end >= r->npages ||
-		    atomic_load_explicit(&r->ra_win, memory_order_relaxed) < max ||
-		    (!next && lm__region_advice_at(r, pgno) == LM_ADV_SEQUENTIAL))
+		if (n < (long)max || max < LM__RA_START || end >= r->npages || !(next || pgno == cur) ||
+		    atomic_load_explicit(&r->ra_win, memory_order_relaxed) < max)
 			return false;
 		atomic_store_explicit(&r->ra_cursor, end, memory_order_relaxed);
 	}
@@ -389,8 +377,7 @@ bool lm__stream_fault(struct lm__filler *f, struct lm_region *r, uint64_t pgno, 
 	atomic_store_explicit(&r->ra_flags, flags & LM_FILL_WRITE, memory_order_relaxed);
 	atomic_store_explicit(&rt->stream, r, memory_order_relaxed);
 	atomic_store_explicit(&rt->stream_work, true, memory_order_release);
-	/* To the limit as it is now: at most what it fills ahead and a unit. */
-	stream_work(f, r, atomic_load_explicit(&r->ra_limit, memory_order_relaxed), UINT_MAX);
+	stream_work(f, r);
 	return true;
 }
 
@@ -402,13 +389,11 @@ bool lm__stream_help(struct lm__filler *f)
 	/* Cleared first: a fault that starts a stream from now on sets it again. */
 	atomic_store_explicit(&rt->stream_work, false, memory_order_relaxed);
 	bool any = false, did;
-	/* To the limit as it is, a read section each time (see stream_work), while there is work. */
+	/* A read section per limit seen (see stream_work), while there is work. */
 	do {
 		int idx = lm__read_lock(rt);
 		struct lm_region *r = atomic_load_explicit(&rt->stream, memory_order_relaxed);
-		did = r && region_live(rt, r) &&
-		      stream_work(f, r, atomic_load_explicit(&r->ra_limit, memory_order_relaxed),
-				  UINT_MAX);
+		did = r && lm__region_live(rt, r) && stream_work(f, r);
 		lm__read_unlock(rt, idx);
 		any |= did;
 	} while (did);
@@ -621,7 +606,7 @@ long lm__fill(struct lm__filler *f, struct lm_region *r, uint64_t pgno, unsigned
 	 * another region since, or that are unmapped: advice says so (a
 	 * hole, as the install's ENOENT would), readahead just stops.
 	 */
-	if (!x.fault && !lm__region_extent_pages(r, pgno))
+	if (!x.fault && !(x.ext = lm__region_extent_pages(r, pgno)))
 		return (flags & LM_FILL_PREFETCH) ? -ENOENT : 0;
 	uint64_t t0 = lm__now_ns();
 	lm__pte *e0 = lm__pt_get(&r->pt, pgno, true);
@@ -793,7 +778,7 @@ void *lm__prefetch_main(void *arg)
 		pthread_mutex_unlock(&rt->pf_lock);
 		/* The region may have been destroyed since: find it by identity first. */
 		int idx = lm__read_lock(rt);
-		bool live = region_live(rt, p->r) && p->r->id == p->id;
+		bool live = lm__region_live(rt, p->r) && p->r->id == p->id;
 		/*
 		 * 4 MiB at a time (at least a page), so that a region's destroy
 		 * (which waits for readers) never waits for a gigabyte of

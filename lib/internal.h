@@ -798,6 +798,8 @@ struct lm_region *lm__region_find(struct lm_runtime *rt, uintptr_t addr);
  * lm__read_lock: what a fill may install without writing past r.
  */
 uint64_t lm__region_extent_pages(struct lm_region *r, uint64_t pgno);
+/* Whether r, seen earlier and maybe freed since, is a region of rt's table.  Under lm__read_lock. */
+bool lm__region_live(struct lm_runtime *rt, const struct lm_region *r);
 /*
  * Publishes a new region table (rt->lock held): the current one without
  * drop's extents, with [cut_start, cut_end) cut out, plus add.  -ENOMEM
@@ -986,7 +988,8 @@ int lm__install(struct lm_runtime *rt, int ufd, uintptr_t addr, const unsigned c
 #define LM__RA_AROUND 32	/* readahead: the window of a random fault on a file (mmap's read-around) */
 
 /*
- * Sequential streams (thread mode with two handlers or more, fault.c).
+ * Sequential streams (thread mode with two handlers or more, unless
+ * LM_OPT_NO_STREAM; fault.c).
  * After a fault's fill in a scan at full window, lm__stream_fault fills
  * ahead, from the region's cursor to a limit past the fault, and other
  * handlers join in (a fault of the scan that caught up, or an idle

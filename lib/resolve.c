@@ -97,8 +97,7 @@ static int resolve_missing(struct lm__filler *f, struct lm_region *r, uint64_t p
 	if (n < 0)
 		wake(rt, ft->addr);
 	unsigned win = atomic_load_explicit(&r->ra_win, memory_order_relaxed), down, around;
-	if (rt->nthreads > 1 && !(rt->opt.flags & LM_OPT_NO_STREAM) &&
-	    lm__stream_fault(f, r, pgno, n, flags, !pgno || pgno == next))
+	if (lm__stream_fault(f, r, pgno, n, flags, !pgno || pgno == next))
 		;
 	else if (n > 1 && win >= LM__RA_START && pgno + (uint64_t)n < r->npages)
 		lm__fill(f, r, pgno + (uint64_t)n, win, flags | LM_FILL_AHEAD, rt->ufd);

@@ -126,6 +126,16 @@ uint64_t lm__region_extent_pages(struct lm_region *r, uint64_t pgno)
 	return e && e->r == r ? (e->end - addr) >> r->rt->page_shift : 0;
 }
 
+bool lm__region_live(struct lm_runtime *rt, const struct lm_region *r)
+{
+	/* Pointers only: r is not read before it is found. */
+	struct lm__rtable *t = atomic_load_explicit(&rt->table, memory_order_acquire);
+	for (size_t i = 0; t && i < t->n; i++)
+		if (t->e[i].r == r)
+			return true;
+	return false;
+}
+
 /* The extents of r within [start, end), copied out (caller frees); NULL if none or no memory. */
 struct lm__extent *lm__region_extents(struct lm_runtime *rt, struct lm_region *r, uintptr_t start,
 				      uintptr_t end, size_t *count)
