@@ -620,6 +620,18 @@ static long rss_kib(pid_t pid)
 }
 
 /* lazymem ps lists a program lazymem run started; lazymem budget shrinks it while it runs. */
+/* A counter's value in lazymem stat's output ("  name   value" lines); -1 if absent. */
+static long long stat_value(const char *text, const char *name)
+{
+	size_t n = strlen(name);
+	for (const char *l = text; l; l = strchr(l, '\n'), l = l ? l + 1 : NULL) {
+		l += strspn(l, " ");
+		if (!strncmp(l, name, n) && l[n] == ' ')
+			return strtoll(l + n, NULL, 10);
+	}
+	return -1;
+}
+
 START_TEST(ps_and_budget_from_outside)
 {
 	require("/usr/bin/python3");
@@ -676,6 +688,19 @@ START_TEST(ps_and_budget_from_outside)
 		free(o);
 	}
 	ck_assert_msg(listed, "lazymem ps does not list pid %d", (int)p);
+	/*
+	 * Its stats, from outside: the 64 MiB scan was lazy memory, filled a
+	 * window ahead per fault, never by a stream (the preload library
+	 * turns streams off: memory filled ahead of a heap would count
+	 * against the program before any budget holds it).
+	 */
+	snprintf(cmd, sizeof(cmd), "%s -S %s stat %d > %s/stat.out 2>&1", lazymem, sock, (int)p, dir);
+	ck_assert_int_eq(system(cmd), 0);
+	char *stat = slurp("stat", "out");
+	ck_assert_msg(stat_value(stat, "readahead_pages") > 8192, "no readahead in: %.3000s", stat);
+	ck_assert_msg(stat_value(stat, "stream_pages") == 0, "streams under lazymem run: %.3000s",
+		      stat);
+	free(stat);
 	long before = rss_kib(p);
 	ck_assert_msg(before > 64 * 1024, "RSS %ld KiB before the budget", before);
 	snprintf(cmd, sizeof(cmd), "%s -S %s budget %d 8M > %s/budget.out 2>&1", lazymem, sock, (int)p,
