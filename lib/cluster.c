@@ -3,18 +3,19 @@
 #include "internal.h"
 
 #include <errno.h>
-#include <stdlib.h>
+#include <inttypes.h>
+#include <stdio.h>
 #include <string.h>
 
 /*
  * The remote page store (issue 16) keeps pages in a Redis Cluster, and
  * hiredis speaks no cluster protocol: which node holds a key, and what a
  * node's "moved" or "ask" answer means, is decided here, apart from any
- * socket, so that it can be tested alone.  Nothing here allocates or
- * blocks.  The rules are the Redis Cluster specification's: a key's
- * slot is CRC16 (XMODEM: polynomial 0x1021, initial value 0) of the key
- * modulo 16384, or of its hash tag, the part between the first '{' and
- * the first '}' after it, when that part is not empty.
+ * socket, so that it can be tested alone.  Nothing here blocks.  The
+ * rules are the Redis Cluster specification's: a key's slot is CRC16
+ * (XMODEM: polynomial 0x1021, initial value 0) of the key modulo 16384,
+ * or of its hash tag, the part between the first '{' and the first '}'
+ * after it, when that part is not empty.
  */
 
 uint16_t lm__cluster_crc16(const void *buf, size_t len)
@@ -54,35 +55,21 @@ unsigned lm__cluster_slot(const void *key, size_t len)
  */
 int lm__cluster_page_key(char *buf, size_t cap, const char *ns, uint64_t pgno)
 {
-	static const char hex[] = "0123456789abcdef";
-	char num[2][17];
-	uint64_t v[2] = { pgno / LM__CLUSTER_GROUP, pgno };
-	size_t nl[2];
-	for (int j = 0; j < 2; j++) {
-		char tmp[17];
-		size_t n = 0;
-		do {
-			tmp[n++] = hex[v[j] & 15];
-			v[j] >>= 4;
-		} while (v[j]);
-		for (size_t i = 0; i < n; i++)
-			num[j][i] = tmp[n - 1 - i];
-		nl[j] = n;
-	}
-	size_t nsl = strlen(ns);
-	size_t need = nsl + 1 + nsl + 1 + nl[0] + 1 + nl[1];
-	if (need + 1 > cap)
-		return -ENAMETOOLONG;
-	char *p = buf;
-	memcpy(p, ns, nsl), p += nsl;
-	*p++ = '{';
-	memcpy(p, ns, nsl), p += nsl;
-	*p++ = ':';
-	memcpy(p, num[0], nl[0]), p += nl[0];
-	*p++ = '}';
-	memcpy(p, num[1], nl[1]), p += nl[1];
-	*p = '\0';
-	return (int)need;
+	int n = snprintf(buf, cap, "%s{%s:%" PRIx64 "}%" PRIx64, ns, ns, pgno / LM__CLUSTER_GROUP,
+			 pgno);
+	return n < 0 ? -EINVAL : (size_t)n >= cap ? -ENAMETOOLONG : n;
+}
+
+/* Digits at s[0..len) as a number up to max: how many were read (0: none, or too large). */
+static size_t parse_uint(const char *s, size_t len, unsigned long max, unsigned long *out)
+{
+	unsigned long v = 0;
+	size_t i = 0;
+	for (; i < len && s[i] >= '0' && s[i] <= '9'; i++)
+		if ((v = v * 10 + (unsigned long)(s[i] - '0')) > max)
+			return 0;
+	*out = v;
+	return i;
 }
 
 /* Parses "host:port" (the host may be an IPv6 address: the port follows the last colon). */
@@ -94,18 +81,9 @@ static int parse_endpoint(const char *s, size_t len, char *host, size_t hostcap,
 			colon = s + i;
 	if (!colon || colon == s || (size_t)(colon - s) >= hostcap)
 		return -EINVAL;
-	long v = 0;
-	const char *d = colon + 1;
-	if (d == s + len)
-		return -EINVAL;
-	for (; d < s + len; d++) {
-		if (*d < '0' || *d > '9')
-			return -EINVAL;
-		v = v * 10 + (*d - '0');
-		if (v > 65535)
-			return -EINVAL;
-	}
-	if (v == 0)
+	size_t rest = len - (size_t)(colon + 1 - s);
+	unsigned long v;
+	if (!rest || parse_uint(colon + 1, rest, 65535, &v) != rest || !v)
 		return -EINVAL;
 	memcpy(host, s, (size_t)(colon - s));
 	host[colon - s] = '\0';
@@ -123,13 +101,8 @@ int lm__cluster_redirect(const char *err, size_t len, struct lm__redirect *out)
 		kind = LM__REDIRECT_ASK, at = 4;
 	else
 		return -EINVAL;
-	unsigned long slot = 0;
-	size_t d = at;
-	for (; d < len && err[d] >= '0' && err[d] <= '9'; d++) {
-		slot = slot * 10 + (unsigned long)(err[d] - '0');
-		if (slot >= LM__CLUSTER_SLOTS)
-			return -EINVAL;
-	}
+	unsigned long slot;
+	size_t d = at + parse_uint(err + at, len - at, LM__CLUSTER_SLOTS - 1, &slot);
 	if (d == at || d >= len || err[d] != ' ')
 		return -EINVAL;
 	int rc = parse_endpoint(err + d + 1, len - d - 1, out->host, sizeof(out->host), &out->port);
