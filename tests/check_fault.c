@@ -266,6 +266,15 @@ START_TEST(single_handler_thread)
 }
 END_TEST
 
+/* Thread mode with windows of win pages and two handlers, as streams need (on one CPU too). */
+static struct lm_options stream_options(int win)
+{
+	struct lm_options o = lmt_options(LM_MODE_THREAD);
+	o.readahead_max = win;
+	o.handler_threads = 2;
+	return o;
+}
+
 static size_t resident_pages(const unsigned char *p, size_t pages)
 {
 	static unsigned char vec[8192];
@@ -287,9 +296,7 @@ static size_t resident_pages(const unsigned char *p, size_t pages)
 START_TEST(sequential_scan_streams_ahead)
 {
 	enum { PAGES = 8192, WIN = 16, TOUCHED = 64, UNIT = (2u << 20) / PS };
-	struct lm_options o = lmt_options(LM_MODE_THREAD);
-	o.readahead_max = WIN;
-	o.handler_threads = 2;	/* streams need two: on one CPU too */
+	struct lm_options o = stream_options(WIN);
 	struct lm_runtime *rt = lmt_open_opts(&o);
 	unsigned char *buf = NULL;
 	struct lm_region *r;
@@ -369,9 +376,7 @@ START_TEST(stream_option_and_variable)
 {
 	enum { PAGES = 8192, WIN = 16, TOUCHED = 64, UNIT = (2u << 20) / PS };
 	static const char *const env[] = { NULL, "0", "1" };
-	struct lm_options o = lmt_options(LM_MODE_THREAD);
-	o.readahead_max = WIN;
-	o.handler_threads = 2;
+	struct lm_options o = stream_options(WIN);
 	if (_i != 1)
 		o.flags |= LM_OPT_NO_STREAM;
 	if (env[_i]) {
@@ -406,9 +411,7 @@ END_TEST
 START_TEST(sequential_advice_streams_scans_only)
 {
 	enum { PAGES = 16384, WIN = 16 };
-	struct lm_options o = lmt_options(LM_MODE_THREAD);
-	o.readahead_max = WIN;
-	o.handler_threads = 2;
+	struct lm_options o = stream_options(WIN);
 	struct lm_runtime *rt = lmt_open_opts(&o);
 	struct lm_region *r;
 	ck_assert_int_eq(lm_region_create_zero(rt, (size_t)PAGES * PS, 0, &r), 0);
@@ -435,9 +438,7 @@ END_TEST
 START_TEST(fills_stop_at_the_region_extent)
 {
 	enum { HALF = 256 };
-	struct lm_options o = lmt_options(LM_MODE_THREAD);
-	o.readahead_max = 16;
-	o.handler_threads = 2;
+	struct lm_options o = stream_options(16);
 	struct lm_runtime *rt = lmt_open_opts(&o);
 	unsigned char *abuf = malloc(2 * HALF * PS), *bbuf = malloc(HALF * PS);
 	lmt_fill_pattern(abuf, 0, 2 * HALF * PS);
