@@ -155,7 +155,18 @@ struct lm_options {
 	 * $LAZYMEM_BUDGET_MIN, and `lazymem budget PID --min SIZE` at run time.
 	 */
 	uint64_t budget_min;
-	uint64_t reserved[1];
+	/*
+	 * Where evicted pages go; NULL: the swap file in swap_dir.  A Redis
+	 * Cluster (far memory): "redis://HOST:PORT[,HOST:PORT...][/NAME]"
+	 * with options "?wait=N" (a page leaves memory only once N replicas
+	 * have it too), "timeout=MS" (per request, default 1000) and
+	 * "retry=MS" (how long a request keeps trying through a failover,
+	 * default 10000).  Every master must have maxmemory-policy
+	 * noeviction (-EINVAL otherwise).  Thread mode only (-EOPNOTSUPP in
+	 * signal mode).  The budget's setup fails with -EHOSTUNREACH when no
+	 * node answers.  Also $LAZYMEM_SWAP; see lazymem(7).
+	 */
+	const char *swap_url;
 };
 
 /* lm_options.flags: ignore LAZYMEM_* environment variables. */
@@ -300,7 +311,19 @@ enum lm_uffd_origin {
 	X(handler_lingers,	COUNTER, "events",  "Times a pinned handler woken for another CPU's fault lingered instead of sleeping") \
 	X(handler_linger_ns,	COUNTER, "ns",      "Time pinned handler threads held their CPU while faults went to other CPUs' handlers") \
 	X(handler_dormant,	COUNTER, "events",  "Times a pinned handler stopped waiting for faults for a while: another task needed its CPU") \
-	X(stream_pages,		COUNTER, "pages",   "Pages sequential streams filled ahead of their scans (part of readahead_pages)")
+	X(stream_pages,		COUNTER, "pages",   "Pages sequential streams filled ahead of their scans (part of readahead_pages)") \
+	X(remote_requests,	COUNTER, "requests", "Round trips to the remote page store (a pipelined batch to one master)") \
+	X(remote_bytes_out,	COUNTER, "bytes",   "Page bytes the remote page store acknowledged") \
+	X(remote_bytes_in,	COUNTER, "bytes",   "Page bytes read from the remote page store") \
+	X(remote_errors,	COUNTER, "errors",  "Remote connections that failed or were lost (refused, timed out, reset)") \
+	X(remote_retries,	COUNTER, "events",  "Remote batches sent again: redirected, a connection lost, the cluster failing over") \
+	X(remote_failovers,	COUNTER, "events",  "Remote topology changes: slots that moved to another master") \
+	X(remote_rtt_ns_total,	COUNTER, "ns",      "Time remote round trips took, in all") \
+	X(remote_rtt_lt_100us,	COUNTER, "requests", "Remote round trips under 100 us") \
+	X(remote_rtt_lt_1ms,	COUNTER, "requests", "Remote round trips from 100 us to 1 ms") \
+	X(remote_rtt_lt_10ms,	COUNTER, "requests", "Remote round trips from 1 ms to 10 ms") \
+	X(remote_rtt_lt_100ms,	COUNTER, "requests", "Remote round trips from 10 ms to 100 ms") \
+	X(remote_rtt_ge_100ms,	COUNTER, "requests", "Remote round trips of 100 ms or more")
 
 /* Fill-latency histogram: bucket i counts fills that took < 2^(i+8) ns (last: all slower). */
 #define LM_LAT_BUCKETS 20
@@ -315,7 +338,7 @@ struct lm_stats {
 };
 #undef LM__STAT_FIELD
 
-#define LM_STATS_VERSION 6
+#define LM_STATS_VERSION 7
 
 /* Output formats of lm_stats_format. */
 enum lm_format {

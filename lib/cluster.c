@@ -73,7 +73,7 @@ static size_t parse_uint(const char *s, size_t len, unsigned long max, unsigned 
 }
 
 /* Parses "host:port" (the host may be an IPv6 address: the port follows the last colon). */
-static int parse_endpoint(const char *s, size_t len, char *host, size_t hostcap, int *port)
+int lm__cluster_endpoint(const char *s, size_t len, char *host, size_t hostcap, int *port)
 {
 	const char *colon = NULL;
 	for (size_t i = 0; i < len; i++)
@@ -105,7 +105,7 @@ int lm__cluster_redirect(const char *err, size_t len, struct lm__redirect *out)
 	size_t d = at + parse_uint(err + at, len - at, LM__CLUSTER_SLOTS - 1, &slot);
 	if (d == at || d >= len || err[d] != ' ')
 		return -EINVAL;
-	int rc = parse_endpoint(err + d + 1, len - d - 1, out->host, sizeof(out->host), &out->port);
+	int rc = lm__cluster_endpoint(err + d + 1, len - d - 1, out->host, sizeof(out->host), &out->port);
 	if (rc < 0)
 		return rc;
 	out->kind = kind;

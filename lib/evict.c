@@ -812,6 +812,8 @@ static void *evictor_main(void *arg)
 			/* EAGAIN: another read took it; nothing to do. */
 		}
 		atomic_store(&rt->ev_wanted, false);
+		/* Pages held in memory because a write failed go first, once the store takes them. */
+		lm__swap_rewrite_held(&rt->swap, &rt->ev_filler, EVICT_BATCH);
 		evict_round(rt, b, memfd);
 	}
 	if (memfd >= 0)
@@ -866,10 +868,22 @@ int lm__evict_setup(struct lm_runtime *rt)
 		goto out;
 	const char *dir = lm__swap_dir(rt);
 	uint64_t max = rt->opt.swap_max ? rt->opt.swap_max : DEFAULT_SWAP_MAX;
-	if ((rc = lm__swap_open(&rt->swap, dir, max, ps)) < 0) {
+	if (rt->opt.swap_url) {
+		/* A remote store's client allocates and blocks: never in a signal handler. */
+		if (rt->mode != LM_MODE_THREAD) {
+			lm__log(rt, 1, "a remote swap (%s) needs thread mode", rt->opt.swap_url);
+			rc = -EOPNOTSUPP;
+			goto out;
+		}
+		struct lm__remote *remote;
+		if ((rc = lm__remote_open(rt, rt->opt.swap_url, ps, &remote)) < 0)
+			goto out;
+		rc = lm__swap_open_remote(&rt->swap, remote, max, ps);
+	} else if ((rc = lm__swap_open(&rt->swap, dir, max, ps)) < 0) {
 		lm__log(rt, 1, "cannot create a swap file in %s: %s", dir, lm_strerror(rc));
-		goto out;
 	}
+	if (rc < 0)
+		goto out;
 	lm__store_init_swap(&rt->swap_store, rt, &rt->swap);
 	rt->swap.held_pages = rt->nres;
 	rt->swap.used_mirror = &rt->stats->swap_slots_used;

@@ -421,6 +421,7 @@ struct lm__filler {
 	_Atomic int busy;	/* pool slots only */
 	int epfd;		/* a handler thread's own epoll set (handler.c), -1: none */
 	int cpu;		/* the CPU its handler thread runs on, -1: any */
+	struct lm__remote_conns *remote;	/* its connections to a remote store, NULL: none yet */
 	uint64_t spin_after;	/* its handler does not linger before this (handler.c) */
 	bool dormant;		/* its handler left the userfaultfd's waiters until spin_after */
 };
@@ -466,6 +467,8 @@ struct lm__redirect {
 	char host[64];
 	int port;
 };
+/* "host:port" (len bytes) into host (hostcap with its zero) and port; -EINVAL if malformed. */
+int lm__cluster_endpoint(const char *s, size_t len, char *host, size_t hostcap, int *port);
 /* Parses a MOVED or ASK error reply (len bytes, no terminator needed); -EINVAL if it is neither. */
 int lm__cluster_redirect(const char *err, size_t len, struct lm__redirect *out);
 
@@ -489,10 +492,43 @@ int lm__slotmap_node(const struct lm__slotmap *m, unsigned slot);
 /* Slots no node serves (a cluster that is not whole). */
 unsigned lm__slotmap_uncovered(const struct lm__slotmap *m);
 
+/* ---- remote.c: a Redis Cluster as a page store's backend ------------------ */
+
+struct lm__remote;		/* one cluster: its slot map, namespace and options */
+struct lm__remote_conns;	/* one thread's connections to its masters */
+
+/*
+ * Connects to the cluster a redis:// URL names (see lm_options.swap_url),
+ * learns its slot map and checks that no master may evict keys.  Keys go
+ * in a namespace of their own.  -EINVAL: a malformed URL or a master that
+ * may evict; -EHOSTUNREACH: no node answered; -ENXIO: slots have no master.
+ */
+int lm__remote_open(struct lm_runtime *rt, const char *url, size_t page_size,
+		    struct lm__remote **out);
+/* Deletes the keys the store wrote and disconnects. */
+void lm__remote_close(struct lm__remote *c);
+const char *lm__remote_ns(const struct lm__remote *c);
+/*
+ * Writes page i to key key[i] (reads key[i] into pages[i]), res[i] its
+ * result: one pipelined round trip per master, sent again through
+ * redirections and failovers for up to the URL's retry time.  *cs: the
+ * calling thread's connections (made on first use; lm__remote_conns_free).
+ * Returns 0 or the first error: -ENODATA for a page the cluster does not
+ * have, -ETIMEDOUT when it could not be reached in time.
+ */
+int lm__remote_write(struct lm__remote *c, struct lm__remote_conns **cs, const uint64_t *key,
+		     unsigned char *const *pages, unsigned n, int *res);
+int lm__remote_read(struct lm__remote *c, struct lm__remote_conns **cs, const uint64_t *key,
+		    unsigned char *const *pages, unsigned n, int *res);
+/* False for a while after a write timed out: the cluster is gone, eviction waits. */
+bool lm__remote_writable(struct lm__remote *c);
+void lm__remote_conns_free(struct lm__remote_conns *cs);
+
 /* ---- swap.c: the swap file --------------------------------------------- */
 
 struct lm__swap {
-	int fd;
+	int fd;				/* -1: the slots live in remote */
+	struct lm__remote *remote;
 	size_t page_size;
 	uint64_t nslots;		/* capacity: the maximum size in pages */
 	_Atomic uint64_t used;
@@ -505,8 +541,10 @@ struct lm__swap {
 	 * A page whose write failed stays in memory, here, until its slot is
 	 * freed: nothing is lost, and it counts against the budget (*held_pages).
 	 */
-	unsigned char *_Atomic *held;
+	_Atomic uintptr_t *held;	/* the copy, | SWAP_HELD_FREED once its slot was freed */
 	_Atomic int64_t *held_pages;
+	uint64_t held_hint;		/* where the next rewrite looks first (evictor only) */
+	uint64_t top;			/* slots below it were ever handed out (allocator only) */
 	uint64_t backed;		/* bytes of the file allocated on disk (allocator only) */
 	pthread_mutex_t lock;		/* serializes allocators; freeing is lock free */
 	bool lock_ok;
@@ -516,6 +554,9 @@ struct lm__swap {
 extern _Atomic int lm__swap_fail_writes;
 
 int lm__swap_open(struct lm__swap *s, const char *dir, uint64_t max_bytes, size_t page_size);
+/* The same slots in a Redis Cluster (remote.c), which the swap owns from now on. */
+int lm__swap_open_remote(struct lm__swap *s, struct lm__remote *remote, uint64_t max_bytes,
+			 size_t page_size);
 /* A file in dir that has no name (O_TMPFILE, else created and unlinked), mode 0600. */
 int lm__open_unnamed(const char *dir);
 void lm__swap_close(struct lm__swap *s);
@@ -528,6 +569,12 @@ int lm__swap_write(struct lm__swap *s, struct lm__filler *f, unsigned char *cons
 		   const uint64_t *slots, unsigned n, int *done);
 int lm__swap_read(struct lm__swap *s, struct lm__filler *f, const uint64_t *slots, unsigned n,
 		  int *done);
+/*
+ * Writes up to max held pages to their slots again (the disk has room
+ * again, the cluster answers again); those written are no longer held.
+ * Returns how many were.  The allocator's thread only.
+ */
+unsigned lm__swap_rewrite_held(struct lm__swap *s, struct lm__filler *f, unsigned max);
 
 /* ---- store.c: page stores, behind one interface ------------------------- */
 

@@ -155,6 +155,11 @@ static int apply_env(struct lm_options *o)
 		if (d && *d)
 			o->swap_dir = d;
 	}
+	if (!o->swap_url) {
+		const char *d = getenv("LAZYMEM_SWAP");
+		if (d && *d)
+			o->swap_url = d;
+	}
 	if (!o->daemon_socket) {
 		const char *d = getenv("LAZYMEM_SOCKET");
 		if (d && !strcasecmp(d, "off"))
@@ -223,8 +228,12 @@ static int check_options(struct lm_options *o)
 			  LM_OPT_NO_STREAM)) ||
 	    o->evict_policy < 0 || o->evict_policy > LM_EVICT_FIFO ||
 	    o->dirty_tracking < 0 || o->dirty_tracking > LM_DIRTY_ASYNC ||
-	    (o->swap_max && o->swap_max < 4096))
+	    (o->swap_max && o->swap_max < 4096) ||
+	    (o->swap_url && strncmp(o->swap_url, "redis://", 8)))
 		return -EINVAL;
+	/* A remote store's client allocates and blocks: never in a signal handler. */
+	if (o->swap_url && o->mode == LM_MODE_SIGNAL)
+		return -EOPNOTSUPP;
 	if (!o->evict_policy)
 		o->evict_policy = LM_EVICT_CLOCK;
 	if (!o->dirty_tracking)
@@ -350,9 +359,6 @@ static int gather_options(const struct lm_options *user, struct lm_options *o, b
 		/* Reserved fields must be zero, so that later versions can give them a meaning. */
 		if (o->reserved32)
 			return -EINVAL;
-		for (size_t i = 0; i < LM__ARRAY_SIZE(o->reserved); i++)
-			if (o->reserved[i])
-				return -EINVAL;
 	}
 	int rc = 0;
 	if (!(o->flags & LM_OPT_NO_ENV))

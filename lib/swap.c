@@ -28,6 +28,20 @@
 
 _Atomic int lm__swap_fail_writes;
 
+/*
+ * A held page's copy is freed by the allocator (lm__free() is not
+ * signal-safe, and a fault frees slots): a slot freed while held keeps
+ * its copy's pointer, marked, until the slot is handed out again.  The
+ * mark is set atomically, so that exactly one of lm__swap_free and a
+ * rewrite that succeeded counts the page out of *held_pages.
+ */
+#define HELD_FREED ((uintptr_t)1)
+
+static inline unsigned char *held_copy(uintptr_t v)
+{
+	return (unsigned char *)(v & ~HELD_FREED);
+}
+
 static void *map_zeroed(size_t bytes)
 {
 	void *p = mmap(NULL, bytes ? bytes : 1, PROT_READ | PROT_WRITE,
@@ -52,11 +66,11 @@ int lm__open_unnamed(const char *dir)
 	return fd;
 }
 
-int lm__swap_open(struct lm__swap *s, const char *dir, uint64_t max_bytes, size_t page_size)
+static int swap_init(struct lm__swap *s, uint64_t max_bytes, size_t page_size)
 {
 	memset(s, 0, sizeof(*s));
 	s->fd = -1;
-	if (!dir || !*dir || max_bytes < page_size || !page_size)
+	if (max_bytes < page_size || !page_size)
 		return -EINVAL;
 	s->page_size = page_size;
 	s->nslots = max_bytes / page_size;
@@ -68,14 +82,43 @@ int lm__swap_open(struct lm__swap *s, const char *dir, uint64_t max_bytes, size_
 		lm__swap_close(s);
 		return -ENOMEM;
 	}
+	pthread_mutex_init(&s->lock, NULL);
+	s->lock_ok = true;
+	return 0;
+}
+
+int lm__swap_open(struct lm__swap *s, const char *dir, uint64_t max_bytes, size_t page_size)
+{
+	if (!dir || !*dir)
+		return -EINVAL;
+	int rc = swap_init(s, max_bytes, page_size);
+	if (rc < 0)
+		return rc;
 	s->fd = lm__open_unnamed(dir);
 	if (s->fd < 0) {
 		int err = s->fd;
 		lm__swap_close(s);
 		return err;
 	}
-	pthread_mutex_init(&s->lock, NULL);
-	s->lock_ok = true;
+	return 0;
+}
+
+/*
+ * Slots in a cluster keep their checksums here too: a page read back is
+ * checked as a page of the file is, so a key overwritten, lost in a
+ * failover or left from an earlier write is never returned as data.
+ * Nothing is allocated ahead (the cluster holds what it is given).
+ */
+int lm__swap_open_remote(struct lm__swap *s, struct lm__remote *remote, uint64_t max_bytes,
+			 size_t page_size)
+{
+	int rc = swap_init(s, max_bytes, page_size);
+	if (rc < 0) {
+		lm__remote_close(remote);
+		return rc;
+	}
+	s->remote = remote;
+	s->backed = s->nslots * page_size;
 	return 0;
 }
 
@@ -83,13 +126,14 @@ void lm__swap_close(struct lm__swap *s)
 {
 	if (s->fd >= 0)
 		close(s->fd);
+	lm__remote_close(s->remote);
 	if (s->bitmap)
 		munmap((void *)s->bitmap, (size_t)((s->nslots + 63) / 64) * sizeof(uint64_t));
 	if (s->sums)
 		munmap(s->sums, (size_t)s->nslots * sizeof(uint32_t) ?: 1);
 	if (s->held) {
 		for (uint64_t i = 0; i < s->nslots; i++)
-			lm__free(atomic_load(&s->held[i]));
+			lm__free(held_copy(atomic_load(&s->held[i])));
 		munmap((void *)s->held, (size_t)s->nslots * sizeof(*s->held) ?: 1);
 	}
 	if (s->lock_ok)
@@ -140,6 +184,9 @@ static void back(struct lm__swap *s, uint64_t need)
 unsigned lm__swap_alloc(struct lm__swap *s, uint64_t *slots, unsigned n)
 {
 	unsigned got = 0;
+	/* A cluster that just timed out takes nothing: eviction stops rather than holding pages. */
+	if (s->remote && !lm__remote_writable(s->remote))
+		return 0;
 	pthread_mutex_lock(&s->lock);
 	uint64_t words = (s->nslots + 63) / 64;
 	for (uint64_t k = 0; k < words && got < n; k++) {
@@ -177,8 +224,11 @@ unsigned lm__swap_alloc(struct lm__swap *s, uint64_t *slots, unsigned n)
 			atomic_fetch_sub(s->used_mirror, 1);
 	}
 	/* A slot freed while its page was held: its memory goes now, outside signal context. */
-	for (unsigned i = 0; i < keep; i++)
-		lm__free(atomic_exchange(&s->held[slots[i]], NULL));
+	for (unsigned i = 0; i < keep; i++) {
+		lm__free(held_copy(atomic_exchange(&s->held[slots[i]], 0)));
+		if (slots[i] >= s->top)
+			s->top = slots[i] + 1;
+	}
 	pthread_mutex_unlock(&s->lock);
 	return keep;
 }
@@ -190,7 +240,8 @@ void lm__swap_free(struct lm__swap *s, uint64_t slot)
 	uint64_t bit = 1ull << (slot % 64);
 	s->sums[slot] = 0;
 	/* A held page's memory is freed when the slot is next allocated (lm__free() is not signal-safe). */
-	if (atomic_load_explicit(&s->held[slot], memory_order_acquire) && s->held_pages)
+	uintptr_t h = atomic_fetch_or_explicit(&s->held[slot], HELD_FREED, memory_order_acq_rel);
+	if (held_copy(h) && !(h & HELD_FREED) && s->held_pages)
 		atomic_fetch_sub_explicit(s->held_pages, 1, memory_order_relaxed);
 	if (atomic_fetch_and_explicit(&s->bitmap[slot / 64], ~bit, memory_order_acq_rel) & bit)
 	{
@@ -216,6 +267,15 @@ static int batch_io(struct lm__swap *s, struct lm__filler *f, unsigned char *con
 		    const uint64_t *slots, unsigned n, bool write, int *done)
 {
 	size_t ps = s->page_size;
+	if (s->remote) {
+		int rc = write ? lm__remote_write(s->remote, &f->remote, slots, pages, n, done) :
+				 lm__remote_read(s->remote, &f->remote, slots, pages, n, done);
+		/* Not there, or not whole: what the file's short read is. */
+		for (unsigned i = 0; !write && i < n; i++)
+			if (done[i] == -ENODATA)
+				done[i] = -EBADMSG;
+		return rc == -ENODATA ? -EBADMSG : rc;
+	}
 	struct lm__io io[n ? n : 1];
 	for (unsigned i = 0; i < n; i++)
 		io[i] = (struct lm__io){ .buf = pages[i], .off = slots[i] * ps, .len = (uint32_t)ps };
@@ -265,9 +325,9 @@ int lm__swap_write(struct lm__swap *s, struct lm__filler *f, unsigned char *cons
 		while (!(copy = lm__malloc(s->page_size)))
 			nanosleep(&(struct timespec){ 0, 1000000 }, NULL);
 		memcpy(copy, pages[i], s->page_size);
-		unsigned char *old = atomic_exchange(&s->held[slots[i]], copy);
-		lm__free(old);
-		if (!old && s->held_pages)
+		uintptr_t old = atomic_exchange(&s->held[slots[i]], (uintptr_t)copy);
+		lm__free(held_copy(old));
+		if ((!old || (old & HELD_FREED)) && s->held_pages)
 			atomic_fetch_add(s->held_pages, 1);
 		done[i] = 1;	/* held */
 	}
@@ -291,7 +351,7 @@ int lm__swap_read(struct lm__swap *s, struct lm__filler *f, const uint64_t *slot
 	int io_done[n ? n : 1];
 	for (unsigned i = 0; i < n; i++) {
 		const unsigned char *h = slots[i] < s->nslots ?
-			atomic_load_explicit(&s->held[slots[i]], memory_order_acquire) : NULL;
+			held_copy(atomic_load_explicit(&s->held[slots[i]], memory_order_acquire)) : NULL;
 		done[i] = 0;
 		if (h) {
 			memcpy(f->stage + (size_t)i * s->page_size, h, s->page_size);
@@ -315,4 +375,51 @@ int lm__swap_read(struct lm__swap *s, struct lm__filler *f, const uint64_t *slot
 		}
 	}
 	return rc;
+}
+
+/*
+ * Held pages are written again as soon as their store takes writes: a
+ * cluster that was unreachable, a disk that was full.  Each is written
+ * from its copy, which stays until the write succeeded; a slot freed
+ * meanwhile (its page faulted back in) is left to the allocator.
+ */
+unsigned lm__swap_rewrite_held(struct lm__swap *s, struct lm__filler *f, unsigned max)
+{
+	if (!s->held_pages || atomic_load(s->held_pages) <= 0 || !s->top)
+		return 0;
+	if (s->remote && !lm__remote_writable(s->remote))
+		return 0;
+	enum { BATCH = 64 };
+	unsigned done_total = 0;
+	uint64_t scanned = 0;
+	while (done_total < max && scanned < s->top) {
+		uint64_t slots[BATCH];
+		unsigned char *pages[BATCH];
+		uintptr_t seen[BATCH];
+		int done[BATCH];
+		unsigned n = 0;
+		for (; n < BATCH && scanned < s->top; scanned++) {
+			uint64_t slot = s->held_hint++ % s->top;
+			uintptr_t h = atomic_load_explicit(&s->held[slot], memory_order_acquire);
+			if (!held_copy(h) || (h & HELD_FREED))
+				continue;
+			slots[n] = slot;
+			pages[n] = held_copy(h);
+			seen[n++] = h;
+		}
+		if (!n)
+			break;
+		if (atomic_load(&lm__swap_fail_writes) || batch_io(s, f, pages, slots, n, true, done) < 0)
+			break;
+		for (unsigned i = 0; i < n; i++) {
+			uintptr_t expect = seen[i];
+			/* Freed since: the allocator frees the copy; the free counted it out. */
+			if (!atomic_compare_exchange_strong(&s->held[slots[i]], &expect, 0))
+				continue;
+			lm__free(pages[i]);
+			atomic_fetch_sub(s->held_pages, 1);
+			done_total++;
+		}
+	}
+	return done_total;
 }

@@ -7,7 +7,7 @@
 set -eu
 
 pkgs="build-essential autoconf automake libtool pkg-config
-liburing-dev libcap-dev libjemalloc-dev check clang libclang-rt-14-dev
+liburing-dev libcap-dev libjemalloc-dev libhiredis-dev check clang libclang-rt-14-dev
 util-linux procps prometheus python3
 sqlite3 redis-server redis-tools systemd iproute2"
 

@@ -56,6 +56,21 @@ teardown() {
 	ip netns del "$NS-hub" 2>/dev/null || true
 }
 
+# Waits (30 s at most) until every node's answer to a command matches a pattern.
+wait_all() {
+	why=$1 cmd=$2 pattern=$3
+	n=0
+	for i in $NODES; do
+		# shellcheck disable=SC2086
+		until ip netns exec "$NS-hub" redis-cli -h "$NET.1$i" -p $PORT $cmd 2>/dev/null |
+			grep -Eq "$pattern"; do
+			n=$((n + 1))
+			[ $n -lt 300 ] || die "node $i $why (see $dir/n$i/redis.log)"
+			sleep 0.1
+		done
+	done
+}
+
 start() {
 	dir=$1
 	[ "$(id -u)" -eq 0 ] || die "needs root (network namespaces)"
@@ -84,14 +99,7 @@ start() {
 			--maxmemory-policy noeviction --protected-mode no \
 			--daemonize yes --pidfile "$dir/n$i/redis.pid" --logfile "$dir/n$i/redis.log"
 	done
-	for i in $NODES; do
-		n=0
-		until ip netns exec "$NS-hub" redis-cli -h "$NET.1$i" -p $PORT ping >/dev/null 2>&1; do
-			n=$((n + 1))
-			[ $n -lt 100 ] || die "node $i did not answer (see $dir/n$i/redis.log)"
-			sleep 0.1
-		done
-	done
+	wait_all "did not answer" ping '^PONG'
 	eps=""
 	for i in $NODES; do
 		eps="$eps $NET.1$i:$PORT"
@@ -99,15 +107,11 @@ start() {
 	# shellcheck disable=SC2086
 	ip netns exec "$NS-hub" redis-cli --cluster create $eps --cluster-replicas 1 \
 		--cluster-yes >"$dir/create.log" 2>&1 || die "cluster create failed (see $dir/create.log)"
-	n=0
-	for i in $NODES; do
-		until ip netns exec "$NS-hub" redis-cli -h "$NET.1$i" -p $PORT cluster info 2>/dev/null |
-			grep -q '^cluster_state:ok'; do
-			n=$((n + 1))
-			[ $n -lt 200 ] || die "node $i never saw the cluster whole"
-			sleep 0.1
-		done
-	done
+	# Every node sees the cluster whole, and replicas are in sync: a write
+	# that waits for one (WAIT) must find it.
+	wait_all "never saw the cluster whole" "cluster info" '^cluster_state:ok'
+	wait_all "has no replica in sync" "info replication" \
+		'^(connected_slaves:[1-9]|master_link_status:up)'
 	echo "$NET.11:$PORT"
 }
 

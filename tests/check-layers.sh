@@ -12,7 +12,7 @@ import collections, glob, os, re, sys
 
 # Lowest first; a file may call files of its own layer or below.
 LAYERS = [
-    ("base", "alloc uffd pagetable fileio checksum cluster epoch log stats error sockpath"),
+    ("base", "alloc uffd pagetable fileio checksum cluster remote epoch log stats error sockpath"),
     ("stores", "swap image store"),
     ("page state", "snapview pte space"),
     ("engines", "install cow fault evict"),

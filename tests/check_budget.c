@@ -28,29 +28,6 @@
 #define MODE(i) (((i) & 1) ? LM_MODE_SIGNAL : LM_MODE_THREAD)
 #define DIRTY(i) (((i) & 2) ? LM_DIRTY_ASYNC : LM_DIRTY_SYNC)
 
-/* Every 8-byte word of page p at version v. */
-static uint64_t word(size_t p, uint64_t v, size_t w)
-{
-	return (p * 0x9e3779b97f4a7c15ull) ^ (v << 20) ^ (w * 0x2545f4914f6cdd1dull);
-}
-
-static void stamp(unsigned char *base, size_t p, uint64_t v)
-{
-	uint64_t *q = (uint64_t *)(base + p * PS);
-	for (size_t w = 0; w < PS / 8; w++)
-		q[w] = word(p, v, w);
-}
-
-/* The first word of page p that is not version v, or -1. */
-static long check_stamp(const unsigned char *base, size_t p, uint64_t v)
-{
-	const uint64_t *q = (const uint64_t *)(base + p * PS);
-	for (size_t w = 0; w < PS / 8; w++)
-		if (q[w] != word(p, v, w))
-			return (long)w;
-	return -1;
-}
-
 static struct lm_runtime *open_budget(int i, uint64_t budget, uint64_t swap_max)
 {
 	struct lm_options o = lmt_options(MODE(i));
@@ -107,7 +84,7 @@ START_TEST(working_set_4x_written)
 	 */
 	uint64_t rss0 = rss_anon(), rss_max = 0;
 	for (size_t p = 0; p < pages; p++) {
-		stamp(base, p, ver[p] = 1);
+		lmt_stamp(base, p, ver[p] = 1);
 		if (p % 64 == 0) {
 			assert_within_budget(rt, budget);
 			uint64_t now = rss_anon();
@@ -122,13 +99,13 @@ START_TEST(working_set_4x_written)
 		size_t p = lmt_rng(&seed) % pages;
 		/* Half the time check before writing: a read-then-write page. */
 		if (i & 1)
-			ck_assert_msg(check_stamp(base, p, ver[p]) < 0, "page %zu", p);
-		stamp(base, p, ++ver[p]);
+			ck_assert_msg(lmt_check_stamp(base, p, ver[p]) < 0, "page %zu", p);
+		lmt_stamp(base, p, ++ver[p]);
 		if (i % 64 == 0)
 			assert_within_budget(rt, budget);
 	}
 	for (size_t p = 0; p < pages; p++)
-		ck_assert_msg(check_stamp(base, p, ver[p]) < 0, "page %zu v%llu", p,
+		ck_assert_msg(lmt_check_stamp(base, p, ver[p]) < 0, "page %zu v%llu", p,
 			      (unsigned long long)ver[p]);
 	struct lm_stats st = lmt_stats(rt);
 	ck_assert_uint_gt(st.evicted_pages, pages);
@@ -209,11 +186,11 @@ START_TEST(swap_cache_for_read_pages)
 	ck_assert_int_eq(lm_region_create_zero(rt, pages * PS, 0, &r), 0);
 	unsigned char *base = lm_region_addr(r);
 	for (size_t p = 0; p < pages; p++)
-		stamp(base, p, 1);
+		lmt_stamp(base, p, 1);
 	struct lm_stats a = lmt_stats(rt);
 	for (int pass = 0; pass < 3; pass++)
 		for (size_t p = 0; p < pages; p++)
-			ck_assert_msg(check_stamp(base, p, 1) < 0, "pass %d page %zu", pass, p);
+			ck_assert_msg(lmt_check_stamp(base, p, 1) < 0, "pass %d page %zu", pass, p);
 	struct lm_stats b = lmt_stats(rt);
 	uint64_t out = b.evicted_pages - a.evicted_pages, hits = b.swap_cache_hits - a.swap_cache_hits;
 	ck_assert_uint_gt(out, pages);
@@ -249,9 +226,9 @@ static void *writer_main(void *arg)
 			size_t p = (lmt_rng(&seed) % (w->pages / w->n)) * w->n + w->id;
 			if (p >= w->pages)
 				continue;
-			if (check_stamp(w->base, p, w->ver[p]) >= 0 && w->bad < 0)
+			if (lmt_check_stamp(w->base, p, w->ver[p]) >= 0 && w->bad < 0)
 				w->bad = (long)p;
-			stamp(w->base, p, ++w->ver[p]);
+			lmt_stamp(w->base, p, ++w->ver[p]);
 			w->writes++;
 		}
 		clock_gettime(CLOCK_MONOTONIC, &t);
@@ -274,7 +251,7 @@ START_TEST(eight_writers_3x_budget)
 	unsigned char *base = lm_region_addr(r);
 	uint64_t *ver = calloc(pages, sizeof(*ver));
 	for (size_t p = 0; p < pages; p++)
-		stamp(base, p, 0);
+		lmt_stamp(base, p, 0);
 	const char *env = getenv("LAZYMEM_TORTURE_SECONDS");
 	double secs = env ? atof(env) : 3.0;
 	struct writer w[8];
@@ -290,7 +267,7 @@ START_TEST(eight_writers_3x_budget)
 		writes += w[i].writes;
 	}
 	for (size_t p = 0; p < pages; p++)
-		ck_assert_msg(check_stamp(base, p, ver[p]) < 0, "page %zu lost version %llu", p,
+		ck_assert_msg(lmt_check_stamp(base, p, ver[p]) < 0, "page %zu lost version %llu", p,
 			      (unsigned long long)ver[p]);
 	struct lm_stats st = lmt_stats(rt);
 	printf("torture mode %d dirty %d: %lu writes, %llu evicted, %llu swapped in, %llu wp faults\n",
@@ -458,7 +435,7 @@ START_TEST(budget_lowered_at_run_time)
 	ck_assert_int_eq(lm_region_create_zero(rt, pages * PS, 0, &r), 0);
 	unsigned char *base = lm_region_addr(r);
 	for (size_t p = 0; p < pages; p++)
-		stamp(base, p, 7);
+		lmt_stamp(base, p, 7);
 	ck_assert_uint_eq(lmt_stats(rt).resident_pages, pages);
 	ck_assert_int_eq(lm_runtime_set_budget(rt, 100), -EINVAL);
 	/* A budget the evictor cannot keep (below 16 pages) is refused, not accepted and crawled under. */
@@ -472,10 +449,10 @@ START_TEST(budget_lowered_at_run_time)
 	ck_assert_uint_ge(st.swapped_pages, pages - 512);
 	ck_assert_uint_eq(st.budget_bytes, 512 * PS);
 	for (size_t p = 0; p < pages; p++)
-		ck_assert_msg(check_stamp(base, p, 7) < 0, "page %zu", p);
+		ck_assert_msg(lmt_check_stamp(base, p, 7) < 0, "page %zu", p);
 	ck_assert_int_eq(lm_runtime_set_budget(rt, 0), 0);
 	for (size_t p = 0; p < pages; p++)
-		ck_assert_msg(check_stamp(base, p, 7) < 0, "page %zu", p);
+		ck_assert_msg(lmt_check_stamp(base, p, 7) < 0, "page %zu", p);
 	st = lmt_stats(rt);
 	ck_assert_uint_eq(st.resident_pages, pages);
 	ck_assert_uint_eq(st.budget_bytes, 0);
@@ -496,9 +473,9 @@ START_TEST(swap_full_goes_over_budget)
 	ck_assert_int_eq(lm_region_create_zero(rt, pages * PS, 0, &r), 0);
 	unsigned char *base = lm_region_addr(r);
 	for (size_t p = 0; p < pages; p++)
-		stamp(base, p, 3);
+		lmt_stamp(base, p, 3);
 	for (size_t p = 0; p < pages; p++)
-		ck_assert_msg(check_stamp(base, p, 3) < 0, "page %zu", p);
+		ck_assert_msg(lmt_check_stamp(base, p, 3) < 0, "page %zu", p);
 	struct lm_stats st = lmt_stats(rt);
 	ck_assert_uint_eq(st.swap_slots_total, 256);
 	ck_assert_uint_le(st.swap_slots_used, 256);
@@ -529,10 +506,10 @@ START_TEST(swap_write_errors_lose_nothing)
 	unsigned char *base = lm_region_addr(r);
 	atomic_store(&lm__swap_fail_writes, EIO);
 	for (size_t p = 0; p < pages; p++)
-		stamp(base, p, 5);
+		lmt_stamp(base, p, 5);
 	atomic_store(&lm__swap_fail_writes, 0);
 	for (size_t p = 0; p < pages; p++)
-		ck_assert_msg(check_stamp(base, p, 5) < 0, "page %zu", p);
+		ck_assert_msg(lmt_check_stamp(base, p, 5) < 0, "page %zu", p);
 	struct lm_stats st = lmt_stats(rt);
 	ck_assert_uint_gt(st.swap_write_errors, 0);
 	ck_assert_uint_eq(st.swap_read_errors, 0);
@@ -551,7 +528,7 @@ START_TEST(corrupt_swap_raises_sigbus)
 	ck_assert_int_eq(lm_region_create_zero(rt, pages * PS, 0, &r), 0);
 	unsigned char *base = lm_region_addr(r);
 	for (size_t p = 0; p < pages; p++)
-		stamp(base, p, 9);
+		lmt_stamp(base, p, 9);
 	ck_assert_int_eq(lm_runtime_set_budget(rt, 32 * PS), 0);
 	struct lm_stats st = lmt_stats(rt);
 	ck_assert_uint_gt(st.swapped_pages, 100);
@@ -567,7 +544,7 @@ START_TEST(corrupt_swap_raises_sigbus)
 			bus++;
 			continue;
 		}
-		ck_assert_msg(check_stamp(base, p, 9) < 0, "page %zu returned wrong data", p);
+		ck_assert_msg(lmt_check_stamp(base, p, 9) < 0, "page %zu returned wrong data", p);
 		good++;
 	}
 	st = lmt_stats(rt);
@@ -610,7 +587,7 @@ START_TEST(private_file_under_budget)
 	ck_assert_int_eq(lm_region_advise(r, 0, len, LM_ADV_RANDOM), 0);
 	for (size_t p = 0; p < pages; p++) {
 		if (p % 8 == 0)
-			stamp(base, p, 5);
+			lmt_stamp(base, p, 5);
 		else
 			ck_assert_int_eq(lmt_check_pattern(base + p * PS, p * PS, PS), -1);
 	}
@@ -625,7 +602,7 @@ START_TEST(private_file_under_budget)
 	size_t newer = 0;
 	for (size_t p = 0; p < pages; p++) {
 		if (p % 8 == 0) {
-			ck_assert_msg(check_stamp(base, p, 5) < 0, "written page %zu lost its write", p);
+			ck_assert_msg(lmt_check_stamp(base, p, 5) < 0, "written page %zu lost its write", p);
 			continue;
 		}
 		if (lmt_check_pattern(base + p * PS, p * PS, PS) == -1)
@@ -671,13 +648,13 @@ START_TEST(shared_file_4x_budget)
 		if (p % 2)
 			ck_assert_int_eq(lmt_check_pattern(base + p * PS, p * PS, PS), -1);
 		else
-			stamp(base, p, 11);
+			lmt_stamp(base, p, 11);
 	}
 	for (size_t p = 0; p < pages; p++) {
 		if (p % 2)
 			ck_assert_int_eq(lmt_check_pattern(base + p * PS, p * PS, PS), -1);
 		else
-			ck_assert_msg(check_stamp(base, p, 11) < 0, "page %zu", p);
+			ck_assert_msg(lmt_check_stamp(base, p, 11) < 0, "page %zu", p);
 	}
 	ck_assert_int_eq(lm_region_flush(r, 0, 0), 0);
 	unsigned char *page = malloc(PS);
@@ -690,17 +667,17 @@ START_TEST(shared_file_4x_budget)
 		ck_assert_int_eq(pread(fd, page, PS, (off_t)(p * PS)), (ssize_t)PS);
 		const uint64_t *q = (const uint64_t *)page;
 		for (size_t w = 0; w < PS / 8; w++)
-			ck_assert_msg(q[w] == word(p, 11, w), "file page %zu word %zu", p, w);
+			ck_assert_msg(q[w] == lmt_word(p, 11, w), "file page %zu word %zu", p, w);
 	}
 	/* More writes, then destroy: they reach the file too. */
 	for (size_t p = 1; p < pages; p += 4)
-		stamp(base, p, 12);
+		lmt_stamp(base, p, 12);
 	ck_assert_int_eq(lm_region_destroy(r), 0);
 	for (size_t p = 1; p < pages; p += 4) {
 		ck_assert_int_eq(pread(fd, page, PS, (off_t)(p * PS)), (ssize_t)PS);
 		const uint64_t *q = (const uint64_t *)page;
 		for (size_t w = 0; w < PS / 8; w++)
-			ck_assert_msg(q[w] == word(p, 12, w), "file page %zu word %zu", p, w);
+			ck_assert_msg(q[w] == lmt_word(p, 12, w), "file page %zu word %zu", p, w);
 	}
 	struct lm_stats st = lmt_stats(rt);
 	ck_assert_uint_ge(st.written_back, pages / 2 + pages / 4);

@@ -43,8 +43,8 @@ tests_check_cluster_LDADD = $(CHECK_LIBS)
 
 # The page-state machine is internal: its unit test compiles the library in.
 tests_check_pte_SOURCES = tests/check_pte.c tests/testutil.h $(lib_liblazymem_la_SOURCES)
-tests_check_pte_CFLAGS = $(TEST_CFLAGS) $(URING_CFLAGS) $(CAP_CFLAGS)
-tests_check_pte_LDADD = $(CHECK_LIBS) $(URING_LIBS) $(CAP_LIBS)
+tests_check_pte_CFLAGS = $(TEST_CFLAGS) $(LIB_DEP_CFLAGS)
+tests_check_pte_LDADD = $(CHECK_LIBS) $(LIB_DEP_LIBS)
 
 tests_check_fault_SOURCES = tests/check_fault.c tests/testutil.h
 tests_check_fault_CFLAGS = $(TEST_CFLAGS)
@@ -64,18 +64,18 @@ tests_check_signal_LDADD = $(TEST_LIBS)
 
 # The swap file is internal: its unit test compiles the library in.
 tests_check_swap_SOURCES = tests/check_swap.c $(lib_liblazymem_la_SOURCES)
-tests_check_swap_CFLAGS = $(TEST_CFLAGS) $(URING_CFLAGS) $(CAP_CFLAGS)
-tests_check_swap_LDADD = $(CHECK_LIBS) $(URING_LIBS) $(CAP_LIBS)
+tests_check_swap_CFLAGS = $(TEST_CFLAGS) $(LIB_DEP_CFLAGS)
+tests_check_swap_LDADD = $(CHECK_LIBS) $(LIB_DEP_LIBS)
 
 # Eviction tests inject swap write errors and corrupt the swap file: the library is compiled in.
 tests_check_budget_SOURCES = tests/check_budget.c tests/testutil.h $(lib_liblazymem_la_SOURCES)
-tests_check_budget_CFLAGS = $(TEST_CFLAGS) $(URING_CFLAGS) $(CAP_CFLAGS)
-tests_check_budget_LDADD = $(CHECK_LIBS) $(URING_LIBS) $(CAP_LIBS)
+tests_check_budget_CFLAGS = $(TEST_CFLAGS) $(LIB_DEP_CFLAGS)
+tests_check_budget_LDADD = $(CHECK_LIBS) $(LIB_DEP_LIBS)
 
 # The image writer is internal until the snapshot API uses it: the library is compiled in.
 tests_check_image_SOURCES = tests/check_image.c tests/testutil.h $(lib_liblazymem_la_SOURCES)
-tests_check_image_CFLAGS = $(TEST_CFLAGS) $(URING_CFLAGS) $(CAP_CFLAGS)
-tests_check_image_LDADD = $(CHECK_LIBS) $(URING_LIBS) $(CAP_LIBS)
+tests_check_image_CFLAGS = $(TEST_CFLAGS) $(LIB_DEP_CFLAGS)
+tests_check_image_LDADD = $(CHECK_LIBS) $(LIB_DEP_LIBS)
 
 tests_check_hugetlb_SOURCES = tests/check_hugetlb.c tests/testutil.h tests/snaputil.h
 tests_check_hugetlb_CFLAGS = $(TEST_CFLAGS)
@@ -166,3 +166,13 @@ tests_cluster_keys_SOURCES = tests/cluster-keys.c lib/cluster.c
 tests_cluster_keys_CFLAGS = $(AM_CFLAGS)
 TESTS += tests/cluster-routing.sh
 EXTRA_DIST += tests/cluster-routing.sh
+
+# The remote page store against the same kind of cluster: check_remote
+# runs in the hub namespace under tests/remote.sh, which starts and stops
+# the cluster (the program alone skips: it has no cluster to talk to).
+check_PROGRAMS += tests/check_remote
+tests_check_remote_SOURCES = tests/check_remote.c tests/testutil.h $(lib_liblazymem_la_SOURCES)
+tests_check_remote_CFLAGS = $(TEST_CFLAGS) $(LIB_DEP_CFLAGS)
+tests_check_remote_LDADD = $(CHECK_LIBS) $(LIB_DEP_LIBS)
+TESTS += tests/remote.sh
+EXTRA_DIST += tests/remote.sh

@@ -32,6 +32,34 @@ static inline uint64_t lmt_rng(uint64_t *s)
 	return *s;
 }
 
+/*
+ * Versioned pages: word w of page p at version v is lmt_word(p, v, w), so
+ * a page read back tells whether it is exactly the version last written.
+ */
+static inline uint64_t lmt_word(size_t p, uint64_t v, size_t w)
+{
+	return (p * 0x9e3779b97f4a7c15ull) ^ (v << 20) ^ (w * 0x2545f4914f6cdd1dull);
+}
+
+static inline void lmt_stamp(unsigned char *base, size_t p, uint64_t v)
+{
+	size_t ps = (size_t)sysconf(_SC_PAGESIZE);
+	uint64_t *q = (uint64_t *)(base + p * ps);
+	for (size_t w = 0; w < ps / 8; w++)
+		q[w] = lmt_word(p, v, w);
+}
+
+/* The first word of page p that is not version v, or -1. */
+static inline long lmt_check_stamp(const unsigned char *base, size_t p, uint64_t v)
+{
+	size_t ps = (size_t)sysconf(_SC_PAGESIZE);
+	const uint64_t *q = (const uint64_t *)(base + p * ps);
+	for (size_t w = 0; w < ps / 8; w++)
+		if (q[w] != lmt_word(p, v, w))
+			return (long)w;
+	return -1;
+}
+
 /* Seconds on the monotonic clock. */
 static inline double lmt_now(void)
 {

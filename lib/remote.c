@@ -1,0 +1,734 @@
+/* SPDX-License-Identifier: MIT */
+/* A Redis Cluster as a page store's backend: connections, pipelined batches per node, failover. */
+#include "internal.h"
+
+#include <errno.h>
+#include <hiredis/hiredis.h>
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+/*
+ * Pages live under keys of one namespace (cluster.c says how a page's key
+ * is made: a group of 64 neighbouring pages shares a hash tag, so it is
+ * one slot on one master).  A batch of pages is split by the master that
+ * serves each key, every master gets its part pipelined on one
+ * connection, and all parts are sent before any answer is read: a batch
+ * costs one round trip, however many masters it touches.
+ *
+ * Each thread that does I/O (a handler, the evictor) has connections of
+ * its own (struct lm__remote_conns, in its filler), so no lock is held
+ * while the network answers and as many batches are in flight as there
+ * are such threads.  Every connection has a timeout, on connecting and
+ * on every answer.
+ *
+ * The slot map is shared: a batch reads the one published when it began.
+ * A map is never changed once published; a topology refresh (after a
+ * redirection or a lost connection) builds a new one that keeps the old
+ * one's node numbers, so a thread's connections stay indexed by them, and
+ * the old maps are kept until the cluster is closed (refreshes are rare).
+ *
+ * A batch that meets a redirection, a lost connection or a cluster that
+ * is failing over is sent again, the parts still missing only, until
+ * retry_ms have passed: a master that dies is replaced by its replica
+ * within the cluster's node timeout, and the batch carries on.  What is
+ * still missing then fails with -errno, page by page; the callers keep a
+ * page whose write failed (swap.c) and raise SIGBUS for a page whose read
+ * did (fault.c).  A write that failed that way also stops writes for a
+ * second, so that eviction gives up at once instead of waiting out a
+ * timeout per batch while the cluster is gone.
+ *
+ * hiredis allocates with malloc; runtime threads are marked
+ * (lm__thread_mark), and a host whose malloc is lazy memory (the preload
+ * library) serves them from memory that never is.
+ */
+
+#define MAX_SEEDS 16
+#define MAX_MAPS 256		/* topology refreshes a cluster may go through */
+#define REFRESH_MIN_NS 50000000ull	/* one refresh per 50 ms at most */
+#define DOWN_NS 1000000000ull	/* writes fail fast this long after one timed out */
+
+struct lm__remote {
+	struct lm_runtime *rt;
+	char ns[64];
+	size_t page_size;
+	int timeout_ms;		/* per connect and per answer */
+	int retry_ms;		/* how long a batch keeps trying */
+	int wait_replicas;	/* WAIT for this many replicas after writes; 0: none */
+	unsigned nseeds;
+	struct {
+		char host[64];
+		int port;
+	} seeds[MAX_SEEDS];
+	struct lm__slotmap *_Atomic map;
+	struct lm__slotmap *maps[MAX_MAPS];	/* every map published, freed at close */
+	unsigned nmaps;
+	pthread_mutex_t lock;	/* refreshes */
+	uint64_t refreshed_ns;
+	_Atomic uint64_t down_until;
+	_Atomic uint64_t hiwater;	/* keys below it may exist: close deletes them */
+	struct lm__remote_conns *admin;	/* open's and close's connections */
+};
+
+struct lm__remote_conns {
+	redisContext *c[LM__CLUSTER_NODES];
+};
+
+/* ---- the URL --------------------------------------------------------------- */
+
+static int parse_ms(const char *v, size_t len, int max, int *out)
+{
+	int n = 0;
+	if (!len)
+		return -EINVAL;
+	for (size_t i = 0; i < len; i++) {
+		if (v[i] < '0' || v[i] > '9' || (n = n * 10 + (v[i] - '0')) > max)
+			return -EINVAL;
+	}
+	*out = n;
+	return 0;
+}
+
+/*
+ * redis://HOST:PORT[,HOST:PORT...][/NAME][?wait=N&timeout=MS&retry=MS]:
+ * the seeds (any nodes of the cluster; the rest is learned from them), a
+ * name that goes into the namespace, and the options.
+ */
+static int parse_url(struct lm__remote *c, const char *url, char *name, size_t namecap)
+{
+	static const char scheme[] = "redis://";
+	if (strncmp(url, scheme, sizeof(scheme) - 1))
+		return -EINVAL;
+	const char *p = url + sizeof(scheme) - 1;
+	size_t hosts = strcspn(p, "/?");
+	for (size_t at = 0; at < hosts;) {
+		size_t len = strcspn(p + at, ",/?");
+		if (len > hosts - at)
+			len = hosts - at;
+		if (c->nseeds == MAX_SEEDS)
+			return -E2BIG;
+		if (lm__cluster_endpoint(p + at, len, c->seeds[c->nseeds].host,
+					 sizeof(c->seeds[0].host), &c->seeds[c->nseeds].port) < 0)
+			return -EINVAL;
+		c->nseeds++;
+		at += len + 1;
+	}
+	if (!c->nseeds)
+		return -EINVAL;
+	p += hosts;
+	name[0] = '\0';
+	if (*p == '/') {
+		size_t len = strcspn(++p, "?");
+		if (len >= namecap)
+			return -ENAMETOOLONG;
+		for (size_t i = 0; i < len; i++)
+			if (p[i] <= ' ' || p[i] == '{' || p[i] == '}' || p[i] == 0x7f)
+				return -EINVAL;
+		memcpy(name, p, len);
+		name[len] = '\0';
+		p += len;
+	}
+	if (*p == '?')
+		p++;
+	while (*p) {
+		size_t len = strcspn(p, "&");
+		const char *eq = memchr(p, '=', len);
+		if (!eq)
+			return -EINVAL;
+		size_t klen = (size_t)(eq - p), vlen = len - klen - 1;
+		int rc;
+		if (klen == 4 && !memcmp(p, "wait", 4))
+			rc = parse_ms(eq + 1, vlen, 16, &c->wait_replicas);
+		else if (klen == 7 && !memcmp(p, "timeout", 7))
+			rc = parse_ms(eq + 1, vlen, 3600000, &c->timeout_ms);
+		else if (klen == 5 && !memcmp(p, "retry", 5))
+			rc = parse_ms(eq + 1, vlen, 3600000, &c->retry_ms);
+		else
+			rc = -EINVAL;
+		if (rc < 0)
+			return rc;
+		p += len + (p[len] == '&');
+	}
+	return c->timeout_ms ? 0 : -EINVAL;
+}
+
+/* ---- connections ----------------------------------------------------------- */
+
+static struct timeval tv_of(int ms)
+{
+	return (struct timeval){ .tv_sec = ms / 1000, .tv_usec = (ms % 1000) * 1000 };
+}
+
+static redisContext *connect_to(struct lm__remote *c, const char *host, int port)
+{
+	redisContext *ctx = redisConnectWithTimeout(host, port, tv_of(c->timeout_ms));
+	if (ctx && !ctx->err && redisSetTimeout(ctx, tv_of(c->timeout_ms)) == REDIS_OK)
+		return ctx;
+	if (ctx)
+		redisFree(ctx);
+	return NULL;
+}
+
+static struct lm__remote_conns *conns_get(struct lm__remote_conns **cs)
+{
+	if (!*cs)
+		*cs = lm__calloc(1, sizeof(**cs));
+	return *cs;
+}
+
+static void conn_drop(struct lm__remote_conns *cs, unsigned node)
+{
+	if (cs->c[node]) {
+		redisFree(cs->c[node]);
+		cs->c[node] = NULL;
+	}
+}
+
+void lm__remote_conns_free(struct lm__remote_conns *cs)
+{
+	if (!cs)
+		return;
+	for (unsigned i = 0; i < LM__CLUSTER_NODES; i++)
+		conn_drop(cs, i);
+	lm__free(cs);
+}
+
+/* This thread's connection to node, made if it has none; NULL when the node cannot be reached. */
+static redisContext *conn_of(struct lm__remote *c, struct lm__remote_conns *cs,
+			     const struct lm__slotmap *m, unsigned node)
+{
+	if (cs->c[node] && !cs->c[node]->err)
+		return cs->c[node];
+	conn_drop(cs, node);
+	cs->c[node] = connect_to(c, m->nodes[node].host, m->nodes[node].port);
+	return cs->c[node];
+}
+
+/* ---- the slot map ------------------------------------------------------------ */
+
+/*
+ * CLUSTER SLOTS from one node into m: each entry is [first, last,
+ * [host, port, ...], replicas...].  An empty host is the node asked.
+ * Node numbers index every thread's connections, so they are kept from
+ * map to map and nodes are only ever added.
+ */
+static int slots_from(redisContext *ctx, const char *asked, struct lm__slotmap *m)
+{
+	redisReply *r = redisCommand(ctx, "CLUSTER SLOTS");
+	if (!r)
+		return -EHOSTUNREACH;
+	int rc = 0;
+	if (r->type != REDIS_REPLY_ARRAY || !r->elements) {
+		rc = r->type == REDIS_REPLY_ERROR ? -ENOTSUP : -EPROTO;
+		goto out;
+	}
+	for (size_t i = 0; i < r->elements && rc >= 0; i++) {
+		redisReply *e = r->element[i];
+		if (e->type != REDIS_REPLY_ARRAY || e->elements < 3 ||
+		    e->element[0]->type != REDIS_REPLY_INTEGER ||
+		    e->element[1]->type != REDIS_REPLY_INTEGER ||
+		    e->element[2]->type != REDIS_REPLY_ARRAY || e->element[2]->elements < 2 ||
+		    e->element[2]->element[0]->type != REDIS_REPLY_STRING ||
+		    e->element[2]->element[1]->type != REDIS_REPLY_INTEGER) {
+			rc = -EPROTO;
+			break;
+		}
+		const char *host = e->element[2]->element[0]->str;
+		long long first = e->element[0]->integer, last = e->element[1]->integer;
+		if (first < 0 || last < first || last >= LM__CLUSTER_SLOTS) {
+			rc = -EPROTO;
+			break;
+		}
+		rc = lm__slotmap_assign(m, (unsigned)first, (unsigned)last, *host ? host : asked,
+					(int)e->element[2]->element[1]->integer);
+		/*
+		 * Replicas are known too, though they serve no slot: when every
+		 * master is gone, they are who can tell which of them took over.
+		 */
+		for (size_t k = 3; k < e->elements && rc >= 0; k++) {
+			redisReply *x = e->element[k];
+			if (x->type == REDIS_REPLY_ARRAY && x->elements >= 2 &&
+			    x->element[0]->type == REDIS_REPLY_STRING && *x->element[0]->str &&
+			    x->element[1]->type == REDIS_REPLY_INTEGER)
+				lm__slotmap_node_add(m, x->element[0]->str, (int)x->element[1]->integer);
+		}
+	}
+out:
+	freeReplyObject(r);
+	return rc < 0 ? rc : 0;
+}
+
+/*
+ * Asks the cluster which master serves each slot: the nodes of the
+ * current map first (a failed master's replica knows it was promoted),
+ * then the seeds.  Publishes the answer as a new map with the old node
+ * numbers.  Several threads that lost a connection at once refresh once.
+ */
+static int refresh(struct lm__remote *c, const struct lm__slotmap *seen)
+{
+	pthread_mutex_lock(&c->lock);
+	struct lm__slotmap *cur = atomic_load(&c->map);
+	uint64_t now = lm__now_ns();
+	int rc = 0;
+	if ((seen && cur != seen) || (cur && now - c->refreshed_ns < REFRESH_MIN_NS))
+		goto out;
+	if (c->nmaps == MAX_MAPS) {
+		rc = -EMLINK;
+		goto out;
+	}
+	struct lm__slotmap *m = lm__malloc(sizeof(*m));
+	if (!m) {
+		rc = -ENOMEM;
+		goto out;
+	}
+	rc = -EHOSTUNREACH;
+	unsigned known = cur ? cur->nnodes : 0;
+	for (unsigned i = 0; i < known + c->nseeds && rc < 0; i++) {
+		const char *host = i < known ? cur->nodes[i].host : c->seeds[i - known].host;
+		int port = i < known ? cur->nodes[i].port : c->seeds[i - known].port;
+		redisContext *ctx = connect_to(c, host, port);
+		if (!ctx)
+			continue;
+		lm__slotmap_init(m);
+		if (cur) {
+			m->nnodes = cur->nnodes;
+			memcpy(m->nodes, cur->nodes, sizeof(m->nodes));
+		}
+		int r = slots_from(ctx, host, m);
+		redisFree(ctx);
+		/* A node that lost the cluster answers with holes: ask another. */
+		if (r == 0 && lm__slotmap_uncovered(m) && i + 1 < known + c->nseeds)
+			r = -EAGAIN;
+		if (r == 0 || rc == -EHOSTUNREACH)
+			rc = r;
+	}
+	c->refreshed_ns = now;
+	if (rc < 0) {
+		lm__free(m);
+		goto out;
+	}
+	if (cur && memcmp(cur->node, m->node, sizeof(m->node)))
+		LM__STAT_ADD(c->rt, remote_failovers, 1);
+	c->maps[c->nmaps++] = m;
+	atomic_store(&c->map, m);
+out:
+	pthread_mutex_unlock(&c->lock);
+	return rc;
+}
+
+/* ---- batches ----------------------------------------------------------------- */
+
+/* What one attempt left a page with. */
+#define P_DONE 0
+#define P_AGAIN 1	/* send again (redirected, connection lost, cluster busy) */
+
+struct part {
+	const struct lm__slotmap *m;
+	unsigned node;
+	unsigned n;		/* commands appended */
+	uint64_t sent_ns;
+};
+
+static int key_of(const struct lm__remote *c, uint64_t k, char *buf, size_t cap)
+{
+	return lm__cluster_page_key(buf, cap, c->ns, k);
+}
+
+static void count_rtt(struct lm__remote *c, uint64_t ns)
+{
+	LM__STAT_ADD(c->rt, remote_requests, 1);
+	LM__STAT_ADD(c->rt, remote_rtt_ns_total, ns);
+	if (ns < 100000)
+		LM__STAT_ADD(c->rt, remote_rtt_lt_100us, 1);
+	else if (ns < 1000000)
+		LM__STAT_ADD(c->rt, remote_rtt_lt_1ms, 1);
+	else if (ns < 10000000)
+		LM__STAT_ADD(c->rt, remote_rtt_lt_10ms, 1);
+	else if (ns < 100000000)
+		LM__STAT_ADD(c->rt, remote_rtt_lt_100ms, 1);
+	else
+		LM__STAT_ADD(c->rt, remote_rtt_ge_100ms, 1);
+}
+
+/*
+ * An error answer to one page's command: a redirection is followed on the
+ * next attempt (MOVED by a refresh of the whole map, ASK for this page
+ * alone), a cluster in the middle of a change is waited for, and the
+ * rest is final: -ENOSPC when the cluster is out of memory.
+ */
+static int error_of(struct lm__remote *c, const redisReply *r, int *ask)
+{
+	struct lm__redirect red;
+	if (lm__cluster_redirect(r->str, r->len, &red) == 0) {
+		if (red.kind == LM__REDIRECT_ASK) {
+			struct lm__slotmap *m = atomic_load(&c->map);
+			for (unsigned i = 0; i < m->nnodes; i++)
+				if (m->nodes[i].port == red.port && !strcmp(m->nodes[i].host, red.host))
+					*ask = (int)i;
+		}
+		return P_AGAIN;
+	}
+	if (!strncmp(r->str, "TRYAGAIN", 8) || !strncmp(r->str, "CLUSTERDOWN", 11) ||
+	    !strncmp(r->str, "LOADING", 7) || !strncmp(r->str, "MASTERDOWN", 10))
+		return P_AGAIN;
+	if (!strncmp(r->str, "OOM", 3))
+		return -ENOSPC;
+	if (!strncmp(r->str, "NOREPLICAS", 10))
+		return -ENOLINK;
+	return -EIO;
+}
+
+struct batch {
+	unsigned n;
+	const uint64_t *key;
+	unsigned char *const *wpages;	/* a write's pages */
+	unsigned char *const *rpages;	/* a read's destinations */
+	int *res;		/* per page: P_DONE, P_AGAIN or -errno */
+	int *ask;		/* per page: node an ASK redirection named, or -1 */
+};
+
+/*
+ * One attempt at the pages still P_AGAIN: every master's part appended,
+ * then the answers read, master by master.  Returns whether a connection
+ * was lost or a redirection seen (the map may be stale).
+ */
+static bool attempt(struct lm__remote *c, struct lm__remote_conns *cs, struct batch *b)
+{
+	const struct lm__slotmap *m = atomic_load(&c->map);
+	struct part parts[LM__CLUSTER_NODES];
+	unsigned nparts = 0;
+	int part_of[LM__CLUSTER_NODES];
+	bool stale = false;
+	for (unsigned i = 0; i < LM__CLUSTER_NODES; i++)
+		part_of[i] = -1;
+	char key[160];
+	size_t ps = c->page_size;
+	/* Which master each page goes to; the ones none serves wait for the next map. */
+	int node_of[b->n];
+	for (unsigned i = 0; i < b->n; i++) {
+		node_of[i] = -1;
+		if (b->res[i] != P_AGAIN)
+			continue;
+		int klen = key_of(c, b->key[i], key, sizeof(key));
+		int node = b->ask[i] >= 0 ? b->ask[i] :
+			   lm__slotmap_node(m, lm__cluster_slot(key, (size_t)klen));
+		if (node < 0 || (unsigned)node >= m->nnodes) {
+			stale = true;
+			continue;
+		}
+		if (part_of[node] < 0) {
+			if (!conn_of(c, cs, m, (unsigned)node)) {
+				LM__STAT_ADD(c->rt, remote_errors, 1);
+				stale = true;
+				continue;
+			}
+			part_of[node] = (int)nparts;
+			parts[nparts++] = (struct part){ .m = m, .node = (unsigned)node };
+		}
+		redisContext *ctx = cs->c[node];
+		struct part *pt = &parts[part_of[node]];
+		if (b->ask[i] >= 0) {
+			redisAppendCommand(ctx, "ASKING");
+			pt->n++;
+		}
+		if (b->wpages) {
+			const char *argv[3] = { "SET", key, (const char *)b->wpages[i] };
+			size_t len[3] = { 3, (size_t)klen, ps };
+			redisAppendCommandArgv(ctx, 3, argv, len);
+		} else {
+			const char *argv[2] = { "GET", key };
+			size_t len[2] = { 3, (size_t)klen };
+			redisAppendCommandArgv(ctx, 2, argv, len);
+		}
+		pt->n++;
+		node_of[i] = node;
+	}
+	/* Every part goes out before any answer is awaited: one round trip in all. */
+	for (unsigned p = 0; p < nparts; p++) {
+		redisContext *ctx = cs->c[parts[p].node];
+		if (b->wpages && c->wait_replicas)
+			redisAppendCommand(ctx, "WAIT %d %d", c->wait_replicas, c->timeout_ms);
+		parts[p].sent_ns = lm__now_ns();
+		int done = 0;
+		while (!done && redisBufferWrite(ctx, &done) == REDIS_OK)
+			;
+	}
+	for (unsigned p = 0; p < nparts; p++) {
+		struct part *pt = &parts[p];
+		redisContext *ctx = cs->c[pt->node];
+		bool lost = ctx->err != 0;
+		int waited = c->wait_replicas;
+		for (unsigned i = 0; i < b->n; i++) {
+			if (node_of[i] != (int)pt->node)
+				continue;
+			redisReply *r = NULL;
+			int ask = -1;
+			if (!lost && b->ask[i] >= 0) {
+				if (redisGetReply(ctx, (void **)&r) != REDIS_OK)
+					lost = true;
+				freeReplyObject(r);
+				r = NULL;
+			}
+			if (!lost && redisGetReply(ctx, (void **)&r) != REDIS_OK)
+				lost = true;
+			b->ask[i] = -1;
+			if (lost) {
+				b->res[i] = P_AGAIN;
+				continue;
+			}
+			if (r->type == REDIS_REPLY_ERROR) {
+				b->res[i] = error_of(c, r, &ask);
+				b->ask[i] = ask;
+				stale |= b->res[i] == P_AGAIN && ask < 0;
+			} else if (b->wpages) {
+				b->res[i] = r->type == REDIS_REPLY_STATUS ? P_DONE : -EPROTO;
+				if (!b->res[i])
+					LM__STAT_ADD(c->rt, remote_bytes_out, ps);
+			} else if (r->type == REDIS_REPLY_NIL) {
+				b->res[i] = -ENODATA;	/* every copy of the page is gone */
+			} else if (r->type != REDIS_REPLY_STRING || (size_t)r->len != ps) {
+				b->res[i] = -EBADMSG;
+			} else {
+				memcpy(b->rpages[i], r->str, ps);
+				LM__STAT_ADD(c->rt, remote_bytes_in, ps);
+				b->res[i] = P_DONE;
+			}
+			freeReplyObject(r);
+		}
+		if (!lost && b->wpages && c->wait_replicas) {
+			redisReply *r = NULL;
+			if (redisGetReply(ctx, (void **)&r) != REDIS_OK)
+				lost = true;
+			else
+				waited = r->type == REDIS_REPLY_INTEGER ? (int)r->integer : -1;
+			freeReplyObject(r);
+			/* Written, but not where a failover would find it: not done. */
+			if (!lost && waited < c->wait_replicas)
+				for (unsigned i = 0; i < b->n; i++)
+					if (node_of[i] == (int)pt->node && b->res[i] == P_DONE)
+						b->res[i] = -ENOLINK;
+		}
+		if (lost) {
+			LM__STAT_ADD(c->rt, remote_errors, 1);
+			conn_drop(cs, pt->node);
+			stale = true;
+		} else {
+			count_rtt(c, lm__now_ns() - pt->sent_ns);
+		}
+	}
+	return stale;
+}
+
+/*
+ * Runs a batch to the end: attempts until every page is done or failed,
+ * or retry_ms have passed.  Returns 0, or the first page's error.
+ */
+static int run_batch(struct lm__remote *c, struct lm__remote_conns **csp, struct batch *b)
+{
+	struct lm__remote_conns *cs = conns_get(csp);
+	int first = 0;
+	if (!cs) {
+		for (unsigned i = 0; i < b->n; i++)
+			b->res[i] = -ENOMEM;
+		return -ENOMEM;
+	}
+	for (unsigned i = 0; i < b->n; i++) {
+		b->res[i] = P_AGAIN;
+		b->ask[i] = -1;
+	}
+	uint64_t deadline = lm__now_ns() + (uint64_t)c->retry_ms * 1000000;
+	unsigned tries = 0;
+	for (;;) {
+		const struct lm__slotmap *m = atomic_load(&c->map);
+		bool stale = attempt(c, cs, b);
+		unsigned again = 0;
+		for (unsigned i = 0; i < b->n; i++)
+			again += b->res[i] == P_AGAIN;
+		if (!again || lm__now_ns() >= deadline)
+			break;
+		LM__STAT_ADD(c->rt, remote_retries, 1);
+		if (stale)
+			refresh(c, m);
+		/* A failover takes the cluster's node timeout: back off, up to 100 ms a try. */
+		if (tries++)
+			nanosleep(&(struct timespec){ 0, (long)(tries < 10 ? tries * 10 : 100) * 1000000 },
+				  NULL);
+	}
+	for (unsigned i = 0; i < b->n; i++) {
+		if (b->res[i] == P_AGAIN)
+			b->res[i] = -ETIMEDOUT;
+		if (b->res[i] && !first)
+			first = b->res[i];
+	}
+	return first;
+}
+
+int lm__remote_write(struct lm__remote *c, struct lm__remote_conns **cs, const uint64_t *key,
+		     unsigned char *const *pages, unsigned n, int *res)
+{
+	if (lm__now_ns() < atomic_load_explicit(&c->down_until, memory_order_relaxed)) {
+		for (unsigned i = 0; i < n; i++)
+			res[i] = -EHOSTUNREACH;
+		return n ? -EHOSTUNREACH : 0;
+	}
+	for (unsigned i = 0; i < n; i++) {
+		uint64_t hw = atomic_load(&c->hiwater);
+		while (key[i] >= hw && !atomic_compare_exchange_weak(&c->hiwater, &hw, key[i] + 1))
+			;
+	}
+	int ask[n ? n : 1];
+	struct batch b = { .n = n, .key = key, .wpages = pages, .res = res, .ask = ask };
+	int rc = run_batch(c, cs, &b);
+	if (rc == -ETIMEDOUT || rc == -EHOSTUNREACH)
+		atomic_store(&c->down_until, lm__now_ns() + DOWN_NS);
+	return rc;
+}
+
+int lm__remote_read(struct lm__remote *c, struct lm__remote_conns **cs, const uint64_t *key,
+		    unsigned char *const *pages, unsigned n, int *res)
+{
+	int ask[n ? n : 1];
+	struct batch b = { .n = n, .key = key, .rpages = pages, .res = res, .ask = ask };
+	return run_batch(c, cs, &b);
+}
+
+bool lm__remote_writable(struct lm__remote *c)
+{
+	return lm__now_ns() >= atomic_load_explicit(&c->down_until, memory_order_relaxed);
+}
+
+/* ---- open and close ------------------------------------------------------------ */
+
+/*
+ * A cluster that may evict keys would lose pages without telling: every
+ * master must say noeviction.  One that cannot say (CONFIG disabled) is
+ * refused too.
+ */
+static int check_policy(struct lm__remote *c)
+{
+	const struct lm__slotmap *m = atomic_load(&c->map);
+	for (unsigned i = 0; i < m->nnodes; i++) {
+		redisContext *ctx = conn_of(c, c->admin, m, i);
+		if (!ctx) {
+			lm__log(c->rt, 1, "remote store: cannot reach %s:%d", m->nodes[i].host,
+				m->nodes[i].port);
+			return -EHOSTUNREACH;
+		}
+		redisReply *r = redisCommand(ctx, "CONFIG GET maxmemory-policy");
+		bool ok = r && r->type == REDIS_REPLY_ARRAY && r->elements == 2 &&
+			  r->element[1]->type == REDIS_REPLY_STRING &&
+			  !strcmp(r->element[1]->str, "noeviction");
+		if (!ok)
+			lm__log(c->rt, 1,
+				"remote store: %s:%d %s%s; a cluster that may evict keys would lose "
+				"pages: set maxmemory-policy noeviction on every master",
+				m->nodes[i].host, m->nodes[i].port,
+				r && r->type == REDIS_REPLY_ARRAY && r->elements == 2 ?
+					"has maxmemory-policy " : "does not tell its maxmemory-policy",
+				r && r->type == REDIS_REPLY_ARRAY && r->elements == 2 &&
+						r->element[1]->type == REDIS_REPLY_STRING ?
+					r->element[1]->str : "");
+		freeReplyObject(r);
+		if (!ok)
+			return -EINVAL;
+	}
+	return 0;
+}
+
+int lm__remote_open(struct lm_runtime *rt, const char *url, size_t page_size,
+		    struct lm__remote **out)
+{
+	struct lm__remote *c = lm__calloc(1, sizeof(*c));
+	if (!c)
+		return -ENOMEM;
+	c->rt = rt;
+	c->page_size = page_size;
+	c->timeout_ms = 1000;
+	c->retry_ms = 10000;
+	pthread_mutex_init(&c->lock, NULL);
+	char name[32];
+	int rc = parse_url(c, url, name, sizeof(name));
+	if (rc < 0) {
+		lm__log(rt, 1, "remote store: %s: not redis://HOST:PORT[,HOST:PORT...][/NAME]"
+			"[?wait=N&timeout=MS&retry=MS]", url);
+		goto fail;
+	}
+	/* A namespace no other runtime uses: name, pid, time and a random part. */
+	struct timespec ts;
+	clock_gettime(CLOCK_REALTIME, &ts);
+	uint32_t rnd = (uint32_t)lm__hash64(&ts, sizeof(ts), (uint64_t)getpid()) ^ (uint32_t)(uintptr_t)c;
+	snprintf(c->ns, sizeof(c->ns), "lm:%s:%d:%08" PRIx32, *name ? name : "swap", (int)getpid(),
+		 rnd);
+	c->admin = conns_get(&c->admin);
+	if (!c->admin) {
+		rc = -ENOMEM;
+		goto fail;
+	}
+	if ((rc = refresh(c, NULL)) < 0) {
+		lm__log(rt, 1, "remote store: no node of %s answered CLUSTER SLOTS (%s)", url,
+			lm_strerror(rc));
+		goto fail;
+	}
+	unsigned holes = lm__slotmap_uncovered(atomic_load(&c->map));
+	if (holes) {
+		lm__log(rt, 1, "remote store: %u slots of %s have no master: the cluster is not whole",
+			holes, url);
+		rc = -ENXIO;
+		goto fail;
+	}
+	if ((rc = check_policy(c)) < 0)
+		goto fail;
+	lm__log(rt, 2, "remote store: %s, %u masters, namespace %s", url,
+		atomic_load(&c->map)->nnodes, c->ns);
+	*out = c;
+	return 0;
+fail:
+	lm__remote_close(c);
+	return rc;
+}
+
+/* Deletes every key the store may have written, 64 at a time (one group, one slot). */
+static void delete_all(struct lm__remote *c)
+{
+	uint64_t hw = atomic_load(&c->hiwater);
+	for (uint64_t g = 0; g * LM__CLUSTER_GROUP < hw; g++) {
+		char keys[LM__CLUSTER_GROUP][160];
+		const char *argv[LM__CLUSTER_GROUP + 1] = { "UNLINK" };
+		size_t len[LM__CLUSTER_GROUP + 1] = { 6 };
+		unsigned n = 0;
+		for (uint64_t k = g * LM__CLUSTER_GROUP; k < hw && n < LM__CLUSTER_GROUP; k++, n++) {
+			len[n + 1] = (size_t)key_of(c, k, keys[n], sizeof(keys[n]));
+			argv[n + 1] = keys[n];
+		}
+		const struct lm__slotmap *m = atomic_load(&c->map);
+		int node = lm__slotmap_node(m, lm__cluster_slot(keys[0], len[1]));
+		redisContext *ctx = node < 0 ? NULL : conn_of(c, c->admin, m, (unsigned)node);
+		redisReply *r = ctx ? redisCommandArgv(ctx, (int)n + 1, argv, len) : NULL;
+		if (!r) {
+			lm__log(c->rt, 1, "remote store: could not delete the keys of %s", c->ns);
+			return;
+		}
+		freeReplyObject(r);
+	}
+}
+
+void lm__remote_close(struct lm__remote *c)
+{
+	if (!c)
+		return;
+	if (atomic_load(&c->map) && c->admin)
+		delete_all(c);
+	lm__remote_conns_free(c->admin);
+	for (unsigned i = 0; i < c->nmaps; i++)
+		lm__free(c->maps[i]);
+	pthread_mutex_destroy(&c->lock);
+	lm__free(c);
+}
+
+const char *lm__remote_ns(const struct lm__remote *c)
+{
+	return c->ns;
+}
