@@ -703,6 +703,8 @@ static void run_usage(FILE *f)
 		"  -b, --budget SIZE      resident memory at most (K, M, G, T); default none\n"
 		"  -m, --mode MODE        thread (default) or signal: how faults are resolved\n"
 		"  -s, --swap-dir DIR     where the swap file goes (default $TMPDIR, else /tmp)\n"
+		"      --swap URL         evicted pages go to a Redis Cluster instead:\n"
+		"                         redis://HOST:PORT[,HOST:PORT...][?wait=N&timeout=MS&retry=MS]\n"
 		"  -t, --threshold SIZE   anonymous mmaps this large and up are lazy (default 256K)\n"
 		"      --no-inherit       programs it executes run without lazy memory\n"
 		"      --no-report        do not report to lazymemd\n"
@@ -719,11 +721,12 @@ static void run_usage(FILE *f)
 static int cmd_run(int argc, char **argv)
 {
 	enum { EX_RUN = 125, EX_NOEXEC = 126, EX_NOTFOUND = 127 };
-	enum { NO_INHERIT = 256, NO_REPORT, STATS, HELP };
+	enum { NO_INHERIT = 256, NO_REPORT, STATS, SWAP, HELP };
 	static const struct option longs[] = {
 		{ "budget", required_argument, NULL, 'b' },
 		{ "mode", required_argument, NULL, 'm' },
 		{ "swap-dir", required_argument, NULL, 's' },
+		{ "swap", required_argument, NULL, SWAP },
 		{ "threshold", required_argument, NULL, 't' },
 		{ "no-inherit", no_argument, NULL, NO_INHERIT },
 		{ "no-report", no_argument, NULL, NO_REPORT },
@@ -772,6 +775,13 @@ static int cmd_run(int argc, char **argv)
 			char num[32];
 			snprintf(num, sizeof(num), "%" PRIu64, bytes);
 			setenv("LAZYMEM_THRESHOLD", num, 1);
+			break;
+		case SWAP:
+			if (strncmp(optarg, "redis://", 8)) {
+				fprintf(stderr, "lazymem: run: --swap %s is not a redis:// URL\n", optarg);
+				return EX_USAGE;
+			}
+			setenv("LAZYMEM_SWAP", optarg, 1);
 			break;
 		case NO_INHERIT: setenv("LAZYMEM_NO_INHERIT", "1", 1); break;
 		case NO_REPORT: setenv("LAZYMEM_SOCKET", "off", 1); break;

@@ -18,6 +18,13 @@
  */
 static const struct lm__allocator *host;
 
+__thread bool lm__runtime_thread __attribute__((tls_model("initial-exec")));
+
+void lm__thread_mark(void)
+{
+	lm__runtime_thread = true;
+}
+
 void lm__alloc_set(const struct lm__allocator *a)
 {
 	LM__ASSERT(!host || !a);

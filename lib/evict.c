@@ -795,6 +795,7 @@ static void evict_round(struct lm_runtime *rt, struct batch *b, int memfd)
 
 static void *evictor_main(void *arg)
 {
+	lm__thread_mark();
 	struct lm_runtime *rt = arg;
 	sigset_t all;
 	sigfillset(&all);

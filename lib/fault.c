@@ -761,6 +761,7 @@ long lm__fill_range(struct lm__filler *f, struct lm_region *r, uint64_t first, u
 
 void *lm__prefetch_main(void *arg)
 {
+	lm__thread_mark();
 	struct lm_runtime *rt = arg;
 	sigset_t all;
 	sigfillset(&all);

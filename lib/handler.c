@@ -226,6 +226,7 @@ static void rearm(struct lm__filler *f)
 
 void *lm__handler_main(void *arg)
 {
+	lm__thread_mark();
 	struct lm__filler *f = arg;
 	struct lm_runtime *rt = f->rt;
 	sigset_t all;

@@ -102,6 +102,13 @@ struct lm__allocator {
 	void (*free)(void *p);
 };
 void lm__alloc_set(const struct lm__allocator *a);
+/*
+ * True in the threads the runtime starts (each calls lm__thread_mark
+ * first): a host whose malloc is lazy memory serves their allocations,
+ * their libraries' included, from memory that never is (preload.c).
+ */
+extern __thread bool lm__runtime_thread __attribute__((tls_model("initial-exec")));
+void lm__thread_mark(void);
 void *lm__malloc(size_t n);
 void *lm__calloc(size_t n, size_t size);
 void *lm__realloc(void *p, size_t n);

@@ -62,6 +62,14 @@ static int sys_madvise(void *addr, size_t len, int advice)
 	return (int)syscall(SYS_madvise, addr, len, advice);
 }
 
+/* The runtime's own allocator (below): its threads' memory, never lazy. */
+static inline bool own_has(const void *p);
+static void *own_malloc(size_t n);
+static void *own_calloc(size_t n);
+static void *own_realloc(void *p, size_t n);
+static void own_free_block(void *p);
+static size_t own_size(const void *p);
+
 /* ---- the application's malloc: jemalloc's ------------------------------ */
 
 /*
@@ -90,8 +98,20 @@ static inline void hooked(void)
 		hook_arena();
 }
 
+/* A thread the runtime started allocates from its own allocator: see "the runtime's own memory". */
+#define runtime_thread() __builtin_expect(lm__runtime_thread, 0)
+
+static void *own_or_enomem(void *p)
+{
+	if (!p)
+		errno = ENOMEM;
+	return p;
+}
+
 EXPORT void *malloc(size_t n)
 {
+	if (runtime_thread())
+		return own_or_enomem(own_malloc(n));
 	hooked();
 	void *p = mallocx(n ? n : 1, 0);
 	if (!p)
@@ -101,7 +121,9 @@ EXPORT void *malloc(size_t n)
 
 EXPORT void free(void *p)
 {
-	if (p)
+	if (own_has(p))
+		own_free_block(p);
+	else if (p)
 		dallocx(p, 0);
 }
 
@@ -112,6 +134,8 @@ EXPORT void *calloc(size_t n, size_t size)
 		return NULL;
 	}
 	size_t total = n * size;
+	if (runtime_thread())
+		return own_or_enomem(own_calloc(total));
 	hooked();
 	void *p = mallocx(total ? total : 1, MALLOCX_ZERO);
 	if (!p)
@@ -123,6 +147,13 @@ EXPORT void *realloc(void *p, size_t n)
 {
 	if (!p)
 		return malloc(n);
+	if (own_has(p)) {
+		if (!n) {
+			own_free_block(p);
+			return NULL;
+		}
+		return own_or_enomem(own_realloc(p, n));
+	}
 	/* As glibc's: realloc(p, 0) frees p. */
 	if (!n) {
 		dallocx(p, 0);
@@ -137,6 +168,9 @@ EXPORT void *realloc(void *p, size_t n)
 
 static void *aligned(size_t align, size_t n)
 {
+	/* Blocks are 16-byte aligned; a runtime thread's larger alignments come from jemalloc. */
+	if (runtime_thread() && align <= 16)
+		return own_or_enomem(own_malloc(n));
 	hooked();
 	void *p = mallocx(n ? n : 1, MALLOCX_ALIGN(align));
 	if (!p)
@@ -197,6 +231,8 @@ EXPORT void *pvalloc(size_t n)
 
 EXPORT size_t malloc_usable_size(void *p)
 {
+	if (own_has(p))
+		return own_size(p);
 	return p ? sallocx(p, 0) : 0;
 }
 
@@ -204,16 +240,24 @@ EXPORT size_t malloc_usable_size(void *p)
 
 /*
  * The runtime's structures live in a small allocator of their own over
- * plain mappings, never in jemalloc.  Its arenas are lazy memory now, and
+ * plain memory, never in jemalloc.  Its arenas are lazy memory now, and
  * its thread caches and metadata come from them: a handler thread that
  * called malloc could fault on a page only it can fill, or wait for a
- * jemalloc lock held by the thread whose fault it is serving.  Runtime
- * threads call nothing in jemalloc, so they never even get a thread
- * cache.  Size classes are powers of two up to 64 KiB, carved from 1 MiB
- * chunks and kept on free lists; larger blocks are mappings of their own.
+ * jemalloc lock held by the thread whose fault it is serving.  So the
+ * threads the runtime starts are marked (lm__runtime_thread) and whatever
+ * they allocate, through lm__malloc or through malloc itself (hiredis,
+ * libc's own calls), comes from here; they never even get a thread cache.
+ *
+ * All of it is carved from one window of address space reserved up front
+ * (never lazy: plain anonymous memory, without reservation), so that free
+ * and realloc tell its blocks from jemalloc's by address alone.  Size
+ * classes are powers of two: up to 64 KiB carved from 1 MiB chunks, above
+ * that blocks of their own; both kept on free lists by class (a large
+ * block gives its memory back when freed, its first page aside).
  */
 #define SMALL_MIN_SHIFT 4
 #define SMALL_MAX_SHIFT 16
+#define BIG_MAX_SHIFT 32
 #define CHUNK_BYTES (1u << 20)
 #define HEADER 16	/* keeps blocks 16-byte aligned, like malloc's */
 
@@ -221,15 +265,48 @@ struct block {
 	struct block *next;
 };
 static pthread_mutex_t own_lock = PTHREAD_MUTEX_INITIALIZER;
-static struct block *own_free[SMALL_MAX_SHIFT + 1];
-static char *own_bump, *own_end;
+static struct block *own_free[BIG_MAX_SHIFT + 1];
+static char *own_bump, *own_end;	/* the current chunk */
+static _Atomic uintptr_t own_lo;	/* the window: [own_lo, own_lo + own_len) */
+static size_t own_len;
+static char *own_top;			/* the window's unused part starts here */
+
+/* Whether p is one of ours: one compare, for every free of the program's. */
+static inline bool own_has(const void *p)
+{
+	uintptr_t lo = atomic_load_explicit(&own_lo, memory_order_relaxed);
+	return lo && (uintptr_t)p - lo < own_len;
+}
+
+/* bytes (a multiple of 64 KiB) from the window, reserved at the first call; own_lock held. */
+static void *own_take(size_t bytes)
+{
+	if (!own_lo) {
+		/* As much as the address-space limit allows: 64 GiB down to 1 GiB. */
+		for (size_t len = (size_t)64 << 30; len >= ((size_t)1 << 30) && !own_lo; len /= 4) {
+			void *w = sys_mmap(NULL, len, PROT_READ | PROT_WRITE,
+					   MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+			if (w == MAP_FAILED)
+				continue;
+			own_len = len;
+			own_top = w;
+			atomic_store_explicit(&own_lo, (uintptr_t)w, memory_order_release);
+		}
+		if (!own_lo)
+			return NULL;
+	}
+	if ((size_t)((char *)own_lo + own_len - own_top) < bytes)
+		return NULL;
+	void *p = own_top;
+	own_top += bytes;
+	return p;
+}
 
 static void *own_carve(size_t bytes)
 {
 	if ((size_t)(own_end - own_bump) < bytes) {
-		void *c = sys_mmap(NULL, CHUNK_BYTES, PROT_READ | PROT_WRITE,
-				   MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-		if (c == MAP_FAILED)
+		char *c = own_take(CHUNK_BYTES);
+		if (!c)
 			return NULL;
 		/* The rest of the old chunk is lost: at most one block's worth. */
 		own_bump = c;
@@ -242,53 +319,44 @@ static void *own_carve(size_t bytes)
 
 static void *own_malloc(size_t n)
 {
-	if (n > SIZE_MAX - HEADER - page_size)
+	if (n > ((size_t)1 << BIG_MAX_SHIFT) - HEADER)
 		return NULL;
 	size_t need = n + HEADER;
 	unsigned shift = SMALL_MIN_SHIFT;
-	while (shift <= SMALL_MAX_SHIFT && ((size_t)1 << shift) < need)
+	while (((size_t)1 << shift) < need)
 		shift++;
-	uint64_t *h;
-	if (shift > SMALL_MAX_SHIFT) {
-		size_t len = (need + page_size - 1) & ~(page_size - 1);
-		h = sys_mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-		if (h == MAP_FAILED)
-			return NULL;
-		h[0] = len;
-	} else {
-		pthread_mutex_lock(&own_lock);
-		struct block *b = own_free[shift];
-		if (b)
-			own_free[shift] = b->next;
-		else
-			b = own_carve((size_t)1 << shift);
-		pthread_mutex_unlock(&own_lock);
-		if (!b)
-			return NULL;
-		h = (uint64_t *)b;
-		h[0] = shift;
-	}
+	pthread_mutex_lock(&own_lock);
+	struct block *b = own_free[shift];
+	if (b)
+		own_free[shift] = b->next;
+	else if (shift <= SMALL_MAX_SHIFT)
+		b = own_carve((size_t)1 << shift);
+	else
+		b = own_take((size_t)1 << shift);
+	pthread_mutex_unlock(&own_lock);
+	if (!b)
+		return NULL;
+	uint64_t *h = (uint64_t *)b;
+	h[0] = shift;
 	return (char *)h + HEADER;
 }
 
-/* Bytes the block holds; a header above SMALL_MAX_SHIFT is a mapping's length. */
+/* Bytes the block holds. */
 static size_t own_size(const void *p)
 {
-	uint64_t v = *(const uint64_t *)((const char *)p - HEADER);
-	return (v <= SMALL_MAX_SHIFT ? (size_t)1 << v : (size_t)v) - HEADER;
+	return ((size_t)1 << *(const uint64_t *)((const char *)p - HEADER)) - HEADER;
 }
 
 static void own_free_block(void *p)
 {
 	uint64_t *h = (uint64_t *)((char *)p - HEADER);
-	if (h[0] > SMALL_MAX_SHIFT) {
-		sys_munmap(h, (size_t)h[0]);
-		return;
-	}
+	unsigned shift = (unsigned)h[0];
+	if (shift > SMALL_MAX_SHIFT)
+		sys_madvise((char *)h + page_size, ((size_t)1 << shift) - page_size, MADV_DONTNEED);
 	struct block *b = (struct block *)h;
 	pthread_mutex_lock(&own_lock);
-	b->next = own_free[h[0]];
-	own_free[h[0]] = b;
+	b->next = own_free[shift];
+	own_free[shift] = b;
 	pthread_mutex_unlock(&own_lock);
 }
 

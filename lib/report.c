@@ -317,6 +317,7 @@ static void watch(struct lm__report *p)
 
 static void *report_main(void *arg)
 {
+	lm__thread_mark();
 	struct lm__report *p = arg;
 	sigset_t all;
 	sigfillset(&all);

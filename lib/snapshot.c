@@ -559,6 +559,7 @@ struct protect_part {
 
 static void *protect_main(void *arg)
 {
+	lm__thread_mark();
 	struct protect_part *p = arg;
 	p->rc = protect_range(p->rt, p->start, p->len);
 	return NULL;
@@ -760,6 +761,7 @@ int lm_snapshot_read(struct lm_snapshot *s, size_t offset, void *buf, size_t len
 
 static void *saver_main(void *arg)
 {
+	lm__thread_mark();
 	struct lm_snapshot *s = arg;
 	struct lm_runtime *rt = s->rt;
 	struct lm_region *r = s->r;
