@@ -877,7 +877,7 @@ int lm__evict_setup(struct lm_runtime *rt)
 			goto out;
 		}
 		struct lm__remote *remote;
-		if ((rc = lm__remote_open(rt, rt->opt.swap_url, ps, &remote)) < 0)
+		if ((rc = lm__remote_open(rt, rt->opt.swap_url, ps, 0, &remote)) < 0)
 			goto out;
 		rc = lm__swap_open_remote(&rt->swap, remote, max, ps);
 	} else if ((rc = lm__swap_open(&rt->swap, dir, max, ps)) < 0) {

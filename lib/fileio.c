@@ -99,8 +99,6 @@ void lm__filler_fini(struct lm__filler *f)
 		lm__free(f->ring);
 		f->ring = NULL;
 	}
-	lm__remote_conns_free(f->remote);
-	f->remote = NULL;
 	if (f->stage) {
 		munmap(f->stage, f->stage_len);
 		f->stage = NULL;

@@ -428,7 +428,6 @@ struct lm__filler {
 	_Atomic int busy;	/* pool slots only */
 	int epfd;		/* a handler thread's own epoll set (handler.c), -1: none */
 	int cpu;		/* the CPU its handler thread runs on, -1: any */
-	struct lm__remote_conns *remote;	/* its connections to a remote store, NULL: none yet */
 	uint64_t spin_after;	/* its handler does not linger before this (handler.c) */
 	bool dormant;		/* its handler left the userfaultfd's waiters until spin_after */
 };
@@ -501,35 +500,49 @@ unsigned lm__slotmap_uncovered(const struct lm__slotmap *m);
 
 /* ---- remote.c: a Redis Cluster as a page store's backend ------------------ */
 
-struct lm__remote;		/* one cluster: its slot map, namespace and options */
-struct lm__remote_conns;	/* one thread's connections to its masters */
+struct lm__remote;		/* one cluster: its slot map, namespace, options, connections */
+
+#define LM__REMOTE_NAMED 1u	/* the URL names the keys (/NAME): an image others find by it */
 
 /*
  * Connects to the cluster a redis:// URL names (see lm_options.swap_url),
- * learns its slot map and checks that no master may evict keys.  Keys go
- * in a namespace of their own.  -EINVAL: a malformed URL or a master that
- * may evict; -EHOSTUNREACH: no node answered; -ENXIO: slots have no master.
+ * learns its slot map and checks that no master may evict keys.  Page
+ * keys go in a namespace: a new one of this store's own, deleted at
+ * close, or with LM__REMOTE_NAMED "lm:img:NAME", kept.  -EINVAL: a
+ * malformed URL or a master that may evict; -EHOSTUNREACH: no node
+ * answered; -ENXIO: slots have no master.
  */
-int lm__remote_open(struct lm_runtime *rt, const char *url, size_t page_size,
+int lm__remote_open(struct lm_runtime *rt, const char *url, size_t page_size, unsigned flags,
 		    struct lm__remote **out);
-/* Deletes the keys the store wrote and disconnects. */
+/* Disconnects, deleting the keys an unnamed store wrote. */
 void lm__remote_close(struct lm__remote *c);
 const char *lm__remote_ns(const struct lm__remote *c);
 /*
- * Writes page i to key key[i] (reads key[i] into pages[i]), res[i] its
- * result: one pipelined round trip per master, sent again through
- * redirections and failovers for up to the URL's retry time.  *cs: the
- * calling thread's connections (made on first use; lm__remote_conns_free).
- * Returns 0 or the first error: -ENODATA for a page the cluster does not
- * have, -ETIMEDOUT when it could not be reached in time.
+ * Writes page i to key key[i] (reads key[i] into pages[i]) of the
+ * namespace, res[i] its result: one pipelined round trip per master,
+ * sent again through redirections and failovers for up to the URL's
+ * retry time, on a set of connections taken from a pool for the batch
+ * (no lock held while the network answers).  Returns 0 or the first
+ * error: -ENODATA for a page the cluster does not have, -ETIMEDOUT when
+ * it could not be reached in time.
  */
-int lm__remote_write(struct lm__remote *c, struct lm__remote_conns **cs, const uint64_t *key,
-		     unsigned char *const *pages, unsigned n, int *res);
-int lm__remote_read(struct lm__remote *c, struct lm__remote_conns **cs, const uint64_t *key,
-		    unsigned char *const *pages, unsigned n, int *res);
+int lm__remote_write(struct lm__remote *c, const uint64_t *key, unsigned char *const *pages,
+		     unsigned n, int *res);
+int lm__remote_read(struct lm__remote *c, const uint64_t *key, unsigned char *const *pages,
+		    unsigned n, int *res);
 /* False for a while after a write timed out: the cluster is gone, eviction waits. */
 bool lm__remote_writable(struct lm__remote *c);
-void lm__remote_conns_free(struct lm__remote_conns *cs);
+/*
+ * The calls below are for the store's one owner (open, an image's upload,
+ * close), not for concurrent batches: they share one set of connections.
+ */
+/* Key's value into buf (cap with its zero): its length, -ENOENT when there is none. */
+int lm__remote_get(struct lm__remote *c, const char *key, char *buf, size_t cap);
+int lm__remote_set(struct lm__remote *c, const char *key, const char *val);
+/* Page keys go in namespace ns from now on. */
+void lm__remote_set_ns(struct lm__remote *c, const char *ns);
+/* Deletes the page keys [0, n) of namespace ns. */
+int lm__remote_delete(struct lm__remote *c, const char *ns, uint64_t n);
 
 /* ---- swap.c: the swap file --------------------------------------------- */
 

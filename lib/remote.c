@@ -19,17 +19,18 @@
  * connection, and all parts are sent before any answer is read: a batch
  * costs one round trip, however many masters it touches.
  *
- * Each thread that does I/O (a handler, the evictor) has connections of
- * its own (struct lm__remote_conns, in its filler), so no lock is held
- * while the network answers and as many batches are in flight as there
- * are such threads.  Every connection has a timeout, on connecting and
- * on every answer.
+ * A batch takes a set of connections (one per master) from a pool and
+ * puts it back when done, so no lock is held while the network answers
+ * and as many batches are in flight as there are threads doing I/O (the
+ * handlers, the evictor).  Every connection has a timeout, on connecting
+ * and on every answer.
  *
  * The slot map is shared: a batch reads the one published when it began.
  * A map is never changed once published; a topology refresh (after a
  * redirection or a lost connection) builds a new one that keeps the old
  * one's node numbers, so a thread's connections stay indexed by them, and
  * the old maps are kept until the cluster is closed (refreshes are rare).
+ * So a set's connections stay indexed by node number across maps.
  *
  * A batch that meets a redirection, a lost connection or a cluster that
  * is failing over is sent again, the parts still missing only, until
@@ -67,14 +68,18 @@ struct lm__remote {
 	struct lm__slotmap *maps[MAX_MAPS];	/* every map published, freed at close */
 	unsigned nmaps;
 	pthread_mutex_t lock;	/* refreshes */
+	pthread_mutex_t pool_lock;
 	uint64_t refreshed_ns;
 	_Atomic uint64_t down_until;
 	_Atomic uint64_t hiwater;	/* keys below it may exist: close deletes them */
+	bool owned;		/* the namespace is this store's alone: close deletes its keys */
+	struct lm__remote_conns *pool;	/* connection sets not in use, under lock */
 	struct lm__remote_conns *admin;	/* open's and close's connections */
 };
 
 struct lm__remote_conns {
 	redisContext *c[LM__CLUSTER_NODES];
+	struct lm__remote_conns *next;	/* in the pool */
 };
 
 /* ---- the URL --------------------------------------------------------------- */
@@ -172,11 +177,27 @@ static redisContext *connect_to(struct lm__remote *c, const char *host, int port
 	return NULL;
 }
 
-static struct lm__remote_conns *conns_get(struct lm__remote_conns **cs)
+/*
+ * A set of connections for one batch, from the pool (or new): taken and
+ * put back under the lock, used without it, so no lock is held while the
+ * network answers and there are as many sets as batches ever in flight.
+ */
+static struct lm__remote_conns *conns_take(struct lm__remote *c)
 {
-	if (!*cs)
-		*cs = lm__calloc(1, sizeof(**cs));
-	return *cs;
+	pthread_mutex_lock(&c->pool_lock);
+	struct lm__remote_conns *cs = c->pool;
+	if (cs)
+		c->pool = cs->next;
+	pthread_mutex_unlock(&c->pool_lock);
+	return cs ? cs : lm__calloc(1, sizeof(*cs));
+}
+
+static void conns_put(struct lm__remote *c, struct lm__remote_conns *cs)
+{
+	pthread_mutex_lock(&c->pool_lock);
+	cs->next = c->pool;
+	c->pool = cs;
+	pthread_mutex_unlock(&c->pool_lock);
 }
 
 static void conn_drop(struct lm__remote_conns *cs, unsigned node)
@@ -187,7 +208,7 @@ static void conn_drop(struct lm__remote_conns *cs, unsigned node)
 	}
 }
 
-void lm__remote_conns_free(struct lm__remote_conns *cs)
+static void conns_free(struct lm__remote_conns *cs)
 {
 	if (!cs)
 		return;
@@ -526,9 +547,11 @@ static bool attempt(struct lm__remote *c, struct lm__remote_conns *cs, struct ba
  * Runs a batch to the end: attempts until every page is done or failed,
  * or retry_ms have passed.  Returns 0, or the first page's error.
  */
-static int run_batch(struct lm__remote *c, struct lm__remote_conns **csp, struct batch *b)
+static int run_batch(struct lm__remote *c, struct batch *b)
 {
-	struct lm__remote_conns *cs = conns_get(csp);
+	if (!b->n)
+		return 0;
+	struct lm__remote_conns *cs = conns_take(c);
 	int first = 0;
 	if (!cs) {
 		for (unsigned i = 0; i < b->n; i++)
@@ -557,6 +580,7 @@ static int run_batch(struct lm__remote *c, struct lm__remote_conns **csp, struct
 			nanosleep(&(struct timespec){ 0, (long)(tries < 10 ? tries * 10 : 100) * 1000000 },
 				  NULL);
 	}
+	conns_put(c, cs);
 	for (unsigned i = 0; i < b->n; i++) {
 		if (b->res[i] == P_AGAIN)
 			b->res[i] = -ETIMEDOUT;
@@ -566,8 +590,8 @@ static int run_batch(struct lm__remote *c, struct lm__remote_conns **csp, struct
 	return first;
 }
 
-int lm__remote_write(struct lm__remote *c, struct lm__remote_conns **cs, const uint64_t *key,
-		     unsigned char *const *pages, unsigned n, int *res)
+int lm__remote_write(struct lm__remote *c, const uint64_t *key, unsigned char *const *pages,
+		     unsigned n, int *res)
 {
 	if (lm__now_ns() < atomic_load_explicit(&c->down_until, memory_order_relaxed)) {
 		for (unsigned i = 0; i < n; i++)
@@ -581,18 +605,18 @@ int lm__remote_write(struct lm__remote *c, struct lm__remote_conns **cs, const u
 	}
 	int ask[n ? n : 1];
 	struct batch b = { .n = n, .key = key, .wpages = pages, .res = res, .ask = ask };
-	int rc = run_batch(c, cs, &b);
+	int rc = run_batch(c, &b);
 	if (rc == -ETIMEDOUT || rc == -EHOSTUNREACH)
 		atomic_store(&c->down_until, lm__now_ns() + DOWN_NS);
 	return rc;
 }
 
-int lm__remote_read(struct lm__remote *c, struct lm__remote_conns **cs, const uint64_t *key,
-		    unsigned char *const *pages, unsigned n, int *res)
+int lm__remote_read(struct lm__remote *c, const uint64_t *key, unsigned char *const *pages,
+		    unsigned n, int *res)
 {
 	int ask[n ? n : 1];
 	struct batch b = { .n = n, .key = key, .rpages = pages, .res = res, .ask = ask };
-	return run_batch(c, cs, &b);
+	return run_batch(c, &b);
 }
 
 bool lm__remote_writable(struct lm__remote *c)
@@ -638,7 +662,7 @@ static int check_policy(struct lm__remote *c)
 	return 0;
 }
 
-int lm__remote_open(struct lm_runtime *rt, const char *url, size_t page_size,
+int lm__remote_open(struct lm_runtime *rt, const char *url, size_t page_size, unsigned flags,
 		    struct lm__remote **out)
 {
 	struct lm__remote *c = lm__calloc(1, sizeof(*c));
@@ -649,20 +673,31 @@ int lm__remote_open(struct lm_runtime *rt, const char *url, size_t page_size,
 	c->timeout_ms = 1000;
 	c->retry_ms = 10000;
 	pthread_mutex_init(&c->lock, NULL);
+	pthread_mutex_init(&c->pool_lock, NULL);
 	char name[32];
 	int rc = parse_url(c, url, name, sizeof(name));
+	if (!rc && (flags & LM__REMOTE_NAMED) && !*name)
+		rc = -EINVAL;
 	if (rc < 0) {
-		lm__log(rt, 1, "remote store: %s: not redis://HOST:PORT[,HOST:PORT...][/NAME]"
-			"[?wait=N&timeout=MS&retry=MS]", url);
+		lm__log(rt, 1, "remote store: %s: not redis://HOST:PORT[,HOST:PORT...]%s"
+			"[?wait=N&timeout=MS&retry=MS]", url,
+			flags & LM__REMOTE_NAMED ? "/NAME" : "[/NAME]");
 		goto fail;
 	}
-	/* A namespace no other runtime uses: name, pid, time and a random part. */
-	struct timespec ts;
-	clock_gettime(CLOCK_REALTIME, &ts);
-	uint32_t rnd = (uint32_t)lm__hash64(&ts, sizeof(ts), (uint64_t)getpid()) ^ (uint32_t)(uintptr_t)c;
-	snprintf(c->ns, sizeof(c->ns), "lm:%s:%d:%08" PRIx32, *name ? name : "swap", (int)getpid(),
-		 rnd);
-	c->admin = conns_get(&c->admin);
+	if (flags & LM__REMOTE_NAMED) {
+		/* A name others find it by: the caller's to manage. */
+		snprintf(c->ns, sizeof(c->ns), "lm:img:%s", name);
+	} else {
+		/* A namespace no other runtime uses: name, pid, time and a random part. */
+		struct timespec ts;
+		clock_gettime(CLOCK_REALTIME, &ts);
+		uint32_t rnd = (uint32_t)lm__hash64(&ts, sizeof(ts), (uint64_t)getpid()) ^
+			       (uint32_t)(uintptr_t)c;
+		snprintf(c->ns, sizeof(c->ns), "lm:%s:%d:%08" PRIx32, *name ? name : "swap",
+			 (int)getpid(), rnd);
+		c->owned = true;
+	}
+	c->admin = conns_take(c);
 	if (!c->admin) {
 		rc = -ENOMEM;
 		goto fail;
@@ -681,7 +716,7 @@ int lm__remote_open(struct lm_runtime *rt, const char *url, size_t page_size,
 	}
 	if ((rc = check_policy(c)) < 0)
 		goto fail;
-	lm__log(rt, 2, "remote store: %s, %u masters, namespace %s", url,
+	lm__log(rt, 2, "remote store: %s, %u nodes, namespace %s", url,
 		atomic_load(&c->map)->nnodes, c->ns);
 	*out = c;
 	return 0;
@@ -690,41 +725,127 @@ fail:
 	return rc;
 }
 
-/* Deletes every key the store may have written, 64 at a time (one group, one slot). */
-static void delete_all(struct lm__remote *c)
+/*
+ * One command on one key, on the master that serves it, through
+ * redirections and failovers as a batch is; the answer, or NULL when
+ * the cluster could not be reached in time.
+ */
+static redisReply *key_command(struct lm__remote *c, const char *key, int argc,
+			       const char **argv, const size_t *len)
 {
-	uint64_t hw = atomic_load(&c->hiwater);
-	for (uint64_t g = 0; g * LM__CLUSTER_GROUP < hw; g++) {
+	uint64_t deadline = lm__now_ns() + (uint64_t)c->retry_ms * 1000000;
+	redisReply *r = NULL;
+	int ask = -1;
+	for (unsigned tries = 0;; tries++) {
+		const struct lm__slotmap *m = atomic_load(&c->map);
+		int node = ask >= 0 ? ask : lm__slotmap_node(m, lm__cluster_slot(key, strlen(key)));
+		redisContext *ctx = node < 0 ? NULL : conn_of(c, c->admin, m, (unsigned)node);
+		if (ctx && ask >= 0)
+			freeReplyObject(redisCommand(ctx, "ASKING"));
+		r = ctx ? redisCommandArgv(ctx, argc, argv, len) : NULL;
+		ask = -1;
+		if (!r && ctx) {
+			LM__STAT_ADD(c->rt, remote_errors, 1);
+			conn_drop(c->admin, (unsigned)node);
+		}
+		if (r && (r->type != REDIS_REPLY_ERROR || error_of(c, r, &ask) != P_AGAIN))
+			return r;
+		freeReplyObject(r);
+		r = NULL;
+		if (lm__now_ns() >= deadline)
+			return NULL;
+		LM__STAT_ADD(c->rt, remote_retries, 1);
+		if (ask < 0)
+			refresh(c, m);
+		if (tries)
+			nanosleep(&(struct timespec){ 0, (long)(tries < 10 ? tries * 10 : 100) * 1000000 },
+				  NULL);
+	}
+}
+
+int lm__remote_get(struct lm__remote *c, const char *key, char *buf, size_t cap)
+{
+	const char *argv[2] = { "GET", key };
+	size_t len[2] = { 3, strlen(key) };
+	redisReply *r = key_command(c, key, 2, argv, len);
+	int rc = !r ? -ETIMEDOUT : r->type == REDIS_REPLY_NIL ? -ENOENT :
+		 r->type != REDIS_REPLY_STRING ? -EIO : r->len >= cap ? -EMSGSIZE : (int)r->len;
+	if (rc >= 0) {
+		memcpy(buf, r->str, (size_t)r->len);
+		buf[r->len] = '\0';
+	}
+	freeReplyObject(r);
+	return rc;
+}
+
+int lm__remote_set(struct lm__remote *c, const char *key, const char *val)
+{
+	const char *argv[3] = { "SET", key, val };
+	size_t len[3] = { 3, strlen(key), strlen(val) };
+	redisReply *r = key_command(c, key, 3, argv, len);
+	int rc = !r ? -ETIMEDOUT : r->type == REDIS_REPLY_STATUS ? 0 : -EIO;
+	if (r && r->type == REDIS_REPLY_ERROR && !strncmp(r->str, "OOM", 3))
+		rc = -ENOSPC;
+	freeReplyObject(r);
+	if (!rc && c->wait_replicas) {
+		const struct lm__slotmap *m = atomic_load(&c->map);
+		int node = lm__slotmap_node(m, lm__cluster_slot(key, strlen(key)));
+		redisContext *ctx = node < 0 ? NULL : conn_of(c, c->admin, m, (unsigned)node);
+		r = ctx ? redisCommand(ctx, "WAIT %d %d", c->wait_replicas, c->timeout_ms) : NULL;
+		rc = r && r->type == REDIS_REPLY_INTEGER && r->integer >= c->wait_replicas ? 0 : -ENOLINK;
+		freeReplyObject(r);
+	}
+	return rc;
+}
+
+void lm__remote_set_ns(struct lm__remote *c, const char *ns)
+{
+	snprintf(c->ns, sizeof(c->ns), "%s", ns);
+}
+
+/* Deletes the page keys [0, n) of namespace ns, a group (one slot) per command. */
+int lm__remote_delete(struct lm__remote *c, const char *ns, uint64_t n)
+{
+	char saved[sizeof(c->ns)], want[sizeof(c->ns)];
+	snprintf(want, sizeof(want), "%s", ns);
+	memcpy(saved, c->ns, sizeof(saved));
+	memcpy(c->ns, want, sizeof(want));
+	int rc = 0;
+	for (uint64_t g = 0; g * LM__CLUSTER_GROUP < n && !rc; g++) {
 		char keys[LM__CLUSTER_GROUP][160];
 		const char *argv[LM__CLUSTER_GROUP + 1] = { "UNLINK" };
 		size_t len[LM__CLUSTER_GROUP + 1] = { 6 };
-		unsigned n = 0;
-		for (uint64_t k = g * LM__CLUSTER_GROUP; k < hw && n < LM__CLUSTER_GROUP; k++, n++) {
-			len[n + 1] = (size_t)key_of(c, k, keys[n], sizeof(keys[n]));
-			argv[n + 1] = keys[n];
+		unsigned k = 0;
+		for (uint64_t p = g * LM__CLUSTER_GROUP; p < n && k < LM__CLUSTER_GROUP; p++, k++) {
+			len[k + 1] = (size_t)key_of(c, p, keys[k], sizeof(keys[k]));
+			argv[k + 1] = keys[k];
 		}
-		const struct lm__slotmap *m = atomic_load(&c->map);
-		int node = lm__slotmap_node(m, lm__cluster_slot(keys[0], len[1]));
-		redisContext *ctx = node < 0 ? NULL : conn_of(c, c->admin, m, (unsigned)node);
-		redisReply *r = ctx ? redisCommandArgv(ctx, (int)n + 1, argv, len) : NULL;
-		if (!r) {
-			lm__log(c->rt, 1, "remote store: could not delete the keys of %s", c->ns);
-			return;
-		}
+		redisReply *r = key_command(c, keys[0], (int)k + 1, argv, len);
+		rc = r && r->type == REDIS_REPLY_INTEGER ? 0 : -EIO;
 		freeReplyObject(r);
 	}
+	memcpy(c->ns, saved, sizeof(saved));
+	return rc;
 }
 
 void lm__remote_close(struct lm__remote *c)
 {
 	if (!c)
 		return;
-	if (atomic_load(&c->map) && c->admin)
-		delete_all(c);
-	lm__remote_conns_free(c->admin);
+	uint64_t hw = atomic_load(&c->hiwater);
+	if (c->owned && hw && atomic_load(&c->map) && c->admin &&
+	    lm__remote_delete(c, c->ns, hw) < 0)
+		lm__log(c->rt, 1, "remote store: could not delete the keys of %s", c->ns);
+	conns_free(c->admin);
+	while (c->pool) {
+		struct lm__remote_conns *cs = c->pool;
+		c->pool = cs->next;
+		conns_free(cs);
+	}
 	for (unsigned i = 0; i < c->nmaps; i++)
 		lm__free(c->maps[i]);
 	pthread_mutex_destroy(&c->lock);
+	pthread_mutex_destroy(&c->pool_lock);
 	lm__free(c);
 }
 

@@ -268,8 +268,8 @@ static int batch_io(struct lm__swap *s, struct lm__filler *f, unsigned char *con
 {
 	size_t ps = s->page_size;
 	if (s->remote) {
-		int rc = write ? lm__remote_write(s->remote, &f->remote, slots, pages, n, done) :
-				 lm__remote_read(s->remote, &f->remote, slots, pages, n, done);
+		int rc = write ? lm__remote_write(s->remote, slots, pages, n, done) :
+				 lm__remote_read(s->remote, slots, pages, n, done);
 		/* Not there, or not whole: what the file's short read is. */
 		for (unsigned i = 0; !write && i < n; i++)
 			if (done[i] == -ENODATA)

@@ -85,8 +85,12 @@ START_TEST(open_rejects_bad_options)
 	o.size = 4;
 	ck_assert_int_eq(lm_runtime_open(&o, &rt), -EINVAL);
 	lm_options_init(&o);
-	o.reserved[0] = 1;	/* reserved must be zero: later versions give it meaning */
+	o.swap_url = "/tmp/swap";	/* only redis:// URLs */
 	ck_assert_int_eq(lm_runtime_open(&o, &rt), -EINVAL);
+	lm_options_init(&o);
+	o.swap_url = "redis://127.0.0.1:1";
+	o.mode = LM_MODE_SIGNAL;	/* the remote store's client cannot run in a signal handler */
+	ck_assert_int_eq(lm_runtime_open(&o, &rt), -EOPNOTSUPP);
 	lm_options_init(&o);
 	o.reserved32 = 1;
 	ck_assert_int_eq(lm_runtime_open(&o, &rt), -EINVAL);
