@@ -399,6 +399,17 @@ LM_API int lm_region_create_file(struct lm_runtime *rt, int fd, off_t offset,
  */
 LM_API int lm_region_create_image(struct lm_runtime *rt, int fd, unsigned flags,
 				  struct lm_region **out);
+/*
+ * The same, from an image by name: a path, or an image in a Redis
+ * Cluster that lm_snapshot_save put there,
+ * "redis://HOST:PORT[,HOST:PORT...]/NAME[?timeout=MS&retry=MS]" (thread
+ * mode only: -EOPNOTSUPP in signal mode).  Its header and index are read
+ * now, its pages from the cluster on first touch, each checked against
+ * its checksum.  -ENOENT: no image of that name; -EHOSTUNREACH: no node
+ * answered.  flags: 0.
+ */
+LM_API int lm_region_create_image_at(struct lm_runtime *rt, const char *where, unsigned flags,
+				     struct lm_region **out);
 
 /*
  * Unmaps the region; its memory must no longer be used.  A shared file
@@ -434,7 +445,11 @@ LM_API int lm_runtime_set_budget(struct lm_runtime *rt, uint64_t bytes);
  * read: copies the snapshot's [offset, offset + len) to buf.
  * save: writes the snapshot to an image file (lazymem-image(5)) in the
  *   background, while the application runs; with LM_SAVE_WAIT it returns
- *   when the image is durable.  -EBUSY while a save is in progress.
+ *   when the image is durable.  -EBUSY while a save is in progress.  A
+ *   path "redis://HOST:PORT[,...]/NAME[?wait=N...]" saves it to a Redis
+ *   Cluster under NAME (written locally first, in the swap directory,
+ *   then put there whole before NAME points to it; the previous image of
+ *   that name is kept, the one before it deleted); thread mode only.
  * wait: waits for the save in progress and returns its result: 0 once
  *   the image is durable (written, fsync'ed, renamed into place).
  * rollback: puts the region back as it was at the snapshot; only pages

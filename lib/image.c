@@ -3,6 +3,7 @@
 #include "internal.h"
 
 #include <errno.h>
+#include <inttypes.h>
 #include <fcntl.h>
 #include <libgen.h>
 #include <stdio.h>
@@ -466,6 +467,7 @@ void lm__image_free(struct lm__image *im)
 {
 	if (!im)
 		return;
+	lm__remote_close(im->remote);
 	if (im->ents)
 		munmap(im->ents, im->ents_len);
 	lm__free(im->dir);
@@ -540,4 +542,189 @@ int64_t lm__image_find(struct lm__image *im, int fd, uint64_t pgno)
 			hi = mid;
 	}
 	return (int64_t)lo;
+}
+
+/* ---- images in a Redis Cluster ------------------------------------------------ */
+
+/*
+ * The name's key holds "lmimg1 GEN PAGES PREVGEN PREVPAGES": the
+ * generation a restore opens, its file's length in pages, and the one
+ * before it (0 0: none).  A generation is written whole under a fresh
+ * random number before the name points to it, so a reader sees the old
+ * image or the new, never a mix; and pages carry their checksums in the
+ * index, so not even a damaged key is read as data.
+ */
+#define REMOTE_TAG "lmimg1"
+#define LM__IMAGE_REMOTE_BATCH 64	/* pages per upload or download batch */
+
+struct remote_ptr {
+	uint64_t gen, pages, prev, prev_pages;
+};
+
+static int ptr_get(struct lm__remote *c, const char *name, struct remote_ptr *p)
+{
+	char buf[128];
+	int n = lm__remote_get(c, name, buf, sizeof(buf));
+	if (n < 0)
+		return n;
+	char tag[8];
+	if (sscanf(buf, "%7s %" SCNx64 " %" SCNu64 " %" SCNx64 " %" SCNu64, tag, &p->gen, &p->pages,
+		   &p->prev, &p->prev_pages) != 5 || strcmp(tag, REMOTE_TAG) || !p->gen || !p->pages)
+		return -EBADMSG;
+	return 0;
+}
+
+static void gen_ns(char *buf, size_t cap, const char *name, uint64_t gen)
+{
+	snprintf(buf, cap, "%s:%" PRIx64, name, gen);
+}
+
+int lm__image_upload(struct lm_runtime *rt, int fd, const char *url)
+{
+	struct lm__remote *c;
+	size_t ps = (size_t)rt->page_size;
+	int rc = lm__remote_open(rt, url, ps, LM__REMOTE_NAMED, &c);
+	if (rc < 0)
+		return rc;
+	char name[64], ns[96];
+	snprintf(name, sizeof(name), "%s", lm__remote_ns(c));
+	struct remote_ptr old = { 0 };
+	rc = ptr_get(c, name, &old);
+	if (rc == -ENOENT || rc == -EBADMSG)
+		rc = 0, old = (struct remote_ptr){ 0 };
+	struct stat st;
+	if (!rc && fstat(fd, &st) < 0)
+		rc = -errno;
+	uint64_t pages = rc ? 0 : ((uint64_t)st.st_size + ps - 1) / ps;
+	struct timespec ts;
+	clock_gettime(CLOCK_REALTIME, &ts);
+	uint64_t gen = lm__hash64(&ts, sizeof(ts), (uint64_t)getpid() ^ old.gen) | 1;
+	gen_ns(ns, sizeof(ns), name, gen);
+	lm__remote_set_ns(c, ns);
+	unsigned char *buf = rc ? NULL : mmap(NULL, LM__IMAGE_REMOTE_BATCH * ps,
+					     PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	if (buf == MAP_FAILED)
+		rc = -ENOMEM;
+	/* The file, a batch of pages at a time: one round trip per master each. */
+	for (uint64_t at = 0; !rc && at < pages; at += LM__IMAGE_REMOTE_BATCH) {
+		unsigned n = pages - at < LM__IMAGE_REMOTE_BATCH ? (unsigned)(pages - at) :
+								   LM__IMAGE_REMOTE_BATCH;
+		memset(buf, 0, (size_t)n * ps);
+		for (size_t got = 0; !rc && got < (size_t)n * ps;) {
+			ssize_t k = pread(fd, buf + got, (size_t)n * ps - got, (off_t)(at * ps + got));
+			if (k < 0 && errno == EINTR)
+				continue;
+			if (k < 0)
+				rc = -errno;
+			if (k <= 0)
+				break;
+			got += (size_t)k;
+		}
+		uint64_t keys[LM__IMAGE_REMOTE_BATCH];
+		unsigned char *pp[LM__IMAGE_REMOTE_BATCH];
+		int res[LM__IMAGE_REMOTE_BATCH];
+		for (unsigned i = 0; i < n; i++) {
+			keys[i] = at + i;
+			pp[i] = buf + (size_t)i * ps;
+		}
+		if (!rc)
+			rc = lm__remote_write(c, keys, pp, n, res);
+	}
+	if (buf && buf != MAP_FAILED)
+		munmap(buf, LM__IMAGE_REMOTE_BATCH * ps);
+	/* Published: the name points to the new generation, and keeps the old one's. */
+	if (!rc) {
+		char val[128];
+		snprintf(val, sizeof(val), REMOTE_TAG " %" PRIx64 " %" PRIu64 " %" PRIx64 " %" PRIu64,
+			 gen, pages, old.gen, old.pages);
+		rc = lm__remote_set(c, name, val);
+	}
+	if (rc) {
+		/* Nothing points to what was written: it goes. */
+		lm__remote_delete(c, ns, pages);
+		lm__log(rt, 1, "cannot save the image to %s: %s", url, lm_strerror(rc));
+	} else if (old.prev) {
+		gen_ns(ns, sizeof(ns), name, old.prev);
+		lm__remote_delete(c, ns, old.prev_pages);
+	}
+	lm__remote_close(c);
+	return rc;
+}
+
+int lm__image_fetch(struct lm_runtime *rt, const char *url, size_t page_size, int *fdp,
+		    struct lm__remote **out)
+{
+	struct lm__remote *c;
+	int rc = lm__remote_open(rt, url, page_size, LM__REMOTE_NAMED, &c);
+	if (rc < 0)
+		return rc;
+	char name[64], ns[96];
+	snprintf(name, sizeof(name), "%s", lm__remote_ns(c));
+	struct remote_ptr p;
+	int fd = -1;
+	unsigned char *buf = MAP_FAILED;
+	if ((rc = ptr_get(c, name, &p)) < 0)
+		goto out;
+	gen_ns(ns, sizeof(ns), name, p.gen);
+	lm__remote_set_ns(c, ns);
+	fd = memfd_create("lazymem-image", MFD_CLOEXEC);
+	buf = mmap(NULL, LM__IMAGE_REMOTE_BATCH * page_size, PROT_READ | PROT_WRITE,
+		   MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	if (fd < 0 || buf == MAP_FAILED) {
+		rc = fd < 0 ? -errno : -ENOMEM;
+		goto out;
+	}
+	if (ftruncate(fd, (off_t)(p.pages * page_size)) < 0) {
+		rc = -errno;
+		goto out;
+	}
+	/* The header first: it says where the index starts; the data stays where it is. */
+	uint64_t key = 0;
+	int res[LM__IMAGE_REMOTE_BATCH];
+	unsigned char *pp[LM__IMAGE_REMOTE_BATCH];
+	if ((rc = lm__remote_read(c, &key, &buf, 1, res)) < 0)
+		goto out;
+	struct lm__image_header h;
+	memcpy(&h, buf, sizeof(h));
+	if (memcmp(h.magic, IMAGE_MAGIC, sizeof(h.magic)) || h.header_sum != header_sum(&h) ||
+	    h.page_size != page_size || h.index_off % page_size || h.index_off / page_size > p.pages) {
+		rc = memcmp(h.magic, IMAGE_MAGIC, sizeof(h.magic)) || h.page_size != page_size ?
+			     -ENOEXEC : -EBADMSG;
+		goto out;
+	}
+	if (pwrite(fd, buf, page_size, 0) != (ssize_t)page_size) {
+		rc = -EIO;
+		goto out;
+	}
+	for (uint64_t at = h.index_off / page_size; at < p.pages; at += LM__IMAGE_REMOTE_BATCH) {
+		unsigned n = p.pages - at < LM__IMAGE_REMOTE_BATCH ? (unsigned)(p.pages - at) :
+								    LM__IMAGE_REMOTE_BATCH;
+		uint64_t keys[LM__IMAGE_REMOTE_BATCH];
+		for (unsigned i = 0; i < n; i++) {
+			keys[i] = at + i;
+			pp[i] = buf + (size_t)i * page_size;
+		}
+		/* A page missing or damaged here makes lm__image_open refuse the image. */
+		lm__remote_read(c, keys, pp, n, res);
+		for (unsigned i = 0; i < n; i++)
+			if (res[i])
+				memset(pp[i], 0, page_size);
+		if (pwrite(fd, buf, (size_t)n * page_size, (off_t)(at * page_size)) !=
+		    (ssize_t)(n * page_size)) {
+			rc = -EIO;
+			goto out;
+		}
+	}
+out:
+	if (buf != MAP_FAILED)
+		munmap(buf, LM__IMAGE_REMOTE_BATCH * page_size);
+	if (rc < 0) {
+		if (fd >= 0)
+			close(fd);
+		lm__remote_close(c);
+		return rc;
+	}
+	*fdp = fd;
+	*out = c;
+	return 0;
 }

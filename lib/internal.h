@@ -679,6 +679,7 @@ struct lm__image {
 	unsigned per;			/* entries per index page */
 	size_t page_size;
 	uint32_t version;		/* of the format: 2 or 3 */
+	struct lm__remote *remote;	/* its data pages live in a cluster (lm__image_fetch), or NULL */
 };
 
 struct lm__image_writer;
@@ -712,7 +713,23 @@ uint64_t lm__image_bytes(const struct lm__image_writer *w);
 int lm__image_commit(struct lm__image_writer *w);
 void lm__image_abort(struct lm__image_writer *w);
 int lm__image_open(int fd, size_t page_size, struct lm__image **out);
+/* Frees im, and closes its cluster. */
 void lm__image_free(struct lm__image *im);
+/*
+ * Images in a Redis Cluster: the file's pages are keys of a generation
+ * of the name (lm:img:NAME:GEN), published by one key (lm:img:NAME) set
+ * after every page is in.  lm__image_upload puts a committed image file
+ * (fd) there under the URL's name, keeping the previous generation (a
+ * restore may still read it) and deleting the one before.
+ * lm__image_fetch reads the published generation's header, index and
+ * directory into a file of its own (*fd, the data area a hole: pass it
+ * to lm__image_open, then set im->remote) and opens the cluster its
+ * data pages are read from (*remote).  -ENOENT: no image of that name.
+ */
+int lm__image_upload(struct lm_runtime *rt, int fd, const char *url);
+int lm__image_fetch(struct lm_runtime *rt, const char *url, size_t page_size, int *fd,
+		    struct lm__remote **remote);
+
 /*
  * The first index entry at or after page pgno, reading the index page it
  * lies in if needed; -EBADMSG when that page is damaged.  fd: the image.

@@ -125,27 +125,37 @@ static int publish(struct lm_runtime *rt, struct lm_region *r, size_t len)
 	return rc;
 }
 
+/*
+ * remote: an image's cluster, which its data pages are read from (the
+ * image region then owns it, closed with it or here on failure).
+ */
 static int create(struct lm_runtime *rt, size_t length, unsigned flags, int kind,
-		  const void *buf, int fd, off_t offset, struct lm_region **out)
+		  const void *buf, int fd, off_t offset, struct lm__remote *remote,
+		  struct lm_region **out)
 {
 	bool image = kind == LM_SOURCE_IMAGE, has_file = kind == LM_SOURCE_FILE || image;
-	if (!rt || !out || (!length && !image) || (flags & ~LM_REGION_SHARED) ||
-	    ((flags & LM_REGION_SHARED) && kind != LM_SOURCE_FILE))
-		return -EINVAL;
 	bool shared = flags & LM_REGION_SHARED;
-	size_t ps = (size_t)rt->page_size;
+	size_t ps = rt ? (size_t)rt->page_size : 0;
 	struct stat st;
-	if (kind == LM_SOURCE_MEMORY && !buf)
-		return -EINVAL;
-	int rc = has_file ? check_file(ps, fd, offset, shared, &st) : 0;
-	if (rc < 0)
-		return rc;
+	int rc = 0;
+	if (!rt || !out || (!length && !image) || (flags & ~LM_REGION_SHARED) ||
+	    ((flags & LM_REGION_SHARED) && kind != LM_SOURCE_FILE) ||
+	    (kind == LM_SOURCE_MEMORY && !buf))
+		rc = -EINVAL;
+	if (!rc && has_file)
+		rc = check_file(ps, fd, offset, shared, &st);
 	/* An image says how long its region is, once its header and index check out. */
 	struct lm__image *im = NULL;
-	if (image && (rc = lm__image_open(fd, ps, &im)) < 0)
+	if (!rc && image)
+		rc = lm__image_open(fd, ps, &im);
+	if (rc < 0) {
+		lm__remote_close(remote);
 		return rc;
-	if (image)
+	}
+	if (image) {
+		im->remote = remote;
 		length = im->length;
+	}
 	if (length > SIZE_MAX - ps) {
 		lm__image_free(im);
 		return -EINVAL;
@@ -203,7 +213,7 @@ int lm_region_create_zero(struct lm_runtime *rt, size_t length, unsigned flags,
 			  struct lm_region **out)
 {
 	LM__KEEP_ERRNO;
-	return create(rt, length, flags, LM_SOURCE_ZERO, NULL, -1, 0, out);
+	return create(rt, length, flags, LM_SOURCE_ZERO, NULL, -1, 0, NULL, out);
 }
 
 int lm_region_create_image(struct lm_runtime *rt, int fd, unsigned flags, struct lm_region **out)
@@ -211,21 +221,48 @@ int lm_region_create_image(struct lm_runtime *rt, int fd, unsigned flags, struct
 	LM__KEEP_ERRNO;
 	if (flags)
 		return -EINVAL;
-	return create(rt, 0, flags, LM_SOURCE_IMAGE, NULL, fd, 0, out);
+	return create(rt, 0, flags, LM_SOURCE_IMAGE, NULL, fd, 0, NULL, out);
+}
+
+int lm_region_create_image_at(struct lm_runtime *rt, const char *where, unsigned flags,
+			      struct lm_region **out)
+{
+	LM__KEEP_ERRNO;
+	if (!rt || !where || !*where || !out || flags)
+		return -EINVAL;
+	if (strncmp(where, "redis://", 8)) {
+		int fd = open(where, O_RDONLY | O_CLOEXEC);
+		if (fd < 0)
+			return -errno;
+		int rc = create(rt, 0, flags, LM_SOURCE_IMAGE, NULL, fd, 0, NULL, out);
+		close(fd);
+		return rc;
+	}
+	/* A cluster's client allocates and blocks: never in a signal handler. */
+	if (rt->mode != LM_MODE_THREAD)
+		return -EOPNOTSUPP;
+	int fd;
+	struct lm__remote *remote;
+	int rc = lm__image_fetch(rt, where, (size_t)rt->page_size, &fd, &remote);
+	if (rc < 0)
+		return rc;
+	rc = create(rt, 0, flags, LM_SOURCE_IMAGE, NULL, fd, 0, remote, out);
+	close(fd);
+	return rc;
 }
 
 int lm_region_create_memory(struct lm_runtime *rt, const void *buf, size_t length,
 			    unsigned flags, struct lm_region **out)
 {
 	LM__KEEP_ERRNO;
-	return create(rt, length, flags, LM_SOURCE_MEMORY, buf, -1, 0, out);
+	return create(rt, length, flags, LM_SOURCE_MEMORY, buf, -1, 0, NULL, out);
 }
 
 int lm_region_create_file(struct lm_runtime *rt, int fd, off_t offset, size_t length,
 			  unsigned flags, struct lm_region **out)
 {
 	LM__KEEP_ERRNO;
-	return create(rt, length, flags, LM_SOURCE_FILE, NULL, fd, offset, out);
+	return create(rt, length, flags, LM_SOURCE_FILE, NULL, fd, offset, NULL, out);
 }
 
 static void drop_prefetch(struct lm_runtime *rt, struct lm_region *r)

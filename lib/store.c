@@ -188,6 +188,25 @@ static int file_write(struct lm__store *s, struct lm__filler *f, const uint64_t 
 
 /* ---- image --------------------------------------------------------------- */
 
+/* n pages of an image file in a cluster from file page first into dst: the good ones before the first bad. */
+static unsigned remote_run(struct lm__remote *c, struct lm__filler *f, uint64_t first,
+			   unsigned char *dst, unsigned n)
+{
+	uint64_t *keys = f->keys;
+	unsigned char *pages[n];
+	int *res = f->res;
+	size_t ps = (size_t)f->rt->page_size;
+	for (unsigned j = 0; j < n; j++) {
+		keys[j] = first + j;
+		pages[j] = dst + (size_t)j * ps;
+	}
+	lm__remote_read(c, keys, pages, n, res);
+	unsigned ok = 0;
+	while (ok < n && !res[ok])
+		ok++;
+	return ok;
+}
+
 /*
  * Pages the index lacks are zero (no I/O); stored ones are read in runs
  * of consecutive data pages and checked against their checksums.
@@ -225,9 +244,15 @@ static long image_read(struct lm__store *s, struct lm__filler *f, const uint64_t
 			.off = im->data_off + (uint64_t)e->data * ps,
 			.len = (uint32_t)(run * ps),
 		};
-		lm__io_batch(f, r->fd, &io, 1, false);
-		LM__STAT_ADD(s->rt, pread_reads, 1);
-		unsigned ok = io.res > 0 ? (unsigned)((size_t)io.res / ps) : 0;
+		unsigned ok;
+		if (im->remote) {
+			/* Its keys are the file's page numbers: one round trip per master. */
+			ok = remote_run(im->remote, f, io.off / ps, dst, run);
+		} else {
+			lm__io_batch(f, r->fd, &io, 1, false);
+			LM__STAT_ADD(s->rt, pread_reads, 1);
+			ok = io.res > 0 ? (unsigned)((size_t)io.res / ps) : 0;
+		}
 		if (ok > run)
 			ok = run;
 		for (unsigned j = 0; j < ok; j++)

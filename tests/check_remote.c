@@ -4,6 +4,7 @@
 #include "testutil.h"
 
 #include <check.h>
+#include <dirent.h>
 #include <hiredis/hiredis.h>
 #include <pthread.h>
 #include <signal.h>
@@ -176,6 +177,19 @@ static void config_all(const char *name, const char *value)
 		freeReplyObject(r);
 		redisFree(c);
 	}
+}
+
+/* Files in dir whose name starts with prefix. */
+static int count_files_in(const char *dir, const char *prefix)
+{
+	DIR *d = opendir(dir);
+	int n = 0;
+	struct dirent *de;
+	while (d && (de = readdir(d)))
+		n += !strncmp(de->d_name, prefix, strlen(prefix));
+	if (d)
+		closedir(d);
+	return n;
 }
 
 /* ---- the tests ----------------------------------------------------------------- */
@@ -404,6 +418,159 @@ START_TEST(lost_or_damaged_page_is_sigbus)
 }
 END_TEST
 
+/*
+ * A snapshot saved to the cluster while the region changes, and restored
+ * lazily in a second region from its name alone: every page is the
+ * snapshot's, zero pages included, read from the cluster on first touch;
+ * dropped pages come back from it again.  A second save under the name
+ * keeps the first; a third deletes it.
+ */
+static char *image_url(char *buf, size_t cap, const char *name)
+{
+	snprintf(buf, cap, "redis://%s/%s-%d", seed, name, (int)getpid());
+	return buf;
+}
+
+static long long generation_keys(const char *name)
+{
+	char key[128], val[128];
+	snprintf(key, sizeof(key), "lm:img:%s-%d", name, (int)getpid());
+	redisReply *r = on_master_of(NULL, key, "GET %s", key);
+	ck_assert_int_eq(r->type, REDIS_REPLY_STRING);
+	snprintf(val, sizeof(val), "%s", r->str);
+	freeReplyObject(r);
+	char gen[32];
+	ck_assert_int_eq(sscanf(val, "lmimg1 %31s", gen), 1);
+	char ns[160];
+	snprintf(ns, sizeof(ns), "%s:%s", key, gen);
+	return keys_of(ns);
+}
+
+START_TEST(image_saved_and_restored_lazily)
+{
+	const size_t pages = 512;
+	struct lm_runtime *rt = lmt_open(LM_MODE_THREAD);
+	struct lm_region *r, *back;
+	ck_assert_int_eq(lm_region_create_zero(rt, pages * PS, 0, &r), 0);
+	unsigned char *base = lm_region_addr(r);
+	/* Every third page stays zero: not stored, read as zeros. */
+	for (size_t p = 0; p < pages; p++)
+		if (p % 3)
+			lmt_stamp(base, p, 1);
+	struct lm_snapshot *snap;
+	ck_assert_int_eq(lm_snapshot_take(r, 0, &snap), 0);
+	char url[256];
+	image_url(url, sizeof(url), "img");
+	ck_assert_int_eq(lm_snapshot_save(snap, url, 0), 0);
+	for (size_t p = 0; p < pages; p += 2)
+		lmt_stamp(base, p, 2);
+	ck_assert_int_eq(lm_snapshot_wait(snap), 0);
+	/* Nothing is left of the local image the save wrote first. */
+	char local[64];
+	snprintf(local, sizeof(local), "lazymem-upload-%d-", (int)getpid());
+	ck_assert_int_eq(count_files_in(lm__swap_dir(rt), local), 0);
+	struct lm_stats st0 = lmt_stats(rt);
+	ck_assert_int_eq(lm_region_create_image_at(rt, url, 0, &back), 0);
+	ck_assert_uint_eq(lm_region_length(back), pages * PS);
+	unsigned char *b = lm_region_addr(back);
+	for (int pass = 0; pass < 2; pass++) {
+		for (size_t p = 0; p < pages; p++) {
+			if (p % 3)
+				ck_assert_msg(lmt_check_stamp(b, p, 1) < 0, "page %zu pass %d", p, pass);
+			else
+				for (size_t w = 0; w < PS; w += 512)
+					ck_assert_int_eq(b[p * PS + w], 0);
+		}
+		/* Dropped, the pages come back from the cluster once more. */
+		ck_assert_int_eq(lm_region_advise(back, 0, pages * PS, LM_ADV_DONTNEED), 0);
+	}
+	struct lm_stats st = lmt_stats(rt);
+	ck_assert_uint_gt(st.restore_faults, 0);
+	ck_assert_uint_ge(st.remote_bytes_in - st0.remote_bytes_in, 2 * (pages * 2 / 3) * PS);
+	ck_assert_uint_eq(st.image_errors, 0);
+	ck_assert_int_eq(lm_region_destroy(back), 0);
+	/* Saved again twice: the first generation is kept after the second, gone after the third. */
+	char key[128], first[128];
+	snprintf(key, sizeof(key), "lm:img:img-%d", (int)getpid());
+	redisReply *x = on_master_of(NULL, key, "GET %s", key);
+	snprintf(first, sizeof(first), "%s", x->str);
+	freeReplyObject(x);
+	ck_assert_int_gt(generation_keys("img"), 0);
+	ck_assert_int_eq(lm_snapshot_save(snap, url, LM_SAVE_WAIT), 0);
+	char gen1[32], ns1[160];
+	ck_assert_int_eq(sscanf(first, "lmimg1 %31s", gen1), 1);
+	snprintf(ns1, sizeof(ns1), "%s:%s", key, gen1);
+	ck_assert_int_gt(keys_of(ns1), 0);
+	ck_assert_int_eq(lm_snapshot_save(snap, url, LM_SAVE_WAIT), 0);
+	ck_assert_int_eq(keys_of(ns1), 0);
+	lm_snapshot_release(snap);
+	lm_region_destroy(r);
+	lm_runtime_close(rt);
+}
+END_TEST
+
+/* No image of that name, a name missing from the URL, signal mode, a damaged page. */
+START_TEST(image_errors)
+{
+	lmt_install_sigbus();
+	struct lm_runtime *rt = lmt_open(LM_MODE_THREAD);
+	struct lm_region *r;
+	char url[256];
+	ck_assert_int_eq(lm_region_create_image_at(rt, image_url(url, sizeof(url), "none"), 0, &r),
+			 -ENOENT);
+	snprintf(url, sizeof(url), "redis://%s", seed);
+	ck_assert_int_eq(lm_region_create_image_at(rt, url, 0, &r), -EINVAL);
+	ck_assert_int_eq(lm_region_create_image_at(rt, "/nonexistent/image", 0, &r), -ENOENT);
+	const size_t pages = 128;
+	ck_assert_int_eq(lm_region_create_zero(rt, pages * PS, 0, &r), 0);
+	unsigned char *base = lm_region_addr(r);
+	for (size_t p = 0; p < pages; p++)
+		lmt_stamp(base, p, 3);
+	struct lm_snapshot *snap;
+	ck_assert_int_eq(lm_snapshot_take(r, 0, &snap), 0);
+	image_url(url, sizeof(url), "dmg");
+	ck_assert_int_eq(lm_snapshot_save(snap, url, LM_SAVE_WAIT), 0);
+	/* Data page 5 of the image is file page 6 (the header is page 0). */
+	char key[128], val[128], ns[160], pkey[200];
+	snprintf(key, sizeof(key), "lm:img:dmg-%d", (int)getpid());
+	redisReply *x = on_master_of(NULL, key, "GET %s", key);
+	snprintf(val, sizeof(val), "%s", x->str);
+	freeReplyObject(x);
+	char gen[32];
+	ck_assert_int_eq(sscanf(val, "lmimg1 %31s", gen), 1);
+	snprintf(ns, sizeof(ns), "%s:%s", key, gen);
+	lm__cluster_page_key(pkey, sizeof(pkey), ns, 6);
+	x = on_master_of(NULL, pkey, "SETRANGE %s 8 damage", pkey);
+	ck_assert_int_eq(x->type, REDIS_REPLY_INTEGER);
+	freeReplyObject(x);
+	struct lm_region *back;
+	ck_assert_int_eq(lm_region_create_image_at(rt, url, 0, &back), 0);
+	unsigned char *b = lm_region_addr(back);
+	size_t bus = 0;
+	for (size_t p = 0; p < pages; p++) {
+		if (lmt_touch((volatile char *)b + p * PS, 0)) {
+			bus++;
+			continue;
+		}
+		ck_assert_msg(lmt_check_stamp(b, p, 3) < 0, "page %zu", p);
+	}
+	ck_assert_uint_eq(bus, 1);
+	lm_region_destroy(back);
+	lm_snapshot_release(snap);
+	lm_region_destroy(r);
+	lm_runtime_close(rt);
+	/* Signal mode: refused, at the restore and at the save. */
+	rt = lmt_open(LM_MODE_SIGNAL);
+	ck_assert_int_eq(lm_region_create_image_at(rt, url, 0, &back), -EOPNOTSUPP);
+	ck_assert_int_eq(lm_region_create_zero(rt, pages * PS, 0, &r), 0);
+	ck_assert_int_eq(lm_snapshot_take(r, 0, &snap), 0);
+	ck_assert_int_eq(lm_snapshot_save(snap, url, 0), -EOPNOTSUPP);
+	lm_snapshot_release(snap);
+	lm_region_destroy(r);
+	lm_runtime_close(rt);
+}
+END_TEST
+
 /* The masters' pids, from their pid files (LM_TEST_CLUSTER_DIR/nI/redis.pid for 10.251.0.1I). */
 static pid_t pid_of(const char *addr)
 {
@@ -534,6 +701,11 @@ int main(void)
 	tcase_add_test(tc, lost_or_damaged_page_is_sigbus);
 	tcase_add_test(tc, unreachable_cluster_stops_eviction);
 	suite_add_tcase(s, tc);
+	TCase *im = tcase_create("image");
+	tcase_set_timeout(im, 120);
+	tcase_add_test(im, image_saved_and_restored_lazily);
+	tcase_add_test(im, image_errors);
+	suite_add_tcase(s, im);
 	TCase *fo = tcase_create("failover");
 	tcase_set_timeout(fo, 120);
 	tcase_add_test(fo, master_killed_fails_over);
