@@ -6,7 +6,9 @@
 # daemon saw of it: lazymem free and lazymem ps, taken while the demo's
 # runtime was still open.  Pass --quick for a shorter run, --hugetlb for
 # the store on 2 MiB pages (as root, the pages are reserved for the run);
-# --paging runs the demand-paging demo instead.  A lazymemd already running is used as it
+# --paging runs the demand-paging demo instead; --migrate [MIB] the
+# migration demo (a store saved on one simulated machine to a Redis
+# Cluster, restored lazily on another).  A lazymemd already running is used as it
 # is; one started here is stopped at the end.
 set -eu
 cd "$(dirname "$0")/.."
@@ -14,6 +16,27 @@ build=$(./scripts/build.sh)
 if [ "${1:-}" = --paging ]; then
 	shift
 	exec "$build/demos/lazymem-demo" "$@"
+fi
+# --migrate: a store saved under load on machine A to a Redis Cluster of
+# three masters and three replicas, restored lazily on machine B (each a
+# network namespace: scripts/redis-cluster.sh), checksums compared.
+if [ "${1:-}" = --migrate ]; then
+	[ "$(id -u)" -eq 0 ] || { echo "demo: --migrate needs root (network namespaces)" >&2; exit 1; }
+	dir=$(mktemp -d /tmp/lazymem-migrate.XXXXXX)
+	trap './scripts/redis-cluster.sh stop "$dir/c"; rm -rf "$dir"' EXIT
+	seed=$(./scripts/redis-cluster.sh start "$dir/c")
+	url="redis://$seed/demo-store"
+	demo=$build/demos/lazymem-migrate-demo
+	ip netns exec lmrc-a env LAZYMEM_SOCKET=off "$demo" save "$url" "${2:-64}" | tee "$dir/a"
+	ip netns exec lmrc-b env LAZYMEM_SOCKET=off "$demo" restore "$url" | tee "$dir/b"
+	a=$(sed -n 's/^checksum //p' "$dir/a")
+	b=$(sed -n 's/^checksum //p' "$dir/b")
+	if [ -z "$a" ] || [ "$a" != "$b" ]; then
+		echo "demo: checksums differ: machine A $a, machine B $b" >&2
+		exit 1
+	fi
+	echo "demo: machine B restored what machine A saved: checksums equal ($a)"
+	exit 0
 fi
 # The daemon, the demo's runtime and the command agree on the socket by the
 # same rule (lazymemd(8)); a user without XDG_RUNTIME_DIR gets one in /tmp.

@@ -6,16 +6,22 @@
 # clients run (`ip netns exec lmrc-hub ...`).  No traffic leaves the
 # namespaces this script creates.
 #
+# Two client machines join the same bridge, each a namespace of its own
+# (lmrc-a, lmrc-b: the migration demo saves on one and restores on the
+# other).
+#
 # usage: scripts/redis-cluster.sh start DIR   (prints the seed endpoint)
 #        scripts/redis-cluster.sh stop DIR
 #        scripts/redis-cluster.sh status
-# Addresses: hub 10.251.0.1, node i (1-6) 10.251.0.1i, port 7000.
+# Addresses: hub 10.251.0.1, node i (1-6) 10.251.0.1i, port 7000;
+# machines a and b 10.251.0.21 and 10.251.0.22.
 set -eu
 
 NS=lmrc
 NET=10.251.0
 PORT=7000
 NODES="1 2 3 4 5 6"
+MACHINES="a b"
 
 die() {
 	echo "redis-cluster: $*" >&2
@@ -53,6 +59,12 @@ teardown() {
 		[ -z "$pids" ] || kill -9 $pids 2>/dev/null || true
 		ip netns del "$NS-n$i" 2>/dev/null || true
 	done
+	for m in $MACHINES; do
+		pids=$(ip netns pids "$NS-$m" 2>/dev/null || true)
+		# shellcheck disable=SC2086
+		[ -z "$pids" ] || kill -9 $pids 2>/dev/null || true
+		ip netns del "$NS-$m" 2>/dev/null || true
+	done
 	ip netns del "$NS-hub" 2>/dev/null || true
 }
 
@@ -84,6 +96,16 @@ start() {
 	ip -n "$NS-hub" link add br0 type bridge
 	ip -n "$NS-hub" addr add "$NET.1/24" dev br0
 	ip -n "$NS-hub" link set br0 up
+	k=1
+	for m in $MACHINES; do
+		ip netns add "$NS-$m"
+		ip -n "$NS-$m" link set lo up
+		ip -n "$NS-hub" link add "host$m" type veth peer name eth0 netns "$NS-$m"
+		ip -n "$NS-hub" link set "host$m" master br0 up
+		ip -n "$NS-$m" addr add "$NET.2$k/24" dev eth0
+		ip -n "$NS-$m" link set eth0 up
+		k=$((k + 1))
+	done
 	for i in $NODES; do
 		ip netns add "$NS-n$i"
 		ip -n "$NS-n$i" link set lo up
