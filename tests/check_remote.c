@@ -488,6 +488,15 @@ START_TEST(image_saved_and_restored_lazily)
 	ck_assert_uint_gt(st.restore_faults, 0);
 	ck_assert_uint_ge(st.remote_bytes_in - st0.remote_bytes_in, 2 * (pages * 2 / 3) * PS);
 	ck_assert_uint_eq(st.image_errors, 0);
+	/* Rolled back, a restored region's changed pages come back from the cluster too. */
+	struct lm_snapshot *again;
+	ck_assert_int_eq(lm_snapshot_take(back, 0, &again), 0);
+	for (size_t p = 1; p < pages; p += 3)
+		lmt_stamp(b, p, 7);
+	ck_assert_int_eq(lm_snapshot_rollback(again), 0);
+	for (size_t p = 1; p < pages; p += 3)
+		ck_assert_msg(lmt_check_stamp(b, p, 1) < 0, "page %zu after rollback", p);
+	lm_snapshot_release(again);
 	ck_assert_int_eq(lm_region_destroy(back), 0);
 	/* Saved again twice: the first generation is kept after the second, gone after the third. */
 	char key[128], first[128];
