@@ -13,6 +13,10 @@
 # usage: scripts/redis-cluster.sh start DIR   (prints the seed endpoint)
 #        scripts/redis-cluster.sh stop DIR
 #        scripts/redis-cluster.sh status
+#        scripts/redis-cluster.sh relay DIR DELAY_US | relay DIR off
+# relay: machine a's link goes through lmrc-relay (tests/lmrc-relay.c,
+# $LMRC_RELAY), which delays every frame DELAY_US each way (a simulated
+# longer link: this kernel has no netem); off puts it back on the bridge.
 # Addresses: hub 10.251.0.1, node i (1-6) 10.251.0.1i, port 7000;
 # machines a and b 10.251.0.21 and 10.251.0.22.
 set -eu
@@ -137,6 +141,35 @@ start() {
 	echo "$NET.11:$PORT"
 }
 
+# Machine a's veth end (hosta) leaves the bridge; the relay forwards
+# between it and rla, whose peer rlb is on the bridge.
+relay() {
+	dir=$1 delay=$2
+	if [ -f "$dir/relay.pid" ]; then
+		kill "$(cat "$dir/relay.pid")" 2>/dev/null || true
+		rm -f "$dir/relay.pid"
+	fi
+	ip -n "$NS-hub" link del rla 2>/dev/null || true
+	if [ "$delay" = off ]; then
+		ip -n "$NS-hub" link set hosta master br0
+		return
+	fi
+	[ -x "${LMRC_RELAY:-}" ] || die "LMRC_RELAY must name the lmrc-relay program"
+	ip -n "$NS-hub" link set hosta nomaster
+	ip -n "$NS-hub" link add rla type veth peer name rlb
+	ip -n "$NS-hub" link set rlb master br0 up
+	ip -n "$NS-hub" link set rla up
+	ip netns exec "$NS-hub" "$LMRC_RELAY" hosta rla "$delay" &
+	echo $! >"$dir/relay.pid"
+	# Up once a node answers through it.
+	n=0
+	until ip netns exec "$NS-a" redis-cli -h "$NET.11" -p $PORT ping 2>/dev/null | grep -q PONG; do
+		n=$((n + 1))
+		[ $n -lt 50 ] || die "no traffic through the relay"
+		sleep 0.1
+	done
+}
+
 case "${1:-}" in
 start)
 	[ $# -eq 2 ] || die "usage: $0 start DIR"
@@ -145,6 +178,10 @@ start)
 stop)
 	[ $# -eq 2 ] || die "usage: $0 stop DIR"
 	teardown "$2"
+	;;
+relay)
+	[ $# -eq 3 ] || die "usage: $0 relay DIR DELAY_US|off"
+	relay "$2" "$3"
 	;;
 status)
 	ip netns exec "$NS-hub" redis-cli -h "$NET.11" -p $PORT cluster info 2>/dev/null |

@@ -879,7 +879,8 @@ int main(int argc, char **argv)
 	bool want_swap = swap_bench_selected(b.cfg.only) || dirty_bench_selected(b.cfg.only);
 	bool want_snap = snapshot_bench_selected(b.cfg.only);
 	bool want_run = run_bench_selected(b.cfg.only);
-	if (!any && !want_swap && !want_snap && !want_run)
+	bool want_remote = remote_bench_selected(b.cfg.only);
+	if (!any && !want_swap && !want_snap && !want_run && !want_remote)
 		die_msg("no measurement matches --only");
 
 	/* Source data: every byte non-zero, so a page filled with zeros cannot pass. */
@@ -997,6 +998,18 @@ int main(int argc, char **argv)
 		int rc = run_bench_run(&sc, b.cfg.quick);
 		if (rc < 0)
 			die("run measurements", rc);
+	}
+	if (want_remote && (b.cfg.modes & MODE_THREAD_BIT)) {
+		struct swap_bench_config sc = {
+			.json = b.cfg.json,
+			.verbose = b.cfg.verbose,
+			.runs = b.cfg.runs,
+			.only = b.cfg.only,
+			.dir = pick_dir(&b.cfg),
+		};
+		int rc = remote_bench_run(&sc, b.cfg.quick);
+		if (rc < 0)
+			die("remote measurements", rc);
 	}
 	busy_stop();
 	if (!b.cfg.json && any) {

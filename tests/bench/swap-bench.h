@@ -55,4 +55,8 @@ int snapshot_bench_run(const struct swap_bench_config *c, const size_t *sizes, i
 bool run_bench_selected(const char *only);
 int run_bench_run(const struct swap_bench_config *c, bool quick);
 
+/* The remote.* measurements (remote-bench.c): a Redis Cluster in namespaces, simulated links. */
+bool remote_bench_selected(const char *only);
+int remote_bench_run(const struct swap_bench_config *c, bool quick);
+
 #endif
