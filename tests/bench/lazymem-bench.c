@@ -834,6 +834,18 @@ static void print_header(const struct bench *b)
 	fflush(stdout);
 }
 
+/* What the swap, snapshot, run and remote measurements take from the command line. */
+static struct swap_bench_config sub_config(const struct config *cfg)
+{
+	return (struct swap_bench_config){
+		.json = cfg->json,
+		.verbose = cfg->verbose,
+		.runs = cfg->runs,
+		.only = cfg->only,
+		.dir = pick_dir(cfg),
+	};
+}
+
 int main(int argc, char **argv)
 {
 	struct bench b;
@@ -950,14 +962,8 @@ int main(int argc, char **argv)
 	}
 
 	if (want_swap) {
-		struct swap_bench_config sc = {
-			.json = b.cfg.json,
-			.verbose = b.cfg.verbose,
-			.runs = b.cfg.runs,
-			.budget = b.cfg.budget ? b.cfg.budget : b.cfg.quick ? 8u << 20 : 32u << 20,
-			.only = b.cfg.only,
-			.dir = pick_dir(&b.cfg),
-		};
+		struct swap_bench_config sc = sub_config(&b.cfg);
+		sc.budget = b.cfg.budget ? b.cfg.budget : b.cfg.quick ? 8u << 20 : 32u << 20;
 		int rc = dirty_bench_run(&sc, b.cfg.quick ? 16384 : 65536);
 		if (rc < 0)
 			die("dirty-tracking measurements", rc);
@@ -973,13 +979,7 @@ int main(int argc, char **argv)
 		}
 	}
 	if (want_snap && (b.cfg.modes & MODE_THREAD_BIT)) {
-		struct swap_bench_config sc = {
-			.json = b.cfg.json,
-			.verbose = b.cfg.verbose,
-			.runs = b.cfg.runs,
-			.only = b.cfg.only,
-			.dir = pick_dir(&b.cfg),
-		};
+		struct swap_bench_config sc = sub_config(&b.cfg);
 		size_t sizes[2] = { 1ull << 30, 4ull << 30 };
 		if (b.cfg.quick)
 			sizes[0] = 64u << 20;
@@ -988,25 +988,13 @@ int main(int argc, char **argv)
 			die("snapshot measurements", rc);
 	}
 	if (want_run) {
-		struct swap_bench_config sc = {
-			.json = b.cfg.json,
-			.verbose = b.cfg.verbose,
-			.runs = b.cfg.runs,
-			.only = b.cfg.only,
-			.dir = pick_dir(&b.cfg),
-		};
+		struct swap_bench_config sc = sub_config(&b.cfg);
 		int rc = run_bench_run(&sc, b.cfg.quick);
 		if (rc < 0)
 			die("run measurements", rc);
 	}
 	if (want_remote && (b.cfg.modes & MODE_THREAD_BIT)) {
-		struct swap_bench_config sc = {
-			.json = b.cfg.json,
-			.verbose = b.cfg.verbose,
-			.runs = b.cfg.runs,
-			.only = b.cfg.only,
-			.dir = pick_dir(&b.cfg),
-		};
+		struct swap_bench_config sc = sub_config(&b.cfg);
 		int rc = remote_bench_run(&sc, b.cfg.quick);
 		if (rc < 0)
 			die("remote measurements", rc);
