@@ -381,6 +381,44 @@ static void histogram(struct lmd_out *o, const struct lmd_proc *procs, size_t n,
 	}
 }
 
+/*
+ * The remote store's round trips as a Prometheus histogram, from its five
+ * bucket counters (under 100 us, 1 ms, 10 ms, 100 ms, and the rest).
+ */
+static void remote_histogram(struct lmd_out *o, const struct lmd_proc *procs, size_t n,
+			     char (*labels)[LABEL])
+{
+	static const char *const le[] = { ",le=\"0.0001\"} ", ",le=\"0.001\"} ", ",le=\"0.01\"} ",
+					   ",le=\"0.1\"} ", ",le=\"+Inf\"} " };
+	lmd_put(o, "# HELP lazymem_remote_rtt_seconds Round trips to the remote page store "
+		   "(a pipelined batch to one master).\n"
+		   "# TYPE lazymem_remote_rtt_seconds histogram\n");
+	for (size_t i = 0; i < n; i++) {
+		const struct lm_stats *st = procs[i].st;
+		const uint64_t b[5] = { st->remote_rtt_lt_100us, st->remote_rtt_lt_1ms,
+					st->remote_rtt_lt_10ms, st->remote_rtt_lt_100ms,
+					st->remote_rtt_ge_100ms };
+		uint64_t sum = 0;
+		for (int k = 0; k < 5; k++) {
+			sum += b[k];
+			put_lit(o, "lazymem_remote_rtt_seconds_bucket");
+			put_str(o, labels[i]);
+			put_str(o, le[k]);
+			put_u64(o, sum);
+			put_lit(o, "\n");
+		}
+		put_lit(o, "lazymem_remote_rtt_seconds_sum");
+		put_str(o, labels[i]);
+		put_lit(o, "} ");
+		put_seconds(o, st->remote_rtt_ns_total);
+		put_lit(o, "\nlazymem_remote_rtt_seconds_count");
+		put_str(o, labels[i]);
+		put_lit(o, "} ");
+		put_u64(o, sum);
+		put_lit(o, "\n");
+	}
+}
+
 /* The arguments of a formatter checked, and its output started empty. */
 static int begin(const struct lmd_proc *procs, size_t n, char *buf, size_t len, struct lmd_out *o)
 {
@@ -404,7 +442,9 @@ int lmd_format_metrics(const struct lmd_proc *procs, size_t n, char *buf, size_t
 	if (!labels)
 		return -ENOMEM;
 #define METRIC(name, kind, unit, help)                                                     \
-	if (!strcmp(unit, "enum"))                                                         \
+	if (!strncmp(#name, "remote_rtt_", 11))                                            \
+		; /* the histogram below */                                                \
+	else if (!strcmp(unit, "enum"))                                                    \
 		info_metric(&o, procs, n, labels, #name, help, offsetof(struct lm_stats, name)); \
 	else                                                                               \
 		metric(&o, procs, n, labels, #name, !strcmp(#kind, "COUNTER"), unit, help,  \
@@ -412,6 +452,7 @@ int lmd_format_metrics(const struct lmd_proc *procs, size_t n, char *buf, size_t
 	LM_STATS_LIST(METRIC)
 #undef METRIC
 	histogram(&o, procs, n, labels);
+	remote_histogram(&o, procs, n, labels);
 	free(labels);
 	if (o.need > 0x7fffffff)
 		return -EOVERFLOW;

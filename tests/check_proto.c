@@ -207,6 +207,10 @@ START_TEST(metrics_text)
 	a.fill_ns_total = 1500000000;
 	a.budget_bytes = 1 << 20;
 	b.faults_missing = 7;
+	a.remote_rtt_lt_100us = 3;
+	a.remote_rtt_lt_1ms = 2;
+	a.remote_rtt_ge_100ms = 1;
+	a.remote_rtt_ns_total = 250000000;
 	a.mode = LM_MODE_THREAD;
 	b.uffd_origin = LM_UFFD_SYSCALL_USER;
 	struct lmd_proc procs[2] = {
@@ -233,6 +237,12 @@ START_TEST(metrics_text)
 	ck_assert_ptr_null(strstr(buf, "lazymem_mode{"));
 	ck_assert_ptr_null(strstr(buf, "lazymem_uffd_origin{"));
 	ck_assert_ptr_null(strstr(buf, "_total_total"));
+	/* The remote store's round trips: a histogram, cumulative, not five counters. */
+	ck_assert_ptr_nonnull(strstr(buf, "# TYPE lazymem_remote_rtt_seconds histogram\n"));
+	ck_assert_ptr_nonnull(strstr(buf, "lazymem_remote_rtt_seconds_bucket{pid=\"100\",name=\"app \\\"one\\\"\\\\\",le=\"0.001\"} 5\n"));
+	ck_assert_ptr_nonnull(strstr(buf, "lazymem_remote_rtt_seconds_bucket{pid=\"100\",name=\"app \\\"one\\\"\\\\\",le=\"+Inf\"} 6\n"));
+	ck_assert_ptr_nonnull(strstr(buf, "lazymem_remote_rtt_seconds_count{pid=\"100\",name=\"app \\\"one\\\"\\\\\"} 6\n"));
+	ck_assert_ptr_null(strstr(buf, "remote_rtt_lt_"));
 	/* Every metric has HELP and TYPE, in that order, once. */
 	size_t helps = 0, types = 0;
 	for (const char *p = buf; (p = strstr(p, "# HELP ")); p++)
