@@ -489,7 +489,14 @@ static bool index_page(struct lm__image *im, int fd, uint64_t i)
 	size_t ps = im->page_size;
 	unsigned char *p = (unsigned char *)im->ents + i * ps;
 	size_t got = 0;
-	while (got < ps) {
+	/* An image in a cluster: the index page is a key of its own (thread mode only). */
+	if (im->remote) {
+		uint64_t key = im->index_off / ps + i;
+		int res = -EIO;
+		lm__remote_read(im->remote, &key, &p, 1, &res);
+		got = res ? 0 : ps;
+	}
+	while (!im->remote && got < ps) {
 		ssize_t n = pread(fd, p + got, ps - got, (off_t)(im->index_off + i * ps + got));
 		if (n < 0 && errno == EINTR)
 			continue;
@@ -687,7 +694,7 @@ int lm__image_fetch(struct lm_runtime *rt, const char *url, size_t page_size, in
 	struct lm__image_header h;
 	memcpy(&h, buf, sizeof(h));
 	if (memcmp(h.magic, IMAGE_MAGIC, sizeof(h.magic)) || h.header_sum != header_sum(&h) ||
-	    h.page_size != page_size || h.index_off % page_size || h.index_off / page_size > p.pages) {
+	    h.page_size != page_size || h.dir_off % page_size || h.dir_off / page_size > p.pages) {
 		rc = memcmp(h.magic, IMAGE_MAGIC, sizeof(h.magic)) || h.page_size != page_size ?
 			     -ENOEXEC : -EBADMSG;
 		goto out;
@@ -696,7 +703,8 @@ int lm__image_fetch(struct lm_runtime *rt, const char *url, size_t page_size, in
 		rc = -EIO;
 		goto out;
 	}
-	for (uint64_t at = h.index_off / page_size; at < p.pages; at += LM__IMAGE_REMOTE_BATCH) {
+	/* The directory now; the index a page at a time when a fault needs it (index_page). */
+	for (uint64_t at = h.dir_off / page_size; at < p.pages; at += LM__IMAGE_REMOTE_BATCH) {
 		unsigned n = p.pages - at < LM__IMAGE_REMOTE_BATCH ? (unsigned)(p.pages - at) :
 								    LM__IMAGE_REMOTE_BATCH;
 		uint64_t keys[LM__IMAGE_REMOTE_BATCH];

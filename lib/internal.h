@@ -721,10 +721,11 @@ void lm__image_free(struct lm__image *im);
  * after every page is in.  lm__image_upload puts a committed image file
  * (fd) there under the URL's name, keeping the previous generation (a
  * restore may still read it) and deleting the one before.
- * lm__image_fetch reads the published generation's header, index and
- * directory into a file of its own (*fd, the data area a hole: pass it
- * to lm__image_open, then set im->remote) and opens the cluster its
- * data pages are read from (*remote).  -ENOENT: no image of that name.
+ * lm__image_fetch reads the published generation's header and directory
+ * into a file of its own (*fd, the data and the index holes: pass it to
+ * lm__image_open, then set im->remote) and opens the cluster its index
+ * and data pages are read from, when first needed (*remote).  -ENOENT:
+ * no image of that name.
  */
 int lm__image_upload(struct lm_runtime *rt, int fd, const char *url);
 int lm__image_fetch(struct lm_runtime *rt, const char *url, size_t page_size, int *fd,
