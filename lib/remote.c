@@ -71,6 +71,8 @@ struct lm__remote {
 	pthread_mutex_t pool_lock;
 	uint64_t refreshed_ns;
 	_Atomic uint64_t down_until;
+	/* Per node: WAIT found too few replicas; writes there fail fast until then. */
+	_Atomic uint64_t short_until[LM__CLUSTER_NODES];
 	_Atomic uint64_t hiwater;	/* keys below it may exist: close deletes them */
 	bool owned;		/* the namespace is this store's alone: close deletes its keys */
 	struct lm__remote_conns *pool;	/* connection sets not in use, under lock */
@@ -440,6 +442,16 @@ static bool attempt(struct lm__remote *c, struct lm__remote_conns *cs, struct ba
 			stale = true;
 			continue;
 		}
+		/*
+		 * A master that lately had too few replicas to WAIT for: the page
+		 * stays in memory rather than leave with one copy, without a
+		 * WAIT's timeout per batch.
+		 */
+		if (b->wpages && c->wait_replicas &&
+		    lm__now_ns() < atomic_load_explicit(&c->short_until[node], memory_order_relaxed)) {
+			b->res[i] = -ENOLINK;
+			continue;
+		}
 		if (part_of[node] < 0) {
 			if (!conn_of(c, cs, m, (unsigned)node)) {
 				LM__STAT_ADD(c->rt, remote_errors, 1);
@@ -527,10 +539,12 @@ static bool attempt(struct lm__remote *c, struct lm__remote_conns *cs, struct ba
 				waited = r->type == REDIS_REPLY_INTEGER ? (int)r->integer : -1;
 			freeReplyObject(r);
 			/* Written, but not where a failover would find it: not done. */
-			if (!lost && waited < c->wait_replicas)
+			if (!lost && waited < c->wait_replicas) {
 				for (unsigned i = 0; i < b->n; i++)
 					if (node_of[i] == (int)pt->node && b->res[i] == P_DONE)
 						b->res[i] = -ENOLINK;
+				atomic_store(&c->short_until[pt->node], lm__now_ns() + DOWN_NS);
+			}
 		}
 		if (lost) {
 			LM__STAT_ADD(c->rt, remote_errors, 1);
