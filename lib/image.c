@@ -662,7 +662,7 @@ int lm__image_fetch(struct lm_runtime *rt, const char *url, size_t page_size, in
 		    struct lm__remote **out)
 {
 	struct lm__remote *c;
-	int rc = lm__remote_open(rt, url, page_size, LM__REMOTE_NAMED, &c);
+	int rc = lm__remote_open(rt, url, page_size, LM__REMOTE_NAMED | LM__REMOTE_READER, &c);
 	if (rc < 0)
 		return rc;
 	char name[64], ns[96];

@@ -503,6 +503,7 @@ unsigned lm__slotmap_uncovered(const struct lm__slotmap *m);
 struct lm__remote;		/* one cluster: its slot map, namespace, options, connections */
 
 #define LM__REMOTE_NAMED 1u	/* the URL names the keys (/NAME): an image others find by it */
+#define LM__REMOTE_READER 2u	/* reads only (a restore): the eviction policy is the writer's to check */
 
 /*
  * Connects to the cluster a redis:// URL names (see lm_options.swap_url),

@@ -149,9 +149,9 @@ static void populate(unsigned char *base, size_t pages, size_t ps)
 		memset(base + p * ps, (int)(p | 1), 128);
 }
 
-/* accesses per second, or a negative errno */
+/* accesses per second, or a negative errno; url: the swap in that cluster, NULL: the file */
 static double run_lazymem(const struct env *e, const struct workload *w, const uint32_t *seq,
-			  size_t n)
+			  size_t n, const char *url)
 {
 	size_t pages = (e->c->budget / e->ps) * w->mult;
 	struct lm_options o;
@@ -159,6 +159,7 @@ static double run_lazymem(const struct env *e, const struct workload *w, const u
 	o.mode = e->c->mode;
 	o.budget = e->c->budget;
 	o.swap_dir = e->c->dir;
+	o.swap_url = url;
 	o.swap_max = (uint64_t)pages * e->ps * 2;
 	struct lm_runtime *rt;
 	int rc = lm_runtime_open(&o, &rt);
@@ -248,20 +249,27 @@ static bool setup_kernel(struct env *e)
 int swap_bench_run(const struct swap_bench_config *c)
 {
 	struct env e = { .c = c, .ps = (size_t)sysconf(_SC_PAGESIZE) };
-	if (!swap_bench_selected(c->only))
+	if (!c->swap_url && !swap_bench_selected(c->only))
 		return 0;
 	bool kernel = setup_kernel(&e);
+	bool remote = c->swap_url != NULL;
 	if (!c->json) {
-		printf("\nswap: budget %zu MiB, %s mode, working sets 2x and 4x written once first; %s\n",
-		       c->budget >> 20, c->mode == LM_MODE_SIGNAL ? "signal" : "thread", kernel ? "kernel: anonymous memory in a cgroup-v1 memory "
+		printf("\nswap%s: budget %zu MiB, %s mode, working sets %s written once first; %s\n",
+		       remote ? " in a Redis Cluster" : "", c->budget >> 20,
+		       c->mode == LM_MODE_SIGNAL ? "signal" : "thread", remote ? "2x" : "2x and 4x",
+		       kernel ? "kernel: anonymous memory in a cgroup-v1 memory "
 		       "cgroup limited to the budget + 2 MiB, swap file on the same disk" :
 		       "kernel side unavailable (see above)");
 		printf("%-34s %12s %12s %8s  %-9s %s\n", "measurement", "lazymem", "kernel", "ratio",
-		       "unit", "target");
+		       "unit", remote ? "target (local swap file)" : "target");
 	}
 	for (size_t i = 0; i < NWORKLOADS; i++) {
 		const struct workload *w = &workloads[i];
-		if (c->only && !strstr(w->name, c->only))
+		char name[96];
+		snprintf(name, sizeof(name), "%s%s%s%s", remote ? "swap.remote." : "",
+			 remote ? w->name + 5 : w->name, c->mode == LM_MODE_SIGNAL ? ".signal" : "",
+			 remote && c->suffix ? c->suffix : "");
+		if ((c->only && !strstr(name, c->only)) || (remote && w->mult != 2))
 			continue;
 		size_t bpages = c->budget / e.ps, pages = bpages * w->mult;
 		size_t n = w->pattern == SEQUENTIAL ? 2 * pages : 4 * bpages;
@@ -270,10 +278,11 @@ int swap_bench_run(const struct swap_bench_config *c)
 			kswap_teardown(&e.k);
 			return -ENOMEM;
 		}
-		double lv[c->runs], kv[c->runs];
+		double lv[c->runs], kv[c->runs], fv[c->runs];
 		for (int r = 0; r < c->runs; r++) {
 			kv[r] = kernel ? run_kernel(&e, w, seq, n) : 0;
-			lv[r] = run_lazymem(&e, w, seq, n);
+			fv[r] = remote ? run_lazymem(&e, w, seq, n, NULL) : 0;
+			lv[r] = run_lazymem(&e, w, seq, n, c->swap_url);
 			if (lv[r] < 0) {
 				fprintf(stderr, "lazymem-bench: %s: %s\n", w->name, lm_strerror((int)lv[r]));
 				kswap_teardown(&e.k);
@@ -283,18 +292,20 @@ int swap_bench_run(const struct swap_bench_config *c)
 		}
 		free(seq);
 		double l = median(lv, c->runs), k = median(kv, c->runs), ratio = k > 0 ? l / k : 0;
+		double f = remote ? median(fv, c->runs) : 0;
 		if (c->json) {
-			printf("{\"name\":\"%s%s\",\"unit\":\"accesses_per_s\",\"lazymem\":%.2f,"
-			       "\"kernel\":%.2f,\"ratio\":%.3f}\n", w->name,
-			       c->mode == LM_MODE_SIGNAL ? ".signal" : "", l, k, ratio);
+			char local[64] = "";
+			if (remote)
+				snprintf(local, sizeof(local), ",\"local_swap_file\":%.2f", f);
+			printf("{\"name\":\"%s\",\"unit\":\"accesses_per_s\",\"lazymem\":%.2f,"
+			       "\"kernel\":%.2f,\"ratio\":%.3f%s}\n", name, l, k, ratio, local);
 		} else {
-			char tgt[32] = "";
-			if (w->target > 0)
-				snprintf(tgt, sizeof(tgt), ">=%.1f %s", w->target,
-					 ratio >= w->target ? "ok" : "MISS");
-			char name[64];
-			snprintf(name, sizeof(name), "%s%s", w->name,
-				 c->mode == LM_MODE_SIGNAL ? ".signal" : "");
+			char tgt[48] = "";
+			double want = remote ? (c->suffix ? 0 : 1.0) : w->target;
+			if (want > 0)
+				snprintf(tgt, sizeof(tgt), ">=%.1f %s", want, ratio >= want ? "ok" : "MISS");
+			if (remote)
+				snprintf(tgt + strlen(tgt), sizeof(tgt) - strlen(tgt), " (%.0f)", f);
 			printf("%-34s %12.0f %12.0f %8.2f  %-9s %s\n", name, l, k, ratio, "access/s",
 			       tgt);
 		}

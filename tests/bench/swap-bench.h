@@ -14,6 +14,13 @@ struct swap_bench_config {
 	size_t budget;		/* bytes */
 	const char *only;	/* substring filter, NULL: all */
 	const char *dir;	/* where both swap files go */
+	/*
+	 * swap.remote.*: lazymem's swap in this cluster (lm_options.swap_url),
+	 * its 2x workloads named swap.remote.<workload>.2x.<op><suffix>, the
+	 * local swap file's figure beside them.
+	 */
+	const char *swap_url;
+	const char *suffix;
 };
 
 /* Shared with lazymem-bench.c. */
