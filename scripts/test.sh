@@ -33,7 +33,7 @@ cc -o "$prefix/demo" demos/lazymem-demo.c $($pc --cflags --libs lazymem) \
 	-Wl,-rpath,"$prefix/lib"
 "$prefix/demo" --quick >/dev/null
 cc -o "$prefix/demo-static" demos/lazymem-demo.c $($pc --cflags lazymem) \
-	"$prefix/lib/liblazymem.a" $($pc --libs --static liburing libcap) -pthread
+	"$prefix/lib/liblazymem.a" $($pc --libs --static liburing libcap hiredis) -pthread
 "$prefix/demo-static" --quick >/dev/null
 cc -o "$prefix/snapdemo" demos/lazymem-snapshot-demo.c $($pc --cflags --libs lazymem) \
 	-pthread -Wl,-rpath,"$prefix/lib"

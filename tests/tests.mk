@@ -176,3 +176,5 @@ tests_check_remote_CFLAGS = $(TEST_CFLAGS) $(LIB_DEP_CFLAGS)
 tests_check_remote_LDADD = $(CHECK_LIBS) $(LIB_DEP_LIBS)
 TESTS += tests/remote.sh
 EXTRA_DIST += tests/remote.sh
+# Both make the same namespaces (lmrc-*): never at once.
+tests/remote.log: tests/cluster-routing.log
