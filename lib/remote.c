@@ -29,7 +29,9 @@
  * A map is never changed once published; a topology refresh (after a
  * redirection or a lost connection) builds a new one that keeps the old
  * one's node numbers, so a thread's connections stay indexed by them, and
- * the old maps are kept until the cluster is closed (refreshes are rare).
+ * the old maps are kept until the cluster is closed (a refresh that finds
+ * the topology unchanged publishes nothing, so there is one map per
+ * change the cluster went through).
  * So a set's connections stay indexed by node number across maps.
  *
  * A batch that meets a redirection, a lost connection or a cluster that
@@ -42,13 +44,10 @@
  * second, so that eviction gives up at once instead of waiting out a
  * timeout per batch while the cluster is gone.
  *
- * hiredis allocates with malloc; runtime threads are marked
- * (lm__thread_mark), and a host whose malloc is lazy memory (the preload
- * library) serves them from memory that never is.
+ * hiredis allocates with malloc: see OWN_MEMORY below.
  */
 
 #define MAX_SEEDS 16
-#define MAX_MAPS 256		/* topology refreshes a cluster may go through */
 #define REFRESH_MIN_NS 50000000ull	/* one refresh per 50 ms at most */
 #define DOWN_NS 1000000000ull	/* writes fail fast this long after one timed out */
 
@@ -65,8 +64,9 @@ struct lm__remote {
 		int port;
 	} seeds[MAX_SEEDS];
 	struct lm__slotmap *_Atomic map;
-	struct lm__slotmap *maps[MAX_MAPS];	/* every map published, freed at close */
-	unsigned nmaps;
+	struct lm__slotmap **maps;	/* every map published, freed at close (under lock) */
+	unsigned nmaps, maps_cap;
+	pid_t pid;			/* the process that opened it: a fork() child never uses it */
 	pthread_mutex_t lock;	/* refreshes */
 	pthread_mutex_t pool_lock;
 	uint64_t refreshed_ns;
@@ -83,6 +83,40 @@ struct lm__remote_conns {
 	redisContext *c[LM__CLUSTER_NODES];
 	struct lm__remote_conns *next;	/* in the pool */
 };
+
+/*
+ * hiredis allocates with malloc, from whichever thread calls it: an
+ * application thread that opens an image makes connections a handler
+ * later uses and frees.  So every entry here runs as a runtime thread
+ * (lm__runtime_thread) for its duration, and under the preload library
+ * all of hiredis's memory comes from the runtime's own allocator, never
+ * from the lazy heap a handler may have to fill (invariant 1).
+ */
+static bool own_enter(void)
+{
+	bool was = lm__runtime_thread;
+	lm__runtime_thread = true;
+	return was;
+}
+
+static void own_leave(const bool *was)
+{
+	lm__runtime_thread = *was;
+}
+
+#define OWN_MEMORY \
+	const bool own_was_ __attribute__((cleanup(own_leave), unused)) = own_enter()
+
+/*
+ * A fork() child has copies of the parent's sockets and, in signal mode,
+ * would run hiredis in a SIGBUS handler: it never uses the store.  Its
+ * faults on pages in the cluster get SIGBUS; the parent's replies stay
+ * the parent's, and the child's close deletes nothing.
+ */
+static bool foreign(const struct lm__remote *c)
+{
+	return getpid() != c->pid;
+}
 
 /* ---- the URL --------------------------------------------------------------- */
 
@@ -288,19 +322,30 @@ out:
  * Asks the cluster which master serves each slot: the nodes of the
  * current map first (a failed master's replica knows it was promoted),
  * then the seeds.  Publishes the answer as a new map with the old node
- * numbers.  Several threads that lost a connection at once refresh once.
+ * numbers, unless nothing changed.  One thread refreshes at a time, and
+ * no thread waits for it: one that finds a refresh under way, or one
+ * done lately, goes back to its batch and tries again after a pause.
  */
 static int refresh(struct lm__remote *c, const struct lm__slotmap *seen)
 {
-	pthread_mutex_lock(&c->lock);
+	if (pthread_mutex_trylock(&c->lock))
+		return 0;
 	struct lm__slotmap *cur = atomic_load(&c->map);
-	uint64_t now = lm__now_ns();
 	int rc = 0;
-	if ((seen && cur != seen) || (cur && now - c->refreshed_ns < REFRESH_MIN_NS))
+	if ((seen && cur != seen) || (cur && lm__now_ns() - c->refreshed_ns < REFRESH_MIN_NS))
 		goto out;
-	if (c->nmaps == MAX_MAPS) {
-		rc = -EMLINK;
-		goto out;
+	if (c->nmaps == c->maps_cap) {
+		unsigned cap = c->maps_cap ? 2 * c->maps_cap : 8;
+		struct lm__slotmap **maps = lm__malloc(cap * sizeof(*maps));
+		if (!maps) {
+			rc = -ENOMEM;
+			goto out;
+		}
+		if (c->nmaps)
+			memcpy(maps, c->maps, c->nmaps * sizeof(*maps));
+		lm__free(c->maps);
+		c->maps = maps;
+		c->maps_cap = cap;
 	}
 	struct lm__slotmap *m = lm__malloc(sizeof(*m));
 	if (!m) {
@@ -328,8 +373,9 @@ static int refresh(struct lm__remote *c, const struct lm__slotmap *seen)
 		if (r == 0 || rc == -EHOSTUNREACH)
 			rc = r;
 	}
-	c->refreshed_ns = now;
-	if (rc < 0) {
+	/* From the end of this one: threads that come by meanwhile do not start another. */
+	c->refreshed_ns = lm__now_ns();
+	if (rc < 0 || (cur && m->nnodes == cur->nnodes && !memcmp(cur->node, m->node, sizeof(m->node)))) {
 		lm__free(m);
 		goto out;
 	}
@@ -482,8 +528,10 @@ static bool attempt(struct lm__remote *c, struct lm__remote_conns *cs, struct ba
 	/* Every part goes out before any answer is awaited: one round trip in all. */
 	for (unsigned p = 0; p < nparts; p++) {
 		redisContext *ctx = cs->c[parts[p].node];
+		/* The server gives up on WAIT before the socket's timeout does: its answer comes. */
 		if (b->wpages && c->wait_replicas)
-			redisAppendCommand(ctx, "WAIT %d %d", c->wait_replicas, c->timeout_ms);
+			redisAppendCommand(ctx, "WAIT %d %d", c->wait_replicas,
+					   c->timeout_ms > 1 ? c->timeout_ms / 2 : 1);
 		parts[p].sent_ns = lm__now_ns();
 		int done = 0;
 		while (!done && redisBufferWrite(ctx, &done) == REDIS_OK)
@@ -547,6 +595,13 @@ static bool attempt(struct lm__remote *c, struct lm__remote_conns *cs, struct ba
 			}
 		}
 		if (lost) {
+			/*
+			 * With WAIT, a write is done only when its WAIT answered: a
+			 * part whose answers stopped is sent again, whole.
+			 */
+			for (unsigned i = 0; b->wpages && c->wait_replicas && i < b->n; i++)
+				if (node_of[i] == (int)pt->node && b->res[i] == P_DONE)
+					b->res[i] = P_AGAIN;
 			LM__STAT_ADD(c->rt, remote_errors, 1);
 			conn_drop(cs, pt->node);
 			stale = true;
@@ -607,7 +662,8 @@ static int run_batch(struct lm__remote *c, struct batch *b)
 int lm__remote_write(struct lm__remote *c, const uint64_t *key, unsigned char *const *pages,
 		     unsigned n, int *res)
 {
-	if (lm__now_ns() < atomic_load_explicit(&c->down_until, memory_order_relaxed)) {
+	OWN_MEMORY;
+	if (foreign(c) || lm__now_ns() < atomic_load_explicit(&c->down_until, memory_order_relaxed)) {
 		for (unsigned i = 0; i < n; i++)
 			res[i] = -EHOSTUNREACH;
 		return n ? -EHOSTUNREACH : 0;
@@ -628,6 +684,12 @@ int lm__remote_write(struct lm__remote *c, const uint64_t *key, unsigned char *c
 int lm__remote_read(struct lm__remote *c, const uint64_t *key, unsigned char *const *pages,
 		    unsigned n, int *res)
 {
+	OWN_MEMORY;
+	if (foreign(c)) {
+		for (unsigned i = 0; i < n; i++)
+			res[i] = -EIO;
+		return n ? -EIO : 0;
+	}
 	int ask[n ? n : 1];
 	struct batch b = { .n = n, .key = key, .rpages = pages, .res = res, .ask = ask };
 	return run_batch(c, &b);
@@ -679,10 +741,12 @@ static int check_policy(struct lm__remote *c)
 int lm__remote_open(struct lm_runtime *rt, const char *url, size_t page_size, unsigned flags,
 		    struct lm__remote **out)
 {
+	OWN_MEMORY;
 	struct lm__remote *c = lm__calloc(1, sizeof(*c));
 	if (!c)
 		return -ENOMEM;
 	c->rt = rt;
+	c->pid = getpid();
 	c->page_size = page_size;
 	c->timeout_ms = 1000;
 	c->retry_ms = 10000;
@@ -758,7 +822,8 @@ static redisReply *key_command(struct lm__remote *c, const char *key, int argc,
 	for (unsigned tries = 0;; tries++) {
 		const struct lm__slotmap *m = atomic_load(&c->map);
 		int node = ask >= 0 ? ask : lm__slotmap_node(m, lm__cluster_slot(key, strlen(key)));
-		redisContext *ctx = node < 0 ? NULL : conn_of(c, c->admin, m, (unsigned)node);
+		redisContext *ctx = node < 0 || (unsigned)node >= m->nnodes ?
+			NULL : conn_of(c, c->admin, m, (unsigned)node);
 		if (ctx && ask >= 0)
 			freeReplyObject(redisCommand(ctx, "ASKING"));
 		r = ctx ? redisCommandArgv(ctx, argc, argv, len) : NULL;
@@ -784,6 +849,7 @@ static redisReply *key_command(struct lm__remote *c, const char *key, int argc,
 
 int lm__remote_get(struct lm__remote *c, const char *key, char *buf, size_t cap)
 {
+	OWN_MEMORY;
 	const char *argv[2] = { "GET", key };
 	size_t len[2] = { 3, strlen(key) };
 	redisReply *r = key_command(c, key, 2, argv, len);
@@ -799,6 +865,7 @@ int lm__remote_get(struct lm__remote *c, const char *key, char *buf, size_t cap)
 
 int lm__remote_set(struct lm__remote *c, const char *key, const char *val)
 {
+	OWN_MEMORY;
 	const char *argv[3] = { "SET", key, val };
 	size_t len[3] = { 3, strlen(key), strlen(val) };
 	redisReply *r = key_command(c, key, 3, argv, len);
@@ -822,37 +889,83 @@ void lm__remote_set_ns(struct lm__remote *c, const char *ns)
 	snprintf(c->ns, sizeof(c->ns), "%s", ns);
 }
 
-/* Deletes the page keys [0, n) of namespace ns, a group (one slot) per command. */
+/*
+ * UNLINK of one group (its keys share a slot) of namespace ns, appended
+ * to its master's connection; the master's node number, or -1.
+ */
+static int append_unlink(struct lm__remote *c, const struct lm__slotmap *m, const char *ns,
+			 uint64_t g, uint64_t n)
+{
+	char keys[LM__CLUSTER_GROUP][160];
+	const char *argv[LM__CLUSTER_GROUP + 1] = { "UNLINK" };
+	size_t len[LM__CLUSTER_GROUP + 1] = { 6 };
+	unsigned k = 0;
+	for (uint64_t p = g * LM__CLUSTER_GROUP; p < n && k < LM__CLUSTER_GROUP; p++, k++) {
+		len[k + 1] = (size_t)lm__cluster_page_key(keys[k], sizeof(keys[k]), ns, p);
+		argv[k + 1] = keys[k];
+	}
+	int node = lm__slotmap_node(m, lm__cluster_slot(keys[0], len[1]));
+	redisContext *ctx = node < 0 || (unsigned)node >= m->nnodes ?
+		NULL : conn_of(c, c->admin, m, (unsigned)node);
+	if (!ctx || redisAppendCommandArgv(ctx, (int)k + 1, argv, len) != REDIS_OK)
+		return -1;
+	return node;
+}
+
+/*
+ * Deletes the page keys [0, n) of namespace ns: a command per group, up
+ * to 256 groups pipelined to their masters before the answers are read.
+ * A chunk that meets a redirection or a lost connection is done again
+ * after a refresh, until the store's retry time is up.
+ */
 int lm__remote_delete(struct lm__remote *c, const char *ns, uint64_t n)
 {
-	char saved[sizeof(c->ns)], want[sizeof(c->ns)];
-	snprintf(want, sizeof(want), "%s", ns);
-	memcpy(saved, c->ns, sizeof(saved));
-	memcpy(c->ns, want, sizeof(want));
-	int rc = 0;
-	for (uint64_t g = 0; g * LM__CLUSTER_GROUP < n && !rc; g++) {
-		char keys[LM__CLUSTER_GROUP][160];
-		const char *argv[LM__CLUSTER_GROUP + 1] = { "UNLINK" };
-		size_t len[LM__CLUSTER_GROUP + 1] = { 6 };
-		unsigned k = 0;
-		for (uint64_t p = g * LM__CLUSTER_GROUP; p < n && k < LM__CLUSTER_GROUP; p++, k++) {
-			len[k + 1] = (size_t)key_of(c, p, keys[k], sizeof(keys[k]));
-			argv[k + 1] = keys[k];
+	OWN_MEMORY;
+	if (foreign(c))
+		return -EIO;
+	enum { CHUNK = 256 };
+	uint64_t groups = (n + LM__CLUSTER_GROUP - 1) / LM__CLUSTER_GROUP;
+	uint64_t deadline = lm__now_ns() + (uint64_t)c->retry_ms * 1000000;
+	for (uint64_t g0 = 0; g0 < groups;) {
+		const struct lm__slotmap *m = atomic_load(&c->map);
+		uint64_t end = g0 + CHUNK < groups ? g0 + CHUNK : groups;
+		int node[CHUNK];
+		bool again = false;
+		for (uint64_t g = g0; g < end; g++)
+			again |= (node[g - g0] = append_unlink(c, m, ns, g, n)) < 0;
+		for (uint64_t g = g0; g < end; g++) {
+			redisReply *r = NULL;
+			if (node[g - g0] < 0)
+				continue;
+			redisContext *ctx = c->admin->c[node[g - g0]];
+			if (!ctx || redisGetReply(ctx, (void **)&r) != REDIS_OK) {
+				conn_drop(c->admin, (unsigned)node[g - g0]);
+				again = true;
+			} else if (r->type != REDIS_REPLY_INTEGER) {
+				again = true;
+			}
+			freeReplyObject(r);
 		}
-		redisReply *r = key_command(c, keys[0], (int)k + 1, argv, len);
-		rc = r && r->type == REDIS_REPLY_INTEGER ? 0 : -EIO;
-		freeReplyObject(r);
+		if (!again) {
+			g0 = end;
+			continue;
+		}
+		if (lm__now_ns() >= deadline)
+			return -ETIMEDOUT;
+		LM__STAT_ADD(c->rt, remote_retries, 1);
+		refresh(c, m);
+		nanosleep(&(struct timespec){ 0, 20000000 }, NULL);
 	}
-	memcpy(c->ns, saved, sizeof(saved));
-	return rc;
+	return 0;
 }
 
 void lm__remote_close(struct lm__remote *c)
 {
+	OWN_MEMORY;
 	if (!c)
 		return;
 	uint64_t hw = atomic_load(&c->hiwater);
-	if (c->owned && hw && atomic_load(&c->map) && c->admin &&
+	if (c->owned && hw && !foreign(c) && atomic_load(&c->map) && c->admin &&
 	    lm__remote_delete(c, c->ns, hw) < 0)
 		lm__log(c->rt, 1, "remote store: could not delete the keys of %s", c->ns);
 	conns_free(c->admin);
@@ -863,6 +976,7 @@ void lm__remote_close(struct lm__remote *c)
 	}
 	for (unsigned i = 0; i < c->nmaps; i++)
 		lm__free(c->maps[i]);
+	lm__free(c->maps);
 	pthread_mutex_destroy(&c->lock);
 	pthread_mutex_destroy(&c->pool_lock);
 	lm__free(c);
