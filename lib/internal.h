@@ -556,14 +556,16 @@ struct lm__swap {
 	_Atomic uint64_t *used_mirror;	/* the same count in the stats page, or NULL */
 	_Atomic uint64_t *backed_mirror;	/* backed, in the stats page, or NULL */
 	uint64_t hint;			/* bitmap word to look at first (allocator only) */
+	_Atomic uint64_t low;		/* a remote store's lowest word freed since (UINT64_MAX: none) */
 	_Atomic uint64_t *bitmap;	/* 1: slot in use */
 	uint32_t *sums;			/* per-slot checksum of what was written; 0: none */
 	/*
 	 * A page whose write failed stays in memory, here, until its slot is
 	 * freed: nothing is lost, and it counts against the budget (*held_pages).
 	 */
-	_Atomic uintptr_t *held;	/* the copy, | SWAP_HELD_FREED once its slot was freed */
+	_Atomic uintptr_t *held;	/* the copy, marked once its slot was freed or it was written (swap.c) */
 	_Atomic int64_t *held_pages;
+	_Atomic int64_t nheld;		/* pages held, not freed nor written since */
 	uint64_t held_hint;		/* where the next rewrite looks first (evictor only) */
 	uint64_t top;			/* slots below it were ever handed out (allocator only) */
 	uint64_t backed;		/* bytes of the file allocated on disk (allocator only) */

@@ -29,17 +29,35 @@
 _Atomic int lm__swap_fail_writes;
 
 /*
- * A held page's copy is freed by the allocator (lm__free() is not
- * signal-safe, and a fault frees slots): a slot freed while held keeps
- * its copy's pointer, marked, until the slot is handed out again.  The
- * mark is set atomically, so that exactly one of lm__swap_free and a
- * rewrite that succeeded counts the page out of *held_pages.
+ * A held page's copy is freed by the allocator only, when its slot is
+ * handed out again (lm__free() is not signal-safe, and a fault frees
+ * slots; and a fault may be copying from it): a slot freed while held
+ * keeps its copy, marked HELD_FREED, and so does one whose page a
+ * rewrite put in the store after all, marked HELD_WRITTEN (reads still
+ * find it, equal to what the store has).  The marks are set atomically,
+ * so that exactly one of lm__swap_free and a successful rewrite counts
+ * the page out of *held_pages and nheld.
  */
 #define HELD_FREED ((uintptr_t)1)
+#define HELD_WRITTEN ((uintptr_t)2)
+#define HELD_MARKS (HELD_FREED | HELD_WRITTEN)
 
 static inline unsigned char *held_copy(uintptr_t v)
 {
-	return (unsigned char *)(v & ~HELD_FREED);
+	return (unsigned char *)(v & ~HELD_MARKS);
+}
+
+/* Still held: a copy that is neither freed nor written since. */
+static inline bool held_live(uintptr_t v)
+{
+	return held_copy(v) && !(v & HELD_MARKS);
+}
+
+static void held_count(struct lm__swap *s, int64_t n)
+{
+	atomic_fetch_add_explicit(&s->nheld, n, memory_order_relaxed);
+	if (s->held_pages)
+		atomic_fetch_add_explicit(s->held_pages, n, memory_order_relaxed);
 }
 
 static void *map_zeroed(size_t bytes)
@@ -119,6 +137,7 @@ int lm__swap_open_remote(struct lm__swap *s, struct lm__remote *remote, uint64_t
 	}
 	s->remote = remote;
 	s->backed = s->nslots * page_size;
+	atomic_store(&s->low, UINT64_MAX);
 	return 0;
 }
 
@@ -188,9 +207,18 @@ unsigned lm__swap_alloc(struct lm__swap *s, uint64_t *slots, unsigned n)
 	if (s->remote && !lm__remote_writable(s->remote))
 		return 0;
 	pthread_mutex_lock(&s->lock);
-	uint64_t words = (s->nslots + 63) / 64;
+	uint64_t words = (s->nslots + 63) / 64, start = s->hint;
+	/*
+	 * A cluster has no blocks to spread wear over: slots freed are taken
+	 * again first, so that the keys stay few (and closing deletes few).
+	 */
+	if (s->remote) {
+		uint64_t low = atomic_exchange(&s->low, UINT64_MAX);
+		if (low < start)
+			start = low;
+	}
 	for (uint64_t k = 0; k < words && got < n; k++) {
-		uint64_t w = (s->hint + k) % words;
+		uint64_t w = (start + k) % words;
 		uint64_t bits = atomic_load_explicit(&s->bitmap[w], memory_order_relaxed);
 		while (got < n && ~bits) {
 			unsigned bit = (unsigned)__builtin_ctzll(~bits);
@@ -241,8 +269,13 @@ void lm__swap_free(struct lm__swap *s, uint64_t slot)
 	s->sums[slot] = 0;
 	/* A held page's memory is freed when the slot is next allocated (lm__free() is not signal-safe). */
 	uintptr_t h = atomic_fetch_or_explicit(&s->held[slot], HELD_FREED, memory_order_acq_rel);
-	if (held_copy(h) && !(h & HELD_FREED) && s->held_pages)
-		atomic_fetch_sub_explicit(s->held_pages, 1, memory_order_relaxed);
+	if (held_live(h))
+		held_count(s, -1);
+	uint64_t w = slot / 64, low = atomic_load_explicit(&s->low, memory_order_relaxed);
+	while (s->remote && w < low &&
+	       !atomic_compare_exchange_weak_explicit(&s->low, &low, w, memory_order_relaxed,
+						      memory_order_relaxed))
+		;
 	if (atomic_fetch_and_explicit(&s->bitmap[slot / 64], ~bit, memory_order_acq_rel) & bit)
 	{
 		atomic_fetch_sub_explicit(&s->used, 1, memory_order_relaxed);
@@ -325,10 +358,11 @@ int lm__swap_write(struct lm__swap *s, struct lm__filler *f, unsigned char *cons
 		while (!(copy = lm__malloc(s->page_size)))
 			nanosleep(&(struct timespec){ 0, 1000000 }, NULL);
 		memcpy(copy, pages[i], s->page_size);
+		/* A slot handed out has no copy (the allocator freed it): old is one written twice. */
 		uintptr_t old = atomic_exchange(&s->held[slots[i]], (uintptr_t)copy);
 		lm__free(held_copy(old));
-		if ((!old || (old & HELD_FREED)) && s->held_pages)
-			atomic_fetch_add(s->held_pages, 1);
+		if (!held_live(old))
+			held_count(s, 1);
 		done[i] = 1;	/* held */
 	}
 	return rc;
@@ -380,12 +414,12 @@ int lm__swap_read(struct lm__swap *s, struct lm__filler *f, const uint64_t *slot
 /*
  * Held pages are written again as soon as their store takes writes: a
  * cluster that was unreachable, a disk that was full.  Each is written
- * from its copy, which stays until the write succeeded; a slot freed
- * meanwhile (its page faulted back in) is left to the allocator.
+ * from its copy, which stays until its slot is handed out again; a slot
+ * freed meanwhile (its page faulted back in) is left to the allocator.
  */
 unsigned lm__swap_rewrite_held(struct lm__swap *s, struct lm__filler *f, unsigned max)
 {
-	if (!s->held_pages || atomic_load(s->held_pages) <= 0 || !s->top)
+	if (atomic_load_explicit(&s->nheld, memory_order_relaxed) <= 0 || !s->top)
 		return 0;
 	if (s->remote && !lm__remote_writable(s->remote))
 		return 0;
@@ -401,7 +435,7 @@ unsigned lm__swap_rewrite_held(struct lm__swap *s, struct lm__filler *f, unsigne
 		for (; n < BATCH && scanned < s->top; scanned++) {
 			uint64_t slot = s->held_hint++ % s->top;
 			uintptr_t h = atomic_load_explicit(&s->held[slot], memory_order_acquire);
-			if (!held_copy(h) || (h & HELD_FREED))
+			if (!held_live(h))
 				continue;
 			slots[n] = slot;
 			pages[n] = held_copy(h);
@@ -413,11 +447,14 @@ unsigned lm__swap_rewrite_held(struct lm__swap *s, struct lm__filler *f, unsigne
 			break;
 		for (unsigned i = 0; i < n; i++) {
 			uintptr_t expect = seen[i];
-			/* Freed since: the allocator frees the copy; the free counted it out. */
-			if (!atomic_compare_exchange_strong(&s->held[slots[i]], &expect, 0))
+			/*
+			 * Written: marked, not freed (a fault may be copying from it;
+			 * the allocator frees it).  Freed since: the free counted it out.
+			 */
+			if (!atomic_compare_exchange_strong(&s->held[slots[i]], &expect,
+							    seen[i] | HELD_WRITTEN))
 				continue;
-			lm__free(pages[i]);
-			atomic_fetch_sub(s->held_pages, 1);
+			held_count(s, -1);
 			done_total++;
 		}
 	}
