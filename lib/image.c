@@ -489,11 +489,17 @@ static bool index_page(struct lm__image *im, int fd, uint64_t i)
 	size_t ps = im->page_size;
 	unsigned char *p = (unsigned char *)im->ents + i * ps;
 	size_t got = 0;
-	/* An image in a cluster: the index page is a key of its own (thread mode only). */
+	/*
+	 * An image in a cluster: the index page is a key of its own (thread
+	 * mode only).  A cluster that does not answer leaves the page unread,
+	 * to be tried by the next fault; a key gone or garbled is damage.
+	 */
 	if (im->remote) {
 		uint64_t key = im->index_off / ps + i;
 		int res = -EIO;
 		lm__remote_read(im->remote, &key, &p, 1, &res);
+		if (res && res != -ENODATA && res != -EBADMSG)
+			return false;
 		got = res ? 0 : ps;
 	}
 	while (!im->remote && got < ps) {
@@ -512,8 +518,11 @@ static bool index_page(struct lm__image *im, int fd, uint64_t i)
 		     (k == first ? e->pgno == im->dir[i].first : e->pgno > e[-1].pgno) &&
 		     (i + 1 == im->ipages || e->pgno < im->dir[i + 1].first);
 	}
-	atomic_store_explicit(&im->loaded[i], ok ? 1 : 2, memory_order_release);
-	return ok;
+	/* The first verdict stands: a loader that lost a race does not overrule it. */
+	unsigned char zero = 0;
+	atomic_compare_exchange_strong_explicit(&im->loaded[i], &zero, ok ? 1 : 2,
+						memory_order_acq_rel, memory_order_acquire);
+	return atomic_load_explicit(&im->loaded[i], memory_order_acquire) == 1;
 }
 
 const struct lm__image_ent *lm__image_ent(struct lm__image *im, int fd, uint64_t k)
@@ -646,11 +655,22 @@ int lm__image_upload(struct lm_runtime *rt, int fd, const char *url)
 			 gen, pages, old.gen, old.pages);
 		rc = lm__remote_set(c, name, val);
 	}
-	if (rc) {
+	/*
+	 * The name's SET may have landed though its answer (or its WAIT's) did
+	 * not come: the name is read again, and what it points to stays.
+	 */
+	struct remote_ptr now;
+	bool published = !rc || (rc != -ENOMEM && ptr_get(c, name, &now) == 0 && now.gen == gen);
+	if (rc && !published) {
 		/* Nothing points to what was written: it goes. */
+		gen_ns(ns, sizeof(ns), name, gen);
 		lm__remote_delete(c, ns, pages);
-		lm__log(rt, 1, "cannot save the image to %s: %s", url, lm_strerror(rc));
-	} else if (old.prev) {
+	}
+	if (rc)
+		lm__log(rt, 1, "cannot save the image to %s%s: %s", url,
+			published ? " durably (it is in place, on fewer replicas than asked)" : "",
+			lm_strerror(rc));
+	if (published && old.prev) {
 		gen_ns(ns, sizeof(ns), name, old.prev);
 		lm__remote_delete(c, ns, old.prev_pages);
 	}
@@ -689,8 +709,12 @@ int lm__image_fetch(struct lm_runtime *rt, const char *url, size_t page_size, in
 	uint64_t key = 0;
 	int res[LM__IMAGE_REMOTE_BATCH];
 	unsigned char *pp[LM__IMAGE_REMOTE_BATCH];
-	if ((rc = lm__remote_read(c, &key, &buf, 1, res)) < 0)
+	/* A generation gone (a later save deleted it, or a crash left none): no image. */
+	if ((rc = lm__remote_read(c, &key, &buf, 1, res)) < 0) {
+		if (rc == -ENODATA)
+			rc = -ENOENT;
 		goto out;
+	}
 	struct lm__image_header h;
 	memcpy(&h, buf, sizeof(h));
 	if (memcmp(h.magic, IMAGE_MAGIC, sizeof(h.magic)) || h.header_sum != header_sum(&h) ||
@@ -712,8 +736,15 @@ int lm__image_fetch(struct lm_runtime *rt, const char *url, size_t page_size, in
 			keys[i] = at + i;
 			pp[i] = buf + (size_t)i * page_size;
 		}
-		/* A page missing or damaged here makes lm__image_open refuse the image. */
-		lm__remote_read(c, keys, pp, n, res);
+		/*
+		 * A page missing or garbled here makes lm__image_open refuse the
+		 * image (-EBADMSG); a cluster that does not answer is its error.
+		 */
+		int r = lm__remote_read(c, keys, pp, n, res);
+		if (r < 0 && r != -ENODATA && r != -EBADMSG) {
+			rc = r;
+			goto out;
+		}
 		for (unsigned i = 0; i < n; i++)
 			if (res[i])
 				memset(pp[i], 0, page_size);

@@ -192,9 +192,10 @@ static int file_write(struct lm__store *s, struct lm__filler *f, const uint64_t 
 static unsigned remote_run(struct lm__remote *c, struct lm__filler *f, uint64_t first,
 			   unsigned char *dst, unsigned n)
 {
-	uint64_t *keys = f->keys;
+	/* Arrays of its own: the caller's keys may be f->keys (thread mode only: a stack to spare). */
+	uint64_t keys[n];
 	unsigned char *pages[n];
-	int *res = f->res;
+	int res[n];
 	size_t ps = (size_t)f->rt->page_size;
 	for (unsigned j = 0; j < n; j++) {
 		keys[j] = first + j;
