@@ -235,11 +235,15 @@ START_TEST(working_set_4x_in_cluster)
 	ck_assert_uint_eq(st.remote_bytes_out, st.swap_writes * PS);
 	ck_assert_uint_eq(st.remote_bytes_in, st.swap_reads * PS);
 	/*
-	 * An eviction batch of neighbouring pages is one round trip per
-	 * master (random refaults read a page at a time).
+	 * An eviction batch is one round trip per master, however many pages
+	 * it has (random refaults read a page at a time; the random rewrites
+	 * keep batches small here, a few pages each).
 	 */
 	ck_assert_uint_gt(st.remote_requests, 0);
-	ck_assert_uint_lt(st.remote_requests, st.swap_reads + st.swap_writes / 16);
+	ck_assert_msg(st.remote_requests < st.swap_reads + st.swap_writes / 4,
+		      "%llu round trips for %llu reads and %llu writes (%llu retries)",
+		      (unsigned long long)st.remote_requests, (unsigned long long)st.swap_reads,
+		      (unsigned long long)st.swap_writes, (unsigned long long)st.remote_retries);
 	ck_assert_uint_eq(st.remote_rtt_lt_100us + st.remote_rtt_lt_1ms + st.remote_rtt_lt_10ms +
 				  st.remote_rtt_lt_100ms + st.remote_rtt_ge_100ms,
 			  st.remote_requests);
@@ -601,6 +605,50 @@ START_TEST(image_errors)
 }
 END_TEST
 
+/*
+ * A fork() child never uses its parent's cluster: its connections are the
+ * parent's, and its faults run in a signal handler.  A page in the cluster
+ * is SIGBUS in the child, never wrong; the child closing its runtime
+ * deletes none of the parent's keys; the parent finds every page after.
+ */
+START_TEST(fork_child_keeps_off_the_cluster)
+{
+	const size_t pages = 256;
+	lmt_install_sigbus();
+	char url[256];
+	url_of(url, sizeof(url), "");
+	struct lm_runtime *rt;
+	ck_assert_int_eq(open_remote(url, 64 * PS, LM_MODE_THREAD, &rt), 0);
+	struct lm_region *r;
+	ck_assert_int_eq(lm_region_create_zero(rt, pages * PS, 0, &r), 0);
+	unsigned char *base = lm_region_addr(r);
+	for (size_t p = 0; p < pages; p++)
+		lmt_stamp(base, p, 4);
+	ck_assert_uint_gt(lmt_stats(rt).swapped_pages, pages / 2);
+	pid_t child = fork();
+	ck_assert_int_ge(child, 0);
+	if (child == 0) {
+		size_t bus = 0, wrong = 0;
+		for (size_t p = 0; p < pages; p++) {
+			if (lmt_touch((volatile char *)base + p * PS, 0))
+				bus++;
+			else if (lmt_check_stamp(base, p, 4) >= 0)
+				wrong++;
+		}
+		lm_runtime_close(rt);
+		_exit(wrong ? 3 : bus ? 0 : 2);
+	}
+	int st;
+	ck_assert_int_eq(waitpid(child, &st, 0), child);
+	ck_assert_msg(WIFEXITED(st) && WEXITSTATUS(st) == 0, "child: status %#x", st);
+	for (size_t p = 0; p < pages; p++)
+		ck_assert_msg(lmt_check_stamp(base, p, 4) < 0, "page %zu after the child", p);
+	ck_assert_uint_eq(lmt_stats(rt).swap_read_errors, 0);
+	lm_region_destroy(r);
+	lm_runtime_close(rt);
+}
+END_TEST
+
 /* The masters' pids, from their pid files (LM_TEST_CLUSTER_DIR/nI/redis.pid for 10.251.0.1I). */
 static pid_t pid_of(const char *addr)
 {
@@ -739,6 +787,7 @@ int main(void)
 	tcase_add_test(tc, refuses_an_evicting_cluster);
 	tcase_add_test(tc, lost_or_damaged_page_is_sigbus);
 	tcase_add_test(tc, unreachable_cluster_stops_eviction);
+	tcase_add_test(tc, fork_child_keeps_off_the_cluster);
 	suite_add_tcase(s, tc);
 	TCase *im = tcase_create("image");
 	tcase_set_timeout(im, 120);

@@ -93,7 +93,7 @@ static void drain(int from, int to, uint64_t delay)
 {
 	for (;;) {
 		if (tail - head == SLOTS) {
-			/* Full: the oldest frames go first; TCP sends what is lost again. */
+			/* Full: frames arriving now are dropped; TCP sends what is lost again. */
 			unsigned char scrap[64];
 			if (recv(from, scrap, sizeof(scrap), MSG_TRUNC) < 0)
 				return;
@@ -157,7 +157,8 @@ int main(int argc, char **argv)
 			uint64_t wait = ring[head % SLOTS].due - now();
 			if ((int64_t)wait <= SPIN_NS)
 				continue;	/* spin: the frame is nearly due */
-			struct timespec ts = { 0, (long)(wait - SPIN_NS) };
+			uint64_t sleep = wait - SPIN_NS;
+			struct timespec ts = { (time_t)(sleep / 1000000000), (long)(sleep % 1000000000) };
 			ppoll(p, 2, &ts, NULL);
 		} else {
 			ppoll(p, 2, NULL, NULL);
