@@ -252,7 +252,15 @@ int swap_bench_run(const struct swap_bench_config *c)
 	if (!c->swap_url && !swap_bench_selected(c->only))
 		return 0;
 	bool kernel = setup_kernel(&e);
-	bool remote = c->swap_url != NULL;
+	bool remote = c->swap_url != NULL, any = false;
+	for (size_t i = 0; i < NWORKLOADS && remote; i++) {
+		char name[96];
+		snprintf(name, sizeof(name), "swap.remote.%s%s", workloads[i].name + 5,
+			 c->suffix ? c->suffix : "");
+		any |= workloads[i].mult == 2 && (!c->only || strstr(name, c->only));
+	}
+	if (remote && !any)
+		return 0;
 	if (!c->json) {
 		printf("\nswap%s: budget %zu MiB, %s mode, working sets %s written once first; %s\n",
 		       remote ? " in a Redis Cluster" : "", c->budget >> 20,
