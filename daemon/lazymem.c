@@ -1,6 +1,7 @@
 /* SPDX-License-Identifier: MIT */
 /* lazymem: the command that shows lazy memory, from lazymemd, like free(1), ps(1) and top(1). */
 #include "config.h"
+#include "internal.h"
 #include "proto.h"
 #include "sockpath.h"
 
@@ -14,6 +15,8 @@
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <sys/wait.h>
+#include <hiredis/hiredis.h>
 #include <string.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
@@ -714,9 +717,157 @@ static void run_usage(FILE *f)
 }
 
 /*
+ * Deletes the swap keys a run's runtimes left in the cluster: every key
+ * of lm:swap:TOKEN:*, master by master (SCAN, then UNLINK one key at a
+ * time, pipelined: keys of several slots cannot go in one UNLINK).  The
+ * masters come from CLUSTER SLOTS of the first seed that answers.
+ */
+static int purge_swap(const char *url, const char *token)
+{
+	const char *p = url + 8;
+	size_t hosts = strcspn(p, "/?");
+	char host[64];
+	int port = 0;
+	redisContext *seed = NULL;
+	for (size_t at = 0; at < hosts && !seed;) {
+		size_t len = strcspn(p + at, ",/?");
+		if (lm__cluster_endpoint(p + at, len, host, sizeof(host), &port) == 0) {
+			seed = redisConnectWithTimeout(host, port, (struct timeval){ 2, 0 });
+			if (seed && seed->err) {
+				redisFree(seed);
+				seed = NULL;
+			}
+		}
+		at += len + 1;
+	}
+	if (!seed)
+		return -EHOSTUNREACH;
+	redisSetTimeout(seed, (struct timeval){ 5, 0 });
+	redisReply *slots = redisCommand(seed, "CLUSTER SLOTS");
+	redisFree(seed);
+	if (!slots || slots->type != REDIS_REPLY_ARRAY) {
+		freeReplyObject(slots);
+		return -EPROTO;
+	}
+	char match[96];
+	snprintf(match, sizeof(match), "lm:swap:%s:*", token);
+	int rc = 0;
+	for (size_t i = 0; i < slots->elements; i++) {
+		redisReply *e = slots->element[i];
+		if (e->type != REDIS_REPLY_ARRAY || e->elements < 3 ||
+		    e->element[2]->type != REDIS_REPLY_ARRAY || e->element[2]->elements < 2)
+			continue;
+		redisContext *m = redisConnectWithTimeout(e->element[2]->element[0]->str,
+							  (int)e->element[2]->element[1]->integer,
+							  (struct timeval){ 2, 0 });
+		if (!m || m->err) {
+			redisFree(m);
+			rc = -EHOSTUNREACH;
+			continue;
+		}
+		redisSetTimeout(m, (struct timeval){ 5, 0 });
+		char cursor[32] = "0";
+		do {
+			redisReply *r = redisCommand(m, "SCAN %s MATCH %s COUNT 1000", cursor, match);
+			if (!r || r->type != REDIS_REPLY_ARRAY || r->elements != 2) {
+				freeReplyObject(r);
+				rc = -EIO;
+				break;
+			}
+			snprintf(cursor, sizeof(cursor), "%s", r->element[0]->str);
+			redisReply *keys = r->element[1];
+			for (size_t k = 0; k < keys->elements; k++)
+				redisAppendCommand(m, "UNLINK %b", keys->element[k]->str,
+						   (size_t)keys->element[k]->len);
+			for (size_t k = 0; k < keys->elements; k++) {
+				redisReply *x = NULL;
+				if (redisGetReply(m, (void **)&x) != REDIS_OK)
+					rc = -EIO;
+				freeReplyObject(x);
+			}
+			freeReplyObject(r);
+		} while (strcmp(cursor, "0") && !m->err);
+		redisFree(m);
+	}
+	freeReplyObject(slots);
+	return rc;
+}
+
+static volatile sig_atomic_t run_child;
+
+static void forward(int sig)
+{
+	if (run_child > 0)
+		kill(run_child, sig);
+}
+
+/*
+ * With the swap in a cluster, the program runs as a child and this
+ * process waits for it: the preload library never closes its runtime
+ * (threads may run until the process is gone), so its keys are deleted
+ * here, once the program and whatever it executed that inherited the
+ * run's token are done with them.  Signals sent to this process go to
+ * the program (the terminal's go to both: the interrupt and quit keys
+ * are left to it), and its status is this process's, a signal included.
+ */
+static int run_with_purge(char **argv, const char *url)
+{
+	enum { EX_RUN = 125, EX_NOEXEC = 126, EX_NOTFOUND = 127 };
+	char token[32];
+	struct timespec ts;
+	clock_gettime(CLOCK_REALTIME, &ts);
+	snprintf(token, sizeof(token), "run-%d-%08lx", (int)getpid(),
+		 (unsigned long)(ts.tv_nsec ^ (ts.tv_sec << 20)) & 0xffffffffUL);
+	setenv("LAZYMEM_SWAP_RUN", token, 1);
+	int sigs[] = { SIGTERM, SIGHUP, SIGUSR1, SIGUSR2, SIGALRM, SIGWINCH, SIGCONT };
+	pid_t child = fork();
+	if (child < 0) {
+		fprintf(stderr, "lazymem: run: fork: %s\n", strerror(errno));
+		return EX_RUN;
+	}
+	if (child == 0) {
+		execvp(argv[0], argv);
+		int err = errno;
+		fprintf(stderr, "lazymem: run: %s: %s\n", argv[0], strerror(err));
+		_exit(err == ENOENT ? EX_NOTFOUND : EX_NOEXEC);
+	}
+	run_child = child;
+	struct sigaction sa = { .sa_handler = forward };
+	sigemptyset(&sa.sa_mask);
+	for (size_t i = 0; i < sizeof(sigs) / sizeof(sigs[0]); i++)
+		sigaction(sigs[i], &sa, NULL);
+	signal(SIGINT, SIG_IGN);
+	signal(SIGQUIT, SIG_IGN);
+	int st;
+	while (waitpid(child, &st, 0) < 0 && errno == EINTR)
+		;
+	run_child = 0;
+	/*
+	 * A cluster no seed of which answers now is most likely one the
+	 * program could not use either (it said so): no second line for it.
+	 */
+	int rc = purge_swap(url, token);
+	if (rc < 0 && rc != -EHOSTUNREACH && !getenv("LAZYMEM_QUIET"))
+		fprintf(stderr, "lazymem: run: could not delete the program's swap keys "
+			"(lm:swap:%s:*) from %s: %s\n", token, url, strerror(-rc));
+	if (WIFSIGNALED(st)) {
+		int sig = WTERMSIG(st);
+		signal(sig, SIG_DFL);
+		sigset_t set;
+		sigemptyset(&set);
+		sigaddset(&set, sig);
+		sigprocmask(SIG_UNBLOCK, &set, NULL);
+		kill(getpid(), sig);
+		return 128 + sig;
+	}
+	return WEXITSTATUS(st);
+}
+
+/*
  * lazymem run: executes the program with the preload library and its
  * settings in the environment; the program replaces this process, so its
- * status and signals are its own.
+ * status and signals are its own (with a swap in a cluster, it runs as a
+ * child instead: see run_with_purge).
  */
 static int cmd_run(int argc, char **argv)
 {
@@ -808,6 +959,9 @@ static int cmd_run(int argc, char **argv)
 	const char *old = getenv("LD_PRELOAD");
 	snprintf(pre, sizeof(pre), "%s%s%s", lib, old && *old ? ":" : "", old ? old : "");
 	setenv("LD_PRELOAD", pre, 1);
+	const char *swap = getenv("LAZYMEM_SWAP");
+	if (swap && !strncmp(swap, "redis://", 8))
+		return run_with_purge(argv + optind, swap);
 	execvp(argv[optind], argv + optind);
 	int err = errno;
 	fprintf(stderr, "lazymem: run: %s: %s\n", argv[optind], strerror(err));

@@ -53,7 +53,7 @@
 
 struct lm__remote {
 	struct lm_runtime *rt;
-	char ns[64];
+	char ns[80];
 	size_t page_size;
 	int timeout_ms;		/* per connect and per answer */
 	int retry_ms;		/* how long a batch keeps trying */
@@ -473,7 +473,7 @@ static bool attempt(struct lm__remote *c, struct lm__remote_conns *cs, struct ba
 	bool stale = false;
 	for (unsigned i = 0; i < LM__CLUSTER_NODES; i++)
 		part_of[i] = -1;
-	char key[160];
+	char key[224];	/* two namespaces (80), a group and a page number */
 	size_t ps = c->page_size;
 	/* Which master each page goes to; the ones none serves wait for the next map. */
 	int node_of[b->n];
@@ -766,13 +766,22 @@ int lm__remote_open(struct lm_runtime *rt, const char *url, size_t page_size, un
 		/* A name others find it by: the caller's to manage. */
 		snprintf(c->ns, sizeof(c->ns), "lm:img:%s", name);
 	} else {
-		/* A namespace no other runtime uses: name, pid, time and a random part. */
+		/*
+		 * A namespace no other runtime uses: name, pid, time and a random
+		 * part; under lazymem run --swap, after the run's token
+		 * ($LAZYMEM_SWAP_RUN), so that lazymem run deletes what the
+		 * program's runtimes leave (they are never closed: see preload.c).
+		 */
 		struct timespec ts;
 		clock_gettime(CLOCK_REALTIME, &ts);
 		uint32_t rnd = (uint32_t)lm__hash64(&ts, sizeof(ts), (uint64_t)getpid()) ^
 			       (uint32_t)(uintptr_t)c;
-		snprintf(c->ns, sizeof(c->ns), "lm:%s:%d:%08" PRIx32, *name ? name : "swap",
-			 (int)getpid(), rnd);
+		const char *run = rt && !(rt->opt.flags & LM_OPT_NO_ENV) ?
+			getenv("LAZYMEM_SWAP_RUN") : NULL;
+		bool run_ok = run && *run && strlen(run) <= 24 &&
+			      strspn(run, "abcdefghijklmnopqrstuvwxyz0123456789-") == strlen(run);
+		snprintf(c->ns, sizeof(c->ns), "lm:%s:%s%s%d:%08" PRIx32, *name ? name : "swap",
+			 run_ok ? run : "", run_ok ? ":" : "", (int)getpid(), rnd);
 		c->owned = true;
 	}
 	c->admin = conns_take(c);
@@ -896,7 +905,7 @@ void lm__remote_set_ns(struct lm__remote *c, const char *ns)
 static int append_unlink(struct lm__remote *c, const struct lm__slotmap *m, const char *ns,
 			 uint64_t g, uint64_t n)
 {
-	char keys[LM__CLUSTER_GROUP][160];
+	char keys[LM__CLUSTER_GROUP][224];
 	const char *argv[LM__CLUSTER_GROUP + 1] = { "UNLINK" };
 	size_t len[LM__CLUSTER_GROUP + 1] = { 6 };
 	unsigned k = 0;

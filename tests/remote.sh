@@ -52,6 +52,21 @@ if bad:
 print("python3 on far memory: %d MiB out, %d MiB in, %d round trips" %
       (s["remote_bytes_out"] >> 20, s["remote_bytes_in"] >> 20, s["remote_requests"]))
 PY
+# The program's runtime is never closed (the preload library's never is):
+# lazymem run deletes its keys once it is done, and passes its status on.
+left=0
+for i in 1 2 3 4 5 6; do
+	n=$(hub redis-cli -h "10.251.0.1$i" -p 7000 --scan --pattern 'lm:swap:*' | wc -l)
+	left=$((left + n))
+done
+[ "$left" -eq 0 ] || { echo "FAIL: lazymem run --swap left $left keys in the cluster"; exit 1; }
+rc=0
+hub "$lazymem" run --budget 32M --swap "redis://$seed" --no-report -- sh -c 'exit 3' || rc=$?
+[ "$rc" -eq 3 ] || { echo "FAIL: lazymem run --swap: status $rc, want 3"; exit 1; }
+rc=0
+hub "$lazymem" run --budget 32M --swap "redis://$seed" --no-report -- sh -c 'kill -TERM $$' || rc=$?
+[ "$rc" -eq 143 ] || { echo "FAIL: lazymem run --swap, killed: status $rc, want 143"; exit 1; }
+
 # A cluster nobody answers for: the program runs unchanged, after one line on stderr.
 got=$(hub "$lazymem" run --budget 32M --swap "redis://10.251.0.99:7000?timeout=200" --no-report \
 	-- "$py" -c "$job" 2>"$dir/err")
