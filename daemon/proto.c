@@ -345,6 +345,37 @@ static char (*make_labels(const struct lmd_proc *procs, size_t n))[LABEL]
 }
 
 /*
+ * One process's series of a Prometheus histogram: nb bucket counts (each
+ * its own, made cumulative here) with their le labels, and the sum in ns.
+ */
+static void series(struct lmd_out *o, const char *name, const char *label,
+		   const char *const *le, const uint64_t *count, int nb, uint64_t sum_ns)
+{
+	uint64_t total = 0;
+	for (int b = 0; b < nb; b++) {
+		total += count[b];
+		put_str(o, name);
+		put_lit(o, "_bucket");
+		put_str(o, label);
+		put_str(o, le[b]);
+		put_u64(o, total);
+		put_lit(o, "\n");
+	}
+	put_str(o, name);
+	put_lit(o, "_sum");
+	put_str(o, label);
+	put_lit(o, "} ");
+	put_seconds(o, sum_ns);
+	put_lit(o, "\n");
+	put_str(o, name);
+	put_lit(o, "_count");
+	put_str(o, label);
+	put_lit(o, "} ");
+	put_u64(o, total);
+	put_lit(o, "\n");
+}
+
+/*
  * The fill latencies as a Prometheus histogram: bucket b of the runtime
  * holds fills shorter than 2^(b+8) ns, so its cumulative count is the
  * bucket le="2^(b+8)/1e9"; the last bucket is +Inf.
@@ -354,31 +385,19 @@ static void histogram(struct lmd_out *o, const struct lmd_proc *procs, size_t n,
 {
 	static const char name[] = "lazymem_fill_latency_seconds";
 	char le[LM_LAT_BUCKETS][32];
-	for (int b = 0; b < LM_LAT_BUCKETS - 1; b++)
-		snprintf(le[b], sizeof(le[b]), ",le=\"%.9g\"} ", (double)(1ull << (b + 8)) / 1e9);
-	snprintf(le[LM_LAT_BUCKETS - 1], sizeof(le[0]), ",le=\"+Inf\"} ");
-	lmd_put(o, "# HELP %s Time from fault to install, per fill.\n# TYPE %s histogram\n", name, name);
-	for (size_t i = 0; i < n; i++) {
-		const struct lm_stats *st = procs[i].st;
-		uint64_t sum = 0;
-		for (int b = 0; b < LM_LAT_BUCKETS; b++) {
-			sum += st->fill_latency[b];
-			put_lit(o, "lazymem_fill_latency_seconds_bucket");
-			put_str(o, labels[i]);
-			put_str(o, le[b]);
-			put_u64(o, sum);
-			put_lit(o, "\n");
-		}
-		put_lit(o, "lazymem_fill_latency_seconds_sum");
-		put_str(o, labels[i]);
-		put_lit(o, "} ");
-		put_seconds(o, st->fill_ns_total);
-		put_lit(o, "\nlazymem_fill_latency_seconds_count");
-		put_str(o, labels[i]);
-		put_lit(o, "} ");
-		put_u64(o, sum);
-		put_lit(o, "\n");
+	const char *lep[LM_LAT_BUCKETS];
+	for (int b = 0; b < LM_LAT_BUCKETS; b++) {
+		if (b < LM_LAT_BUCKETS - 1)
+			snprintf(le[b], sizeof(le[b]), ",le=\"%.9g\"} ",
+				 (double)(1ull << (b + 8)) / 1e9);
+		else
+			snprintf(le[b], sizeof(le[b]), ",le=\"+Inf\"} ");
+		lep[b] = le[b];
 	}
+	lmd_put(o, "# HELP %s Time from fault to install, per fill.\n# TYPE %s histogram\n", name, name);
+	for (size_t i = 0; i < n; i++)
+		series(o, name, labels[i], lep, procs[i].st->fill_latency, LM_LAT_BUCKETS,
+		       procs[i].st->fill_ns_total);
 }
 
 /*
@@ -398,24 +417,7 @@ static void remote_histogram(struct lmd_out *o, const struct lmd_proc *procs, si
 		const uint64_t b[5] = { st->remote_rtt_lt_100us, st->remote_rtt_lt_1ms,
 					st->remote_rtt_lt_10ms, st->remote_rtt_lt_100ms,
 					st->remote_rtt_ge_100ms };
-		uint64_t sum = 0;
-		for (int k = 0; k < 5; k++) {
-			sum += b[k];
-			put_lit(o, "lazymem_remote_rtt_seconds_bucket");
-			put_str(o, labels[i]);
-			put_str(o, le[k]);
-			put_u64(o, sum);
-			put_lit(o, "\n");
-		}
-		put_lit(o, "lazymem_remote_rtt_seconds_sum");
-		put_str(o, labels[i]);
-		put_lit(o, "} ");
-		put_seconds(o, st->remote_rtt_ns_total);
-		put_lit(o, "\nlazymem_remote_rtt_seconds_count");
-		put_str(o, labels[i]);
-		put_lit(o, "} ");
-		put_u64(o, sum);
-		put_lit(o, "\n");
+		series(o, "lazymem_remote_rtt_seconds", labels[i], le, b, 5, st->remote_rtt_ns_total);
 	}
 }
 
