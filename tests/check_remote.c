@@ -47,9 +47,9 @@ static int open_remote(const char *url, uint64_t budget, int mode, struct lm_run
 	return lm_runtime_open(&o, rt);
 }
 
-/* A runtime on the cluster, and a zero region whose first nfill pages are written at version 1. */
+/* A runtime on the cluster, and a zero region whose first nfill pages are written at version v. */
 static unsigned char *open_filled(const char *opts, uint64_t budget, size_t pages, size_t nfill,
-				  struct lm_runtime **rt, struct lm_region **r)
+				  uint64_t v, struct lm_runtime **rt, struct lm_region **r)
 {
 	char url[256];
 	url_of(url, sizeof(url), opts);
@@ -57,7 +57,7 @@ static unsigned char *open_filled(const char *opts, uint64_t budget, size_t page
 	ck_assert_int_eq(lm_region_create_zero(*rt, pages * PS, 0, r), 0);
 	unsigned char *base = lm_region_addr(*r);
 	for (size_t p = 0; p < nfill; p++)
-		lmt_stamp(base, p, 1);
+		lmt_stamp(base, p, v);
 	return base;
 }
 
@@ -203,19 +203,15 @@ static int count_files_in(const char *dir, const char *prefix)
 START_TEST(working_set_4x_in_cluster)
 {
 	const size_t budget = 512 * PS, pages = 2048;
-	char url[256];
-	url_of(url, sizeof(url), _i ? "wait=1" : "");
 	struct lm_runtime *rt;
-	ck_assert_int_eq(open_remote(url, budget, LM_MODE_THREAD, &rt), 0);
+	struct lm_region *r;
+	unsigned char *base = open_filled(_i ? "wait=1" : "", budget, pages, pages, 1, &rt, &r);
 	ck_assert_ptr_nonnull(rt->swap.remote);
 	char ns[96];
 	snprintf(ns, sizeof(ns), "%s", lm__remote_ns(rt->swap.remote));
-	struct lm_region *r;
-	ck_assert_int_eq(lm_region_create_zero(rt, pages * PS, 0, &r), 0);
-	unsigned char *base = lm_region_addr(r);
 	uint64_t *ver = calloc(pages, sizeof(*ver));
 	for (size_t p = 0; p < pages; p++)
-		lmt_stamp(base, p, ver[p] = 1);
+		ver[p] = 1;
 	uint64_t seed_rng = 88172645463325252ull;
 	for (int i = 0; i < 4000; i++) {
 		size_t p = lmt_rng(&seed_rng) % pages;
@@ -385,15 +381,9 @@ START_TEST(lost_or_damaged_page_is_sigbus)
 {
 	const size_t pages = 256;
 	lmt_install_sigbus();
-	char url[256];
-	url_of(url, sizeof(url), "");
 	struct lm_runtime *rt;
-	ck_assert_int_eq(open_remote(url, 64 * PS, LM_MODE_THREAD, &rt), 0);
 	struct lm_region *r;
-	ck_assert_int_eq(lm_region_create_zero(rt, pages * PS, 0, &r), 0);
-	unsigned char *base = lm_region_addr(r);
-	for (size_t p = 0; p < pages; p++)
-		lmt_stamp(base, p, 5);
+	unsigned char *base = open_filled("", 64 * PS, pages, pages, 5, &rt, &r);
 	ck_assert_int_eq(lm_runtime_set_budget(rt, 16 * PS), 0);
 	struct lm_stats st = lmt_stats(rt);
 	ck_assert_uint_gt(st.swapped_pages, 200);
@@ -615,15 +605,9 @@ START_TEST(fork_child_keeps_off_the_cluster)
 {
 	const size_t pages = 256;
 	lmt_install_sigbus();
-	char url[256];
-	url_of(url, sizeof(url), "");
 	struct lm_runtime *rt;
-	ck_assert_int_eq(open_remote(url, 64 * PS, LM_MODE_THREAD, &rt), 0);
 	struct lm_region *r;
-	ck_assert_int_eq(lm_region_create_zero(rt, pages * PS, 0, &r), 0);
-	unsigned char *base = lm_region_addr(r);
-	for (size_t p = 0; p < pages; p++)
-		lmt_stamp(base, p, 4);
+	unsigned char *base = open_filled("", 64 * PS, pages, pages, 4, &rt, &r);
 	ck_assert_uint_gt(lmt_stats(rt).swapped_pages, pages / 2);
 	pid_t child = fork();
 	ck_assert_int_ge(child, 0);
@@ -687,7 +671,7 @@ START_TEST(unreachable_cluster_stops_eviction)
 	const size_t budget = 128 * PS, pages = 1024;
 	struct lm_runtime *rt;
 	struct lm_region *r;
-	unsigned char *base = open_filled("timeout=200&retry=600", budget, pages, pages / 2, &rt, &r);
+	unsigned char *base = open_filled("timeout=200&retry=600", budget, pages, pages / 2, 1, &rt, &r);
 	struct lm_stats st = lmt_stats(rt);
 	ck_assert_uint_gt(st.swapped_pages, 0);
 	uint64_t swapped = st.swapped_pages;
