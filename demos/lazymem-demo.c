@@ -10,16 +10,10 @@
 #include <sys/mman.h>
 #include <unistd.h>
 
-#include "lazymem.h"
+#define DEMO_NAME "lazymem-demo"
+#include "demo.h"
 
 #define MIB (1024.0 * 1024.0)
-
-static double now(void)
-{
-	struct timespec ts;
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
-}
 
 /*
  * Resident bytes of [p, p + len), from mincore(2): adjacent regions merge
@@ -46,12 +40,6 @@ static struct lm_stats stats(struct lm_runtime *rt)
 	st.size = sizeof(st);
 	lm_stats_get(rt, &st);
 	return st;
-}
-
-static void die(const char *what, int rc)
-{
-	fprintf(stderr, "lazymem-demo: %s: %s\n", what, lm_strerror(rc));
-	exit(1);
 }
 
 static void row(const char *what, struct lm_runtime *rt, const void *p, size_t len,

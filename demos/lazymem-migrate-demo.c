@@ -10,7 +10,8 @@
 #include <string.h>
 #include <time.h>
 
-#include "lazymem.h"
+#define DEMO_NAME "lazymem-migrate-demo"
+#include "demo.h"
 
 /*
  * Migration the way CRIU's page server and post-copy do it, on lazy
@@ -38,28 +39,6 @@ static _Atomic bool stop;
 static _Atomic uint64_t ops;
 /* Writers hold it shared per batch; the snapshot takes it alone: a take never sees half a record. */
 static pthread_rwlock_t quiesce = PTHREAD_RWLOCK_INITIALIZER;
-
-static double now(void)
-{
-	struct timespec ts;
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
-}
-
-static void die(const char *what, int rc)
-{
-	fprintf(stderr, "lazymem-migrate-demo: %s: %s\n", what, lm_strerror(rc));
-	exit(1);
-}
-
-static uint64_t mix(uint64_t x)
-{
-	x ^= x >> 33;
-	x *= 0xff51afd7ed558ccdull;
-	x ^= x >> 33;
-	x *= 0xc4ceb9fe1a85ec53ull;
-	return x ^ (x >> 33);
-}
 
 static uint64_t rec_sum(const struct rec *r)
 {
@@ -103,15 +82,6 @@ static void *writer(void *arg)
 	return NULL;
 }
 
-/* FNV-style checksum of a buffer, folded into h. */
-static uint64_t fold(uint64_t h, const void *p, size_t len)
-{
-	const uint64_t *q = p;
-	for (size_t i = 0; i < len / 8; i++)
-		h = (h ^ q[i]) * 0x100000001b3ull;
-	return h;
-}
-
 static int cmd_save(const char *url, size_t mib)
 {
 	struct lm_runtime *rt;
@@ -151,7 +121,7 @@ static int cmd_save(const char *url, size_t mib)
 	for (int i = 0; i < WRITERS; i++)
 		pthread_join(th[i], NULL);
 	/* The snapshot's checksum: what machine B must find. */
-	uint64_t h = 0xcbf29ce484222325ull;
+	uint64_t h = checksum(NULL, 0);
 	static unsigned char buf[1 << 20];
 	for (size_t off = 0; off < len; off += sizeof(buf)) {
 		if ((rc = lm_snapshot_read(snap, off, buf, sizeof(buf))) < 0)
@@ -215,7 +185,7 @@ static int cmd_restore(const char *url, size_t lookups)
 	       lookups, lookups_s * 1e3, lat[lookups / 2] * 1e6, lat[lookups * 99 / 100] * 1e6,
 	       (unsigned long long)bad, (double)st.remote_bytes_in / (1 << 20), len >> 20);
 	/* Everything, to compare with machine A's snapshot. */
-	uint64_t h = 0xcbf29ce484222325ull;
+	uint64_t h = checksum(NULL, 0);
 	for (size_t off = 0; off < len; off += 1 << 20)
 		h = fold(h, (const unsigned char *)table + off, 1 << 20);
 	lm_stats_get(rt, &st);

@@ -16,7 +16,8 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "lazymem.h"
+#define DEMO_NAME "lazymem-snapshot-demo"
+#include "demo.h"
 
 /*
  * The store: an open-addressing hash table of 32-byte slots (key, three
@@ -38,42 +39,11 @@ static _Atomic bool stop, paused;
 static _Atomic int parked;
 static _Atomic uint64_t ops;
 
-static double now(void)
-{
-	struct timespec ts;
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
-}
-
-static void die(const char *what, int rc)
-{
-	fprintf(stderr, "lazymem-snapshot-demo: %s: %s\n", what, lm_strerror(rc));
-	exit(1);
-}
-
-static uint64_t mix(uint64_t x)
-{
-	x ^= x >> 33;
-	x *= 0xff51afd7ed558ccdull;
-	x ^= x >> 33;
-	x *= 0xc4ceb9fe1a85ec53ull;
-	return x ^ (x >> 33);
-}
-
 static struct slot *lookup(struct slot *t, uint64_t key)
 {
 	for (size_t i = mix(key) & (nslots - 1);; i = (i + 1) & (nslots - 1))
 		if (t[i].key == key || t[i].key == 0)
 			return &t[i];
-}
-
-static uint64_t checksum(const void *p, size_t len)
-{
-	const uint64_t *q = p;
-	uint64_t h = 0x9e3779b97f4a7c15ull;
-	for (size_t i = 0; i < len / 8; i++)
-		h = (h ^ q[i]) * 0x100000001b3ull;
-	return h;
 }
 
 static struct lm_stats stats(struct lm_runtime *rt)
