@@ -6,22 +6,12 @@
 # the master our routing names is accepted there, and another master's
 # MOVED answer is read as naming that same master.
 set -eu
-top=${srcdir:-$(dirname "$0")/..}
 keys=${builddir:-.}/tests/cluster-keys
-[ "$(id -u)" -eq 0 ] || { echo "SKIP: needs root (network namespaces)"; exit 77; }
-command -v ip >/dev/null || { echo "SKIP: no ip (iproute2)"; exit 77; }
-command -v redis-server >/dev/null || { echo "SKIP: no redis-server"; exit 77; }
-dir=$(mktemp -d /tmp/lm-cluster.XXXXXX)
-cleanup() {
-	"$top/scripts/redis-cluster.sh" stop "$dir/c" || true
-	rm -rf "$dir"
-}
-trap cleanup EXIT INT TERM
-"$top/scripts/redis-cluster.sh" start "$dir/c" >/dev/null
+. "${srcdir:-$(dirname "$0")/..}/tests/cluster-env.sh"
 cli() {
-	ip netns exec lmrc-hub redis-cli "$@"
+	hub redis-cli "$@"
 }
-seed=10.251.0.11
+seed=${seed%:*}
 NET_PREFIX=10.251.0.
 
 # 1. Slots: ours against CLUSTER KEYSLOT, 256 pages of two namespaces.

@@ -4,21 +4,8 @@
 # replicas, each in a network namespace of its own (scripts/redis-cluster.sh),
 # from the hub namespace that joins them; stops the cluster after.
 set -eu
-top=${srcdir:-$(dirname "$0")/..}
 prog=$(cd "${builddir:-.}/tests" && pwd)/check_remote
-[ "$(id -u)" -eq 0 ] || { echo "SKIP: needs root (network namespaces)"; exit 77; }
-command -v ip >/dev/null || { echo "SKIP: no ip (iproute2)"; exit 77; }
-command -v redis-server >/dev/null || { echo "SKIP: no redis-server"; exit 77; }
-dir=$(mktemp -d /tmp/lm-remote.XXXXXX)
-cleanup() {
-	"$top/scripts/redis-cluster.sh" stop "$dir/c" || true
-	rm -rf "$dir"
-}
-trap cleanup EXIT INT TERM
-seed=$("$top/scripts/redis-cluster.sh" start "$dir/c")
-hub() {
-	ip netns exec lmrc-hub "$@"
-}
+. "${srcdir:-$(dirname "$0")/..}/tests/cluster-env.sh"
 
 # An unmodified program (python3) whose heap is four times its budget,
 # evicted to the cluster through the preload library (lazymem run --swap):

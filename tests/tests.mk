@@ -165,7 +165,7 @@ check_PROGRAMS += tests/cluster-keys
 tests_cluster_keys_SOURCES = tests/cluster-keys.c lib/cluster.c
 tests_cluster_keys_CFLAGS = $(AM_CFLAGS)
 TESTS += tests/cluster-routing.sh
-EXTRA_DIST += tests/cluster-routing.sh
+EXTRA_DIST += tests/cluster-routing.sh tests/cluster-env.sh
 
 # The remote page store against the same kind of cluster: check_remote
 # runs in the hub namespace under tests/remote.sh, which starts and stops
