@@ -87,6 +87,17 @@ wait_all() {
 	done
 }
 
+# A machine: namespace $NS-NAME, its eth0 at ADDR joined to the hub's
+# bridge by a veth pair whose hub end is PEER.
+machine() {
+	ip netns add "$NS-$1"
+	ip -n "$NS-$1" link set lo up
+	ip -n "$NS-hub" link add "$2" type veth peer name eth0 netns "$NS-$1"
+	ip -n "$NS-hub" link set "$2" master br0 up
+	ip -n "$NS-$1" addr add "$3/24" dev eth0
+	ip -n "$NS-$1" link set eth0 up
+}
+
 start() {
 	dir=$1
 	[ "$(id -u)" -eq 0 ] || die "needs root (network namespaces)"
@@ -102,21 +113,11 @@ start() {
 	ip -n "$NS-hub" link set br0 up
 	k=1
 	for m in $MACHINES; do
-		ip netns add "$NS-$m"
-		ip -n "$NS-$m" link set lo up
-		ip -n "$NS-hub" link add "host$m" type veth peer name eth0 netns "$NS-$m"
-		ip -n "$NS-hub" link set "host$m" master br0 up
-		ip -n "$NS-$m" addr add "$NET.2$k/24" dev eth0
-		ip -n "$NS-$m" link set eth0 up
+		machine "$m" "host$m" "$NET.2$k"
 		k=$((k + 1))
 	done
 	for i in $NODES; do
-		ip netns add "$NS-n$i"
-		ip -n "$NS-n$i" link set lo up
-		ip -n "$NS-hub" link add "v$i" type veth peer name eth0 netns "$NS-n$i"
-		ip -n "$NS-hub" link set "v$i" master br0 up
-		ip -n "$NS-n$i" addr add "$NET.1$i/24" dev eth0
-		ip -n "$NS-n$i" link set eth0 up
+		machine "n$i" "v$i" "$NET.1$i"
 		mkdir -p "$dir/n$i"
 		rm -f "$dir/n$i/nodes.conf"
 		ip netns exec "$NS-n$i" redis-server --bind "$NET.1$i" --port $PORT \
