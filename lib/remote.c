@@ -395,9 +395,7 @@ out:
 #define P_AGAIN 1	/* send again (redirected, connection lost, cluster busy) */
 
 struct part {
-	const struct lm__slotmap *m;
 	unsigned node;
-	unsigned n;		/* commands appended */
 	uint64_t sent_ns;
 };
 
@@ -477,6 +475,7 @@ static bool attempt(struct lm__remote *c, struct lm__remote_conns *cs, struct ba
 	size_t ps = c->page_size;
 	/* Which master each page goes to; the ones none serves wait for the next map. */
 	int node_of[b->n];
+	uint64_t now = lm__now_ns();
 	for (unsigned i = 0; i < b->n; i++) {
 		node_of[i] = -1;
 		if (b->res[i] != P_AGAIN)
@@ -494,7 +493,7 @@ static bool attempt(struct lm__remote *c, struct lm__remote_conns *cs, struct ba
 		 * WAIT's timeout per batch.
 		 */
 		if (b->wpages && c->wait_replicas &&
-		    lm__now_ns() < atomic_load_explicit(&c->short_until[node], memory_order_relaxed)) {
+		    now < atomic_load_explicit(&c->short_until[node], memory_order_relaxed)) {
 			b->res[i] = -ENOLINK;
 			continue;
 		}
@@ -505,13 +504,11 @@ static bool attempt(struct lm__remote *c, struct lm__remote_conns *cs, struct ba
 				continue;
 			}
 			part_of[node] = (int)nparts;
-			parts[nparts++] = (struct part){ .m = m, .node = (unsigned)node };
+			parts[nparts++] = (struct part){ .node = (unsigned)node };
 		}
 		redisContext *ctx = cs->c[node];
-		struct part *pt = &parts[part_of[node]];
 		if (b->ask[i] >= 0) {
 			redisAppendCommand(ctx, "ASKING");
-			pt->n++;
 		}
 		if (b->wpages) {
 			const char *argv[3] = { "SET", key, (const char *)b->wpages[i] };
@@ -522,7 +519,6 @@ static bool attempt(struct lm__remote *c, struct lm__remote_conns *cs, struct ba
 			size_t len[2] = { 3, (size_t)klen };
 			redisAppendCommandArgv(ctx, 2, argv, len);
 		}
-		pt->n++;
 		node_of[i] = node;
 	}
 	/* Every part goes out before any answer is awaited: one round trip in all. */

@@ -271,11 +271,13 @@ void lm__swap_free(struct lm__swap *s, uint64_t slot)
 	uintptr_t h = atomic_fetch_or_explicit(&s->held[slot], HELD_FREED, memory_order_acq_rel);
 	if (held_live(h))
 		held_count(s, -1);
-	uint64_t w = slot / 64, low = atomic_load_explicit(&s->low, memory_order_relaxed);
-	while (s->remote && w < low &&
-	       !atomic_compare_exchange_weak_explicit(&s->low, &low, w, memory_order_relaxed,
-						      memory_order_relaxed))
-		;
+	if (s->remote) {
+		uint64_t w = slot / 64, low = atomic_load_explicit(&s->low, memory_order_relaxed);
+		while (w < low && !atomic_compare_exchange_weak_explicit(&s->low, &low, w,
+									 memory_order_relaxed,
+									 memory_order_relaxed))
+			;
+	}
 	if (atomic_fetch_and_explicit(&s->bitmap[slot / 64], ~bit, memory_order_acq_rel) & bit)
 	{
 		atomic_fetch_sub_explicit(&s->used, 1, memory_order_relaxed);

@@ -93,12 +93,6 @@ static int sh(const char *fmt, ...)
 	return WIFEXITED(st) && WEXITSTATUS(st) == 0 ? 0 : -EIO;
 }
 
-static int cmp_double(const void *a, const void *b)
-{
-	double x = *(const double *)a, y = *(const double *)b;
-	return x < y ? -1 : x > y;
-}
-
 /* The median PING round trip, in us, of n on one connection. */
 static double ping_us(const char *host, int port, int n)
 {
@@ -112,8 +106,7 @@ static double ping_us(const char *host, int port, int n)
 		v[i] = (double)(now_ns() - t) / 1e3;
 		freeReplyObject(r);
 	}
-	qsort(v, (size_t)n, sizeof(*v), cmp_double);
-	double m = v[n / 2];
+	double m = median(v, n);
 	free(v);
 	redisFree(ctx);
 	return m;
