@@ -61,7 +61,7 @@ int lm__cluster_page_key(char *buf, size_t cap, const char *ns, uint64_t pgno)
 }
 
 /* Digits at s[0..len) as a number up to max: how many were read (0: none, or too large). */
-static size_t parse_uint(const char *s, size_t len, unsigned long max, unsigned long *out)
+size_t lm__cluster_uint(const char *s, size_t len, unsigned long max, unsigned long *out)
 {
 	unsigned long v = 0;
 	size_t i = 0;
@@ -83,7 +83,7 @@ int lm__cluster_endpoint(const char *s, size_t len, char *host, size_t hostcap, 
 		return -EINVAL;
 	size_t rest = len - (size_t)(colon + 1 - s);
 	unsigned long v;
-	if (!rest || parse_uint(colon + 1, rest, 65535, &v) != rest || !v)
+	if (!rest || lm__cluster_uint(colon + 1, rest, 65535, &v) != rest || !v)
 		return -EINVAL;
 	memcpy(host, s, (size_t)(colon - s));
 	host[colon - s] = '\0';
@@ -102,7 +102,7 @@ int lm__cluster_redirect(const char *err, size_t len, struct lm__redirect *out)
 	else
 		return -EINVAL;
 	unsigned long slot;
-	size_t d = at + parse_uint(err + at, len - at, LM__CLUSTER_SLOTS - 1, &slot);
+	size_t d = at + lm__cluster_uint(err + at, len - at, LM__CLUSTER_SLOTS - 1, &slot);
 	if (d == at || d >= len || err[d] != ' ')
 		return -EINVAL;
 	int rc = lm__cluster_endpoint(err + d + 1, len - d - 1, out->host, sizeof(out->host), &out->port);

@@ -473,6 +473,8 @@ struct lm__redirect {
 	char host[64];
 	int port;
 };
+/* Leading digits of s[0..len) as a number up to max into *out: how many (0: none, or too large). */
+size_t lm__cluster_uint(const char *s, size_t len, unsigned long max, unsigned long *out);
 /* "host:port" (len bytes) into host (hostcap with its zero) and port; -EINVAL if malformed. */
 int lm__cluster_endpoint(const char *s, size_t len, char *host, size_t hostcap, int *port);
 /* Parses a MOVED or ASK error reply (len bytes, no terminator needed); -EINVAL if it is neither. */

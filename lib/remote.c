@@ -122,14 +122,10 @@ static bool foreign(const struct lm__remote *c)
 
 static int parse_ms(const char *v, size_t len, int max, int *out)
 {
-	int n = 0;
-	if (!len)
+	unsigned long n;
+	if (!len || lm__cluster_uint(v, len, (unsigned long)max, &n) != len)
 		return -EINVAL;
-	for (size_t i = 0; i < len; i++) {
-		if (v[i] < '0' || v[i] > '9' || (n = n * 10 + (v[i] - '0')) > max)
-			return -EINVAL;
-	}
-	*out = n;
+	*out = (int)n;
 	return 0;
 }
 
