@@ -120,6 +120,9 @@ struct lm__image_writer {
 	_Atomic uint64_t bytes;		/* data bytes written */
 	_Atomic int err;		/* an add that failed half-way: the commit fails */
 	uint32_t version;		/* IMAGE_VERSION; 2 for tests of old images */
+	/* An image for a cluster: written here first, put there by the commit. */
+	struct lm_runtime *rt;
+	char *url;
 };
 
 static int write_all(int fd, const void *buf, size_t len, uint64_t off)
@@ -173,6 +176,40 @@ int lm__image_create(const char *path, uint64_t length, size_t page_size,
 	}
 	fchmod(w->fd, 0600);
 	*out = w;
+	return 0;
+}
+
+/*
+ * An image at where: a path, or a cluster's redis:// URL.  An image for
+ * a cluster is written as any other (streaming, checksummed) to a file in
+ * tmpdir, and lm__image_commit puts it there (lm__image_upload) in place
+ * of the rename, then removes the file: a snapshot that records pages in
+ * it keeps its own descriptor.  A cluster's client allocates and blocks:
+ * only a thread-mode runtime saves there (-EOPNOTSUPP).
+ */
+int lm__image_create_at(struct lm_runtime *rt, const char *where, const char *tmpdir,
+			uint64_t length, size_t page_size, struct lm__image_writer **out)
+{
+	if (!where || strncmp(where, "redis://", 8))
+		return lm__image_create(where, length, page_size, out);
+	if (rt->mode != LM_MODE_THREAD)
+		return -EOPNOTSUPP;
+	static _Atomic unsigned seq;
+	char local[4096];
+	int n = snprintf(local, sizeof(local), "%s/lazymem-upload-%d-%u", tmpdir, (int)getpid(),
+			 atomic_fetch_add(&seq, 1));
+	if (n < 0 || (size_t)n >= sizeof(local))
+		return -ENAMETOOLONG;
+	char *url = lm__strdup(where);
+	if (!url)
+		return -ENOMEM;
+	int rc = lm__image_create(local, length, page_size, out);
+	if (rc < 0) {
+		lm__free(url);
+		return rc;
+	}
+	(*out)->rt = rt;
+	(*out)->url = url;
 	return 0;
 }
 
@@ -356,6 +393,13 @@ int lm__image_commit(struct lm__image_writer *w)
 	lm__free(index);
 	lm__free(dir);
 	lm__free(page);
+	/* For a cluster: put there whole; the file (still the temporary one) goes with the abort. */
+	if (w->url) {
+		if (!rc)
+			rc = lm__image_upload(w->rt, w->fd, w->url);
+		lm__image_abort(w);
+		return rc;
+	}
 	if (!rc && fsync(w->fd) < 0)
 		rc = -errno;
 	if (!rc && rename(w->tmp, w->path) < 0)
@@ -379,6 +423,7 @@ void lm__image_abort(struct lm__image_writer *w)
 		unlink(w->tmp);
 	lm__free(w->tmp);
 	lm__free(w->path);
+	lm__free(w->url);
 	lm__pt_destroy(&w->ents);
 	lm__free(w);
 }

@@ -693,6 +693,9 @@ struct lm__image_writer;
 uint32_t lm__image_page_sum(const struct lm__image *im, const void *p);
 int lm__image_create(const char *path, uint64_t length, size_t page_size,
 		     struct lm__image_writer **out);
+/* The same at a path or a cluster's redis:// URL (written in tmpdir first; see image.c). */
+int lm__image_create_at(struct lm_runtime *rt, const char *where, const char *tmpdir,
+			uint64_t length, size_t page_size, struct lm__image_writer **out);
 /* Tests only: write version 2 of the format (data checksums of lm__hash64), before any add. */
 void lm__image_set_version(struct lm__image_writer *w, uint32_t version);
 /* Adds page pgno's contents (any order, each page once); zero pages are not stored. */

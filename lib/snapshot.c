@@ -73,8 +73,6 @@ struct lm_snapshot {
 	struct lm__image_writer *w;
 	bool record;			/* the save running is the first: it records and streams */
 	int img_fd;
-	/* A save to a cluster: the URL, and the local image the saver writes first. */
-	char *url, *local;
 	/*
 	 * What lm_snapshot_read needs, made on the first read and kept: a
 	 * filler maps two staging areas, too much to make per call.  One
@@ -762,45 +760,6 @@ int lm_snapshot_read(struct lm_snapshot *s, size_t offset, void *buf, size_t len
 	return rc;
 }
 
-/*
- * A save to a cluster writes a local image first, in the runtime's
- * swap directory, as any save does (streaming, crash-safe), then puts
- * it in the cluster (lm__image_upload) and removes the local file; the
- * snapshot's own descriptor to it (img_fd) keeps what it records.
- */
-static int upload(struct lm_snapshot *s, int rc)
-{
-	if (!rc) {
-		int fd = open(s->local, O_RDONLY | O_CLOEXEC);
-		rc = fd < 0 ? -errno : lm__image_upload(s->rt, fd, s->url);
-		if (fd >= 0)
-			close(fd);
-	}
-	unlink(s->local);
-	lm__free(s->url);
-	lm__free(s->local);
-	s->url = s->local = NULL;
-	return rc;
-}
-
-static int local_for_url(struct lm_snapshot *s, const char *url)
-{
-	static _Atomic unsigned seq;
-	const char *dir = lm__swap_dir(s->rt);
-	size_t cap = strlen(dir) + 64;
-	s->url = lm__strdup(url);
-	s->local = lm__malloc(cap);
-	if (!s->url || !s->local) {
-		lm__free(s->url);
-		lm__free(s->local);
-		s->url = s->local = NULL;
-		return -ENOMEM;
-	}
-	snprintf(s->local, cap, "%s/lazymem-upload-%d-%u", dir, (int)getpid(),
-		 atomic_fetch_add(&seq, 1));
-	return 0;
-}
-
 static void *saver_main(void *arg)
 {
 	lm__thread_mark();
@@ -861,8 +820,6 @@ static void *saver_main(void *arg)
 		rc = lm__image_commit(s->w);
 	else
 		lm__image_abort(s->w);
-	if (s->url)
-		rc = upload(s, rc);
 	lm__free(buf);
 	lm__filler_fini(&f);
 	pthread_mutex_lock(&s->lock);
@@ -891,18 +848,9 @@ int lm_snapshot_save(struct lm_snapshot *s, const char *path, unsigned flags)
 		pthread_join(s->saver, NULL);
 		s->joinable = false;
 	}
-	bool remote = !strncmp(path, "redis://", 8);
-	/* A cluster's client allocates and blocks: never in a signal handler (nor its saver). */
-	if (remote && s->rt->mode != LM_MODE_THREAD) {
-		pthread_mutex_unlock(&s->lock);
-		return -EOPNOTSUPP;
-	}
-	rc = remote ? local_for_url(s, path) : 0;
-	if (!rc)
-		rc = lm__image_create(remote ? s->local : path, s->len, (size_t)s->rt->page_size,
-				      &s->w);
-	if (rc && s->url)
-		upload(s, rc);
+	/* A path, or a cluster (the image written in the swap directory first: image.c). */
+	rc = lm__image_create_at(s->rt, path, lm__swap_dir(s->rt), s->len,
+				 (size_t)s->rt->page_size, &s->w);
 	/*
 	 * Only the first save's pages are recorded as the image's (MAP_IMAGE
 	 * names one file, kept open here), and it streams: from this call on,
@@ -915,8 +863,6 @@ int lm_snapshot_save(struct lm_snapshot *s, const char *path, unsigned flags)
 			rc = -errno;
 			lm__image_abort(s->w);
 			s->w = NULL;
-			if (s->url)
-				upload(s, rc);
 		} else {
 			atomic_store(&s->view.stream, s->w);
 		}
@@ -932,8 +878,6 @@ int lm_snapshot_save(struct lm_snapshot *s, const char *path, unsigned flags)
 				lm__synchronize(s->rt);
 			lm__image_abort(s->w);
 			s->w = NULL;
-			if (s->url)
-				upload(s, rc);
 			s->saving = false;
 			s->save_rc = rc;
 		} else {
