@@ -582,6 +582,31 @@ START_TEST(image_errors)
 	lm_region_destroy(back);
 	lm_snapshot_release(snap);
 	lm_region_destroy(r);
+	/*
+	 * A save to a cluster that does not answer fails with its error, and
+	 * leaves no file behind; a save to a path restores by name too.
+	 */
+	ck_assert_int_eq(lm_region_create_zero(rt, pages * PS, 0, &r), 0);
+	base = lm_region_addr(r);
+	for (size_t p = 0; p < pages; p++)
+		lmt_stamp(base, p, 6);
+	ck_assert_int_eq(lm_snapshot_take(r, 0, &snap), 0);
+	ck_assert_int_eq(lm_snapshot_save(snap, "redis://10.251.0.99:7000/gone?timeout=200",
+					  LM_SAVE_WAIT),
+			 -EHOSTUNREACH);
+	char local[64], path[512];
+	snprintf(local, sizeof(local), "lazymem-upload-%d-", (int)getpid());
+	ck_assert_int_eq(count_files_in(lm__swap_dir(rt), local), 0);
+	snprintf(path, sizeof(path), "%s/lm-remote-image-%d", lm__swap_dir(rt), (int)getpid());
+	ck_assert_int_eq(lm_snapshot_save(snap, path, LM_SAVE_WAIT), 0);
+	ck_assert_int_eq(lm_region_create_image_at(rt, path, 0, &back), 0);
+	b = lm_region_addr(back);
+	for (size_t p = 0; p < pages; p++)
+		ck_assert_msg(lmt_check_stamp(b, p, 6) < 0, "page %zu from %s", p, path);
+	unlink(path);
+	lm_region_destroy(back);
+	lm_snapshot_release(snap);
+	lm_region_destroy(r);
 	lm_runtime_close(rt);
 	/* Signal mode: refused, at the restore and at the save. */
 	rt = lmt_open(LM_MODE_SIGNAL);
