@@ -88,10 +88,9 @@ static redisContext *any_node(void)
 	return NULL;
 }
 
-/* Runs a command on the master that serves key (the store's slot map says which). */
-static redisReply *on_master_of(struct lm_runtime *rt, const char *key, const char *fmt, ...)
+/* The master that serves key, as the cluster itself says (CLUSTER KEYSLOT, CLUSTER SLOTS). */
+static redisContext *master_of(const char *key, long long *slotp)
 {
-	(void)rt;
 	redisContext *c = any_node();
 	redisReply *r = redisCommand(c, "CLUSTER KEYSLOT %s", key);
 	ck_assert(r && r->type == REDIS_REPLY_INTEGER);
@@ -111,10 +110,18 @@ static redisReply *on_master_of(struct lm_runtime *rt, const char *key, const ch
 	freeReplyObject(r);
 	redisFree(c);
 	ck_assert(port);
-	c = node(host, port);
+	if (slotp)
+		*slotp = slot;
+	return node(host, port);
+}
+
+/* Runs a command on the master that serves key. */
+static redisReply *on_master_of(const char *key, const char *fmt, ...)
+{
+	redisContext *c = master_of(key, NULL);
 	va_list ap;
 	va_start(ap, fmt);
-	r = redisvCommand(c, fmt, ap);
+	redisReply *r = redisvCommand(c, fmt, ap);
 	va_end(ap);
 	redisFree(c);
 	ck_assert(r);
@@ -397,11 +404,11 @@ START_TEST(lost_or_damaged_page_is_sigbus)
 	ck_assert_uint_eq(found, 2);
 	char key[160];
 	lm__cluster_page_key(key, sizeof(key), ns, slots[0]);
-	redisReply *x = on_master_of(rt, key, "DEL %s", key);
+	redisReply *x = on_master_of(key, "DEL %s", key);
 	ck_assert_int_eq(x->integer, 1);
 	freeReplyObject(x);
 	lm__cluster_page_key(key, sizeof(key), ns, slots[1]);
-	x = on_master_of(rt, key, "SETRANGE %s 100 garbage", key);
+	x = on_master_of(key, "SETRANGE %s 100 garbage", key);
 	ck_assert_int_eq(x->type, REDIS_REPLY_INTEGER);
 	freeReplyObject(x);
 	ck_assert_int_eq(lm_runtime_set_budget(rt, 0), 0);
@@ -438,7 +445,7 @@ static long long generation_keys(const char *name)
 {
 	char key[128], val[128];
 	snprintf(key, sizeof(key), "lm:img:%s-%d", name, (int)getpid());
-	redisReply *r = on_master_of(NULL, key, "GET %s", key);
+	redisReply *r = on_master_of(key, "GET %s", key);
 	ck_assert_int_eq(r->type, REDIS_REPLY_STRING);
 	snprintf(val, sizeof(val), "%s", r->str);
 	freeReplyObject(r);
@@ -504,7 +511,7 @@ START_TEST(image_saved_and_restored_lazily)
 	/* Saved again twice: the first generation is kept after the second, gone after the third. */
 	char key[128], first[128];
 	snprintf(key, sizeof(key), "lm:img:img-%d", (int)getpid());
-	redisReply *x = on_master_of(NULL, key, "GET %s", key);
+	redisReply *x = on_master_of(key, "GET %s", key);
 	snprintf(first, sizeof(first), "%s", x->str);
 	freeReplyObject(x);
 	ck_assert_int_gt(generation_keys("img"), 0);
@@ -545,14 +552,14 @@ START_TEST(image_errors)
 	/* Data page 5 of the image is file page 6 (the header is page 0). */
 	char key[128], val[128], ns[160], pkey[200];
 	snprintf(key, sizeof(key), "lm:img:dmg-%d", (int)getpid());
-	redisReply *x = on_master_of(NULL, key, "GET %s", key);
+	redisReply *x = on_master_of(key, "GET %s", key);
 	snprintf(val, sizeof(val), "%s", x->str);
 	freeReplyObject(x);
 	char gen[32];
 	ck_assert_int_eq(sscanf(val, "lmimg1 %31s", gen), 1);
 	snprintf(ns, sizeof(ns), "%s:%s", key, gen);
 	lm__cluster_page_key(pkey, sizeof(pkey), ns, 6);
-	x = on_master_of(NULL, pkey, "SETRANGE %s 8 damage", pkey);
+	x = on_master_of(pkey, "SETRANGE %s 8 damage", pkey);
 	ck_assert_int_eq(x->type, REDIS_REPLY_INTEGER);
 	freeReplyObject(x);
 	struct lm_region *back;
@@ -570,7 +577,7 @@ START_TEST(image_errors)
 	lm_region_destroy(back);
 	/* The index page (file page 1 + 128 stored) garbled: every page it describes is SIGBUS. */
 	lm__cluster_page_key(pkey, sizeof(pkey), ns, 1 + pages);
-	x = on_master_of(NULL, pkey, "SETRANGE %s 0 damage", pkey);
+	x = on_master_of(pkey, "SETRANGE %s 0 damage", pkey);
 	ck_assert_int_eq(x->type, REDIS_REPLY_INTEGER);
 	freeReplyObject(x);
 	ck_assert_int_eq(lm_region_create_image_at(rt, url, 0, &back), 0);
@@ -653,6 +660,87 @@ START_TEST(fork_child_keeps_off_the_cluster)
 	for (size_t p = 0; p < pages; p++)
 		ck_assert_msg(lmt_check_stamp(base, p, 4) < 0, "page %zu after the child", p);
 	ck_assert_uint_eq(lmt_stats(rt).swap_read_errors, 0);
+	lm_region_destroy(r);
+	lm_runtime_close(rt);
+}
+END_TEST
+
+/* A reply's string, or the command's failure. */
+static redisReply *must(redisContext *c, const char *fmt, ...)
+{
+	va_list ap;
+	va_start(ap, fmt);
+	redisReply *r = redisvCommand(c, fmt, ap);
+	va_end(ap);
+	ck_assert_msg(r && r->type != REDIS_REPLY_ERROR, "%s: %s", fmt, r ? r->str : c->errstr);
+	return r;
+}
+
+/*
+ * A slot the store's pages live in moves to another master while they are
+ * out, as a resharding moves it: first its keys migrate (the old master
+ * answers ASK for them: followed, with ASKING, for those keys alone),
+ * then the slot is the new master's (the old one answers MOVED: the map
+ * is asked again).  Every page comes back exact through both, and pages
+ * evicted after the move go to the new master.
+ */
+START_TEST(resharding_followed)
+{
+	const size_t pages = 256;
+	struct lm_runtime *rt;
+	struct lm_region *r;
+	unsigned char *base = open_filled("", 64 * PS, pages, pages, 7, &rt, &r);
+	ck_assert_int_eq(lm_runtime_set_budget(rt, 16 * PS), 0);
+	/* A slot in use, its master (the source) and another master (the target). */
+	uint64_t used = 0;
+	while (!(atomic_load(&rt->swap.bitmap[used / 64]) & (1ull << (used % 64))))
+		used++;
+	char key[224];
+	lm__cluster_page_key(key, sizeof(key), lm__remote_ns(rt->swap.remote), used);
+	long long slot;
+	redisContext *src = master_of(key, &slot);
+	char m[8][64];
+	ck_assert_int_eq(masters(m, 8), 3);
+	int port[3];
+	for (int i = 0; i < 3; i++) {
+		char *colon = strrchr(m[i], ':');
+		*colon = '\0';
+		port[i] = atoi(colon + 1);
+	}
+	int t = !strcmp(m[0], src->tcp.host) && port[0] == src->tcp.port ? 1 : 0;
+	redisContext *dst = node(m[t], port[t]);
+	redisReply *src_id = must(src, "CLUSTER MYID"), *dst_id = must(dst, "CLUSTER MYID");
+	freeReplyObject(must(dst, "CLUSTER SETSLOT %lld IMPORTING %s", slot, src_id->str));
+	freeReplyObject(must(src, "CLUSTER SETSLOT %lld MIGRATING %s", slot, dst_id->str));
+	redisReply *keys = must(src, "CLUSTER GETKEYSINSLOT %lld 1000", slot);
+	ck_assert_uint_gt(keys->elements, 0);
+	for (size_t k = 0; k < keys->elements; k++)
+		freeReplyObject(must(src, "MIGRATE %s %d %s 0 5000", m[t], port[t],
+				     keys->element[k]->str));
+	freeReplyObject(keys);
+	/* Migrating: the old master answers ASK for every key of the slot. */
+	struct lm_stats st0 = lmt_stats(rt);
+	for (size_t p = 0; p < pages; p++)
+		ck_assert_msg(lmt_check_stamp(base, p, 7) < 0, "page %zu while migrating", p);
+	struct lm_stats st = lmt_stats(rt);
+	ck_assert_uint_gt(st.remote_retries, st0.remote_retries);
+	/* Moved: every master is told; the store learns it from a MOVED. */
+	for (int i = 0; i < 3; i++) {
+		redisContext *x = node(m[i], port[i]);
+		freeReplyObject(must(x, "CLUSTER SETSLOT %lld NODE %s", slot, dst_id->str));
+		redisFree(x);
+	}
+	for (size_t p = 0; p < pages; p++)
+		lmt_stamp(base, p, 8);
+	for (size_t p = 0; p < pages; p++)
+		ck_assert_msg(lmt_check_stamp(base, p, 8) < 0, "page %zu after the move", p);
+	st = lmt_stats(rt);
+	ck_assert_uint_gt(st.remote_failovers, st0.remote_failovers);
+	ck_assert_uint_eq(st.swap_read_errors + st.swap_write_errors, 0);
+	freeReplyObject(src_id);
+	freeReplyObject(dst_id);
+	redisFree(src);
+	redisFree(dst);
 	lm_region_destroy(r);
 	lm_runtime_close(rt);
 }
@@ -797,6 +885,7 @@ int main(void)
 	tcase_add_test(tc, lost_or_damaged_page_is_sigbus);
 	tcase_add_test(tc, unreachable_cluster_stops_eviction);
 	tcase_add_test(tc, fork_child_keeps_off_the_cluster);
+	tcase_add_test(tc, resharding_followed);
 	suite_add_tcase(s, tc);
 	TCase *im = tcase_create("image");
 	tcase_set_timeout(im, 120);
