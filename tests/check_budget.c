@@ -497,6 +497,39 @@ START_TEST(swap_full_goes_over_budget)
 END_TEST
 
 /* Swap writes that fail keep the pages in memory: over budget, counted, nothing lost. */
+/*
+ * Pages whose write failed are held in memory, over the budget; once the
+ * swap takes writes again the evictor writes them out by itself (nothing
+ * touches them), and they come back exact from the swap file.
+ */
+START_TEST(held_pages_go_out_when_writes_work_again)
+{
+	const size_t budget = 128 * PS, pages = 512;
+	struct lm_runtime *rt = open_budget(_i, budget, 0);
+	struct lm_region *r;
+	ck_assert_int_eq(lm_region_create_zero(rt, pages * PS, 0, &r), 0);
+	unsigned char *base = lm_region_addr(r);
+	atomic_store(&lm__swap_fail_writes, EIO);
+	for (size_t p = 0; p < pages; p++)
+		lmt_stamp(base, p, 6);
+	struct lm_stats st = lmt_stats(rt);
+	atomic_store(&lm__swap_fail_writes, 0);
+	ck_assert_uint_gt(st.swap_write_errors, 0);
+	ck_assert_uint_gt(st.resident_pages, budget / PS + slack_pages(rt));
+	double t0 = lmt_now();
+	do {
+		nanosleep(&(struct timespec){ 0, 20000000 }, NULL);
+		st = lmt_stats(rt);
+	} while (st.resident_pages > budget / PS && lmt_now() - t0 < 10);
+	ck_assert_uint_le(st.resident_pages, budget / PS);
+	for (size_t p = 0; p < pages; p++)
+		ck_assert_msg(lmt_check_stamp(base, p, 6) < 0, "page %zu", p);
+	ck_assert_uint_eq(lmt_stats(rt).swap_read_errors, 0);
+	lm_region_destroy(r);
+	lm_runtime_close(rt);
+}
+END_TEST
+
 START_TEST(swap_write_errors_lose_nothing)
 {
 	const size_t budget = 128 * PS, pages = 512;
@@ -991,6 +1024,7 @@ int main(void)
 	tcase_add_loop_test(tc, budget_lowered_at_run_time, 0, 4);
 	tcase_add_loop_test(tc, swap_full_goes_over_budget, 0, 4);
 	tcase_add_loop_test(tc, swap_write_errors_lose_nothing, 0, 4);
+	tcase_add_loop_test(tc, held_pages_go_out_when_writes_work_again, 0, 4);
 	tcase_add_loop_test(tc, corrupt_swap_raises_sigbus, 0, 4);
 	tcase_add_loop_test(tc, read_then_write, 0, 4);
 	tcase_add_loop_test(tc, populate_makes_range_safe_for_syscalls, 0, 4);
