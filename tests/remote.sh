@@ -54,6 +54,12 @@ rc=0
 hub "$lazymem" run --budget 32M --swap "redis://$seed" --no-report -- sh -c 'kill -TERM $$' || rc=$?
 [ "$rc" -eq 143 ] || { echo "FAIL: lazymem run --swap, killed: status $rc, want 143"; exit 1; }
 
+# --swap takes a redis:// URL only: anything else is a usage error, nothing run.
+rc=0
+"$lazymem" run --swap /tmp -- true 2>"$dir/err" || rc=$?
+[ "$rc" -eq 2 ] && grep -q 'not a redis:// URL' "$dir/err" ||
+	{ echo "FAIL: lazymem run --swap /tmp: status $rc"; cat "$dir/err"; exit 1; }
+
 # A cluster nobody answers for: the program runs unchanged, after one line on stderr.
 got=$(hub "$lazymem" run --budget 32M --swap "redis://10.251.0.99:7000?timeout=200" --no-report \
 	-- "$py" -c "$job" 2>"$dir/err")
